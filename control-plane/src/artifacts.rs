@@ -1,0 +1,138 @@
+//! Artifact storage under `<data>/artifacts/<deployment>/<job>/<name>`.
+//!
+//! An upload streams to a temporary file while it is hashed, and is renamed into
+//! place only when its size and sha256 match what the agent declared. Nothing is
+//! held in memory beyond one body frame.
+
+use std::path::PathBuf;
+
+use axum::body::Body;
+use futures::StreamExt;
+use kiln_protocol::ArtifactDescriptor;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ApiError;
+
+#[derive(Debug)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+pub fn validate_descriptor(descriptor: &ArtifactDescriptor, max_size: u64) -> Result<(), ApiError> {
+    let name_ok = !descriptor.name.is_empty()
+        && descriptor.name.len() <= 64
+        && !descriptor.name.starts_with('.')
+        && descriptor
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if !name_ok {
+        return Err(ApiError::invalid_field(
+            "name",
+            format!(
+                "{:?} must be 1-64 characters of [a-z0-9._-], not starting with a dot",
+                descriptor.name
+            ),
+        ));
+    }
+    let sha_ok = descriptor.sha256.len() == 64
+        && descriptor
+            .sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !sha_ok {
+        return Err(ApiError::invalid_field(
+            "sha256",
+            "must be 64 lowercase hex characters",
+        ));
+    }
+    if descriptor.size > max_size {
+        return Err(ApiError::invalid_field(
+            "size",
+            format!(
+                "{} bytes exceeds the server's limit of {max_size}",
+                descriptor.size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ArtifactStore {
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    pub fn path(&self, deployment_id: &str, job_id: &str, name: &str) -> PathBuf {
+        self.root.join(deployment_id).join(job_id).join(name)
+    }
+
+    /// Streams `body` to disk and keeps it only if it is exactly `descriptor`.
+    pub async fn receive(
+        &self,
+        deployment_id: &str,
+        job_id: &str,
+        descriptor: &ArtifactDescriptor,
+        body: Body,
+    ) -> Result<PathBuf, ApiError> {
+        let tmp_dir = self.root.join(".incoming");
+        tokio::fs::create_dir_all(&tmp_dir).await?;
+        let tmp = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
+        let result = self.write_verified(&tmp, descriptor, body).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result?;
+        let dest = self.path(deployment_id, job_id, &descriptor.name);
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::rename(&tmp, &dest).await?;
+        Ok(dest)
+    }
+
+    async fn write_verified(
+        &self,
+        tmp: &PathBuf,
+        descriptor: &ArtifactDescriptor,
+        body: Body,
+    ) -> Result<(), ApiError> {
+        let mut file = tokio::fs::File::create(tmp).await?;
+        let mut hasher = Sha256::new();
+        let mut received: u64 = 0;
+        let mut stream = body.into_data_stream();
+        while let Some(frame) = stream.next().await {
+            let frame = frame.map_err(|e| {
+                ApiError::InvalidBody(format!("upload of {} broke off: {e}", descriptor.name))
+            })?;
+            received += frame.len() as u64;
+            if received > descriptor.size {
+                return Err(ApiError::ArtifactSize {
+                    name: descriptor.name.clone(),
+                    declared: descriptor.size,
+                    received,
+                });
+            }
+            hasher.update(&frame);
+            file.write_all(&frame).await?;
+        }
+        if received != descriptor.size {
+            return Err(ApiError::ArtifactSize {
+                name: descriptor.name.clone(),
+                declared: descriptor.size,
+                received,
+            });
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != descriptor.sha256 {
+            return Err(ApiError::ArtifactChecksum {
+                name: descriptor.name.clone(),
+                declared: descriptor.sha256.clone(),
+                actual,
+            });
+        }
+        file.sync_all().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Request plumbing: extractors that turn every bad input into the error envelope
+//! (JSON bodies, query strings, path segments) and the two kinds of bearer auth.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::store::{self, AgentRow};
+use crate::AppState;
+
+/// A JSON body; a malformed one is a 400 naming the field. An empty body reads as
+/// `{}`, so requests whose fields are all optional may send nothing.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        serde_path_to_error::deserialize(&mut deserializer)
+            .map(ApiJson)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let inner = error.into_inner();
+                if path == "." {
+                    ApiError::InvalidBody(inner.to_string())
+                } else {
+                    ApiError::invalid_field(&path, inner)
+                }
+            })
+    }
+}
+
+/// Query parameters; a bad one is a 400 naming it.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|e| ApiError::InvalidParameter(e.body_text()))
+    }
+}
+
+/// Path parameters; a bad one is a 400 naming it.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|e| ApiError::InvalidParameter(e.body_text()))
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+        ApiError::Unauthorized("missing `Authorization: Bearer <token>` header".to_owned())
+    })?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".to_owned())
+        })
+}
+
+fn is_admin(state: &AppState, token: &str) -> bool {
+    // Comparing hashes keeps the comparison's timing independent of the secret.
+    sha256_hex(token.as_bytes()) == state.admin_token_hash
+}
+
+async fn agent_for(state: &AppState, token: &str) -> Result<Option<AgentRow>, ApiError> {
+    let hash = sha256_hex(token.as_bytes());
+    state
+        .db
+        .call(move |conn| store::agent_by_token_hash(conn, &hash))
+        .await
+}
+
+/// A request made with the admin token.
+#[derive(Debug)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if is_admin(state, token) {
+            return Ok(Admin);
+        }
+        if agent_for(state, token).await?.is_some() {
+            return Err(ApiError::Forbidden(
+                "agent tokens reach only /api/v1/agent/*; this endpoint needs the admin token"
+                    .to_owned(),
+            ));
+        }
+        Err(ApiError::Unauthorized(
+            "admin token not recognised; use the token the server was started with (KILN_ADMIN_TOKEN)".to_owned(),
+        ))
+    }
+}
+
+/// A request made by a registered agent.
+#[derive(Debug)]
+pub struct Agent(pub AgentRow);
+
+impl FromRequestParts<AppState> for Agent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if let Some(agent) = agent_for(state, token).await? {
+            return Ok(Agent(agent));
+        }
+        if is_admin(state, token) {
+            return Err(ApiError::Forbidden(
+                "the admin token can't act as an agent; register one with `kiln-agent register`"
+                    .to_owned(),
+            ));
+        }
+        Err(ApiError::Unauthorized(
+            "agent token not recognised; re-register the agent with `kiln-agent register`"
+                .to_owned(),
+        ))
+    }
+}

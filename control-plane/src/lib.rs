@@ -1,0 +1,222 @@
+//! Kiln's reference control plane: projects, environments bound to branches,
+//! deployments per push and per pull request, agents that claim jobs by long-poll,
+//! logs and artifacts, and the deploy step.
+//!
+//! `main.rs` only parses flags and binds; everything else is here so tests run the
+//! real server in-process on `127.0.0.1:0`. Deliberately absent: a web UI, git
+//! hosting integrations (events arrive as plain JSON) and real infrastructure
+//! deploys (the deploy hook stands in).
+
+mod artifacts;
+mod db;
+mod deployer;
+mod error;
+mod http;
+mod logs;
+mod routes;
+mod store;
+
+use std::future::Future;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use db::DbError;
+pub use error::ApiError;
+
+use artifacts::ArtifactStore;
+use db::Db;
+use logs::LogStore;
+
+/// How the server runs. `main.rs` fills it from flags and environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds `kiln.sqlite`, `logs/`, `artifacts/` and `releases/`.
+    pub data_dir: PathBuf,
+    /// Bearer token for user endpoints.
+    pub admin_token: String,
+    /// Shared secret agents present once to get their own token.
+    pub registration_token: String,
+    /// An agent that doesn't renew within this long has lost its job.
+    pub lease: Duration,
+    /// How often expired leases are looked for.
+    pub reaper_interval: Duration,
+    /// Wall-clock limit handed to agents with each job.
+    pub job_timeout: Duration,
+    /// Claims of one deployment before a lost agent fails it.
+    pub max_attempts: u32,
+    /// Shell command run by the deploy step; non-zero exit is `deploy_failed`.
+    pub deploy_hook: Option<String>,
+    pub deploy_timeout: Duration,
+    pub max_artifact_bytes: u64,
+}
+
+impl Config {
+    pub fn new(data_dir: PathBuf, admin_token: String, registration_token: String) -> Self {
+        Self {
+            data_dir,
+            admin_token,
+            registration_token,
+            lease: Duration::from_secs(60),
+            reaper_interval: Duration::from_secs(1),
+            job_timeout: Duration::from_secs(3600),
+            max_attempts: 2,
+            deploy_hook: None,
+            deploy_timeout: Duration::from_secs(600),
+            max_artifact_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{name} is empty; set it to a long random secret")]
+    EmptySecret { name: &'static str },
+    #[error("cannot create data directory {path}: {source}; check it exists and is writable by this user")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    db: Db,
+    logs: LogStore,
+    artifacts: ArtifactStore,
+    admin_token_hash: String,
+    registration_token_hash: String,
+    /// Woken when a deployment is queued: claim long-polls look again.
+    jobs_queued: Notify,
+    /// Woken on any status change: job watches and log followers look again.
+    changes: Notify,
+    /// Ends long-polls and log follows when the server stops.
+    shutdown: CancellationToken,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Opens (or creates) the data directory and migrates the database.
+    pub fn open(config: Config) -> Result<Self, StartError> {
+        if config.admin_token.trim().is_empty() {
+            return Err(StartError::EmptySecret {
+                name: "KILN_ADMIN_TOKEN",
+            });
+        }
+        if config.registration_token.trim().is_empty() {
+            return Err(StartError::EmptySecret {
+                name: "KILN_REGISTRATION_TOKEN",
+            });
+        }
+        for dir in ["logs", "artifacts", "releases"] {
+            let path = config.data_dir.join(dir);
+            std::fs::create_dir_all(&path)
+                .map_err(|source| StartError::DataDir { path, source })?;
+        }
+        let db = Db::open(&config.data_dir.join("kiln.sqlite"))?;
+        Ok(Self(Arc::new(Inner {
+            logs: LogStore::new(config.data_dir.join("logs")),
+            artifacts: ArtifactStore::new(config.data_dir.join("artifacts")),
+            admin_token_hash: http::sha256_hex(config.admin_token.as_bytes()),
+            registration_token_hash: http::sha256_hex(config.registration_token.as_bytes()),
+            config,
+            db,
+            jobs_queued: Notify::new(),
+            changes: Notify::new(),
+            shutdown: CancellationToken::new(),
+        })))
+    }
+
+    fn job_policy(&self) -> store::JobPolicy {
+        store::JobPolicy {
+            lease_ms: self.config.lease.as_millis() as i64,
+            job_timeout_seconds: self.config.job_timeout.as_secs(),
+            max_attempts: self.config.max_attempts,
+        }
+    }
+
+    /// A deployment was queued or canceled: wake claims and watches.
+    fn announce_queue_change(&self) {
+        self.jobs_queued.notify_waiters();
+        self.changes.notify_waiters();
+    }
+}
+
+/// The HTTP application, for embedding or testing.
+pub fn app(state: AppState) -> axum::Router {
+    routes::router(state)
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    resume_interrupted_deploys(&state).await;
+    let reaper = tokio::spawn(reap_expired_leases(state.clone()));
+    let stopping = state.shutdown.clone();
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Long-polls would otherwise hold the shutdown for up to 30 s.
+            stopping.cancel();
+        })
+        .await;
+    reaper.abort();
+    result
+}
+
+async fn resume_interrupted_deploys(state: &AppState) {
+    match state.db.call(store::interrupted_deploys).await {
+        Ok(ids) => {
+            for id in ids {
+                tracing::info!(message = "Resuming a deploy interrupted by a restart.", deployment_id = %id);
+                tokio::spawn(deployer::run(state.clone(), id));
+            }
+        }
+        Err(error) => tracing::error!(message = "Cannot look for interrupted deploys.", %error),
+    }
+}
+
+async fn reap_expired_leases(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.reaper_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let policy = state.job_policy();
+        match state
+            .db
+            .call(move |conn| store::expire_leases(conn, policy))
+            .await
+        {
+            Ok(expired) if !expired.is_empty() => {
+                tracing::warn!(message = "Agent leases expired.", deployments = ?expired);
+                state.announce_queue_change();
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(message = "Lease reaper failed.", %error),
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The `/api/v1` routes: agent endpoints under `/agent`, user endpoints beside them.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::Utc;
+use kiln_protocol::{
+    ArtifactDescriptor, ArtifactUploadTicket, ClaimRequest, CreateEnvironment, CreateProject,
+    DeploymentList, EnvironmentList, JobStatusUpdate, LogAppendResponse, LogStream, ProjectList,
+    PullRequestEvent, PushEvent, RegisterAgentRequest, RegisterAgentResponse, SetVariables,
+    UpdateEnvironment, VariableList, WatchRequest, API_PREFIX, SHA256_HEADER,
+};
+use rand::RngCore;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::time::Instant;
+
+use crate::artifacts::validate_descriptor;
+use crate::error::ApiError;
+use crate::http::{sha256_hex, Admin, Agent, ApiJson, ApiPath, ApiQuery};
+use crate::store::{self, DeploymentFilter};
+use crate::{deployer, AppState};
+
+/// Longest a claim or watch long-poll is held.
+const MAX_LONG_POLL: Duration = Duration::from_secs(30);
+const LOG_READ_CHUNK: usize = 64 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/agents/register", post(register_agent))
+        .route("/agent/jobs/claim", post(claim_job))
+        .route("/agent/jobs/{job_id}/watch", post(watch_job))
+        .route("/agent/jobs/{job_id}/status", post(report_status))
+        .route("/agent/jobs/{job_id}/logs/{stream}", put(append_log))
+        .route("/agent/jobs/{job_id}/artifacts", post(request_upload))
+        .route(
+            "/uploads/{token}",
+            put(receive_upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/projects", post(create_project).get(list_projects))
+        .route("/projects/{project_id}", get(get_project))
+        .route(
+            "/projects/{project_id}/environments",
+            post(create_environment).get(list_environments),
+        )
+        .route(
+            "/environments/{environment_id}",
+            get(get_environment).patch(update_environment),
+        )
+        .route(
+            "/environments/{environment_id}/variables",
+            get(list_variables).put(set_variables),
+        )
+        .route("/events/push", post(push_event))
+        .route("/events/pull_request", post(pull_request_event))
+        .route("/deployments", get(list_deployments))
+        .route("/deployments/{deployment_id}", get(get_deployment))
+        .route("/deployments/{deployment_id}/redeploy", post(redeploy))
+        .route("/deployments/{deployment_id}/deploy", post(deploy))
+        .route("/deployments/{deployment_id}/logs/{stream}", get(read_log))
+        .route(
+            "/deployments/{deployment_id}/artifacts/{name}",
+            get(download_artifact),
+        )
+        .method_not_allowed_fallback(|| async {
+            ApiError::InvalidParameter("method not allowed on this route".to_owned())
+        })
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024));
+    Router::new()
+        .nest(API_PREFIX, api)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { ApiError::not_found("route", "(see README.md for the API)") })
+        .with_state(state)
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+// ---------------------------------------------------------------- agents
+
+async fn register_agent(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RegisterAgentRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if sha256_hex(request.registration_token.as_bytes()) != state.registration_token_hash {
+        return Err(ApiError::Unauthorized(
+            "registration token not recognised; use the one the server was started with (KILN_REGISTRATION_TOKEN)".to_owned(),
+        ));
+    }
+    if request.name.trim().is_empty() {
+        return Err(ApiError::invalid_field("name", "must not be empty"));
+    }
+    let token = random_token();
+    let hash = sha256_hex(token.as_bytes());
+    let agent_id = state
+        .db
+        .call(move |conn| store::register_agent(conn, &request.name, &request.labels, &hash))
+        .await?;
+    tracing::info!(message = "Agent registered.", %agent_id);
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterAgentResponse { agent_id, token }),
+    ))
+}
+
+async fn claim_job(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    ApiJson(request): ApiJson<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    let wait = request
+        .wait_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(MAX_LONG_POLL)
+        .min(MAX_LONG_POLL);
+    let deadline = Instant::now() + wait;
+    loop {
+        // Register for the wake-up before looking, so a job queued in between
+        // still wakes this request.
+        let mut queued = pin!(state.jobs_queued.notified());
+        queued.as_mut().enable();
+        let policy = state.job_policy();
+        let claimer = agent.clone();
+        let job = state
+            .db
+            .call(move |conn| store::claim(conn, &claimer, policy))
+            .await?;
+        if let Some(job) = job {
+            tracing::info!(message = "Job claimed.", job_id = %job.job_id, deployment_id = %job.deployment_id, agent_id = %agent.id);
+            state.changes.notify_waiters();
+            return Ok(Json(job).into_response());
+        }
+        tokio::select! {
+            _ = queued => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+async fn watch_job(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(request): ApiJson<WatchRequest>,
+) -> Result<Response, ApiError> {
+    let policy = state.job_policy();
+    // Hold at most half a lease, so the next watch renews it in time.
+    let hold = request
+        .wait_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(MAX_LONG_POLL)
+        .min(MAX_LONG_POLL)
+        .min(Duration::from_millis(policy.lease_ms as u64 / 2));
+    let deadline = Instant::now() + hold;
+    let mut first = true;
+    loop {
+        let mut changed = pin!(state.changes.notified());
+        changed.as_mut().enable();
+        let (agent_id, id) = (agent.id.clone(), job_id.clone());
+        // Only the first look renews the lease; later looks only check for a cancel.
+        let renew = std::mem::replace(&mut first, false);
+        let control = state
+            .db
+            .call(move |conn| store::watch(conn, &agent_id, &id, policy, renew))
+            .await?;
+        if control.directive == kiln_protocol::JobDirective::Cancel {
+            return Ok(Json(control).into_response());
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(control).into_response()),
+            _ = state.shutdown.cancelled() => return Ok(Json(control).into_response()),
+        }
+    }
+}
+
+async fn report_status(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(update): ApiJson<JobStatusUpdate>,
+) -> Result<impl IntoResponse, ApiError> {
+    let applied = state
+        .db
+        .call(move |conn| store::report_status(conn, &agent.id, &job_id, update))
+        .await?;
+    state.changes.notify_waiters();
+    if applied.start_deploy {
+        start_deploy(&state, applied.deployment.id.clone()).await?;
+    }
+    Ok(Json(applied.deployment))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogOffset {
+    offset: u64,
+}
+
+async fn append_log(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    ApiPath((job_id, stream)): ApiPath<(String, LogStream)>,
+    ApiQuery(LogOffset { offset }): ApiQuery<LogOffset>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let (agent_id, id) = (agent.id.clone(), job_id.clone());
+    // Appends stay open after the job ends: a restarted agent delivers its spool late.
+    state
+        .db
+        .call(move |conn| store::owned_job_for(conn, &agent_id, &id))
+        .await?;
+    let next_offset = state.logs.append(&job_id, stream, offset, &body).await?;
+    Ok(Json(LogAppendResponse {
+        stream,
+        next_offset,
+    }))
+}
+
+async fn request_upload(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(descriptor): ApiJson<ArtifactDescriptor>,
+) -> Result<impl IntoResponse, ApiError> {
+    validate_descriptor(&descriptor, state.config.max_artifact_bytes)?;
+    let token = random_token();
+    let hash = sha256_hex(token.as_bytes());
+    let expires_at = Utc::now() + chrono::Duration::hours(1);
+    let name = descriptor.name.clone();
+    state
+        .db
+        .call(move |conn| {
+            store::create_upload_ticket(
+                conn,
+                &agent.id,
+                &job_id,
+                &descriptor,
+                &hash,
+                expires_at.timestamp_millis(),
+            )
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ArtifactUploadTicket {
+            name,
+            upload_url: format!("{API_PREFIX}/uploads/{token}"),
+            expires_at,
+        }),
+    ))
+}
+
+async fn receive_upload(
+    State(state): State<AppState>,
+    ApiPath(token): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let hash = sha256_hex(token.as_bytes());
+    let lookup = hash.clone();
+    let ticket = state
+        .db
+        .call(move |conn| store::upload_ticket(conn, &lookup))
+        .await?;
+    let declared = &ticket.descriptor;
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if length != declared.size {
+            return Err(ApiError::ArtifactSize {
+                name: declared.name.clone(),
+                declared: declared.size,
+                received: length,
+            });
+        }
+    }
+    if let Some(sha) = headers.get(SHA256_HEADER).and_then(|v| v.to_str().ok()) {
+        if sha != declared.sha256 {
+            return Err(ApiError::ArtifactChecksum {
+                name: declared.name.clone(),
+                declared: declared.sha256.clone(),
+                actual: format!("{sha} (per the {SHA256_HEADER} header)"),
+            });
+        }
+    }
+    state
+        .artifacts
+        .receive(&ticket.deployment_id, &ticket.job_id, declared, body)
+        .await?;
+    let descriptor = ticket.descriptor.clone();
+    state
+        .db
+        .call(move |conn| store::record_artifact(conn, &hash, &ticket))
+        .await?;
+    tracing::info!(message = "Artifact stored.", name = %descriptor.name, size = descriptor.size);
+    Ok((StatusCode::CREATED, Json(descriptor)))
+}
+
+// ---------------------------------------------------------------- users
+
+async fn create_project(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(new): ApiJson<CreateProject>,
+) -> Result<impl IntoResponse, ApiError> {
+    let project = state
+        .db
+        .call(move |conn| store::create_project(conn, new))
+        .await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+async fn list_projects(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    let projects = state.db.call(store::list_projects).await?;
+    Ok(Json(ProjectList { projects }))
+}
+
+async fn get_project(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .call(move |conn| store::get_project(conn, &id))
+            .await?,
+    ))
+}
+
+async fn create_environment(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(project_id): ApiPath<String>,
+    ApiJson(new): ApiJson<CreateEnvironment>,
+) -> Result<impl IntoResponse, ApiError> {
+    let environment = state
+        .db
+        .call(move |conn| store::create_environment(conn, &project_id, new))
+        .await?;
+    Ok((StatusCode::CREATED, Json(environment)))
+}
+
+async fn list_environments(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(project_id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let environments = state
+        .db
+        .call(move |conn| store::list_environments(conn, &project_id))
+        .await?;
+    Ok(Json(EnvironmentList { environments }))
+}
+
+async fn get_environment(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .call(move |conn| store::get_environment(conn, &id))
+            .await?,
+    ))
+}
+
+async fn update_environment(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(update): ApiJson<UpdateEnvironment>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .call(move |conn| store::update_environment(conn, &id, update))
+            .await?,
+    ))
+}
+
+async fn list_variables(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let variables = state
+        .db
+        .call(move |conn| store::list_variables(conn, &id))
+        .await?;
+    Ok(Json(VariableList { variables }))
+}
+
+async fn set_variables(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(set): ApiJson<SetVariables>,
+) -> Result<impl IntoResponse, ApiError> {
+    let variables = state
+        .db
+        .call(move |conn| store::set_variables(conn, &id, set.variables))
+        .await?;
+    Ok(Json(VariableList { variables }))
+}
+
+async fn push_event(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(push): ApiJson<PushEvent>,
+) -> Result<impl IntoResponse, ApiError> {
+    let outcome = state
+        .db
+        .call(move |conn| store::on_push(conn, push))
+        .await?;
+    state.announce_queue_change();
+    Ok((StatusCode::CREATED, Json(outcome)))
+}
+
+async fn pull_request_event(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(event): ApiJson<PullRequestEvent>,
+) -> Result<impl IntoResponse, ApiError> {
+    let outcome = state
+        .db
+        .call(move |conn| store::on_pull_request(conn, event))
+        .await?;
+    state.announce_queue_change();
+    Ok((StatusCode::CREATED, Json(outcome)))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeploymentQuery {
+    project: Option<String>,
+    environment: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_deployments(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(query): ApiQuery<DeploymentQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let filter = DeploymentFilter {
+        project_id: query.project,
+        environment_id: query.environment,
+        limit: query.limit.unwrap_or(50).clamp(1, 500),
+    };
+    let deployments = state
+        .db
+        .call(move |conn| store::list_deployments(conn, filter))
+        .await?;
+    Ok(Json(DeploymentList { deployments }))
+}
+
+async fn get_deployment(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .call(move |conn| store::get_deployment(conn, &id))
+            .await?,
+    ))
+}
+
+async fn redeploy(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let outcome = state
+        .db
+        .call(move |conn| store::redeploy(conn, &id))
+        .await?;
+    state.announce_queue_change();
+    Ok((StatusCode::CREATED, Json(outcome)))
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let deployment = start_deploy(&state, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(deployment)))
+}
+
+async fn start_deploy(state: &AppState, id: String) -> Result<kiln_protocol::Deployment, ApiError> {
+    let deployment_id = id.clone();
+    let deployment = state
+        .db
+        .call(move |conn| store::begin_deploy(conn, &deployment_id))
+        .await?;
+    state.changes.notify_waiters();
+    tokio::spawn(deployer::run(state.clone(), id));
+    Ok(deployment)
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    follow: bool,
+    job: Option<String>,
+}
+
+async fn read_log(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath((deployment_id, stream)): ApiPath<(String, LogStream)>,
+    ApiQuery(query): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let (id, job) = (deployment_id.clone(), query.job.clone());
+    let job = state
+        .db
+        .call(move |conn| store::job_for_logs(conn, &id, job.as_deref()))
+        .await?;
+    let reader = LogReader {
+        state: state.clone(),
+        deployment_id,
+        job_id: job.map(|job| job.id),
+        stream,
+        offset: query.offset,
+        follow: query.follow,
+        looked_after_end: false,
+    };
+    let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
+        match reader.next_chunk().await {
+            Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), reader)),
+            Ok(None) => None,
+            Err(error) => Some((Err(std::io::Error::other(error.to_string())), reader)),
+        }
+    }));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// Reads one log stream from an offset, and with `follow` waits for more until the
+/// job has ended and everything it sent has been read.
+struct LogReader {
+    state: AppState,
+    deployment_id: String,
+    job_id: Option<String>,
+    stream: LogStream,
+    offset: u64,
+    follow: bool,
+    looked_after_end: bool,
+}
+
+impl LogReader {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
+        loop {
+            let mut appended = pin!(self.state.logs.appended.notified());
+            appended.as_mut().enable();
+            let mut changed = pin!(self.state.changes.notified());
+            changed.as_mut().enable();
+            if self.job_id.is_none() {
+                let id = self.deployment_id.clone();
+                self.job_id = self
+                    .state
+                    .db
+                    .call(move |conn| store::job_for_logs(conn, &id, None))
+                    .await?
+                    .map(|job| job.id);
+            }
+            if let Some(job_id) = &self.job_id {
+                let chunk =
+                    read_at(&self.state.logs.path(job_id, self.stream), self.offset).await?;
+                if !chunk.is_empty() {
+                    self.offset += chunk.len() as u64;
+                    return Ok(Some(chunk));
+                }
+            }
+            if !self.follow || self.looked_after_end {
+                return Ok(None);
+            }
+            if self.ended().await? {
+                // One more read: bytes may have landed between the read and the check.
+                self.looked_after_end = true;
+                continue;
+            }
+            tokio::select! {
+                _ = appended => {}
+                _ = changed => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.state.shutdown.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    async fn ended(&self) -> Result<bool, ApiError> {
+        let Some(job_id) = self.job_id.clone() else {
+            // Never claimed: over only if the deployment ended without a build.
+            let id = self.deployment_id.clone();
+            let deployment = self
+                .state
+                .db
+                .call(move |conn| store::get_deployment(conn, &id))
+                .await?;
+            return Ok(!deployment.status.is_build_pending());
+        };
+        let job = self
+            .state
+            .db
+            .call(move |conn| store::get_job(conn, &job_id))
+            .await?;
+        Ok(job.finished)
+    }
+}
+
+async fn read_at(path: &std::path::Path, offset: u64) -> Result<Bytes, ApiError> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Bytes::new()),
+        Err(e) => return Err(e.into()),
+    };
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let mut buf = Vec::with_capacity(LOG_READ_CHUNK);
+    (&mut file)
+        .take(LOG_READ_CHUNK as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    Ok(Bytes::from(buf))
+}
+
+async fn download_artifact(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath((deployment_id, name)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (id, artifact_name) = (deployment_id.clone(), name.clone());
+    let artifact = state
+        .db
+        .call(move |conn| store::artifact(conn, &id, &artifact_name))
+        .await?;
+    let path = state
+        .artifacts
+        .path(&deployment_id, &artifact.job_id, &name);
+    let file = tokio::fs::File::open(&path).await?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, artifact.descriptor.size.to_string()),
+            (
+                header::HeaderName::from_static(SHA256_HEADER),
+                artifact.descriptor.sha256.clone(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

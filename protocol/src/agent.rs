@@ -1,0 +1,256 @@
+//! What agents and the control plane say to each other: registration, jobs, the
+//! job watch (lease renewal and cancellation), status updates, logs and artifacts.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::status::{ComponentStatus, DeploymentStatus, LogStream};
+
+/// `POST /api/v1/agents/register`, authorised by the registration token in the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterAgentRequest {
+    pub registration_token: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterAgentResponse {
+    pub agent_id: String,
+    /// Shown once; the control plane keeps only its hash.
+    pub token: String,
+}
+
+/// `POST /api/v1/agent/jobs/claim`: a long-poll for the next job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// How long the server may hold the request when no job is queued; capped at 30.
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+}
+
+/// A build an agent has claimed: everything it needs, nothing it must look up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// One claim of a deployment; a deployment handed out again gets a new job id.
+    pub job_id: String,
+    pub deployment_id: String,
+    pub project_id: String,
+    pub environment_id: String,
+    /// 1 for the first claim, 2 after a lost agent's job was handed out again.
+    pub attempt: u32,
+    pub repository_url: String,
+    pub commit_sha: String,
+    pub branch: String,
+    pub author: String,
+    pub message: String,
+    /// Directory of the Medusa backend inside the repository, `.` for the root.
+    pub backend_path: String,
+    #[serde(default)]
+    pub storefront_path: Option<String>,
+    #[serde(default)]
+    pub env: Vec<EnvVar>,
+    /// Credential for cloning; never logged, never written to disk by the agent.
+    #[serde(default)]
+    pub repository_token: Option<String>,
+    pub limits: JobLimits,
+    /// The agent must call the job watch at least this often or lose the job.
+    pub lease_seconds: u64,
+}
+
+/// A build environment variable. `secret` ones are masked in logs and searched for
+/// in the public build output.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+    #[serde(default)]
+    pub secret: bool,
+}
+
+impl std::fmt::Debug for EnvVar {
+    // A secret must not leak through a `{:?}` in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.secret { "***" } else { &self.value };
+        f.debug_struct("EnvVar")
+            .field("name", &self.name)
+            .field("value", &value)
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLimits {
+    /// Wall-clock limit for the whole build.
+    pub timeout_seconds: u64,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 3600,
+        }
+    }
+}
+
+/// `POST /api/v1/agent/jobs/{job_id}/watch`: renews the lease and holds until the job
+/// is canceled or `wait_seconds` pass. See ARCHITECTURE.md for why a long-poll.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    #[serde(default)]
+    pub wait_seconds: Option<u64>,
+}
+
+/// What the agent must do with a job it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobDirective {
+    Continue,
+    /// Stop the build, remove its container, report `build_canceled`.
+    Cancel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobControl {
+    pub job_id: String,
+    pub directive: JobDirective,
+    pub status: DeploymentStatus,
+    pub lease_expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/agent/jobs/{job_id}/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatusUpdate {
+    pub status: DeploymentStatus,
+    #[serde(default)]
+    pub backend: Option<ComponentStatus>,
+    #[serde(default)]
+    pub storefront: Option<ComponentStatus>,
+    /// Why, in words a person understands: "npm run build exited with code 2".
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Structured extra detail (e.g. secret-scan findings), stored as given.
+    #[serde(default)]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// Answer to `PUT /api/v1/agent/jobs/{job_id}/logs/{stream}?offset=N`, whose body is
+/// the chunk's bytes starting at stream offset `N`. An empty body at offset 0 asks
+/// where the stream ends, e.g. to resume after an agent restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogAppendResponse {
+    pub stream: LogStream,
+    /// Where the next chunk must start: the stream's length on the server.
+    pub next_offset: u64,
+}
+
+/// An artifact as the agent declares it before upload, and as the server stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactDescriptor {
+    /// `backend` or `storefront` by convention; `[a-z0-9._-]`, at most 64 bytes.
+    pub name: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// Answer to `POST /api/v1/agent/jobs/{job_id}/artifacts`: where to `PUT` the bytes.
+/// The URL carries its own authorisation, like an S3 presigned URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactUploadTicket {
+    pub name: String,
+    /// Absolute, or relative to the control plane's base URL.
+    pub upload_url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB_V1: &str = r#"{
+        "job_id": "job_1", "deployment_id": "dpl_1", "project_id": "prj_1",
+        "environment_id": "env_1", "attempt": 1,
+        "repository_url": "https://git.example/shop.git", "commit_sha": "0123456789abcdef0123456789abcdef01234567",
+        "branch": "main", "author": "Ada", "message": "Add cart",
+        "backend_path": ".", "limits": {"timeout_seconds": 900}, "lease_seconds": 60
+    }"#;
+
+    #[test]
+    fn job_from_v1_0_parses_with_defaults() {
+        let job: Job = serde_json::from_str(JOB_V1).unwrap();
+        assert_eq!(job.storefront_path, None);
+        assert!(job.env.is_empty());
+        assert_eq!(job.repository_token, None);
+        assert_eq!(job.limits.timeout_seconds, 900);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let mut value: serde_json::Value = serde_json::from_str(JOB_V1).unwrap();
+        value["added_in_v9"] = serde_json::json!({"anything": true});
+        let job: Job = serde_json::from_value(value).unwrap();
+        assert_eq!(job.job_id, "job_1");
+    }
+
+    #[test]
+    fn missing_required_field_names_it() {
+        let mut value: serde_json::Value = serde_json::from_str(JOB_V1).unwrap();
+        value.as_object_mut().unwrap().remove("commit_sha");
+        let err = serde_json::from_value::<Job>(value).unwrap_err();
+        assert_eq!(err.to_string(), "missing field `commit_sha`");
+    }
+
+    #[test]
+    fn job_round_trips() {
+        let mut job: Job = serde_json::from_str(JOB_V1).unwrap();
+        job.env.push(EnvVar {
+            name: "JWT_SECRET".into(),
+            value: "hunter2".into(),
+            secret: true,
+        });
+        job.storefront_path = Some("storefront".into());
+        let back: Job = serde_json::from_str(&serde_json::to_string(&job).unwrap()).unwrap();
+        assert_eq!(back, job);
+    }
+
+    #[test]
+    fn secret_values_stay_out_of_debug_output() {
+        let var = EnvVar {
+            name: "JWT_SECRET".into(),
+            value: "hunter2".into(),
+            secret: true,
+        };
+        assert!(!format!("{var:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn status_update_wire_form() {
+        let update = JobStatusUpdate {
+            status: DeploymentStatus::BuildFailed,
+            backend: Some(ComponentStatus::Failed),
+            storefront: None,
+            reason: Some("npm run build exited with code 2".into()),
+            detail: None,
+        };
+        insta::assert_json_snapshot!(update, @r###"
+        {
+          "status": "build_failed",
+          "backend": "failed",
+          "storefront": null,
+          "reason": "npm run build exited with code 2",
+          "detail": null
+        }
+        "###);
+    }
+
+    #[test]
+    fn unknown_status_in_update_is_an_error() {
+        let err = serde_json::from_str::<JobStatusUpdate>(r#"{"status": "done"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `done`"), "{err}");
+    }
+}

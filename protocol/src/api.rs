@@ -1,0 +1,238 @@
+//! What people (and their git hosting) say to the control plane: projects,
+//! environments, push and pull-request events, deployments.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{ArtifactDescriptor, EnvVar};
+use crate::status::{ComponentStatus, DeploymentStatus};
+
+fn root_path() -> String {
+    ".".to_owned()
+}
+
+/// `POST /api/v1/projects`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateProject {
+    pub name: String,
+    pub repository_url: String,
+    #[serde(default = "root_path")]
+    pub backend_path: String,
+    #[serde(default)]
+    pub storefront_path: Option<String>,
+    /// Only agents carrying all of these labels build this project.
+    #[serde(default)]
+    pub agent_labels: Vec<String>,
+    /// Handed to the agent with each job for cloning a private repository.
+    #[serde(default)]
+    pub repository_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: String,
+    pub name: String,
+    pub repository_url: String,
+    pub backend_path: String,
+    #[serde(default)]
+    pub storefront_path: Option<String>,
+    #[serde(default)]
+    pub agent_labels: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvironmentKind {
+    /// Bound to a branch rule, e.g. Production ← `main`.
+    LongLived,
+    /// One per open pull request, removed when it closes.
+    Preview,
+}
+
+/// `POST /api/v1/projects/{project_id}/environments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateEnvironment {
+    pub name: String,
+    /// A branch name or a glob such as `release/*`.
+    pub branch: String,
+    /// Deploy as soon as the build reaches `awaiting_deployment`.
+    #[serde(default)]
+    pub auto_deploy: bool,
+}
+
+/// `PATCH /api/v1/environments/{environment_id}`; applies from the next push on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateEnvironment {
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub auto_deploy: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub kind: EnvironmentKind,
+    pub branch: String,
+    #[serde(default)]
+    pub pull_request: Option<u64>,
+    pub auto_deploy: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `PUT /api/v1/environments/{environment_id}/variables`: replaces the whole set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetVariables {
+    pub variables: Vec<EnvVar>,
+}
+
+/// A variable as the API shows it: secret values are never sent back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariableView {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariableList {
+    pub variables: Vec<VariableView>,
+}
+
+/// `POST /api/v1/events/push`: a branch moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushEvent {
+    pub repository: String,
+    pub branch: String,
+    pub sha: String,
+    pub author: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullRequestAction {
+    Opened,
+    Reopened,
+    Synchronize,
+    Closed,
+}
+
+/// `POST /api/v1/events/pull_request`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestEvent {
+    pub repository: String,
+    pub number: u64,
+    pub action: PullRequestAction,
+    /// The pull request's head branch.
+    pub branch: String,
+    pub sha: String,
+    pub author: String,
+    pub message: String,
+}
+
+/// What an event did: the deployments it queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    pub deployments: Vec<Deployment>,
+    /// Deployments the event canceled (a newer commit, a closed pull request).
+    #[serde(default)]
+    pub canceled: Vec<String>,
+}
+
+/// One status a deployment passed through, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub status: DeploymentStatus,
+    pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredArtifact {
+    #[serde(flatten)]
+    pub descriptor: ArtifactDescriptor,
+    pub job_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub project_id: String,
+    pub environment_id: String,
+    pub commit_sha: String,
+    pub branch: String,
+    pub author: String,
+    pub message: String,
+    pub status: DeploymentStatus,
+    pub backend_status: ComponentStatus,
+    pub storefront_status: ComponentStatus,
+    /// Why the deployment is where it is, when that is a failure or a cancel.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub detail: Option<serde_json::Value>,
+    /// The deployment this one rebuilds, for a redeploy.
+    #[serde(default)]
+    pub redeploy_of: Option<String>,
+    /// How many times an agent claimed it (2 after a lost agent).
+    pub attempts: u32,
+    #[serde(default)]
+    pub current_job_id: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
+    #[serde(default)]
+    pub artifacts: Vec<StoredArtifact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentList {
+    pub deployments: Vec<Deployment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectList {
+    pub projects: Vec<Project>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentList {
+    pub environments: Vec<Environment>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_defaults_backend_to_root() {
+        let project: CreateProject = serde_json::from_str(
+            r#"{"name": "shop", "repository_url": "https://git.example/shop.git"}"#,
+        )
+        .unwrap();
+        assert_eq!(project.backend_path, ".");
+        assert_eq!(project.storefront_path, None);
+    }
+
+    #[test]
+    fn pull_request_action_is_checked() {
+        let err = serde_json::from_str::<PullRequestEvent>(
+            r#"{"repository": "r", "number": 1, "action": "merged", "branch": "b", "sha": "s", "author": "a", "message": "m"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `merged`"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! All end-to-end tests, one binary, one module per area. Each test starts the
+//! real servers it needs on loopback; see `support`.
+
+mod control_plane;
+mod support;

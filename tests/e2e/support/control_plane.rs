@@ -1,0 +1,359 @@
+//! Starts the real `kiln-control-plane` server in-process on `127.0.0.1:0` and talks
+//! to it over HTTP, as an agent or a user would.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_control_plane::{serve, AppState, Config};
+use kiln_protocol::{
+    CreateEnvironment, CreateProject, Deployment, Environment, ErrorEnvelope, EventOutcome, Job,
+    Project, PushEvent, RegisterAgentRequest, RegisterAgentResponse,
+};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "admin-secret-for-tests";
+pub const REGISTRATION_TOKEN: &str = "registration-secret-for-tests";
+pub const REPO: &str = "https://git.example/acme/shop.git";
+
+/// A running control plane; stopped (and its port released) on `stop` or drop.
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl ControlPlane {
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, |_| {}).await
+    }
+
+    pub async fn start_with(data_dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::new(
+            data_dir.to_owned(),
+            ADMIN_TOKEN.to_owned(),
+            REGISTRATION_TOKEN.to_owned(),
+        );
+        config.reaper_interval = Duration::from_millis(100);
+        tweak(&mut config);
+        let state = AppState::open(config).expect("control plane opens its data dir");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
+        Self {
+            addr,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn admin(&self) -> Api {
+        Api::new(self.base_url(), Some(ADMIN_TOKEN))
+    }
+
+    pub fn anonymous(&self) -> Api {
+        Api::new(self.base_url(), None)
+    }
+
+    pub fn as_token(&self, token: &str) -> Api {
+        Api::new(self.base_url(), Some(token))
+    }
+
+    /// Registers an agent and returns a client holding its token.
+    pub async fn register_agent(&self, name: &str, labels: &[&str]) -> Api {
+        let response: RegisterAgentResponse = self
+            .anonymous()
+            .send_json(
+                Method::POST,
+                "/api/v1/agents/register",
+                &RegisterAgentRequest {
+                    registration_token: REGISTRATION_TOKEN.to_owned(),
+                    name: name.to_owned(),
+                    labels: labels.iter().map(|l| l.to_string()).collect(),
+                },
+            )
+            .await
+            .expect_json(StatusCode::CREATED)
+            .await;
+        self.as_token(&response.token)
+    }
+
+    /// Stops the server and waits until it has released everything.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+/// A response with helpers that fail the test with the body in the message.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub async fn expect_json<T: DeserializeOwned>(self, status: StatusCode) -> T {
+        assert_eq!(
+            self.status,
+            status,
+            "unexpected status; body: {}",
+            self.text()
+        );
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not the expected JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts an error envelope with this status and code; returns the message.
+    pub fn expect_error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(
+            self.status,
+            status,
+            "unexpected status; body: {}",
+            self.text()
+        );
+        let envelope: ErrorEnvelope = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not an error envelope ({e}): {}", self.text()));
+        assert_eq!(
+            envelope.error.code, code,
+            "message: {}",
+            envelope.error.message
+        );
+        envelope.error.message
+    }
+}
+
+impl Api {
+    pub fn new(base: String, token: Option<&str>) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            base,
+            token: token.map(str::to_owned),
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let builder = self.client.request(method, url);
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn send(&self, builder: reqwest::RequestBuilder) -> Reply {
+        let response = builder.send().await.expect("request reaches the server");
+        Reply {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn send_json<B: Serialize>(&self, method: Method, path: &str, body: &B) -> Reply {
+        self.send(self.request(method, path).json(body)).await
+    }
+
+    pub async fn post_json<B: Serialize>(&self, path: &str, body: &B) -> Reply {
+        self.send_json(Method::POST, path, body).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &'static str) -> Reply {
+        self.send(
+            self.request(Method::POST, path)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    // ------------------------------------------------------------ user helpers
+
+    pub async fn create_project(&self, name: &str) -> Project {
+        self.create_project_with(CreateProject {
+            name: name.to_owned(),
+            repository_url: REPO.to_owned(),
+            backend_path: ".".to_owned(),
+            storefront_path: None,
+            agent_labels: Vec::new(),
+            repository_token: None,
+        })
+        .await
+    }
+
+    pub async fn create_project_with(&self, project: CreateProject) -> Project {
+        self.post_json("/api/v1/projects", &project)
+            .await
+            .expect_json(StatusCode::CREATED)
+            .await
+    }
+
+    pub async fn create_environment(
+        &self,
+        project: &Project,
+        name: &str,
+        branch: &str,
+    ) -> Environment {
+        self.post_json(
+            &format!("/api/v1/projects/{}/environments", project.id),
+            &CreateEnvironment {
+                name: name.to_owned(),
+                branch: branch.to_owned(),
+                auto_deploy: false,
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await
+    }
+
+    pub async fn push(&self, branch: &str, sha: &str) -> EventOutcome {
+        self.post_json(
+            "/api/v1/events/push",
+            &PushEvent {
+                repository: REPO.to_owned(),
+                branch: branch.to_owned(),
+                sha: sha.to_owned(),
+                author: "Ada Lovelace".to_owned(),
+                message: format!("commit {sha}"),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await
+    }
+
+    pub async fn deployment(&self, id: &str) -> Deployment {
+        self.get(&format!("/api/v1/deployments/{id}"))
+            .await
+            .expect_json(StatusCode::OK)
+            .await
+    }
+
+    /// Polls until the deployment reaches `status` (10 s at most).
+    pub async fn wait_for_status(
+        &self,
+        id: &str,
+        status: kiln_protocol::DeploymentStatus,
+    ) -> Deployment {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let deployment = self.deployment(id).await;
+            if deployment.status == status {
+                return deployment;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "deployment {id} stayed {} (reason {:?}), expected {status}",
+                deployment.status,
+                deployment.reason
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // ------------------------------------------------------------ agent helpers
+
+    /// Claims a job, waiting up to `wait_seconds`; `None` on 204.
+    pub async fn claim(&self, wait_seconds: u64) -> Option<Job> {
+        let reply = self
+            .post_json(
+                "/api/v1/agent/jobs/claim",
+                &kiln_protocol::ClaimRequest {
+                    wait_seconds: Some(wait_seconds),
+                },
+            )
+            .await;
+        match reply.status {
+            StatusCode::NO_CONTENT => None,
+            _ => Some(reply.expect_json(StatusCode::OK).await),
+        }
+    }
+
+    pub async fn report(&self, job: &Job, update: &kiln_protocol::JobStatusUpdate) -> Reply {
+        self.post_json(&format!("/api/v1/agent/jobs/{}/status", job.job_id), update)
+            .await
+    }
+
+    pub async fn append_log(
+        &self,
+        job_id: &str,
+        stream: &str,
+        offset: u64,
+        data: &'static [u8],
+    ) -> Reply {
+        self.send(
+            self.request(
+                Method::PUT,
+                &format!("/api/v1/agent/jobs/{job_id}/logs/{stream}?offset={offset}"),
+            )
+            .body(data),
+        )
+        .await
+    }
+}
+
+/// A fake but well-formed commit id, distinct per `n`.
+pub fn sha(n: u32) -> String {
+    format!("{n:040x}")
+}
+
+pub fn update(status: kiln_protocol::DeploymentStatus) -> kiln_protocol::JobStatusUpdate {
+    kiln_protocol::JobStatusUpdate {
+        status,
+        backend: None,
+        storefront: None,
+        reason: None,
+        detail: None,
+    }
+}
+
+impl Api {
+    /// The same agent or user, talking to another server (e.g. after a restart).
+    pub fn with_token_of(self, other: &Api) -> Api {
+        Api {
+            token: other.token.clone(),
+            ..self
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers live in `e2e/support`; this library is empty on purpose.
