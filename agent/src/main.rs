@@ -1,5 +1,5 @@
-//! `kiln-agent`: the build agent. The pipeline lands with issue 3.
+//! `kiln-agent`: see `cli.rs`.
 
-fn main() {
-    println!("kiln-agent {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    kiln_agent::cli::main()
 }

@@ -1,0 +1,304 @@
+//! The `kiln-agent` command line. Errors become exit codes here and nowhere else;
+//! `main.rs` (and the end-to-end tests' copy of the binary) only call `cli::main`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::client::Client;
+use crate::config::{env_vars, AgentConfig, List, PartialConfig, DEFAULT_CONFIG_PATH};
+use crate::daemon::{Daemon, DaemonError};
+use crate::executor::{DockerExecutor, Executor};
+use crate::logs::JobLogs;
+use crate::pipeline::{BuildOutcome, BuildRequest, Pipeline, Source, Workspace};
+use crate::state::{Identity, StateDir};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use kiln_protocol::{EnvVar, RegisterAgentRequest};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln-agent",
+    version,
+    about = "Builds Medusa apps for a Kiln control plane"
+)]
+struct Cli {
+    /// Configuration file (default /etc/kiln/agent.toml; also KILN_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Operator log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register with a control plane and store this agent's token in the state dir.
+    Register {
+        #[arg(long)]
+        url: String,
+        #[arg(long, env = "KILN_REGISTRATION_TOKEN", hide_env_values = true)]
+        registration_token: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        labels: Option<List>,
+        #[command(flatten)]
+        settings: PartialConfig,
+    },
+    /// Claim and build jobs until stopped (SIGTERM/SIGINT drain; a second signal cancels).
+    Run {
+        #[command(flatten)]
+        settings: PartialConfig,
+    },
+    /// Build a local directory the way CI would, without a control plane.
+    Build {
+        dir: PathBuf,
+        /// Where the artifacts go.
+        #[arg(long, default_value = "kiln-artifacts")]
+        out: PathBuf,
+        /// Backend directory inside DIR.
+        #[arg(long, default_value = ".")]
+        backend_path: String,
+        /// Build environment variable NAME=VALUE (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        #[command(flatten)]
+        settings: PartialConfig,
+    },
+    /// Check Docker, the build image, git, disk space and the control plane.
+    Doctor {
+        #[command(flatten)]
+        settings: PartialConfig,
+    },
+}
+
+fn load_config(path: Option<PathBuf>, flags: PartialConfig) -> anyhow::Result<AgentConfig> {
+    let (path, required) =
+        match path.or_else(|| std::env::var_os(env_vars::KILN_CONFIG).map(PathBuf::from)) {
+            Some(path) => (path, true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+    let file = PartialConfig::from_file(&path, required)?;
+    let env = PartialConfig::from_env(|name| std::env::var(name).ok())?;
+    Ok(flags.over(env.over(file)).resolve()?)
+}
+
+fn init_tracing(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => bail!("--log-format {other:?} is invalid; use text or json"),
+    }
+    Ok(())
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(error) = init_tracing(&cli.log_format) {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Register {
+            url,
+            registration_token,
+            name,
+            labels,
+            settings,
+        } => {
+            let mut config = load_config(cli.config, settings)?;
+            if let Some(labels) = labels {
+                config.labels = labels.0;
+            }
+            let name = name.unwrap_or(config.name.clone());
+            let url = url.trim_end_matches('/').to_owned();
+            let response = Client::register(
+                &url,
+                &RegisterAgentRequest {
+                    registration_token,
+                    name: name.clone(),
+                    labels: config.labels.clone(),
+                },
+            )
+            .await
+            .context("registration failed")?;
+            let state = StateDir::new(&config.state_dir);
+            state.save_identity(&Identity {
+                control_plane_url: url.clone(),
+                agent_id: response.agent_id.clone(),
+                token: response.token,
+                name,
+            })?;
+            println!(
+                "Registered as {} with {url}; token stored in {}.",
+                response.agent_id,
+                state.identity_path().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { settings } => {
+            let config = Arc::new(load_config(cli.config, settings)?);
+            let state = StateDir::new(&config.state_dir);
+            let identity = state.load_identity()?;
+            let url = config
+                .control_plane_url
+                .clone()
+                .unwrap_or(identity.control_plane_url.clone());
+            let executor: Arc<dyn Executor> = Arc::new(DockerExecutor::connect().await?);
+            std::fs::create_dir_all(&config.work_dir)
+                .with_context(|| format!("cannot create work_dir {}", config.work_dir.display()))?;
+            let daemon = Arc::new(Daemon {
+                client: Client::new(&url, &identity.token),
+                pipeline: Arc::new(Pipeline {
+                    executor: executor.clone(),
+                    config: config.clone(),
+                    agent_id: identity.agent_id.clone(),
+                }),
+                executor,
+                config,
+                state,
+                agent_id: identity.agent_id,
+            });
+            let (shutdown, abort) = (CancellationToken::new(), CancellationToken::new());
+            tokio::spawn(forward_signals(shutdown.clone(), abort.clone()));
+            match daemon.run(shutdown, abort).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(DaemonError::Unauthorized(error)) => bail!("{error}"),
+                Err(error) => Err(error.into()),
+            }
+        }
+        Command::Build {
+            dir,
+            out,
+            backend_path,
+            env,
+            settings,
+        } => {
+            let config = Arc::new(load_config(cli.config, settings)?);
+            build_locally(config, dir, out, backend_path, env).await
+        }
+        Command::Doctor { settings } => {
+            let config = load_config(cli.config, settings)?;
+            Ok(if crate::doctor::run(&config).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn forward_signals(shutdown: CancellationToken, abort: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("can handle SIGTERM");
+    let mut int = signal(SignalKind::interrupt()).expect("can handle SIGINT");
+    for token in [shutdown, abort] {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        token.cancel();
+    }
+}
+
+async fn build_locally(
+    config: Arc<AgentConfig>,
+    dir: PathBuf,
+    out: PathBuf,
+    backend_path: String,
+    env: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", dir.display()))?;
+    let env = env
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) => Ok(EnvVar {
+                name: name.to_owned(),
+                value: value.to_owned(),
+                secret: false,
+            }),
+            None => bail!("--env {pair:?} must be NAME=VALUE"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let executor: Arc<dyn Executor> = Arc::new(DockerExecutor::connect().await?);
+    let job_id = format!("local-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let scratch = tempfile_dir(&config.work_dir)?;
+    let logs = JobLogs::open(&scratch.join("logs"), &[], true)?;
+    let pipeline = Pipeline {
+        executor,
+        config: config.clone(),
+        agent_id: "local".to_owned(),
+    };
+    let workspace = Workspace::new(&scratch, &job_id);
+    let request = BuildRequest {
+        job_id,
+        source: Source::Local(dir),
+        backend_path,
+        storefront_path: None,
+        env,
+        timeout: config.job_timeout,
+    };
+    let cancel = CancellationToken::new();
+    let ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        ctrl_c.cancel();
+    });
+    let outcome = pipeline.build(&request, &workspace, &logs, &cancel).await;
+    let code = match outcome {
+        BuildOutcome::Built { artifacts } => {
+            std::fs::create_dir_all(&out)?;
+            for artifact in artifacts {
+                let dest = out.join(&artifact.name);
+                std::fs::copy(&artifact.packed.path, &dest)?;
+                println!(
+                    "artifact  {}  {} bytes  sha256 {}",
+                    dest.display(),
+                    artifact.packed.size,
+                    artifact.packed.sha256
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        BuildOutcome::Failed { reason, .. } => {
+            eprintln!("build failed: {reason}");
+            ExitCode::FAILURE
+        }
+        BuildOutcome::Canceled => ExitCode::from(130),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(code)
+}
+
+fn tempfile_dir(work_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let base = if std::fs::create_dir_all(work_dir).is_ok() {
+        work_dir.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("kiln-local-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,349 @@
+//! The agent's HTTP client for the control plane's `/api/v1/agent` endpoints.
+//!
+//! It only speaks the protocol; retries, backoff and what to do on failure belong
+//! to the callers, which know whether a call may be repeated.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kiln_protocol::{
+    codes, ArtifactDescriptor, ArtifactUploadTicket, ClaimRequest, ErrorEnvelope, Job, JobControl,
+    JobStatusUpdate, LogAppendResponse, LogStream, RegisterAgentRequest, RegisterAgentResponse,
+    WatchRequest, API_PREFIX, SHA256_HEADER,
+};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("control plane at {url} is unreachable: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the control plane refused this agent's token: {message}; re-register with `kiln-agent register`")]
+    Unauthorized { message: String },
+    #[error("control plane answered {status} ({code}): {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        expected_offset: Option<u64>,
+    },
+    #[error("control plane sent a malformed {what}: {reason}")]
+    Malformed {
+        what: &'static str,
+        reason: String,
+        /// The job id, when a malformed job payload still carried one.
+        job_id: Option<String>,
+    },
+    #[error("cannot read {path} for upload: {source}")]
+    ReadFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl ClientError {
+    /// Worth trying again later: the network, a restarting server, overload.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// Outcome of a log append: accepted up to an offset, or the server expects another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Upto(u64),
+    Expected(u64),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("kiln-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("TLS backend initialises")
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn decode_error(url: &str, response: reqwest::Response) -> ClientError {
+    let status = response.status();
+    let body = response.bytes().await.unwrap_or_default();
+    let (code, message, expected_offset) = match serde_json::from_slice::<ErrorEnvelope>(&body) {
+        Ok(envelope) => (
+            envelope.error.code,
+            envelope.error.message,
+            envelope.error.expected_offset,
+        ),
+        Err(_) => (
+            "unknown".to_owned(),
+            format!(
+                "{} from {url}: {}",
+                status,
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ),
+            None,
+        ),
+    };
+    if status == StatusCode::UNAUTHORIZED {
+        return ClientError::Unauthorized { message };
+    }
+    ClientError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+        expected_offset,
+    }
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Self {
+        Self {
+            http: http_client(),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Exchanges the registration token for this agent's own token.
+    pub async fn register(
+        base: &str,
+        request: &RegisterAgentRequest,
+    ) -> Result<RegisterAgentResponse, ClientError> {
+        let url = format!("{}{API_PREFIX}/agents/register", base.trim_end_matches('/'));
+        let response = http_client()
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(request)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if !response.status().is_success() {
+            return Err(decode_error(&url, response).await);
+        }
+        Self::decode(&url, response, "registration answer").await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.to_owned(),
+                source,
+            })?;
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(decode_error(url, response).await)
+        }
+    }
+
+    async fn decode<T: DeserializeOwned>(
+        url: &str,
+        response: reqwest::Response,
+        what: &'static str,
+    ) -> Result<T, ClientError> {
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.to_owned(),
+                source,
+            })?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
+            what,
+            reason: e.to_string(),
+            job_id: None,
+        })
+    }
+
+    /// Long-polls for a job; `Ok(None)` when none came within `wait`.
+    pub async fn claim(&self, wait: Duration) -> Result<Option<Job>, ClientError> {
+        let url = self.url("/agent/jobs/claim");
+        let request = self
+            .http
+            .post(&url)
+            .timeout(wait + Duration::from_secs(15))
+            .json(&ClaimRequest {
+                wait_seconds: Some(wait.as_secs()),
+            });
+        let response = self.send(&url, request).await?;
+        if response.status() == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        // Parse in two steps so a malformed job can still be failed by its id.
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
+                what: "job payload",
+                reason: e.to_string(),
+                job_id: None,
+            })?;
+        let job_id = value
+            .get("job_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| ClientError::Malformed {
+                what: "job payload",
+                reason: e.to_string(),
+                job_id,
+            })
+    }
+
+    /// Renews the lease; returns early when the job is canceled.
+    pub async fn watch(&self, job_id: &str, wait: Duration) -> Result<JobControl, ClientError> {
+        let url = self.url(&format!("/agent/jobs/{job_id}/watch"));
+        let request = self
+            .http
+            .post(&url)
+            .timeout(wait + Duration::from_secs(15))
+            .json(&WatchRequest {
+                wait_seconds: Some(wait.as_secs()),
+            });
+        let response = self.send(&url, request).await?;
+        Self::decode(&url, response, "job control").await
+    }
+
+    pub async fn report(&self, job_id: &str, update: &JobStatusUpdate) -> Result<(), ClientError> {
+        let url = self.url(&format!("/agent/jobs/{job_id}/status"));
+        let request = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(update);
+        self.send(&url, request).await.map(drop)
+    }
+
+    pub async fn append_log(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> Result<Appended, ClientError> {
+        let url = self.url(&format!(
+            "/agent/jobs/{job_id}/logs/{stream}?offset={offset}"
+        ));
+        let request = self
+            .http
+            .put(&url)
+            .timeout(Duration::from_secs(30))
+            .body(data);
+        match self.send(&url, request).await {
+            Ok(response) => {
+                let answer: LogAppendResponse =
+                    Self::decode(&url, response, "log append answer").await?;
+                Ok(Appended::Upto(answer.next_offset))
+            }
+            Err(ClientError::Api {
+                code,
+                expected_offset: Some(expected),
+                ..
+            }) if code == codes::LOG_OFFSET_GAP => Ok(Appended::Expected(expected)),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn request_upload(
+        &self,
+        job_id: &str,
+        descriptor: &ArtifactDescriptor,
+    ) -> Result<ArtifactUploadTicket, ClientError> {
+        let url = self.url(&format!("/agent/jobs/{job_id}/artifacts"));
+        let request = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(descriptor);
+        let response = self.send(&url, request).await?;
+        Self::decode(&url, response, "upload ticket").await
+    }
+
+    /// Streams a file to an upload URL, with its length and sha256 in the headers.
+    pub async fn upload(
+        &self,
+        ticket: &ArtifactUploadTicket,
+        descriptor: &ArtifactDescriptor,
+        path: &Path,
+    ) -> Result<(), ClientError> {
+        let url = if ticket.upload_url.starts_with("http://")
+            || ticket.upload_url.starts_with("https://")
+        {
+            ticket.upload_url.clone()
+        } else {
+            format!("{}{}", self.base, ticket.upload_url)
+        };
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::ReadFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        ));
+        // The URL authorises itself (like a presigned URL): no bearer token is sent.
+        let response = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_LENGTH, descriptor.size)
+            .header(SHA256_HEADER, &descriptor.sha256)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(decode_error(&url, response).await)
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! Agent configuration: `agent.toml`, then `KILN_*` environment variables, then flags.
+//!
+//! One struct, `PartialConfig`, is read from all three sources (serde for the file,
+//! `FromStr` for the environment, clap for flags), merged with the higher source
+//! winning, then resolved into `AgentConfig` with defaults and checks. A typo in the
+//! file is an error naming the key; a bad value names the key or variable and value.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/kiln/agent.toml";
+
+/// Every environment variable the agent reads, in one place.
+pub mod env_vars {
+    pub const KILN_CONFIG: &str = "KILN_CONFIG";
+    pub const KILN_REQUIRE_DOCKER: &str = "KILN_REQUIRE_DOCKER";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{name}={value:?} is invalid: {reason}")]
+    InvalidEnv {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("`{key}` is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("`{key}` is not set; {hint}")]
+    Missing {
+        key: &'static str,
+        hint: &'static str,
+    },
+}
+
+/// A size such as `4GiB`, `512MiB`, `1024` (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: f64 = number
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size like 4GiB, 512MiB or 1048576"))?;
+        let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "unknown size unit {other:?}; use B, KiB, MiB, GiB or TiB"
+                ))
+            }
+        };
+        Ok(ByteSize((number * multiplier as f64) as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
+        for (unit, size) in UNITS {
+            if self.0 >= size && self.0 % (size / 1024).max(1) == 0 {
+                let value = self.0 as f64 / size as f64;
+                return if value.fract() == 0.0 {
+                    write!(f, "{value:.0} {unit}")
+                } else {
+                    write!(f, "{value:.1} {unit}")
+                };
+            }
+        }
+        write!(f, "{} B", self.0)
+    }
+}
+
+/// A duration such as `30m`, `10s`, `1h30m`, or plain seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not a duration like 30m, 10s, 1h30m or 90");
+        if let Ok(seconds) = s.parse::<u64>() {
+            return Ok(Span(Duration::from_secs(seconds)));
+        }
+        let mut total = Duration::ZERO;
+        let mut number = String::new();
+        for c in s.chars() {
+            if c.is_ascii_digit() {
+                number.push(c);
+                continue;
+            }
+            let n: u64 = number.parse().map_err(|_| bad())?;
+            number.clear();
+            total += match c {
+                'h' => Duration::from_secs(n * 3600),
+                'm' => Duration::from_secs(n * 60),
+                's' => Duration::from_secs(n),
+                _ => return Err(bad()),
+            };
+        }
+        if !number.is_empty() || s.is_empty() {
+            return Err(bad());
+        }
+        Ok(Span(total))
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        match (secs / 3600, secs % 3600 / 60, secs % 60) {
+            (0, 0, s) => write!(f, "{s}s"),
+            (0, m, 0) => write!(f, "{m}m"),
+            (h, 0, 0) => write!(f, "{h}h"),
+            (h, m, s) if h > 0 => write!(f, "{h}h{m}m{s}s"),
+            (_, m, s) => write!(f, "{m}m{s}s"),
+        }
+    }
+}
+
+/// A comma-separated list in the environment and on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct List(pub Vec<String>);
+
+impl FromStr for List {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(List(
+            s.split(',')
+                .map(str::trim)
+                .filter(|part| !part.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+}
+
+/// How a build container reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Host,
+    Bridge,
+    None,
+}
+
+impl Network {
+    pub fn docker_mode(self) -> &'static str {
+        match self {
+            Network::Host => "host",
+            Network::Bridge => "bridge",
+            Network::None => "none",
+        }
+    }
+}
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "host" => Ok(Network::Host),
+            "bridge" => Ok(Network::Bridge),
+            "none" => Ok(Network::None),
+            other => Err(format!(
+                "{other:?} is not a network mode; use host, bridge or none"
+            )),
+        }
+    }
+}
+
+/// `uid:gid` for build containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidGid {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FromStr for UidGid {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not uid:gid, e.g. 10000:10000");
+        let (uid, gid) = s.split_once(':').ok_or_else(bad)?;
+        Ok(UidGid {
+            uid: uid.parse().map_err(|_| bad())?,
+            gid: gid.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Deserialises a TOML string (or number, where it makes sense) through `FromStr`.
+fn from_str_or_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Integer(u64),
+        Float(f64),
+        List(Vec<String>),
+    }
+    let text = match Raw::deserialize(deserializer)? {
+        Raw::Text(text) => text,
+        Raw::Integer(n) => n.to_string(),
+        Raw::Float(n) => n.to_string(),
+        Raw::List(items) => items.join(","),
+    };
+    T::from_str(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+macro_rules! partial_config {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $env:literal $(, parse = $parse:literal)? ;)*) => {
+        /// Settings from one source; `None` means "not set here".
+        #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct PartialConfig {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long)]
+                #[serde(default $(, deserialize_with = $parse)?)]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl PartialConfig {
+            /// Fields set in `self` win over `lower`.
+            pub fn over(self, lower: PartialConfig) -> PartialConfig {
+                PartialConfig { $( $field: self.$field.or(lower.$field), )* }
+            }
+
+            /// Reads `KILN_*` variables through `lookup` (the process environment in `main`).
+            pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<PartialConfig, ConfigError> {
+                let mut config = PartialConfig::default();
+                $(
+                    if let Some(value) = lookup($env) {
+                        config.$field = Some(value.parse::<$ty>().map_err(|reason| ConfigError::InvalidEnv {
+                            name: $env,
+                            value: value.clone(),
+                            reason: reason.to_string(),
+                        })?);
+                    }
+                )*
+                Ok(config)
+            }
+
+            /// The variable name for each key, for documentation and `doctor`.
+            pub const ENV_NAMES: &'static [(&'static str, &'static str)] = &[ $( (stringify!($field), $env), )* ];
+        }
+    };
+}
+
+partial_config! {
+    /// Base URL of the control plane, e.g. https://kiln.example.com
+    control_plane_url: String = "KILN_CONTROL_PLANE_URL";
+    /// Name shown in the control plane (default: the host name)
+    name: String = "KILN_NAME";
+    /// Per-job workspaces live here
+    work_dir: PathBuf = "KILN_WORK_DIR";
+    /// The agent token and log spools live here
+    state_dir: PathBuf = "KILN_STATE_DIR";
+    /// Jobs built at once
+    concurrency: usize = "KILN_CONCURRENCY";
+    /// Labels jobs may require, comma-separated
+    labels: List = "KILN_LABELS", parse = "from_str_or_number";
+    /// Docker image builds run in
+    build_image: String = "KILN_BUILD_IMAGE";
+    /// Memory limit per build container (swap is limited to the same)
+    memory: ByteSize = "KILN_MEMORY", parse = "from_str_or_number";
+    /// CPUs per build container
+    cpus: f64 = "KILN_CPUS";
+    /// Process limit per build container
+    pids: i64 = "KILN_PIDS";
+    /// Longest a job may run, whatever the control plane asks
+    job_timeout: Span = "KILN_JOB_TIMEOUT", parse = "from_str_or_number";
+    /// Time a canceled build gets between SIGTERM and SIGKILL
+    cancel_grace: Span = "KILN_CANCEL_GRACE", parse = "from_str_or_number";
+    /// Time running jobs get to finish when the agent is asked to stop
+    shutdown_grace: Span = "KILN_SHUTDOWN_GRACE", parse = "from_str_or_number";
+    /// PEM bundle mounted read-only into build containers (TLS-inspecting proxies)
+    extra_ca_certs: PathBuf = "KILN_EXTRA_CA_CERTS";
+    /// Network of the install step: host, bridge or none
+    install_network: Network = "KILN_INSTALL_NETWORK", parse = "from_str_or_number";
+    /// Network of the build step: host, bridge or none
+    build_network: Network = "KILN_BUILD_NETWORK", parse = "from_str_or_number";
+    /// Keep a failed job's workspace for inspection
+    keep_failed_workspaces: bool = "KILN_KEEP_FAILED_WORKSPACES";
+    /// uid:gid builds run as when the agent itself runs as root
+    build_user: UidGid = "KILN_BUILD_USER", parse = "from_str_or_number";
+}
+
+/// The resolved configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub control_plane_url: Option<String>,
+    pub name: String,
+    pub work_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub concurrency: usize,
+    pub labels: Vec<String>,
+    pub build_image: String,
+    pub memory: ByteSize,
+    pub cpus: f64,
+    pub pids: i64,
+    pub job_timeout: Duration,
+    pub cancel_grace: Duration,
+    pub shutdown_grace: Duration,
+    pub extra_ca_certs: Option<PathBuf>,
+    pub install_network: Network,
+    pub build_network: Network,
+    pub keep_failed_workspaces: bool,
+    /// Who build containers run as: the agent's own uid/gid, or `build_user` if root.
+    pub build_user: UidGid,
+}
+
+pub const DEFAULT_IMAGE: &str = "kiln/node:20";
+
+impl PartialConfig {
+    /// Reads a TOML file; a missing file is fine only when it was not asked for by name.
+    pub fn from_file(path: &std::path::Path, required: bool) -> Result<PartialConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(PartialConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    pub fn resolve(self) -> Result<AgentConfig, ConfigError> {
+        let concurrency = self.concurrency.unwrap_or(1);
+        if concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                key: "concurrency",
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        let cpus = self.cpus.unwrap_or(2.0);
+        if cpus.is_nan() || cpus <= 0.0 {
+            return Err(ConfigError::Invalid {
+                key: "cpus",
+                reason: format!("{cpus} must be more than 0"),
+            });
+        }
+        let memory = self.memory.unwrap_or(ByteSize(4 << 30));
+        if memory.0 < 64 << 20 {
+            return Err(ConfigError::Invalid {
+                key: "memory",
+                reason: format!("{memory} is too little to run node; use at least 64 MiB"),
+            });
+        }
+        let pids = self.pids.unwrap_or(1024);
+        if pids < 16 {
+            return Err(ConfigError::Invalid {
+                key: "pids",
+                reason: format!("{pids} is too few to run npm; use at least 16"),
+            });
+        }
+        if let Some(url) = &self.control_plane_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: "control_plane_url",
+                    reason: format!("{url:?} must start with http:// or https://"),
+                });
+            }
+        }
+        let me = UidGid {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        };
+        let build_user = if me.uid == 0 {
+            self.build_user.unwrap_or(UidGid {
+                uid: 10000,
+                gid: 10000,
+            })
+        } else {
+            me
+        };
+        let install_network = self.install_network.unwrap_or(Network::Host);
+        Ok(AgentConfig {
+            control_plane_url: self
+                .control_plane_url
+                .map(|url| url.trim_end_matches('/').to_owned()),
+            name: self.name.unwrap_or_else(default_name),
+            work_dir: self
+                .work_dir
+                .unwrap_or_else(|| "/var/lib/kiln-agent/work".into()),
+            state_dir: self
+                .state_dir
+                .unwrap_or_else(|| "/var/lib/kiln-agent/state".into()),
+            concurrency,
+            labels: self.labels.unwrap_or_default().0,
+            build_image: self.build_image.unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+            memory,
+            cpus,
+            pids,
+            job_timeout: self
+                .job_timeout
+                .map(|s| s.0)
+                .unwrap_or(Duration::from_secs(3600)),
+            cancel_grace: self
+                .cancel_grace
+                .map(|s| s.0)
+                .unwrap_or(Duration::from_secs(10)),
+            shutdown_grace: self
+                .shutdown_grace
+                .map(|s| s.0)
+                .unwrap_or(Duration::from_secs(900)),
+            extra_ca_certs: self.extra_ca_certs,
+            install_network,
+            build_network: self.build_network.unwrap_or(install_network),
+            keep_failed_workspaces: self.keep_failed_workspaces.unwrap_or(false),
+            build_user,
+        })
+    }
+}
+
+fn default_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "kiln-agent".to_owned())
+}
+
+impl AgentConfig {
+    pub fn require_url(&self) -> Result<&str, ConfigError> {
+        self.control_plane_url
+            .as_deref()
+            .ok_or(ConfigError::Missing {
+                key: "control_plane_url",
+                hint: "set it in agent.toml, KILN_CONTROL_PLANE_URL or --control-plane-url",
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn flags_beat_environment_beat_file() {
+        let file: PartialConfig = toml::from_str(
+            r#"
+            control_plane_url = "https://file.example"
+            concurrency = 2
+            memory = "2GiB"
+            labels = ["a", "b"]
+            job_timeout = "30m"
+            "#,
+        )
+        .unwrap();
+        let from_env =
+            PartialConfig::from_env(env(&[("KILN_CONCURRENCY", "3"), ("KILN_MEMORY", "1GiB")]))
+                .unwrap();
+        let flags = PartialConfig {
+            concurrency: Some(4),
+            ..Default::default()
+        };
+        let config = flags.over(from_env.over(file)).resolve().unwrap();
+        assert_eq!(config.concurrency, 4);
+        assert_eq!(config.memory, ByteSize(1 << 30));
+        assert_eq!(
+            config.control_plane_url.as_deref(),
+            Some("https://file.example")
+        );
+        assert_eq!(config.labels, ["a", "b"]);
+        assert_eq!(config.job_timeout, Duration::from_secs(1800));
+        assert_eq!(
+            config.build_network, config.install_network,
+            "build follows install by default"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let err = toml::from_str::<PartialConfig>("concurency = 2").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `concurency`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_value_in_file_names_key_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "memory = \"lots\"\n").unwrap();
+        let err = PartialConfig::from_file(&path, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("memory") && err.contains("not a size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_environment_value_names_variable_and_value() {
+        let err = PartialConfig::from_env(env(&[("KILN_INSTALL_NETWORK", "wifi")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "KILN_INSTALL_NETWORK=\"wifi\" is invalid: \"wifi\" is not a network mode; use host, bridge or none"
+        );
+    }
+
+    #[test]
+    fn invalid_resolved_values_are_refused() {
+        let zero = PartialConfig {
+            concurrency: Some(0),
+            ..Default::default()
+        };
+        assert!(zero
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("`concurrency`"));
+        let url = PartialConfig {
+            control_plane_url: Some("kiln.example".into()),
+            ..Default::default()
+        };
+        assert!(url.resolve().unwrap_err().to_string().contains("http://"));
+    }
+
+    #[test]
+    fn sizes_and_spans_parse_and_print() {
+        assert_eq!("4GiB".parse::<ByteSize>().unwrap(), ByteSize(4 << 30));
+        assert_eq!("512 MiB".parse::<ByteSize>().unwrap(), ByteSize(512 << 20));
+        assert_eq!("1024".parse::<ByteSize>().unwrap(), ByteSize(1024));
+        assert_eq!(ByteSize(4 << 30).to_string(), "4 GiB");
+        assert_eq!(
+            "1h30m".parse::<Span>().unwrap(),
+            Span(Duration::from_secs(5400))
+        );
+        assert_eq!("90".parse::<Span>().unwrap(), Span(Duration::from_secs(90)));
+        assert!("soon".parse::<Span>().is_err());
+        assert_eq!(Span(Duration::from_secs(1800)).to_string(), "30m");
+    }
+
+    #[test]
+    fn every_key_has_an_environment_variable() {
+        for (key, name) in PartialConfig::ENV_NAMES {
+            assert_eq!(*name, format!("KILN_{}", key.to_ascii_uppercase()));
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! `Executor` on a Docker engine through bollard: the only module that imports it.
+//!
+//! The API version is negotiated down to the daemon's (Debian's engine speaks 1.41).
+//! The image is never pulled: a build host provides it, and a missing one is an error
+//! that says how to get it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder, WaitContainerOptions,
+};
+use bollard::Docker;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ExecError, Executor, Leftover, Step, StepOutcome, CA_BUNDLE_MOUNT, LABEL_AGENT, LABEL_JOB,
+    LABEL_STEP, WORKSPACE_MOUNT,
+};
+use crate::logs::LogSink;
+
+#[derive(Debug, Clone)]
+pub struct DockerExecutor {
+    docker: Docker,
+}
+
+fn docker_error(action: &'static str, error: BollardError) -> ExecError {
+    match error {
+        BollardError::DockerResponseServerError { message, .. } => ExecError::Docker {
+            action,
+            reason: message,
+        },
+        BollardError::HyperResponseError { .. }
+        | BollardError::IOError { .. }
+        | BollardError::RequestTimeoutError => ExecError::Unreachable {
+            reason: format!("{action}: {error}"),
+        },
+        other => ExecError::Docker {
+            action,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn is_not_found(error: &BollardError) -> bool {
+    matches!(
+        error,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// Open files for build containers: plenty for npm, but never above what the
+/// agent itself may raise to (runc refuses that).
+fn open_files_limit() -> i64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(4096);
+    hard.min(65536) as i64
+}
+
+impl DockerExecutor {
+    /// Connects to the local engine (DOCKER_HOST or the default socket) and
+    /// negotiates the API version.
+    pub async fn connect() -> Result<Self, ExecError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| ExecError::Unreachable {
+                reason: e.to_string(),
+            })?
+            .negotiate_version()
+            .await
+            .map_err(|e| ExecError::Unreachable {
+                reason: e.to_string(),
+            })?;
+        Ok(Self { docker })
+    }
+
+    pub fn api_version(&self) -> String {
+        self.docker.client_version().to_string()
+    }
+
+    pub async fn server_version(&self) -> Result<String, ExecError> {
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| docker_error("read its version", e))?;
+        Ok(format!(
+            "Docker {} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        ))
+    }
+
+    pub async fn has_image(&self, image: &str) -> Result<bool, ExecError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_not_found(&error) => Ok(false),
+            Err(error) => Err(docker_error("inspect the build image", error)),
+        }
+    }
+
+    fn container_body(step: &Step) -> ContainerCreateBody {
+        let mut binds = vec![format!("{}:{WORKSPACE_MOUNT}:rw", step.workspace.display())];
+        let mut env: Vec<String> = step.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Some(ca) = &step.ca_bundle {
+            binds.push(format!("{}:{CA_BUNDLE_MOUNT}:ro", ca.display()));
+            // Node adds it to its roots; npm and yarn berry use it for the registry.
+            env.push(format!("NODE_EXTRA_CA_CERTS={CA_BUNDLE_MOUNT}"));
+            env.push(format!("npm_config_cafile={CA_BUNDLE_MOUNT}"));
+            env.push(format!("YARN_HTTPS_CA_FILE_PATH={CA_BUNDLE_MOUNT}"));
+        }
+        let labels = HashMap::from([
+            (LABEL_AGENT.to_owned(), step.agent_id.clone()),
+            (LABEL_JOB.to_owned(), step.job_id.clone()),
+            (LABEL_STEP.to_owned(), step.name.clone()),
+        ]);
+        let memory = step.limits.memory_bytes as i64;
+        ContainerCreateBody {
+            image: Some(step.image.clone()),
+            cmd: Some(step.command.clone()),
+            env: Some(env),
+            working_dir: Some(step.working_dir.clone()),
+            user: Some(format!("{}:{}", step.user.uid, step.user.gid)),
+            labels: Some(labels),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            host_config: Some(HostConfig {
+                binds: Some(binds),
+                network_mode: Some(step.network.docker_mode().to_owned()),
+                memory: Some(memory),
+                // Swap equal to memory: no swap beyond the limit.
+                memory_swap: Some(memory),
+                nano_cpus: Some((step.limits.cpus * 1e9) as i64),
+                pids_limit: Some(step.limits.pids),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".to_owned()),
+                    soft: Some(open_files_limit()),
+                    hard: Some(open_files_limit()),
+                }]),
+                // tini as PID 1 forwards SIGTERM and reaps zombies.
+                init: Some(true),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_owned(),
+                    "rw,nosuid,nodev,exec,size=1g".to_owned(),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn run_container(
+        &self,
+        name: &str,
+        step: &Step,
+        output: &LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, ExecError> {
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(name).build()),
+                Self::container_body(step),
+            )
+            .await;
+        if let Err(error) = &created {
+            if is_not_found(error) {
+                return Err(ExecError::ImageMissing {
+                    image: step.image.clone(),
+                });
+            }
+        }
+        let id = created
+            .map_err(|e| docker_error("create the build container", e))?
+            .id;
+        // Attach before start, so not one byte of output is missed.
+        let attached = self
+            .docker
+            .attach_container(
+                &id,
+                Some(
+                    AttachContainerOptionsBuilder::new()
+                        .stream(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .logs(true)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| docker_error("attach to the build container", e))?;
+        let sink = output.clone();
+        let pump = tokio::spawn(async move {
+            let mut stream = attached.output;
+            while let Some(frame) = stream.next().await {
+                match frame {
+                    Ok(
+                        LogOutput::StdOut { message }
+                        | LogOutput::StdErr { message }
+                        | LogOutput::Console { message },
+                    ) => sink.write(&message),
+                    Ok(LogOutput::StdIn { .. }) => {}
+                    Err(error) => {
+                        tracing::warn!(message = "Container output stream broke off.", %error);
+                        break;
+                    }
+                }
+            }
+            sink.flush();
+        });
+        self.docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| docker_error("start the build container", e))?;
+
+        let mut wait = self
+            .docker
+            .wait_container(&id, None::<WaitContainerOptions>);
+        let stopped_because = tokio::select! {
+            // A non-zero exit arrives as an error; the exit code is read below.
+            _ = wait.next() => None,
+            _ = cancel.cancelled() => Some(StepOutcome::Canceled),
+            _ = tokio::time::sleep(step.timeout) => Some(StepOutcome::TimedOut(step.timeout)),
+        };
+        if stopped_because.is_some() {
+            let grace = step.stop_grace.as_secs().min(i32::MAX as u64) as i32;
+            if let Err(error) = self
+                .docker
+                .stop_container(
+                    &id,
+                    Some(StopContainerOptionsBuilder::new().t(grace).build()),
+                )
+                .await
+            {
+                tracing::warn!(message = "Stopping the container failed; it will be force-removed.", %error);
+            }
+        }
+        // The attach stream ends when the container does; bounded in case it doesn't.
+        let _ = tokio::time::timeout(Duration::from_secs(10), pump).await;
+        if let Some(outcome) = stopped_because {
+            return Ok(outcome);
+        }
+        let inspected = self
+            .docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| docker_error("inspect the finished container", e))?;
+        let state = inspected.state.unwrap_or_default();
+        if state.oom_killed == Some(true) {
+            return Ok(StepOutcome::OutOfMemory);
+        }
+        Ok(StepOutcome::Exited(state.exit_code.unwrap_or(-1)))
+    }
+}
+
+#[async_trait]
+impl Executor for DockerExecutor {
+    async fn run(
+        &self,
+        step: Step,
+        output: LogSink,
+        cancel: CancellationToken,
+    ) -> Result<StepOutcome, ExecError> {
+        let name = format!("kiln-{}-{}", step.job_id, step.name);
+        // A container of the same name is a leftover of this very job (a retry).
+        let _ = self.remove(&name).await;
+        let result = self.run_container(&name, &step, &output, &cancel).await;
+        if let Err(error) = self.remove(&name).await {
+            tracing::warn!(message = "Could not remove a build container.", container = %name, %error);
+        }
+        result
+    }
+
+    async fn leftovers(&self, agent_id: &str) -> Result<Vec<Leftover>, ExecError> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_AGENT}={agent_id}")])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| docker_error("list containers", e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| {
+                Some(Leftover {
+                    job_id: container
+                        .labels
+                        .as_ref()
+                        .and_then(|labels| labels.get(LABEL_JOB).cloned()),
+                    container_id: container.id?,
+                })
+            })
+            .collect())
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), ExecError> {
+        match self
+            .docker
+            .remove_container(
+                container_id,
+                Some(
+                    RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) => Err(docker_error("remove a container", error)),
+        }
+    }
+}

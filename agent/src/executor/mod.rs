@@ -1,0 +1,103 @@
+//! The one interface between the build pipeline and the container engine.
+//!
+//! The pipeline describes a `Step` (image, command, mounts, limits) and calls
+//! `dyn Executor`; only `docker.rs` knows about bollard.
+
+pub mod docker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Network, UidGid};
+use crate::logs::LogSink;
+
+pub use docker::DockerExecutor;
+
+/// Where the job's workspace is mounted inside every build container.
+pub const WORKSPACE_MOUNT: &str = "/kiln";
+/// Where the extra CA bundle is mounted, read-only.
+pub const CA_BUNDLE_MOUNT: &str = "/etc/kiln/extra-ca.pem";
+
+/// Labels on every container the agent starts, so it can find its own leftovers.
+pub const LABEL_AGENT: &str = "kiln.agent";
+pub const LABEL_JOB: &str = "kiln.job";
+pub const LABEL_STEP: &str = "kiln.step";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub cpus: f64,
+    pub pids: i64,
+}
+
+/// One command in one container.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// `install` or `build`: named in logs and failure reasons.
+    pub name: String,
+    pub agent_id: String,
+    pub job_id: String,
+    pub image: String,
+    pub command: Vec<String>,
+    /// Working directory inside the container.
+    pub working_dir: String,
+    /// Host directory mounted read-write at `WORKSPACE_MOUNT`: the only writable mount.
+    pub workspace: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub network: Network,
+    pub limits: Limits,
+    pub user: UidGid,
+    pub ca_bundle: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when the step is stopped.
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    Exited(i64),
+    OutOfMemory,
+    TimedOut(Duration),
+    Canceled,
+}
+
+/// A container an earlier run of this agent left behind.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub container_id: String,
+    pub job_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("Docker is unreachable: {reason}; is dockerd running, and is this user in the docker group?")]
+    Unreachable { reason: String },
+    #[error("build image {image} is not on this host; build it (sandbox-images/build-local.sh) or `docker pull {image}`, or set build_image")]
+    ImageMissing { image: String },
+    #[error("Docker failed to {action}: {reason}")]
+    Docker {
+        action: &'static str,
+        reason: String,
+    },
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// Runs the step to its end, streaming stdout and stderr into `output`. The
+    /// container is removed on every path.
+    async fn run(
+        &self,
+        step: Step,
+        output: LogSink,
+        cancel: CancellationToken,
+    ) -> Result<StepOutcome, ExecError>;
+
+    /// Containers labelled with this agent, running or not.
+    async fn leftovers(&self, agent_id: &str) -> Result<Vec<Leftover>, ExecError>;
+
+    /// Force-removes a container.
+    async fn remove(&self, container_id: &str) -> Result<(), ExecError>;
+}

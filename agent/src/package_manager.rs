@@ -1,0 +1,365 @@
+//! Which package manager a JavaScript project uses, from its `packageManager` field
+//! and lockfiles, and the frozen install and script commands that go with it.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackageManager {
+    Npm,
+    YarnClassic,
+    /// Yarn 2+; `yarn_path` is the committed release from `.yarnrc.yml`, if any.
+    YarnBerry {
+        yarn_path: Option<String>,
+    },
+    Pnpm,
+    Bun,
+}
+
+impl PackageManager {
+    pub fn slug(&self) -> &'static str {
+        match self {
+            PackageManager::Npm => "npm",
+            PackageManager::YarnClassic => "yarn-classic",
+            PackageManager::YarnBerry { .. } => "yarn-berry",
+            PackageManager::Pnpm => "pnpm",
+            PackageManager::Bun => "bun",
+        }
+    }
+
+    /// The frozen install: the lockfile is the truth, never rewritten.
+    pub fn install_command(&self, has_lockfile: bool) -> Vec<String> {
+        let words: &[&str] = match self {
+            PackageManager::Npm if has_lockfile => &["npm", "ci"],
+            PackageManager::Npm => &["npm", "install", "--no-package-lock"],
+            PackageManager::YarnClassic => &["corepack", "yarn", "install", "--frozen-lockfile"],
+            PackageManager::YarnBerry {
+                yarn_path: Some(path),
+            } => {
+                return vec![
+                    "node".into(),
+                    path.clone(),
+                    "install".into(),
+                    "--immutable".into(),
+                ]
+            }
+            PackageManager::YarnBerry { yarn_path: None } => {
+                &["corepack", "yarn", "install", "--immutable"]
+            }
+            PackageManager::Pnpm => &["corepack", "pnpm", "install", "--frozen-lockfile"],
+            PackageManager::Bun => &["bun", "install", "--frozen-lockfile"],
+        };
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    /// Runs a `package.json` script.
+    pub fn run_script(&self, script: &str) -> Vec<String> {
+        let words: Vec<&str> = match self {
+            PackageManager::Npm => vec!["npm", "run", script],
+            PackageManager::YarnClassic | PackageManager::YarnBerry { yarn_path: None } => {
+                vec!["corepack", "yarn", "run", script]
+            }
+            PackageManager::YarnBerry {
+                yarn_path: Some(path),
+            } => vec!["node", path, "run", script],
+            PackageManager::Pnpm => vec!["corepack", "pnpm", "run", script],
+            PackageManager::Bun => vec!["bun", "run", script],
+        };
+        words.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Runs a binary from the project's dependencies (`next build`, `astro build`).
+    pub fn exec(&self, command: &[&str]) -> Vec<String> {
+        let mut words: Vec<String> = match self {
+            PackageManager::Npm => vec!["npx".into(), "--no-install".into()],
+            PackageManager::YarnClassic | PackageManager::YarnBerry { yarn_path: None } => {
+                vec!["corepack".into(), "yarn".into()]
+            }
+            PackageManager::YarnBerry {
+                yarn_path: Some(path),
+            } => vec!["node".into(), path.clone()],
+            PackageManager::Pnpm => vec!["corepack".into(), "pnpm".into(), "exec".into()],
+            PackageManager::Bun => vec!["bunx".into()],
+        };
+        words.extend(command.iter().map(|w| w.to_string()));
+        words
+    }
+}
+
+/// The lockfiles each manager writes.
+const LOCKFILES: &[(&str, &str)] = &[
+    ("package-lock.json", "npm"),
+    ("npm-shrinkwrap.json", "npm"),
+    ("yarn.lock", "yarn"),
+    ("pnpm-lock.yaml", "pnpm"),
+    ("bun.lockb", "bun"),
+    ("bun.lock", "bun"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DetectError {
+    #[error(
+        "{dir} holds lockfiles of different package managers ({found}); delete the stale ones"
+    )]
+    AmbiguousLockfiles { dir: String, found: String },
+    #[error(
+        "package.json says packageManager {field:?} but {dir} has {lockfile}; make them agree"
+    )]
+    Mismatch {
+        field: String,
+        lockfile: String,
+        dir: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    pub manager: PackageManager,
+    /// Where the install runs: the directory holding the lockfile (a workspace root
+    /// in a monorepo), else the app's directory.
+    pub install_dir: PathBuf,
+    pub lockfile: Option<PathBuf>,
+    /// Human-readable notes, e.g. a missing lockfile.
+    pub warnings: Vec<String>,
+}
+
+fn manager_from_field(field: &str) -> Option<(&'static str, u32)> {
+    let (name, version) = field.split_once('@').unwrap_or((field, ""));
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let name = match name {
+        "npm" => "npm",
+        "yarn" => "yarn",
+        "pnpm" => "pnpm",
+        "bun" => "bun",
+        _ => return None,
+    };
+    Some((name, major))
+}
+
+fn yarn_path(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join(".yarnrc.yml")).ok()?;
+    text.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("yarnPath:")?;
+        Some(value.trim().trim_matches('"').trim_matches('\'').to_owned())
+    })
+}
+
+fn is_berry_lockfile(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .map(|text| text.contains("__metadata:"))
+        .unwrap_or(false)
+}
+
+/// Detects the package manager of the app in `app_dir`, looking for lockfiles from
+/// there up to `root` (the checkout).
+pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detected, DetectError> {
+    let mut dir = app_dir.to_owned();
+    let mut found: Vec<(&str, &str)>;
+    loop {
+        found = LOCKFILES
+            .iter()
+            .copied()
+            .filter(|(file, _)| dir.join(file).is_file())
+            .collect();
+        if !found.is_empty() || dir == root || !dir.starts_with(root) {
+            break;
+        }
+        match dir.parent() {
+            Some(parent) => dir = parent.to_owned(),
+            None => break,
+        }
+    }
+    let field = package_json.get("packageManager").and_then(Value::as_str);
+    let mut warnings = Vec::new();
+    let mut kinds: Vec<&str> = found.iter().map(|(_, kind)| *kind).collect();
+    kinds.dedup();
+    if kinds.len() > 1 {
+        // The packageManager field settles it; without it, it is a guess.
+        let Some((wanted, _)) = field.and_then(manager_from_field) else {
+            return Err(DetectError::AmbiguousLockfiles {
+                dir: dir.display().to_string(),
+                found: found
+                    .iter()
+                    .map(|(file, _)| *file)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        warnings.push(format!(
+            "multiple lockfiles in {}; using {wanted} as packageManager says",
+            dir.display()
+        ));
+        found.retain(|(_, kind)| *kind == wanted);
+        kinds = vec![wanted];
+    }
+    let lockfile = found.first().map(|(file, _)| dir.join(file));
+    let from_lock = kinds.first().copied();
+    let from_field = field.and_then(manager_from_field);
+    if let (Some(lock_kind), Some((field_kind, _))) = (from_lock, from_field) {
+        if lock_kind != field_kind {
+            return Err(DetectError::Mismatch {
+                field: field.unwrap_or_default().to_owned(),
+                lockfile: found[0].0.to_owned(),
+                dir: dir.display().to_string(),
+            });
+        }
+    }
+    let install_dir = if lockfile.is_some() {
+        dir.clone()
+    } else {
+        app_dir.to_owned()
+    };
+    let kind = from_lock
+        .or(from_field.map(|(kind, _)| kind))
+        .unwrap_or("npm");
+    let manager = match kind {
+        "yarn" => {
+            let berry = match (&lockfile, from_field) {
+                (Some(lock), _) => is_berry_lockfile(lock),
+                (None, Some((_, major))) => major >= 2,
+                (None, None) => false,
+            };
+            if berry {
+                PackageManager::YarnBerry {
+                    yarn_path: yarn_path(&install_dir),
+                }
+            } else {
+                PackageManager::YarnClassic
+            }
+        }
+        "pnpm" => PackageManager::Pnpm,
+        "bun" => PackageManager::Bun,
+        _ => PackageManager::Npm,
+    };
+    if lockfile.is_none() {
+        warnings
+            .push("no lockfile: the install is not reproducible; commit your lockfile".to_owned());
+    }
+    Ok(Detected {
+        manager,
+        install_dir,
+        lockfile,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    fn detect_in(dir: &Path, app: &str, package: Value) -> Result<Detected, DetectError> {
+        detect(&dir.join(app), dir, &package)
+    }
+
+    #[test]
+    fn npm_from_lockfile_or_shrinkwrap() {
+        for lock in ["package-lock.json", "npm-shrinkwrap.json"] {
+            let dir = tree(&[(lock, "{}")]);
+            let found = detect_in(dir.path(), "", json!({})).unwrap();
+            assert_eq!(found.manager, PackageManager::Npm);
+            assert_eq!(found.manager.install_command(true), ["npm", "ci"]);
+        }
+    }
+
+    #[test]
+    fn yarn_berry_with_committed_release_runs_it() {
+        let dir = tree(&[
+            ("yarn.lock", "__metadata:\n  version: 8\n"),
+            (
+                ".yarnrc.yml",
+                "nodeLinker: node-modules\nyarnPath: .yarn/releases/yarn-4.12.0.cjs\n",
+            ),
+        ]);
+        let found = detect_in(dir.path(), "", json!({"packageManager": "yarn@4.12.0"})).unwrap();
+        assert_eq!(
+            found.manager.install_command(true),
+            [
+                "node",
+                ".yarn/releases/yarn-4.12.0.cjs",
+                "install",
+                "--immutable"
+            ]
+        );
+        assert_eq!(
+            found.manager.run_script("build"),
+            ["node", ".yarn/releases/yarn-4.12.0.cjs", "run", "build"]
+        );
+    }
+
+    #[test]
+    fn yarn_classic_from_v1_lockfile() {
+        let dir = tree(&[("yarn.lock", "# yarn lockfile v1\n")]);
+        let found = detect_in(dir.path(), "", json!({})).unwrap();
+        assert_eq!(found.manager, PackageManager::YarnClassic);
+        assert_eq!(
+            found.manager.install_command(true).last().unwrap(),
+            "--frozen-lockfile"
+        );
+    }
+
+    #[test]
+    fn pnpm_and_bun() {
+        let dir = tree(&[("pnpm-lock.yaml", "")]);
+        assert_eq!(
+            detect_in(dir.path(), "", json!({})).unwrap().manager,
+            PackageManager::Pnpm
+        );
+        let dir = tree(&[("bun.lockb", "")]);
+        assert_eq!(
+            detect_in(dir.path(), "", json!({})).unwrap().manager,
+            PackageManager::Bun
+        );
+    }
+
+    #[test]
+    fn monorepo_installs_at_the_lockfile() {
+        let dir = tree(&[
+            ("package-lock.json", "{}"),
+            ("apps/backend/package.json", "{}"),
+        ]);
+        let found = detect_in(dir.path(), "apps/backend", json!({})).unwrap();
+        assert_eq!(found.install_dir, dir.path());
+    }
+
+    #[test]
+    fn missing_lockfile_warns_and_uses_npm_install() {
+        let dir = tree(&[]);
+        let found = detect_in(dir.path(), "", json!({})).unwrap();
+        assert_eq!(
+            found.manager.install_command(false),
+            ["npm", "install", "--no-package-lock"]
+        );
+        assert!(found.warnings[0].contains("no lockfile"));
+    }
+
+    #[test]
+    fn conflicting_signals_are_errors() {
+        let dir = tree(&[("package-lock.json", "{}"), ("yarn.lock", "")]);
+        assert!(matches!(
+            detect_in(dir.path(), "", json!({})),
+            Err(DetectError::AmbiguousLockfiles { .. })
+        ));
+        let dir = tree(&[("package-lock.json", "{}")]);
+        let err = detect_in(dir.path(), "", json!({"packageManager": "pnpm@9.1.0"})).unwrap_err();
+        assert!(
+            err.to_string().contains("pnpm@9.1.0") && err.to_string().contains("package-lock.json"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The backend build plan: read `package.json`, check the build runs `medusa build`
+//! (Medusa's deployment guide requires it), pick the package manager and commands.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::package_manager::{self, DetectError, PackageManager};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("no package.json in {dir}; is the project's backend path right?")]
+    NoPackageJson { dir: String },
+    #[error("{path} is not valid JSON (line {line}, column {column}): {message}")]
+    InvalidPackageJson {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error(
+        "{path} has no \"build\" script; Medusa backends build with \"build\": \"medusa build\""
+    )]
+    NoBuildScript { path: String },
+    #[error("the build script {script:?} in {path} does not run `medusa build`, which Medusa deployments require; set \"build\": \"medusa build\"")]
+    NotMedusaBuild { path: String, script: String },
+    #[error(transparent)]
+    PackageManager(#[from] DetectError),
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendPlan {
+    /// The backend's directory, relative to the checkout.
+    pub app_dir: PathBuf,
+    /// Where the install runs, relative to the checkout.
+    pub install_dir: PathBuf,
+    pub manager: PackageManager,
+    pub install: Vec<String>,
+    pub build: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn read_package_json(dir: &Path) -> Result<Value, PlanError> {
+    let path = dir.join("package.json");
+    let text = std::fs::read_to_string(&path).map_err(|_| PlanError::NoPackageJson {
+        dir: dir.display().to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| PlanError::InvalidPackageJson {
+        path: path.display().to_string(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })
+}
+
+/// Whether `script` runs `medusa build`, directly or through other scripts
+/// (`npm run build:backend`, `yarn build:server`, …).
+fn runs_medusa_build(scripts: &serde_json::Map<String, Value>, script: &str, depth: u32) -> bool {
+    if depth > 4 {
+        return false;
+    }
+    for command in script.split(['&', ';', '|']) {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        if words.windows(2).any(|pair| pair == ["medusa", "build"]) {
+            return true;
+        }
+        let called = match words.as_slice() {
+            ["npm" | "pnpm" | "bun", "run", name, ..] | ["yarn", "run", name, ..] => Some(*name),
+            ["yarn" | "pnpm", name, ..] => Some(*name),
+            _ => None,
+        };
+        if let Some(inner) = called
+            .and_then(|name| scripts.get(name))
+            .and_then(Value::as_str)
+        {
+            if runs_medusa_build(scripts, inner, depth + 1) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+pub fn plan_backend(checkout: &Path, backend_path: &str) -> Result<BackendPlan, PlanError> {
+    let app_dir = checkout.join(backend_path);
+    let package = read_package_json(&app_dir)?;
+    let path = app_dir.join("package.json").display().to_string();
+    let scripts = package
+        .get("scripts")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let Some(build) = scripts.get("build").and_then(Value::as_str) else {
+        return Err(PlanError::NoBuildScript { path });
+    };
+    if !runs_medusa_build(&scripts, build, 0) {
+        return Err(PlanError::NotMedusaBuild {
+            path,
+            script: build.to_owned(),
+        });
+    }
+    let detected = package_manager::detect(&app_dir, checkout, &package)?;
+    let relative = |dir: &Path| dir.strip_prefix(checkout).unwrap_or(dir).to_owned();
+    Ok(BackendPlan {
+        app_dir: relative(&app_dir),
+        install_dir: relative(&detected.install_dir),
+        install: detected
+            .manager
+            .install_command(detected.lockfile.is_some()),
+        build: detected.manager.run_script("build"),
+        manager: detected.manager,
+        warnings: detected.warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(package_json: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("package.json"), package_json).unwrap();
+        std::fs::write(dir.path().join("package-lock.json"), "{}").unwrap();
+        dir
+    }
+
+    #[test]
+    fn medusa_build_is_required() {
+        let dir = project(r#"{"scripts": {"build": "tsc -p ."}}"#);
+        let err = plan_backend(dir.path(), ".").unwrap_err().to_string();
+        assert!(
+            err.contains("does not run `medusa build`") && err.contains("tsc -p ."),
+            "{err}"
+        );
+        let dir = project(r#"{"scripts": {}}"#);
+        assert!(matches!(
+            plan_backend(dir.path(), "."),
+            Err(PlanError::NoBuildScript { .. })
+        ));
+    }
+
+    #[test]
+    fn medusa_build_through_other_scripts_counts() {
+        for build in [
+            "medusa build",
+            "npx medusa build --admin-only",
+            "npm run build:server",
+            "rm -rf dist && yarn build:server",
+        ] {
+            let dir = project(&format!(
+                r#"{{"scripts": {{"build": "{build}", "build:server": "medusa build"}}}}"#
+            ));
+            let plan = plan_backend(dir.path(), ".").unwrap_or_else(|e| panic!("{build}: {e}"));
+            assert_eq!(plan.install, ["npm", "ci"]);
+            assert_eq!(plan.build, ["npm", "run", "build"]);
+        }
+    }
+
+    #[test]
+    fn invalid_package_json_names_line_and_column() {
+        let dir = project("{\n  \"scripts\": {\n    \"build\": medusa build\n  }\n}");
+        let err = plan_backend(dir.path(), ".").unwrap_err();
+        assert!(
+            matches!(err, PlanError::InvalidPackageJson { line: 3, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_package_json_says_check_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = plan_backend(dir.path(), "backend").unwrap_err().to_string();
+        assert!(err.contains("backend path"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+exports.GET = (req, res) => res.json({ status: "ok" })

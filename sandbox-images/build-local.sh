@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Assembles a Kiln build image with no registry: a root filesystem made of a static
+# busybox, the host's node (with the shared libraries it links), npm and corepack,
+# fed to `docker import`. Equivalent to node/Dockerfile for building Medusa apps.
+#
+#   sandbox-images/build-local.sh [IMAGE]     (default kiln/node:local)
+#
+# Needs: docker, node and npm on the host, busybox-static (apt-get install busybox-static).
+set -euo pipefail
+
+IMAGE=${1:-kiln/node:local}
+NODE_BIN=$(readlink -f "$(command -v node)")
+NODE_MODULES=${NODE_MODULES:-$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")/..}
+NODE_MODULES=$(readlink -f "$NODE_MODULES")
+BUSYBOX=${BUSYBOX:-/bin/busybox}
+
+die() { echo "build-local.sh: $*" >&2; exit 1; }
+[ -x "$NODE_BIN" ] || die "no node on PATH; install Node.js 20 or newer"
+[ -d "$NODE_MODULES/npm" ] || die "no npm under $NODE_MODULES"
+[ -x "$BUSYBOX" ] || die "no busybox at $BUSYBOX; apt-get install busybox-static"
+# ldd fails on a static binary: a dynamic busybox would not run in the image.
+if ldd "$BUSYBOX" >/dev/null 2>&1; then die "$BUSYBOX is not static; apt-get install busybox-static"; fi
+docker info >/dev/null 2>&1 || die "Docker is not reachable"
+
+rootfs=$(mktemp -d)
+trap 'rm -rf "$rootfs"' EXIT
+mkdir -p "$rootfs"/{bin,usr/bin,usr/lib,etc,tmp,kiln,lib64} "$rootfs"/usr/local/bin
+chmod 1777 "$rootfs/tmp"
+
+cp "$BUSYBOX" "$rootfs/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+    [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
+done
+ln -s /bin/env "$rootfs/usr/bin/env"
+
+cp "$NODE_BIN" "$rootfs/usr/bin/node"
+# node's shared libraries, at the paths the dynamic loader expects.
+for lib in $(ldd "$NODE_BIN" | grep -o '/[^ ]*'); do
+    mkdir -p "$rootfs$(dirname "$lib")"
+    cp -L "$lib" "$rootfs$lib"
+done
+
+mkdir -p "$rootfs/usr/lib/node_modules"
+for package in npm corepack; do
+    [ -d "$NODE_MODULES/$package" ] && cp -a "$NODE_MODULES/$package" "$rootfs/usr/lib/node_modules/"
+done
+ln -s ../lib/node_modules/npm/bin/npm-cli.js "$rootfs/usr/bin/npm"
+ln -s ../lib/node_modules/npm/bin/npx-cli.js "$rootfs/usr/bin/npx"
+[ -d "$rootfs/usr/lib/node_modules/corepack" ] && ln -s ../lib/node_modules/corepack/dist/corepack.js "$rootfs/usr/bin/corepack"
+
+cat > "$rootfs/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+kiln:x:10000:10000:kiln build:/kiln/home:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+PASSWD
+cat > "$rootfs/etc/group" <<'GROUP'
+root:x:0:
+kiln:x:10000:
+nogroup:x:65534:
+GROUP
+echo 'hosts: files dns' > "$rootfs/etc/nsswitch.conf"
+
+tar -C "$rootfs" -c . | docker import \
+    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    --change 'ENV NPM_CONFIG_UPDATE_NOTIFIER=false' \
+    --change 'USER 10000:10000' \
+    --change 'WORKDIR /kiln/src' \
+    --change 'CMD ["node", "--version"]' \
+    --message "kiln build image assembled from the host's node $("$NODE_BIN" --version)" \
+    - "$IMAGE" >/dev/null
+echo "built $IMAGE: node $(docker run --rm --network none "$IMAGE" node --version), npm $(docker run --rm --network none "$IMAGE" npm --version)"
