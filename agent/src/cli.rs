@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::client::Client;
-use crate::config::{env_vars, AgentConfig, List, PartialConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{env_vars, AgentConfig, PartialConfig, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError};
 use crate::executor::{DockerExecutor, Executor};
 use crate::logs::JobLogs;
@@ -42,10 +42,7 @@ enum Command {
         url: String,
         #[arg(long, env = "KILN_REGISTRATION_TOKEN", hide_env_values = true)]
         registration_token: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        labels: Option<List>,
+        /// `--name` and `--labels` come from the shared settings below.
         #[command(flatten)]
         settings: PartialConfig,
     },
@@ -122,15 +119,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Register {
             url,
             registration_token,
-            name,
-            labels,
             settings,
         } => {
-            let mut config = load_config(cli.config, settings)?;
-            if let Some(labels) = labels {
-                config.labels = labels.0;
-            }
-            let name = name.unwrap_or(config.name.clone());
+            let config = load_config(cli.config, settings)?;
+            let name = config.name.clone();
             let url = url.trim_end_matches('/').to_owned();
             let response = Client::register(
                 &url,
@@ -301,4 +293,35 @@ fn tempfile_dir(work_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let dir = base.join(format!("kiln-local-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn settings_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "kiln-agent",
+            "run",
+            "--concurrency",
+            "3",
+            "--memory",
+            "2GiB",
+            "--labels",
+            "a,b",
+        ])
+        .unwrap();
+        let Command::Run { settings } = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(settings.concurrency, Some(3));
+        assert_eq!(settings.labels.unwrap().0, ["a", "b"]);
+    }
 }

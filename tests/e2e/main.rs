@@ -1,5 +1,6 @@
 //! All end-to-end tests, one binary, one module per area. Each test starts the
 //! real servers it needs on loopback; see `support`.
 
+mod agent;
 mod control_plane;
 mod support;

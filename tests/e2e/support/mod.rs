@@ -1,5 +1,12 @@
-//! Shared test plumbing: a real control plane on loopback, and an HTTP client.
+//! Shared test plumbing: a real control plane on loopback, the real agent binary,
+//! Docker, and fixture repositories.
 
+pub mod agent;
 pub mod control_plane;
+pub mod docker;
+pub mod repo;
 
+pub use agent::*;
 pub use control_plane::*;
+pub use docker::*;
+pub use repo::*;

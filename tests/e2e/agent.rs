@@ -1,0 +1,479 @@
+//! The whole loop with real parts: control plane on loopback, the `kiln-agent`
+//! binary, Docker, a git repository. Push → claim → clone → build in a container →
+//! `awaiting_deployment` with the artifact, or a failure a person understands.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, DeploymentStatus::*, PushEvent};
+use nix::sys::signal::Signal;
+use reqwest::{Method, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+struct World {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    cp: ControlPlane,
+    admin: Api,
+    repo: FixtureRepo,
+    environment_id: String,
+    docker: bollard::Docker,
+    image: &'static str,
+}
+
+/// A control plane with one project (the fixture repo) and a Production
+/// environment on `main` carrying `variables`; `None` when Docker is absent.
+async fn world(variables: serde_json::Value) -> Option<World> {
+    let docker = docker().await?;
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let repo = FixtureRepo::new(&root);
+    let cp = ControlPlane::start(&root.join("server")).await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject {
+            name: "shop".into(),
+            repository_url: repo.url.clone(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+        })
+        .await;
+    let environment = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let reply = admin
+        .send_json(
+            Method::PUT,
+            &format!("/api/v1/environments/{}/variables", environment.id),
+            &serde_json::json!({ "variables": variables }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    Some(World {
+        _dir: dir,
+        root,
+        cp,
+        admin,
+        repo,
+        environment_id: environment.id,
+        docker,
+        image,
+    })
+}
+
+impl World {
+    async fn agent(&self, name: &str, extra: &str) -> AgentProcess {
+        AgentProcess::start(&self.cp, &self.root.join(name), self.image, extra).await
+    }
+
+    async fn push(&self, sha: &str) -> Deployment {
+        let outcome: kiln_protocol::EventOutcome = self
+            .admin
+            .post_json(
+                "/api/v1/events/push",
+                &PushEvent {
+                    repository: self.repo.url.clone(),
+                    branch: "main".into(),
+                    sha: sha.into(),
+                    author: "Ada".into(),
+                    message: "test".into(),
+                },
+            )
+            .await
+            .expect_json(StatusCode::CREATED)
+            .await;
+        outcome
+            .deployments
+            .into_iter()
+            .next()
+            .expect("one deployment queued")
+    }
+
+    /// Waits for `status`; fails at once (with the agent's log) if the deployment
+    /// settles elsewhere.
+    async fn settle(&self, id: &str, status: DeploymentStatus, agent: &AgentProcess) -> Deployment {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let deployment = self.admin.deployment(id).await;
+            if deployment.status == status {
+                return deployment;
+            }
+            let settled_elsewhere = deployment.status != Queued && deployment.status != Building;
+            if settled_elsewhere || Instant::now() > deadline {
+                panic!(
+                    "deployment {id} is {} (reason {:?}), expected {status}\nsystem log:\n{}\nagent log:\n{}",
+                    deployment.status,
+                    deployment.reason,
+                    self.log(id, "system").await,
+                    agent.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn log(&self, id: &str, stream: &str) -> String {
+        self.admin
+            .get(&format!("/api/v1/deployments/{id}/logs/{stream}"))
+            .await
+            .text()
+    }
+
+    async fn wait_until_building(&self, id: &str) -> Deployment {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let deployment = self.admin.deployment(id).await;
+            if deployment.status == Building
+                && self.log(id, "backend").await.contains("still compiling")
+            {
+                return deployment;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deployment {id} never got into its build: {:?}",
+                deployment.status
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn untar(bytes: &[u8]) -> Vec<(String, String)> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut files = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_file() {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            files.push((entry.path().unwrap().display().to_string(), text));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn backend_builds_to_awaiting_deployment_with_its_artifact() {
+    let Some(world) = world(serde_json::json!([{"name": "JWT_SECRET", "value": "jwt-secret-value-123", "secret": true}])).await else { return };
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let built = world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    assert_eq!(
+        built.backend_status,
+        kiln_protocol::ComponentStatus::Succeeded
+    );
+
+    let artifact = &built.artifacts[0].descriptor;
+    assert_eq!(artifact.name, "backend.tar.gz");
+    let download = world
+        .admin
+        .get(&format!(
+            "/api/v1/deployments/{}/artifacts/backend.tar.gz",
+            deployment.id
+        ))
+        .await;
+    assert_eq!(download.body.len() as u64, artifact.size);
+    assert_eq!(hex::encode(Sha256::digest(&download.body)), artifact.sha256);
+    let files: Vec<String> = untar(&download.body)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "medusa-config.js",
+            "package.json",
+            "public/admin/assets/index.js",
+            "public/admin/index.html",
+            "src/api/health/route.js"
+        ]
+    );
+
+    let backend = world.log(&deployment.id, "backend").await;
+    assert!(
+        backend.contains("Backend build completed successfully"),
+        "{backend}"
+    );
+    assert!(
+        backend.contains("added 1 package"),
+        "the install ran: {backend}"
+    );
+    let system = world.log(&deployment.id, "system").await;
+    assert!(
+        system.contains("Checked out") && system.contains("Uploaded backend.tar.gz"),
+        "{system}"
+    );
+    assert!(world.log(&deployment.id, "storefront").await.is_empty());
+
+    let job_id = built.current_job_id.unwrap();
+    assert!(
+        containers_of_job(&world.docker, &job_id).await.is_empty(),
+        "containers are removed"
+    );
+    assert!(
+        !agent.dir.join("work").join(&job_id).exists(),
+        "the workspace is removed"
+    );
+    assert!(
+        !agent.dir.join("state/spool").join(&job_id).exists(),
+        "the delivered spool is removed"
+    );
+}
+
+#[tokio::test]
+async fn build_script_without_medusa_build_fails_early() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let sha = world.repo.commit("tsc only", |dir| {
+        let package = std::fs::read_to_string(dir.join("package.json")).unwrap();
+        std::fs::write(
+            dir.join("package.json"),
+            package.replace("\"medusa build\"", "\"tsc -p .\""),
+        )
+        .unwrap();
+    });
+    let deployment = world.push(&sha).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    let reason = failed.reason.unwrap();
+    assert!(
+        reason.contains("does not run `medusa build`") && reason.contains("tsc -p ."),
+        "{reason}"
+    );
+    assert!(
+        world.log(&deployment.id, "backend").await.is_empty(),
+        "nothing was installed or built"
+    );
+}
+
+#[tokio::test]
+async fn failing_build_reports_its_exit_code() {
+    let Some(world) = world(serde_json::json!([{"name": "KILN_FIXTURE_EXIT", "value": "3"}])).await
+    else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("`npm run build` (build) exited with code 3")
+    );
+    assert_eq!(
+        failed.backend_status,
+        kiln_protocol::ComponentStatus::Failed
+    );
+    assert!(world
+        .log(&deployment.id, "backend")
+        .await
+        .contains("Build failed on purpose"));
+}
+
+#[tokio::test]
+async fn out_of_memory_build_says_so() {
+    let Some(world) = world(serde_json::json!([{"name": "KILN_FIXTURE_OOM", "value": "1"}])).await
+    else {
+        return;
+    };
+    let agent = world.agent("agent", "memory = \"256MiB\"").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("`npm run build` (build) ran out of memory (limit 256 MiB)")
+    );
+}
+
+#[tokio::test]
+async fn newer_commit_cancels_the_running_build_and_its_container_goes() {
+    let Some(world) =
+        world(serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "120"}])).await
+    else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let first = world.push(&world.repo.head()).await;
+    let building = world.wait_until_building(&first.id).await;
+    let job_id = building.current_job_id.unwrap();
+    assert_eq!(containers_of_job(&world.docker, &job_id).await.len(), 1);
+
+    let pushed = Instant::now();
+    let newer = world.repo.commit("newer", |_| {});
+    let second = world.push(&newer).await;
+    loop {
+        if containers_of_job(&world.docker, &job_id).await.is_empty() {
+            break;
+        }
+        assert!(
+            pushed.elapsed() < Duration::from_secs(20),
+            "the old container is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cancel: newer push to old container gone in {:?}",
+        pushed.elapsed()
+    );
+    let canceled = world.admin.deployment(&first.id).await;
+    assert_eq!(canceled.status, BuildCanceled);
+    assert!(canceled.reason.unwrap().contains(&second.id));
+    // The agent is free again: it picks up the newer commit.
+    let next = world.admin.deployment(&second.id).await;
+    assert!(
+        matches!(next.status, Queued | Building),
+        "{:?}",
+        next.status
+    );
+    let system = wait_for_text(&world, &first.id, "system", "Build canceled").await;
+    assert!(system.contains("Build canceled"), "{system}");
+    drop(agent);
+}
+
+async fn wait_for_text(world: &World, id: &str, stream: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = world.log(id, stream).await;
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_build_finish_within_grace_then_cancels_it() {
+    let Some(world) =
+        world(serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "120"}])).await
+    else {
+        return;
+    };
+    let mut agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let building = world.wait_until_building(&deployment.id).await;
+    let job_id = building.current_job_id.unwrap();
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        status.success(),
+        "the agent exits cleanly: {status:?}\n{}",
+        agent.log_text()
+    );
+    let canceled = world.admin.deployment(&deployment.id).await;
+    assert_eq!(canceled.status, BuildCanceled, "{:?}", canceled.reason);
+    assert_eq!(
+        canceled.reason.as_deref(),
+        Some("the agent was stopped before the build finished")
+    );
+    assert!(containers_of_job(&world.docker, &job_id).await.is_empty());
+    assert!(world
+        .log(&deployment.id, "system")
+        .await
+        .contains("Build canceled"));
+}
+
+#[tokio::test]
+async fn restarted_agent_cleans_up_after_a_killed_one() {
+    let Some(world) =
+        world(serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "120"}])).await
+    else {
+        return;
+    };
+    let mut agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let building = world.wait_until_building(&deployment.id).await;
+    let job_id = building.current_job_id.unwrap();
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        containers_of_job(&world.docker, &job_id).await.len(),
+        1,
+        "SIGKILL leaves the container"
+    );
+
+    agent.spawn();
+    let lost = world.settle(&deployment.id, BuildFailed, &agent).await;
+    assert_eq!(
+        lost.reason.as_deref(),
+        Some("agent lost: the agent restarted while the build ran")
+    );
+    assert!(
+        containers_of_job(&world.docker, &job_id).await.is_empty(),
+        "the orphan is removed"
+    );
+    let system = world.log(&deployment.id, "system").await;
+    assert!(
+        system.contains("The agent restarted while this build ran"),
+        "{system}"
+    );
+    let backend = world.log(&deployment.id, "backend").await;
+    assert!(
+        backend.contains("still compiling"),
+        "spooled output before the kill is delivered: {backend}"
+    );
+}
+
+#[tokio::test]
+async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let deployment = world.push(missing).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some(
+            format!(
+                "commit {missing} not found in {}; was it force-pushed away?",
+                world.repo.url
+            )
+            .as_str()
+        )
+    );
+
+    let project = world
+        .admin
+        .create_project_with(CreateProject {
+            name: "ghost".into(),
+            repository_url: "file:///nonexistent/ghost.git".into(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+        })
+        .await;
+    world
+        .admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let outcome: kiln_protocol::EventOutcome = world
+        .admin
+        .post_json(
+            "/api/v1/events/push",
+            &serde_json::json!({"repository": "file:///nonexistent/ghost.git", "branch": "main", "sha": missing, "author": "a", "message": "m"}),
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    let failed = world
+        .settle(&outcome.deployments[0].id, BuildFailed, &agent)
+        .await;
+    let reason = failed.reason.unwrap();
+    assert!(
+        reason.starts_with("cannot fetch file:///nonexistent/ghost.git:"),
+        "{reason}"
+    );
+    let _ = world.environment_id.len();
+    let _ = Path::new("");
+}

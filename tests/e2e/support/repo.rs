@@ -1,0 +1,71 @@
+//! A git repository on disk made from `examples/medusa-shop`, which the agent
+//! clones over `file://` like any remote.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub struct FixtureRepo {
+    pub dir: PathBuf,
+    pub url: String,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "node_modules" && entry.file_name() != ".medusa" {
+                copy_dir(&entry.path(), &dest);
+            }
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+impl FixtureRepo {
+    pub fn new(root: &Path) -> FixtureRepo {
+        let dir = root.join("repo");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medusa-shop"),
+            &dir,
+        );
+        git(&dir, &["init", "-q", "-b", "main"]);
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-q", "-m", "Initial shop"]);
+        let url = format!("file://{}", dir.display());
+        FixtureRepo { dir, url }
+    }
+
+    /// Changes the tree and commits; returns the new commit id.
+    pub fn commit(&self, message: &str, change: impl FnOnce(&Path)) -> String {
+        change(&self.dir);
+        git(&self.dir, &["add", "-A"]);
+        git(&self.dir, &["commit", "-q", "--allow-empty", "-m", message]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
+}
