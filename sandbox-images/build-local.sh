@@ -34,8 +34,11 @@ done
 ln -s /bin/env "$rootfs/usr/bin/env"
 
 cp "$NODE_BIN" "$rootfs/usr/bin/node"
-# node's shared libraries, at the paths the dynamic loader expects.
-for lib in $(ldd "$NODE_BIN" | grep -o '/[^ ]*'); do
+# node's shared libraries, at the paths the dynamic loader expects, plus the rest
+# of the glibc runtime that native modules link (swc needs librt, others libz, …).
+libdir=$(dirname "$(ldd "$NODE_BIN" | grep -o '/[^ ]*libc\.so[^ ]*')")
+extra_libs=$(ls "$libdir"/lib{c,m,dl,pthread,rt,resolv,util,anl,gcc_s,stdc++,z,nss_files,nss_dns,crypt}.so* 2>/dev/null || true)
+for lib in $(ldd "$NODE_BIN" | grep -o '/[^ ]*') $extra_libs; do
     mkdir -p "$rootfs$(dirname "$lib")"
     cp -L "$lib" "$rootfs$lib"
 done

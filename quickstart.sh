@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Kiln on one machine, offline: the control plane (embedded SQLite), an agent, and a
+# first deployment of examples/medusa-shop, ending live with its artifact on disk.
+#
+#   ./quickstart.sh                 (KILN_PROFILE=debug for a faster compile)
+#
+# Needs: cargo, git, curl, a running Docker engine, node + npm and busybox-static
+# (for the locally assembled build image). Downloads nothing at run time.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PROFILE=${KILN_PROFILE:-release}
+PORT=${KILN_QUICKSTART_PORT:-18080}
+DIR=${KILN_QUICKSTART_DIR:-$PWD/.kiln-quickstart}
+IMAGE=kiln/node:local
+URL=http://127.0.0.1:$PORT
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'quickstart: %s\n' "$*" >&2; exit 1; }
+field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" | head -n1; }
+
+docker info >/dev/null 2>&1 || die "Docker is not reachable; start dockerd first"
+say "Building kiln-server and kiln-agent ($PROFILE)"
+cargo build --quiet --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -p kiln-control-plane -p kiln-agent
+BIN=$PWD/target/$PROFILE
+
+if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    say "Assembling the build image $IMAGE (no registry)"
+    sandbox-images/build-local.sh "$IMAGE"
+fi
+
+rm -rf "$DIR" && mkdir -p "$DIR"
+say "Making a git repository of examples/medusa-shop in $DIR/repo"
+cp -r examples/medusa-shop "$DIR/repo"
+git -C "$DIR/repo" init -q -b main
+git -C "$DIR/repo" -c user.name=Kiln -c user.email=kiln@localhost add -A
+git -C "$DIR/repo" -c user.name=Kiln -c user.email=kiln@localhost commit -q -m "Initial shop"
+SHA=$(git -C "$DIR/repo" rev-parse HEAD)
+REPO=file://$DIR/repo
+
+export KILN_ADMIN_TOKEN=quickstart-admin-$RANDOM$RANDOM KILN_REGISTRATION_TOKEN=quickstart-registration-$RANDOM$RANDOM
+say "Starting the control plane on $URL (data in $DIR/server)"
+"$BIN/kiln-server" --data-dir "$DIR/server" --listen "127.0.0.1:$PORT" >"$DIR/server.log" 2>&1 &
+SERVER=$!
+AGENT=
+cleanup() { [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null; kill "$SERVER" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+for _ in $(seq 50); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.1; done
+
+api() { curl -sS -H "Authorization: Bearer $KILN_ADMIN_TOKEN" -H 'content-type: application/json' "$@"; }
+PROJECT=$(api -X POST "$URL/api/v1/projects" -d "{\"name\": \"medusa-shop\", \"repository_url\": \"$REPO\"}" | field id)
+ENV=$(api -X POST "$URL/api/v1/projects/$PROJECT/environments" -d '{"name": "Production", "branch": "main"}' | field id)
+say "Project $PROJECT, environment Production ($ENV) on branch main"
+
+cat >"$DIR/agent.toml" <<TOML
+control_plane_url = "$URL"
+work_dir = "$DIR/agent/work"
+state_dir = "$DIR/agent/state"
+build_image = "$IMAGE"
+install_network = "none"
+TOML
+"$BIN/kiln-agent" --config "$DIR/agent.toml" register --url "$URL" --name quickstart
+"$BIN/kiln-agent" --config "$DIR/agent.toml" run >"$DIR/agent.log" 2>&1 &
+AGENT=$!
+
+say "Pushing $SHA to main"
+DEPLOYMENT=$(api -X POST "$URL/api/v1/events/push" \
+    -d "{\"repository\": \"$REPO\", \"branch\": \"main\", \"sha\": \"$SHA\", \"author\": \"Kiln\", \"message\": \"Initial shop\"}" | field id)
+
+wait_for() {
+    local want=$1 status=
+    for _ in $(seq 600); do
+        status=$(api "$URL/api/v1/deployments/$DEPLOYMENT" | field status)
+        [ "$status" = "$want" ] && return 0
+        case "$status" in build_failed|build_canceled|deploy_failed)
+            api "$URL/api/v1/deployments/$DEPLOYMENT/logs/system"
+            die "deployment $DEPLOYMENT ended $status" ;;
+        esac
+        sleep 0.2
+    done
+    die "deployment $DEPLOYMENT is still $status"
+}
+wait_for awaiting_deployment
+say "Deployment $DEPLOYMENT built; its logs:"
+api "$URL/api/v1/deployments/$DEPLOYMENT/logs/system"
+api "$URL/api/v1/deployments/$DEPLOYMENT/logs/backend"
+api -X POST "$URL/api/v1/deployments/$DEPLOYMENT/deploy" >/dev/null
+wait_for live
+api "$URL/api/v1/deployments/$DEPLOYMENT/artifacts/backend.tar.gz" -o "$DIR/backend.tar.gz"
+say "Deployment $DEPLOYMENT is live. Artifact: $DIR/backend.tar.gz"
+tar tzf "$DIR/backend.tar.gz"
+say "Promoted release: $(readlink "$DIR/server/releases/$ENV/current")"
