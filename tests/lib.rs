@@ -1,1 +1,5 @@
-//! Shared helpers live in `e2e/support`; this library is empty on purpose.
+//! Test plumbing shared by the end-to-end tests (`e2e/`) and the benchmarks
+//! (`benches/`): a real control plane on loopback, the real agent binary, Docker,
+//! and fixture repositories.
+
+pub mod support;

@@ -13,13 +13,14 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
+pub const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
+
 struct World {
     _dir: tempfile::TempDir,
     root: std::path::PathBuf,
     cp: ControlPlane,
     admin: Api,
     repo: FixtureRepo,
-    environment_id: String,
     docker: bollard::Docker,
     image: &'static str,
 }
@@ -61,7 +62,6 @@ async fn world(variables: serde_json::Value) -> Option<World> {
         cp,
         admin,
         repo,
-        environment_id: environment.id,
         docker,
         image,
     })
@@ -69,7 +69,14 @@ async fn world(variables: serde_json::Value) -> Option<World> {
 
 impl World {
     async fn agent(&self, name: &str, extra: &str) -> AgentProcess {
-        AgentProcess::start(&self.cp, &self.root.join(name), self.image, extra).await
+        AgentProcess::start(
+            Path::new(AGENT),
+            &self.cp,
+            &self.root.join(name),
+            self.image,
+            extra,
+        )
+        .await
     }
 
     async fn push(&self, sha: &str) -> Deployment {
@@ -474,6 +481,4 @@ async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
         reason.starts_with("cannot fetch file:///nonexistent/ghost.git:"),
         "{reason}"
     );
-    let _ = world.environment_id.len();
-    let _ = Path::new("");
 }

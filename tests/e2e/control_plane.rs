@@ -872,8 +872,7 @@ async fn bad_input_gets_400_unknown_ids_404_illegal_transitions_409() {
         .await
         .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
     assert!(message.contains("`sha`"), "{message}");
-    let message = admin
-        .push_raw_unknown_repo()
+    let message = push_unknown_repo(&admin)
         .await
         .expect_error(StatusCode::NOT_FOUND, "not_found");
     assert!(
@@ -948,9 +947,9 @@ async fn bad_input_gets_400_unknown_ids_404_illegal_transitions_409() {
         .expect_error(StatusCode::NOT_FOUND, "not_found");
 }
 
-impl Api {
-    async fn push_raw_unknown_repo(&self) -> Reply {
-        self.post_json(
+async fn push_unknown_repo(admin: &Api) -> Reply {
+    {
+        admin.post_json(
             "/api/v1/events/push",
             &serde_json::json!({"repository": "https://git.example/nobody.git", "branch": "main", "sha": sha(9), "author": "a", "message": "m"}),
         )

@@ -1,6 +1,8 @@
 //! All end-to-end tests, one binary, one module per area. Each test starts the
 //! real servers it needs on loopback; see `support`.
 
+mod accept;
 mod agent;
 mod control_plane;
-mod support;
+
+pub use kiln_tests::support;

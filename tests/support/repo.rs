@@ -44,12 +44,18 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 impl FixtureRepo {
+    /// A repository of `examples/medusa-shop`.
     pub fn new(root: &Path) -> FixtureRepo {
-        let dir = root.join("repo");
-        copy_dir(
+        Self::of(
+            root,
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medusa-shop"),
-            &dir,
-        );
+        )
+    }
+
+    /// A repository of any project directory (without its node_modules and .medusa).
+    pub fn of(root: &Path, project: &Path) -> FixtureRepo {
+        let dir = root.join("repo");
+        copy_dir(project, &dir);
         git(&dir, &["init", "-q", "-b", "main"]);
         git(&dir, &["add", "-A"]);
         git(&dir, &["commit", "-q", "-m", "Initial shop"]);

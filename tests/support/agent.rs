@@ -11,31 +11,53 @@ use super::control_plane::{ControlPlane, REGISTRATION_TOKEN};
 
 pub struct AgentProcess {
     child: Option<Child>,
+    binary: PathBuf,
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
 }
 
-pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_kiln-agent-e2e")
-}
-
 impl AgentProcess {
     /// Writes `agent.toml` (work and state dirs under `dir`, the test image, no
     /// network) plus `extra` lines, registers, and starts `kiln-agent run`.
-    pub async fn start(cp: &ControlPlane, dir: &Path, image: &str, extra: &str) -> AgentProcess {
+    /// `binary` is `env!("CARGO_BIN_EXE_kiln-agent-e2e")` of the calling test or bench.
+    pub async fn start(
+        binary: &Path,
+        cp: &ControlPlane,
+        dir: &Path,
+        image: &str,
+        extra: &str,
+    ) -> AgentProcess {
+        Self::start_with_config(
+            binary,
+            cp,
+            dir,
+            image,
+            &format!("install_network = \"none\"\n{extra}"),
+        )
+        .await
+    }
+
+    /// Like `start`, without the default `install_network = "none"`.
+    pub async fn start_with_config(
+        binary: &Path,
+        cp: &ControlPlane,
+        dir: &Path,
+        image: &str,
+        extra: &str,
+    ) -> AgentProcess {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
             format!(
-                "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\n{extra}\n",
+                "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\n{extra}\n",
                 work = dir.join("work"),
                 state = dir.join("state"),
             ),
         )
         .unwrap();
-        let output = Command::new(binary())
+        let output = Command::new(binary)
             .args([
                 "--config",
                 config.to_str().unwrap(),
@@ -56,6 +78,7 @@ impl AgentProcess {
         );
         let mut agent = AgentProcess {
             child: None,
+            binary: binary.to_owned(),
             dir: dir.to_owned(),
             config,
             log: dir.join("agent.log"),
@@ -71,7 +94,7 @@ impl AgentProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(binary())
+        let child = Command::new(&self.binary)
             .args(["--config", self.config.to_str().unwrap(), "run"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

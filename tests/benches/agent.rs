@@ -1,0 +1,232 @@
+//! Agent benchmark, one run, real parts (control plane on loopback, the agent
+//! binary, Docker), reported as numbers and ratios against a peer run in the same go:
+//!
+//! 1. overhead: claim → `awaiting_deployment` through the agent, against the same
+//!    `npm ci` + `npm run build` of the same commit run by hand with `docker run`;
+//! 2. cancel latency: a newer push → the older build's container gone, p50/p95 over
+//!    20 cancels.
+//!
+//! `cargo bench -p kiln-tests --bench agent` (needs a Docker engine).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, EventOutcome, PushEvent};
+use kiln_tests::support::*;
+use reqwest::{Method, StatusCode};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
+const BUILDS: usize = 5;
+const CANCELS: usize = 20;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let rank = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
+/// `npm ci` then `npm run build` in fresh containers, as a person would type it.
+fn by_hand(image: &str, source: &Path, scratch: &Path) -> Duration {
+    let _ = std::fs::remove_dir_all(scratch);
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(source)
+        .arg(scratch)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(scratch.join(".git"));
+    Command::new("chown")
+        .args(["-R", "10000:10000"])
+        .arg(scratch)
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    for step in [&["npm", "ci"][..], &["npm", "run", "build"][..]] {
+        let status = Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--user",
+                "10000:10000",
+                "-e",
+                "HOME=/tmp",
+                "-v",
+            ])
+            .arg(format!("{}:/kiln/src", scratch.display()))
+            .args(["-w", "/kiln/src", image])
+            .args(step)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{step:?} failed by hand");
+    }
+    started.elapsed()
+}
+
+async fn push(admin: &Api, repo: &FixtureRepo, branch: &str) -> Deployment {
+    let outcome: EventOutcome = admin
+        .post_json(
+            "/api/v1/events/push",
+            &PushEvent {
+                repository: repo.url.clone(),
+                branch: branch.into(),
+                sha: repo.head(),
+                author: "bench".into(),
+                message: "bench".into(),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    outcome
+        .deployments
+        .into_iter()
+        .next()
+        .expect("a deployment")
+}
+
+async fn wait_for(admin: &Api, id: &str, want: DeploymentStatus) -> Deployment {
+    loop {
+        let deployment = admin.deployment(id).await;
+        if deployment.status == want {
+            return deployment;
+        }
+        assert!(
+            matches!(
+                deployment.status,
+                DeploymentStatus::Queued | DeploymentStatus::Building
+            ),
+            "deployment {id} ended {}: {:?}",
+            deployment.status,
+            deployment.reason
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(docker) = docker().await else {
+        eprintln!("the agent benchmark needs a Docker engine");
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::new(dir.path());
+    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject {
+            name: "bench".into(),
+            repository_url: repo.url.clone(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+        })
+        .await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let slow = admin.create_environment(&project, "Slow", "slow").await;
+    let reply = admin
+        .send_json(
+            Method::PUT,
+            &format!("/api/v1/environments/{}/variables", slow.id),
+            &serde_json::json!({"variables": [{"name": "KILN_FIXTURE_SLEEP", "value": "600"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &cp,
+        &dir.path().join("agent"),
+        image,
+        "cancel_grace = \"10s\"",
+    )
+    .await;
+
+    // 1. Overhead, interleaved so both see the same machine state.
+    let (mut through_agent, mut manual) = (Vec::new(), Vec::new());
+    for round in 0..BUILDS {
+        let deployment = push(&admin, &repo, "main").await;
+        let built = wait_for(&admin, &deployment.id, DeploymentStatus::AwaitingDeployment).await;
+        let at = |status| {
+            built
+                .transitions
+                .iter()
+                .rev()
+                .find(|t| t.status == status)
+                .unwrap()
+                .at
+        };
+        let claimed_to_built = (at(DeploymentStatus::AwaitingDeployment)
+            - at(DeploymentStatus::Building))
+        .num_milliseconds() as f64
+            / 1000.0;
+        let hand = by_hand(
+            image,
+            &repo.dir,
+            &dir.path().join(format!("by-hand-{round}")),
+        )
+        .as_secs_f64();
+        eprintln!("round {round}: agent {claimed_to_built:.2}s, by hand {hand:.2}s");
+        through_agent.push(claimed_to_built);
+        manual.push(hand);
+    }
+    let (agent_median, hand_median) = (median(&mut through_agent), median(&mut manual));
+
+    // 2. Cancel latency: each push on `slow` cancels the build before it.
+    let mut latencies = Vec::new();
+    let mut running = push(&admin, &repo, "slow").await;
+    for _ in 0..CANCELS {
+        let job_id = loop {
+            let deployment = admin.deployment(&running.id).await;
+            let log = admin
+                .get(&format!("/api/v1/deployments/{}/logs/backend", running.id))
+                .await
+                .text();
+            if let (Some(job_id), true) = (
+                deployment.current_job_id.clone(),
+                log.contains("still compiling"),
+            ) {
+                break job_id;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let pushed = Instant::now();
+        let next = push(&admin, &repo, "slow").await;
+        while !containers_of_job(&docker, &job_id).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(pushed.elapsed().as_secs_f64() * 1000.0);
+        running = next;
+    }
+    let p50 = percentile(&mut latencies, 0.50);
+    let p95 = percentile(&mut latencies, 0.95);
+    drop(agent);
+
+    println!();
+    println!("agent overhead ({BUILDS} builds of examples/medusa-shop, medians)");
+    println!("  claim → awaiting_deployment through the agent : {agent_median:.2} s");
+    println!("  npm ci + npm run build by hand (docker run)    : {hand_median:.2} s");
+    println!(
+        "  overhead                                       : {:+.2} s ({:.2}× by hand)",
+        agent_median - hand_median,
+        agent_median / hand_median
+    );
+    println!("cancel latency (newer push → old container gone, {CANCELS} cancels)");
+    println!(
+        "  p50 {p50:.0} ms, p95 {p95:.0} ms, max {:.0} ms",
+        latencies.iter().cloned().fold(0.0, f64::max)
+    );
+}
