@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("control plane at {url} is unreachable: {source}")]
-    Unreachable { url: String, source: reqwest::Error },
+    #[error("control plane at {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error("the control plane refused this agent's token: {message}; re-register with `kiln-agent register`")]
     Unauthorized { message: String },
     #[error("control plane answered {status} ({code}): {message}")]
@@ -39,6 +39,23 @@ pub enum ClientError {
         path: String,
         source: std::io::Error,
     },
+}
+
+/// reqwest's message alone ("error sending request") hides the cause; the chain
+/// says it ("connection refused").
+fn unreachable(url: &str, error: reqwest::Error) -> ClientError {
+    let error = error.without_url();
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ClientError::Unreachable {
+        url: url.to_owned(),
+        reason,
+    }
 }
 
 impl ClientError {
@@ -140,10 +157,7 @@ impl Client {
             .json(request)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|e| unreachable(&url, e))?;
         if !response.status().is_success() {
             return Err(decode_error(&url, response).await);
         }
@@ -163,10 +177,7 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.to_owned(),
-                source,
-            })?;
+            .map_err(|e| unreachable(url, e))?;
         if response.status().is_success() {
             Ok(response)
         } else {
@@ -179,13 +190,7 @@ impl Client {
         response: reqwest::Response,
         what: &'static str,
     ) -> Result<T, ClientError> {
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.to_owned(),
-                source,
-            })?;
+        let body = response.bytes().await.map_err(|e| unreachable(url, e))?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
             what,
             reason: e.to_string(),
@@ -207,13 +212,7 @@ impl Client {
         if response.status() == StatusCode::NO_CONTENT {
             return Ok(None);
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let body = response.bytes().await.map_err(|e| unreachable(&url, e))?;
         // Parse in two steps so a malformed job can still be failed by its id.
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
@@ -336,10 +335,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|e| unreachable(&url, e))?;
         if response.status().is_success() {
             Ok(())
         } else {

@@ -85,7 +85,7 @@ impl fmt::Display for ByteSize {
             ("KiB", 1 << 10),
         ];
         for (unit, size) in UNITS {
-            if self.0 >= size && self.0 % (size / 1024).max(1) == 0 {
+            if self.0 >= size {
                 let value = self.0 as f64 / size as f64;
                 return if value.fract() == 0.0 {
                     write!(f, "{value:.0} {unit}")
@@ -579,6 +579,8 @@ mod tests {
         assert_eq!("512 MiB".parse::<ByteSize>().unwrap(), ByteSize(512 << 20));
         assert_eq!("1024".parse::<ByteSize>().unwrap(), ByteSize(1024));
         assert_eq!(ByteSize(4 << 30).to_string(), "4 GiB");
+        assert_eq!(ByteSize(73_592 << 20).to_string(), "71.9 GiB");
+        assert_eq!(ByteSize(256 << 20).to_string(), "256 MiB");
         assert_eq!(
             "1h30m".parse::<Span>().unwrap(),
             Span(Duration::from_secs(5400))

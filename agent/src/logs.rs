@@ -179,6 +179,9 @@ impl JobLogs {
     /// Ships the spool to the control plane until `finish` is canceled and
     /// everything has been delivered, or until `give_up` is canceled.
     /// Returns whether every spooled byte was acknowledged.
+    ///
+    /// Full chunks go back to back; a partial chunk waits up to `SHIP_INTERVAL` for
+    /// more output, so a chatty build costs a request per 250 ms, not per line.
     pub async fn ship(
         &self,
         client: &Client,
@@ -189,55 +192,74 @@ impl JobLogs {
         let mut acked: Vec<Option<u64>> = vec![None; self.spools.len()];
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         loop {
-            let mut all_delivered = true;
             let mut failed = false;
-            for (index, spool) in self.spools.iter().enumerate() {
-                match ship_stream(client, job_id, spool, &mut acked[index]).await {
-                    Ok(done) => all_delivered &= done,
-                    Err(error) if error.is_transient() => {
-                        failed = true;
-                        all_delivered = false;
-                        tracing::warn!(message = "Log upload failed; retrying.", stream = %spool.stream, %error);
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::error!(message = "Control plane refused logs; giving up on this job's logs.", stream = %spool.stream, %error);
+            'streams: for (index, spool) in self.spools.iter().enumerate() {
+                loop {
+                    if give_up.is_cancelled() {
                         return false;
                     }
-                }
-            }
-            if all_delivered && finish.is_cancelled() {
-                return true;
-            }
-            let pause = if failed {
-                backoff.next_delay()
-            } else {
-                backoff.reset();
-                if all_delivered {
-                    // Idle: wake on the next write, or on finish.
-                    tokio::select! {
-                        _ = self.written.notified() => {}
-                        _ = finish.cancelled() => {}
-                        _ = give_up.cancelled() => return false,
+                    match ship_stream(client, job_id, spool, &mut acked[index]).await {
+                        Ok(pending) if pending >= SHIP_CHUNK => continue,
+                        Ok(_) => break,
+                        Err(error) if error.is_transient() => {
+                            failed = true;
+                            tracing::warn!(message = "Log upload failed; retrying.", stream = %spool.stream, %error);
+                            break 'streams;
+                        }
+                        Err(error) => {
+                            tracing::error!(message = "Control plane refused logs; giving up on this job's logs.", stream = %spool.stream, %error);
+                            return false;
+                        }
                     }
                 }
-                SHIP_INTERVAL
-            };
+            }
+            let pending: u64 = self
+                .spools
+                .iter()
+                .zip(&acked)
+                .map(|(spool, acked)| {
+                    spool
+                        .len
+                        .load(Ordering::SeqCst)
+                        .saturating_sub(acked.unwrap_or(0))
+                })
+                .sum();
+            if !failed && pending == 0 && finish.is_cancelled() {
+                return true;
+            }
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = give_up.cancelled() => return false,
+                }
+                continue;
+            }
+            backoff.reset();
+            if pending == 0 {
+                // Idle until the build writes again (or the job ends).
+                tokio::select! {
+                    _ = self.written.notified() => {}
+                    _ = finish.cancelled() => continue,
+                    _ = give_up.cancelled() => return false,
+                }
+            }
+            // Let a partial chunk fill up for a moment, unless the job has ended.
             tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep(SHIP_INTERVAL) => {}
+                _ = finish.cancelled() => {}
                 _ = give_up.cancelled() => return false,
             }
         }
     }
 }
 
-/// Sends one chunk of a stream; `Ok(true)` when the server has everything spooled.
+/// Sends one chunk of a stream; returns how many spooled bytes are still unsent.
 async fn ship_stream(
     client: &Client,
     job_id: &str,
     spool: &Spool,
     acked: &mut Option<u64>,
-) -> Result<bool, ClientError> {
+) -> Result<u64, ClientError> {
     let offset = match *acked {
         Some(offset) => offset,
         // First contact (or after a restart): ask where the server's copy ends.
@@ -250,7 +272,7 @@ async fn ship_stream(
     };
     let len = spool.len.load(Ordering::SeqCst);
     if offset >= len {
-        return Ok(true);
+        return Ok(0);
     }
     let size = (len - offset).min(SHIP_CHUNK) as usize;
     let chunk = read_at(&spool.path, offset, size).map_err(|e| ClientError::ReadFile {
@@ -263,7 +285,10 @@ async fn ship_stream(
     {
         Appended::Upto(end) | Appended::Expected(end) => *acked = Some(end),
     }
-    Ok(acked.unwrap_or(0) >= len)
+    Ok(spool
+        .len
+        .load(Ordering::SeqCst)
+        .saturating_sub(acked.unwrap_or(0)))
 }
 
 fn read_at(path: &Path, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
