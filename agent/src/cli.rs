@@ -9,7 +9,7 @@ use crate::client::Client;
 use crate::config::{env_vars, AgentConfig, PartialConfig, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError};
 use crate::executor::{DockerExecutor, Executor};
-use crate::logs::JobLogs;
+use crate::logs::{JobLogs, LogOptions};
 use crate::pipeline::{BuildOutcome, BuildRequest, Pipeline, Source, Workspace};
 use crate::state::{Identity, StateDir};
 use anyhow::{bail, Context};
@@ -237,7 +237,14 @@ async fn build_locally(
     let executor: Arc<dyn Executor> = Arc::new(DockerExecutor::connect().await?);
     let job_id = format!("local-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
     let scratch = tempfile_dir(&config.work_dir)?;
-    let logs = JobLogs::open(&scratch.join("logs"), &[], true)?;
+    let logs = JobLogs::open(
+        &scratch.join("logs"),
+        &LogOptions {
+            secrets: Vec::new(),
+            echo: true,
+            limit: config.log_limit.0,
+        },
+    )?;
     let pipeline = Pipeline {
         executor,
         config: config.clone(),

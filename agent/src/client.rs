@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use kiln_protocol::{
-    codes, ArtifactDescriptor, ArtifactUploadTicket, ClaimRequest, ErrorEnvelope, Job, JobControl,
-    JobStatusUpdate, LogAppendResponse, LogStream, RegisterAgentRequest, RegisterAgentResponse,
-    WatchRequest, API_PREFIX, SHA256_HEADER,
+    codes, format_log_times, ArtifactDescriptor, ArtifactUploadTicket, ClaimRequest, ErrorEnvelope,
+    Job, JobControl, JobStatusUpdate, LogAppendResponse, LogStream, RegisterAgentRequest,
+    RegisterAgentResponse, WatchRequest, API_PREFIX, SHA256_HEADER,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -263,15 +263,19 @@ impl Client {
         stream: LogStream,
         offset: u64,
         data: bytes::Bytes,
+        marks: &[(u64, i64)],
     ) -> Result<Appended, ClientError> {
         let url = self.url(&format!(
             "/agent/jobs/{job_id}/logs/{stream}?offset={offset}"
         ));
-        let request = self
+        let mut request = self
             .http
             .put(&url)
             .timeout(Duration::from_secs(30))
             .body(data);
+        if !marks.is_empty() {
+            request = request.header(kiln_protocol::LOG_TIMES_HEADER, format_log_times(marks));
+        }
         match self.send(&url, request).await {
             Ok(response) => {
                 let answer: LogAppendResponse =

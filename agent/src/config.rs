@@ -321,6 +321,8 @@ partial_config! {
     keep_failed_workspaces: bool = "KILN_KEEP_FAILED_WORKSPACES";
     /// uid:gid builds run as when the agent itself runs as root
     build_user: UidGid = "KILN_BUILD_USER", parse = "from_str_or_number";
+    /// Bytes kept per log stream of a job; later output is dropped (the build goes on)
+    log_limit: ByteSize = "KILN_LOG_LIMIT", parse = "from_str_or_number";
 }
 
 /// The resolved configuration the agent runs with.
@@ -345,6 +347,7 @@ pub struct AgentConfig {
     pub keep_failed_workspaces: bool,
     /// Who build containers run as: the agent's own uid/gid, or `build_user` if root.
     pub build_user: UidGid,
+    pub log_limit: ByteSize,
 }
 
 pub const DEFAULT_IMAGE: &str = "kiln/node:20";
@@ -454,6 +457,7 @@ impl PartialConfig {
             build_network: self.build_network.unwrap_or(install_network),
             keep_failed_workspaces: self.keep_failed_workspaces.unwrap_or(false),
             build_user,
+            log_limit: self.log_limit.unwrap_or(ByteSize(100 << 20)),
         })
     }
 }

@@ -22,12 +22,17 @@ use crate::backoff::Backoff;
 use crate::client::{Client, ClientError};
 use crate::config::AgentConfig;
 use crate::executor::{ExecError, Executor};
-use crate::logs::JobLogs;
+use crate::logs::{JobLogs, LogOptions};
 use crate::pipeline::{BuildOutcome, BuildRequest, BuiltArtifact, Pipeline, Source, Workspace};
 use crate::state::{SpooledJob, StateDir};
 
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
-const WATCH_WAIT: Duration = Duration::from_secs(25);
+/// Short next to the lease (60 s by default), so a watch lost to a network drop is
+/// renewed well before the lease runs out.
+const WATCH_WAIT: Duration = Duration::from_secs(15);
+/// How long uploads and status reports keep retrying while the control plane is
+/// away (restarting, unreachable) before the job gives up on them.
+const RETRY_LIMIT: Duration = Duration::from_secs(600);
 /// How long a finished job waits for its logs to reach a control plane that is away;
 /// after that the spool stays on disk and is delivered by the next start.
 const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(120);
@@ -181,7 +186,7 @@ impl Daemon {
             let spool = self.state.spool_dir(&job_id);
             let mut delivered = true;
             if spool.is_dir() {
-                if let Ok(logs) = JobLogs::open(&spool, &[], false) {
+                if let Ok(logs) = JobLogs::open(&spool, &LogOptions::default()) {
                     logs.sink(LogStream::System)
                         .line("The agent restarted while this build ran; the build was lost.");
                     let finish = CancellationToken::new();
@@ -236,7 +241,12 @@ impl Daemon {
             .map(|var| var.value.clone())
             .collect();
         secrets.extend(job.repository_token.clone());
-        let logs = match JobLogs::open(&spool, &secrets, false) {
+        let options = LogOptions {
+            secrets,
+            echo: false,
+            limit: self.config.log_limit.0,
+        };
+        let logs = match JobLogs::open(&spool, &options) {
             Ok(logs) => Arc::new(logs),
             Err(error) => {
                 let _ = self
@@ -365,24 +375,25 @@ impl Daemon {
         }
     }
 
-    /// Reports a status, retrying while the control plane is away (bounded).
+    /// Reports a status, retrying while the control plane is away, for up to
+    /// `RETRY_LIMIT`.
     async fn report(&self, job_id: &str, update: &JobStatusUpdate) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        for _ in 0..12 {
+        let deadline = tokio::time::Instant::now() + RETRY_LIMIT;
+        loop {
             match self.client.report(job_id, update).await {
                 Ok(()) => return,
-                Err(error) if error.is_transient() => {
+                Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
                     let pause = backoff.next_delay();
                     warn!(message = "Status report failed; retrying.", status = %update.status, %error, retry_in_ms = pause.as_millis() as u64);
                     tokio::time::sleep(pause).await;
                 }
                 Err(error) => {
-                    warn!(message = "Control plane refused the status report.", status = %update.status, %error);
+                    warn!(message = "Status report not delivered.", status = %update.status, %error);
                     return;
                 }
             }
         }
-        warn!(message = "Gave up reporting a status.", status = %update.status);
     }
 
     async fn upload_all(
@@ -400,6 +411,7 @@ impl Daemon {
             };
             let started = std::time::Instant::now();
             let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+            let deadline = tokio::time::Instant::now() + RETRY_LIMIT;
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -420,7 +432,9 @@ impl Daemon {
                         ));
                         break;
                     }
-                    Err(error) if error.is_transient() && attempt < 5 => {
+                    Err(error)
+                        if error.is_transient() && tokio::time::Instant::now() < deadline =>
+                    {
                         system.line(format!(
                             "Upload of {} failed ({error}); retrying.",
                             artifact.name
@@ -464,7 +478,8 @@ async fn watch(
     done: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    // A short cap: after an outage the lease must be renewed within seconds.
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
     loop {
         let answer = tokio::select! {
             answer = client.watch(&job_id, WATCH_WAIT) => answer,

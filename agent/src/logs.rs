@@ -2,10 +2,15 @@
 //! control plane by offset.
 //!
 //! A build writes through a `LogSink`, which appends to the stream's spool file and
-//! returns at once: the build never waits on the network. `ship` runs beside the
-//! build and sends what the spool holds beyond the acknowledged offset, at most
-//! every 250 ms or 256 KiB at a time, with backoff while the control plane is away.
-//! Masking of secrets happens before a byte reaches the spool.
+//! returns at once: the build never waits on the network. `JobLogs::ship` runs
+//! beside the build and sends what the spool holds beyond the acknowledged offset,
+//! full 256 KiB chunks back to back and a partial one at most every 250 ms, with
+//! backoff while the control plane is away.
+//!
+//! Before a byte reaches the spool, secrets are masked; past the per-stream limit,
+//! output is dropped after one truncation line. Beside each spool, a `.times` file
+//! records when output was written (offset → time marks, at most one per 100 ms),
+//! so every line gets its timestamp without changing the log's bytes.
 
 use std::fs::File;
 use std::io::Write;
@@ -21,23 +26,52 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::client::{Appended, Client, ClientError};
+use crate::config::ByteSize;
 use crate::mask::Masker;
 
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(250);
 pub const SHIP_CHUNK: u64 = 256 * 1024;
+/// Time marks closer than this share the earlier mark.
+const MARK_EVERY_MS: i64 = 100;
+/// Marks sent with one chunk, to keep the header small; a chunk is cut shorter.
+const MARKS_PER_CHUNK: usize = 256;
+
+/// How a job's logs are written.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Values masked as `***` (with their base64 forms).
+    pub secrets: Vec<String>,
+    /// Also print to the terminal (`kiln-agent build`).
+    pub echo: bool,
+    /// Bytes kept per stream; later output is dropped after a truncation line.
+    pub limit: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            secrets: Vec::new(),
+            echo: false,
+            limit: 100 << 20,
+        }
+    }
+}
 
 struct Spool {
     stream: LogStream,
     path: PathBuf,
-    file: Mutex<SpoolWriter>,
+    writer: Mutex<SpoolWriter>,
     len: AtomicU64,
 }
 
 struct SpoolWriter {
     file: File,
+    times: File,
+    marks: Vec<(u64, i64)>,
     masker: Masker,
-    /// Also print to the terminal (`kiln-agent build`).
     echo: bool,
+    limit: u64,
+    truncated: bool,
     failed: bool,
 }
 
@@ -63,40 +97,58 @@ impl LogSink {
 
     /// Appends raw output (masked) to the spool.
     pub fn write(&self, data: &[u8]) {
-        let mut writer = self.spool.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = self.spool.writer.lock().unwrap_or_else(|p| p.into_inner());
         let masked = writer.masker.push(data);
         self.append(&mut writer, &masked);
     }
 
     /// Writes whatever the masker still holds back (end of a step).
     pub fn flush(&self) {
-        let mut writer = self.spool.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = self.spool.writer.lock().unwrap_or_else(|p| p.into_inner());
         let rest = writer.masker.finish();
         self.append(&mut writer, &rest);
     }
 
     fn append(&self, writer: &mut SpoolWriter, data: &[u8]) {
-        if data.is_empty() {
+        if data.is_empty() || writer.truncated {
             return;
         }
+        let len = self.spool.len.load(Ordering::SeqCst);
+        let room = writer.limit.saturating_sub(len) as usize;
+        let (kept, over) = if data.len() > room {
+            (&data[..room], true)
+        } else {
+            (data, false)
+        };
         if writer.echo {
-            let prefix = match self.spool.stream {
-                LogStream::System => "",
-                LogStream::Backend => "backend | ",
-                LogStream::Storefront => "storefront | ",
-            };
-            let text = String::from_utf8_lossy(data);
-            let mut out = std::io::stdout().lock();
-            for line in text.split_inclusive('\n') {
-                let _ = write!(out, "{prefix}{line}");
-            }
-            let _ = out.flush();
+            echo(self.spool.stream, kept);
         }
-        match writer.file.write_all(data) {
+        let now = chrono::Utc::now().timestamp_millis();
+        if writer
+            .marks
+            .last()
+            .is_none_or(|&(_, last)| now - last >= MARK_EVERY_MS)
+        {
+            writer.marks.push((len, now));
+            let _ = writeln!(writer.times, "{len} {now}");
+        }
+        let mut bytes = kept.to_vec();
+        if over {
+            writer.truncated = true;
+            bytes.extend_from_slice(
+                format!(
+                    "\n[kiln] The {} log reached its limit of {}; later output is dropped. The build goes on.\n",
+                    self.spool.stream,
+                    ByteSize(writer.limit)
+                )
+                .as_bytes(),
+            );
+        }
+        match writer.file.write_all(&bytes) {
             Ok(()) => {
                 self.spool
                     .len
-                    .fetch_add(data.len() as u64, Ordering::SeqCst);
+                    .fetch_add(bytes.len() as u64, Ordering::SeqCst);
                 self.written.notify_one();
             }
             Err(error) if !writer.failed => {
@@ -116,6 +168,31 @@ impl LogSink {
     }
 }
 
+fn echo(stream: LogStream, data: &[u8]) {
+    let prefix = match stream {
+        LogStream::System => "",
+        LogStream::Backend => "backend | ",
+        LogStream::Storefront => "storefront | ",
+    };
+    let text = String::from_utf8_lossy(data);
+    let mut out = std::io::stdout().lock();
+    for line in text.split_inclusive('\n') {
+        let _ = write!(out, "{prefix}{line}");
+    }
+    let _ = out.flush();
+}
+
+fn read_marks(path: &Path) -> Vec<(u64, i64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (offset, millis) = line.split_once(' ')?;
+            Some((offset.parse().ok()?, millis.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The three streams of one job, spooled under `dir`.
 pub struct JobLogs {
     dir: PathBuf,
@@ -125,25 +202,33 @@ pub struct JobLogs {
 
 impl JobLogs {
     /// Creates (or reopens, after a restart) the spool files in `dir`.
-    pub fn open(dir: &Path, secrets: &[String], echo: bool) -> std::io::Result<JobLogs> {
+    pub fn open(dir: &Path, options: &LogOptions) -> std::io::Result<JobLogs> {
         std::fs::create_dir_all(dir)?;
         let mut spools = Vec::new();
         for stream in LogStream::ALL {
             let path = dir.join(format!("{stream}.log"));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
+            let times_path = dir.join(format!("{stream}.times"));
+            let open = |path: &Path| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            };
+            let file = open(&path)?;
             let len = file.metadata()?.len();
             spools.push(Arc::new(Spool {
                 stream,
-                path,
-                file: Mutex::new(SpoolWriter {
+                writer: Mutex::new(SpoolWriter {
                     file,
-                    masker: Masker::new(secrets),
-                    echo,
+                    marks: read_marks(&times_path),
+                    times: open(&times_path)?,
+                    masker: Masker::new(&options.secrets),
+                    echo: options.echo,
+                    limit: options.limit,
+                    truncated: len >= options.limit,
                     failed: false,
                 }),
+                path,
                 len: AtomicU64::new(len),
             }));
         }
@@ -264,7 +349,7 @@ async fn ship_stream(
         Some(offset) => offset,
         // First contact (or after a restart): ask where the server's copy ends.
         None => match client
-            .append_log(job_id, spool.stream, 0, bytes::Bytes::new())
+            .append_log(job_id, spool.stream, 0, bytes::Bytes::new(), &[])
             .await?
         {
             Appended::Upto(end) | Appended::Expected(end) => *acked.insert(end),
@@ -274,13 +359,34 @@ async fn ship_stream(
     if offset >= len {
         return Ok(0);
     }
-    let size = (len - offset).min(SHIP_CHUNK) as usize;
-    let chunk = read_at(&spool.path, offset, size).map_err(|e| ClientError::ReadFile {
+    let mut size = (len - offset).min(SHIP_CHUNK);
+    let marks: Vec<(u64, i64)> = {
+        let writer = spool.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let from = writer.marks.partition_point(|&(at, _)| at < offset);
+        let mut marks: Vec<(u64, i64)> = writer.marks[from..]
+            .iter()
+            .copied()
+            .take_while(|&(at, _)| at < offset + size)
+            .collect();
+        if marks.len() > MARKS_PER_CHUNK {
+            size = marks[MARKS_PER_CHUNK].0 - offset;
+            marks.truncate(MARKS_PER_CHUNK);
+        }
+        // The chunk's first byte gets the time in force there, so the server always
+        // knows when a chunk's first line was written.
+        if marks.first().is_none_or(|&(at, _)| at > offset) {
+            if let Some(&(_, millis)) = writer.marks[..from].last() {
+                marks.insert(0, (offset, millis));
+            }
+        }
+        marks
+    };
+    let chunk = read_at(&spool.path, offset, size as usize).map_err(|e| ClientError::ReadFile {
         path: spool.path.display().to_string(),
         source: e,
     })?;
     match client
-        .append_log(job_id, spool.stream, offset, chunk.into())
+        .append_log(job_id, spool.stream, offset, chunk.into(), &marks)
         .await?
     {
         Appended::Upto(end) | Appended::Expected(end) => *acked = Some(end),
@@ -304,4 +410,50 @@ fn read_at(path: &Path, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
     }
     buf.truncate(filled);
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_past_the_limit_is_dropped_after_one_clear_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::open(
+            dir.path(),
+            &LogOptions {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let sink = logs.sink(LogStream::Backend);
+        sink.write(b"0123456");
+        sink.write(b"789abcdef");
+        sink.write(b"more and more");
+        let text = std::fs::read_to_string(dir.path().join("backend.log")).unwrap();
+        assert!(
+            text.starts_with("0123456789\n[kiln] The backend log reached its limit of 10 B"),
+            "{text}"
+        );
+        assert_eq!(text.matches("[kiln]").count(), 1);
+        assert!(!text.contains("more"));
+    }
+
+    #[test]
+    fn writes_leave_time_marks_that_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::open(dir.path(), &LogOptions::default()).unwrap();
+        let sink = logs.sink(LogStream::Backend);
+        sink.write(b"first\n");
+        std::thread::sleep(Duration::from_millis(120));
+        sink.write(b"second\n");
+        drop(logs);
+        let marks = read_marks(&dir.path().join("backend.times"));
+        assert_eq!(marks.len(), 2);
+        assert_eq!((marks[0].0, marks[1].0), (0, 6));
+        assert!(marks[1].1 - marks[0].1 >= 100);
+        let reopened = JobLogs::open(dir.path(), &LogOptions::default()).unwrap();
+        assert_eq!(reopened.spooled(LogStream::Backend), 13);
+    }
 }

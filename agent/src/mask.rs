@@ -165,6 +165,34 @@ mod tests {
         assert_eq!(mask_in_pieces(&[], &[text.as_bytes()]), text);
     }
 
+    proptest::proptest! {
+        /// Chunked equals whole: wherever the output is cut, masking is the same, and
+        /// the secret never survives.
+        #[test]
+        fn framing_is_invisible(
+            before in "[a-z \n=]{0,80}",
+            after in "[a-z \n=]{0,80}",
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let secret = "Sup3r-s3cret_value";
+            let text = format!("{before}{secret}{after}{secret}");
+            let whole = mask_in_pieces(&[secret], &[text.as_bytes()]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(text.len())).collect();
+            cuts.sort();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                pieces.push(&text.as_bytes()[start..cut]);
+                start = cut;
+            }
+            pieces.push(&text.as_bytes()[start..]);
+            let chunked = mask_in_pieces(&[secret], &pieces);
+            proptest::prop_assert_eq!(&chunked, &whole);
+            proptest::prop_assert!(!chunked.contains(secret));
+            proptest::prop_assert_eq!(chunked.matches("***").count(), 2);
+        }
+    }
+
     #[test]
     fn very_short_values_are_not_masked() {
         assert_eq!(mask_in_pieces(&["ab"], &[b"abc"]), "abc");

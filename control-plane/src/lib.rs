@@ -8,6 +8,7 @@
 //! deploys (the deploy hook stands in).
 
 mod artifacts;
+pub mod cli;
 mod db;
 mod deployer;
 mod error;

@@ -3,6 +3,8 @@
 //! The file's length is the stream's offset, so an append is idempotent by offset
 //! and survives a restart without any index. An acknowledged append is on disk
 //! (fsync) before the agent hears "ok", so a crash loses nothing the agent dropped.
+//! Beside each log, `<stream>.times` holds the agent's time marks (`offset millis`
+//! lines), which give every line its timestamp without touching the log's bytes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,23 @@ impl LogStore {
         self.root.join(job_id).join(format!("{stream}.log"))
     }
 
+    pub fn times_path(&self, job_id: &str, stream: LogStream) -> PathBuf {
+        self.root.join(job_id).join(format!("{stream}.times"))
+    }
+
+    /// The stream's time marks, in offset order.
+    pub async fn marks(&self, job_id: &str, stream: LogStream) -> Vec<(u64, i64)> {
+        tokio::fs::read_to_string(self.times_path(job_id, stream))
+            .await
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (offset, millis) = line.split_once(' ')?;
+                Some((offset.parse().ok()?, millis.parse().ok()?))
+            })
+            .collect()
+    }
+
     fn lock_for(&self, job_id: &str, stream: LogStream) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks
@@ -55,6 +74,7 @@ impl LogStore {
         stream: LogStream,
         offset: u64,
         data: &[u8],
+        marks: &[(u64, i64)],
     ) -> Result<u64, ApiError> {
         let lock = self.lock_for(job_id, stream);
         let _guard = lock.lock().await;
@@ -87,6 +107,20 @@ impl LogStore {
         file.write_all(&data[known..]).await?;
         file.sync_data().await?;
         let new_len = len + (data.len() - known) as u64;
+        // Only marks inside the newly stored bytes: a resend adds none twice.
+        let fresh: String = marks
+            .iter()
+            .filter(|&&(at, _)| at >= len && at < new_len)
+            .map(|(at, millis)| format!("{at} {millis}\n"))
+            .collect();
+        if !fresh.is_empty() {
+            let mut times = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.times_path(job_id, stream))
+                .await?;
+            times.write_all(fresh.as_bytes()).await?;
+        }
         self.appended.notify_waiters();
         Ok(new_len)
     }
@@ -109,15 +143,107 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::new(dir.path().to_owned());
         let s = LogStream::Backend;
-        assert_eq!(store.append("j", s, 0, b"hello ").await.unwrap(), 6);
-        assert_eq!(store.append("j", s, 0, b"hello ").await.unwrap(), 6);
-        assert_eq!(store.append("j", s, 3, b"lo world").await.unwrap(), 11);
-        let err = store.append("j", s, 20, b"x").await.unwrap_err();
+        assert_eq!(
+            store
+                .append("j", s, 0, b"hello ", &[(0, 1000)])
+                .await
+                .unwrap(),
+            6
+        );
+        assert_eq!(
+            store
+                .append("j", s, 0, b"hello ", &[(0, 1000)])
+                .await
+                .unwrap(),
+            6
+        );
+        assert_eq!(
+            store
+                .append("j", s, 3, b"lo world", &[(3, 1000), (6, 2000)])
+                .await
+                .unwrap(),
+            11
+        );
+        let err = store.append("j", s, 20, b"x", &[]).await.unwrap_err();
         assert!(
             matches!(err, ApiError::LogGap { expected: 11, .. }),
             "{err:?}"
         );
         let text = std::fs::read_to_string(store.path("j", s)).unwrap();
         assert_eq!(text, "hello world");
+        assert_eq!(
+            store.marks("j", s).await,
+            [(0, 1000), (6, 2000)],
+            "no mark twice"
+        );
+    }
+}
+
+/// Prefixes each line with its time (RFC 3339, milliseconds, UTC), for readers that
+/// ask for `?timestamps=true`. Feeds chunk by chunk; remembers whether the next
+/// byte starts a line.
+#[derive(Debug)]
+pub struct Stamper {
+    marks: Vec<(u64, i64)>,
+    at_line_start: bool,
+}
+
+impl Stamper {
+    /// `offset` is where reading starts; a line start is assumed there.
+    pub fn new(marks: Vec<(u64, i64)>) -> Self {
+        Self {
+            marks,
+            at_line_start: true,
+        }
+    }
+
+    pub fn set_marks(&mut self, marks: Vec<(u64, i64)>) {
+        self.marks = marks;
+    }
+
+    fn stamp(&self, offset: u64) -> String {
+        let index = self.marks.partition_point(|&(at, _)| at <= offset);
+        let millis = match index {
+            0 => self.marks.first().map(|&(_, millis)| millis),
+            n => Some(self.marks[n - 1].1),
+        };
+        match millis.and_then(chrono::DateTime::from_timestamp_millis) {
+            Some(time) => format!("{} ", time.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
+            None => format!("{:24} ", ""),
+        }
+    }
+
+    /// Stamps `chunk`, which starts at stream offset `offset`.
+    pub fn stamp_chunk(&mut self, offset: u64, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + 64);
+        for (index, &byte) in chunk.iter().enumerate() {
+            if self.at_line_start {
+                out.extend_from_slice(self.stamp(offset + index as u64).as_bytes());
+                self.at_line_start = false;
+            }
+            out.push(byte);
+            if byte == b'\n' {
+                self.at_line_start = true;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod stamper_tests {
+    use super::*;
+
+    #[test]
+    fn each_line_gets_the_time_of_the_last_mark_before_it() {
+        let base = 1_764_000_000_000;
+        let mut stamper = Stamper::new(vec![(0, base), (6, base + 1500)]);
+        let first = stamper.stamp_chunk(0, b"first\nsec");
+        let rest = stamper.stamp_chunk(9, b"ond\nthird\n");
+        let text = String::from_utf8([first, rest].concat()).unwrap();
+        assert_eq!(
+            text,
+            "2025-11-24T16:00:00.000Z first\n2025-11-24T16:00:01.500Z second\n2025-11-24T16:00:01.500Z third\n"
+        );
     }
 }

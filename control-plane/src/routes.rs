@@ -25,8 +25,10 @@ use tokio::time::Instant;
 use crate::artifacts::validate_descriptor;
 use crate::error::ApiError;
 use crate::http::{sha256_hex, Admin, Agent, ApiJson, ApiPath, ApiQuery};
+use crate::logs::Stamper;
 use crate::store::{self, DeploymentFilter};
 use crate::{deployer, AppState};
+use kiln_protocol::{parse_log_times, LOG_TIMES_HEADER};
 
 /// Longest a claim or watch long-poll is held.
 const MAX_LONG_POLL: Duration = Duration::from_secs(30);
@@ -212,15 +214,31 @@ async fn append_log(
     Agent(agent): Agent,
     ApiPath((job_id, stream)): ApiPath<(String, LogStream)>,
     ApiQuery(LogOffset { offset }): ApiQuery<LogOffset>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let marks = match headers.get(LOG_TIMES_HEADER) {
+        None => Vec::new(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(parse_log_times)
+            .ok_or_else(|| {
+                ApiError::InvalidParameter(format!(
+                    "header {LOG_TIMES_HEADER} must be comma-separated offset:unix_millis pairs"
+                ))
+            })?,
+    };
     let (agent_id, id) = (agent.id.clone(), job_id.clone());
     // Appends stay open after the job ends: a restarted agent delivers its spool late.
     state
         .db
         .call(move |conn| store::owned_job_for(conn, &agent_id, &id))
         .await?;
-    let next_offset = state.logs.append(&job_id, stream, offset, &body).await?;
+    let next_offset = state
+        .logs
+        .append(&job_id, stream, offset, &body, &marks)
+        .await?;
     Ok(Json(LogAppendResponse {
         stream,
         next_offset,
@@ -523,6 +541,9 @@ struct LogQuery {
     offset: u64,
     #[serde(default)]
     follow: bool,
+    /// Prefix each line with the time it was written.
+    #[serde(default)]
+    timestamps: bool,
     job: Option<String>,
 }
 
@@ -545,6 +566,7 @@ async fn read_log(
         offset: query.offset,
         follow: query.follow,
         looked_after_end: false,
+        stamper: query.timestamps.then(|| Stamper::new(Vec::new())),
     };
     let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
         match reader.next_chunk().await {
@@ -566,6 +588,7 @@ struct LogReader {
     offset: u64,
     follow: bool,
     looked_after_end: bool,
+    stamper: Option<Stamper>,
 }
 
 impl LogReader {
@@ -588,7 +611,13 @@ impl LogReader {
                 let chunk =
                     read_at(&self.state.logs.path(job_id, self.stream), self.offset).await?;
                 if !chunk.is_empty() {
+                    let start = self.offset;
                     self.offset += chunk.len() as u64;
+                    if let Some(stamper) = &mut self.stamper {
+                        // Marks arrive with the bytes, so they are read as fresh.
+                        stamper.set_marks(self.state.logs.marks(job_id, self.stream).await);
+                        return Ok(Some(Bytes::from(stamper.stamp_chunk(start, &chunk))));
+                    }
                     return Ok(Some(chunk));
                 }
             }

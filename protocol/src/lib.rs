@@ -20,3 +20,45 @@ pub const API_PREFIX: &str = "/api/v1";
 
 /// Header carrying an artifact's lowercase hex sha256 on upload.
 pub const SHA256_HEADER: &str = "x-kiln-sha256";
+
+/// Optional header of a log append (added in v1.1): when output was written, as
+/// comma-separated `offset:unix_millis` marks, offsets absolute in the stream. A
+/// line's time is that of the last mark at or before its first byte. The log's
+/// bytes stay exactly what the build printed.
+pub const LOG_TIMES_HEADER: &str = "x-kiln-log-times";
+
+/// Formats time marks for `LOG_TIMES_HEADER`.
+pub fn format_log_times(marks: &[(u64, i64)]) -> String {
+    marks
+        .iter()
+        .map(|(offset, millis)| format!("{offset}:{millis}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `LOG_TIMES_HEADER`; `None` names nothing more than "malformed".
+pub fn parse_log_times(text: &str) -> Option<Vec<(u64, i64)>> {
+    if text.trim().is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|mark| {
+            let (offset, millis) = mark.trim().split_once(':')?;
+            Some((offset.parse().ok()?, millis.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_times_round_trip() {
+        let marks = vec![(0, 1_764_000_000_000), (4096, 1_764_000_000_250)];
+        assert_eq!(parse_log_times(&format_log_times(&marks)), Some(marks));
+        assert_eq!(parse_log_times(""), Some(vec![]));
+        assert_eq!(parse_log_times("12"), None);
+        assert_eq!(parse_log_times("a:1"), None);
+    }
+}

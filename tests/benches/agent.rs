@@ -148,7 +148,7 @@ async fn main() {
     assert_eq!(reply.status, StatusCode::OK);
     let agent = AgentProcess::start(
         Path::new(AGENT),
-        &cp,
+        &cp.base_url(),
         &dir.path().join("agent"),
         image,
         "cancel_grace = \"10s\"",

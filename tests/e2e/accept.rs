@@ -158,9 +158,9 @@ async fn real_medusa_backend_builds_like_by_hand() {
     let extra = format!(
         "install_network = \"host\"\nbuild_network = \"none\"\nextra_ca_certs = {ca_bundle:?}\nmemory = \"6GiB\"\njob_timeout = \"30m\""
     );
-    let agent = AgentProcess::start_with_config(
+    let agent = AgentProcess::start(
         Path::new(AGENT),
-        &cp,
+        &cp.base_url(),
         &dir.path().join("agent"),
         image,
         &extra,

@@ -71,7 +71,7 @@ impl World {
     async fn agent(&self, name: &str, extra: &str) -> AgentProcess {
         AgentProcess::start(
             Path::new(AGENT),
-            &self.cp,
+            &self.cp.base_url(),
             &self.root.join(name),
             self.image,
             extra,
@@ -199,6 +199,7 @@ async fn backend_builds_to_awaiting_deployment_with_its_artifact() {
         [
             "medusa-config.js",
             "package.json",
+            "printed.sha256",
             "public/admin/assets/index.js",
             "public/admin/index.html",
             "src/api/health/route.js"

@@ -1038,3 +1038,70 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
         .await;
     assert_eq!(projects.projects.len(), 1);
 }
+
+#[tokio::test]
+async fn log_lines_carry_their_timestamps_without_changing_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("builder-1", &[]).await;
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    let base: i64 = 1_764_000_000_000;
+    let append = |offset: u64, data: &'static str, marks: String| {
+        agent.send(
+            agent
+                .request(
+                    Method::PUT,
+                    &format!(
+                        "/api/v1/agent/jobs/{}/logs/backend?offset={offset}",
+                        job.job_id
+                    ),
+                )
+                .header(kiln_protocol::LOG_TIMES_HEADER, marks)
+                .body(data),
+        )
+    };
+    let reply = append(0, "installing\nbuil", format!("0:{base}")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // A resend with the same marks adds nothing twice.
+    append(0, "installing\nbuil", format!("0:{base}")).await;
+    append(
+        15,
+        "ding\ndone\n",
+        format!("15:{},20:{}", base + 2000, base + 61_000),
+    )
+    .await;
+    let bad = append(25, "x", "yesterday".to_owned()).await;
+    let message = bad.expect_error(StatusCode::BAD_REQUEST, "invalid_parameter");
+    assert!(
+        message.contains(kiln_protocol::LOG_TIMES_HEADER),
+        "{message}"
+    );
+
+    let raw = admin
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/backend",
+            deployment.id
+        ))
+        .await;
+    assert_eq!(
+        raw.text(),
+        "installing\nbuilding\ndone\n",
+        "the log's bytes are the build's"
+    );
+    let stamped = admin
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/backend?timestamps=true",
+            deployment.id
+        ))
+        .await;
+    assert_eq!(
+        stamped.text(),
+        "2025-11-24T16:00:00.000Z installing\n2025-11-24T16:00:00.000Z building\n2025-11-24T16:01:01.000Z done\n"
+    );
+}

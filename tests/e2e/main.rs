@@ -4,5 +4,6 @@
 mod accept;
 mod agent;
 mod control_plane;
+mod faults;
 
 pub use kiln_tests::support;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::control_plane::{ControlPlane, REGISTRATION_TOKEN};
+use super::control_plane::REGISTRATION_TOKEN;
 
 pub struct AgentProcess {
     child: Option<Child>,
@@ -19,51 +19,34 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Writes `agent.toml` (work and state dirs under `dir`, the test image, no
-    /// network) plus `extra` lines, registers, and starts `kiln-agent run`.
+    /// network, short graces), with `overrides` (TOML) taking precedence, registers,
+    /// and starts `kiln-agent run`.
     /// `binary` is `env!("CARGO_BIN_EXE_kiln-agent-e2e")` of the calling test or bench.
     pub async fn start(
         binary: &Path,
-        cp: &ControlPlane,
+        control_plane_url: &str,
         dir: &Path,
         image: &str,
-        extra: &str,
-    ) -> AgentProcess {
-        Self::start_with_config(
-            binary,
-            cp,
-            dir,
-            image,
-            &format!("install_network = \"none\"\n{extra}"),
-        )
-        .await
-    }
-
-    /// Like `start`, without the default `install_network = "none"`.
-    pub async fn start_with_config(
-        binary: &Path,
-        cp: &ControlPlane,
-        dir: &Path,
-        image: &str,
-        extra: &str,
+        overrides: &str,
     ) -> AgentProcess {
         std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\n{extra}\n",
-                work = dir.join("work"),
-                state = dir.join("state"),
-            ),
-        )
+        let mut settings: toml::Table = toml::from_str(&format!(
+            "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\n",
+            work = dir.join("work"),
+            state = dir.join("state"),
+        ))
         .unwrap();
+        let overrides: toml::Table = toml::from_str(overrides).expect("overrides are TOML");
+        settings.extend(overrides);
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
         let output = Command::new(binary)
             .args([
                 "--config",
                 config.to_str().unwrap(),
                 "register",
                 "--url",
-                &cp.base_url(),
+                control_plane_url,
                 "--name",
                 "e2e",
             ])
@@ -142,5 +125,18 @@ impl Drop for AgentProcess {
         if let Some(child) = &mut self.child {
             let _ = child.start_kill();
         }
+    }
+}
+
+impl AgentProcess {
+    /// The agent's peak resident memory (VmHWM), from /proc.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
     }
 }

@@ -4,9 +4,13 @@
 pub mod agent;
 pub mod control_plane;
 pub mod docker;
+pub mod proxy;
 pub mod repo;
+pub mod server;
 
 pub use agent::*;
 pub use control_plane::*;
 pub use docker::*;
+pub use proxy::*;
 pub use repo::*;
+pub use server::*;

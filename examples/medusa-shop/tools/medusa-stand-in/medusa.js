@@ -7,8 +7,38 @@
 //   KILN_FIXTURE_OOM=1     allocate memory until the container's limit stops it
 //   KILN_FIXTURE_LINK=P    put a symlink to P at .medusa/server/public/leak
 //   KILN_FIXTURE_PRINT=S   print S (e.g. a secret, to test masking)
+//   KILN_FIXTURE_PRINT_SPLIT=1  also print S in two writes 300 ms apart, and its base64
+//   KILN_FIXTURE_LINES=N   print N numbered lines, KILN_FIXTURE_LINE_DELAY_MS apart
+//   KILN_FIXTURE_FLOOD_MB=N  print N MiB of numbered lines as fast as possible
+// Numbered lines start with "fixture-line "; their sha256 is written to
+// .medusa/server/printed.sha256, so tests can check the stored log against it.
+const crypto = require("crypto")
 const fs = require("fs")
 const path = require("path")
+
+const printed = crypto.createHash("sha256")
+
+function line(i) {
+  return `fixture-line ${String(i).padStart(9, "0")} abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-=+\n`
+}
+
+// Pipes take partial writes (or EAGAIN) under load: write until all is out.
+function writeAll(text) {
+  const bytes = Buffer.from(text)
+  for (let done = 0; done < bytes.length; ) {
+    try {
+      done += fs.writeSync(1, bytes, done, bytes.length - done)
+    } catch (error) {
+      if (error.code !== "EAGAIN") throw error
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5)
+    }
+  }
+}
+
+function emit(text) {
+  printed.update(text)
+  writeAll(text)
+}
 
 async function main() {
   const [command] = process.argv.slice(2)
@@ -18,7 +48,31 @@ async function main() {
   }
   const env = process.env
   console.log("info:    Starting build...")
-  if (env.KILN_FIXTURE_PRINT) console.log(env.KILN_FIXTURE_PRINT)
+  if (env.KILN_FIXTURE_PRINT) {
+    const secret = env.KILN_FIXTURE_PRINT
+    writeAll(`whole: ${secret}\n`)
+    if (env.KILN_FIXTURE_PRINT_SPLIT) {
+      const half = Math.floor(secret.length / 2)
+      writeAll(`split: ${secret.slice(0, half)}`)
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      writeAll(`${secret.slice(half)} :split\n`)
+      writeAll(`base64: ${Buffer.from(secret).toString("base64")}\n`)
+    }
+  }
+  const delay = Number(env.KILN_FIXTURE_LINE_DELAY_MS || 0)
+  for (let i = 0; i < Number(env.KILN_FIXTURE_LINES || 0); i++) {
+    emit(line(i))
+    if (delay) await new Promise((resolve) => setTimeout(resolve, delay))
+  }
+  if (env.KILN_FIXTURE_FLOOD_MB) {
+    const perLine = line(0).length
+    const total = Math.floor((Number(env.KILN_FIXTURE_FLOOD_MB) << 20) / perLine)
+    for (let i = 0; i < total; ) {
+      let batch = ""
+      for (let j = 0; j < 8192 && i < total; j++, i++) batch += line(i)
+      emit(batch)
+    }
+  }
   for (let i = 1; i <= Number(env.KILN_FIXTURE_SLEEP || 0); i++) {
     console.log(`info:    still compiling (${i}s)`)
     await new Promise((resolve) => setTimeout(resolve, 1000))
@@ -44,6 +98,7 @@ async function main() {
   fs.writeFileSync(path.join(out, "public", "admin", "index.html"), "<!doctype html><div id=medusa></div><script src=assets/index.js></script>\n")
   fs.writeFileSync(path.join(out, "public", "admin", "assets", "index.js"), "console.log('admin')\n")
   if (env.KILN_FIXTURE_LINK) fs.symlinkSync(env.KILN_FIXTURE_LINK, path.join(out, "public", "leak"))
+  fs.writeFileSync(path.join(out, "printed.sha256"), printed.digest("hex") + "\n")
   console.log("info:    Backend build completed successfully")
   console.log("info:    Frontend build completed successfully")
 }

@@ -1,0 +1,284 @@
+//! Logs and artifacts benchmark, one run, reported as ratios against peers run in
+//! the same go:
+//!
+//! 1. log throughput: a build printing 200 MiB through the agent to the control plane
+//!    (build step start → `awaiting_deployment`), against the same container run
+//!    by hand (`docker run`) and `docker logs` reading its output back;
+//! 2. artifact packing: `kiln_agent::pipeline::artifact::pack` against `tar -czf` on
+//!    the same generated tree.
+//!
+//! `cargo bench -p kiln-tests --bench logs` (needs a Docker engine).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{CreateProject, DeploymentStatus, EventOutcome, PushEvent};
+use kiln_tests::support::*;
+use reqwest::{Method, StatusCode};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
+const FLOOD_MIB: u64 = 200;
+
+fn docker_cli(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The flooding build step run by hand; returns (run time, `docker logs` time).
+fn by_hand(image: &str, source: &Path) -> (Duration, Duration) {
+    Command::new("chown")
+        .args(["-R", "10000:10000"])
+        .arg(source)
+        .status()
+        .unwrap();
+    let started = Instant::now();
+    let id = docker_cli(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--user",
+        "10000:10000",
+        "-e",
+        "HOME=/tmp",
+        "-e",
+        &format!("KILN_FIXTURE_FLOOD_MB={FLOOD_MIB}"),
+        "-v",
+        &format!("{}:/kiln/src", source.display()),
+        "-w",
+        "/kiln/src",
+        image,
+        "node",
+        "tools/medusa-stand-in/medusa.js",
+        "build",
+    ]);
+    docker_cli(&["wait", &id]);
+    let run = started.elapsed();
+    let started = Instant::now();
+    let status = Command::new("docker")
+        .args(["logs", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let logs = started.elapsed();
+    docker_cli(&["rm", "-f", &id]);
+    (run, logs)
+}
+
+fn generate_tree(root: &Path) -> u64 {
+    // Bundle-like text (minified JS, JSON) and incompressible binary, ~120 MiB.
+    let mut total = 0;
+    let js: String = (0..20_000)
+        .map(|i| format!("function f{i}(a,b){{return a*{i}+b}};"))
+        .collect();
+    for i in 0..150 {
+        let dir = root.join(format!("public/admin/assets/chunk{}", i % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("index-{i}.js")), js.as_bytes()).unwrap();
+        total += js.len() as u64;
+    }
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    for i in 0..30 {
+        let bytes: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        std::fs::write(
+            root.join(format!("public/admin/assets/font-{i}.woff2")),
+            &bytes,
+        )
+        .unwrap();
+        total += bytes.len() as u64;
+    }
+    total
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(_docker) = docker().await else {
+        eprintln!("the logs benchmark needs a Docker engine");
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::new(dir.path());
+    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject {
+            name: "flood".into(),
+            repository_url: repo.url.clone(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+        })
+        .await;
+    let environment = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let reply = admin
+        .send_json(
+            Method::PUT,
+            &format!("/api/v1/environments/{}/variables", environment.id),
+            &serde_json::json!({"variables": [{"name": "KILN_FIXTURE_FLOOD_MB", "value": FLOOD_MIB.to_string()}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &cp.base_url(),
+        &dir.path().join("agent"),
+        image,
+        "log_limit = \"1GiB\"",
+    )
+    .await;
+
+    // 1a. Through the agent.
+    let outcome: EventOutcome = admin
+        .post_json(
+            "/api/v1/events/push",
+            &PushEvent {
+                repository: repo.url.clone(),
+                branch: "main".into(),
+                sha: repo.head(),
+                author: "bench".into(),
+                message: "flood".into(),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    let id = outcome.deployments[0].id.clone();
+    let built = loop {
+        let deployment = admin.deployment(&id).await;
+        if deployment.status == DeploymentStatus::AwaitingDeployment {
+            break deployment;
+        }
+        assert!(
+            matches!(
+                deployment.status,
+                DeploymentStatus::Queued | DeploymentStatus::Building
+            ),
+            "{:?}",
+            deployment.reason
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let system = admin
+        .get(&format!("/api/v1/deployments/{id}/logs/system"))
+        .await
+        .text();
+    let build_started = system
+        .lines()
+        .find(|line| line.contains("Running `npm run build`"))
+        .and_then(|line| line.get(1..25))
+        .and_then(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok())
+        .expect("the system log times the build step");
+    let done = built
+        .transitions
+        .iter()
+        .find(|t| t.status == DeploymentStatus::AwaitingDeployment)
+        .unwrap()
+        .at;
+    let through_agent =
+        (done - build_started.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0;
+    let stored = admin
+        .get(&format!("/api/v1/deployments/{id}/logs/backend"))
+        .await
+        .body
+        .len() as f64;
+    let peak_rss = agent.peak_rss_bytes();
+    drop(agent);
+
+    // 1b. The same container by hand.
+    let source = dir.path().join("by-hand");
+    Command::new("cp")
+        .arg("-r")
+        .arg(&repo.dir)
+        .arg(&source)
+        .status()
+        .unwrap();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && npm ci --offline --no-audit --no-fund >/dev/null 2>&1",
+            source.display()
+        ))
+        .status()
+        .unwrap();
+    let (run, logs) = by_hand(image, &source);
+
+    // 2. Packing.
+    let tree = dir.path().join("tree");
+    let tree_bytes = generate_tree(&tree) as f64;
+    let started = Instant::now();
+    let packed =
+        kiln_agent::pipeline::artifact::pack(&tree, &dir.path().join("kiln.tar.gz")).unwrap();
+    let kiln_pack = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(dir.path().join("tar.tar.gz"))
+        .arg("-C")
+        .arg(&tree)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tar_pack = started.elapsed().as_secs_f64();
+    let tar_size = std::fs::metadata(dir.path().join("tar.tar.gz"))
+        .unwrap()
+        .len();
+
+    let mib = |bytes: f64, secs: f64| bytes / (1 << 20) as f64 / secs;
+    let flood = (FLOOD_MIB << 20) as f64;
+    println!();
+    println!("log throughput ({FLOOD_MIB} MiB printed by the build step)");
+    println!("  through the agent to the control plane : {:.1} MiB/s ({through_agent:.2} s, {:.0} MiB stored, agent peak RSS {} MiB)", mib(flood, through_agent), stored / (1 << 20) as f64, peak_rss >> 20);
+    println!(
+        "  same container by hand (docker run)    : {:.1} MiB/s ({:.2} s)",
+        mib(flood, run.as_secs_f64()),
+        run.as_secs_f64()
+    );
+    println!(
+        "  docker logs reading it back            : {:.1} MiB/s ({:.2} s)",
+        mib(flood, logs.as_secs_f64()),
+        logs.as_secs_f64()
+    );
+    println!(
+        "  agent / docker run time                : {:.2}×",
+        through_agent / run.as_secs_f64()
+    );
+    println!(
+        "  agent throughput / docker logs         : {:.2}×",
+        logs.as_secs_f64() / through_agent
+    );
+    println!(
+        "artifact packing ({:.0} MiB tree: minified JS and binary)",
+        tree_bytes / (1 << 20) as f64
+    );
+    println!(
+        "  kiln pack  : {:.1} MiB/s ({kiln_pack:.2} s, {} MiB out)",
+        mib(tree_bytes, kiln_pack),
+        packed.size >> 20
+    );
+    println!(
+        "  tar -czf   : {:.1} MiB/s ({tar_pack:.2} s, {} MiB out)",
+        mib(tree_bytes, tar_pack),
+        tar_size >> 20
+    );
+    println!("  kiln / tar : {:.2}× the throughput", tar_pack / kiln_pack);
+}

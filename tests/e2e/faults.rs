@@ -1,0 +1,383 @@
+//! Logs and artifacts under faults, with real processes: the control plane killed
+//! and restarted, the network cut, a log flood, secrets in the output. The build
+//! (`examples/medusa-shop`'s stand-in) writes the sha256 of the numbered lines it
+//! printed into its artifact; the stored log must hash the same.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, EventOutcome, PushEvent};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::agent::AGENT;
+use crate::support::*;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_kiln-server-e2e");
+
+/// A project on `api`'s control plane building `repo`, Production on `main`.
+async fn project(api: &Api, repo: &FixtureRepo, variables: serde_json::Value) {
+    let project = api
+        .create_project_with(CreateProject {
+            name: "shop".into(),
+            repository_url: repo.url.clone(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+        })
+        .await;
+    let environment = api.create_environment(&project, "Production", "main").await;
+    let reply = api
+        .send_json(
+            Method::PUT,
+            &format!("/api/v1/environments/{}/variables", environment.id),
+            &serde_json::json!({ "variables": variables }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+async fn push(api: &Api, repo: &FixtureRepo) -> String {
+    let outcome: EventOutcome = api
+        .post_json(
+            "/api/v1/events/push",
+            &PushEvent {
+                repository: repo.url.clone(),
+                branch: "main".into(),
+                sha: repo.head(),
+                author: "Ada".into(),
+                message: "faults".into(),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    outcome.deployments[0].id.clone()
+}
+
+/// Polls through outages (connection errors are retried) until the status.
+async fn wait_for(
+    base_url: impl Fn() -> String,
+    id: &str,
+    want: DeploymentStatus,
+    limit: Duration,
+    agent: &AgentProcess,
+) -> Deployment {
+    let started = Instant::now();
+    loop {
+        let client = reqwest::Client::new();
+        let reply = client
+            .get(format!("{}/api/v1/deployments/{id}", base_url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await;
+        if let Ok(reply) = reply {
+            if reply.status() == StatusCode::OK {
+                let deployment: Deployment = reply.json().await.unwrap();
+                if deployment.status == want {
+                    return deployment;
+                }
+                assert!(
+                    matches!(
+                        deployment.status,
+                        DeploymentStatus::Queued | DeploymentStatus::Building
+                    ),
+                    "deployment ended {}: {:?}\nagent log:\n{}",
+                    deployment.status,
+                    deployment.reason,
+                    agent.log_text()
+                );
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "deployment {id} not {want} after {limit:?}\nagent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_for_log(api: &Api, id: &str, needle: &str) {
+    let started = Instant::now();
+    while !api
+        .get(&format!("/api/v1/deployments/{id}/logs/backend"))
+        .await
+        .text()
+        .contains(needle)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{needle:?} never showed up in the log"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks the artifact against its descriptor and the stored log against what the
+/// build printed; returns the number of numbered lines.
+async fn verify(api: &Api, deployment: &Deployment) -> usize {
+    let descriptor = &deployment.artifacts[0].descriptor;
+    let artifact = api
+        .get(&format!(
+            "/api/v1/deployments/{}/artifacts/backend.tar.gz",
+            deployment.id
+        ))
+        .await;
+    assert_eq!(artifact.body.len() as u64, descriptor.size);
+    assert_eq!(
+        hex::encode(Sha256::digest(&artifact.body)),
+        descriptor.sha256,
+        "artifact checksum"
+    );
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&artifact.body[..]));
+    let mut printed = String::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some("printed.sha256") {
+            entry.read_to_string(&mut printed).unwrap();
+        }
+    }
+    let log = api
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/backend",
+            deployment.id
+        ))
+        .await;
+    let mut hasher = Sha256::new();
+    let mut lines = 0;
+    for line in log.body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"fixture-line ") {
+            hasher.update(line);
+            lines += 1;
+        }
+    }
+    assert_eq!(
+        hex::encode(hasher.finalize()),
+        printed.trim(),
+        "the stored log differs from what the build printed"
+    );
+    lines
+}
+
+#[tokio::test]
+async fn control_plane_killed_mid_build_and_restarted_loses_nothing() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::new(dir.path());
+    let mut server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server")).await;
+    let admin = server.admin();
+    project(
+        &admin,
+        &repo,
+        serde_json::json!([
+            {"name": "KILN_FIXTURE_LINES", "value": "1500"},
+            {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "10"}
+        ]),
+    )
+    .await;
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &server.base_url(),
+        &dir.path().join("agent"),
+        image,
+        "",
+    )
+    .await;
+    let id = push(&admin, &repo).await;
+    wait_for_log(&admin, &id, "fixture-line 000000100").await;
+
+    server.kill().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    server.spawn().await;
+
+    let url = server.base_url();
+    let built = wait_for(
+        || url.clone(),
+        &id,
+        DeploymentStatus::AwaitingDeployment,
+        Duration::from_secs(120),
+        &agent,
+    )
+    .await;
+    assert_eq!(verify(&admin, &built).await, 1500);
+    assert!(
+        agent.log_text().contains("Log upload failed; retrying"),
+        "the outage was felt and ridden out"
+    );
+}
+
+#[tokio::test]
+async fn network_cut_for_30_seconds_loses_nothing() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::new(dir.path());
+    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let admin = cp.admin();
+    project(
+        &admin,
+        &repo,
+        serde_json::json!([
+            {"name": "KILN_FIXTURE_LINES", "value": "1000"},
+            {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "10"}
+        ]),
+    )
+    .await;
+    let proxy = TcpProxy::start(cp.addr).await;
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &proxy.url(),
+        &dir.path().join("agent"),
+        image,
+        "",
+    )
+    .await;
+    let id = push(&admin, &repo).await;
+    wait_for_log(&admin, &id, "fixture-line 000000100").await;
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    // The build finishes while the agent cannot reach the control plane.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = admin.deployment(&id).await;
+    assert_eq!(
+        during.status,
+        DeploymentStatus::Building,
+        "nothing is decided while the agent is cut off"
+    );
+    proxy.restore().await;
+
+    let built = wait_for(
+        || cp.base_url(),
+        &id,
+        DeploymentStatus::AwaitingDeployment,
+        Duration::from_secs(120),
+        &agent,
+    )
+    .await;
+    eprintln!(
+        "network cut: recovered {:.1?} after the cut began",
+        cut_at.elapsed()
+    );
+    assert_eq!(verify(&admin, &built).await, 1000);
+    assert_eq!(built.attempts, 1, "the lease held through the outage");
+}
+
+#[tokio::test]
+async fn log_flood_of_200_mib_arrives_whole_and_agent_memory_stays_small() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::new(dir.path());
+    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let admin = cp.admin();
+    project(
+        &admin,
+        &repo,
+        serde_json::json!([{"name": "KILN_FIXTURE_FLOOD_MB", "value": "200"}]),
+    )
+    .await;
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &cp.base_url(),
+        &dir.path().join("agent"),
+        image,
+        "log_limit = \"300MiB\"",
+    )
+    .await;
+    let started = Instant::now();
+    let id = push(&admin, &repo).await;
+    let built = wait_for(
+        || cp.base_url(),
+        &id,
+        DeploymentStatus::AwaitingDeployment,
+        Duration::from_secs(300),
+        &agent,
+    )
+    .await;
+    let took = started.elapsed();
+    let peak = agent.peak_rss_bytes();
+    let lines = verify(&admin, &built).await;
+    eprintln!(
+        "log flood: {lines} lines (200 MiB) in {took:.1?}, agent peak RSS {} MiB",
+        peak >> 20
+    );
+    assert!(lines > 2_000_000);
+    assert!(
+        peak < 64 << 20,
+        "agent peak RSS {} MiB is over 64 MiB",
+        peak >> 20
+    );
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_stored_log_whole_split_or_base64() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::new(dir.path());
+    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let admin = cp.admin();
+    let secret = "sk_live_kiln_0123456789abcdef";
+    project(
+        &admin,
+        &repo,
+        serde_json::json!([
+            {"name": "KILN_FIXTURE_PRINT", "value": secret, "secret": true},
+            {"name": "KILN_FIXTURE_PRINT_SPLIT", "value": "1"}
+        ]),
+    )
+    .await;
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &cp.base_url(),
+        &dir.path().join("agent"),
+        image,
+        "",
+    )
+    .await;
+    let id = push(&admin, &repo).await;
+    wait_for(
+        || cp.base_url(),
+        &id,
+        DeploymentStatus::AwaitingDeployment,
+        Duration::from_secs(120),
+        &agent,
+    )
+    .await;
+    let backend = admin
+        .get(&format!("/api/v1/deployments/{id}/logs/backend"))
+        .await
+        .text();
+    assert!(backend.contains("whole: ***"), "{backend}");
+    assert!(backend.contains("split: *** :split"), "{backend}");
+    assert!(backend.contains("base64: ***"), "{backend}");
+    let base64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    for stream in ["system", "backend", "storefront"] {
+        for query in ["", "?timestamps=true"] {
+            let text = admin
+                .get(&format!("/api/v1/deployments/{id}/logs/{stream}{query}"))
+                .await
+                .text();
+            assert!(
+                !text.contains(secret) && !text.contains(&base64[..20]),
+                "{stream} leaks the secret"
+            );
+        }
+    }
+    // Nor does the agent's own log.
+    assert!(!agent.log_text().contains(secret));
+}
