@@ -483,3 +483,83 @@ async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
         "{reason}"
     );
 }
+
+#[tokio::test]
+async fn rejected_token_stops_the_daemon_with_a_message_to_re_register() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let mut agent = world.agent("agent", "").await;
+    agent.signal(Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10)).await;
+    let identity = agent.dir.join("state/agent.json");
+    let text = std::fs::read_to_string(&identity).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["token"] = "revoked-token".into();
+    std::fs::write(&identity, value.to_string()).unwrap();
+    agent.spawn();
+    let status = agent.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let log = agent.log_text();
+    assert!(
+        log.contains("re-register with `kiln-agent register`"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn concurrency_builds_jobs_side_by_side_in_separate_workspaces() {
+    let Some(world) =
+        world(serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "20"}])).await
+    else {
+        return;
+    };
+    let project: kiln_protocol::Project = world
+        .admin
+        .get("/api/v1/projects")
+        .await
+        .expect_json::<kiln_protocol::ProjectList>(StatusCode::OK)
+        .await
+        .projects
+        .remove(0);
+    let staging = world
+        .admin
+        .create_environment(&project, "Staging", "main")
+        .await;
+    let reply = world
+        .admin
+        .send_json(
+            Method::PUT,
+            &format!("/api/v1/environments/{}/variables", staging.id),
+            &serde_json::json!({"variables": [{"name": "KILN_FIXTURE_SLEEP", "value": "20"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let agent = world.agent("agent", "concurrency = 2").await;
+    // One push, two environments on `main`: two jobs.
+    let outcome: kiln_protocol::EventOutcome = world
+        .admin
+        .post_json(
+            "/api/v1/events/push",
+            &PushEvent {
+                repository: world.repo.url.clone(),
+                branch: "main".into(),
+                sha: world.repo.head(),
+                author: "Ada".into(),
+                message: "two".into(),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    assert_eq!(outcome.deployments.len(), 2);
+    let first = world.wait_until_building(&outcome.deployments[0].id).await;
+    let second = world.wait_until_building(&outcome.deployments[1].id).await;
+    let (a, b) = (
+        first.current_job_id.unwrap(),
+        second.current_job_id.unwrap(),
+    );
+    assert_eq!(containers_of_job(&world.docker, &a).await.len(), 1);
+    assert_eq!(containers_of_job(&world.docker, &b).await.len(), 1);
+    assert!(agent.dir.join("work").join(&a).is_dir() && agent.dir.join("work").join(&b).is_dir());
+}
