@@ -285,7 +285,7 @@ macro_rules! partial_config {
 }
 
 partial_config! {
-    /// Base URL of the control plane, e.g. https://kiln.example.com
+    /// Base URL of the control plane, e.g. `https://kiln.example.com`
     control_plane_url: String = "KILN_CONTROL_PLANE_URL";
     /// Name shown in the control plane (default: the host name)
     name: String = "KILN_NAME";

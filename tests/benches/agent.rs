@@ -12,9 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, EventOutcome, PushEvent};
+use kiln_protocol::{Deployment, DeploymentStatus};
 use kiln_tests::support::*;
-use reqwest::{Method, StatusCode};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
 const BUILDS: usize = 5;
@@ -73,20 +72,7 @@ fn by_hand(image: &str, source: &Path, scratch: &Path) -> Duration {
 }
 
 async fn push(admin: &Api, repo: &FixtureRepo, branch: &str) -> Deployment {
-    let outcome: EventOutcome = admin
-        .post_json(
-            "/api/v1/events/push",
-            &PushEvent {
-                repository: repo.url.clone(),
-                branch: branch.into(),
-                sha: repo.head(),
-                author: "bench".into(),
-                message: "bench".into(),
-            },
-        )
-        .await
-        .expect_json(StatusCode::CREATED)
-        .await;
+    let outcome = admin.push_repo(&repo.url, branch, &repo.head()).await;
     outcome
         .deployments
         .into_iter()
@@ -124,28 +110,16 @@ async fn main() {
     let repo = FixtureRepo::new(dir.path());
     let cp = ControlPlane::start(&dir.path().join("server")).await;
     let admin = cp.admin();
-    let project = admin
-        .create_project_with(CreateProject {
-            name: "bench".into(),
-            repository_url: repo.url.clone(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-        })
-        .await;
-    admin
-        .create_environment(&project, "Production", "main")
+    let (project, _) = admin
+        .repo_project("bench", &repo.url, serde_json::json!([]))
         .await;
     let slow = admin.create_environment(&project, "Slow", "slow").await;
-    let reply = admin
-        .send_json(
-            Method::PUT,
-            &format!("/api/v1/environments/{}/variables", slow.id),
-            &serde_json::json!({"variables": [{"name": "KILN_FIXTURE_SLEEP", "value": "600"}]}),
+    admin
+        .set_variables(
+            &slow.id,
+            serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "600"}]),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::OK);
     let agent = AgentProcess::start(
         Path::new(AGENT),
         &cp.base_url(),

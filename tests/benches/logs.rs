@@ -13,9 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{CreateProject, DeploymentStatus, EventOutcome, PushEvent};
+use kiln_protocol::DeploymentStatus;
 use kiln_tests::support::*;
-use reqwest::{Method, StatusCode};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
 const FLOOD_MIB: u64 = 200;
@@ -116,27 +115,13 @@ async fn main() {
     let repo = FixtureRepo::new(dir.path());
     let cp = ControlPlane::start(&dir.path().join("server")).await;
     let admin = cp.admin();
-    let project = admin
-        .create_project_with(CreateProject {
-            name: "flood".into(),
-            repository_url: repo.url.clone(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-        })
-        .await;
-    let environment = admin
-        .create_environment(&project, "Production", "main")
-        .await;
-    let reply = admin
-        .send_json(
-            Method::PUT,
-            &format!("/api/v1/environments/{}/variables", environment.id),
-            &serde_json::json!({"variables": [{"name": "KILN_FIXTURE_FLOOD_MB", "value": FLOOD_MIB.to_string()}]}),
+    admin
+        .repo_project(
+            "flood",
+            &repo.url,
+            serde_json::json!([{"name": "KILN_FIXTURE_FLOOD_MB", "value": FLOOD_MIB.to_string()}]),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::OK);
     let agent = AgentProcess::start(
         Path::new(AGENT),
         &cp.base_url(),
@@ -147,20 +132,7 @@ async fn main() {
     .await;
 
     // 1a. Through the agent.
-    let outcome: EventOutcome = admin
-        .post_json(
-            "/api/v1/events/push",
-            &PushEvent {
-                repository: repo.url.clone(),
-                branch: "main".into(),
-                sha: repo.head(),
-                author: "bench".into(),
-                message: "flood".into(),
-            },
-        )
-        .await
-        .expect_json(StatusCode::CREATED)
-        .await;
+    let outcome = admin.push_repo(&repo.url, "main", &repo.head()).await;
     let id = outcome.deployments[0].id.clone();
     let built = loop {
         let deployment = admin.deployment(&id).await;

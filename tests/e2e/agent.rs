@@ -6,9 +6,9 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, DeploymentStatus::*, PushEvent};
+use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, DeploymentStatus::*};
 use nix::sys::signal::Signal;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
 use crate::support::*;
@@ -35,27 +35,7 @@ async fn world(variables: serde_json::Value) -> Option<World> {
     let repo = FixtureRepo::new(&root);
     let cp = ControlPlane::start(&root.join("server")).await;
     let admin = cp.admin();
-    let project = admin
-        .create_project_with(CreateProject {
-            name: "shop".into(),
-            repository_url: repo.url.clone(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-        })
-        .await;
-    let environment = admin
-        .create_environment(&project, "Production", "main")
-        .await;
-    let reply = admin
-        .send_json(
-            Method::PUT,
-            &format!("/api/v1/environments/{}/variables", environment.id),
-            &serde_json::json!({ "variables": variables }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    admin.repo_project("shop", &repo.url, variables).await;
     Some(World {
         _dir: dir,
         root,
@@ -80,21 +60,7 @@ impl World {
     }
 
     async fn push(&self, sha: &str) -> Deployment {
-        let outcome: kiln_protocol::EventOutcome = self
-            .admin
-            .post_json(
-                "/api/v1/events/push",
-                &PushEvent {
-                    repository: self.repo.url.clone(),
-                    branch: "main".into(),
-                    sha: sha.into(),
-                    author: "Ada".into(),
-                    message: "test".into(),
-                },
-            )
-            .await
-            .expect_json(StatusCode::CREATED)
-            .await;
+        let outcome = self.admin.push_repo(&self.repo.url, "main", sha).await;
         outcome
             .deployments
             .into_iter()
@@ -526,31 +492,18 @@ async fn concurrency_builds_jobs_side_by_side_in_separate_workspaces() {
         .admin
         .create_environment(&project, "Staging", "main")
         .await;
-    let reply = world
+    world
         .admin
-        .send_json(
-            Method::PUT,
-            &format!("/api/v1/environments/{}/variables", staging.id),
-            &serde_json::json!({"variables": [{"name": "KILN_FIXTURE_SLEEP", "value": "20"}]}),
+        .set_variables(
+            &staging.id,
+            serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "20"}]),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::OK);
     let agent = world.agent("agent", "concurrency = 2").await;
     // One push, two environments on `main`: two jobs.
-    let outcome: kiln_protocol::EventOutcome = world
+    let outcome = world
         .admin
-        .post_json(
-            "/api/v1/events/push",
-            &PushEvent {
-                repository: world.repo.url.clone(),
-                branch: "main".into(),
-                sha: world.repo.head(),
-                author: "Ada".into(),
-                message: "two".into(),
-            },
-        )
-        .await
-        .expect_json(StatusCode::CREATED)
+        .push_repo(&world.repo.url, "main", &world.repo.head())
         .await;
     assert_eq!(outcome.deployments.len(), 2);
     let first = world.wait_until_building(&outcome.deployments[0].id).await;

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, EventOutcome, PushEvent};
-use reqwest::{Method, StatusCode};
+use kiln_protocol::{Deployment, DeploymentStatus};
+use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
 use crate::agent::AGENT;
@@ -19,43 +19,15 @@ const SERVER: &str = env!("CARGO_BIN_EXE_kiln-server-e2e");
 
 /// A project on `api`'s control plane building `repo`, Production on `main`.
 async fn project(api: &Api, repo: &FixtureRepo, variables: serde_json::Value) {
-    let project = api
-        .create_project_with(CreateProject {
-            name: "shop".into(),
-            repository_url: repo.url.clone(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-        })
-        .await;
-    let environment = api.create_environment(&project, "Production", "main").await;
-    let reply = api
-        .send_json(
-            Method::PUT,
-            &format!("/api/v1/environments/{}/variables", environment.id),
-            &serde_json::json!({ "variables": variables }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    api.repo_project("shop", &repo.url, variables).await;
 }
 
 async fn push(api: &Api, repo: &FixtureRepo) -> String {
-    let outcome: EventOutcome = api
-        .post_json(
-            "/api/v1/events/push",
-            &PushEvent {
-                repository: repo.url.clone(),
-                branch: "main".into(),
-                sha: repo.head(),
-                author: "Ada".into(),
-                message: "faults".into(),
-            },
-        )
+    api.push_repo(&repo.url, "main", &repo.head())
         .await
-        .expect_json(StatusCode::CREATED)
-        .await;
-    outcome.deployments[0].id.clone()
+        .deployments[0]
+        .id
+        .clone()
 }
 
 /// Polls through outages (connection errors are retried) until the status.

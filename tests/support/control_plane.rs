@@ -357,3 +357,59 @@ impl Api {
         }
     }
 }
+
+impl Api {
+    /// A project building `repository_url` (backend at the root), with a Production
+    /// environment on `main` carrying `variables` (the `variables` array of
+    /// `PUT /environments/{id}/variables`).
+    pub async fn repo_project(
+        &self,
+        name: &str,
+        repository_url: &str,
+        variables: serde_json::Value,
+    ) -> (Project, Environment) {
+        let project = self
+            .create_project_with(CreateProject {
+                name: name.to_owned(),
+                repository_url: repository_url.to_owned(),
+                backend_path: ".".to_owned(),
+                storefront_path: None,
+                agent_labels: Vec::new(),
+                repository_token: None,
+            })
+            .await;
+        let environment = self
+            .create_environment(&project, "Production", "main")
+            .await;
+        self.set_variables(&environment.id, variables).await;
+        (project, environment)
+    }
+
+    pub async fn set_variables(&self, environment_id: &str, variables: serde_json::Value) {
+        let reply = self
+            .send_json(
+                Method::PUT,
+                &format!("/api/v1/environments/{environment_id}/variables"),
+                &serde_json::json!({ "variables": variables }),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+
+    /// A push of `sha` to `branch` of `repository_url`.
+    pub async fn push_repo(&self, repository_url: &str, branch: &str, sha: &str) -> EventOutcome {
+        self.post_json(
+            "/api/v1/events/push",
+            &PushEvent {
+                repository: repository_url.to_owned(),
+                branch: branch.to_owned(),
+                sha: sha.to_owned(),
+                author: "Ada".to_owned(),
+                message: format!("commit {sha}"),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await
+    }
+}
