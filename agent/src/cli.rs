@@ -66,6 +66,19 @@ enum Command {
         #[command(flatten)]
         settings: PartialConfig,
     },
+    /// Detect a repository's layout, storefront framework, build command and package manager.
+    Detect {
+        dir: PathBuf,
+        /// `text` (each decision with the signal that made it) or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// The project's backend path, if set.
+        #[arg(long)]
+        backend_path: Option<String>,
+        /// The project's storefront path, if set.
+        #[arg(long)]
+        storefront_path: Option<String>,
+    },
     /// Check Docker, the build image, git, disk space and the control plane.
     Doctor {
         #[command(flatten)]
@@ -189,6 +202,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Arc::new(load_config(cli.config, settings)?);
             build_locally(config, dir, out, backend_path, env).await
         }
+        Command::Detect {
+            dir,
+            format,
+            backend_path,
+            storefront_path,
+        } => detect(
+            &dir,
+            &format,
+            backend_path.as_deref(),
+            storefront_path.as_deref(),
+        ),
         Command::Doctor { settings } => {
             let config = load_config(cli.config, settings)?;
             Ok(if crate::doctor::run(&config).await {
@@ -300,6 +324,50 @@ fn tempfile_dir(work_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let dir = base.join(format!("kiln-local-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+fn detect(
+    dir: &std::path::Path,
+    format: &str,
+    backend: Option<&str>,
+    storefront: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if format != "text" && format != "json" {
+        bail!("--format {format:?} is invalid; use text or json");
+    }
+    let result = crate::detect::detect(dir, backend, storefront);
+    match (&result, format) {
+        (Ok(found), "json") => println!("{}", serde_json::to_string_pretty(found)?),
+        (Err(error), "json") => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"error": {"code": error.code(), "message": error.to_string()}})
+            )?
+        ),
+        (Ok(found), _) => {
+            for reason in &found.reasons {
+                println!("{reason}");
+            }
+            for warning in &found.warning_messages {
+                println!("warning ({}): {}", warning.code, warning.message);
+            }
+            println!(
+                "=> build `{}` in {} ({}), install `{}` in {}, output {}",
+                found.build_command,
+                found.app_dir,
+                found.exec_command.join(" "),
+                found.install_command,
+                found.install_dir,
+                found.output_dir.as_deref().unwrap_or("unknown")
+            );
+        }
+        (Err(error), _) => eprintln!("error ({}): {error}", error.code()),
+    }
+    Ok(if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 #[cfg(test)]

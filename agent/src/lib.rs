@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod detect;
 pub mod doctor;
 pub mod executor;
 pub mod logs;

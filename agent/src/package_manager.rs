@@ -120,8 +120,24 @@ pub struct Detected {
     /// in a monorepo), else the app's directory.
     pub install_dir: PathBuf,
     pub lockfile: Option<PathBuf>,
-    /// Human-readable notes, e.g. a missing lockfile.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Something worth saying that does not stop a build.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Warning {
+    /// Stable: `missing_lockfile`, `multiple_lockfiles`, `stray_lockfile`, `unknown_output_dir`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl DetectError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DetectError::AmbiguousLockfiles { .. } => "ambiguous_lockfiles",
+            DetectError::Mismatch { .. } => "package_manager_lockfile_mismatch",
+        }
+    }
 }
 
 fn manager_from_field(field: &str) -> Option<(&'static str, u32)> {
@@ -190,10 +206,13 @@ pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detec
                     .join(", "),
             });
         };
-        warnings.push(format!(
-            "multiple lockfiles in {}; using {wanted} as packageManager says",
-            dir.display()
-        ));
+        warnings.push(Warning {
+            code: "multiple_lockfiles",
+            message: format!(
+                "multiple lockfiles in {}; using {wanted} as packageManager says",
+                dir.display()
+            ),
+        });
         found.retain(|(_, kind)| *kind == wanted);
         kinds = vec![wanted];
     }
@@ -237,8 +256,11 @@ pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detec
         _ => PackageManager::Npm,
     };
     if lockfile.is_none() {
-        warnings
-            .push("no lockfile: the install is not reproducible; commit your lockfile".to_owned());
+        warnings.push(Warning {
+            code: "missing_lockfile",
+            message: "no lockfile: the install is not reproducible; commit your lockfile"
+                .to_owned(),
+        });
     }
     Ok(Detected {
         manager,
@@ -345,7 +367,7 @@ mod tests {
             found.manager.install_command(false),
             ["npm", "install", "--no-package-lock"]
         );
-        assert!(found.warnings[0].contains("no lockfile"));
+        assert_eq!(found.warnings[0].code, "missing_lockfile");
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl Pipeline {
             Err(error) => return failed(error.to_string(), true),
         };
         for warning in &plan.warnings {
-            system.line(format!("Warning: {warning}"));
+            system.line(format!("Warning ({}): {}", warning.code, warning.message));
         }
         system.line(format!(
             "Backend in {}: {} ({}), install `{}` in {}, build `{}`.",

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::package_manager::{self, DetectError, PackageManager};
+use crate::package_manager::{self, DetectError, PackageManager, Warning};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -37,7 +37,7 @@ pub struct BackendPlan {
     pub manager: PackageManager,
     pub install: Vec<String>,
     pub build: Vec<String>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 pub fn read_package_json(dir: &Path) -> Result<Value, PlanError> {
