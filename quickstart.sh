@@ -22,7 +22,7 @@ field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" | head -n1; }
 docker info >/dev/null 2>&1 || die "Docker is not reachable; start dockerd first"
 say "Building kiln-server and kiln-agent ($PROFILE)"
 cargo build --quiet --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -p kiln-control-plane -p kiln-agent
-BIN=$PWD/target/$PROFILE
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE
 
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
     say "Assembling the build image $IMAGE (no registry)"
@@ -46,6 +46,7 @@ AGENT=
 cleanup() { [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null; kill "$SERVER" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
 for _ in $(seq 50); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.1; done
+curl -sf "$URL/healthz" >/dev/null || { tail -n 20 "$DIR/server.log" >&2; die "the control plane did not start"; }
 
 api() { curl -sS -H "Authorization: Bearer $KILN_ADMIN_TOKEN" -H 'content-type: application/json' "$@"; }
 PROJECT=$(api -X POST "$URL/api/v1/projects" -d "{\"name\": \"medusa-shop\", \"repository_url\": \"$REPO\"}" | field id)
