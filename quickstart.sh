@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Kiln on one machine, offline: the control plane (embedded SQLite), an agent, and a
-# first deployment of examples/medusa-shop, ending live with its artifact on disk.
+# first deployment of examples/medusa-shop (backend and storefront), ending live with
+# its artifacts on disk.
 #
 #   ./quickstart.sh                 (KILN_PROFILE=debug for a faster compile)
 #
@@ -49,7 +50,8 @@ for _ in $(seq 50); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.1; d
 curl -sf "$URL/healthz" >/dev/null || { tail -n 20 "$DIR/server.log" >&2; die "the control plane did not start"; }
 
 api() { curl -sS -H "Authorization: Bearer $KILN_ADMIN_TOKEN" -H 'content-type: application/json' "$@"; }
-PROJECT=$(api -X POST "$URL/api/v1/projects" -d "{\"name\": \"medusa-shop\", \"repository_url\": \"$REPO\"}" | field id)
+PROJECT=$(api -X POST "$URL/api/v1/projects" \
+    -d "{\"name\": \"medusa-shop\", \"repository_url\": \"$REPO\", \"storefront_path\": \"storefront\"}" | field id)
 ENV=$(api -X POST "$URL/api/v1/projects/$PROJECT/environments" -d '{"name": "Production", "branch": "main"}' | field id)
 say "Project $PROJECT, environment Production ($ENV) on branch main"
 
@@ -85,9 +87,13 @@ wait_for awaiting_deployment
 say "Deployment $DEPLOYMENT built; its logs:"
 api "$URL/api/v1/deployments/$DEPLOYMENT/logs/system"
 api "$URL/api/v1/deployments/$DEPLOYMENT/logs/backend"
+api "$URL/api/v1/deployments/$DEPLOYMENT/logs/storefront"
 api -X POST "$URL/api/v1/deployments/$DEPLOYMENT/deploy" >/dev/null
 wait_for live
-api "$URL/api/v1/deployments/$DEPLOYMENT/artifacts/backend.tar.gz" -o "$DIR/backend.tar.gz"
-say "Deployment $DEPLOYMENT is live. Artifact: $DIR/backend.tar.gz"
+for artifact in backend storefront; do
+    api "$URL/api/v1/deployments/$DEPLOYMENT/artifacts/$artifact.tar.gz" -o "$DIR/$artifact.tar.gz"
+done
+say "Deployment $DEPLOYMENT is live. Artifacts: $DIR/backend.tar.gz, $DIR/storefront.tar.gz"
 tar tzf "$DIR/backend.tar.gz"
+tar tzf "$DIR/storefront.tar.gz"
 say "Promoted release: $(readlink "$DIR/server/releases/$ENV/current")"

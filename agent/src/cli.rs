@@ -60,6 +60,9 @@ enum Command {
         /// Backend directory inside DIR.
         #[arg(long, default_value = ".")]
         backend_path: String,
+        /// Storefront directory inside DIR (default: detected).
+        #[arg(long)]
+        storefront_path: Option<String>,
         /// Build environment variable NAME=VALUE (repeatable).
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
@@ -196,11 +199,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             out,
             backend_path,
+            storefront_path,
             env,
             settings,
         } => {
             let config = Arc::new(load_config(cli.config, settings)?);
-            build_locally(config, dir, out, backend_path, env).await
+            build_locally(config, dir, out, backend_path, storefront_path, env).await
         }
         Command::Detect {
             dir,
@@ -242,6 +246,7 @@ async fn build_locally(
     dir: PathBuf,
     out: PathBuf,
     backend_path: String,
+    storefront_path: Option<String>,
     env: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
     let dir = dir
@@ -279,9 +284,10 @@ async fn build_locally(
         job_id,
         source: Source::Local(dir),
         backend_path,
-        storefront_path: None,
+        storefront_path,
         env,
         timeout: config.job_timeout,
+        progress: None,
     };
     let cancel = CancellationToken::new();
     let ctrl_c = cancel.clone();

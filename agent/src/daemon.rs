@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kiln_protocol::{
-    ArtifactDescriptor, ComponentStatus, DeploymentStatus, Job, JobDirective, JobStatusUpdate,
-    LogStream,
+    ArtifactDescriptor, Component, ComponentStatus, DeploymentStatus, Job, JobDirective,
+    JobStatusUpdate, LogStream,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -300,6 +300,24 @@ impl Daemon {
             0 => self.config.job_timeout,
             seconds => Duration::from_secs(seconds).min(self.config.job_timeout),
         };
+        // Component statuses as they change, reported in order.
+        let (progress, mut changes) =
+            tokio::sync::mpsc::unbounded_channel::<(Component, ComponentStatus)>();
+        let forwarder = {
+            let (client, job_id) = (self.client.clone(), job.job_id.clone());
+            tokio::spawn(async move {
+                while let Some((component, status)) = changes.recv().await {
+                    let mut building = update(DeploymentStatus::Building, None);
+                    match component {
+                        Component::Backend => building.backend = Some(status),
+                        Component::Storefront => building.storefront = Some(status),
+                    }
+                    if let Err(error) = client.report(&job_id, &building).await {
+                        warn!(message = "Component status not reported.", %error);
+                    }
+                }
+            })
+        };
         let request = BuildRequest {
             job_id: job.job_id.clone(),
             source: Source::Git {
@@ -311,27 +329,49 @@ impl Daemon {
             storefront_path: job.storefront_path.clone(),
             env: job.env.clone(),
             timeout,
+            progress: Some(progress),
         };
         let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
         let outcome = self
             .pipeline
             .build(&request, &workspace, &logs, &cancel)
             .await;
+        drop(request);
+        let _ = forwarder.await;
         watch_done.cancel();
         let _ = watcher.await;
 
-        let mut last = match outcome {
+        let last = match outcome {
             BuildOutcome::Built { artifacts } => {
                 match self.upload_all(&job.job_id, &artifacts, &logs).await {
                     Ok(()) => {
                         let mut done = update(DeploymentStatus::AwaitingDeployment, None);
                         done.backend = Some(ComponentStatus::Succeeded);
+                        let has_storefront =
+                            artifacts.iter().any(|a| a.name == "storefront.tar.gz");
+                        done.storefront = Some(if has_storefront {
+                            ComponentStatus::Succeeded
+                        } else {
+                            ComponentStatus::Skipped
+                        });
                         done
                     }
                     Err(reason) => failed_update(reason),
                 }
             }
-            BuildOutcome::Failed { reason, .. } => failed_update(reason),
+            BuildOutcome::Failed {
+                reason,
+                during_backend: true,
+            } => failed_update(reason),
+            BuildOutcome::Failed {
+                reason,
+                during_backend: false,
+            } => {
+                let mut failed = failed_update(reason);
+                failed.backend = Some(ComponentStatus::Succeeded);
+                failed.storefront = Some(ComponentStatus::Failed);
+                failed
+            }
             BuildOutcome::Canceled => {
                 let reason = cancel_reason
                     .lock()
@@ -345,9 +385,6 @@ impl Daemon {
                 canceled
             }
         };
-        if last.status == DeploymentStatus::BuildFailed {
-            last.backend = Some(ComponentStatus::Failed);
-        }
         info!(message = "Build ended.", status = %last.status, reason = ?last.reason);
 
         // Logs first, so whoever sees the final status can read the whole story.

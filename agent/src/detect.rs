@@ -245,6 +245,9 @@ pub struct Detection {
     pub output_dir: Option<String>,
     pub package_manager: &'static str,
     pub install_command: String,
+    /// `install_command` as argv.
+    #[serde(skip)]
+    pub install: Vec<String>,
     pub node_version: Option<String>,
     pub backend: Option<Backend>,
     pub warnings: Vec<&'static str>,
@@ -718,6 +721,9 @@ pub fn detect(
             .manager
             .install_command(detected.lockfile.is_some())
             .join(" "),
+        install: detected
+            .manager
+            .install_command(detected.lockfile.is_some()),
         node_version,
         backend: backend.map(|dir| Backend {
             dir: relative(root, &dir),
@@ -917,6 +923,45 @@ mod tests {
         assert_eq!(
             detect(alone.path(), None, None).unwrap_err().code(),
             "no_storefront_found"
+        );
+    }
+
+    #[test]
+    fn create_medusa_app_siblings_without_a_root_package() {
+        let dir = tree(&[
+            (
+                "my-store/package.json",
+                r#"{"dependencies": {"@medusajs/medusa": "2", "vite": "5"}}"#,
+            ),
+            ("my-store/package-lock.json", "{}"),
+            ("my-store-storefront/package.json", &app(r#""next": "15""#)),
+            ("my-store-storefront/yarn.lock", "# yarn lockfile v1\n"),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.app_dir, "my-store-storefront");
+        assert_eq!(found.backend.unwrap().dir, "my-store");
+        assert_eq!(found.package_manager, "yarn-classic");
+        assert_eq!(found.install_dir, "my-store-storefront");
+    }
+
+    #[test]
+    fn pnpm_workspaces_are_followed() {
+        let dir = tree(&[
+            ("package.json", r#"{"name": "mono", "private": true}"#),
+            ("pnpm-workspace.yaml", "packages:\n  - 'sites/*'\n"),
+            ("pnpm-lock.yaml", "lockfileVersion: '9.0'\n"),
+            ("sites/shop/package.json", &app(r#""@remix-run/dev": "2""#)),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.app_dir, "sites/shop");
+        assert_eq!(found.framework, Framework::Remix);
+        assert_eq!(
+            (found.package_manager, found.install_dir.as_str()),
+            ("pnpm", ".")
+        );
+        assert_eq!(
+            found.exec_command,
+            ["corepack", "pnpm", "exec", "remix", "build"]
         );
     }
 

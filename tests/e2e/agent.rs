@@ -28,6 +28,11 @@ struct World {
 /// A control plane with one project (the fixture repo) and a Production
 /// environment on `main` carrying `variables`; `None` when Docker is absent.
 async fn world(variables: serde_json::Value) -> Option<World> {
+    world_with(variables, None).await
+}
+
+/// Like `world`, with the project's storefront path set.
+async fn world_with(variables: serde_json::Value, storefront_path: Option<&str>) -> Option<World> {
     let docker = docker().await?;
     let image = build_image().await;
     let dir = tempfile::tempdir().unwrap();
@@ -35,7 +40,20 @@ async fn world(variables: serde_json::Value) -> Option<World> {
     let repo = FixtureRepo::new(&root);
     let cp = ControlPlane::start(&root.join("server")).await;
     let admin = cp.admin();
-    admin.repo_project("shop", &repo.url, variables).await;
+    let project = admin
+        .create_project_with(CreateProject {
+            name: "shop".into(),
+            repository_url: repo.url.clone(),
+            backend_path: ".".into(),
+            storefront_path: storefront_path.map(str::to_owned),
+            agent_labels: vec![],
+            repository_token: None,
+        })
+        .await;
+    let environment = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    admin.set_variables(&environment.id, variables).await;
     Some(World {
         _dir: dir,
         root,
@@ -515,4 +533,82 @@ async fn concurrency_builds_jobs_side_by_side_in_separate_workspaces() {
     assert_eq!(containers_of_job(&world.docker, &a).await.len(), 1);
     assert_eq!(containers_of_job(&world.docker, &b).await.len(), 1);
     assert!(agent.dir.join("work").join(&a).is_dir() && agent.dir.join("work").join(&b).is_dir());
+}
+
+#[tokio::test]
+async fn storefront_builds_beside_the_backend_as_a_second_artifact() {
+    let variables = serde_json::json!([{"name": "NEXT_PUBLIC_MEDUSA_BACKEND_URL", "value": "https://api.shop.example"}]);
+    let Some(world) = world_with(variables, Some("storefront")).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let built = world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    assert_eq!(
+        built.backend_status,
+        kiln_protocol::ComponentStatus::Succeeded
+    );
+    assert_eq!(
+        built.storefront_status,
+        kiln_protocol::ComponentStatus::Succeeded
+    );
+    let names: Vec<&str> = built
+        .artifacts
+        .iter()
+        .map(|a| a.descriptor.name.as_str())
+        .collect();
+    assert_eq!(names, ["backend.tar.gz", "storefront.tar.gz"]);
+    let download = world
+        .admin
+        .get(&format!(
+            "/api/v1/deployments/{}/artifacts/storefront.tar.gz",
+            deployment.id
+        ))
+        .await;
+    let files = untar(&download.body);
+    let paths: Vec<&str> = files.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["BUILD_ID", "server/app/index.html"],
+        "the build cache stays out"
+    );
+    assert!(
+        files[1].1.contains("https://api.shop.example"),
+        "the job's environment reached the build"
+    );
+    let storefront = world.log(&deployment.id, "storefront").await;
+    assert!(
+        storefront.contains("Compiled successfully") && storefront.contains("satisfies >=20"),
+        "{storefront}"
+    );
+    let system = world.log(&deployment.id, "system").await;
+    assert!(
+        system.contains("nextjs: dependency `next` in storefront/package.json"),
+        "{system}"
+    );
+}
+
+#[tokio::test]
+async fn failing_storefront_fails_the_deployment_saying_it_was_the_storefront() {
+    let variables = serde_json::json!([{"name": "KILN_FIXTURE_STOREFRONT_EXIT", "value": "4"}]);
+    let Some(world) = world_with(variables, Some("storefront")).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("storefront: `npx --no-install next build` (build) exited with code 4")
+    );
+    assert_eq!(
+        failed.backend_status,
+        kiln_protocol::ComponentStatus::Succeeded
+    );
+    assert_eq!(
+        failed.storefront_status,
+        kiln_protocol::ComponentStatus::Failed
+    );
 }

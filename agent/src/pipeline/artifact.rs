@@ -79,6 +79,12 @@ fn resolve_inside(root: &Path, link_dir: &Path, target: &Path) -> Option<PathBuf
 
 /// Packs `dir` into `out` (entries relative to `dir`).
 pub fn pack(dir: &Path, out: &Path) -> Result<Packed, PackError> {
+    pack_except(dir, out, &[])
+}
+
+/// Packs `dir` into `out`, leaving out the top-level entries named in `skip`
+/// (e.g. Next.js's `cache`, which is for the next build, not for deploying).
+pub fn pack_except(dir: &Path, out: &Path, skip: &[&str]) -> Result<Packed, PackError> {
     let io_err = |path: &Path| {
         let path = path.display().to_string();
         move |source| PackError::Io { path, source }
@@ -97,11 +103,15 @@ pub fn pack(dir: &Path, out: &Path) -> Result<Packed, PackError> {
     let mut builder = tar::Builder::new(GzEncoder::new(hashing, Compression::default()));
     builder.follow_symlinks(false);
     let mut files = 0;
-    for entry in WalkDir::new(dir)
+    let walker = WalkDir::new(dir)
         .follow_links(false)
         .sort_by_file_name()
         .min_depth(1)
-    {
+        .into_iter()
+        .filter_entry(|entry| {
+            !(entry.depth() == 1 && skip.iter().any(|name| entry.file_name() == *name))
+        });
+    for entry in walker {
         let entry = entry.map_err(|e| PackError::Io {
             path: e
                 .path()

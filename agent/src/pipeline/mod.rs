@@ -1,8 +1,9 @@
 //! Turns a job into a finished build: checkout, backend plan, install and build in
-//! containers, the `.medusa/server` check, packing. Reaches Docker only through
-//! `Executor`; talks to no control plane (the daemon reports and uploads).
+//! containers, the `.medusa/server` check, packing, then the storefront (detected,
+//! built with its framework's command, its output packed). Reaches Docker only
+//! through `Executor`; talks to no control plane (the daemon reports and uploads).
 //!
-//! Not yet here: the storefront build (issue 5) and the secret scan (issue 6).
+//! Not yet here: the secret scan of `.medusa/server/public` (issue 6).
 
 pub mod artifact;
 pub mod checkout;
@@ -12,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{EnvVar, LogStream};
+use kiln_protocol::{Component, ComponentStatus, EnvVar, LogStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, Network, UidGid};
+use crate::detect;
 use crate::executor::{Executor, Limits, Step, StepOutcome, WORKSPACE_MOUNT};
-use crate::logs::JobLogs;
+use crate::logs::{JobLogs, LogSink};
 use artifact::Packed;
 
 /// Where the code to build comes from.
@@ -40,7 +42,31 @@ pub struct BuildRequest {
     pub storefront_path: Option<String>,
     pub env: Vec<EnvVar>,
     pub timeout: Duration,
+    /// Where component statuses go as they change (the daemon reports them).
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<(Component, ComponentStatus)>>,
 }
+
+fn report(request: &BuildRequest, component: Component, status: ComponentStatus) {
+    if let Some(progress) = &request.progress {
+        let _ = progress.send((component, status));
+    }
+}
+
+/// Exit code of the node-check step when the image's Node is not the one asked for.
+const NODE_MISMATCH_EXIT: i64 = 97;
+
+/// Checks, inside the build image, that its Node satisfies the requested version
+/// (`.nvmrc` or `engines.node`), judged on majors; on a mismatch it names both.
+const NODE_CHECK: &str = r#"
+const want = process.argv[1], have = process.versions.node, major = Number(have.split(".")[0]);
+const ok = want.startsWith("lts") || want.split("||").some((alt) => alt.trim().split(/\s+/).every((c) => {
+  const m = c.match(/^(>=|<=|>|<|\^|~|=|v)?(\d+)/); if (!m) return true;
+  const w = Number(m[2]), op = m[1] || "";
+  return op === ">=" ? major >= w : op === ">" ? major > w : op === "<=" ? major <= w : op === "<" ? major < w : major === w;
+}));
+if (!ok) { console.error(`kiln: this storefront asks for Node ${want}, but the build image has Node ${have}; use a build image with that Node, or change .nvmrc / engines.node`); process.exit(97); }
+console.log(`kiln: Node ${have} satisfies ${want}`);
+"#;
 
 /// A job's directories: `build/` is the only thing containers see (at `/kiln`),
 /// holding `src/` (the checkout) and `home/`; `artifacts/` stays outside their reach.
@@ -220,78 +246,30 @@ impl Pipeline {
             display_dir(&plan.install_dir),
             plan.build.join(" "),
         ));
-        if let Some(storefront) = &request.storefront_path {
-            system.line(format!("Storefront at {storefront}: storefront builds are not supported by this agent version yet; building the backend only."));
-        }
 
         // 3. Install, then build, each in its own container.
         let backend = logs.sink(LogStream::Backend);
-        let steps = [
+        let steps = vec![
             (
                 "install",
                 plan.install.clone(),
-                &plan.install_dir,
+                plan.install_dir.clone(),
                 self.config.install_network,
             ),
             (
                 "build",
                 plan.build.clone(),
-                &plan.app_dir,
+                plan.app_dir.clone(),
                 self.config.build_network,
             ),
         ];
-        for (name, command, dir, network) in steps {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let step = self.step(
-                request,
-                workspace,
-                name,
-                command.clone(),
-                dir,
-                network,
-                remaining,
-            );
-            system.line(format!("Running `{}` ({name}).", command.join(" ")));
-            let step_started = Instant::now();
-            let outcome = self
-                .executor
-                .run(step, backend.clone(), cancel.clone())
-                .await;
-            match outcome {
-                Ok(StepOutcome::Exited(0)) => system.line(format!(
-                    "`{}` finished in {}.",
-                    command.join(" "),
-                    seconds(step_started)
-                )),
-                Ok(StepOutcome::Exited(code)) => {
-                    return failed(
-                        format!("`{}` ({name}) exited with code {code}", command.join(" ")),
-                        true,
-                    )
-                }
-                Ok(StepOutcome::OutOfMemory) => {
-                    return failed(
-                        format!(
-                            "`{}` ({name}) ran out of memory (limit {})",
-                            command.join(" "),
-                            self.config.memory
-                        ),
-                        true,
-                    )
-                }
-                Ok(StepOutcome::TimedOut(_)) => {
-                    return failed(
-                        format!(
-                            "timed out after {} during `{}`",
-                            crate::config::Span(request.timeout),
-                            command.join(" ")
-                        ),
-                        true,
-                    )
-                }
-                Ok(StepOutcome::Canceled) => return BuildOutcome::Canceled,
-                Err(error) => return failed(error.to_string(), true),
-            }
+        if let Some(outcome) = self
+            .run_steps(
+                request, workspace, steps, &backend, &system, cancel, deadline, "",
+            )
+            .await
+        {
+            return outcome;
         }
 
         // 4. The output Medusa deploys.
@@ -315,12 +293,208 @@ impl Pipeline {
             packed.sha256,
             seconds(step_started)
         ));
-        BuildOutcome::Built {
-            artifacts: vec![BuiltArtifact {
-                name: "backend.tar.gz".to_owned(),
-                packed,
-            }],
+        let mut artifacts = vec![BuiltArtifact {
+            name: "backend.tar.gz".to_owned(),
+            packed,
+        }];
+        report(request, Component::Backend, ComponentStatus::Succeeded);
+
+        // 5. The storefront, with the command its framework needs.
+        match self
+            .build_storefront(request, workspace, logs, cancel, deadline)
+            .await
+        {
+            Ok(Some(artifact)) => artifacts.push(artifact),
+            Ok(None) => {}
+            Err(outcome) => return outcome,
         }
+        BuildOutcome::Built { artifacts }
+    }
+
+    /// Runs steps in order; `Some(outcome)` when one did not succeed.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_steps(
+        &self,
+        request: &BuildRequest,
+        workspace: &Workspace,
+        steps: Vec<(&str, Vec<String>, PathBuf, Network)>,
+        sink: &LogSink,
+        system: &LogSink,
+        cancel: &CancellationToken,
+        deadline: Instant,
+        label: &str,
+    ) -> Option<BuildOutcome> {
+        let during_backend = label.is_empty();
+        for (name, command, dir, network) in steps {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let step = self.step(
+                request,
+                workspace,
+                name,
+                command.clone(),
+                &dir,
+                network,
+                remaining,
+            );
+            let shown = match name {
+                "node-check" => format!(
+                    "node version check ({})",
+                    command.last().map(String::as_str).unwrap_or("")
+                ),
+                _ => command.join(" "),
+            };
+            system.line(format!("Running `{shown}` ({label}{name})."));
+            let step_started = Instant::now();
+            let reason = match self.executor.run(step, sink.clone(), cancel.clone()).await {
+                Ok(StepOutcome::Exited(0)) => {
+                    system.line(format!("`{shown}` finished in {}.", seconds(step_started)));
+                    continue;
+                }
+                Ok(StepOutcome::Exited(NODE_MISMATCH_EXIT)) if name == "node-check" => {
+                    format!("{label}the build image's Node does not satisfy the requested version; see the {} log", sink.stream())
+                }
+                Ok(StepOutcome::Exited(code)) => {
+                    format!("{label}`{shown}` ({name}) exited with code {code}")
+                }
+                Ok(StepOutcome::OutOfMemory) => {
+                    format!(
+                        "{label}`{shown}` ({name}) ran out of memory (limit {})",
+                        self.config.memory
+                    )
+                }
+                Ok(StepOutcome::TimedOut(_)) => {
+                    format!(
+                        "{label}timed out after {} during `{shown}`",
+                        crate::config::Span(request.timeout)
+                    )
+                }
+                Ok(StepOutcome::Canceled) => return Some(BuildOutcome::Canceled),
+                Err(error) => format!("{label}{error}"),
+            };
+            return Some(failed(reason, during_backend));
+        }
+        None
+    }
+
+    /// Detects and builds the storefront; `Ok(None)` when the repository has none.
+    async fn build_storefront(
+        &self,
+        request: &BuildRequest,
+        workspace: &Workspace,
+        logs: &JobLogs,
+        cancel: &CancellationToken,
+        deadline: Instant,
+    ) -> Result<Option<BuiltArtifact>, BuildOutcome> {
+        let system = logs.sink(LogStream::System);
+        let src = workspace.src();
+        let found = match detect::detect(
+            &src,
+            Some(&request.backend_path),
+            request.storefront_path.as_deref(),
+        ) {
+            Ok(found) => found,
+            Err(detect::DetectError::NoStorefrontFound) if request.storefront_path.is_none() => {
+                system.line("No storefront in this repository; the backend is the whole build.");
+                report(request, Component::Storefront, ComponentStatus::Skipped);
+                return Ok(None);
+            }
+            Err(error) => return Err(failed(format!("storefront: {error}"), false)),
+        };
+        report(request, Component::Storefront, ComponentStatus::Building);
+        for reason in &found.reasons {
+            system.line(format!("Storefront: {reason}"));
+        }
+        for warning in &found.warning_messages {
+            system.line(format!("Warning ({}): {}", warning.code, warning.message));
+        }
+        let app_dir = PathBuf::from(&found.app_dir);
+        let install_dir = PathBuf::from(&found.install_dir);
+        let mut steps = Vec::new();
+        if let Some(wanted) = &found.node_version {
+            let check = vec![
+                "node".to_owned(),
+                "-e".to_owned(),
+                NODE_CHECK.to_owned(),
+                wanted.clone(),
+            ];
+            steps.push(("node-check", check, app_dir.clone(), Network::None));
+        }
+        steps.push((
+            "install",
+            found.install.clone(),
+            install_dir,
+            self.config.install_network,
+        ));
+        steps.push((
+            "build",
+            found.exec_command.clone(),
+            app_dir.clone(),
+            self.config.build_network,
+        ));
+        let sink = logs.sink(LogStream::Storefront);
+        if let Some(outcome) = self
+            .run_steps(
+                request,
+                workspace,
+                steps,
+                &sink,
+                &system,
+                cancel,
+                deadline,
+                "storefront: ",
+            )
+            .await
+        {
+            return Err(outcome);
+        }
+        let output_name = found
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| "dist".to_owned());
+        let output = src.join(&app_dir).join(&output_name);
+        if !output.is_dir() {
+            return Err(failed(
+                format!(
+                    "storefront: `{}` produced no {output_name}",
+                    found.build_command
+                ),
+                false,
+            ));
+        }
+        let skip: &[&str] = if found.framework == detect::Framework::Nextjs {
+            &["cache"]
+        } else {
+            &[]
+        };
+        let out = workspace.artifacts().join("storefront.tar.gz");
+        let step_started = Instant::now();
+        let packed = tokio::task::spawn_blocking({
+            let skip: Vec<String> = skip.iter().map(|s| s.to_string()).collect();
+            move || {
+                let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+                artifact::pack_except(&output, &out, &skip)
+            }
+        })
+        .await
+        .expect("pack task")
+        .map_err(|error| {
+            failed(
+                format!("storefront: cannot package {output_name}: {error}"),
+                false,
+            )
+        })?;
+        system.line(format!(
+            "Packed the storefront's {output_name}: {} files, {} bytes, sha256 {} in {}.",
+            packed.files,
+            packed.size,
+            packed.sha256,
+            seconds(step_started)
+        ));
+        report(request, Component::Storefront, ComponentStatus::Succeeded);
+        Ok(Some(BuiltArtifact {
+            name: "storefront.tar.gz".to_owned(),
+            packed,
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
