@@ -125,6 +125,37 @@ impl Drop for AgentProcess {
         if let Some(child) = &mut self.child {
             let _ = child.start_kill();
         }
+        // A killed agent leaves its build containers behind (its next start would
+        // remove them); a test has no next start, so remove them here, or they keep
+        // running, and writing, for the rest of the test run.
+        let identity =
+            std::fs::read_to_string(self.dir.join("state/agent.json")).unwrap_or_default();
+        let agent_id = serde_json::from_str::<serde_json::Value>(&identity)
+            .ok()
+            .and_then(|v| v["agent_id"].as_str().map(str::to_owned));
+        if let Some(agent_id) = agent_id {
+            let listed = std::process::Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=kiln.agent={agent_id}"),
+                ])
+                .output();
+            if let Ok(listed) = listed {
+                let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .arg("rm")
+                        .arg("-f")
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
     }
 }
 
