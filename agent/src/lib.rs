@@ -15,3 +15,6 @@ pub mod mask;
 pub mod package_manager;
 pub mod pipeline;
 pub mod state;
+
+#[cfg(test)]
+mod testing;

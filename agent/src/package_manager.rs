@@ -273,17 +273,8 @@ pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::tree;
     use serde_json::json;
-
-    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, text) in files {
-            let path = dir.path().join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        dir
-    }
 
     fn detect_in(dir: &Path, app: &str, package: Value) -> Result<Detected, DetectError> {
         detect(&dir.join(app), dir, &package)
