@@ -25,7 +25,10 @@ pub enum DbError {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema/001_initial.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("schema/001_initial.sql")),
+        M::up(include_str!("schema/002_secret_scan.sql")),
+    ])
 }
 
 #[derive(Clone)]

@@ -15,7 +15,7 @@ use kiln_protocol::{
     ArtifactDescriptor, ArtifactUploadTicket, ClaimRequest, CreateEnvironment, CreateProject,
     DeploymentList, EnvironmentList, JobStatusUpdate, LogAppendResponse, LogStream, ProjectList,
     PullRequestEvent, PushEvent, RegisterAgentRequest, RegisterAgentResponse, SetVariables,
-    UpdateEnvironment, VariableList, WatchRequest, API_PREFIX, SHA256_HEADER,
+    UpdateEnvironment, UpdateProject, VariableList, WatchRequest, API_PREFIX, SHA256_HEADER,
 };
 use rand::RngCore;
 use serde::Deserialize;
@@ -47,7 +47,10 @@ pub fn router(state: AppState) -> Router {
             put(receive_upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/projects", post(create_project).get(list_projects))
-        .route("/projects/{project_id}", get(get_project))
+        .route(
+            "/projects/{project_id}",
+            get(get_project).patch(update_project),
+        )
         .route(
             "/projects/{project_id}/environments",
             post(create_environment).get(list_environments),
@@ -396,6 +399,20 @@ async fn get_environment(
         state
             .db
             .call(move |conn| store::get_environment(conn, &id))
+            .await?,
+    ))
+}
+
+async fn update_project(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(update): ApiJson<UpdateProject>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .call(move |conn| store::update_project(conn, &id, update))
             .await?,
     ))
 }

@@ -10,7 +10,8 @@ use kiln_protocol::{
     check_transition, ArtifactDescriptor, ComponentStatus, CreateEnvironment, CreateProject,
     Deployment, DeploymentStatus, EnvVar, Environment, EnvironmentKind, EventOutcome, Job,
     JobControl, JobDirective, JobLimits, JobStatusUpdate, Project, PullRequestAction,
-    PullRequestEvent, PushEvent, StoredArtifact, Transition, UpdateEnvironment, VariableView,
+    PullRequestEvent, PushEvent, StoredArtifact, Transition, UpdateEnvironment, UpdateProject,
+    VariableView,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
@@ -131,6 +132,9 @@ fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
         backend_path: row.get("backend_path")?,
         storefront_path: row.get("storefront_path")?,
         agent_labels: json_list(&row.get::<_, String>("agent_labels")?),
+        // Written only by this module from a valid value.
+        secret_scan: serde_json::from_str(&row.get::<_, String>("secret_scan")?)
+            .unwrap_or_default(),
         created_at: time(row.get("created_at")?),
     })
 }
@@ -156,8 +160,8 @@ pub fn create_project(conn: &mut Connection, new: CreateProject) -> Result<Proje
     }
     let id = new_id("prj");
     tx.execute(
-        "INSERT INTO projects (id, name, repository_url, backend_path, storefront_path, agent_labels, repository_token, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO projects (id, name, repository_url, backend_path, storefront_path, agent_labels, repository_token, secret_scan, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             id,
             new.name,
@@ -166,6 +170,7 @@ pub fn create_project(conn: &mut Connection, new: CreateProject) -> Result<Proje
             new.storefront_path,
             to_json(&new.agent_labels),
             new.repository_token,
+            to_json(&new.secret_scan),
             now_ms()
         ],
     )?;
@@ -186,6 +191,24 @@ fn get_project_in(conn: &Connection, id: &str) -> Result<Project, ApiError> {
 
 pub fn get_project(conn: &mut Connection, id: &str) -> Result<Project, ApiError> {
     get_project_in(conn, id)
+}
+
+pub fn update_project(
+    conn: &mut Connection,
+    id: &str,
+    update: UpdateProject,
+) -> Result<Project, ApiError> {
+    let tx = conn.transaction()?;
+    get_project_in(&tx, id)?;
+    if let Some(settings) = &update.secret_scan {
+        tx.execute(
+            "UPDATE projects SET secret_scan = ?1 WHERE id = ?2",
+            params![to_json(settings), id],
+        )?;
+    }
+    let project = get_project_in(&tx, id)?;
+    tx.commit()?;
+    Ok(project)
 }
 
 pub fn list_projects(conn: &mut Connection) -> Result<Vec<Project>, ApiError> {
@@ -877,6 +900,7 @@ pub fn claim(
             timeout_seconds: policy.job_timeout_seconds,
         },
         lease_seconds: (policy.lease_ms / 1000).max(1) as u64,
+        secret_scan: project.secret_scan,
     }))
 }
 

@@ -57,6 +57,37 @@ pub struct Job {
     pub limits: JobLimits,
     /// The agent must call the job watch at least this often or lose the job.
     pub lease_seconds: u64,
+    /// The project's secret-scan settings. Added in v1.2; older control planes omit
+    /// it and get the defaults (findings fail the build, nothing allowed).
+    #[serde(default)]
+    pub secret_scan: SecretScanSettings,
+}
+
+/// What a secret found in the public build output does to the deployment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretScanMode {
+    /// `build_failed` with the findings.
+    #[default]
+    Fail,
+    /// Findings go to the system log as warnings; the build goes on.
+    Warn,
+}
+
+/// A project's secret-scan settings: the mode, and findings accepted on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretScanSettings {
+    #[serde(default)]
+    pub mode: SecretScanMode,
+    /// Globs over paths relative to the public directory, e.g. `docs/**`.
+    #[serde(default)]
+    pub allow_paths: Vec<String>,
+    /// Rule ids, e.g. `jwt`.
+    #[serde(default)]
+    pub allow_rules: Vec<String>,
+    /// Fingerprints of single findings, as the scan prints them.
+    #[serde(default)]
+    pub allow_fingerprints: Vec<String>,
 }
 
 /// A build environment variable. `secret` ones are masked in logs and searched for
@@ -187,6 +218,22 @@ mod tests {
         assert!(job.env.is_empty());
         assert_eq!(job.repository_token, None);
         assert_eq!(job.limits.timeout_seconds, 900);
+        assert_eq!(job.secret_scan, SecretScanSettings::default());
+        assert_eq!(job.secret_scan.mode, SecretScanMode::Fail);
+    }
+
+    #[test]
+    fn secret_scan_settings_parse_with_defaults() {
+        let settings: SecretScanSettings =
+            serde_json::from_str(r#"{"mode": "warn", "allow_rules": ["jwt"]}"#).unwrap();
+        assert_eq!(settings.mode, SecretScanMode::Warn);
+        assert_eq!(settings.allow_rules, ["jwt"]);
+        assert!(settings.allow_paths.is_empty());
+        let error = serde_json::from_str::<SecretScanSettings>(r#"{"mode": "loud"}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown variant `loud`"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{ArtifactDescriptor, EnvVar};
+use crate::agent::{ArtifactDescriptor, EnvVar, SecretScanSettings};
 use crate::status::{ComponentStatus, DeploymentStatus};
 
 fn root_path() -> String {
@@ -26,6 +26,17 @@ pub struct CreateProject {
     /// Handed to the agent with each job for cloning a private repository.
     #[serde(default)]
     pub repository_token: Option<String>,
+    /// Added in v1.2.
+    #[serde(default)]
+    pub secret_scan: SecretScanSettings,
+}
+
+/// `PATCH /api/v1/projects/{project_id}`; applies from the next claimed job on.
+/// Added in v1.2.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateProject {
+    #[serde(default)]
+    pub secret_scan: Option<SecretScanSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +49,9 @@ pub struct Project {
     pub storefront_path: Option<String>,
     #[serde(default)]
     pub agent_labels: Vec<String>,
+    /// Added in v1.2.
+    #[serde(default)]
+    pub secret_scan: SecretScanSettings,
     pub created_at: DateTime<Utc>,
 }
 
