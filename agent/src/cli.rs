@@ -82,6 +82,21 @@ enum Command {
         #[arg(long)]
         storefront_path: Option<String>,
     },
+    /// Scan a directory that will be served publicly for secrets. Exit 0 clean, 1 findings, 2 error.
+    ///
+    /// For this command `--config FILE` names the scan settings (TOML: `mode`,
+    /// `allow_paths`, `allow_rules`, `allow_fingerprints`), the same shape as a
+    /// project's `secret_scan` setting.
+    Scan {
+        dir: PathBuf,
+        /// `text` (grouped by file, with what to do) or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+        /// Also search for the value of environment variable NAME, literally and
+        /// base64-encoded, as builds do with the job's secret variables (repeatable).
+        #[arg(long = "secret-env", value_name = "NAME")]
+        secret_env: Vec<String>,
+    },
     /// Check Docker, the build image, git, disk space and the control plane.
     Doctor {
         #[command(flatten)]
@@ -217,6 +232,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend_path.as_deref(),
             storefront_path.as_deref(),
         ),
+        Command::Scan {
+            dir,
+            format,
+            secret_env,
+        } => Ok(scan(&dir, &format, cli.config.as_deref(), &secret_env)),
         Command::Doctor { settings } => {
             let config = load_config(cli.config, settings)?;
             Ok(if crate::doctor::run(&config).await {
@@ -286,6 +306,7 @@ async fn build_locally(
         backend_path,
         storefront_path,
         env,
+        secret_scan: Default::default(),
         timeout: config.job_timeout,
         progress: None,
     };
@@ -330,6 +351,73 @@ fn tempfile_dir(work_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let dir = base.join(format!("kiln-local-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+/// `kiln-agent scan`: errors are exit code 2, so a CI step can tell them from findings.
+fn scan(
+    dir: &std::path::Path,
+    format: &str,
+    config: Option<&std::path::Path>,
+    secret_env: &[String],
+) -> ExitCode {
+    use crate::scan::{report, NamedSecret, ScanPolicy, Scanner};
+    let json = format == "json";
+    let result = (|| -> anyhow::Result<(crate::scan::ScanReport, ScanPolicy)> {
+        if format != "text" && format != "json" {
+            bail!("--format {format:?} is invalid; use text or json");
+        }
+        let policy: ScanPolicy = match config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read scan settings {}", path.display()))?;
+                toml::from_str(&text).with_context(|| {
+                    format!(
+                        "scan settings {} are invalid (keys: mode = \"fail\"|\"warn\", \
+                         allow_paths, allow_rules, allow_fingerprints)",
+                        path.display()
+                    )
+                })?
+            }
+            None => ScanPolicy::default(),
+        };
+        let mut secrets = Vec::new();
+        for name in secret_env {
+            let value = std::env::var(name).with_context(|| {
+                format!("--secret-env {name}: the variable is not set; export it or drop the flag")
+            })?;
+            secrets.push(NamedSecret {
+                name: name.clone(),
+                value,
+            });
+        }
+        let scanner = Scanner::new(&secrets, &policy)?;
+        Ok((scanner.scan_dir(dir)?, policy))
+    })();
+    match result {
+        Ok((found, policy)) => {
+            if json {
+                println!("{}", report::json(&found));
+            } else {
+                print!("{}", report::human(&found, &dir.display().to_string()));
+            }
+            let fails = policy.mode == kiln_protocol::SecretScanMode::Fail;
+            if found.findings.is_empty() || !fails {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"message": format!("{error:#}")}})
+                );
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn detect(

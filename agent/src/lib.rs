@@ -14,6 +14,7 @@ pub mod logs;
 pub mod mask;
 pub mod package_manager;
 pub mod pipeline;
+pub mod scan;
 pub mod state;
 
 #[cfg(test)]
