@@ -328,6 +328,7 @@ impl Daemon {
             backend_path: job.backend_path.clone(),
             storefront_path: job.storefront_path.clone(),
             env: job.env.clone(),
+            secret_scan: job.secret_scan.clone(),
             timeout,
             progress: Some(progress),
         };
@@ -362,10 +363,16 @@ impl Daemon {
             BuildOutcome::Failed {
                 reason,
                 during_backend: true,
-            } => failed_update(reason),
+                detail,
+            } => {
+                let mut failed = failed_update(reason);
+                failed.detail = detail;
+                failed
+            }
             BuildOutcome::Failed {
                 reason,
                 during_backend: false,
+                ..
             } => {
                 let mut failed = failed_update(reason);
                 failed.backend = Some(ComponentStatus::Succeeded);

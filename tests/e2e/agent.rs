@@ -23,6 +23,7 @@ struct World {
     repo: FixtureRepo,
     docker: bollard::Docker,
     image: &'static str,
+    project_id: String,
 }
 
 /// A control plane with one project (the fixture repo) and a Production
@@ -48,6 +49,7 @@ async fn world_with(variables: serde_json::Value, storefront_path: Option<&str>)
             storefront_path: storefront_path.map(str::to_owned),
             agent_labels: vec![],
             repository_token: None,
+            secret_scan: Default::default(),
         })
         .await;
     let environment = admin
@@ -62,6 +64,7 @@ async fn world_with(variables: serde_json::Value, storefront_path: Option<&str>)
         repo,
         docker,
         image,
+        project_id: project.id,
     })
 }
 
@@ -443,6 +446,7 @@ async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
             storefront_path: None,
             agent_labels: vec![],
             repository_token: None,
+            secret_scan: Default::default(),
         })
         .await;
     world
@@ -611,4 +615,68 @@ async fn failing_storefront_fails_the_deployment_saying_it_was_the_storefront() 
         failed.storefront_status,
         kiln_protocol::ComponentStatus::Failed
     );
+}
+
+/// Issue 6: a secret copied into the public admin bundle fails the build, naming the
+/// variable and the file, without printing the value; `warn` lets it through.
+#[tokio::test]
+async fn secret_in_the_public_folder_fails_the_build_with_the_finding_in_the_log() {
+    let value = "sk_live_51NzQ3bKc8Jv2LmXpT4rWq9YdE6uA0sHg";
+    let Some(world) = world(serde_json::json!([
+        {"name": "STRIPE_API_KEY", "value": value, "secret": true},
+        {"name": "KILN_FIXTURE_LEAK_ENV", "value": "STRIPE_API_KEY"},
+    ]))
+    .await
+    else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    let reason = failed.reason.clone().unwrap();
+    assert!(
+        reason.starts_with("secrets found in .medusa/server/public"),
+        "{reason}"
+    );
+    let system = world.log(&deployment.id, "system").await;
+    assert!(system.contains("admin/assets/config.js"), "{system}");
+    assert!(system.contains("job-secret"), "{system}");
+    assert!(system.contains("STRIPE_API_KEY"), "{system}");
+    assert!(system.contains("stripe-secret-key"), "{system}");
+    assert!(
+        !system.contains(value),
+        "the finding must not print the secret"
+    );
+    let detail = failed
+        .detail
+        .clone()
+        .expect("findings in the status detail");
+    let findings = detail["secret_scan"]["findings"].as_array().unwrap();
+    assert!(findings
+        .iter()
+        .all(|f| f["path"] == "admin/assets/config.js"));
+    assert!(!detail.to_string().contains(value));
+    assert!(failed.artifacts.is_empty(), "nothing public is uploaded");
+
+    // The project accepts findings as warnings: the next build goes through.
+    world
+        .admin
+        .send_json(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/projects/{}", world.project_id),
+            &serde_json::json!({"secret_scan": {"mode": "warn"}}),
+        )
+        .await
+        .expect_json::<kiln_protocol::Project>(reqwest::StatusCode::OK)
+        .await;
+    let again = world.repo.commit("Again", |dir| {
+        std::fs::write(dir.join("NOTES.md"), "again\n").unwrap();
+    });
+    let deployment = world.push(&again).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    let system = world.log(&deployment.id, "system").await;
+    assert!(system.contains("mode is `warn`"), "{system}");
+    assert!(!system.contains(value));
 }

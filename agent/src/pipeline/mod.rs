@@ -41,6 +41,7 @@ pub struct BuildRequest {
     pub backend_path: String,
     pub storefront_path: Option<String>,
     pub env: Vec<EnvVar>,
+    pub secret_scan: kiln_protocol::SecretScanSettings,
     pub timeout: Duration,
     /// Where component statuses go as they change (the daemon reports them).
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<(Component, ComponentStatus)>>,
@@ -107,6 +108,8 @@ pub enum BuildOutcome {
     Failed {
         reason: String,
         during_backend: bool,
+        /// Structured detail for the status report (the secret scan's findings).
+        detail: Option<serde_json::Value>,
     },
     Canceled,
 }
@@ -121,6 +124,7 @@ fn failed(reason: impl Into<String>, during_backend: bool) -> BuildOutcome {
     BuildOutcome::Failed {
         reason: reason.into(),
         during_backend,
+        detail: None,
     }
 }
 
@@ -272,10 +276,13 @@ impl Pipeline {
             return outcome;
         }
 
-        // 4. The output Medusa deploys.
+        // 4. The output Medusa deploys; its public folder is served to the world.
         let server = src.join(&plan.app_dir).join(".medusa/server");
         if !server.is_dir() {
             return failed("medusa build produced no .medusa/server", true);
+        }
+        if let Some(outcome) = scan_public(request, &server, &system).await {
+            return outcome;
         }
         let step_started = Instant::now();
         let out = workspace.artifacts().join("backend.tar.gz");
@@ -550,6 +557,81 @@ impl Pipeline {
             stop_grace: self.config.cancel_grace,
         }
     }
+}
+
+/// Scans `.medusa/server/public` for secrets; `Some(outcome)` when findings fail the
+/// build. Findings go to the system log either way.
+async fn scan_public(
+    request: &BuildRequest,
+    server: &Path,
+    system: &LogSink,
+) -> Option<BuildOutcome> {
+    use crate::scan::{report, NamedSecret, ScanPolicy, Scanner};
+    let public = server.join("public");
+    if !public.is_dir() {
+        system.line("No .medusa/server/public in the build output; nothing public to scan.");
+        return None;
+    }
+    let secrets: Vec<NamedSecret> = request
+        .env
+        .iter()
+        .filter(|var| var.secret)
+        .map(|var| NamedSecret {
+            name: var.name.clone(),
+            value: var.value.clone(),
+        })
+        .collect();
+    let policy = ScanPolicy::from(request.secret_scan.clone());
+    let mode = policy.mode;
+    let started = Instant::now();
+    let scanned = tokio::task::spawn_blocking(move || {
+        Scanner::new(&secrets, &policy).and_then(|scanner| scanner.scan_dir(&public))
+    })
+    .await
+    .expect("scan task");
+    let found = match scanned {
+        Ok(found) => found,
+        Err(error) => {
+            return Some(failed(
+                format!("the secret scan of .medusa/server/public could not run: {error}"),
+                true,
+            ))
+        }
+    };
+    system.line(format!(
+        "Scanned .medusa/server/public for secrets: {} files, {} bytes, {} binary skipped, {} allowed, {} finding(s) in {}.",
+        found.files_scanned,
+        found.bytes_scanned,
+        found.binary_files_skipped,
+        found.allowed,
+        found.findings.len(),
+        seconds(started)
+    ));
+    if found.findings.is_empty() {
+        return None;
+    }
+    for finding in &found.findings {
+        system.line(format!("  {}: {}", finding.path, report::describe(finding)));
+    }
+    system.line(
+        "Everything in .medusa/server/public is served publicly: remove these from the build \
+         output and rotate each credential; to accept one on purpose, allowlist its \
+         fingerprint in the project's secret_scan settings.",
+    );
+    if mode == kiln_protocol::SecretScanMode::Warn {
+        system.line("Warning: the project's secret_scan mode is `warn`, so the build goes on.");
+        return None;
+    }
+    Some(BuildOutcome::Failed {
+        reason: format!(
+            "secrets found in .medusa/server/public ({} finding(s), e.g. {} in {})",
+            found.findings.len(),
+            found.findings[0].rule,
+            found.findings[0].path
+        ),
+        during_backend: true,
+        detail: Some(serde_json::json!({ "secret_scan": report::json_value(&found) })),
+    })
 }
 
 fn display_dir(dir: &Path) -> String {

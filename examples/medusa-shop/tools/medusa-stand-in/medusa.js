@@ -6,6 +6,8 @@
 //   KILN_FIXTURE_EXIT=N    fail with exit code N
 //   KILN_FIXTURE_OOM=1     allocate memory until the container's limit stops it
 //   KILN_FIXTURE_LINK=P    put a symlink to P at .medusa/server/public/leak
+//   KILN_FIXTURE_LEAK_ENV=NAME  inline env var NAME into the admin bundle, as a
+//                          misconfigured Vite `define` would
 //   KILN_FIXTURE_PRINT=S   print S (e.g. a secret, to test masking)
 //   KILN_FIXTURE_PRINT_SPLIT=1  also print S in two writes 300 ms apart, and its base64
 //   KILN_FIXTURE_LINES=N   print N numbered lines, KILN_FIXTURE_LINE_DELAY_MS apart
@@ -97,6 +99,10 @@ async function main() {
   }
   fs.writeFileSync(path.join(out, "public", "admin", "index.html"), "<!doctype html><div id=medusa></div><script src=assets/index.js></script>\n")
   fs.writeFileSync(path.join(out, "public", "admin", "assets", "index.js"), "console.log('admin')\n")
+  if (env.KILN_FIXTURE_LEAK_ENV) {
+    const value = JSON.stringify(env[env.KILN_FIXTURE_LEAK_ENV] || "")
+    fs.writeFileSync(path.join(out, "public", "admin", "assets", "config.js"), `window.__MEDUSA__={backendUrl:"/",key:${value}};\n`)
+  }
   if (env.KILN_FIXTURE_LINK) fs.symlinkSync(env.KILN_FIXTURE_LINK, path.join(out, "public", "leak"))
   fs.writeFileSync(path.join(out, "printed.sha256"), printed.digest("hex") + "\n")
   console.log("info:    Backend build completed successfully")
