@@ -150,6 +150,7 @@ async fn real_medusa_backend_builds_like_by_hand() {
             storefront_path: None,
             agent_labels: vec![],
             repository_token: None,
+            secret_scan: Default::default(),
         })
         .await;
     admin

@@ -679,6 +679,7 @@ async fn claims_long_poll_and_respect_labels() {
             storefront_path: Some("apps/storefront".to_owned()),
             agent_labels: vec!["large".to_owned()],
             repository_token: None,
+            secret_scan: Default::default(),
         })
         .await;
     admin

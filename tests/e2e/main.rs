@@ -5,5 +5,6 @@ mod accept;
 mod agent;
 mod control_plane;
 mod faults;
+mod scan;
 
 pub use kiln_tests::support;

@@ -217,6 +217,7 @@ impl Api {
             storefront_path: None,
             agent_labels: Vec::new(),
             repository_token: None,
+            secret_scan: Default::default(),
         })
         .await
     }
@@ -376,6 +377,7 @@ impl Api {
                 storefront_path: None,
                 agent_labels: Vec::new(),
                 repository_token: None,
+                secret_scan: Default::default(),
             })
             .await;
         let environment = self

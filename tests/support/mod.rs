@@ -5,6 +5,7 @@ pub mod agent;
 pub mod control_plane;
 pub mod docker;
 pub mod proxy;
+pub mod public_tree;
 pub mod repo;
 pub mod server;
 
