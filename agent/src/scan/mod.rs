@@ -123,8 +123,8 @@ pub struct Scanner {
     /// Per keyword: the rules to run where it is found.
     owners: Vec<Vec<usize>>,
     regexes: Vec<Regex>,
-    /// The job's secrets: each pattern's owning variable index.
-    secrets: Option<(AhoCorasick, Vec<usize>)>,
+    /// The job's secrets: a matcher of their forms' fragments, and the forms.
+    secrets: Option<(FragmentMatcher, Vec<SecretForm>)>,
     secret_names: Vec<String>,
     /// Bytes a chunk shares with the next: the longest thing a rule or secret spans.
     overlap: usize,
@@ -169,25 +169,25 @@ impl Scanner {
             })
             .collect();
 
-        let mut secret_patterns = Vec::new();
-        let mut secret_owner = Vec::new();
+        let mut fragments = Vec::new();
+        let mut secret_forms = Vec::new();
         for (index, secret) in secrets.iter().enumerate() {
             if secret.value.len() < MIN_SCANNED_SECRET_LEN {
                 continue;
             }
             for form in crate::mask::secret_forms(&secret.value) {
-                secret_patterns.push(form);
-                secret_owner.push(index);
+                let skip = rare_start(&form);
+                fragments.push(form[skip..].to_vec());
+                secret_forms.push(SecretForm {
+                    variable: index,
+                    form,
+                    skip,
+                });
             }
         }
-        let longest_secret = secret_patterns.iter().map(Vec::len).max().unwrap_or(0);
-        let secrets_matcher = (!secret_patterns.is_empty()).then(|| {
-            let matcher = AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&secret_patterns)
-                .expect("literal secrets always build");
-            (matcher, secret_owner)
-        });
+        let longest_secret = secret_forms.iter().map(|f| f.form.len()).max().unwrap_or(0);
+        let secrets_matcher =
+            (!fragments.is_empty()).then(|| (FragmentMatcher::new(&fragments), secret_forms));
         let longest_rule = RULES
             .iter()
             .map(|rule| rule.look_back + rule.look_ahead + 32)
@@ -420,18 +420,25 @@ impl Scanner {
                 self.verify(index, hay, start, end, hits);
             }
         }
-        if let Some((matcher, owner)) = &self.secrets {
-            for found in matcher.find_iter(&hay[from..]) {
-                let start = from + found.start();
-                if start >= to {
+        if let Some((matcher, forms)) = &self.secrets {
+            for (pattern, found_start) in matcher.find_iter(&hay[from..]) {
+                let fragment_start = from + found_start;
+                if fragment_start >= to {
                     break;
                 }
-                let variable = &self.secret_names[owner[found.pattern().as_usize()]];
-                let secret = &hay[start..from + found.end()];
+                let form = &forms[pattern];
+                let Some(start) = fragment_start.checked_sub(form.skip) else {
+                    continue;
+                };
+                if !hay[start..].starts_with(&form.form) {
+                    continue;
+                }
+                let variable = &self.secret_names[form.variable];
+                let secret = &hay[start..start + form.form.len()];
                 hits.push(Hit {
                     start,
-                    end: from + found.end(),
-                    rule_key: usize::MAX - owner[found.pattern().as_usize()],
+                    end: start + form.form.len(),
+                    rule_key: usize::MAX - form.variable,
                     rule_id: JOB_SECRET_RULE.to_owned(),
                     severity: Severity::Critical,
                     what: format!("value of the job's secret variable {variable}"),
@@ -493,6 +500,76 @@ impl Scanner {
             });
         }
     }
+}
+
+/// Finds secret fragments with the SIMD packed searcher (Teddy) when the CPU has it:
+/// left to itself, Aho-Corasick may pick a one-rare-byte prefilter, and that byte is
+/// seldom rare in a minified bundle.
+enum FragmentMatcher {
+    Packed(aho_corasick::packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl FragmentMatcher {
+    fn new(fragments: &[Vec<u8>]) -> FragmentMatcher {
+        let packed = aho_corasick::packed::Config::new()
+            .match_kind(aho_corasick::packed::MatchKind::LeftmostLongest)
+            .builder()
+            .extend(fragments)
+            .build();
+        match packed {
+            Some(searcher) => FragmentMatcher::Packed(searcher),
+            None => FragmentMatcher::Automaton(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(fragments)
+                    .expect("literal secrets always build"),
+            ),
+        }
+    }
+
+    /// (pattern index, start) of each match, left to right.
+    fn find_iter<'a>(&'a self, hay: &'a [u8]) -> Box<dyn Iterator<Item = (usize, usize)> + 'a> {
+        match self {
+            FragmentMatcher::Packed(searcher) => Box::new(
+                searcher
+                    .find_iter(hay)
+                    .map(|m| (m.pattern().as_usize(), m.start())),
+            ),
+            FragmentMatcher::Automaton(matcher) => Box::new(
+                matcher
+                    .find_iter(hay)
+                    .map(|m| (m.pattern().as_usize(), m.start())),
+            ),
+        }
+    }
+}
+
+/// A form of a job secret (itself or a base64 alignment), found by a fragment of it
+/// that starts `skip` bytes in.
+struct SecretForm {
+    variable: usize,
+    form: Vec<u8>,
+    skip: usize,
+}
+
+/// Where a secret form's search fragment should start: the SIMD keyword search
+/// checks a fragment's first three bytes, and a common trigram there (`and` opens
+/// the base64 of `jwt-…`) would stop it at every English word in a bundle. Picks,
+/// among the first few offsets, the trigram with the most capitals and digits.
+fn rare_start(form: &[u8]) -> usize {
+    let weight = |byte: &u8| match byte {
+        b'A'..=b'Z' | b'0'..=b'9' => 3,
+        b'a'..=b'z' | b' ' | b';' | b',' | b'.' | b'(' | b')' | b'=' | b'"' | b'\'' => 0,
+        _ => 2,
+    };
+    let last = form.len().saturating_sub(MIN_SCANNED_SECRET_LEN).min(8);
+    (0..=last)
+        .max_by_key(|&k| {
+            let score: u32 = form[k..(k + 3).min(form.len())].iter().map(weight).sum();
+            (score, std::cmp::Reverse(k))
+        })
+        .unwrap_or(0)
 }
 
 pub const JOB_SECRET_RULE: &str = "job-secret";
