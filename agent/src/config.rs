@@ -307,6 +307,14 @@ partial_config! {
     pids: i64 = "KILN_PIDS";
     /// Longest a job may run, whatever the control plane asks
     job_timeout: Span = "KILN_JOB_TIMEOUT", parse = "from_str_or_number";
+    /// Longest one step (install, build, storefront) may run
+    step_timeout: Span = "KILN_STEP_TIMEOUT", parse = "from_str_or_number";
+    /// Open files per build container
+    open_files: i64 = "KILN_OPEN_FILES";
+    /// Disk a job's workspace may use (checked while the build runs)
+    workspace_limit: ByteSize = "KILN_WORKSPACE_LIMIT", parse = "from_str_or_number";
+    /// Address of /metrics, /healthz and /readyz, e.g. 127.0.0.1:9464 (off when unset)
+    metrics_listen: String = "KILN_METRICS_LISTEN";
     /// Time a canceled build gets between SIGTERM and SIGKILL
     cancel_grace: Span = "KILN_CANCEL_GRACE", parse = "from_str_or_number";
     /// Time running jobs get to finish when the agent is asked to stop
@@ -339,6 +347,10 @@ pub struct AgentConfig {
     pub cpus: f64,
     pub pids: i64,
     pub job_timeout: Duration,
+    pub step_timeout: Duration,
+    pub open_files: i64,
+    pub workspace_limit: ByteSize,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub cancel_grace: Duration,
     pub shutdown_grace: Duration,
     pub extra_ca_certs: Option<PathBuf>,
@@ -402,6 +414,34 @@ impl PartialConfig {
                 reason: format!("{pids} is too few to run npm; use at least 16"),
             });
         }
+        let open_files = self.open_files.unwrap_or(65536);
+        if open_files < 256 {
+            return Err(ConfigError::Invalid {
+                key: "open_files",
+                reason: format!("{open_files} is too few to run npm; use at least 256"),
+            });
+        }
+        let workspace_limit = self.workspace_limit.unwrap_or(ByteSize(10 << 30));
+        if workspace_limit.0 < 1 << 20 {
+            return Err(ConfigError::Invalid {
+                key: "workspace_limit",
+                reason: format!(
+                    "{workspace_limit} is too little to hold a checkout; use at least 1 MiB"
+                ),
+            });
+        }
+        let metrics_listen = match &self.metrics_listen {
+            None => None,
+            Some(address) if address.is_empty() => None,
+            Some(address) => Some(address.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics_listen",
+                reason: format!("{address:?} is not an address:port such as 127.0.0.1:9464"),
+            })?),
+        };
+        let job_timeout = self
+            .job_timeout
+            .map(|s| s.0)
+            .unwrap_or(Duration::from_secs(3600));
         if let Some(url) = &self.control_plane_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Invalid {
@@ -440,10 +480,11 @@ impl PartialConfig {
             memory,
             cpus,
             pids,
-            job_timeout: self
-                .job_timeout
-                .map(|s| s.0)
-                .unwrap_or(Duration::from_secs(3600)),
+            job_timeout,
+            step_timeout: self.step_timeout.map(|s| s.0).unwrap_or(job_timeout),
+            open_files,
+            workspace_limit,
+            metrics_listen,
             cancel_grace: self
                 .cancel_grace
                 .map(|s| s.0)

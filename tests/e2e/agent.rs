@@ -15,20 +15,21 @@ use crate::support::*;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
 
-struct World {
+pub(crate) struct World {
     _dir: tempfile::TempDir,
     root: std::path::PathBuf,
-    cp: ControlPlane,
-    admin: Api,
-    repo: FixtureRepo,
-    docker: bollard::Docker,
+    pub(crate) cp: ControlPlane,
+    pub(crate) admin: Api,
+    pub(crate) repo: FixtureRepo,
+    pub(crate) docker: bollard::Docker,
     image: &'static str,
     project_id: String,
+    pub(crate) environment_id: String,
 }
 
 /// A control plane with one project (the fixture repo) and a Production
 /// environment on `main` carrying `variables`; `None` when Docker is absent.
-async fn world(variables: serde_json::Value) -> Option<World> {
+pub(crate) async fn world(variables: serde_json::Value) -> Option<World> {
     world_with(variables, None).await
 }
 
@@ -65,11 +66,12 @@ async fn world_with(variables: serde_json::Value, storefront_path: Option<&str>)
         docker,
         image,
         project_id: project.id,
+        environment_id: environment.id,
     })
 }
 
 impl World {
-    async fn agent(&self, name: &str, extra: &str) -> AgentProcess {
+    pub(crate) async fn agent(&self, name: &str, extra: &str) -> AgentProcess {
         AgentProcess::start(
             Path::new(AGENT),
             &self.cp.base_url(),
@@ -80,7 +82,7 @@ impl World {
         .await
     }
 
-    async fn push(&self, sha: &str) -> Deployment {
+    pub(crate) async fn push(&self, sha: &str) -> Deployment {
         let outcome = self.admin.push_repo(&self.repo.url, "main", sha).await;
         outcome
             .deployments
@@ -91,7 +93,12 @@ impl World {
 
     /// Waits for `status`; fails at once (with the agent's log) if the deployment
     /// settles elsewhere.
-    async fn settle(&self, id: &str, status: DeploymentStatus, agent: &AgentProcess) -> Deployment {
+    pub(crate) async fn settle(
+        &self,
+        id: &str,
+        status: DeploymentStatus,
+        agent: &AgentProcess,
+    ) -> Deployment {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let deployment = self.admin.deployment(id).await;
@@ -112,7 +119,7 @@ impl World {
         }
     }
 
-    async fn log(&self, id: &str, stream: &str) -> String {
+    pub(crate) async fn log(&self, id: &str, stream: &str) -> String {
         self.admin
             .get(&format!("/api/v1/deployments/{id}/logs/{stream}"))
             .await

@@ -32,6 +32,7 @@ pub struct DockerExecutor {
 }
 
 fn docker_error(action: &'static str, error: BollardError) -> ExecError {
+    crate::metrics::metrics().docker_failed(&format!("{action}: {error}"));
     match error {
         BollardError::DockerResponseServerError { message, .. } => ExecError::Docker {
             action,
@@ -59,13 +60,78 @@ fn is_not_found(error: &BollardError) -> bool {
     )
 }
 
-/// Open files for build containers: plenty for npm, but never above what the
-/// agent itself may raise to (runc refuses that).
-fn open_files_limit() -> i64 {
+/// Open files for build containers: as configured, but never above what the agent
+/// itself may raise to (runc refuses that).
+fn open_files_limit(wanted: i64) -> i64 {
     let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(_, hard)| hard)
         .unwrap_or(4096);
-    hard.min(65536) as i64
+    (hard.min(i64::MAX as u64) as i64).min(wanted)
+}
+
+/// Exit status of a process killed by SIGXFSZ: it wrote a file past `fsize`.
+const EXIT_FILE_TOO_LARGE: i64 = 128 + 25;
+
+/// Where the engine keeps a container's pids cgroup (v1 or v2, cgroupfs or systemd
+/// driver); `pids.events` counts forks refused at the limit.
+fn pids_events_paths(id: &str) -> [String; 3] {
+    [
+        format!("/sys/fs/cgroup/pids/docker/{id}/pids.events"),
+        format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/pids.events"),
+        format!("/sys/fs/cgroup/docker/{id}/pids.events"),
+    ]
+}
+
+/// Whether the container has been refused a fork by its pids limit.
+fn hit_process_limit(id: &str) -> bool {
+    pids_events_paths(id).iter().any(|path| {
+        std::fs::read_to_string(path).is_ok_and(|events| {
+            events
+                .lines()
+                .filter_map(|line| line.strip_prefix("max "))
+                .any(|count| count.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
+    })
+}
+
+/// Bytes the directory takes on disk (allocated blocks, so sparse files count as
+/// what they use); links are not followed.
+pub fn disk_usage(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|meta| meta.blocks() * 512)
+        .sum()
+}
+
+/// Watches a running step's limits that Docker does not enforce by stopping it: the
+/// pids limit (Docker only refuses forks) and the workspace's disk use. Returns when
+/// one is exceeded. The disk walk runs at most every 10× its own duration, so it
+/// costs a build under 10% of one core even on a large node_modules.
+async fn watch_limits(id: String, step: &Step) -> StepOutcome {
+    let mut disk_every = Duration::from_secs(1);
+    let mut disk_due = tokio::time::Instant::now() + disk_every;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if hit_process_limit(&id) {
+            return StepOutcome::ProcessLimit;
+        }
+        if tokio::time::Instant::now() >= disk_due {
+            let workspace = step.workspace.clone();
+            let started = std::time::Instant::now();
+            let used = tokio::task::spawn_blocking(move || disk_usage(&workspace))
+                .await
+                .unwrap_or(0);
+            if used > step.limits.workspace_bytes {
+                return StepOutcome::WorkspaceLimit;
+            }
+            disk_every = (started.elapsed() * 10).max(Duration::from_secs(1));
+            disk_due = tokio::time::Instant::now() + disk_every;
+        }
+    }
 }
 
 impl DockerExecutor {
@@ -143,11 +209,19 @@ impl DockerExecutor {
                 memory_swap: Some(memory),
                 nano_cpus: Some((step.limits.cpus * 1e9) as i64),
                 pids_limit: Some(step.limits.pids),
-                ulimits: Some(vec![ResourcesUlimits {
-                    name: Some("nofile".to_owned()),
-                    soft: Some(open_files_limit()),
-                    hard: Some(open_files_limit()),
-                }]),
+                ulimits: Some(vec![
+                    ResourcesUlimits {
+                        name: Some("nofile".to_owned()),
+                        soft: Some(open_files_limit(step.limits.open_files)),
+                        hard: Some(open_files_limit(step.limits.open_files)),
+                    },
+                    // No single file past the workspace cap, even between disk checks.
+                    ResourcesUlimits {
+                        name: Some("fsize".to_owned()),
+                        soft: Some(step.limits.workspace_bytes as i64),
+                        hard: Some(step.limits.workspace_bytes as i64),
+                    },
+                ]),
                 // tini as PID 1 forwards SIGTERM and reaps zombies.
                 init: Some(true),
                 cap_drop: Some(vec!["ALL".to_owned()]),
@@ -187,6 +261,7 @@ impl DockerExecutor {
         let id = created
             .map_err(|e| docker_error("create the build container", e))?
             .id;
+        crate::metrics::metrics().docker_answered();
         // Attach before start, so not one byte of output is missed.
         let attached = self
             .docker
@@ -235,6 +310,7 @@ impl DockerExecutor {
             _ = wait.next() => None,
             _ = cancel.cancelled() => Some(StepOutcome::Canceled),
             _ = tokio::time::sleep(step.timeout) => Some(StepOutcome::TimedOut(step.timeout)),
+            outcome = watch_limits(id.clone(), step) => Some(outcome),
         };
         if stopped_because.is_some() {
             let grace = step.stop_grace.as_secs().min(i32::MAX as u64) as i32;
@@ -263,7 +339,21 @@ impl DockerExecutor {
         if state.oom_killed == Some(true) {
             return Ok(StepOutcome::OutOfMemory);
         }
-        Ok(StepOutcome::Exited(state.exit_code.unwrap_or(-1)))
+        let code = state.exit_code.unwrap_or(-1);
+        if code != 0 {
+            // A step that died of a limit between two checks still names the limit.
+            if hit_process_limit(&id) {
+                return Ok(StepOutcome::ProcessLimit);
+            }
+            let workspace = step.workspace.clone();
+            let used = tokio::task::spawn_blocking(move || disk_usage(&workspace))
+                .await
+                .unwrap_or(0);
+            if code == EXIT_FILE_TOO_LARGE || used >= step.limits.workspace_bytes {
+                return Ok(StepOutcome::WorkspaceLimit);
+            }
+        }
+        Ok(StepOutcome::Exited(code))
     }
 }
 

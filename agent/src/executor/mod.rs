@@ -31,6 +31,9 @@ pub struct Limits {
     pub memory_bytes: u64,
     pub cpus: f64,
     pub pids: i64,
+    pub open_files: i64,
+    /// Disk the workspace may use; also the largest file a build may write.
+    pub workspace_bytes: u64,
 }
 
 /// One command in one container.
@@ -61,6 +64,11 @@ pub enum StepOutcome {
     Exited(i64),
     OutOfMemory,
     TimedOut(Duration),
+    /// The container's processes reached the pids limit (a fork bomb, or a runaway
+    /// pool); the step is stopped at once.
+    ProcessLimit,
+    /// The workspace grew past its cap; the step is stopped at once.
+    WorkspaceLimit,
     Canceled,
 }
 

@@ -369,10 +369,28 @@ impl Pipeline {
                         self.config.memory
                     )
                 }
+                Ok(StepOutcome::TimedOut(limit)) if limit == self.config.step_timeout => {
+                    format!(
+                        "{label}timed out after {} (the step limit) during `{shown}`",
+                        crate::config::Span(limit)
+                    )
+                }
                 Ok(StepOutcome::TimedOut(_)) => {
                     format!(
                         "{label}timed out after {} during `{shown}`",
                         crate::config::Span(request.timeout)
+                    )
+                }
+                Ok(StepOutcome::ProcessLimit) => {
+                    format!(
+                        "{label}process limit reached ({}) during `{shown}`",
+                        self.config.pids
+                    )
+                }
+                Ok(StepOutcome::WorkspaceLimit) => {
+                    format!(
+                        "{label}workspace exceeded {} during `{shown}`",
+                        self.config.workspace_limit
                     )
                 }
                 Ok(StepOutcome::Canceled) => return Some(BuildOutcome::Canceled),
@@ -550,10 +568,12 @@ impl Pipeline {
                 memory_bytes: self.config.memory.0,
                 cpus: self.config.cpus,
                 pids: self.config.pids,
+                open_files: self.config.open_files,
+                workspace_bytes: self.config.workspace_limit.0,
             },
             user: self.config.build_user,
             ca_bundle: self.config.extra_ca_certs.clone(),
-            timeout,
+            timeout: timeout.min(self.config.step_timeout),
             stop_grace: self.config.cancel_grace,
         }
     }

@@ -6,6 +6,13 @@
 //   KILN_FIXTURE_EXIT=N    fail with exit code N
 //   KILN_FIXTURE_OOM=1     allocate memory until the container's limit stops it
 //   KILN_FIXTURE_LINK=P    put a symlink to P at .medusa/server/public/leak
+//   KILN_FIXTURE_SERVER_LINK=P  put a symlink to P at .medusa/server/passwd
+//   KILN_FIXTURE_FORK_BOMB=1  fork without end (a shell fork bomb)
+//   KILN_FIXTURE_WRITE_MB=N  write an N MiB file into the workspace
+//   KILN_FIXTURE_LOOP=1    spin forever
+//   KILN_FIXTURE_ESCAPE=P1:P2:…  try to write outside the workspace and to see each
+//                          path P (the Docker socket, the agent's token); exit 13
+//                          if all were refused, 66 if any worked
 //   KILN_FIXTURE_LEAK_ENV=NAME  inline env var NAME into the admin bundle, as a
 //                          misconfigured Vite `define` would
 //   KILN_FIXTURE_PRINT=S   print S (e.g. a secret, to test masking)
@@ -87,6 +94,43 @@ async function main() {
     const hog = []
     for (;;) hog.push(Buffer.alloc(16 << 20, 1))
   }
+  if (env.KILN_FIXTURE_FORK_BOMB) {
+    console.log("info:    forking without end")
+    require("child_process").spawnSync("sh", ["-c", "b() { b | b & }; b; sleep 3600"], { stdio: "inherit" })
+  }
+  if (env.KILN_FIXTURE_WRITE_MB) {
+    const chunk = Buffer.alloc(1 << 20, 7)
+    const fd = fs.openSync("big.bin", "w")
+    for (let i = 0; i < Number(env.KILN_FIXTURE_WRITE_MB); i++) fs.writeSync(fd, chunk)
+    fs.closeSync(fd)
+  }
+  if (env.KILN_FIXTURE_LOOP) {
+    console.log("info:    spinning")
+    for (;;) {}
+  }
+  if (env.KILN_FIXTURE_ESCAPE) {
+    let escaped = false
+    for (const target of ["/kiln-escape", "/etc/kiln-escape", "/usr/local/bin/kiln-escape", "/kiln/../kiln-escape"]) {
+      try {
+        fs.writeFileSync(target, "escaped\n")
+        escaped = true
+        console.log(`escape: wrote ${target}`)
+      } catch (error) {
+        console.log(`escape: write ${target}: refused (${error.code})`)
+      }
+    }
+    for (const target of env.KILN_FIXTURE_ESCAPE.split(":")) {
+      // Merely seeing the Docker socket or the token would be a leak.
+      try {
+        fs.statSync(target)
+        escaped = true
+        console.log(`escape: ${target} is visible`)
+      } catch (error) {
+        console.log(`escape: ${target}: not visible (${error.code})`)
+      }
+    }
+    process.exit(escaped ? 66 : 13)
+  }
   const out = path.join(".medusa", "server")
   fs.rmSync(out, { recursive: true, force: true })
   fs.mkdirSync(path.join(out, "public", "admin", "assets"), { recursive: true })
@@ -103,6 +147,7 @@ async function main() {
     const value = JSON.stringify(env[env.KILN_FIXTURE_LEAK_ENV] || "")
     fs.writeFileSync(path.join(out, "public", "admin", "assets", "config.js"), `window.__MEDUSA__={backendUrl:"/",key:${value}};\n`)
   }
+  if (env.KILN_FIXTURE_SERVER_LINK) fs.symlinkSync(env.KILN_FIXTURE_SERVER_LINK, path.join(out, "passwd"))
   if (env.KILN_FIXTURE_LINK) fs.symlinkSync(env.KILN_FIXTURE_LINK, path.join(out, "public", "leak"))
   fs.writeFileSync(path.join(out, "printed.sha256"), printed.digest("hex") + "\n")
   console.log("info:    Backend build completed successfully")

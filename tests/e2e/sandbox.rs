@@ -1,0 +1,154 @@
+//! Issue 7: builds that attack the host. Each ends `build_failed` with a reason that
+//! names the limit (or, for a symlink out of `.medusa/server`, the artifact refused);
+//! afterwards the host is untouched, the job's containers and workspace are gone,
+//! and the same agent takes the next job. The log flood is in `faults.rs`.
+
+use std::path::Path;
+
+use kiln_protocol::DeploymentStatus::{AwaitingDeployment, BuildFailed};
+
+use crate::agent::{world, World};
+use crate::support::*;
+
+/// Pushes a commit with `variables` on the environment and waits for `build_failed`;
+/// returns the reason and the system log, after checking the job left nothing.
+async fn attack(
+    world: &World,
+    agent: &AgentProcess,
+    environment: &str,
+    variables: serde_json::Value,
+) -> (String, String) {
+    world
+        .admin
+        .set_variables(environment, variables.clone())
+        .await;
+    let sha = world.repo.commit(&format!("attack {variables}"), |dir| {
+        std::fs::write(dir.join("ATTACK.md"), variables.to_string()).unwrap();
+    });
+    let deployment = world.push(&sha).await;
+    let failed = world.settle(&deployment.id, BuildFailed, agent).await;
+    let job_id = failed.current_job_id.clone().unwrap();
+    assert!(
+        containers_of_job(&world.docker, &job_id).await.is_empty(),
+        "containers of {job_id} left behind"
+    );
+    // The workspace goes right after the final report.
+    let workspace = agent.dir.join("work").join(&job_id);
+    for _ in 0..50 {
+        if !workspace.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !workspace.exists(),
+        "workspace {} left behind",
+        workspace.display()
+    );
+    let system = world.log(&deployment.id, "system").await;
+    (failed.reason.unwrap_or_default(), system)
+}
+
+#[tokio::test]
+async fn hostile_builds_are_stopped_with_the_limit_named_and_the_agent_goes_on() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let agent = world
+        .agent(
+            "agent",
+            "memory = \"256MiB\"\npids = 64\nworkspace_limit = \"64MiB\"\nstep_timeout = \"10s\"\n",
+        )
+        .await;
+    let environment = world.environment_id.clone();
+
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_FORK_BOMB", "value": "1"}]),
+    )
+    .await;
+    assert_eq!(reason, "process limit reached (64) during `npm run build`");
+
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_OOM", "value": "1"}]),
+    )
+    .await;
+    assert_eq!(
+        reason,
+        "`npm run build` (build) ran out of memory (limit 256 MiB)"
+    );
+
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_LOOP", "value": "1"}]),
+    )
+    .await;
+    assert_eq!(
+        reason,
+        "timed out after 10s (the step limit) during `npm run build`"
+    );
+
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_WRITE_MB", "value": "10240"}]),
+    )
+    .await;
+    assert_eq!(reason, "workspace exceeded 64 MiB during `npm run build`");
+
+    let token = agent.dir.join("state/agent.json");
+    assert!(token.exists());
+    let targets = format!("/var/run/docker.sock:/run/docker.sock:{}", token.display());
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_ESCAPE", "value": targets}]),
+    )
+    .await;
+    assert_eq!(
+        reason, "`npm run build` (build) exited with code 13",
+        "13 means every write outside the workspace and every look at the socket and token was refused"
+    );
+    for path in [
+        "/kiln-escape",
+        "/etc/kiln-escape",
+        "/usr/local/bin/kiln-escape",
+    ] {
+        assert!(!Path::new(path).exists(), "{path} was written on the host");
+    }
+
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_SERVER_LINK", "value": "/etc/passwd"}]),
+    )
+    .await;
+    assert!(
+        reason.starts_with("cannot package .medusa/server: symlink")
+            && reason.contains("/etc/passwd"),
+        "{reason}"
+    );
+
+    // And the same agent builds the next, ordinary job.
+    world
+        .admin
+        .set_variables(&environment, serde_json::json!([]))
+        .await;
+    let sha = world.repo.commit("ordinary", |dir| {
+        std::fs::write(dir.join("ATTACK.md"), "none").unwrap();
+    });
+    let deployment = world.push(&sha).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+}
