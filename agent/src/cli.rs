@@ -27,8 +27,8 @@ struct Cli {
     /// Configuration file (default /etc/kiln/agent.toml; also KILN_CONFIG).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Operator log format: text or json.
-    #[arg(long, global = true, default_value = "text")]
+    /// Operator log format: text or json (also KILN_LOG_FORMAT).
+    #[arg(long, global = true, env = "KILN_LOG_FORMAT", default_value = "text")]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -204,6 +204,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let (shutdown, abort) = (CancellationToken::new(), CancellationToken::new());
             tokio::spawn(forward_signals(shutdown.clone(), abort.clone()));
+            let telemetry = CancellationToken::new();
+            let _stop_telemetry = telemetry.clone().drop_guard();
+            if let Some(address) = daemon.config.metrics_listen {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| {
+                        format!("cannot listen on metrics_listen {address}; is the port taken?")
+                    })?;
+                tracing::info!(message = "Serving /metrics, /healthz and /readyz.", address = %listener.local_addr()?);
+                tokio::spawn(crate::metrics::serve(listener, telemetry.clone()));
+                tokio::spawn(crate::metrics::measure_spool(
+                    daemon.state.spool_root(),
+                    telemetry.clone(),
+                ));
+            }
+            tokio::spawn(crate::metrics::notify_systemd(telemetry.clone()));
             match daemon.run(shutdown, abort).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(DaemonError::Unauthorized(error)) => bail!("{error}"),

@@ -173,16 +173,17 @@ impl Client {
         url: &str,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| unreachable(url, e))?;
-        if response.status().is_success() {
-            Ok(response)
-        } else {
-            Err(decode_error(url, response).await)
+        let result = match request.bearer_auth(&self.token).send().await {
+            Err(error) => Err(unreachable(url, error)),
+            Ok(response) if response.status().is_success() => Ok(response),
+            Ok(response) => Err(decode_error(url, response).await),
+        };
+        let metrics = crate::metrics::metrics();
+        match &result {
+            Err(error) if error.is_transient() => metrics.control_plane_failed(&error.to_string()),
+            _ => metrics.control_plane_answered(),
         }
+        result
     }
 
     async fn decode<T: DeserializeOwned>(
@@ -341,6 +342,9 @@ impl Client {
             .await
             .map_err(|e| unreachable(&url, e))?;
         if response.status().is_success() {
+            crate::metrics::metrics()
+                .artifact_bytes
+                .inc_by(descriptor.size);
             Ok(())
         } else {
             Err(decode_error(&url, response).await)

@@ -76,10 +76,12 @@ impl Daemon {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = shutdown.cancelled() => break None,
             };
+            crate::metrics::metrics().loop_turned(self.config.concurrency);
             let claimed = tokio::select! {
                 claimed = self.client.claim(CLAIM_WAIT) => claimed,
                 _ = shutdown.cancelled() => break None,
             };
+            crate::metrics::metrics().loop_turned(self.config.concurrency);
             match claimed {
                 Ok(Some(job)) => {
                     backoff.reset();
@@ -95,10 +97,11 @@ impl Daemon {
                     }
                     let daemon = self.clone();
                     let running = running.clone();
+                    let claimed_at = std::time::Instant::now();
                     let span = tracing::info_span!("job", job_id = %job.job_id, deployment_id = %job.deployment_id, commit = %job.commit_sha);
                     tracker.spawn(
                         async move {
-                            daemon.run_job(&job, token).await;
+                            daemon.run_job(&job, token, claimed_at).await;
                             let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
                             if running
                                 .get(&job.environment_id)
@@ -203,6 +206,7 @@ impl Daemon {
             }
             let update =
                 failed_update("agent lost: the agent restarted while the build ran".to_owned());
+            crate::metrics::metrics().finished("lost");
             match self.client.report(&job_id, &update).await {
                 Ok(()) => info!(message = "Reported a job lost by a previous run.", %job_id),
                 // Already requeued, finished or unknown: nothing more to say.
@@ -216,7 +220,31 @@ impl Daemon {
         }
     }
 
-    async fn run_job(&self, job: &Job, cancel: CancellationToken) {
+    async fn run_job(&self, job: &Job, cancel: CancellationToken, claimed_at: std::time::Instant) {
+        let metrics = crate::metrics::metrics();
+        metrics.jobs_running.inc();
+        // Cancel latency runs from the moment anything cancels the build.
+        let canceled_at: Arc<std::sync::OnceLock<std::time::Instant>> = Arc::default();
+        let cancel_clock = {
+            let (cancel, canceled_at) = (cancel.clone(), canceled_at.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                let _ = canceled_at.set(std::time::Instant::now());
+            })
+        };
+        self.run_job_inner(job, cancel, claimed_at, &canceled_at)
+            .await;
+        cancel_clock.abort();
+        metrics.jobs_running.dec();
+    }
+
+    async fn run_job_inner(
+        &self,
+        job: &Job,
+        cancel: CancellationToken,
+        claimed_at: std::time::Instant,
+        canceled_at: &std::sync::OnceLock<std::time::Instant>,
+    ) {
         let spooled = SpooledJob {
             job_id: job.job_id.clone(),
             deployment_id: job.deployment_id.clone(),
@@ -294,6 +322,9 @@ impl Daemon {
             ComponentStatus::Skipped
         });
         self.report(&job.job_id, &started).await;
+        crate::metrics::metrics()
+            .claim_latency
+            .observe(claimed_at.elapsed().as_secs_f64());
 
         // The control plane's limit, capped by the operator's: the host is theirs.
         let timeout = match job.limits.timeout_seconds {
@@ -393,6 +424,17 @@ impl Daemon {
             }
         };
         info!(message = "Build ended.", status = %last.status, reason = ?last.reason);
+        let metrics = crate::metrics::metrics();
+        match last.status {
+            DeploymentStatus::AwaitingDeployment => metrics.finished("succeeded"),
+            DeploymentStatus::BuildCanceled => {
+                metrics.finished("canceled");
+                if let Some(at) = canceled_at.get() {
+                    metrics.cancel_latency.observe(at.elapsed().as_secs_f64());
+                }
+            }
+            _ => metrics.finished("failed"),
+        }
 
         // Logs first, so whoever sees the final status can read the whole story.
         finish.cancel();

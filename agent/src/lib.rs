@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod executor;
 pub mod logs;
 pub mod mask;
+pub mod metrics;
 pub mod package_manager;
 pub mod pipeline;
 pub mod scan;

@@ -385,11 +385,17 @@ async fn ship_stream(
         path: spool.path.display().to_string(),
         source: e,
     })?;
+    let sent = chunk.len() as u64;
     match client
         .append_log(job_id, spool.stream, offset, chunk.into(), &marks)
         .await?
     {
-        Appended::Upto(end) | Appended::Expected(end) => *acked = Some(end),
+        Appended::Upto(end) => {
+            crate::metrics::metrics()
+                .logged(spool.stream.as_str(), end.saturating_sub(offset).min(sent));
+            *acked = Some(end)
+        }
+        Appended::Expected(end) => *acked = Some(end),
     }
     Ok(spool
         .len

@@ -5,6 +5,8 @@ mod accept;
 mod agent;
 mod control_plane;
 mod faults;
+mod operate;
+mod sandbox;
 mod scan;
 
 pub use kiln_tests::support;

@@ -15,6 +15,8 @@ pub struct AgentProcess {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Extra environment for `kiln-agent run`.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentProcess {
@@ -65,6 +67,7 @@ impl AgentProcess {
             dir: dir.to_owned(),
             config,
             log: dir.join("agent.log"),
+            env: Vec::new(),
         };
         agent.spawn();
         agent
@@ -80,6 +83,7 @@ impl AgentProcess {
         let child = Command::new(&self.binary)
             .args(["--config", self.config.to_str().unwrap(), "run"])
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,135 @@
+//! Issue 7: what an operator sees. `/metrics` scraped and parsed after real builds,
+//! `/healthz` and `/readyz`, and JSON operator logs whose job events carry the job.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::DeploymentStatus::{AwaitingDeployment, BuildFailed};
+
+use crate::agent::world;
+
+/// Prometheus text format: `name{labels} value` per sample line.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').expect("sample has a value");
+            (
+                name.to_owned(),
+                value.parse::<f64>().expect("value is a number"),
+            )
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn metrics_health_and_json_logs_tell_the_operator_what_happened() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let port = free_port();
+    let mut agent = world
+        .agent("agent", &format!("metrics_listen = \"127.0.0.1:{port}\"\n"))
+        .await;
+    // Restart with JSON operator logs (the first start registered it).
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20)).await;
+    agent.env.push(("KILN_LOG_FORMAT".into(), "json".into()));
+    agent.spawn();
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.as_ref().is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {ready:?}\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let built = world.push(&world.repo.head()).await;
+    world.settle(&built.id, AwaitingDeployment, &agent).await;
+    world
+        .admin
+        .set_variables(
+            &world.environment_id,
+            serde_json::json!([{"name": "KILN_FIXTURE_EXIT", "value": "3"}]),
+        )
+        .await;
+    let sha = world
+        .repo
+        .commit("fail", |dir| std::fs::write(dir.join("F.md"), "f").unwrap());
+    let failed = world.push(&sha).await;
+    world.settle(&failed.id, BuildFailed, &agent).await;
+
+    let response = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let samples = parse_metrics(&text);
+    let get = |name: &str| {
+        *samples
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    assert_eq!(get("kiln_agent_jobs_running"), 0.0);
+    assert_eq!(
+        get("kiln_agent_jobs_finished_total{outcome=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("kiln_agent_jobs_finished_total{outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(get("kiln_agent_claim_latency_seconds_count"), 2.0);
+    assert!(get("kiln_agent_claim_latency_seconds_sum") > 0.0);
+    assert!(get("kiln_agent_log_bytes_total{stream=\"backend\"}") > 0.0);
+    assert!(get("kiln_agent_log_bytes_total{stream=\"system\"}") > 0.0);
+    assert!(get("kiln_agent_artifact_bytes_total") > 0.0);
+    assert_eq!(get("kiln_agent_docker_errors_total"), 0.0);
+    get("kiln_agent_control_plane_errors_total");
+    get("kiln_agent_spool_bytes");
+    get("kiln_agent_cancel_latency_seconds_count");
+
+    // Every event inside a job carries its ids, whatever emitted it.
+    let job_id = world
+        .admin
+        .deployment(&failed.id)
+        .await
+        .current_job_id
+        .unwrap();
+    let log = agent.log_text();
+    let ended: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["fields"]["message"] == "Build ended.")
+        .collect();
+    assert_eq!(ended.len(), 2, "JSON log lines:\n{log}");
+    let failed_event = ended
+        .iter()
+        .find(|event| event["span"]["job_id"] == job_id.as_str())
+        .unwrap_or_else(|| panic!("no event of job {job_id}:\n{log}"));
+    assert_eq!(failed_event["span"]["deployment_id"], failed.id.as_str());
+    assert_eq!(failed_event["span"]["commit"], sha.as_str());
+}
