@@ -36,6 +36,9 @@ const RETRY_LIMIT: Duration = Duration::from_secs(600);
 /// How long a finished job waits for its logs to reach a control plane that is away;
 /// after that the spool stays on disk and is delivered by the next start.
 const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(120);
+/// How often workspaces and containers of jobs no longer running are swept up (also
+/// once at start, after recovery).
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -58,6 +61,9 @@ pub struct Daemon {
 /// cancels the older one at once, even before the control plane says so.
 type Running = Arc<Mutex<HashMap<String, (String, CancellationToken)>>>;
 
+/// Jobs whose task is alive (also a canceled one still winding down).
+type InFlight = Arc<Mutex<std::collections::HashSet<String>>>;
+
 impl Daemon {
     pub async fn run(
         self: Arc<Self>,
@@ -69,6 +75,19 @@ impl Daemon {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let running: Running = Arc::default();
+        let in_flight: InFlight = Arc::default();
+        let sweeper = {
+            let (daemon, in_flight, stop) = (self.clone(), in_flight.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    daemon.sweep(&in_flight).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            })
+        };
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         info!(message = "Agent running.", agent_id = %self.agent_id, concurrency = self.config.concurrency, control_plane = %self.client.base_url());
         let fatal = loop {
@@ -98,10 +117,19 @@ impl Daemon {
                     let daemon = self.clone();
                     let running = running.clone();
                     let claimed_at = std::time::Instant::now();
+                    let in_flight = in_flight.clone();
+                    in_flight
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(job.job_id.clone());
                     let span = tracing::info_span!("job", job_id = %job.job_id, deployment_id = %job.deployment_id, commit = %job.commit_sha);
                     tracker.spawn(
                         async move {
                             daemon.run_job(&job, token, claimed_at).await;
+                            in_flight
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&job.job_id);
                             let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
                             if running
                                 .get(&job.environment_id)
@@ -137,6 +165,7 @@ impl Daemon {
                 }
             }
         };
+        sweeper.abort();
         tracker.close();
         if !tracker.is_empty() {
             info!(
@@ -217,6 +246,72 @@ impl Daemon {
             if delivered {
                 self.state.forget_job(&job_id);
             }
+        }
+    }
+
+    /// Removes workspaces and build containers of jobs that are not running (left by
+    /// a crash, a kill, or a removal that failed) and says what it reclaimed.
+    /// Workspaces kept on purpose (`keep_failed_workspaces`) are the operator's.
+    async fn sweep(&self, in_flight: &InFlight) {
+        let live = in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut containers = 0;
+        match self.executor.leftovers(&self.agent_id).await {
+            Ok(leftovers) => {
+                for leftover in leftovers {
+                    if leftover
+                        .job_id
+                        .as_ref()
+                        .is_some_and(|job| live.contains(job))
+                    {
+                        continue;
+                    }
+                    match self.executor.remove(&leftover.container_id).await {
+                        Ok(()) => containers += 1,
+                        Err(error) => {
+                            warn!(message = "Could not remove a stale container.", container_id = %leftover.container_id, %error)
+                        }
+                    }
+                }
+            }
+            Err(error) => warn!(message = "Cannot list containers to sweep.", %error),
+        }
+        let (mut workspaces, mut bytes) = (0, 0u64);
+        if !self.config.keep_failed_workspaces {
+            let Ok(entries) = std::fs::read_dir(&self.config.work_dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // `doctor-*` is a running `kiln-agent doctor`'s probe.
+                if live.contains(&name) || name.starts_with("doctor-") || !entry.path().is_dir() {
+                    continue;
+                }
+                let path = entry.path();
+                let size = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || crate::executor::docker::disk_usage(&path)
+                })
+                .await
+                .unwrap_or(0);
+                match tokio::fs::remove_dir_all(&path).await {
+                    Ok(()) => {
+                        workspaces += 1;
+                        bytes += size;
+                    }
+                    Err(error) => {
+                        warn!(message = "Could not remove a stale workspace.", path = %path.display(), %error)
+                    }
+                }
+            }
+        }
+        if containers + workspaces > 0 {
+            info!(
+                message = "Reclaimed disk from jobs no longer running.",
+                workspaces,
+                containers,
+                bytes,
+                reclaimed = %crate::config::ByteSize(bytes)
+            );
         }
     }
 

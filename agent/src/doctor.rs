@@ -40,9 +40,13 @@ pub async fn run(config: &AgentConfig) -> bool {
         },
         Err(error) => results.push(("docker", Verdict::Fail(error.to_string()))),
     }
+    let mut image_present = false;
     if let Ok(docker) = &docker {
         let verdict = match docker.has_image(&config.build_image).await {
-            Ok(true) => Verdict::Ok(format!("{} is present", config.build_image)),
+            Ok(true) => {
+                image_present = true;
+                Verdict::Ok(format!("{} is present", config.build_image))
+            }
             Ok(false) => Verdict::Fail(format!(
                 "{} is not on this host; build it with sandbox-images/build-local.sh or `docker pull` it, or set build_image",
                 config.build_image
@@ -50,6 +54,10 @@ pub async fn run(config: &AgentConfig) -> bool {
             Err(error) => Verdict::Fail(error.to_string()),
         };
         results.push(("build image", verdict));
+    }
+
+    if let (Ok(docker), true) = (docker, image_present) {
+        results.extend(sandbox(config, docker).await);
     }
 
     let git = tokio::process::Command::new("git")
@@ -96,6 +104,160 @@ pub async fn run(config: &AgentConfig) -> bool {
         .any(|(_, verdict)| matches!(verdict, Verdict::Fail(_)))
 }
 
+/// What a build container sees of its own sandbox, printed by `PROBE`.
+const PROBE: &str = "echo uid=$(id -u):$(id -g); \
+    grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status | tr -d '\t' | tr ':' '='; \
+    echo memory=$(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes); \
+    echo pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max); \
+    echo uid_map=$(cat /proc/self/uid_map | tr -s ' ' | tr ' ' ','); \
+    if touch /kiln-probe 2>/dev/null; then echo rootfs=writable; else echo rootfs=read-only; fi";
+
+/// Starts a throwaway container exactly as builds are started and checks, from the
+/// inside, that the sandbox holds: the build uid, seccomp, no capabilities,
+/// no-new-privileges, the memory and pids cgroup limits, a read-only root.
+async fn sandbox(config: &AgentConfig, docker: DockerExecutor) -> Vec<(&'static str, Verdict)> {
+    use crate::executor::{Executor, Limits, Step, StepOutcome};
+    use kiln_protocol::LogStream;
+    let fail = |text: String| vec![("sandbox", Verdict::Fail(text))];
+    let scratch = config
+        .work_dir
+        .join(format!("doctor-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(scratch.clone());
+    if let Err(error) = std::fs::create_dir_all(scratch.join("logs")) {
+        return fail(format!("cannot create {}: {error}", scratch.display()));
+    }
+    let _ = nix::unistd::chown(
+        &scratch,
+        Some(nix::unistd::Uid::from_raw(config.build_user.uid)),
+        Some(nix::unistd::Gid::from_raw(config.build_user.gid)),
+    );
+    let logs = match crate::logs::JobLogs::open(&scratch.join("logs"), &Default::default()) {
+        Ok(logs) => logs,
+        Err(error) => return fail(format!("cannot write in {}: {error}", scratch.display())),
+    };
+    let step = Step {
+        name: "doctor".to_owned(),
+        agent_id: "doctor".to_owned(),
+        job_id: format!("doctor-{}", std::process::id()),
+        image: config.build_image.clone(),
+        command: vec!["sh".into(), "-c".into(), PROBE.into()],
+        working_dir: crate::executor::WORKSPACE_MOUNT.to_owned(),
+        workspace: scratch.clone(),
+        env: Vec::new(),
+        network: crate::config::Network::None,
+        limits: Limits {
+            memory_bytes: config.memory.0,
+            cpus: config.cpus,
+            pids: config.pids,
+            open_files: config.open_files,
+            workspace_bytes: config.workspace_limit.0,
+        },
+        user: config.build_user,
+        ca_bundle: None,
+        timeout: Duration::from_secs(60),
+        stop_grace: Duration::from_secs(1),
+    };
+    let sink = logs.sink(LogStream::Backend);
+    let outcome = docker
+        .run(
+            step,
+            sink.clone(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    sink.flush();
+    match outcome {
+        Ok(StepOutcome::Exited(0)) => {}
+        Ok(other) => {
+            return fail(format!(
+                "the probe container did not finish cleanly: {other:?}"
+            ))
+        }
+        Err(error) => return fail(error.to_string()),
+    }
+    let text = std::fs::read_to_string(scratch.join("logs/backend.log")).unwrap_or_default();
+    judge_sandbox(&text, config)
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Turns the probe's `key=value` lines into verdicts.
+fn judge_sandbox(probe: &str, config: &AgentConfig) -> Vec<(&'static str, Verdict)> {
+    let value = |key: &str| {
+        probe
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}=")))
+            .map(str::trim)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mut results = Vec::new();
+    let want_uid = format!("{}:{}", config.build_user.uid, config.build_user.gid);
+    let uid_map = value("uid_map");
+    let remapped = !uid_map.is_empty() && !uid_map.trim_start_matches(',').starts_with("0,0,");
+    results.push((
+        "sandbox user",
+        if value("uid") == want_uid {
+            Verdict::Ok(format!(
+                "builds run as {want_uid}{}",
+                if remapped {
+                    format!(" (user namespace remapped: {uid_map})")
+                } else {
+                    " (no user-namespace remap; uid is not root)".to_owned()
+                }
+            ))
+        } else {
+            Verdict::Fail(format!(
+                "builds run as {:?}, expected {want_uid}; check build_user",
+                value("uid")
+            ))
+        },
+    ));
+    let seccomp = value("Seccomp");
+    let caps = value("CapEff");
+    let nnp = value("NoNewPrivs");
+    results.push((
+        "sandbox lock",
+        if seccomp == "2" && caps.chars().all(|c| c == '0') && nnp == "1" {
+            Verdict::Ok("seccomp filter on, no capabilities, no-new-privileges".to_owned())
+        } else {
+            Verdict::Fail(format!(
+                "seccomp {seccomp:?} (want 2), CapEff {caps:?} (want 0), NoNewPrivs {nnp:?} (want 1); \
+                 is dockerd started with --seccomp-profile=unconfined or a privileged default?"
+            ))
+        },
+    ));
+    let memory = value("memory");
+    let pids = value("pids");
+    results.push((
+        "sandbox limits",
+        if memory == config.memory.0.to_string() && pids == config.pids.to_string() {
+            Verdict::Ok(format!("memory {} and pids {} applied by the cgroup", config.memory, config.pids))
+        } else {
+            Verdict::Fail(format!(
+                "the container's cgroup has memory {memory:?} and pids {pids:?}, expected {} and {}; \
+                 enable the memory and pids cgroup controllers (cgroup_enable=memory swapaccount=1)",
+                config.memory.0, config.pids
+            ))
+        },
+    ));
+    results.push((
+        "sandbox rootfs",
+        if value("rootfs") == "read-only" {
+            Verdict::Ok("root file system is read-only".to_owned())
+        } else {
+            Verdict::Fail("the build container's root file system is writable".to_owned())
+        },
+    ));
+    results
+}
+
 fn disk_free(dir: &std::path::Path) -> std::io::Result<u64> {
     let mut probe = dir.to_owned();
     while !probe.exists() {
@@ -132,5 +294,44 @@ async fn control_plane(config: &AgentConfig) -> Verdict {
         Ok(Err(error @ ClientError::Unauthorized { .. })) => Verdict::Fail(error.to_string()),
         Ok(Err(error)) => Verdict::Fail(error.to_string()),
         Ok(Ok(_)) => Verdict::Ok(format!("{url} reachable, token accepted")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AgentConfig {
+        crate::config::PartialConfig {
+            build_user: Some(crate::config::UidGid {
+                uid: 10000,
+                gid: 10000,
+            }),
+            memory: Some(crate::config::ByteSize(512 << 20)),
+            pids: Some(200),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_sandbox_without_seccomp_or_limits_fails_by_name() {
+        let config = config();
+        let user = format!("{}:{}", config.build_user.uid, config.build_user.gid);
+        let good = format!("uid={user}\nSeccomp=2\nNoNewPrivs=1\nCapEff=0000000000000000\nmemory=536870912\npids=200\nuid_map=,0,0,4294967295\nrootfs=read-only\n");
+        assert!(judge_sandbox(&good, &config)
+            .iter()
+            .all(|(_, v)| matches!(v, Verdict::Ok(_))));
+        let bad = good
+            .replace("Seccomp=2", "Seccomp=0")
+            .replace("memory=536870912", "memory=max")
+            .replace("rootfs=read-only", "rootfs=writable");
+        let failed: Vec<&str> = judge_sandbox(&bad, &config)
+            .into_iter()
+            .filter(|(_, v)| matches!(v, Verdict::Fail(_)))
+            .map(|(check, _)| check)
+            .collect();
+        assert_eq!(failed, ["sandbox lock", "sandbox limits", "sandbox rootfs"]);
     }
 }

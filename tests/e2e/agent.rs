@@ -71,6 +71,10 @@ async fn world_with(variables: serde_json::Value, storefront_path: Option<&str>)
 }
 
 impl World {
+    pub(crate) fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
     pub(crate) async fn agent(&self, name: &str, extra: &str) -> AgentProcess {
         AgentProcess::start(
             Path::new(AGENT),

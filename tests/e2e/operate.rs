@@ -132,4 +132,51 @@ async fn metrics_health_and_json_logs_tell_the_operator_what_happened() {
         .unwrap_or_else(|| panic!("no event of job {job_id}:\n{log}"));
     assert_eq!(failed_event["span"]["deployment_id"], failed.id.as_str());
     assert_eq!(failed_event["span"]["commit"], sha.as_str());
+
+    // `doctor` checks the sandbox from inside a throwaway container.
+    // (tokio's Command: the control plane runs on this test's runtime.)
+    let doctor = tokio::process::Command::new(crate::agent::AGENT)
+        .args(["--config", agent.config.to_str().unwrap(), "doctor"])
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        doctor.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&doctor.stderr)
+    );
+    for line in [
+        "ok    sandbox user   builds run as ",
+        "ok    sandbox lock   seccomp filter on, no capabilities, no-new-privileges",
+        "ok    sandbox limits memory 4 GiB and pids 1024 applied by the cgroup",
+        "ok    sandbox rootfs root file system is read-only",
+    ] {
+        assert!(report.contains(line), "{line:?} not in\n{report}");
+    }
+}
+
+#[tokio::test]
+async fn stale_workspaces_are_swept_at_start_and_reported() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let dir = world.root_dir().join("sweeper");
+    let stale = dir.join("work/job_from_a_crash/build/src");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
+    let agent = world.agent("sweeper", "").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.log_text().contains("Reclaimed disk") {
+        assert!(
+            Instant::now() < deadline,
+            "no sweep reported:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!dir.join("work/job_from_a_crash").exists());
+    let log = agent.log_text();
+    // 3 MiB of file plus directory blocks.
+    assert!(log.contains("3.0 MiB"), "{log}");
 }
