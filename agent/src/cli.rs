@@ -219,7 +219,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     telemetry.clone(),
                 ));
             }
-            tokio::spawn(crate::metrics::notify_systemd(telemetry.clone()));
+            // STOPPING=1 goes out at the first signal, when the drain begins.
+            tokio::spawn(crate::metrics::notify_systemd(shutdown.clone()));
             match daemon.run(shutdown, abort).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
                 Err(DaemonError::Unauthorized(error)) => bail!("{error}"),

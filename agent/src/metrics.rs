@@ -306,17 +306,26 @@ pub async fn measure_spool(spool: std::path::PathBuf, stop: CancellationToken) {
     }
 }
 
+/// The watchdog interval systemd asked for, as `sd_watchdog_enabled(3)` reads it: an
+/// unset `WATCHDOG_PID` means "this process" (sd-notify's own check demands it).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID") {
+        Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
+        _ => Some(Duration::from_micros(usec)),
+    }
+}
+
 /// Tells systemd the agent is ready, keeps its status line current, and pings the
 /// watchdog only while the claim loop turns and the control plane answers, so a
-/// wedged agent is restarted. Does nothing outside systemd.
+/// wedged agent is restarted. Says STOPPING when `stop` (the first signal) comes.
+/// Does nothing outside systemd.
 pub async fn notify_systemd(stop: CancellationToken) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut watchdog_usec = 0;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
-        .then(|| Duration::from_micros(watchdog_usec));
+    let watchdog = watchdog_interval();
     let every = watchdog.map_or(Duration::from_secs(10), |limit| {
         (limit / 3).min(Duration::from_secs(10))
     });

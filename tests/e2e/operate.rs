@@ -180,3 +180,49 @@ async fn stale_workspaces_are_swept_at_start_and_reported() {
     // 3 MiB of file plus directory blocks.
     assert!(log.contains("3.0 MiB"), "{log}");
 }
+
+/// The systemd notify protocol, spoken to a socket of our own as systemd would
+/// listen: ready, a status line, and watchdog pings while healthy.
+#[tokio::test]
+async fn systemd_hears_ready_status_and_watchdog_pings() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let socket_path = world.root_dir().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut agent = world.agent("notified", "").await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20)).await;
+    agent
+        .env
+        .push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    agent.env.push(("WATCHDOG_USEC".into(), "3000000".into()));
+    agent.spawn();
+
+    let mut heard = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = vec![0u8; 4096];
+    while !(heard.contains("READY=1")
+        && heard.contains("STATUS=running 0/1 jobs")
+        && heard.matches("WATCHDOG=1").count() >= 2)
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "heard only:\n{heard}\nagent log:\n{}",
+            agent.log_text()
+        );
+        if let Ok(Ok(n)) = tokio::time::timeout(left, socket.recv(&mut buf)).await {
+            heard.push_str(&String::from_utf8_lossy(&buf[..n]));
+            heard.push('\n');
+        }
+    }
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(20)).await;
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
+    {
+        heard.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(heard.contains("STOPPING=1"), "{heard}");
+}
