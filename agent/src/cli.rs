@@ -387,7 +387,21 @@ fn scan(
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read scan settings {}", path.display()))?;
-                toml::from_str(&text).with_context(|| {
+                let table: toml::Table = toml::from_str(&text).with_context(|| {
+                    format!("scan settings {} are not valid TOML", path.display())
+                })?;
+                // The wire type ignores unknown fields (compatibility); a file should not.
+                if let Some(unknown) = table
+                    .keys()
+                    .find(|key| !crate::scan::POLICY_KEYS.contains(&key.as_str()))
+                {
+                    bail!(
+                        "scan settings {}: unknown key {unknown:?}; the keys are {}",
+                        path.display(),
+                        crate::scan::POLICY_KEYS.join(", ")
+                    );
+                }
+                table.try_into().with_context(|| {
                     format!(
                         "scan settings {} are invalid (keys: mode = \"fail\"|\"warn\", \
                          allow_paths, allow_rules, allow_fingerprints)",

@@ -93,6 +93,12 @@ fn clean_tree_exits_0_and_errors_exit_2() {
         .as_str()
         .unwrap()
         .contains("no-such-rule"));
+
+    std::fs::write(&config, "allow_path = [\"docs/**\"]\n").unwrap();
+    let (code, report) = scan_json(dir.path(), &["--config", config.to_str().unwrap()], "x");
+    assert_eq!(code, 2);
+    let message = report["error"]["message"].as_str().unwrap();
+    assert!(message.contains("unknown key \"allow_path\""), "{message}");
 }
 
 #[test]

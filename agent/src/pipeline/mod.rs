@@ -601,7 +601,7 @@ async fn scan_public(
             value: var.value.clone(),
         })
         .collect();
-    let policy = ScanPolicy::from(request.secret_scan.clone());
+    let policy: ScanPolicy = request.secret_scan.clone();
     let mode = policy.mode;
     let started = Instant::now();
     let scanned = tokio::task::spawn_blocking(move || {

@@ -22,7 +22,7 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use regex::bytes::Regex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use rules::Severity;
@@ -66,32 +66,12 @@ pub struct ScanReport {
     pub allowed: u64,
 }
 
-/// What to do with findings, and which to accept. The same shape is the project's
-/// `secret_scan` setting on the control plane and `kiln-agent scan --config`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScanPolicy {
-    #[serde(default)]
-    pub mode: kiln_protocol::agent::SecretScanMode,
-    /// Globs over paths relative to the scanned directory.
-    #[serde(default)]
-    pub allow_paths: Vec<String>,
-    #[serde(default)]
-    pub allow_rules: Vec<String>,
-    #[serde(default)]
-    pub allow_fingerprints: Vec<String>,
-}
+/// What to do with findings, and which to accept: the project's `secret_scan`
+/// setting, which is also the shape of `kiln-agent scan --config`.
+pub type ScanPolicy = kiln_protocol::SecretScanSettings;
 
-impl From<kiln_protocol::agent::SecretScanSettings> for ScanPolicy {
-    fn from(settings: kiln_protocol::agent::SecretScanSettings) -> Self {
-        ScanPolicy {
-            mode: settings.mode,
-            allow_paths: settings.allow_paths,
-            allow_rules: settings.allow_rules,
-            allow_fingerprints: settings.allow_fingerprints,
-        }
-    }
-}
+/// The keys of a `--config` file; anything else is a typo worth naming.
+pub const POLICY_KEYS: &[&str] = &["mode", "allow_paths", "allow_rules", "allow_fingerprints"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
