@@ -84,10 +84,19 @@ async fn metrics_health_and_json_logs_tell_the_operator_what_happened() {
     let failed = world.push(&sha).await;
     world.settle(&failed.id, BuildFailed, &agent).await;
 
-    let response = http.get(format!("{base}/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
-    let samples = parse_metrics(&text);
+    // The job's task ends (and leaves `jobs_running`) just after its final report,
+    // which the test may see first.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (text, samples) = loop {
+        let response = http.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let samples = parse_metrics(&text);
+        if samples.get("kiln_agent_jobs_running") == Some(&0.0) || Instant::now() > deadline {
+            break (text, samples);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let get = |name: &str| {
         *samples
             .get(name)
