@@ -88,6 +88,7 @@ impl Daemon {
                 }
             })
         };
+        crate::metrics::metrics().set_capacity(self.config.concurrency);
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         info!(message = "Agent running.", agent_id = %self.agent_id, concurrency = self.config.concurrency, control_plane = %self.client.base_url());
         let fatal = loop {
@@ -95,12 +96,12 @@ impl Daemon {
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore is never closed"),
                 _ = shutdown.cancelled() => break None,
             };
-            crate::metrics::metrics().loop_turned(self.config.concurrency);
+            crate::metrics::metrics().loop_turned();
             let claimed = tokio::select! {
                 claimed = self.client.claim(CLAIM_WAIT) => claimed,
                 _ = shutdown.cancelled() => break None,
             };
-            crate::metrics::metrics().loop_turned(self.config.concurrency);
+            crate::metrics::metrics().loop_turned();
             match claimed {
                 Ok(Some(job)) => {
                     backoff.reset();

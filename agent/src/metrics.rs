@@ -158,12 +158,16 @@ impl Metrics {
             .inc_by(bytes);
     }
 
-    /// The claim loop went round.
-    pub fn loop_turned(&self, capacity: usize) {
-        self.health.loop_turned.store(now_ms(), Ordering::Relaxed);
+    /// How many jobs the agent builds at once (its `concurrency`), for the status line.
+    pub fn set_capacity(&self, capacity: usize) {
         self.health
             .capacity
             .store(capacity as u64, Ordering::Relaxed);
+    }
+
+    /// The claim loop went round.
+    pub fn loop_turned(&self) {
+        self.health.loop_turned.store(now_ms(), Ordering::Relaxed);
     }
 
     pub fn control_plane_answered(&self) {
@@ -354,7 +358,8 @@ mod tests {
     fn readiness_follows_the_loop_the_control_plane_and_docker() {
         let metrics = Metrics::new();
         assert!(metrics.live().unwrap_err().contains("not started"));
-        metrics.loop_turned(2);
+        metrics.set_capacity(2);
+        metrics.loop_turned();
         assert_eq!(metrics.ready(), Ok(()));
         metrics.control_plane_failed("connection refused");
         let problem = metrics.ready().unwrap_err();

@@ -72,25 +72,26 @@ fn open_files_limit(wanted: i64) -> i64 {
 /// Exit status of a process killed by SIGXFSZ: it wrote a file past `fsize`.
 const EXIT_FILE_TOO_LARGE: i64 = 128 + 25;
 
-/// Where the engine keeps a container's pids cgroup (v1 or v2, cgroupfs or systemd
-/// driver); `pids.events` counts forks refused at the limit.
-fn pids_events_paths(id: &str) -> [String; 3] {
+/// Where the engine keeps a running container's pids cgroup (v1 or v2, cgroupfs or
+/// systemd driver); its `pids.events` counts forks refused at the limit. `None` on
+/// a layout not known here, where the pids limit still holds but is not named.
+fn pids_events_path(id: &str) -> Option<String> {
     [
         format!("/sys/fs/cgroup/pids/docker/{id}/pids.events"),
         format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/pids.events"),
         format!("/sys/fs/cgroup/docker/{id}/pids.events"),
     ]
+    .into_iter()
+    .find(|path| std::path::Path::new(path).exists())
 }
 
 /// Whether the container has been refused a fork by its pids limit.
-fn hit_process_limit(id: &str) -> bool {
-    pids_events_paths(id).iter().any(|path| {
-        std::fs::read_to_string(path).is_ok_and(|events| {
-            events
-                .lines()
-                .filter_map(|line| line.strip_prefix("max "))
-                .any(|count| count.trim().parse::<u64>().is_ok_and(|n| n > 0))
-        })
+fn hit_process_limit(pids_events: &str) -> bool {
+    std::fs::read_to_string(pids_events).is_ok_and(|events| {
+        events
+            .lines()
+            .filter_map(|line| line.strip_prefix("max "))
+            .any(|count| count.trim().parse::<u64>().is_ok_and(|n| n > 0))
     })
 }
 
@@ -111,12 +112,12 @@ pub fn disk_usage(dir: &std::path::Path) -> u64 {
 /// pids limit (Docker only refuses forks) and the workspace's disk use. Returns when
 /// one is exceeded. The disk walk runs at most every 10× its own duration, so it
 /// costs a build under 10% of one core even on a large node_modules.
-async fn watch_limits(id: String, step: &Step) -> StepOutcome {
+async fn watch_limits(pids_events: Option<String>, step: &Step) -> StepOutcome {
     let mut disk_every = Duration::from_secs(1);
     let mut disk_due = tokio::time::Instant::now() + disk_every;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if hit_process_limit(&id) {
+        if pids_events.as_deref().is_some_and(hit_process_limit) {
             return StepOutcome::ProcessLimit;
         }
         if tokio::time::Instant::now() >= disk_due {
@@ -301,6 +302,8 @@ impl DockerExecutor {
             .start_container(&id, None::<StartContainerOptions>)
             .await
             .map_err(|e| docker_error("start the build container", e))?;
+        // Found once, now that the container (and so its cgroup) exists.
+        let pids_events = pids_events_path(&id);
 
         let mut wait = self
             .docker
@@ -310,7 +313,7 @@ impl DockerExecutor {
             _ = wait.next() => None,
             _ = cancel.cancelled() => Some(StepOutcome::Canceled),
             _ = tokio::time::sleep(step.timeout) => Some(StepOutcome::TimedOut(step.timeout)),
-            outcome = watch_limits(id.clone(), step) => Some(outcome),
+            outcome = watch_limits(pids_events.clone(), step) => Some(outcome),
         };
         if stopped_because.is_some() {
             let grace = step.stop_grace.as_secs().min(i32::MAX as u64) as i32;
@@ -342,7 +345,7 @@ impl DockerExecutor {
         let code = state.exit_code.unwrap_or(-1);
         if code != 0 {
             // A step that died of a limit between two checks still names the limit.
-            if hit_process_limit(&id) {
+            if pids_events.as_deref().is_some_and(hit_process_limit) {
                 return Ok(StepOutcome::ProcessLimit);
             }
             let workspace = step.workspace.clone();

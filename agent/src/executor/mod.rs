@@ -36,6 +36,19 @@ pub struct Limits {
     pub workspace_bytes: u64,
 }
 
+impl Limits {
+    /// The operator's limits, the same for every container the agent starts.
+    pub fn from_config(config: &crate::config::AgentConfig) -> Limits {
+        Limits {
+            memory_bytes: config.memory.0,
+            cpus: config.cpus,
+            pids: config.pids,
+            open_files: config.open_files,
+            workspace_bytes: config.workspace_limit.0,
+        }
+    }
+}
+
 /// One command in one container.
 #[derive(Debug, Clone)]
 pub struct Step {
