@@ -780,7 +780,7 @@ fn inside_base64_run(hay: &[u8], start: usize, end: usize) -> bool {
 }
 
 /// A short prefix: the format's own prefix plus at most four characters, and never
-/// more than a quarter of the secret.
+/// more than half of the secret (the extra characters: at most a quarter).
 pub fn redact(secret: &[u8], shown_prefix: usize) -> String {
     let extra = 4.min(secret.len() / 4);
     let shown = (shown_prefix + extra).min(secret.len() / 2);
