@@ -132,31 +132,35 @@ impl LogSink {
             writer.marks.push((len, now));
             let _ = writeln!(writer.times, "{len} {now}");
         }
-        let mut bytes = kept.to_vec();
-        if over {
+        let notice = over.then(|| {
             writer.truncated = true;
-            bytes.extend_from_slice(
-                format!(
-                    "\n[kiln] The {} log reached its limit of {}; later output is dropped. The build goes on.\n",
-                    self.spool.stream,
-                    ByteSize(writer.limit)
-                )
-                .as_bytes(),
-            );
-        }
-        match writer.file.write_all(&bytes) {
+            format!(
+                "\n[kiln] The {} log reached its limit of {}; later output is dropped. The build goes on.\n",
+                self.spool.stream,
+                ByteSize(writer.limit)
+            )
+        });
+        let notice = notice.as_deref().unwrap_or_default().as_bytes();
+        let written = writer
+            .file
+            .write_all(kept)
+            .and_then(|()| writer.file.write_all(notice));
+        match written {
             Ok(()) => {
                 self.spool
                     .len
-                    .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+                    .fetch_add((kept.len() + notice.len()) as u64, Ordering::SeqCst);
                 self.written.notify_one();
             }
-            Err(error) if !writer.failed => {
-                // A full disk must not kill the build; say so once, loudly.
-                writer.failed = true;
-                tracing::error!(message = "Cannot write log spool; log lines are being lost.", path = %self.spool.path.display(), %error);
+            Err(error) => {
+                // Cut a partial write off, so the spool's length stays its offset.
+                let _ = writer.file.set_len(len);
+                if !writer.failed {
+                    // A full disk must not kill the build; say so once, loudly.
+                    writer.failed = true;
+                    tracing::error!(message = "Cannot write log spool; log lines are being lost.", path = %self.spool.path.display(), %error);
+                }
             }
-            Err(_) => {}
         }
     }
 

@@ -4,6 +4,8 @@
 //! The masker holds back the last `longest pattern - 1` bytes of each write, since
 //! they may be the start of a secret that the next write completes.
 
+use std::borrow::Cow;
+
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
 
@@ -69,10 +71,11 @@ impl Masker {
         }
     }
 
-    /// Masks `data`; returns the bytes that are safe to emit now.
-    pub fn push(&mut self, data: &[u8]) -> Vec<u8> {
+    /// Masks `data`; returns the bytes that are safe to emit now (`data` itself,
+    /// uncopied, when there is nothing to mask).
+    pub fn push<'a>(&mut self, data: &'a [u8]) -> Cow<'a, [u8]> {
         let Some(matcher) = &self.matcher else {
-            return data.to_vec();
+            return Cow::Borrowed(data);
         };
         self.held.extend_from_slice(data);
         let buf = std::mem::take(&mut self.held);
@@ -91,7 +94,7 @@ impl Masker {
         let emit_to = safe.max(cut);
         out.extend_from_slice(&buf[cut..emit_to]);
         self.held = buf[emit_to..].to_vec();
-        out
+        Cow::Owned(out)
     }
 
     /// Masks and returns everything still held back.
@@ -118,7 +121,7 @@ mod tests {
         let mut masker = Masker::new(&secrets);
         let mut out = Vec::new();
         for piece in pieces {
-            out.extend(masker.push(piece));
+            out.extend_from_slice(&masker.push(piece));
         }
         out.extend(masker.finish());
         String::from_utf8(out).unwrap()

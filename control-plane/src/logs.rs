@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kiln_protocol::LogStream;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+use axum::body::Bytes;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
@@ -73,65 +76,84 @@ impl LogStore {
         job_id: &str,
         stream: LogStream,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
         marks: &[(u64, i64)],
     ) -> Result<u64, ApiError> {
         let lock = self.lock_for(job_id, stream);
         let _guard = lock.lock().await;
         let path = self.path(job_id, stream);
-        let len = file_len(&path).await?;
-        if offset > len {
-            return Err(ApiError::LogGap {
+        let times_path = self.times_path(job_id, stream);
+        let marks = marks.to_vec();
+        // One trip to the blocking pool for the whole append, not one per file call:
+        // a flooding build sends four of these a second per stream.
+        let appended = tokio::task::spawn_blocking(move || {
+            append_at(&path, &times_path, offset, &data, &marks)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("log append task failed: {e}")))??;
+        match appended {
+            Ok(new_len) => {
+                self.appended.notify_waiters();
+                Ok(new_len)
+            }
+            Err(expected) => Err(ApiError::LogGap {
                 job_id: job_id.to_owned(),
                 stream,
                 offset,
-                expected: len,
-            });
+                expected,
+            }),
         }
-        let known = (len - offset) as usize;
-        if known >= data.len() {
-            return Ok(len);
-        }
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .await?;
-        // Write at the verified length rather than O_APPEND, so a torn write from a
-        // crash is simply overwritten by the agent's resend.
-        file.seek(std::io::SeekFrom::Start(len)).await?;
-        file.write_all(&data[known..]).await?;
-        file.sync_data().await?;
-        let new_len = len + (data.len() - known) as u64;
-        // Only marks inside the newly stored bytes: a resend adds none twice.
-        let fresh: String = marks
-            .iter()
-            .filter(|&&(at, _)| at >= len && at < new_len)
-            .map(|(at, millis)| format!("{at} {millis}\n"))
-            .collect();
-        if !fresh.is_empty() {
-            let mut times = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.times_path(job_id, stream))
-                .await?;
-            times.write_all(fresh.as_bytes()).await?;
-        }
-        self.appended.notify_waiters();
-        Ok(new_len)
     }
 }
 
-async fn file_len(path: &Path) -> Result<u64, ApiError> {
-    match tokio::fs::metadata(path).await {
-        Ok(meta) => Ok(meta.len()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e.into()),
+/// Writes the part of `data` (starting at `offset`) that the log does not hold yet
+/// and fsyncs it. `Ok(Err(len))` when `offset` is past the log's end `len`.
+fn append_at(
+    path: &Path,
+    times_path: &Path,
+    offset: u64,
+    data: &[u8],
+    marks: &[(u64, i64)],
+) -> std::io::Result<Result<u64, u64>> {
+    let len = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    if offset > len {
+        return Ok(Err(len));
     }
+    let known = (len - offset) as usize;
+    if known >= data.len() {
+        return Ok(Ok(len));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    // Write at the verified length rather than O_APPEND, so a torn write from a
+    // crash is simply overwritten by the agent's resend.
+    file.write_all_at(&data[known..], len)?;
+    file.sync_data()?;
+    let new_len = len + (data.len() - known) as u64;
+    // Only marks inside the newly stored bytes: a resend adds none twice.
+    let fresh: String = marks
+        .iter()
+        .filter(|&&(at, _)| at >= len && at < new_len)
+        .map(|(at, millis)| format!("{at} {millis}\n"))
+        .collect();
+    if !fresh.is_empty() {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(times_path)?
+            .write_all(fresh.as_bytes())?;
+    }
+    Ok(Ok(new_len))
 }
 
 #[cfg(test)]
@@ -145,26 +167,35 @@ mod tests {
         let s = LogStream::Backend;
         assert_eq!(
             store
-                .append("j", s, 0, b"hello ", &[(0, 1000)])
+                .append("j", s, 0, Bytes::from_static(b"hello "), &[(0, 1000)])
                 .await
                 .unwrap(),
             6
         );
         assert_eq!(
             store
-                .append("j", s, 0, b"hello ", &[(0, 1000)])
+                .append("j", s, 0, Bytes::from_static(b"hello "), &[(0, 1000)])
                 .await
                 .unwrap(),
             6
         );
         assert_eq!(
             store
-                .append("j", s, 3, b"lo world", &[(3, 1000), (6, 2000)])
+                .append(
+                    "j",
+                    s,
+                    3,
+                    Bytes::from_static(b"lo world"),
+                    &[(3, 1000), (6, 2000)]
+                )
                 .await
                 .unwrap(),
             11
         );
-        let err = store.append("j", s, 20, b"x", &[]).await.unwrap_err();
+        let err = store
+            .append("j", s, 20, Bytes::from_static(b"x"), &[])
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, ApiError::LogGap { expected: 11, .. }),
             "{err:?}"

@@ -240,7 +240,7 @@ async fn append_log(
         .await?;
     let next_offset = state
         .logs
-        .append(&job_id, stream, offset, &body, &marks)
+        .append(&job_id, stream, offset, body, &marks)
         .await?;
     Ok(Json(LogAppendResponse {
         stream,

@@ -174,4 +174,22 @@ impl AgentProcess {
             .expect("VmHWM in /proc/PID/status");
         kib * 1024
     }
+
+    /// CPU time (user + system) the agent has used so far.
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("/proc/PID/stat names the command in parentheses")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as u64;
+        std::time::Duration::from_millis(ticks * 1000 / per_second)
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
@@ -223,6 +223,13 @@ impl DockerExecutor {
                         hard: Some(step.limits.workspace_bytes as i64),
                     },
                 ]),
+                // The agent records the output from the attach stream. A second copy in
+                // the engine's json-file log costs the build a third of its speed when
+                // it floods, and fills /var/lib/docker past any cap of ours.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("none".to_owned()),
+                    config: None,
+                }),
                 // tini as PID 1 forwards SIGTERM and reaps zombies.
                 init: Some(true),
                 cap_drop: Some(vec!["ALL".to_owned()]),
@@ -263,7 +270,8 @@ impl DockerExecutor {
             .map_err(|e| docker_error("create the build container", e))?
             .id;
         crate::metrics::metrics().docker_answered();
-        // Attach before start, so not one byte of output is missed.
+        // Attached before start, so the stream has every byte from the first; there is
+        // no stored log to replay (`logs` would fail on the `none` driver).
         let attached = self
             .docker
             .attach_container(
@@ -273,7 +281,7 @@ impl DockerExecutor {
                         .stream(true)
                         .stdout(true)
                         .stderr(true)
-                        .logs(true)
+                        .logs(false)
                         .build(),
                 ),
             )
@@ -422,5 +430,54 @@ impl Executor for DockerExecutor {
             Err(error) if is_not_found(&error) => Ok(()),
             Err(error) => Err(docker_error("remove a container", error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Network, UidGid};
+    use crate::executor::Limits;
+
+    #[test]
+    fn build_containers_are_sandboxed_and_leave_no_engine_log() {
+        let step = Step {
+            name: "build".to_owned(),
+            agent_id: "agent".to_owned(),
+            job_id: "job".to_owned(),
+            image: "kiln/node:local".to_owned(),
+            command: vec!["npm".to_owned(), "run".to_owned(), "build".to_owned()],
+            working_dir: WORKSPACE_MOUNT.to_owned(),
+            workspace: "/var/lib/kiln/jobs/job".into(),
+            env: Vec::new(),
+            network: Network::None,
+            limits: Limits {
+                memory_bytes: 1 << 30,
+                cpus: 1.0,
+                pids: 256,
+                open_files: 1024,
+                workspace_bytes: 1 << 30,
+            },
+            user: UidGid {
+                uid: 10000,
+                gid: 10000,
+            },
+            ca_bundle: None,
+            timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(5),
+        };
+        let host = DockerExecutor::container_body(&step).host_config.unwrap();
+        assert_eq!(host.log_config.unwrap().typ.as_deref(), Some("none"));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_owned()])
+        );
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(
+            host.binds,
+            Some(vec![format!("/var/lib/kiln/jobs/job:{WORKSPACE_MOUNT}:rw")])
+        );
     }
 }
