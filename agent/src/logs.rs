@@ -130,7 +130,9 @@ impl LogSink {
             .is_none_or(|&(_, last)| now - last >= MARK_EVERY_MS)
         {
             writer.marks.push((len, now));
-            let _ = writeln!(writer.times, "{len} {now}");
+            let _ = writer
+                .times
+                .write_all(kiln_protocol::time_mark_line(len, now).as_bytes());
         }
         let notice = over.then(|| {
             writer.truncated = true;
@@ -187,14 +189,7 @@ fn echo(stream: LogStream, data: &[u8]) {
 }
 
 fn read_marks(path: &Path) -> Vec<(u64, i64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let (offset, millis) = line.split_once(' ')?;
-            Some((offset.parse().ok()?, millis.parse().ok()?))
-        })
-        .collect()
+    kiln_protocol::parse_time_mark_lines(&std::fs::read_to_string(path).unwrap_or_default())
 }
 
 /// The three streams of one job, spooled under `dir`.

@@ -49,15 +49,11 @@ impl LogStore {
 
     /// The stream's time marks, in offset order.
     pub async fn marks(&self, job_id: &str, stream: LogStream) -> Vec<(u64, i64)> {
-        tokio::fs::read_to_string(self.times_path(job_id, stream))
-            .await
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| {
-                let (offset, millis) = line.split_once(' ')?;
-                Some((offset.parse().ok()?, millis.parse().ok()?))
-            })
-            .collect()
+        kiln_protocol::parse_time_mark_lines(
+            &tokio::fs::read_to_string(self.times_path(job_id, stream))
+                .await
+                .unwrap_or_default(),
+        )
     }
 
     fn lock_for(&self, job_id: &str, stream: LogStream) -> Arc<tokio::sync::Mutex<()>> {
@@ -144,7 +140,7 @@ fn append_at(
     let fresh: String = marks
         .iter()
         .filter(|&&(at, _)| at >= len && at < new_len)
-        .map(|(at, millis)| format!("{at} {millis}\n"))
+        .map(|&(at, millis)| kiln_protocol::time_mark_line(at, millis))
         .collect();
     if !fresh.is_empty() {
         std::fs::OpenOptions::new()

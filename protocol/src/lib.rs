@@ -49,6 +49,23 @@ pub fn parse_log_times(text: &str) -> Option<Vec<(u64, i64)>> {
         .collect()
 }
 
+/// One line of a `.times` file, the on-disk form of time marks that the agent's spool
+/// and the control plane's log store both keep beside a log: `offset millis`.
+pub fn time_mark_line(offset: u64, millis: i64) -> String {
+    format!("{offset} {millis}\n")
+}
+
+/// Reads a `.times` file's text. A malformed line (a write torn by a crash) is
+/// skipped: it costs a line its exact time, never the log.
+pub fn parse_time_mark_lines(text: &str) -> Vec<(u64, i64)> {
+    text.lines()
+        .filter_map(|line| {
+            let (offset, millis) = line.split_once(' ')?;
+            Some((offset.parse().ok()?, millis.parse().ok()?))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +77,15 @@ mod tests {
         assert_eq!(parse_log_times(""), Some(vec![]));
         assert_eq!(parse_log_times("12"), None);
         assert_eq!(parse_log_times("a:1"), None);
+    }
+
+    #[test]
+    fn time_mark_lines_round_trip_and_skip_a_torn_line() {
+        let text =
+            time_mark_line(0, 1_764_000_000_000) + &time_mark_line(90, 1_764_000_000_100) + "18";
+        assert_eq!(
+            parse_time_mark_lines(&text),
+            vec![(0, 1_764_000_000_000), (90, 1_764_000_000_100)]
+        );
     }
 }
