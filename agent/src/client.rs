@@ -14,6 +14,8 @@ use kiln_protocol::{
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
+use crate::backoff::Backoff;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("control plane at {url} is unreachable: {reason}")]
@@ -65,6 +67,40 @@ impl ClientError {
             ClientError::Unreachable { .. } => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
             _ => false,
+        }
+    }
+}
+
+/// A call that kept failing: the last error, and how many tries were made.
+#[derive(Debug)]
+pub struct GaveUp {
+    pub error: ClientError,
+    pub attempts: u32,
+}
+
+/// Calls `attempt` until it succeeds, fails for good, or fails transiently after
+/// `limit` has passed. Before each retry, `on_retry` hears the error and the pause.
+pub async fn retry_transient<T, Fut>(
+    limit: Duration,
+    mut backoff: Backoff,
+    mut attempt: impl FnMut() -> Fut,
+    mut on_retry: impl FnMut(&ClientError, Duration),
+) -> Result<T, GaveUp>
+where
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
+                let pause = backoff.next_delay();
+                on_retry(&error, pause);
+                tokio::time::sleep(pause).await;
+            }
+            Err(error) => return Err(GaveUp { error, attempts }),
         }
     }
 }
@@ -349,5 +385,65 @@ impl Client {
         } else {
             Err(decode_error(&url, response).await)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn away() -> ClientError {
+        ClientError::Unreachable {
+            url: "http://127.0.0.1:1".to_owned(),
+            reason: "connection refused".to_owned(),
+        }
+    }
+
+    fn fast() -> Backoff {
+        Backoff::new(Duration::from_millis(1), Duration::from_millis(2))
+    }
+
+    #[tokio::test]
+    async fn retries_while_away_and_stops_at_a_refusal_or_the_limit() {
+        let mut calls = 0;
+        let mut heard = 0;
+        let answer = retry_transient(
+            Duration::from_secs(60),
+            fast(),
+            || {
+                calls += 1;
+                let result = if calls < 3 { Err(away()) } else { Ok(calls) };
+                async move { result }
+            },
+            |_, _| heard += 1,
+        )
+        .await;
+        assert_eq!(answer.unwrap(), 3);
+        assert_eq!(heard, 2);
+
+        let refused = retry_transient(
+            Duration::from_secs(60),
+            fast(),
+            || async {
+                Err::<(), _>(ClientError::Unauthorized {
+                    message: "revoked".to_owned(),
+                })
+            },
+            |_, _| panic!("a refusal is not retried"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.attempts, 1);
+
+        let timed_out = retry_transient(
+            Duration::from_millis(20),
+            fast(),
+            || async { Err::<(), _>(away()) },
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(timed_out.error.is_transient());
+        assert!(timed_out.attempts > 1);
     }
 }

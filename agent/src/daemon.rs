@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::backoff::Backoff;
-use crate::client::{Client, ClientError};
+use crate::client::{retry_transient, Client, ClientError, GaveUp};
 use crate::config::AgentConfig;
 use crate::executor::{ExecError, Executor};
 use crate::logs::{JobLogs, LogOptions};
@@ -560,21 +560,15 @@ impl Daemon {
     /// Reports a status, retrying while the control plane is away, for up to
     /// `RETRY_LIMIT`.
     async fn report(&self, job_id: &str, update: &JobStatusUpdate) {
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let deadline = tokio::time::Instant::now() + RETRY_LIMIT;
-        loop {
-            match self.client.report(job_id, update).await {
-                Ok(()) => return,
-                Err(error) if error.is_transient() && tokio::time::Instant::now() < deadline => {
-                    let pause = backoff.next_delay();
-                    warn!(message = "Status report failed; retrying.", status = %update.status, %error, retry_in_ms = pause.as_millis() as u64);
-                    tokio::time::sleep(pause).await;
-                }
-                Err(error) => {
-                    warn!(message = "Status report not delivered.", status = %update.status, %error);
-                    return;
-                }
-            }
+        let reported = retry_transient(
+            RETRY_LIMIT,
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            || self.client.report(job_id, update),
+            |error, pause| warn!(message = "Status report failed; retrying.", status = %update.status, %error, retry_in_ms = pause.as_millis() as u64),
+        )
+        .await;
+        if let Err(GaveUp { error, .. }) = reported {
+            warn!(message = "Status report not delivered.", status = %update.status, %error);
         }
     }
 
@@ -592,45 +586,35 @@ impl Daemon {
                 sha256: artifact.packed.sha256.clone(),
             };
             let started = std::time::Instant::now();
-            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-            let deadline = tokio::time::Instant::now() + RETRY_LIMIT;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let result = async {
+            retry_transient(
+                RETRY_LIMIT,
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+                || async {
                     let ticket = self.client.request_upload(job_id, &descriptor).await?;
                     self.client
                         .upload(&ticket, &descriptor, &artifact.packed.path)
                         .await
-                }
-                .await;
-                match result {
-                    Ok(()) => {
-                        system.line(format!(
-                            "Uploaded {} ({} bytes) in {:.1}s.",
-                            artifact.name,
-                            descriptor.size,
-                            started.elapsed().as_secs_f64()
-                        ));
-                        break;
-                    }
-                    Err(error)
-                        if error.is_transient() && tokio::time::Instant::now() < deadline =>
-                    {
-                        system.line(format!(
-                            "Upload of {} failed ({error}); retrying.",
-                            artifact.name
-                        ));
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                    Err(error) => {
-                        return Err(format!(
-                            "upload of {} failed after {attempt} attempts: {error}",
-                            artifact.name
-                        ))
-                    }
-                }
-            }
+                },
+                |error, _| {
+                    system.line(format!(
+                        "Upload of {} failed ({error}); retrying.",
+                        artifact.name
+                    ))
+                },
+            )
+            .await
+            .map_err(|GaveUp { error, attempts }| {
+                format!(
+                    "upload of {} failed after {attempts} attempts: {error}",
+                    artifact.name
+                )
+            })?;
+            system.line(format!(
+                "Uploaded {} ({} bytes) in {:.1}s.",
+                artifact.name,
+                descriptor.size,
+                started.elapsed().as_secs_f64()
+            ));
         }
         Ok(())
     }
