@@ -63,6 +63,7 @@ nogroup:x:65534:
 GROUP
 echo 'hosts: files dns' > "$rootfs/etc/nsswitch.conf"
 
+previous=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 tar -C "$rootfs" -c . | docker import \
     --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
     --change 'ENV NPM_CONFIG_UPDATE_NOTIFIER=false' \
@@ -71,4 +72,9 @@ tar -C "$rootfs" -c . | docker import \
     --change 'CMD ["node", "--version"]' \
     --message "kiln build image assembled from the host's node $("$NODE_BIN" --version)" \
     - "$IMAGE" >/dev/null
+# The image this one replaces would stay behind untagged, 120 MB per rebuild. A
+# container still using it, or another tag, keeps it (the removal then fails).
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$IMAGE")" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+fi
 echo "built $IMAGE: node $(docker run --rm --network none "$IMAGE" node --version), npm $(docker run --rm --network none "$IMAGE" npm --version)"
