@@ -135,7 +135,7 @@ fn secret(kind: &'static str, rng: &mut StdRng, job_secret: &str) -> String {
             "mongo=\"mongodb+srv://shop:{}@cluster0.abcde.mongodb.net/shop\"",
             pick(rng, BASE62, 16)
         ),
-        "https-password-url" => format!("api:\"https://deploy:{}@api.shop.example/v1\"", pick(rng, BASE62, 18)),
+        "https-password-url" => format!("api:\"https://deploy:{}@api.myshop.io/v1\"", pick(rng, BASE62, 18)),
         "basic-auth" => format!(
             "headers:{{Authorization:\"Basic {}\"}}",
             b64(format!("admin:{}", pick(rng, BASE62, 16)).as_bytes())

@@ -783,7 +783,11 @@ fn inside_base64_run(hay: &[u8], start: usize, end: usize) -> bool {
 /// more than half of the secret (the extra characters: at most a quarter).
 pub fn redact(secret: &[u8], shown_prefix: usize) -> String {
     let extra = 4.min(secret.len() / 4);
-    let shown = (shown_prefix + extra).min(secret.len() / 2);
+    let mut shown = (shown_prefix + extra).min(secret.len() / 2);
+    // Never cut a UTF-8 character in two (a job secret may hold any text).
+    while shown > 0 && secret.get(shown).is_some_and(|b| b & 0xC0 == 0x80) {
+        shown -= 1;
+    }
     let prefix = String::from_utf8_lossy(&secret[..shown]);
     format!("{prefix}…")
 }
@@ -847,7 +851,7 @@ mod tests {
             ("npmrc-auth", key("//registry.npmjs.org/:_authToken=", "Q8mZ2kP4-vX7nR1tY6")),
             ("jwt", key("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.", "eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")),
             ("url-password", key("postgres://medusa:", "s3cr3tPassw0rd@db.internal:5432/medusa")),
-            ("url-password", key("https://deploy:", "Q8mZ2kP4vX7n@api.shop.example")),
+            ("url-password", key("https://deploy:", "Q8mZ2kP4vX7n@api.myshop.io")),
             ("basic-auth-header", key("Authorization: Basic ", "YWRtaW46UThtWjJrUDR2WDduUjF0")),
             ("generic-secret-assignment", key("config={client_secret:\"", "aB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xY\"}")),
             ("generic-secret-assignment", key("PASSWORD=\"", "Zx9-Qw3+Er5TyU7i\"")),
@@ -879,6 +883,15 @@ mod tests {
             format!(".a{{background:url(data:image/png;base64,iVBORw0KGgo{}AIzaSyQ8mZ2kP4vX7nR1tY6wB3cL9dF5hJ0sA2g{})}}", "A".repeat(40), "B".repeat(40)),
             "token:\"3f2b8c1e-9a4d-4e7f-b6c5-1d2e3f4a5b6c\",secretKey:\"admin.settings.secret\"".to_owned(),
             "Basic information about your store".to_owned(),
+            // The Medusa admin's own translations (ja, zh-CN), as Vite inlines them.
+            "publishableApiKey: \"公開可能なAPIキー\", secretApiKey: \"秘密のAPIキー\"".to_owned(),
+            "secret: \"秘密API密钥\", createSecretHeader: \"创建秘密API密钥\"".to_owned(),
+            "token:\"Токен123доступа\",password:\"Contraseña123Segura\"".to_owned(),
+            // npm's own docs and tools, and a URL test fixture.
+            "//somewhere-else.com/myorg/:_authToken=MYTOKEN1".to_owned(),
+            "const AuthTokenPattern = /_authToken=([^$].*)/g;".to_owned(),
+            "\"uri://foo:bar@example.com:1/path?query#fragment\"".to_owned(),
+            "\"https://deploy:Q8mZ2kP4vX7n@api.shop.example/v1\"".to_owned(),
         ];
         for text in decoys {
             assert_eq!(rules_found(&text), Vec::<String>::new(), "in {text:?}");
@@ -975,6 +988,8 @@ mod tests {
         let secret = key("sk_live_", "51NzQ3bKc8Jv2LmXpT4rWq9YdE6uA0sHg");
         assert_eq!(redact(secret.as_bytes(), 8), "sk_live_51Nz…");
         assert_eq!(redact(b"abcdefgh", 0), "ab…");
+        // 21 bytes: 4 may show, which would end inside the second character.
+        assert_eq!(redact("秘密のAPIキー".as_bytes(), 0), "秘…");
     }
 
     #[test]

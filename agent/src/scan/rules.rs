@@ -288,10 +288,11 @@ pub static RULES: &[Rule] = &[
         keywords: &["_auth", "_password"],
         look_back: 0,
         look_ahead: 200,
-        pattern: r#"_(?:authToken|auth|password)\s*=\s*"?([^\s"]{8,})"#,
+        // Token characters only: `_authToken=([^$].*)` is a regex in some tool's source.
+        pattern: r#"_(?:authToken|auth|password)\s*=\s*"?([A-Za-z0-9+/=_.:-]{8,})"#,
         secret_group: 1,
         shown_prefix: 0,
-        check: not_placeholder_check,
+        check: npm_credential_is_real,
         token: false,
     },
     Rule {
@@ -456,14 +457,37 @@ fn jwt_header_parses(candidate: &Candidate, _: &[u8]) -> bool {
 
 fn url_password_is_real(candidate: &Candidate, _: &[u8]) -> bool {
     let password = candidate.secret;
+    let host = candidate
+        .whole
+        .rsplit(|b| *b == b'@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     password.len() >= 3
         && !is_placeholder(password)
         && !matches!(
             password.to_ascii_lowercase().as_slice(),
-            b"password" | b"pass" | b"passwd" | b"pwd" | b"secret"
+            b"password" | b"pass" | b"passwd" | b"pwd" | b"secret" | b"foo" | b"bar" | b"baz" | b"test"
         )
         // `host:port@` and `user:${PASSWORD}` are not passwords.
         && !password.iter().all(u8::is_ascii_digit)
+        // No one holds credentials for the names reserved for documentation (RFC 2606).
+        && !is_documentation_host(&host)
+}
+
+fn is_documentation_host(host: &[u8]) -> bool {
+    [b"example.com".as_slice(), b"example.org", b"example.net"]
+        .iter()
+        .any(|domain| host == *domain || host.ends_with(&[b".", *domain].concat()))
+        || [b".example".as_slice(), b".test", b".invalid"]
+            .iter()
+            .any(|tld| host.ends_with(tld))
+}
+
+/// An npm credential, not the name of one (`_authToken=MYTOKEN1`, `NPM_TOKEN`): real
+/// ones (`npm_…`, a UUID, base64) have lowercase letters.
+fn npm_credential_is_real(candidate: &Candidate, _: &[u8]) -> bool {
+    !is_placeholder(candidate.whole) && candidate.secret.iter().any(u8::is_ascii_lowercase)
 }
 
 fn basic_auth_decodes(candidate: &Candidate, _: &[u8]) -> bool {
@@ -511,6 +535,11 @@ fn is_uuid(value: &[u8]) -> bool {
 /// high entropy, several kinds of character, and not an id, path or URL.
 fn high_entropy_value(candidate: &Candidate, _: &[u8]) -> bool {
     let value = candidate.secret;
+    // Generated credentials are printable ASCII; anything else is a word in some
+    // language (the Medusa admin ships `secret: "秘密のAPIキー"`).
+    if !value.iter().all(u8::is_ascii_graphic) {
+        return false;
+    }
     let classes = [
         value.iter().any(u8::is_ascii_lowercase),
         value.iter().any(u8::is_ascii_uppercase),
