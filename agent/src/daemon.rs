@@ -79,8 +79,11 @@ impl Daemon {
         let sweeper = {
             let (daemon, in_flight, stop) = (self.clone(), in_flight.clone(), shutdown.clone());
             tokio::spawn(async move {
+                // `recover` has just removed every container of ours.
+                let mut containers_too = false;
                 loop {
-                    daemon.sweep(&in_flight).await;
+                    daemon.sweep(&in_flight, containers_too).await;
+                    containers_too = true;
                     tokio::select! {
                         _ = tokio::time::sleep(SWEEP_EVERY) => {}
                         _ = stop.cancelled() => return,
@@ -253,10 +256,15 @@ impl Daemon {
     /// Removes workspaces and build containers of jobs that are not running (left by
     /// a crash, a kill, or a removal that failed) and says what it reclaimed.
     /// Workspaces kept on purpose (`keep_failed_workspaces`) are the operator's.
-    async fn sweep(&self, in_flight: &InFlight) {
+    async fn sweep(&self, in_flight: &InFlight, containers_too: bool) {
         let live = in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut containers = 0;
-        match self.executor.leftovers(&self.agent_id).await {
+        let listed = if containers_too {
+            self.executor.leftovers(&self.agent_id).await
+        } else {
+            Ok(Vec::new())
+        };
+        match listed {
             Ok(leftovers) => {
                 for leftover in leftovers {
                     if leftover
