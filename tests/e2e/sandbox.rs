@@ -1,7 +1,8 @@
 //! Issue 7: builds that attack the host. Each ends `build_failed` with a reason that
 //! names the limit (or, for a symlink out of `.medusa/server`, the artifact refused);
 //! afterwards the host is untouched, the job's containers and workspace are gone,
-//! and the same agent takes the next job. The log flood is in `faults.rs`.
+//! and the same agent takes the next job. Also a build that fills the host's disk
+//! (under `work_dir`). The log flood is in `faults.rs`.
 
 use std::path::Path;
 
@@ -140,6 +141,85 @@ async fn hostile_builds_are_stopped_with_the_limit_named_and_the_agent_goes_on()
     );
 
     // And the same agent builds the next, ordinary job.
+    world
+        .admin
+        .set_variables(&environment, serde_json::json!([]))
+        .await;
+    let sha = world.repo.commit("ordinary", |dir| {
+        std::fs::write(dir.join("ATTACK.md"), "none").unwrap();
+    });
+    let deployment = world.push(&sha).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+}
+
+/// A tmpfs mounted for as long as this lives. Mounting needs root, which CI has; a
+/// developer without it skips the test, unless `KILN_REQUIRE_DOCKER` is set.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        if mounted.status.success() {
+            return Some(SmallDisk(at.to_owned()));
+        }
+        let error = String::from_utf8_lossy(&mounted.stderr);
+        assert!(
+            std::env::var_os("KILN_REQUIRE_DOCKER").is_none(),
+            "cannot mount a tmpfs for the full-disk test: {error}"
+        );
+        eprintln!("skip: cannot mount a tmpfs ({error}); run as root");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_build_that_fills_the_host_disk_is_told_so_and_the_agent_goes_on() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    // The agent's work_dir on a 32 MiB disk, far below the 10 GiB workspace cap.
+    let Some(_disk) = SmallDisk::mount(&world.root_dir().join("agent/work"), "32m") else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let environment = world.environment_id.clone();
+
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_WRITE_MB", "value": "64"}]),
+    )
+    .await;
+    assert!(
+        reason.starts_with("the build host's disk is full (")
+            && reason.contains(&format!(
+                "free under work_dir {})",
+                agent.dir.join("work").display()
+            ))
+            && reason.ends_with(
+                "during `npm run build`; free space there or move work_dir to a larger disk"
+            ),
+        "{reason}"
+    );
+
+    // The failed job's workspace is gone, so the next build has room again.
     world
         .admin
         .set_variables(&environment, serde_json::json!([]))

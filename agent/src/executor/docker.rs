@@ -108,6 +108,16 @@ pub fn disk_usage(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Free space below which a failed step is put down to a full disk: a process that
+/// met ENOSPC leaves next to nothing free for the build's uid.
+const DISK_FULL_BELOW: u64 = 16 << 20;
+
+/// Bytes an unprivileged process may still write on the file system holding `dir`.
+pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(stats.blocks_available() as u64 * stats.fragment_size() as u64)
+}
+
 /// Watches a running step's limits that Docker does not enforce by stopping it: the
 /// pids limit (Docker only refuses forks) and the workspace's disk use. Returns when
 /// one is exceeded. The disk walk runs at most every 10× its own duration, so it
@@ -362,6 +372,11 @@ impl DockerExecutor {
                 .unwrap_or(0);
             if code == EXIT_FILE_TOO_LARGE || used >= step.limits.workspace_bytes {
                 return Ok(StepOutcome::WorkspaceLimit);
+            }
+            if let Some(free_bytes) = free_space(&step.workspace) {
+                if free_bytes < DISK_FULL_BELOW {
+                    return Ok(StepOutcome::HostDiskFull { free_bytes });
+                }
             }
         }
         Ok(StepOutcome::Exited(code))

@@ -82,6 +82,11 @@ pub enum StepOutcome {
     ProcessLimit,
     /// The workspace grew past its cap; the step is stopped at once.
     WorkspaceLimit,
+    /// The step failed with the file system under the workspace (nearly) full: the
+    /// host ran out of disk before the workspace reached its cap.
+    HostDiskFull {
+        free_bytes: u64,
+    },
     Canceled,
 }
 

@@ -393,6 +393,13 @@ impl Pipeline {
                         self.config.workspace_limit
                     )
                 }
+                Ok(StepOutcome::HostDiskFull { free_bytes }) => {
+                    format!(
+                        "{label}the build host's disk is full ({} free under work_dir {}) during `{shown}`; free space there or move work_dir to a larger disk",
+                        crate::config::ByteSize(free_bytes),
+                        self.config.work_dir.display()
+                    )
+                }
                 Ok(StepOutcome::Canceled) => return Some(BuildOutcome::Canceled),
                 Err(error) => format!("{label}{error}"),
             };
