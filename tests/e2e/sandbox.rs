@@ -207,17 +207,34 @@ async fn a_build_that_fills_the_host_disk_is_told_so_and_the_agent_goes_on() {
         serde_json::json!([{"name": "KILN_FIXTURE_WRITE_MB", "value": "64"}]),
     )
     .await;
+    let full_disk = format!(
+        "free under work_dir {}); free space there or move work_dir to a larger disk",
+        agent.dir.join("work").display()
+    );
     assert!(
-        reason.starts_with("the build host's disk is full (")
-            && reason.contains(&format!(
-                "free under work_dir {})",
-                agent.dir.join("work").display()
-            ))
-            && reason.ends_with(
-                "during `npm run build`; free space there or move work_dir to a larger disk"
-            ),
+        reason.starts_with("the build host's disk is full during `npm run build` (")
+            && reason.ends_with(&full_disk),
         "{reason}"
     );
+
+    // A disk already full when the job comes: the clone fails, and says why.
+    let filler = agent.dir.join("work/filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=64"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let (reason, _) = attack(
+        &world,
+        &agent,
+        &environment,
+        serde_json::json!([{"name": "KILN_FIXTURE_LINES", "value": "1"}]),
+    )
+    .await;
+    assert!(
+        reason.contains("; the build host's disk is full (") && reason.ends_with(&full_disk),
+        "{reason}"
+    );
+    std::fs::remove_file(&filler).unwrap();
 
     // The failed job's workspace is gone, so the next build has room again.
     world

@@ -108,14 +108,16 @@ pub fn disk_usage(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// Free space below which a failed step is put down to a full disk: a process that
-/// met ENOSPC leaves next to nothing free for the build's uid.
+/// Free space below which a failure is put down to a full disk: a process that met
+/// ENOSPC leaves next to nothing free for an unprivileged uid.
 const DISK_FULL_BELOW: u64 = 16 << 20;
 
-/// Bytes an unprivileged process may still write on the file system holding `dir`.
-pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+/// The bytes still free on the file system holding `dir`, when so few are left that
+/// a failure there is a full disk's doing.
+pub fn disk_full(dir: &std::path::Path) -> Option<u64> {
     let stats = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(stats.blocks_available() as u64 * stats.fragment_size() as u64)
+    let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+    (free < DISK_FULL_BELOW).then_some(free)
 }
 
 /// Watches a running step's limits that Docker does not enforce by stopping it: the
@@ -373,10 +375,8 @@ impl DockerExecutor {
             if code == EXIT_FILE_TOO_LARGE || used >= step.limits.workspace_bytes {
                 return Ok(StepOutcome::WorkspaceLimit);
             }
-            if let Some(free_bytes) = free_space(&step.workspace) {
-                if free_bytes < DISK_FULL_BELOW {
-                    return Ok(StepOutcome::HostDiskFull { free_bytes });
-                }
+            if let Some(free_bytes) = disk_full(&step.workspace) {
+                return Ok(StepOutcome::HostDiskFull { free_bytes });
             }
         }
         Ok(StepOutcome::Exited(code))

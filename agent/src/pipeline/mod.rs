@@ -120,6 +120,8 @@ pub struct Pipeline {
     pub agent_id: String,
 }
 
+const DISK_FULL: &str = "the build host's disk is full";
+
 fn failed(reason: impl Into<String>, during_backend: bool) -> BuildOutcome {
     BuildOutcome::Failed {
         reason: reason.into(),
@@ -144,12 +146,22 @@ impl Pipeline {
         let started = Instant::now();
         let system = logs.sink(LogStream::System);
         let deadline = started + request.timeout;
-        let outcome = tokio::select! {
+        let mut outcome = tokio::select! {
             outcome = self.build_inner(request, workspace, logs, cancel, deadline) => outcome,
             _ = tokio::time::sleep_until(deadline.into()) => {
                 failed(format!("timed out after {}", crate::config::Span(request.timeout)), true)
             }
         };
+        // A clone or a pack that ran out of disk says only "No space left on device";
+        // name the disk, and what to do.
+        if let BuildOutcome::Failed { reason, .. } = &mut outcome {
+            if !reason.contains(DISK_FULL) {
+                if let Some(free_bytes) = crate::executor::docker::disk_full(&self.config.work_dir)
+                {
+                    reason.push_str(&format!("; {}", self.disk_full(free_bytes, "")));
+                }
+            }
+        }
         match &outcome {
             BuildOutcome::Built { .. } => {
                 system.line(format!("Build succeeded in {}.", seconds(started)))
@@ -162,6 +174,15 @@ impl Pipeline {
             }
         }
         outcome
+    }
+
+    /// What a full disk under `work_dir` means for the operator; `during` names the step.
+    fn disk_full(&self, free_bytes: u64, during: &str) -> String {
+        format!(
+            "{DISK_FULL}{during} ({} free under work_dir {}); free space there or move work_dir to a larger disk",
+            crate::config::ByteSize(free_bytes),
+            self.config.work_dir.display()
+        )
     }
 
     async fn build_inner(
@@ -395,9 +416,8 @@ impl Pipeline {
                 }
                 Ok(StepOutcome::HostDiskFull { free_bytes }) => {
                     format!(
-                        "{label}the build host's disk is full ({} free under work_dir {}) during `{shown}`; free space there or move work_dir to a larger disk",
-                        crate::config::ByteSize(free_bytes),
-                        self.config.work_dir.display()
+                        "{label}{}",
+                        self.disk_full(free_bytes, &format!(" during `{shown}`"))
                     )
                 }
                 Ok(StepOutcome::Canceled) => return Some(BuildOutcome::Canceled),
