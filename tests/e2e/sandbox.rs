@@ -50,6 +50,21 @@ async fn attack(
     (failed.reason.unwrap_or_default(), system)
 }
 
+/// Clears the attack's variables and builds the next commit to `awaiting_deployment`.
+async fn builds_an_ordinary_job(world: &World, agent: &AgentProcess, environment: &str) {
+    world
+        .admin
+        .set_variables(environment, serde_json::json!([]))
+        .await;
+    let sha = world.repo.commit("ordinary", |dir| {
+        std::fs::write(dir.join("ATTACK.md"), "none").unwrap();
+    });
+    let deployment = world.push(&sha).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, agent)
+        .await;
+}
+
 #[tokio::test]
 async fn hostile_builds_are_stopped_with_the_limit_named_and_the_agent_goes_on() {
     let Some(world) = world(serde_json::json!([])).await else {
@@ -141,17 +156,7 @@ async fn hostile_builds_are_stopped_with_the_limit_named_and_the_agent_goes_on()
     );
 
     // And the same agent builds the next, ordinary job.
-    world
-        .admin
-        .set_variables(&environment, serde_json::json!([]))
-        .await;
-    let sha = world.repo.commit("ordinary", |dir| {
-        std::fs::write(dir.join("ATTACK.md"), "none").unwrap();
-    });
-    let deployment = world.push(&sha).await;
-    world
-        .settle(&deployment.id, AwaitingDeployment, &agent)
-        .await;
+    builds_an_ordinary_job(&world, &agent, &environment).await;
 }
 
 /// A tmpfs mounted for as long as this lives. Mounting needs root, which CI has; a
@@ -237,15 +242,5 @@ async fn a_build_that_fills_the_host_disk_is_told_so_and_the_agent_goes_on() {
     std::fs::remove_file(&filler).unwrap();
 
     // The failed job's workspace is gone, so the next build has room again.
-    world
-        .admin
-        .set_variables(&environment, serde_json::json!([]))
-        .await;
-    let sha = world.repo.commit("ordinary", |dir| {
-        std::fs::write(dir.join("ATTACK.md"), "none").unwrap();
-    });
-    let deployment = world.push(&sha).await;
-    world
-        .settle(&deployment.id, AwaitingDeployment, &agent)
-        .await;
+    builds_an_ordinary_job(&world, &agent, &environment).await;
 }
