@@ -74,7 +74,7 @@ pub async fn run(config: &AgentConfig) -> bool {
         },
     ));
 
-    let disk = disk_free(&config.work_dir);
+    let disk = crate::executor::docker::disk_free(&config.work_dir);
     results.push((
         "disk",
         match disk {
@@ -250,17 +250,6 @@ fn judge_sandbox(probe: &str, config: &AgentConfig) -> Vec<(&'static str, Verdic
         },
     ));
     results
-}
-
-fn disk_free(dir: &std::path::Path) -> std::io::Result<u64> {
-    let mut probe = dir.to_owned();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    let stat = nix::sys::statvfs::statvfs(&probe).map_err(std::io::Error::from)?;
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 async fn control_plane(config: &AgentConfig) -> Verdict {

@@ -112,11 +112,23 @@ pub fn disk_usage(dir: &std::path::Path) -> u64 {
 /// ENOSPC leaves next to nothing free for an unprivileged uid.
 const DISK_FULL_BELOW: u64 = 16 << 20;
 
+/// Bytes an unprivileged process may still write on the file system that holds (or
+/// will hold) `dir`.
+pub fn disk_free(dir: &std::path::Path) -> std::io::Result<u64> {
+    let mut probe = dir.to_owned();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let stat = nix::sys::statvfs::statvfs(&probe).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 /// The bytes still free on the file system holding `dir`, when so few are left that
 /// a failure there is a full disk's doing.
 pub fn disk_full(dir: &std::path::Path) -> Option<u64> {
-    let stats = nix::sys::statvfs::statvfs(dir).ok()?;
-    let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+    let free = disk_free(dir).ok()?;
     (free < DISK_FULL_BELOW).then_some(free)
 }
 
