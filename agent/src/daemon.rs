@@ -497,21 +497,15 @@ impl Daemon {
             }
             BuildOutcome::Failed {
                 reason,
-                during_backend: true,
+                during_backend,
                 detail,
             } => {
                 let mut failed = failed_update(reason);
                 failed.detail = detail;
-                failed
-            }
-            BuildOutcome::Failed {
-                reason,
-                during_backend: false,
-                ..
-            } => {
-                let mut failed = failed_update(reason);
-                failed.backend = Some(ComponentStatus::Succeeded);
-                failed.storefront = Some(ComponentStatus::Failed);
+                if !during_backend {
+                    failed.backend = Some(ComponentStatus::Succeeded);
+                    failed.storefront = Some(ComponentStatus::Failed);
+                }
                 failed
             }
             BuildOutcome::Canceled => {
