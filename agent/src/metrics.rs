@@ -336,7 +336,8 @@ pub async fn notify_systemd(stop: CancellationToken) {
     loop {
         let status = metrics().status_line();
         let mut states = vec![sd_notify::NotifyState::Status(&status)];
-        if watchdog.is_some() && metrics().live().is_ok() && metrics().ready().is_ok() {
+        // `ready` includes `live`.
+        if watchdog.is_some() && metrics().ready().is_ok() {
             states.push(sd_notify::NotifyState::Watchdog);
         }
         let _ = sd_notify::notify(false, &states);
