@@ -199,7 +199,7 @@ pub fn update_project(
     update: UpdateProject,
 ) -> Result<Project, ApiError> {
     let tx = conn.transaction()?;
-    get_project_in(&tx, id)?;
+    // An unknown id updates nothing and is refused by the read below.
     if let Some(settings) = &update.secret_scan {
         tx.execute(
             "UPDATE projects SET secret_scan = ?1 WHERE id = ?2",

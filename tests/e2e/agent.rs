@@ -681,6 +681,15 @@ async fn secret_in_the_public_folder_fails_the_build_with_the_finding_in_the_log
         .await
         .expect_json::<kiln_protocol::Project>(reqwest::StatusCode::OK)
         .await;
+    world
+        .admin
+        .send_json(
+            reqwest::Method::PATCH,
+            "/api/v1/projects/prj_unknown",
+            &serde_json::json!({"secret_scan": {"mode": "warn"}}),
+        )
+        .await
+        .expect_error(reqwest::StatusCode::NOT_FOUND, "not_found");
     let again = world.repo.commit("Again", |dir| {
         std::fs::write(dir.join("NOTES.md"), "again\n").unwrap();
     });
