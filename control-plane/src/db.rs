@@ -31,6 +31,16 @@ fn migrations() -> Migrations<'static> {
     ])
 }
 
+/// A migrated in-memory database, for the store's unit tests.
+#[cfg(test)]
+pub(crate) fn in_memory() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("in-memory SQLite opens");
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .expect("foreign keys switch on");
+    migrations().to_latest(&mut conn).expect("migrations apply");
+    conn
+}
+
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
@@ -62,9 +72,7 @@ impl Db {
     {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock poisons it; the connection itself is
-            // still consistent because every write runs in a transaction.
-            let mut guard = conn.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut guard = crate::lock(&conn);
             f(&mut guard)
         })
         .await

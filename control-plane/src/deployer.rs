@@ -11,20 +11,51 @@ use std::process::Stdio;
 use kiln_protocol::Deployment;
 use tokio::process::Command;
 
+use crate::error::ApiError;
 use crate::store;
 use crate::AppState;
+
+/// Why a deploy failed; becomes the deployment's `deploy_failed` reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("cannot read deployment: {0}")]
+    Read(ApiError),
+    #[error("cannot promote artifacts to {dir}: {source}")]
+    Promote { dir: String, source: std::io::Error },
+    #[error("cannot start deploy hook `{hook}`: {source}")]
+    HookStart {
+        hook: String,
+        source: std::io::Error,
+    },
+    #[error("deploy hook timed out after {seconds}s")]
+    HookTimeout { seconds: u64 },
+    #[error("deploy hook failed to run: {0}")]
+    HookWait(std::io::Error),
+    #[error("deploy hook {status}{}", last_line.as_deref().map(|line| format!(": {line}")).unwrap_or_default())]
+    HookFailed {
+        /// `exited with status 3`, `was killed by a signal`.
+        status: String,
+        /// The last line the hook wrote to stderr.
+        last_line: Option<String>,
+    },
+    #[error("cannot switch {dir}/current: {source}")]
+    Switch { dir: String, source: std::io::Error },
+}
 
 /// Runs the deploy of a deployment already moved to `deploying`, to its end.
 #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
 pub async fn run(state: AppState, deployment_id: String) {
-    let result = promote(&state, &deployment_id).await;
-    if let Err(reason) = &result {
-        tracing::warn!(message = "Deploy failed.", reason = %reason);
+    let failure = promote(&state, &deployment_id)
+        .await
+        .err()
+        .map(|error| error.to_string());
+    if let Some(reason) = &failure {
+        tracing::warn!(message = "Deploy failed.", %reason);
     }
     let id = deployment_id.clone();
     match state
         .db
-        .call(move |conn| store::finish_deploy(conn, &id, result))
+        .call(move |conn| store::finish_deploy(conn, &id, failure.as_deref()))
         .await
     {
         Ok(deployment) => tracing::info!(message = "Deploy finished.", status = %deployment.status),
@@ -33,13 +64,13 @@ pub async fn run(state: AppState, deployment_id: String) {
     state.changes.notify_waiters();
 }
 
-async fn promote(state: &AppState, deployment_id: &str) -> Result<(), String> {
+async fn promote(state: &AppState, deployment_id: &str) -> Result<(), DeployError> {
     let id = deployment_id.to_owned();
     let deployment: Deployment = state
         .db
         .call(move |conn| store::get_deployment(conn, &id))
         .await
-        .map_err(|e| format!("cannot read deployment: {e}"))?;
+        .map_err(DeployError::Read)?;
     let environment_dir = state
         .config
         .data_dir
@@ -48,13 +79,19 @@ async fn promote(state: &AppState, deployment_id: &str) -> Result<(), String> {
     let release_dir = environment_dir.join(&deployment.id);
     copy_artifacts(state, &deployment, &release_dir)
         .await
-        .map_err(|e| format!("cannot promote artifacts to {}: {e}", release_dir.display()))?;
+        .map_err(|source| DeployError::Promote {
+            dir: release_dir.display().to_string(),
+            source,
+        })?;
     if let Some(hook) = &state.config.deploy_hook {
         run_hook(hook, &deployment, &release_dir, state.config.deploy_timeout).await?;
     }
     point_current_at(&environment_dir, &release_dir)
         .await
-        .map_err(|e| format!("cannot switch {}/current: {e}", environment_dir.display()))
+        .map_err(|source| DeployError::Switch {
+            dir: environment_dir.display().to_string(),
+            source,
+        })
 }
 
 async fn copy_artifacts(
@@ -83,7 +120,7 @@ async fn run_hook(
     deployment: &Deployment,
     release_dir: &Path,
     timeout: std::time::Duration,
-) -> Result<(), String> {
+) -> Result<(), DeployError> {
     let child = Command::new("sh")
         .arg("-c")
         .arg(hook)
@@ -97,11 +134,16 @@ async fn run_hook(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start deploy hook `{hook}`: {e}"))?;
+        .map_err(|source| DeployError::HookStart {
+            hook: hook.to_owned(),
+            source,
+        })?;
     let output = tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .map_err(|_| format!("deploy hook timed out after {}s", timeout.as_secs()))?
-        .map_err(|e| format!("deploy hook failed to run: {e}"))?;
+        .map_err(|_| DeployError::HookTimeout {
+            seconds: timeout.as_secs(),
+        })?
+        .map_err(DeployError::HookWait)?;
     if output.status.success() {
         return Ok(());
     }
@@ -111,9 +153,9 @@ async fn run_hook(
         Some(code) => format!("exited with status {code}"),
         None => "was killed by a signal".to_owned(),
     };
-    Err(match last_line {
-        Some(line) => format!("deploy hook {status}: {}", line.trim()),
-        None => format!("deploy hook {status}"),
+    Err(DeployError::HookFailed {
+        status,
+        last_line: last_line.map(|line| line.trim().to_owned()),
     })
 }
 

@@ -34,6 +34,15 @@ use artifacts::ArtifactStore;
 use db::Db;
 use logs::LogStore;
 
+/// Locks a mutex, taking over a poisoned one: every value behind these locks is
+/// left consistent between statements (database writes run in transactions), so a
+/// panic elsewhere does not spoil it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// How the server runs. `main.rs` fills it from flags and environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -104,6 +113,28 @@ pub struct Inner {
     changes: Notify,
     /// Ends long-polls and log follows when the server stops.
     shutdown: CancellationToken,
+    /// Requests parked in a long-poll or a log follow, by kind.
+    parked: [tokio::sync::watch::Sender<usize>; 3],
+}
+
+/// What a parked request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// A claim waiting for a job to be queued.
+    Claim,
+    /// A job watch waiting for a cancel.
+    Watch,
+    /// A log follower waiting for more bytes.
+    Follow,
+}
+
+/// Counts a request as parked while it lives.
+pub(crate) struct Parked<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|count| *count -= 1);
+    }
 }
 
 impl Deref for AppState {
@@ -143,6 +174,7 @@ impl AppState {
             jobs_queued: Notify::new(),
             changes: Notify::new(),
             shutdown: CancellationToken::new(),
+            parked: Default::default(),
         })))
     }
 
@@ -152,6 +184,19 @@ impl AppState {
             job_timeout_seconds: self.config.job_timeout.as_secs(),
             max_attempts: self.config.max_attempts,
         }
+    }
+
+    /// Counts the calling request as parked in `wait` until the guard drops.
+    pub(crate) fn park(&self, wait: Wait) -> Parked<'_> {
+        let count = &self.parked[wait as usize];
+        count.send_modify(|count| *count += 1);
+        Parked(count)
+    }
+
+    /// How many requests are parked in `wait`, as it changes: a test waits on it
+    /// for a long-poll to be in place before it acts.
+    pub fn parked(&self, wait: Wait) -> tokio::sync::watch::Receiver<usize> {
+        self.parked[wait as usize].subscribe()
     }
 
     /// A deployment was queued or canceled: wake claims and watches.

@@ -57,7 +57,7 @@ impl LogStore {
     }
 
     fn lock_for(&self, job_id: &str, stream: LogStream) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = crate::lock(&self.locks);
         locks
             .entry((job_id.to_owned(), stream))
             .or_default()

@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::http::{sha256_hex, Admin, Agent, ApiJson, ApiPath, ApiQuery};
 use crate::logs::Stamper;
 use crate::store::{self, DeploymentFilter};
-use crate::{deployer, AppState};
+use crate::{deployer, AppState, Wait};
 use kiln_protocol::{parse_log_times, LOG_TIMES_HEADER};
 
 /// Longest a claim or watch long-poll is held.
@@ -83,6 +83,15 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::not_found("route", "(see README.md for the API)") })
         .with_state(state)
+}
+
+/// Runs one store operation and answers with its value as JSON.
+async fn answer<T, F>(state: &AppState, operation: F) -> Result<Json<T>, ApiError>
+where
+    T: serde::Serialize + Send + 'static,
+    F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+{
+    Ok(Json(state.db.call(operation).await?))
 }
 
 fn random_token() -> String {
@@ -145,6 +154,7 @@ async fn claim_job(
             state.changes.notify_waiters();
             return Ok(Json(job).into_response());
         }
+        let _parked = state.park(Wait::Claim);
         tokio::select! {
             _ = queued => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
@@ -182,6 +192,7 @@ async fn watch_job(
         if control.directive == kiln_protocol::JobDirective::Cancel {
             return Ok(Json(control).into_response());
         }
+        let _parked = state.park(Wait::Watch);
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(Json(control).into_response()),
@@ -357,12 +368,7 @@ async fn get_project(
     _: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .call(move |conn| store::get_project(conn, &id))
-            .await?,
-    ))
+    answer(&state, move |conn| store::get_project(conn, &id)).await
 }
 
 async fn create_environment(
@@ -395,12 +401,7 @@ async fn get_environment(
     _: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .call(move |conn| store::get_environment(conn, &id))
-            .await?,
-    ))
+    answer(&state, move |conn| store::get_environment(conn, &id)).await
 }
 
 async fn update_project(
@@ -409,12 +410,7 @@ async fn update_project(
     ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<UpdateProject>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .call(move |conn| store::update_project(conn, &id, update))
-            .await?,
-    ))
+    answer(&state, move |conn| store::update_project(conn, &id, update)).await
 }
 
 async fn update_environment(
@@ -423,12 +419,10 @@ async fn update_environment(
     ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<UpdateEnvironment>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .call(move |conn| store::update_environment(conn, &id, update))
-            .await?,
-    ))
+    answer(&state, move |conn| {
+        store::update_environment(conn, &id, update)
+    })
+    .await
 }
 
 async fn list_variables(
@@ -511,12 +505,7 @@ async fn get_deployment(
     _: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .call(move |conn| store::get_deployment(conn, &id))
-            .await?,
-    ))
+    answer(&state, move |conn| store::get_deployment(conn, &id)).await
 }
 
 async fn redeploy(
@@ -646,6 +635,7 @@ impl LogReader {
                 self.looked_after_end = true;
                 continue;
             }
+            let _parked = self.state.park(Wait::Follow);
             tokio::select! {
                 _ = appended => {}
                 _ = changed => {}

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::support::*;
+use kiln_control_plane::Wait;
 
 async fn deploy(admin: &Api, id: &str) -> Deployment {
     admin
@@ -160,7 +161,7 @@ async fn newer_commit_cancels_older_builds_and_the_agent_learns_within_a_second(
             .await;
         (control, Instant::now())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    cp.until_parked(Wait::Watch).await;
     let pushed_at = Instant::now();
     let newest = admin.push("main", &sha(3)).await.deployments.remove(0);
     let (control, learned_at) = watch.await.unwrap();
@@ -378,7 +379,7 @@ async fn log_appends_are_idempotent_gaps_refused_and_followers_see_everything() 
     );
     let follower = admin.clone();
     let followed = tokio::spawn(async move { follower.get(&follow_url).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    cp.until_parked(Wait::Follow).await;
 
     let append = |offset, data| agent.append_log(&job.job_id, "backend", offset, data);
     let next: LogAppendResponse = append(0, b"line 1\n")
@@ -690,7 +691,7 @@ async fn claims_long_poll_and_respect_labels() {
     // (or not been woken), it would have answered 204.
     let waiter = big.clone();
     let claim = tokio::spawn(async move { (waiter.claim(20).await, Instant::now()) });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    cp.until_parked(Wait::Claim).await;
     let pushed_at = Instant::now();
     admin.push("main", &sha(1)).await;
     let (job, woke_at) = claim.await.unwrap();

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use kiln_control_plane::{serve, AppState, Config};
+use kiln_control_plane::{serve, AppState, Config, Wait};
 use kiln_protocol::{
     CreateEnvironment, CreateProject, Deployment, Environment, ErrorEnvelope, EventOutcome, Job,
     Project, PushEvent, RegisterAgentRequest, RegisterAgentResponse,
@@ -24,6 +24,7 @@ pub const REPO: &str = "https://git.example/acme/shop.git";
 /// A running control plane; stopped (and its port released) on `stop` or drop.
 pub struct ControlPlane {
     pub addr: SocketAddr,
+    state: AppState,
     stop: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -45,12 +46,27 @@ impl ControlPlane {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
+        let server = tokio::spawn(serve(
+            listener,
+            state.clone(),
+            stop.clone().cancelled_owned(),
+        ));
         Self {
             addr,
+            state,
             stop,
             server: Some(server),
         }
+    }
+
+    /// Returns once a request is parked in `wait` (a claim or watch long-poll, a
+    /// log follow), so what the test does next is what wakes it.
+    pub async fn until_parked(&self, wait: Wait) {
+        let mut parked = self.state.parked(wait);
+        tokio::time::timeout(Duration::from_secs(10), parked.wait_for(|count| *count > 0))
+            .await
+            .unwrap_or_else(|_| panic!("no request parked in {wait:?} within 10 s"))
+            .expect("the control plane is running");
     }
 
     pub fn base_url(&self) -> String {

@@ -1,0 +1,246 @@
+//! Artifacts and their upload tickets, and which job's logs a reader sees.
+
+use kiln_protocol::{ArtifactDescriptor, StoredArtifact};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::deployments::get_deployment_in;
+use super::jobs::{job_in, owned_job, JobRow};
+use super::{now_ms, time};
+use crate::error::ApiError;
+
+pub(super) fn artifacts_of(
+    conn: &Connection,
+    deployment_id: &str,
+) -> Result<Vec<StoredArtifact>, ApiError> {
+    // The artifacts of the job that currently holds (or last held) the deployment.
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.name, a.size, a.sha256, a.job_id, a.created_at FROM artifacts a
+         WHERE a.deployment_id = ?1
+           AND a.job_id = (SELECT j.id FROM jobs j WHERE j.deployment_id = ?1 ORDER BY j.attempt DESC LIMIT 1)
+         ORDER BY a.name",
+    )?;
+    let artifacts = stmt
+        .query_map([deployment_id], |row| {
+            Ok(StoredArtifact {
+                descriptor: ArtifactDescriptor {
+                    name: row.get(0)?,
+                    size: row.get::<_, i64>(1)? as u64,
+                    sha256: row.get(2)?,
+                },
+                job_id: row.get(3)?,
+                created_at: time(row.get(4)?),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(artifacts)
+}
+
+pub fn artifact(
+    conn: &mut Connection,
+    deployment_id: &str,
+    name: &str,
+) -> Result<StoredArtifact, ApiError> {
+    get_deployment_in(conn, deployment_id)?
+        .artifacts
+        .into_iter()
+        .find(|artifact| artifact.descriptor.name == name)
+        .ok_or_else(|| ApiError::not_found("artifact", format!("{deployment_id}/{name}")))
+}
+
+pub fn create_upload_ticket(
+    conn: &mut Connection,
+    agent_id: &str,
+    job_id: &str,
+    descriptor: &ArtifactDescriptor,
+    token_hash: &str,
+    expires_at: i64,
+) -> Result<(), ApiError> {
+    let tx = conn.transaction()?;
+    let job = owned_job(&tx, agent_id, job_id)?;
+    tx.execute(
+        "INSERT INTO upload_tickets (token_hash, job_id, deployment_id, name, size, sha256, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            token_hash,
+            job.id,
+            job.deployment_id,
+            descriptor.name,
+            descriptor.size as i64,
+            descriptor.sha256,
+            expires_at
+        ],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct UploadTicket {
+    pub job_id: String,
+    pub deployment_id: String,
+    pub descriptor: ArtifactDescriptor,
+}
+
+pub fn upload_ticket(conn: &mut Connection, token_hash: &str) -> Result<UploadTicket, ApiError> {
+    conn.query_row(
+        "SELECT job_id, deployment_id, name, size, sha256 FROM upload_tickets WHERE token_hash = ?1 AND expires_at > ?2",
+        params![token_hash, now_ms()],
+        |row| {
+            Ok(UploadTicket {
+                job_id: row.get(0)?,
+                deployment_id: row.get(1)?,
+                descriptor: ArtifactDescriptor {
+                    name: row.get(2)?,
+                    size: row.get::<_, i64>(3)? as u64,
+                    sha256: row.get(4)?,
+                },
+            })
+        },
+    )
+    .optional()?
+    .ok_or_else(|| {
+        ApiError::Unauthorized(
+            "upload URL unknown or expired; ask for a new one with POST /api/v1/agent/jobs/{job_id}/artifacts".to_owned(),
+        )
+    })
+}
+
+pub fn record_artifact(
+    conn: &mut Connection,
+    token_hash: &str,
+    ticket: &UploadTicket,
+) -> Result<(), ApiError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT OR REPLACE INTO artifacts (deployment_id, job_id, name, size, sha256, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            ticket.deployment_id,
+            ticket.job_id,
+            ticket.descriptor.name,
+            ticket.descriptor.size as i64,
+            ticket.descriptor.sha256,
+            now_ms()
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM upload_tickets WHERE token_hash = ?1",
+        [token_hash],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The job whose logs a reader sees: the one named, or the deployment's latest.
+pub fn job_for_logs(
+    conn: &mut Connection,
+    deployment_id: &str,
+    job_id: Option<&str>,
+) -> Result<Option<JobRow>, ApiError> {
+    get_deployment_in(conn, deployment_id)?;
+    if let Some(job_id) = job_id {
+        let job = job_in(conn, job_id)?;
+        if job.deployment_id != deployment_id {
+            return Err(ApiError::not_found(
+                "job",
+                format!("{deployment_id}/{job_id}"),
+            ));
+        }
+        return Ok(Some(job));
+    }
+    let latest: Option<String> = conn
+        .query_row(
+            "SELECT id FROM jobs WHERE deployment_id = ?1 ORDER BY attempt DESC LIMIT 1",
+            [deployment_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    latest.map(|id| job_in(conn, &id)).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{agent, claim_one, push, shop};
+
+    fn descriptor(name: &str) -> ArtifactDescriptor {
+        ArtifactDescriptor {
+            name: name.into(),
+            size: 3,
+            sha256: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn a_ticket_becomes_the_deployments_artifact() {
+        let (mut conn, _, _) = shop(&[]);
+        let deployment = push(&mut conn, "main", 1).remove(0);
+        let builder = agent(&mut conn, &[]);
+        let job = claim_one(&mut conn, &builder);
+        let far = now_ms() + 60_000;
+        create_upload_ticket(
+            &mut conn,
+            &builder.id,
+            &job.job_id,
+            &descriptor("backend.tar.gz"),
+            "t1",
+            far,
+        )
+        .unwrap();
+        let stranger = agent(&mut conn, &[]);
+        assert!(matches!(
+            create_upload_ticket(
+                &mut conn,
+                &stranger.id,
+                &job.job_id,
+                &descriptor("x"),
+                "t2",
+                far
+            ),
+            Err(ApiError::Forbidden(_))
+        ));
+        let ticket = upload_ticket(&mut conn, "t1").unwrap();
+        record_artifact(&mut conn, "t1", &ticket).unwrap();
+        assert!(
+            matches!(
+                upload_ticket(&mut conn, "t1"),
+                Err(ApiError::Unauthorized(_))
+            ),
+            "used once"
+        );
+        let stored = artifact(&mut conn, &deployment.id, "backend.tar.gz").unwrap();
+        assert_eq!(
+            (stored.job_id.as_str(), stored.descriptor.size),
+            (job.job_id.as_str(), 3)
+        );
+        assert!(matches!(
+            artifact(&mut conn, &deployment.id, "storefront.tar.gz"),
+            Err(ApiError::NotFound { .. })
+        ));
+        let logs = job_for_logs(&mut conn, &deployment.id, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(logs.id, job.job_id);
+    }
+
+    #[test]
+    fn expired_tickets_are_refused() {
+        let (mut conn, _, _) = shop(&[]);
+        push(&mut conn, "main", 1);
+        let builder = agent(&mut conn, &[]);
+        let job = claim_one(&mut conn, &builder);
+        create_upload_ticket(
+            &mut conn,
+            &builder.id,
+            &job.job_id,
+            &descriptor("b"),
+            "old",
+            now_ms() - 1,
+        )
+        .unwrap();
+        assert!(matches!(
+            upload_ticket(&mut conn, "old"),
+            Err(ApiError::Unauthorized(_))
+        ));
+    }
+}

@@ -1,0 +1,599 @@
+//! Deployments and their lifecycle: queued by a push, a pull request or a
+//! redeploy (canceling older builds of the environment), every status change
+//! through `set_status`, and the listing.
+
+use kiln_protocol::{
+    check_transition, ComponentStatus, Deployment, DeploymentStatus, Environment, EventOutcome,
+    Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use super::artifacts::artifacts_of;
+use super::projects::{
+    branch_matches, environment_from_row, get_environment_in, project_from_row, require_non_empty,
+};
+use super::{new_id, normalize_repository, now_ms, parse_component, parse_status, time};
+use crate::error::ApiError;
+
+pub(super) fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
+    let detail: Option<String> = row.get("detail")?;
+    Ok(Deployment {
+        id: row.get("id")?,
+        project_id: row.get("project_id")?,
+        environment_id: row.get("environment_id")?,
+        commit_sha: row.get("commit_sha")?,
+        branch: row.get("branch")?,
+        author: row.get("author")?,
+        message: row.get("message")?,
+        status: parse_status(&row.get::<_, String>("status")?)?,
+        backend_status: parse_component(&row.get::<_, String>("backend_status")?),
+        storefront_status: parse_component(&row.get::<_, String>("storefront_status")?),
+        reason: row.get("reason")?,
+        detail: detail.and_then(|text| serde_json::from_str(&text).ok()),
+        redeploy_of: row.get("redeploy_of")?,
+        attempts: row.get("attempts")?,
+        current_job_id: row.get("current_job_id")?,
+        agent_id: row.get("agent_id")?,
+        created_at: time(row.get("created_at")?),
+        updated_at: time(row.get("updated_at")?),
+        transitions: Vec::new(),
+        artifacts: Vec::new(),
+    })
+}
+
+pub(super) fn with_history(
+    conn: &Connection,
+    mut deployment: Deployment,
+) -> Result<Deployment, ApiError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, at, reason FROM transitions WHERE deployment_id = ?1 ORDER BY seq",
+    )?;
+    deployment.transitions = stmt
+        .query_map([&deployment.id], |row| {
+            Ok(Transition {
+                status: parse_status(&row.get::<_, String>(0)?)?,
+                at: time(row.get(1)?),
+                reason: row.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    deployment.artifacts = artifacts_of(conn, &deployment.id)?;
+    Ok(deployment)
+}
+
+pub(super) fn get_deployment_in(conn: &Connection, id: &str) -> Result<Deployment, ApiError> {
+    let deployment = conn
+        .query_row(
+            "SELECT * FROM deployments WHERE id = ?1",
+            [id],
+            deployment_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("deployment", id))?;
+    with_history(conn, deployment)
+}
+
+pub fn get_deployment(conn: &mut Connection, id: &str) -> Result<Deployment, ApiError> {
+    get_deployment_in(conn, id)
+}
+
+#[derive(Debug, Default)]
+pub struct DeploymentFilter {
+    pub project_id: Option<String>,
+    pub environment_id: Option<String>,
+    pub limit: u32,
+}
+
+pub fn list_deployments(
+    conn: &mut Connection,
+    filter: DeploymentFilter,
+) -> Result<Vec<Deployment>, ApiError> {
+    let mut stmt = conn.prepare(
+        "SELECT * FROM deployments
+         WHERE (?1 IS NULL OR project_id = ?1) AND (?2 IS NULL OR environment_id = ?2)
+         ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows: Vec<Deployment> = stmt
+        .query_map(
+            params![filter.project_id, filter.environment_id, filter.limit],
+            deployment_from_row,
+        )?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|deployment| with_history(conn, deployment))
+        .collect()
+}
+
+/// Moves a deployment from `from` to `to`, or refuses with both statuses named.
+pub(super) fn set_status(
+    tx: &Transaction,
+    deployment_id: &str,
+    from: DeploymentStatus,
+    to: DeploymentStatus,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
+    check_transition(from, to).map_err(|_| ApiError::IllegalTransition {
+        deployment_id: deployment_id.to_owned(),
+        from,
+        to,
+    })?;
+    let now = now_ms();
+    let changed = tx.execute(
+        "UPDATE deployments SET status = ?1, reason = ?2, updated_at = ?3 WHERE id = ?4 AND status = ?5",
+        params![to.as_str(), reason, now, deployment_id, from.as_str()],
+    )?;
+    if changed != 1 {
+        return Err(ApiError::Conflict(format!(
+            "deployment {deployment_id} changed status while this request ran; retry"
+        )));
+    }
+    tx.execute(
+        "INSERT INTO transitions (deployment_id, status, at, reason) VALUES (?1, ?2, ?3, ?4)",
+        params![deployment_id, to.as_str(), now, reason],
+    )?;
+    Ok(())
+}
+
+/// Components still pending or building take `to` when the build ends early.
+pub(super) fn settle_components(
+    tx: &Transaction,
+    deployment_id: &str,
+    to: ComponentStatus,
+) -> Result<(), ApiError> {
+    tx.execute(
+        "UPDATE deployments SET
+           backend_status = CASE WHEN backend_status IN ('pending', 'building') THEN ?1 ELSE backend_status END,
+           storefront_status = CASE WHEN storefront_status IN ('pending', 'building') THEN ?1 ELSE storefront_status END
+         WHERE id = ?2",
+        params![to.as_str(), deployment_id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn finish_current_job(tx: &Transaction, deployment_id: &str) -> Result<(), ApiError> {
+    tx.execute(
+        "UPDATE jobs SET finished_at = ?1
+         WHERE finished_at IS NULL AND id = (SELECT current_job_id FROM deployments WHERE id = ?2)",
+        params![now_ms(), deployment_id],
+    )?;
+    tx.execute(
+        "UPDATE deployments SET lease_expires_at = NULL WHERE id = ?1",
+        [deployment_id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn cancel_build(
+    tx: &Transaction,
+    deployment_id: &str,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let from = parse_status(&tx.query_row(
+        "SELECT status FROM deployments WHERE id = ?1",
+        [deployment_id],
+        |row| row.get::<_, String>(0),
+    )?)?;
+    set_status(
+        tx,
+        deployment_id,
+        from,
+        DeploymentStatus::BuildCanceled,
+        Some(reason),
+    )?;
+    settle_components(tx, deployment_id, ComponentStatus::Canceled)?;
+    finish_current_job(tx, deployment_id)
+}
+
+pub(super) fn pending_builds(
+    tx: &Transaction,
+    environment_id: &str,
+) -> Result<Vec<String>, ApiError> {
+    let mut stmt = tx.prepare(
+        "SELECT id FROM deployments WHERE environment_id = ?1 AND status IN ('queued', 'building') ORDER BY seq",
+    )?;
+    let ids = stmt
+        .query_map([environment_id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+pub(super) struct NewDeployment<'a> {
+    project_id: &'a str,
+    environment_id: &'a str,
+    commit_sha: &'a str,
+    branch: &'a str,
+    author: &'a str,
+    message: &'a str,
+    redeploy_of: Option<&'a str>,
+}
+
+/// Queues a deployment and cancels every older one of the same environment that is
+/// still queued or building: a newer commit wins at once.
+pub(super) fn queue_deployment(
+    tx: &Transaction,
+    new: NewDeployment,
+    outcome: &mut EventOutcome,
+) -> Result<(), ApiError> {
+    let id = new_id("dpl");
+    let short_sha = &new.commit_sha[..new.commit_sha.len().min(7)];
+    for older in pending_builds(tx, new.environment_id)? {
+        cancel_build(
+            tx,
+            &older,
+            &format!("superseded by deployment {id} (commit {short_sha})"),
+        )?;
+        outcome.canceled.push(older);
+    }
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO deployments (id, project_id, environment_id, commit_sha, branch, author, message,
+                                  status, backend_status, storefront_status, redeploy_of, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 'pending', 'pending', ?8, ?9, ?9)",
+        params![
+            id,
+            new.project_id,
+            new.environment_id,
+            new.commit_sha,
+            new.branch,
+            new.author,
+            new.message,
+            new.redeploy_of,
+            now
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO transitions (deployment_id, status, at) VALUES (?1, 'queued', ?2)",
+        params![id, now],
+    )?;
+    outcome.deployments.push(get_deployment_in(tx, &id)?);
+    Ok(())
+}
+
+pub(super) fn validate_sha(sha: &str) -> Result<(), ApiError> {
+    let hex = sha.chars().all(|c| c.is_ascii_hexdigit());
+    if !(hex && (sha.len() == 40 || sha.len() == 64)) {
+        return Err(ApiError::invalid_field(
+            "sha",
+            format!("{sha:?} is not a full commit id (40 or 64 hex characters)"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn projects_for_repository(
+    tx: &Transaction,
+    repository: &str,
+) -> Result<Vec<Project>, ApiError> {
+    let wanted = normalize_repository(repository);
+    let mut stmt = tx.prepare("SELECT * FROM projects ORDER BY created_at")?;
+    let projects: Vec<Project> = stmt
+        .query_map([], project_from_row)?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|project| normalize_repository(&project.repository_url) == wanted)
+        .collect();
+    if projects.is_empty() {
+        return Err(ApiError::NotFound {
+            kind: "project for repository",
+            id: repository.to_owned(),
+        });
+    }
+    Ok(projects)
+}
+
+pub fn on_push(conn: &mut Connection, push: PushEvent) -> Result<EventOutcome, ApiError> {
+    require_non_empty("branch", &push.branch)?;
+    validate_sha(&push.sha)?;
+    let tx = conn.transaction()?;
+    let mut outcome = EventOutcome {
+        deployments: Vec::new(),
+        canceled: Vec::new(),
+    };
+    for project in projects_for_repository(&tx, &push.repository)? {
+        let environments: Vec<Environment> = tx
+            .prepare(
+                "SELECT * FROM environments WHERE project_id = ?1 AND kind = 'long_lived' AND removed_at IS NULL ORDER BY created_at",
+            )?
+            .query_map([&project.id], environment_from_row)?
+            .collect::<Result<_, _>>()?;
+        for environment in environments
+            .iter()
+            .filter(|environment| branch_matches(&environment.branch, &push.branch))
+        {
+            queue_deployment(
+                &tx,
+                NewDeployment {
+                    project_id: &project.id,
+                    environment_id: &environment.id,
+                    commit_sha: &push.sha,
+                    branch: &push.branch,
+                    author: &push.author,
+                    message: &push.message,
+                    redeploy_of: None,
+                },
+                &mut outcome,
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(outcome)
+}
+
+pub fn on_pull_request(
+    conn: &mut Connection,
+    event: PullRequestEvent,
+) -> Result<EventOutcome, ApiError> {
+    require_non_empty("branch", &event.branch)?;
+    validate_sha(&event.sha)?;
+    let tx = conn.transaction()?;
+    let mut outcome = EventOutcome {
+        deployments: Vec::new(),
+        canceled: Vec::new(),
+    };
+    for project in projects_for_repository(&tx, &event.repository)? {
+        let preview = tx
+            .query_row(
+                "SELECT * FROM environments WHERE project_id = ?1 AND kind = 'preview' AND pull_request = ?2 AND removed_at IS NULL",
+                params![project.id, event.number as i64],
+                environment_from_row,
+            )
+            .optional()?;
+        match event.action {
+            PullRequestAction::Closed => {
+                let Some(preview) = preview else { continue };
+                for pending in pending_builds(&tx, &preview.id)? {
+                    cancel_build(
+                        &tx,
+                        &pending,
+                        &format!("pull request #{} was closed", event.number),
+                    )?;
+                    outcome.canceled.push(pending);
+                }
+                tx.execute(
+                    "UPDATE environments SET removed_at = ?1 WHERE id = ?2",
+                    params![now_ms(), preview.id],
+                )?;
+            }
+            PullRequestAction::Opened
+            | PullRequestAction::Reopened
+            | PullRequestAction::Synchronize => {
+                let environment_id = match preview {
+                    Some(preview) => {
+                        tx.execute(
+                            "UPDATE environments SET branch = ?1 WHERE id = ?2",
+                            params![event.branch, preview.id],
+                        )?;
+                        preview.id
+                    }
+                    None => {
+                        let id = new_id("env");
+                        tx.execute(
+                            "INSERT INTO environments (id, project_id, name, kind, branch, pull_request, auto_deploy, created_at)
+                             VALUES (?1, ?2, ?3, 'preview', ?4, ?5, 1, ?6)",
+                            params![id, project.id, format!("pr-{}", event.number), event.branch, event.number as i64, now_ms()],
+                        )?;
+                        id
+                    }
+                };
+                queue_deployment(
+                    &tx,
+                    NewDeployment {
+                        project_id: &project.id,
+                        environment_id: &environment_id,
+                        commit_sha: &event.sha,
+                        branch: &event.branch,
+                        author: &event.author,
+                        message: &event.message,
+                        redeploy_of: None,
+                    },
+                    &mut outcome,
+                )?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(outcome)
+}
+
+pub fn redeploy(conn: &mut Connection, id: &str) -> Result<EventOutcome, ApiError> {
+    let tx = conn.transaction()?;
+    let original = get_deployment_in(&tx, id)?;
+    get_environment_in(&tx, &original.environment_id).map_err(|_| {
+        ApiError::Conflict(format!(
+            "deployment {id} belongs to environment {}, which was removed",
+            original.environment_id
+        ))
+    })?;
+    let mut outcome = EventOutcome {
+        deployments: Vec::new(),
+        canceled: Vec::new(),
+    };
+    queue_deployment(
+        &tx,
+        NewDeployment {
+            project_id: &original.project_id,
+            environment_id: &original.environment_id,
+            commit_sha: &original.commit_sha,
+            branch: &original.branch,
+            author: &original.author,
+            message: &original.message,
+            redeploy_of: Some(id),
+        },
+        &mut outcome,
+    )?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{push, sha, shop, REPO};
+    use kiln_protocol::{CreateEnvironment, DeploymentStatus::*};
+
+    fn pull_request(conn: &mut Connection, action: PullRequestAction, n: u8) -> EventOutcome {
+        on_pull_request(
+            conn,
+            PullRequestEvent {
+                repository: REPO.into(),
+                number: 7,
+                action,
+                branch: "feature/cart".into(),
+                sha: sha(n),
+                author: "Grace".into(),
+                message: "Cart".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_push_queues_one_deployment_per_matching_environment_and_cancels_older_ones() {
+        let (mut conn, project_id, production) = shop(&[]);
+        crate::store::create_environment(
+            &mut conn,
+            &project_id,
+            CreateEnvironment {
+                name: "Releases".into(),
+                branch: "release/*".into(),
+                auto_deploy: false,
+            },
+        )
+        .unwrap();
+        assert!(push(&mut conn, "feature/x", 1).is_empty());
+        let first = push(&mut conn, "main", 1);
+        assert_eq!(first.len(), 1);
+        assert_eq!(
+            (first[0].status, first[0].environment_id.as_str()),
+            (Queued, production.as_str())
+        );
+        assert_eq!(push(&mut conn, "release/2", 2).len(), 1);
+        let second = push(&mut conn, "main", 3);
+        let older = get_deployment(&mut conn, &first[0].id).unwrap();
+        assert_eq!(older.status, BuildCanceled);
+        assert_eq!(
+            older.reason.as_deref(),
+            Some(format!("superseded by deployment {} (commit 0303030)", second[0].id).as_str())
+        );
+        assert_eq!(
+            older
+                .transitions
+                .iter()
+                .map(|t| t.status)
+                .collect::<Vec<_>>(),
+            [Queued, BuildCanceled]
+        );
+        let listed = list_deployments(
+            &mut conn,
+            DeploymentFilter {
+                environment_id: Some(production),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            listed.iter().map(|d| &d.id).collect::<Vec<_>>(),
+            [&second[0].id, &first[0].id]
+        );
+    }
+
+    #[test]
+    fn events_for_unknown_repositories_or_bad_shas_are_refused() {
+        let (mut conn, _, _) = shop(&[]);
+        let mut event = PushEvent {
+            repository: "https://git.example/other.git".into(),
+            branch: "main".into(),
+            sha: sha(1),
+            author: "Ada".into(),
+            message: "m".into(),
+        };
+        assert!(matches!(
+            on_push(&mut conn, event.clone()),
+            Err(ApiError::NotFound { .. })
+        ));
+        event.repository = "https://GIT.example/acme/shop/".into();
+        event.sha = "abc".into();
+        let error = on_push(&mut conn, event.clone()).unwrap_err();
+        assert!(error.to_string().contains("`sha`"), "{error}");
+        event.sha = sha(1);
+        assert_eq!(on_push(&mut conn, event).unwrap().deployments.len(), 1);
+    }
+
+    #[test]
+    fn a_pull_request_gets_a_preview_until_it_closes() {
+        let (mut conn, project_id, _) = shop(&[]);
+        let opened = pull_request(&mut conn, PullRequestAction::Opened, 1);
+        let preview_id = opened.deployments[0].environment_id.clone();
+        let preview = crate::store::get_environment(&mut conn, &preview_id).unwrap();
+        assert_eq!(
+            (preview.kind, preview.pull_request, preview.name.as_str()),
+            (kiln_protocol::EnvironmentKind::Preview, Some(7), "pr-7")
+        );
+        let synced = pull_request(&mut conn, PullRequestAction::Synchronize, 2);
+        assert_eq!(synced.deployments[0].environment_id, preview_id);
+        assert_eq!(synced.canceled, [opened.deployments[0].id.clone()]);
+        let closed = pull_request(&mut conn, PullRequestAction::Closed, 2);
+        assert_eq!(closed.canceled, [synced.deployments[0].id.clone()]);
+        assert!(matches!(
+            crate::store::get_environment(&mut conn, &preview_id),
+            Err(ApiError::NotFound { .. })
+        ));
+        assert_eq!(
+            crate::store::list_environments(&mut conn, &project_id)
+                .unwrap()
+                .len(),
+            1
+        );
+        let reopened = pull_request(&mut conn, PullRequestAction::Reopened, 3);
+        assert_ne!(
+            reopened.deployments[0].environment_id, preview_id,
+            "a new preview"
+        );
+    }
+
+    #[test]
+    fn a_redeploy_queues_the_same_commit_again() {
+        let (mut conn, _, _) = shop(&[]);
+        let first = push(&mut conn, "main", 1).remove(0);
+        let again = redeploy(&mut conn, &first.id).unwrap();
+        let copy = &again.deployments[0];
+        assert_eq!(
+            (copy.commit_sha.as_str(), copy.redeploy_of.as_deref()),
+            (first.commit_sha.as_str(), Some(first.id.as_str()))
+        );
+        assert_eq!(
+            again.canceled,
+            std::slice::from_ref(&first.id),
+            "the queued original is superseded"
+        );
+        assert!(matches!(
+            redeploy(&mut conn, "dpl_missing"),
+            Err(ApiError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn set_status_allows_only_the_lifecycle() {
+        let (mut conn, _, _) = shop(&[]);
+        let queued = push(&mut conn, "main", 1).remove(0);
+        let tx = conn.transaction().unwrap();
+        let error = set_status(&tx, &queued.id, Queued, Live, None).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ApiError::IllegalTransition {
+                    from: Queued,
+                    to: Live,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let error = set_status(&tx, &queued.id, Building, BuildFailed, None).unwrap_err();
+        assert!(
+            matches!(error, ApiError::Conflict(_)),
+            "a stale `from` is refused: {error}"
+        );
+    }
+}

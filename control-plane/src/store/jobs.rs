@@ -1,0 +1,447 @@
+//! Jobs: a claim of a queued deployment by an agent, the lease its watch renews,
+//! the agent's status reports, and leases that expire.
+
+use kiln_protocol::{
+    ComponentStatus, Deployment, DeploymentStatus, Job, JobControl, JobDirective, JobLimits,
+    JobStatusUpdate,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::agents::AgentRow;
+use super::deployments::{finish_current_job, get_deployment_in, set_status, settle_components};
+use super::projects::{get_project_in, variables_in};
+use super::{json_list, new_id, now_ms, time, to_json};
+use crate::error::ApiError;
+
+/// Policy the store needs from the server's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct JobPolicy {
+    pub lease_ms: i64,
+    pub job_timeout_seconds: u64,
+    /// Claims of one deployment before a lost agent fails it ("agent lost").
+    pub max_attempts: u32,
+}
+
+/// Hands the oldest queued deployment this agent's labels allow to the agent.
+pub fn claim(
+    conn: &mut Connection,
+    agent: &AgentRow,
+    policy: JobPolicy,
+) -> Result<Option<Job>, ApiError> {
+    let tx = conn.transaction()?;
+    let candidates: Vec<(String, String)> = tx
+        .prepare(
+            "SELECT d.id, p.agent_labels FROM deployments d JOIN projects p ON p.id = d.project_id
+             WHERE d.status = 'queued' ORDER BY d.seq LIMIT 500",
+        )?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let Some((deployment_id, _)) = candidates.into_iter().find(|(_, labels)| {
+        json_list(labels)
+            .iter()
+            .all(|label| agent.labels.contains(label))
+    }) else {
+        return Ok(None);
+    };
+    let deployment = get_deployment_in(&tx, &deployment_id)?;
+    let project = get_project_in(&tx, &deployment.project_id)?;
+    let repository_token: Option<String> = tx.query_row(
+        "SELECT repository_token FROM projects WHERE id = ?1",
+        [&project.id],
+        |row| row.get(0),
+    )?;
+    let attempt = deployment.attempts + 1;
+    let job_id = new_id("job");
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO jobs (id, deployment_id, agent_id, attempt, claimed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![job_id, deployment_id, agent.id, attempt, now],
+    )?;
+    set_status(
+        &tx,
+        &deployment_id,
+        deployment.status,
+        DeploymentStatus::Building,
+        None,
+    )?;
+    tx.execute(
+        "UPDATE deployments SET attempts = ?1, current_job_id = ?2, agent_id = ?3, lease_expires_at = ?4,
+                                backend_status = 'pending', storefront_status = 'pending'
+         WHERE id = ?5",
+        params![attempt, job_id, agent.id, now + policy.lease_ms, deployment_id],
+    )?;
+    let env = variables_in(&tx, &deployment.environment_id)?;
+    tx.commit()?;
+    Ok(Some(Job {
+        job_id,
+        deployment_id,
+        project_id: project.id,
+        environment_id: deployment.environment_id,
+        attempt,
+        repository_url: project.repository_url,
+        commit_sha: deployment.commit_sha,
+        branch: deployment.branch,
+        author: deployment.author,
+        message: deployment.message,
+        backend_path: project.backend_path,
+        storefront_path: project.storefront_path,
+        env,
+        repository_token,
+        limits: JobLimits {
+            timeout_seconds: policy.job_timeout_seconds,
+        },
+        lease_seconds: (policy.lease_ms / 1000).max(1) as u64,
+        secret_scan: project.secret_scan,
+    }))
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub deployment_id: String,
+    pub agent_id: String,
+    pub finished: bool,
+}
+
+pub(super) fn job_in(conn: &Connection, job_id: &str) -> Result<JobRow, ApiError> {
+    conn.query_row(
+        "SELECT id, deployment_id, agent_id, finished_at IS NOT NULL FROM jobs WHERE id = ?1",
+        [job_id],
+        |row| {
+            Ok(JobRow {
+                id: row.get(0)?,
+                deployment_id: row.get(1)?,
+                agent_id: row.get(2)?,
+                finished: row.get(3)?,
+            })
+        },
+    )
+    .optional()?
+    .ok_or_else(|| ApiError::not_found("job", job_id))
+}
+
+pub fn get_job(conn: &mut Connection, job_id: &str) -> Result<JobRow, ApiError> {
+    job_in(conn, job_id)
+}
+
+/// The job, if it belongs to this agent.
+pub(super) fn owned_job(
+    conn: &Connection,
+    agent_id: &str,
+    job_id: &str,
+) -> Result<JobRow, ApiError> {
+    let job = job_in(conn, job_id)?;
+    if job.agent_id != agent_id {
+        return Err(ApiError::Forbidden(format!(
+            "job {job_id} belongs to another agent"
+        )));
+    }
+    Ok(job)
+}
+
+pub fn owned_job_for(
+    conn: &mut Connection,
+    agent_id: &str,
+    job_id: &str,
+) -> Result<JobRow, ApiError> {
+    owned_job(conn, agent_id, job_id)
+}
+
+/// Renews the lease of a running job and says whether the agent must stop it.
+pub fn watch(
+    conn: &mut Connection,
+    agent_id: &str,
+    job_id: &str,
+    policy: JobPolicy,
+    renew: bool,
+) -> Result<JobControl, ApiError> {
+    let tx = conn.transaction()?;
+    let job = owned_job(&tx, agent_id, job_id)?;
+    let deployment = get_deployment_in(&tx, &job.deployment_id)?;
+    let holds_it = deployment.current_job_id.as_deref() == Some(job_id);
+    let mut lease_expires_at: i64 = tx.query_row(
+        "SELECT COALESCE(lease_expires_at, ?2) FROM deployments WHERE id = ?1",
+        params![deployment.id, now_ms()],
+        |row| row.get(0),
+    )?;
+    let (directive, reason) = if !holds_it {
+        (
+            JobDirective::Cancel,
+            Some("the lease expired and the deployment was handed out again".to_owned()),
+        )
+    } else if deployment.status == DeploymentStatus::Building {
+        if renew {
+            lease_expires_at = now_ms() + policy.lease_ms;
+            tx.execute(
+                "UPDATE deployments SET lease_expires_at = ?1 WHERE id = ?2",
+                params![lease_expires_at, deployment.id],
+            )?;
+        }
+        (JobDirective::Continue, None)
+    } else if matches!(
+        deployment.status,
+        DeploymentStatus::BuildCanceled | DeploymentStatus::BuildFailed
+    ) {
+        (JobDirective::Cancel, deployment.reason.clone())
+    } else {
+        (JobDirective::Continue, None)
+    };
+    tx.commit()?;
+    Ok(JobControl {
+        job_id: job.id,
+        directive,
+        status: deployment.status,
+        lease_expires_at: time(lease_expires_at),
+        reason,
+    })
+}
+
+/// What a status update did, for the caller's follow-up work.
+#[derive(Debug)]
+pub struct StatusApplied {
+    pub deployment: Deployment,
+    pub start_deploy: bool,
+}
+
+pub fn report_status(
+    conn: &mut Connection,
+    agent_id: &str,
+    job_id: &str,
+    update: JobStatusUpdate,
+) -> Result<StatusApplied, ApiError> {
+    use DeploymentStatus::*;
+    if !matches!(
+        update.status,
+        Building | AwaitingDeployment | BuildFailed | BuildCanceled
+    ) {
+        return Err(ApiError::Forbidden(format!(
+            "agents report building, awaiting_deployment, build_failed or build_canceled, not {}",
+            update.status
+        )));
+    }
+    let tx = conn.transaction()?;
+    let job = owned_job(&tx, agent_id, job_id)?;
+    let deployment = get_deployment_in(&tx, &job.deployment_id)?;
+    if deployment.current_job_id.as_deref() != Some(job_id) {
+        return Err(ApiError::JobSuperseded {
+            job_id: job_id.to_owned(),
+            why: format!(
+                "deployment {} was handed to job {} after this job's lease expired",
+                deployment.id,
+                deployment.current_job_id.as_deref().unwrap_or("(none)")
+            ),
+        });
+    }
+    // A repeated report (a retry after a lost response) is accepted as it is.
+    if deployment.status != update.status {
+        set_status(
+            &tx,
+            &deployment.id,
+            deployment.status,
+            update.status,
+            update.reason.as_deref(),
+        )?;
+    } else if update.reason.is_some() {
+        tx.execute(
+            "UPDATE deployments SET reason = ?1 WHERE id = ?2",
+            params![update.reason, deployment.id],
+        )?;
+    }
+    if let Some(backend) = update.backend {
+        tx.execute(
+            "UPDATE deployments SET backend_status = ?1 WHERE id = ?2",
+            params![backend.as_str(), deployment.id],
+        )?;
+    }
+    if let Some(storefront) = update.storefront {
+        tx.execute(
+            "UPDATE deployments SET storefront_status = ?1 WHERE id = ?2",
+            params![storefront.as_str(), deployment.id],
+        )?;
+    }
+    if let Some(detail) = &update.detail {
+        tx.execute(
+            "UPDATE deployments SET detail = ?1, updated_at = ?2 WHERE id = ?3",
+            params![to_json(detail), now_ms(), deployment.id],
+        )?;
+    }
+    match update.status {
+        BuildFailed => settle_components(&tx, &deployment.id, ComponentStatus::Failed)?,
+        BuildCanceled => settle_components(&tx, &deployment.id, ComponentStatus::Canceled)?,
+        _ => {}
+    }
+    if update.status != Building {
+        finish_current_job(&tx, &deployment.id)?;
+    }
+    let auto_deploy: bool = tx.query_row(
+        "SELECT auto_deploy FROM environments WHERE id = ?1",
+        [&deployment.environment_id],
+        |row| row.get(0),
+    )?;
+    let deployment = get_deployment_in(&tx, &deployment.id)?;
+    tx.commit()?;
+    Ok(StatusApplied {
+        start_deploy: auto_deploy && deployment.status == AwaitingDeployment,
+        deployment,
+    })
+}
+
+/// Jobs whose agent stopped renewing: queued again once, then failed as lost.
+pub fn expire_leases(conn: &mut Connection, policy: JobPolicy) -> Result<Vec<String>, ApiError> {
+    let tx = conn.transaction()?;
+    let expired: Vec<(String, u32)> = tx
+        .prepare(
+            "SELECT id, attempts FROM deployments WHERE status = 'building' AND lease_expires_at < ?1",
+        )?
+        .query_map([now_ms()], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut touched = Vec::new();
+    for (id, attempts) in expired {
+        finish_current_job(&tx, &id)?;
+        if attempts < policy.max_attempts {
+            set_status(
+                &tx,
+                &id,
+                DeploymentStatus::Building,
+                DeploymentStatus::Queued,
+                Some(&format!(
+                    "agent lost; queued again (attempt {} of {})",
+                    attempts + 1,
+                    policy.max_attempts
+                )),
+            )?;
+            tx.execute(
+                "UPDATE deployments SET current_job_id = NULL, agent_id = NULL,
+                        backend_status = 'pending', storefront_status = 'pending'
+                 WHERE id = ?1",
+                [&id],
+            )?;
+        } else {
+            set_status(
+                &tx,
+                &id,
+                DeploymentStatus::Building,
+                DeploymentStatus::BuildFailed,
+                Some("agent lost"),
+            )?;
+            settle_components(&tx, &id, ComponentStatus::Failed)?;
+        }
+        touched.push(id);
+    }
+    tx.commit()?;
+    Ok(touched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{agent, claim_one, push, shop, POLICY};
+    use kiln_protocol::DeploymentStatus::*;
+
+    fn report(
+        conn: &mut Connection,
+        agent_id: &str,
+        job_id: &str,
+        status: DeploymentStatus,
+    ) -> Result<StatusApplied, ApiError> {
+        report_status(
+            conn,
+            agent_id,
+            job_id,
+            JobStatusUpdate {
+                status,
+                backend: None,
+                storefront: None,
+                reason: None,
+                detail: None,
+            },
+        )
+    }
+
+    #[test]
+    fn claims_go_oldest_first_to_agents_with_the_labels() {
+        let (mut conn, _, _) = shop(&["trusted"]);
+        push(&mut conn, "main", 1);
+        let untrusted = agent(&mut conn, &[]);
+        assert!(claim(&mut conn, &untrusted, POLICY).unwrap().is_none());
+        let trusted = agent(&mut conn, &["trusted", "fast"]);
+        let job = claim_one(&mut conn, &trusted);
+        assert_eq!((job.attempt, job.lease_seconds), (1, 60));
+        let deployment = get_deployment_in(&conn, &job.deployment_id).unwrap();
+        assert_eq!(deployment.status, Building);
+        assert_eq!(
+            deployment.current_job_id.as_deref(),
+            Some(job.job_id.as_str())
+        );
+        assert!(
+            claim(&mut conn, &trusted, POLICY).unwrap().is_none(),
+            "claimed once"
+        );
+    }
+
+    #[test]
+    fn a_job_reports_its_way_to_awaiting_deployment() {
+        let (mut conn, _, _) = shop(&[]);
+        push(&mut conn, "main", 1);
+        let builder = agent(&mut conn, &[]);
+        let job = claim_one(&mut conn, &builder);
+        report(&mut conn, &builder.id, &job.job_id, Building).unwrap();
+        let done = report(&mut conn, &builder.id, &job.job_id, AwaitingDeployment).unwrap();
+        assert_eq!(done.deployment.status, AwaitingDeployment);
+        assert!(!done.start_deploy, "auto_deploy is off");
+        assert!(job_in(&conn, &job.job_id).unwrap().finished);
+        let error = report(&mut conn, &builder.id, &job.job_id, Live).unwrap_err();
+        assert!(matches!(error, ApiError::Forbidden(_)), "{error}");
+        let stranger = agent(&mut conn, &[]);
+        let error = report(&mut conn, &stranger.id, &job.job_id, BuildFailed).unwrap_err();
+        assert!(matches!(error, ApiError::Forbidden(_)), "{error}");
+    }
+
+    #[test]
+    fn a_newer_push_tells_the_watch_to_cancel() {
+        let (mut conn, _, _) = shop(&[]);
+        push(&mut conn, "main", 1);
+        let builder = agent(&mut conn, &[]);
+        let job = claim_one(&mut conn, &builder);
+        let control = watch(&mut conn, &builder.id, &job.job_id, POLICY, true).unwrap();
+        assert_eq!(control.directive, JobDirective::Continue);
+        push(&mut conn, "main", 2);
+        let control = watch(&mut conn, &builder.id, &job.job_id, POLICY, true).unwrap();
+        assert_eq!(control.directive, JobDirective::Cancel);
+        assert!(control
+            .reason
+            .unwrap()
+            .starts_with("superseded by deployment"));
+    }
+
+    #[test]
+    fn an_expired_lease_requeues_once_then_fails_as_agent_lost() {
+        let (mut conn, _, _) = shop(&[]);
+        let deployment = push(&mut conn, "main", 1).remove(0);
+        let builder = agent(&mut conn, &[]);
+        let expire = |conn: &mut Connection| {
+            conn.execute(
+                "UPDATE deployments SET lease_expires_at = 0 WHERE id = ?1",
+                [&deployment.id],
+            )
+            .unwrap();
+            expire_leases(conn, POLICY).unwrap()
+        };
+        let first = claim_one(&mut conn, &builder);
+        assert_eq!(expire(&mut conn), std::slice::from_ref(&deployment.id));
+        assert_eq!(
+            get_deployment_in(&conn, &deployment.id).unwrap().status,
+            Queued
+        );
+        let second = claim_one(&mut conn, &builder);
+        assert_eq!(second.attempt, 2);
+        let error = report(&mut conn, &builder.id, &first.job_id, AwaitingDeployment).unwrap_err();
+        assert!(matches!(error, ApiError::JobSuperseded { .. }), "{error}");
+        expire(&mut conn);
+        let lost = get_deployment_in(&conn, &deployment.id).unwrap();
+        assert_eq!(
+            (lost.status, lost.reason.as_deref()),
+            (BuildFailed, Some("agent lost"))
+        );
+    }
+}

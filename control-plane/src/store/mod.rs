@@ -1,0 +1,77 @@
+//! The deployment model on SQLite: projects, environments, deployments, agents,
+//! jobs, deploys and artifacts, one module each.
+//!
+//! Each public function is one transaction. Every status change goes through
+//! `deployments::set_status`, which asks `kiln_protocol::check_transition` and
+//! records the transition. No HTTP and no async here: handlers call these through
+//! `Db::call`.
+
+mod agents;
+mod artifacts;
+mod deployments;
+mod deploys;
+mod jobs;
+mod projects;
+
+pub use agents::*;
+pub use artifacts::*;
+pub use deployments::*;
+pub use deploys::*;
+pub use jobs::*;
+pub use projects::*;
+
+use chrono::{DateTime, Utc};
+use kiln_protocol::{ComponentStatus, DeploymentStatus};
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+pub fn new_id(prefix: &str) -> String {
+    // v7 ids sort by creation time, which keeps logs and listings readable.
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn json_list(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
+fn parse_status(text: &str) -> Result<DeploymentStatus, rusqlite::Error> {
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn parse_component(text: &str) -> ComponentStatus {
+    ComponentStatus::parse(text).unwrap_or(ComponentStatus::Pending)
+}
+
+/// Repository URLs as git hosts send them vary by a trailing slash or `.git`.
+fn normalize_repository(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    url.strip_suffix(".git").unwrap_or(url).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_urls_compare_loosely() {
+        assert_eq!(
+            normalize_repository("https://Git.example/Shop.git/"),
+            normalize_repository("https://git.example/shop")
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! Fixtures for the store's unit tests: an in-memory database with a project, an
+//! environment and an agent, and the calls a push and a claim make.
+
+use kiln_protocol::{CreateEnvironment, CreateProject, Deployment, Job, PushEvent};
+use rusqlite::Connection;
+
+use super::{
+    claim, create_environment, create_project, on_push, register_agent, AgentRow, JobPolicy,
+};
+
+pub(super) const REPO: &str = "https://git.example/acme/shop.git";
+
+pub(super) const POLICY: JobPolicy = JobPolicy {
+    lease_ms: 60_000,
+    job_timeout_seconds: 3600,
+    max_attempts: 2,
+};
+
+/// A database with project `shop` (labels `labels`) and environment `Production`
+/// on `main`; returns the connection, the project id and the environment id.
+pub(super) fn shop(labels: &[&str]) -> (Connection, String, String) {
+    let mut conn = crate::db::in_memory();
+    let project = create_project(
+        &mut conn,
+        CreateProject {
+            name: "shop".into(),
+            repository_url: REPO.into(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: labels.iter().map(|l| l.to_string()).collect(),
+            repository_token: None,
+            secret_scan: Default::default(),
+        },
+    )
+    .unwrap();
+    let environment = create_environment(
+        &mut conn,
+        &project.id,
+        CreateEnvironment {
+            name: "Production".into(),
+            branch: "main".into(),
+            auto_deploy: false,
+        },
+    )
+    .unwrap();
+    (conn, project.id, environment.id)
+}
+
+/// A 40-hex commit id made from `n`.
+pub(super) fn sha(n: u8) -> String {
+    format!("{n:02x}").repeat(20)
+}
+
+/// Pushes commit `sha(n)` to `branch`; returns the deployments it queued.
+pub(super) fn push(conn: &mut Connection, branch: &str, n: u8) -> Vec<Deployment> {
+    on_push(
+        conn,
+        PushEvent {
+            repository: REPO.into(),
+            branch: branch.into(),
+            sha: sha(n),
+            author: "Ada".into(),
+            message: format!("commit {n}"),
+        },
+    )
+    .unwrap()
+    .deployments
+}
+
+pub(super) fn agent(conn: &mut Connection, labels: &[&str]) -> AgentRow {
+    let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+    let hash = format!("hash-{}", super::new_id("t"));
+    let id = register_agent(conn, "builder", &labels, &hash).unwrap();
+    AgentRow { id, labels }
+}
+
+pub(super) fn claim_one(conn: &mut Connection, agent: &AgentRow) -> Job {
+    claim(conn, agent, POLICY)
+        .unwrap()
+        .expect("a job is queued")
+}
