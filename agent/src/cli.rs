@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::client::Client;
-use crate::config::{env_vars, AgentConfig, PartialConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{AgentConfig, PartialConfig, DEFAULT_CONFIG_PATH};
 use crate::daemon::{Daemon, DaemonError};
+use crate::env_vars;
 use crate::executor::{DockerExecutor, Executor};
 use crate::logs::{JobLogs, LogOptions};
 use crate::pipeline::{BuildOutcome, BuildRequest, Pipeline, Source, Workspace};
@@ -28,7 +29,7 @@ struct Cli {
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Operator log format: text or json (also KILN_LOG_FORMAT).
-    #[arg(long, global = true, env = "KILN_LOG_FORMAT", default_value = "text")]
+    #[arg(long, global = true, env = env_vars::KILN_LOG_FORMAT, default_value = "text")]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -40,7 +41,7 @@ enum Command {
     Register {
         #[arg(long)]
         url: String,
-        #[arg(long, env = "KILN_REGISTRATION_TOKEN", hide_env_values = true)]
+        #[arg(long, env = env_vars::KILN_REGISTRATION_TOKEN, hide_env_values = true)]
         registration_token: String,
         /// `--name` and `--labels` come from the shared settings below.
         #[command(flatten)]
@@ -116,7 +117,7 @@ fn load_config(path: Option<PathBuf>, flags: PartialConfig) -> anyhow::Result<Ag
 }
 
 fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env_vars::RUST_LOG)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -302,9 +303,9 @@ async fn build_locally(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let executor: Arc<dyn Executor> = Arc::new(DockerExecutor::connect().await?);
     let job_id = format!("local-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-    let scratch = tempfile_dir(&config.work_dir)?;
+    let scratch = ScratchDir::create(&config.work_dir)?;
     let logs = JobLogs::open(
-        &scratch.join("logs"),
+        &scratch.0.join("logs"),
         &LogOptions {
             secrets: Vec::new(),
             echo: true,
@@ -316,7 +317,7 @@ async fn build_locally(
         config: config.clone(),
         agent_id: "local".to_owned(),
     };
-    let workspace = Workspace::new(&scratch, &job_id);
+    let workspace = Workspace::new(&scratch.0, &job_id);
     let request = BuildRequest {
         job_id,
         source: Source::Local(dir),
@@ -338,7 +339,7 @@ async fn build_locally(
         BuildOutcome::Built { artifacts } => {
             std::fs::create_dir_all(&out)?;
             for artifact in artifacts {
-                let dest = out.join(&artifact.name);
+                let dest = out.join(artifact.name());
                 std::fs::copy(&artifact.packed.path, &dest)?;
                 println!(
                     "artifact  {}  {} bytes  sha256 {}",
@@ -349,25 +350,38 @@ async fn build_locally(
             }
             ExitCode::SUCCESS
         }
-        BuildOutcome::Failed { reason, .. } => {
-            eprintln!("build failed: {reason}");
+        BuildOutcome::Failed(failure) => {
+            eprintln!("build failed: {failure}");
             ExitCode::FAILURE
         }
         BuildOutcome::Canceled => ExitCode::from(130),
     };
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(code)
 }
 
-fn tempfile_dir(work_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let base = if std::fs::create_dir_all(work_dir).is_ok() {
-        work_dir.to_owned()
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = base.join(format!("kiln-local-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// `kiln-agent build`'s working directory (logs and the workspace), under
+/// `work_dir` where it can be made, else the system's temporary directory;
+/// removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(work_dir: &std::path::Path) -> anyhow::Result<ScratchDir> {
+        let base = if std::fs::create_dir_all(work_dir).is_ok() {
+            work_dir.to_owned()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("kiln-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `kiln-agent scan`: errors are exit code 2, so a CI step can tell them from findings.

@@ -12,13 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/kiln/agent.toml";
+use crate::env_vars;
 
-/// Every environment variable the agent reads, in one place.
-pub mod env_vars {
-    pub const KILN_CONFIG: &str = "KILN_CONFIG";
-    pub const KILN_REQUIRE_DOCKER: &str = "KILN_REQUIRE_DOCKER";
-}
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/kiln/agent.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,11 +33,6 @@ pub enum ConfigError {
     },
     #[error("`{key}` is invalid: {reason}")]
     Invalid { key: &'static str, reason: String },
-    #[error("`{key}` is not set; {hint}")]
-    Missing {
-        key: &'static str,
-        hint: &'static str,
-    },
 }
 
 /// A size such as `4GiB`, `512MiB`, `1024` (bytes).
@@ -244,7 +235,7 @@ where
 }
 
 macro_rules! partial_config {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $env:literal $(, parse = $parse:literal)? ;)*) => {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $env:path $(, parse = $parse:literal)? ;)*) => {
         /// Settings from one source; `None` means "not set here".
         #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
         #[serde(deny_unknown_fields)]
@@ -278,7 +269,8 @@ macro_rules! partial_config {
                 Ok(config)
             }
 
-            /// The variable name for each key, for documentation and `doctor`.
+            /// The variable name for each key.
+            #[cfg(test)]
             pub const ENV_NAMES: &'static [(&'static str, &'static str)] = &[ $( (stringify!($field), $env), )* ];
         }
     };
@@ -286,51 +278,51 @@ macro_rules! partial_config {
 
 partial_config! {
     /// Base URL of the control plane, e.g. `https://kiln.example.com`
-    control_plane_url: String = "KILN_CONTROL_PLANE_URL";
+    control_plane_url: String = env_vars::KILN_CONTROL_PLANE_URL;
     /// Name shown in the control plane (default: the host name)
-    name: String = "KILN_NAME";
+    name: String = env_vars::KILN_NAME;
     /// Per-job workspaces live here
-    work_dir: PathBuf = "KILN_WORK_DIR";
+    work_dir: PathBuf = env_vars::KILN_WORK_DIR;
     /// The agent token and log spools live here
-    state_dir: PathBuf = "KILN_STATE_DIR";
+    state_dir: PathBuf = env_vars::KILN_STATE_DIR;
     /// Jobs built at once
-    concurrency: usize = "KILN_CONCURRENCY";
+    concurrency: usize = env_vars::KILN_CONCURRENCY;
     /// Labels jobs may require, comma-separated
-    labels: List = "KILN_LABELS", parse = "from_str_or_number";
+    labels: List = env_vars::KILN_LABELS, parse = "from_str_or_number";
     /// Docker image builds run in
-    build_image: String = "KILN_BUILD_IMAGE";
+    build_image: String = env_vars::KILN_BUILD_IMAGE;
     /// Memory limit per build container (swap is limited to the same)
-    memory: ByteSize = "KILN_MEMORY", parse = "from_str_or_number";
+    memory: ByteSize = env_vars::KILN_MEMORY, parse = "from_str_or_number";
     /// CPUs per build container
-    cpus: f64 = "KILN_CPUS";
+    cpus: f64 = env_vars::KILN_CPUS;
     /// Process limit per build container
-    pids: i64 = "KILN_PIDS";
+    pids: i64 = env_vars::KILN_PIDS;
     /// Longest a job may run, whatever the control plane asks
-    job_timeout: Span = "KILN_JOB_TIMEOUT", parse = "from_str_or_number";
+    job_timeout: Span = env_vars::KILN_JOB_TIMEOUT, parse = "from_str_or_number";
     /// Longest one step (install, build, storefront) may run
-    step_timeout: Span = "KILN_STEP_TIMEOUT", parse = "from_str_or_number";
+    step_timeout: Span = env_vars::KILN_STEP_TIMEOUT, parse = "from_str_or_number";
     /// Open files per build container
-    open_files: i64 = "KILN_OPEN_FILES";
+    open_files: i64 = env_vars::KILN_OPEN_FILES;
     /// Disk a job's workspace may use (checked while the build runs)
-    workspace_limit: ByteSize = "KILN_WORKSPACE_LIMIT", parse = "from_str_or_number";
+    workspace_limit: ByteSize = env_vars::KILN_WORKSPACE_LIMIT, parse = "from_str_or_number";
     /// Address of /metrics, /healthz and /readyz, e.g. 127.0.0.1:9464 (off when unset)
-    metrics_listen: String = "KILN_METRICS_LISTEN";
+    metrics_listen: String = env_vars::KILN_METRICS_LISTEN;
     /// Time a canceled build gets between SIGTERM and SIGKILL
-    cancel_grace: Span = "KILN_CANCEL_GRACE", parse = "from_str_or_number";
+    cancel_grace: Span = env_vars::KILN_CANCEL_GRACE, parse = "from_str_or_number";
     /// Time running jobs get to finish when the agent is asked to stop
-    shutdown_grace: Span = "KILN_SHUTDOWN_GRACE", parse = "from_str_or_number";
+    shutdown_grace: Span = env_vars::KILN_SHUTDOWN_GRACE, parse = "from_str_or_number";
     /// PEM bundle mounted read-only into build containers (TLS-inspecting proxies)
-    extra_ca_certs: PathBuf = "KILN_EXTRA_CA_CERTS";
+    extra_ca_certs: PathBuf = env_vars::KILN_EXTRA_CA_CERTS;
     /// Network of the install step: host, bridge or none
-    install_network: Network = "KILN_INSTALL_NETWORK", parse = "from_str_or_number";
+    install_network: Network = env_vars::KILN_INSTALL_NETWORK, parse = "from_str_or_number";
     /// Network of the build step: host, bridge or none
-    build_network: Network = "KILN_BUILD_NETWORK", parse = "from_str_or_number";
+    build_network: Network = env_vars::KILN_BUILD_NETWORK, parse = "from_str_or_number";
     /// Keep a failed job's workspace for inspection
-    keep_failed_workspaces: bool = "KILN_KEEP_FAILED_WORKSPACES";
+    keep_failed_workspaces: bool = env_vars::KILN_KEEP_FAILED_WORKSPACES;
     /// uid:gid builds run as when the agent itself runs as root
-    build_user: UidGid = "KILN_BUILD_USER", parse = "from_str_or_number";
+    build_user: UidGid = env_vars::KILN_BUILD_USER, parse = "from_str_or_number";
     /// Bytes kept per log stream of a job; later output is dropped (the build goes on)
-    log_limit: ByteSize = "KILN_LOG_LIMIT", parse = "from_str_or_number";
+    log_limit: ByteSize = env_vars::KILN_LOG_LIMIT, parse = "from_str_or_number";
 }
 
 /// The resolved configuration the agent runs with.
@@ -508,17 +500,6 @@ fn default_name() -> String {
         .ok()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "kiln-agent".to_owned())
-}
-
-impl AgentConfig {
-    pub fn require_url(&self) -> Result<&str, ConfigError> {
-        self.control_plane_url
-            .as_deref()
-            .ok_or(ConfigError::Missing {
-                key: "control_plane_url",
-                hint: "set it in agent.toml, KILN_CONTROL_PLANE_URL or --control-plane-url",
-            })
-    }
 }
 
 #[cfg(test)]

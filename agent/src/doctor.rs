@@ -74,7 +74,7 @@ pub async fn run(config: &AgentConfig) -> bool {
         },
     ));
 
-    let disk = crate::executor::docker::disk_free(&config.work_dir);
+    let disk = crate::disk::free(&config.work_dir);
     results.push((
         "disk",
         match disk {

@@ -1,22 +1,37 @@
 //! `kiln-agent`: claims jobs from a control plane, builds Medusa apps in Docker,
 //! ships logs and artifacts. `main.rs` turns errors into exit codes; everything
-//! else lives here so tests drive the real code.
+//! else lives here so tests drive the real code. Only `cli` (and the packer, for
+//! the benchmarks) is public: the rest is the binary's own, so dead code shows.
 
-pub mod backoff;
+mod backoff;
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod detect;
-pub mod doctor;
-pub mod executor;
-pub mod logs;
-pub mod mask;
-pub mod metrics;
-pub mod package_manager;
-pub mod pipeline;
-pub mod scan;
-pub mod state;
+mod client;
+mod config;
+mod daemon;
+mod detect;
+mod disk;
+mod doctor;
+mod env_vars;
+mod executor;
+mod job;
+mod logs;
+mod mask;
+mod metrics;
+mod package_manager;
+mod pipeline;
+/// The artifact packer, public for the benchmarks.
+pub use pipeline::artifact;
+mod repo_fs;
+mod scan;
+mod state;
 
 #[cfg(test)]
 mod testing;
+
+/// Locks a mutex, taking over a poisoned one: every value behind these locks is
+/// left consistent between statements, so a panic elsewhere does not spoil it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

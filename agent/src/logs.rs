@@ -91,20 +91,16 @@ impl std::fmt::Debug for LogSink {
 }
 
 impl LogSink {
-    pub fn stream(&self) -> LogStream {
-        self.spool.stream
-    }
-
     /// Appends raw output (masked) to the spool.
     pub fn write(&self, data: &[u8]) {
-        let mut writer = self.spool.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = crate::lock(&self.spool.writer);
         let masked = writer.masker.push(data);
         self.append(&mut writer, &masked);
     }
 
     /// Writes whatever the masker still holds back (end of a step).
     pub fn flush(&self) {
-        let mut writer = self.spool.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = crate::lock(&self.spool.writer);
         let rest = writer.masker.finish();
         self.append(&mut writer, &rest);
     }
@@ -194,7 +190,6 @@ fn read_marks(path: &Path) -> Vec<(u64, i64)> {
 
 /// The three streams of one job, spooled under `dir`.
 pub struct JobLogs {
-    dir: PathBuf,
     spools: Vec<Arc<Spool>>,
     written: Arc<Notify>,
 }
@@ -232,14 +227,9 @@ impl JobLogs {
             }));
         }
         Ok(JobLogs {
-            dir: dir.to_owned(),
             spools,
             written: Arc::new(Notify::new()),
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn sink(&self, stream: LogStream) -> LogSink {
@@ -255,7 +245,8 @@ impl JobLogs {
         }
     }
 
-    /// Total bytes spooled, for metrics and tests.
+    /// Total bytes spooled.
+    #[cfg(test)]
     pub fn spooled(&self, stream: LogStream) -> u64 {
         self.sink(stream).spool.len.load(Ordering::SeqCst)
     }
@@ -360,7 +351,7 @@ async fn ship_stream(
     }
     let mut size = (len - offset).min(SHIP_CHUNK);
     let marks: Vec<(u64, i64)> = {
-        let writer = spool.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = crate::lock(&spool.writer);
         let from = writer.marks.partition_point(|&(at, _)| at < offset);
         let mut marks: Vec<(u64, i64)> = writer.marks[from..]
             .iter()

@@ -181,11 +181,7 @@ impl Metrics {
         self.health
             .control_plane_failing
             .store(true, Ordering::Relaxed);
-        *self
-            .health
-            .last_problem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(format!("control plane: {error}"));
+        *crate::lock(&self.health.last_problem) = Some(format!("control plane: {error}"));
     }
 
     pub fn docker_answered(&self) {
@@ -195,11 +191,7 @@ impl Metrics {
     pub fn docker_failed(&self, error: &str) {
         self.docker_errors.inc();
         self.health.docker_failing.store(true, Ordering::Relaxed);
-        *self
-            .health
-            .last_problem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(format!("docker: {error}"));
+        *crate::lock(&self.health.last_problem) = Some(format!("docker: {error}"));
     }
 
     /// Alive: the claim loop has turned lately.
@@ -225,10 +217,7 @@ impl Metrics {
     pub fn ready(&self) -> Result<(), String> {
         self.live()?;
         let problem = || {
-            self.health
-                .last_problem
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            crate::lock(&self.health.last_problem)
                 .clone()
                 .unwrap_or_default()
         };
@@ -299,7 +288,7 @@ fn verdict(result: Result<(), String>) -> (StatusCode, String) {
 pub async fn measure_spool(spool: std::path::PathBuf, stop: CancellationToken) {
     loop {
         let dir = spool.clone();
-        let bytes = tokio::task::spawn_blocking(move || crate::executor::docker::disk_usage(&dir))
+        let bytes = tokio::task::spawn_blocking(move || crate::disk::usage(&dir))
             .await
             .unwrap_or(0);
         metrics().spool_bytes.set(bytes as i64);
@@ -313,8 +302,11 @@ pub async fn measure_spool(spool: std::path::PathBuf, stop: CancellationToken) {
 /// The watchdog interval systemd asked for, as `sd_watchdog_enabled(3)` reads it: an
 /// unset `WATCHDOG_PID` means "this process" (sd-notify's own check demands it).
 fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    match std::env::var("WATCHDOG_PID") {
+    let usec: u64 = std::env::var(crate::env_vars::WATCHDOG_USEC)
+        .ok()?
+        .parse()
+        .ok()?;
+    match std::env::var(crate::env_vars::WATCHDOG_PID) {
         Ok(pid) if pid.parse::<u32>().ok() != Some(std::process::id()) => None,
         _ => Some(Duration::from_micros(usec)),
     }
@@ -325,7 +317,7 @@ fn watchdog_interval() -> Option<Duration> {
 /// wedged agent is restarted. Says STOPPING when `stop` (the first signal) comes.
 /// Does nothing outside systemd.
 pub async fn notify_systemd(stop: CancellationToken) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+    if std::env::var_os(crate::env_vars::NOTIFY_SOCKET).is_none() {
         return;
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

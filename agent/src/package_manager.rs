@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::repo_fs::{join, shown, RepoFs, RepoFsError, CONFIG_LIMIT};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PackageManager {
     Npm,
@@ -87,8 +89,8 @@ impl PackageManager {
     }
 }
 
-/// The lockfiles each manager writes.
-const LOCKFILES: &[(&str, &str)] = &[
+/// The lockfiles each manager writes, by file name.
+pub(crate) const LOCKFILES: &[(&str, &str)] = &[
     ("package-lock.json", "npm"),
     ("npm-shrinkwrap.json", "npm"),
     ("yarn.lock", "yarn"),
@@ -98,7 +100,7 @@ const LOCKFILES: &[(&str, &str)] = &[
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DetectError {
+pub enum PackageManagerError {
     #[error(
         "{dir} holds lockfiles of different package managers ({found}); delete the stale ones"
     )]
@@ -111,14 +113,17 @@ pub enum DetectError {
         lockfile: String,
         dir: String,
     },
+    #[error(transparent)]
+    Read(#[from] RepoFsError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detected {
     pub manager: PackageManager,
-    /// Where the install runs: the directory holding the lockfile (a workspace root
-    /// in a monorepo), else the app's directory.
+    /// Where the install runs, relative to the checkout: the directory holding the
+    /// lockfile (a workspace root in a monorepo), else the app's directory.
     pub install_dir: PathBuf,
+    /// Relative to the checkout.
     pub lockfile: Option<PathBuf>,
     pub warnings: Vec<Warning>,
 }
@@ -131,11 +136,12 @@ pub struct Warning {
     pub message: String,
 }
 
-impl DetectError {
+impl PackageManagerError {
     pub fn code(&self) -> &'static str {
         match self {
-            DetectError::AmbiguousLockfiles { .. } => "ambiguous_lockfiles",
-            DetectError::Mismatch { .. } => "package_manager_lockfile_mismatch",
+            PackageManagerError::AmbiguousLockfiles { .. } => "ambiguous_lockfiles",
+            PackageManagerError::Mismatch { .. } => "package_manager_lockfile_mismatch",
+            PackageManagerError::Read(inner) => inner.code(),
         }
     }
 }
@@ -157,37 +163,40 @@ fn manager_from_field(field: &str) -> Option<(&'static str, u32)> {
     Some((name, major))
 }
 
-fn yarn_path(dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join(".yarnrc.yml")).ok()?;
-    text.lines().find_map(|line| {
+fn yarn_path(fs: &RepoFs, dir: &Path) -> Result<Option<String>, RepoFsError> {
+    let Some(text) = fs.read(&join(dir, Path::new(".yarnrc.yml")), CONFIG_LIMIT)? else {
+        return Ok(None);
+    };
+    Ok(text.lines().find_map(|line| {
         let value = line.trim().strip_prefix("yarnPath:")?;
         Some(value.trim().trim_matches('"').trim_matches('\'').to_owned())
-    })
+    }))
 }
 
-fn is_berry_lockfile(path: &Path) -> bool {
-    std::fs::read_to_string(path)
-        .map(|text| text.contains("__metadata:"))
-        .unwrap_or(false)
+/// Berry lockfiles open with a `__metadata:` block; classic ones never have it.
+fn is_berry_lockfile(fs: &RepoFs, path: &Path) -> Result<bool, RepoFsError> {
+    Ok(fs
+        .read_prefix(path, 4096)?
+        .is_some_and(|text| text.contains("__metadata:")))
 }
 
 /// Detects the package manager of the app in `app_dir`, looking for lockfiles from
-/// there up to `root` (the checkout).
-pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detected, DetectError> {
+/// there up to the checkout's root. Paths are relative to the checkout.
+pub fn detect(
+    fs: &RepoFs,
+    app_dir: &Path,
+    package_json: &Value,
+) -> Result<Detected, PackageManagerError> {
     let mut dir = app_dir.to_owned();
     let mut found: Vec<(&str, &str)>;
     loop {
         found = LOCKFILES
             .iter()
             .copied()
-            .filter(|(file, _)| dir.join(file).is_file())
+            .filter(|(file, _)| fs.is_file(&join(&dir, Path::new(file))))
             .collect();
-        if !found.is_empty() || dir == root || !dir.starts_with(root) {
+        if !found.is_empty() || !dir.pop() {
             break;
-        }
-        match dir.parent() {
-            Some(parent) => dir = parent.to_owned(),
-            None => break,
         }
     }
     let field = package_json.get("packageManager").and_then(Value::as_str);
@@ -197,8 +206,8 @@ pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detec
     if kinds.len() > 1 {
         // The packageManager field settles it; without it, it is a guess.
         let Some((wanted, _)) = field.and_then(manager_from_field) else {
-            return Err(DetectError::AmbiguousLockfiles {
-                dir: dir.display().to_string(),
+            return Err(PackageManagerError::AmbiguousLockfiles {
+                dir: shown(&dir),
                 found: found
                     .iter()
                     .map(|(file, _)| *file)
@@ -210,21 +219,21 @@ pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detec
             code: "multiple_lockfiles",
             message: format!(
                 "multiple lockfiles in {}; using {wanted} as packageManager says",
-                dir.display()
+                shown(&dir)
             ),
         });
         found.retain(|(_, kind)| *kind == wanted);
         kinds = vec![wanted];
     }
-    let lockfile = found.first().map(|(file, _)| dir.join(file));
+    let lockfile = found.first().map(|(file, _)| join(&dir, Path::new(file)));
     let from_lock = kinds.first().copied();
     let from_field = field.and_then(manager_from_field);
     if let (Some(lock_kind), Some((field_kind, _))) = (from_lock, from_field) {
         if lock_kind != field_kind {
-            return Err(DetectError::Mismatch {
+            return Err(PackageManagerError::Mismatch {
                 field: field.unwrap_or_default().to_owned(),
                 lockfile: found[0].0.to_owned(),
-                dir: dir.display().to_string(),
+                dir: shown(&dir),
             });
         }
     }
@@ -239,13 +248,13 @@ pub fn detect(app_dir: &Path, root: &Path, package_json: &Value) -> Result<Detec
     let manager = match kind {
         "yarn" => {
             let berry = match (&lockfile, from_field) {
-                (Some(lock), _) => is_berry_lockfile(lock),
+                (Some(lock), _) => is_berry_lockfile(fs, lock)?,
                 (None, Some((_, major))) => major >= 2,
                 (None, None) => false,
             };
             if berry {
                 PackageManager::YarnBerry {
-                    yarn_path: yarn_path(&install_dir),
+                    yarn_path: yarn_path(fs, &install_dir)?,
                 }
             } else {
                 PackageManager::YarnClassic
@@ -276,8 +285,8 @@ mod tests {
     use crate::testing::tree;
     use serde_json::json;
 
-    fn detect_in(dir: &Path, app: &str, package: Value) -> Result<Detected, DetectError> {
-        detect(&dir.join(app), dir, &package)
+    fn detect_in(dir: &Path, app: &str, package: Value) -> Result<Detected, PackageManagerError> {
+        detect(&RepoFs::new(dir).unwrap(), Path::new(app), &package)
     }
 
     #[test]
@@ -347,7 +356,7 @@ mod tests {
             ("apps/backend/package.json", "{}"),
         ]);
         let found = detect_in(dir.path(), "apps/backend", json!({})).unwrap();
-        assert_eq!(found.install_dir, dir.path());
+        assert_eq!(found.install_dir, Path::new(""));
     }
 
     #[test]
@@ -366,7 +375,7 @@ mod tests {
         let dir = tree(&[("package-lock.json", "{}"), ("yarn.lock", "")]);
         assert!(matches!(
             detect_in(dir.path(), "", json!({})),
-            Err(DetectError::AmbiguousLockfiles { .. })
+            Err(PackageManagerError::AmbiguousLockfiles { .. })
         ));
         let dir = tree(&[("package-lock.json", "{}")]);
         let err = detect_in(dir.path(), "", json!({"packageManager": "pnpm@9.1.0"})).unwrap_err();

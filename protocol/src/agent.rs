@@ -182,7 +182,8 @@ pub struct LogAppendResponse {
 /// An artifact as the agent declares it before upload, and as the server stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactDescriptor {
-    /// `backend` or `storefront` by convention; `[a-z0-9._-]`, at most 64 bytes.
+    /// `backend.tar.gz` or `storefront.tar.gz` as the agent sends them
+    /// (`Component::artifact_name`); `[a-z0-9._-]`, at most 64 bytes.
     pub name: String,
     pub size: u64,
     /// Lowercase hex.

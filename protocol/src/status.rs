@@ -130,6 +130,31 @@ pub enum Component {
     Storefront,
 }
 
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backend => "backend",
+            Self::Storefront => "storefront",
+        }
+    }
+
+    /// The name the component's build is uploaded under (`ArtifactDescriptor::name`).
+    pub fn artifact_name(self) -> &'static str {
+        match self {
+            Self::Backend => "backend.tar.gz",
+            Self::Storefront => "storefront.tar.gz",
+        }
+    }
+
+    /// The log stream the component's build output goes to.
+    pub fn log_stream(self) -> LogStream {
+        match self {
+            Self::Backend => LogStream::Backend,
+            Self::Storefront => LogStream::Storefront,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ComponentStatus {

@@ -8,6 +8,9 @@
 //!
 //! `cargo bench -p kiln-tests --bench agent` (needs a Docker engine).
 
+// Tests: a fixture that cannot be set up should stop the test loudly.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -4,10 +4,13 @@
 //! 1. log throughput: a build printing 200 MiB through the agent to the control plane
 //!    (build step start → `awaiting_deployment`), against the same container run
 //!    by hand (`docker run`) and `docker logs` reading its output back;
-//! 2. artifact packing: `kiln_agent::pipeline::artifact::pack` against `tar -czf` on
+//! 2. artifact packing: `kiln_agent::artifact::pack` against `tar -czf` on
 //!    the same generated tree.
 //!
 //! `cargo bench -p kiln-tests --bench logs` (needs a Docker engine).
+
+// Tests: a fixture that cannot be set up should stop the test loudly.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -257,8 +260,7 @@ async fn main() {
     let tree = dir.path().join("tree");
     let tree_bytes = generate_tree(&tree) as f64;
     let started = Instant::now();
-    let packed =
-        kiln_agent::pipeline::artifact::pack(&tree, &dir.path().join("kiln.tar.gz")).unwrap();
+    let packed = kiln_agent::artifact::pack(&tree, &dir.path().join("kiln.tar.gz")).unwrap();
     let kiln_pack = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let status = Command::new("tar")

@@ -14,6 +14,9 @@
 //! `ripsecrets` on PATH), `KILN_SCAN_BENCH_PEER_TIMEOUT` (seconds, default 1800).
 //! A peer that is not installed is reported as such; the run goes on.
 
+// Tests: a fixture that cannot be set up should stop the test loudly.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,9 @@
 //! All end-to-end tests, one binary, one module per area. Each test starts the
 //! real servers it needs on loopback; see `support`.
 
+// Tests: a fixture that cannot be set up should stop the test loudly.
+#![allow(clippy::unwrap_used)]
+
 mod accept;
 mod agent;
 mod control_plane;

@@ -5,6 +5,7 @@
 //! that says how to get it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,8 +22,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ExecError, Executor, Leftover, Step, StepOutcome, CA_BUNDLE_MOUNT, LABEL_AGENT, LABEL_JOB,
-    LABEL_STEP, WORKSPACE_MOUNT,
+    ExecError, Executor, Leftover, Step, StepOutcome, CAPTURE_LIMIT, CA_BUNDLE_MOUNT, LABEL_AGENT,
+    LABEL_JOB, LABEL_STEP, WORKSPACE_MOUNT,
 };
 use crate::logs::LogSink;
 
@@ -95,43 +96,6 @@ fn hit_process_limit(pids_events: &str) -> bool {
     })
 }
 
-/// Bytes the directory takes on disk (allocated blocks, so sparse files count as
-/// what they use); links are not followed.
-pub fn disk_usage(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.metadata().ok())
-        .map(|meta| meta.blocks() * 512)
-        .sum()
-}
-
-/// Free space below which a failure is put down to a full disk: a process that met
-/// ENOSPC leaves next to nothing free for an unprivileged uid.
-const DISK_FULL_BELOW: u64 = 16 << 20;
-
-/// Bytes an unprivileged process may still write on the file system that holds (or
-/// will hold) `dir`.
-pub fn disk_free(dir: &std::path::Path) -> std::io::Result<u64> {
-    let mut probe = dir.to_owned();
-    while !probe.exists() {
-        if !probe.pop() {
-            break;
-        }
-    }
-    let stat = nix::sys::statvfs::statvfs(&probe).map_err(std::io::Error::from)?;
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
-}
-
-/// The bytes still free on the file system holding `dir`, when so few are left that
-/// a failure there is a full disk's doing.
-pub fn disk_full(dir: &std::path::Path) -> Option<u64> {
-    let free = disk_free(dir).ok()?;
-    (free < DISK_FULL_BELOW).then_some(free)
-}
-
 /// Watches a running step's limits that Docker does not enforce by stopping it: the
 /// pids limit (Docker only refuses forks) and the workspace's disk use. Returns when
 /// one is exceeded. The disk walk runs at most every 10× its own duration, so it
@@ -147,7 +111,7 @@ async fn watch_limits(pids_events: Option<String>, step: &Step) -> StepOutcome {
         if tokio::time::Instant::now() >= disk_due {
             let workspace = step.workspace.clone();
             let started = std::time::Instant::now();
-            let used = tokio::task::spawn_blocking(move || disk_usage(&workspace))
+            let used = tokio::task::spawn_blocking(move || crate::disk::usage(&workspace))
                 .await
                 .unwrap_or(0);
             if used > step.limits.workspace_bytes {
@@ -159,19 +123,63 @@ async fn watch_limits(pids_events: Option<String>, step: &Step) -> StepOutcome {
     }
 }
 
+/// Where a container's output goes: a job's log, or memory (bounded) for the facts
+/// the pipeline asks the image.
+enum Output {
+    Log(LogSink),
+    Memory(Arc<Mutex<Vec<u8>>>),
+}
+
+impl Output {
+    fn write(&self, bytes: &[u8]) {
+        match self {
+            Output::Log(sink) => sink.write(bytes),
+            Output::Memory(buffer) => {
+                let mut buffer = crate::lock(buffer);
+                let room = CAPTURE_LIMIT.saturating_sub(buffer.len());
+                buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+        }
+    }
+
+    fn flush(&self) {
+        if let Output::Log(sink) = self {
+            sink.flush();
+        }
+    }
+}
+
 impl DockerExecutor {
+    /// Runs a step's container and removes it on every path.
+    async fn run_removing(
+        &self,
+        step: &Step,
+        output: Output,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, ExecError> {
+        let name = format!("kiln-{}-{}", step.job_id, step.name);
+        // A container of the same name is a leftover of this very job (a retry).
+        let _ = self.remove(&name).await;
+        let result = self.run_container(&name, step, output, cancel).await;
+        if let Err(error) = self.remove(&name).await {
+            tracing::warn!(message = "Could not remove a build container.", container = %name, %error);
+        }
+        result
+    }
+
     /// Connects to the local engine (DOCKER_HOST or the default socket) and
     /// negotiates the API version.
     pub async fn connect() -> Result<Self, ExecError> {
+        let at = std::env::var(crate::env_vars::DOCKER_HOST)
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+        let unreachable = |e: BollardError| ExecError::Unreachable {
+            reason: format!("{e} (at {at})"),
+        };
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| ExecError::Unreachable {
-                reason: e.to_string(),
-            })?
+            .map_err(unreachable)?
             .negotiate_version()
             .await
-            .map_err(|e| ExecError::Unreachable {
-                reason: e.to_string(),
-            })?;
+            .map_err(unreachable)?;
         Ok(Self { docker })
     }
 
@@ -273,7 +281,7 @@ impl DockerExecutor {
         &self,
         name: &str,
         step: &Step,
-        output: &LogSink,
+        output: Output,
         cancel: &CancellationToken,
     ) -> Result<StepOutcome, ExecError> {
         let created = self
@@ -311,7 +319,7 @@ impl DockerExecutor {
             )
             .await
             .map_err(|e| docker_error("attach to the build container", e))?;
-        let sink = output.clone();
+        let sink = output;
         let pump = tokio::spawn(async move {
             let mut stream = attached.output;
             while let Some(frame) = stream.next().await {
@@ -381,14 +389,16 @@ impl DockerExecutor {
                 return Ok(StepOutcome::ProcessLimit);
             }
             let workspace = step.workspace.clone();
-            let used = tokio::task::spawn_blocking(move || disk_usage(&workspace))
+            let used = tokio::task::spawn_blocking(move || crate::disk::usage(&workspace))
                 .await
                 .unwrap_or(0);
             if code == EXIT_FILE_TOO_LARGE || used >= step.limits.workspace_bytes {
                 return Ok(StepOutcome::WorkspaceLimit);
             }
-            if let Some(free_bytes) = disk_full(&step.workspace) {
-                return Ok(StepOutcome::HostDiskFull { free_bytes });
+            if let Some(full) = crate::disk::full(&step.workspace) {
+                return Ok(StepOutcome::HostDiskFull {
+                    free_bytes: full.free_bytes,
+                });
             }
         }
         Ok(StepOutcome::Exited(code))
@@ -403,14 +413,20 @@ impl Executor for DockerExecutor {
         output: LogSink,
         cancel: CancellationToken,
     ) -> Result<StepOutcome, ExecError> {
-        let name = format!("kiln-{}-{}", step.job_id, step.name);
-        // A container of the same name is a leftover of this very job (a retry).
-        let _ = self.remove(&name).await;
-        let result = self.run_container(&name, &step, &output, &cancel).await;
-        if let Err(error) = self.remove(&name).await {
-            tracing::warn!(message = "Could not remove a build container.", container = %name, %error);
-        }
-        result
+        self.run_removing(&step, Output::Log(output), &cancel).await
+    }
+
+    async fn capture(
+        &self,
+        step: Step,
+        cancel: CancellationToken,
+    ) -> Result<(StepOutcome, Vec<u8>), ExecError> {
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let outcome = self
+            .run_removing(&step, Output::Memory(captured.clone()), &cancel)
+            .await?;
+        let bytes = std::mem::take(&mut *crate::lock(&captured));
+        Ok((outcome, bytes))
     }
 
     async fn leftovers(&self, agent_id: &str) -> Result<Vec<Leftover>, ExecError> {

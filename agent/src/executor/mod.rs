@@ -21,6 +21,9 @@ pub const WORKSPACE_MOUNT: &str = "/kiln";
 /// Where the extra CA bundle is mounted, read-only.
 pub const CA_BUNDLE_MOUNT: &str = "/etc/kiln/extra-ca.pem";
 
+/// Output `Executor::capture` keeps of a step; the rest is dropped.
+pub const CAPTURE_LIMIT: usize = 64 * 1024;
+
 /// Labels on every container the agent starts, so it can find its own leftovers.
 pub const LABEL_AGENT: &str = "kiln.agent";
 pub const LABEL_JOB: &str = "kiln.job";
@@ -120,6 +123,15 @@ pub trait Executor: Send + Sync {
         output: LogSink,
         cancel: CancellationToken,
     ) -> Result<StepOutcome, ExecError>;
+
+    /// Runs the step like `run`, but keeps its output (at most `CAPTURE_LIMIT`
+    /// bytes) instead of logging it: for facts the pipeline asks the build image,
+    /// such as its Node version.
+    async fn capture(
+        &self,
+        step: Step,
+        cancel: CancellationToken,
+    ) -> Result<(StepOutcome, Vec<u8>), ExecError>;
 
     /// Containers labelled with this agent, running or not.
     async fn leftovers(&self, agent_id: &str) -> Result<Vec<Leftover>, ExecError>;

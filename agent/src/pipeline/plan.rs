@@ -5,19 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::package_manager::{self, DetectError, PackageManager, Warning};
+use crate::package_manager::{self, PackageManager, PackageManagerError, Warning};
+use crate::repo_fs::{join, shown, RepoFs, RepoFsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error("no package.json in {dir}; is the project's backend path right?")]
     NoPackageJson { dir: String },
-    #[error("{path} is not valid JSON (line {line}, column {column}): {message}")]
-    InvalidPackageJson {
-        path: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
     #[error(
         "{path} has no \"build\" script; Medusa backends build with \"build\": \"medusa build\""
     )]
@@ -25,7 +19,9 @@ pub enum PlanError {
     #[error("the build script {script:?} in {path} does not run `medusa build`, which Medusa deployments require; set \"build\": \"medusa build\"")]
     NotMedusaBuild { path: String, script: String },
     #[error(transparent)]
-    PackageManager(#[from] DetectError),
+    Read(#[from] RepoFsError),
+    #[error(transparent)]
+    PackageManager(#[from] PackageManagerError),
 }
 
 #[derive(Debug, Clone)]
@@ -35,22 +31,11 @@ pub struct BackendPlan {
     /// Where the install runs, relative to the checkout.
     pub install_dir: PathBuf,
     pub manager: PackageManager,
+    /// Whether the install is frozen to a lockfile.
+    pub frozen: bool,
     pub install: Vec<String>,
     pub build: Vec<String>,
     pub warnings: Vec<Warning>,
-}
-
-pub fn read_package_json(dir: &Path) -> Result<Value, PlanError> {
-    let path = dir.join("package.json");
-    let text = std::fs::read_to_string(&path).map_err(|_| PlanError::NoPackageJson {
-        dir: dir.display().to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| PlanError::InvalidPackageJson {
-        path: path.display().to_string(),
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
-    })
 }
 
 /// Whether `script` runs `medusa build`, directly or through other scripts
@@ -81,10 +66,15 @@ fn runs_medusa_build(scripts: &serde_json::Map<String, Value>, script: &str, dep
     false
 }
 
-pub fn plan_backend(checkout: &Path, backend_path: &str) -> Result<BackendPlan, PlanError> {
-    let app_dir = checkout.join(backend_path);
-    let package = read_package_json(&app_dir)?;
-    let path = app_dir.join("package.json").display().to_string();
+/// Plans the backend in `backend_path` of the checkout read through `fs`.
+pub fn plan_backend(fs: &RepoFs, backend_path: &str) -> Result<BackendPlan, PlanError> {
+    let app_dir = join(Path::new(""), Path::new(backend_path));
+    let Some(package) = fs.package_json(&app_dir)? else {
+        return Err(PlanError::NoPackageJson {
+            dir: shown(&app_dir),
+        });
+    };
+    let path = shown(&join(&app_dir, Path::new("package.json")));
     let scripts = package
         .get("scripts")
         .and_then(Value::as_object)
@@ -99,15 +89,14 @@ pub fn plan_backend(checkout: &Path, backend_path: &str) -> Result<BackendPlan, 
             script: build.to_owned(),
         });
     }
-    let detected = package_manager::detect(&app_dir, checkout, &package)?;
-    let relative = |dir: &Path| dir.strip_prefix(checkout).unwrap_or(dir).to_owned();
+    let detected = package_manager::detect(fs, &app_dir, &package)?;
+    let frozen = detected.lockfile.is_some();
     Ok(BackendPlan {
-        app_dir: relative(&app_dir),
-        install_dir: relative(&detected.install_dir),
-        install: detected
-            .manager
-            .install_command(detected.lockfile.is_some()),
+        app_dir,
+        install_dir: detected.install_dir,
+        install: detected.manager.install_command(frozen),
         build: detected.manager.run_script("build"),
+        frozen,
         manager: detected.manager,
         warnings: detected.warnings,
     })
@@ -116,6 +105,10 @@ pub fn plan_backend(checkout: &Path, backend_path: &str) -> Result<BackendPlan, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(dir: &tempfile::TempDir, backend_path: &str) -> Result<BackendPlan, PlanError> {
+        plan_backend(&RepoFs::new(dir.path()).unwrap(), backend_path)
+    }
 
     fn project(package_json: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -127,14 +120,14 @@ mod tests {
     #[test]
     fn medusa_build_is_required() {
         let dir = project(r#"{"scripts": {"build": "tsc -p ."}}"#);
-        let err = plan_backend(dir.path(), ".").unwrap_err().to_string();
+        let err = plan(&dir, ".").unwrap_err().to_string();
         assert!(
             err.contains("does not run `medusa build`") && err.contains("tsc -p ."),
             "{err}"
         );
         let dir = project(r#"{"scripts": {}}"#);
         assert!(matches!(
-            plan_backend(dir.path(), "."),
+            plan(&dir, "."),
             Err(PlanError::NoBuildScript { .. })
         ));
     }
@@ -150,7 +143,7 @@ mod tests {
             let dir = project(&format!(
                 r#"{{"scripts": {{"build": "{build}", "build:server": "medusa build"}}}}"#
             ));
-            let plan = plan_backend(dir.path(), ".").unwrap_or_else(|e| panic!("{build}: {e}"));
+            let plan = plan(&dir, ".").unwrap_or_else(|e| panic!("{build}: {e}"));
             assert_eq!(plan.install, ["npm", "ci"]);
             assert_eq!(plan.build, ["npm", "run", "build"]);
         }
@@ -159,9 +152,12 @@ mod tests {
     #[test]
     fn invalid_package_json_names_line_and_column() {
         let dir = project("{\n  \"scripts\": {\n    \"build\": medusa build\n  }\n}");
-        let err = plan_backend(dir.path(), ".").unwrap_err();
+        let err = plan(&dir, ".").unwrap_err();
         assert!(
-            matches!(err, PlanError::InvalidPackageJson { line: 3, .. }),
+            matches!(
+                err,
+                PlanError::Read(RepoFsError::InvalidJson { line: 3, .. })
+            ),
             "{err}"
         );
     }
@@ -169,7 +165,7 @@ mod tests {
     #[test]
     fn missing_package_json_says_check_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let err = plan_backend(dir.path(), "backend").unwrap_err().to_string();
+        let err = plan(&dir, "backend").unwrap_err().to_string();
         assert!(err.contains("backend path"), "{err}");
     }
 }

@@ -447,7 +447,6 @@ impl Scanner {
             let candidate = Candidate {
                 whole: whole.as_bytes(),
                 secret: secret.as_bytes(),
-                shown_prefix: rule.shown_prefix,
             };
             let after = &window[whole.end()..];
             if !(rule.check)(&candidate, after) {

@@ -14,7 +14,6 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
-    Low,
     Medium,
     High,
     Critical,
@@ -23,7 +22,6 @@ pub enum Severity {
 impl std::fmt::Display for Severity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Severity::Low => "low",
             Severity::Medium => "medium",
             Severity::High => "high",
             Severity::Critical => "critical",
@@ -31,12 +29,10 @@ impl std::fmt::Display for Severity {
     }
 }
 
-/// A regex match worth reporting: where the secret is in the window and how many of
-/// its leading bytes are a format prefix safe to show (`sk_live_`).
+/// A regex match worth judging: the whole match and the secret within it.
 pub struct Candidate<'a> {
     pub whole: &'a [u8],
     pub secret: &'a [u8],
-    pub shown_prefix: usize,
 }
 
 pub struct Rule {

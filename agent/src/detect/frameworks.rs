@@ -1,0 +1,229 @@
+//! The storefront frameworks Kiln knows, in precedence order, each with the
+//! dependency that marks it, the command that builds it and its default output;
+//! and the rule that picks one for a package.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::repo_fs::RepoFs;
+
+/// The storefront frameworks, in precedence order: the first whose signals match
+/// wins, so meta-frameworks come before the bundlers they are built on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Framework {
+    Hydrogen,
+    ReactRouter,
+    Remix,
+    Nextjs,
+    Gatsby,
+    Nuxt,
+    Sveltekit,
+    Astro,
+    Solidstart,
+    Qwik,
+    Docusaurus,
+    Expo,
+    Angular,
+    VueCli,
+    CreateReactApp,
+    Vite,
+    Storybook,
+}
+
+pub(super) struct Rule {
+    pub framework: Framework,
+    pub slug: &'static str,
+    /// Any of these dependencies marks the framework.
+    pub dependencies: &'static [&'static str],
+    pub command: &'static [&'static str],
+    /// Output directory when its config does not say otherwise.
+    pub output: &'static str,
+}
+
+pub(super) const RULES: &[Rule] = &[
+    Rule {
+        framework: Framework::Hydrogen,
+        slug: "hydrogen",
+        dependencies: &["@shopify/hydrogen"],
+        command: &["shopify", "hydrogen", "build"],
+        output: "dist",
+    },
+    Rule {
+        framework: Framework::ReactRouter,
+        slug: "react-router",
+        dependencies: &["@react-router/dev"],
+        command: &["react-router", "build"],
+        output: "build",
+    },
+    Rule {
+        framework: Framework::Remix,
+        slug: "remix",
+        dependencies: &["@remix-run/dev"],
+        command: &["remix", "build"],
+        output: "build",
+    },
+    Rule {
+        framework: Framework::Nextjs,
+        slug: "nextjs",
+        dependencies: &["next"],
+        command: &["next", "build"],
+        output: ".next",
+    },
+    Rule {
+        framework: Framework::Gatsby,
+        slug: "gatsby",
+        dependencies: &["gatsby"],
+        command: &["gatsby", "build"],
+        output: "public",
+    },
+    Rule {
+        framework: Framework::Nuxt,
+        slug: "nuxt",
+        dependencies: &["nuxt", "nuxt3"],
+        command: &["nuxt", "build"],
+        output: ".output",
+    },
+    Rule {
+        framework: Framework::Sveltekit,
+        slug: "sveltekit",
+        dependencies: &["@sveltejs/kit"],
+        command: &["vite", "build"],
+        output: ".svelte-kit/output",
+    },
+    Rule {
+        framework: Framework::Astro,
+        slug: "astro",
+        dependencies: &["astro"],
+        command: &["astro", "build"],
+        output: "dist",
+    },
+    Rule {
+        framework: Framework::Solidstart,
+        slug: "solidstart",
+        dependencies: &["@solidjs/start"],
+        command: &["vinxi", "build"],
+        output: ".output",
+    },
+    Rule {
+        framework: Framework::Qwik,
+        slug: "qwik",
+        dependencies: &["@builder.io/qwik-city", "@builder.io/qwik"],
+        command: &["qwik", "build"],
+        output: "dist",
+    },
+    Rule {
+        framework: Framework::Docusaurus,
+        slug: "docusaurus",
+        dependencies: &["@docusaurus/core"],
+        command: &["docusaurus", "build"],
+        output: "build",
+    },
+    Rule {
+        framework: Framework::Expo,
+        slug: "expo",
+        dependencies: &["expo"],
+        command: &["expo", "export", "--platform", "web"],
+        output: "dist",
+    },
+    Rule {
+        framework: Framework::Angular,
+        slug: "angular",
+        dependencies: &["@angular/core"],
+        command: &["ng", "build"],
+        output: "dist",
+    },
+    Rule {
+        framework: Framework::VueCli,
+        slug: "vue-cli",
+        dependencies: &["@vue/cli-service"],
+        command: &["vue-cli-service", "build"],
+        output: "dist",
+    },
+    Rule {
+        framework: Framework::CreateReactApp,
+        slug: "create-react-app",
+        dependencies: &["react-scripts"],
+        command: &["react-scripts", "build"],
+        output: "build",
+    },
+    Rule {
+        framework: Framework::Vite,
+        slug: "vite",
+        dependencies: &["vite"],
+        command: &["vite", "build"],
+        output: "dist",
+    },
+    Rule {
+        framework: Framework::Storybook,
+        slug: "storybook",
+        dependencies: &["storybook", "@storybook/react", "@storybook/vue3"],
+        command: &["storybook", "build"],
+        output: "storybook-static",
+    },
+];
+
+impl Framework {
+    pub(super) fn rule(self) -> &'static Rule {
+        RULES
+            .iter()
+            .find(|rule| rule.framework == self)
+            .expect("every framework has a rule")
+    }
+
+    pub fn slug(self) -> &'static str {
+        self.rule().slug
+    }
+}
+
+/// Every dependency a package declares, of any kind.
+pub(super) fn dependencies(package: &Value) -> impl Iterator<Item = &str> {
+    ["dependencies", "devDependencies", "peerDependencies"]
+        .into_iter()
+        .filter_map(|key| package.get(key).and_then(Value::as_object))
+        .flat_map(|deps| deps.keys().map(String::as_str))
+}
+
+/// The first `stem.{js,ts,mjs,cjs,mts}` that is a file in `dir`.
+pub(super) fn config_file(fs: &RepoFs, dir: &Path, stem: &str) -> Option<std::path::PathBuf> {
+    ["js", "ts", "mjs", "cjs", "mts"]
+        .iter()
+        .map(|ext| crate::repo_fs::join(dir, Path::new(&format!("{stem}.{ext}"))))
+        .find(|path| fs.is_file(path))
+}
+
+/// Which framework `package` (in `dir`) uses, and the signal.
+pub(super) fn framework_of(
+    fs: &RepoFs,
+    dir: &Path,
+    package: &Value,
+) -> Option<(Framework, String)> {
+    let deps: Vec<&str> = dependencies(package).collect();
+    for rule in RULES {
+        let Some(dep) = rule.dependencies.iter().find(|dep| deps.contains(dep)) else {
+            continue;
+        };
+        // Storybook's own builder depends on vite; a Vite app has a vite config.
+        if rule.framework == Framework::Vite
+            && config_file(fs, dir, "vite.config").is_none()
+            && deps
+                .iter()
+                .any(|d| d.starts_with("@storybook/") || *d == "storybook")
+        {
+            continue;
+        }
+        return Some((rule.framework, format!("dependency `{dep}`")));
+    }
+    None
+}
+
+/// Every framework's slug, for messages that say what was looked for.
+pub(super) fn known() -> String {
+    RULES
+        .iter()
+        .map(|rule| rule.slug)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,655 @@
+//! Detection of a repository's layout and its storefront: which directory is the
+//! Medusa backend, which is the storefront, its framework (`frameworks.rs`), the
+//! command that builds it, where the output goes (`output_dir.rs`), the package
+//! manager, the workspace (`workspace.rs`) and the Node version
+//! (`node_version.rs`). Every decision carries the signal that made it.
+//!
+//! The backend is recognised first (`@medusajs/*` dependencies or a
+//! `medusa-config.*` file) and never taken for a frontend: its admin build lists
+//! vite and react, which is how other detectors call a Medusa backend "Vite".
+//! Reads repository files only through `RepoFs` (regular files inside the checkout,
+//! capped in size); runs nothing.
+
+mod frameworks;
+mod node_version;
+mod output_dir;
+mod workspace;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use frameworks::Framework;
+pub use node_version::NodeRequirement;
+
+use crate::package_manager::{self, PackageManagerError, Warning, LOCKFILES};
+use crate::repo_fs::{join, shown, RepoFs, RepoFsError};
+use frameworks::{dependencies, framework_of};
+use workspace::{child_dirs, has_package, is_workspace, storefront_siblings, workspace_dirs};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DetectError {
+    #[error("no package.json in {dir}")]
+    NoPackageJson { dir: String },
+    #[error("{dir} uses no storefront framework Kiln knows ({known}); storefronts are built with their framework's own command")]
+    NoFrameworkDetected { dir: String, known: String },
+    #[error("no storefront found (looked at the root, `<name>-storefront` folders and workspaces); set the project's storefront path if there is one")]
+    NoStorefrontFound,
+    #[error("two or more storefronts ({candidates}); set the project's storefront path to the one to build")]
+    AmbiguousStorefront { candidates: String },
+    #[error(transparent)]
+    PackageManager(#[from] PackageManagerError),
+    #[error("{dir} asks for Node {file} in {source_file} but engines.node is {engines:?}; make them agree")]
+    NodeVersionConflict {
+        dir: String,
+        file: String,
+        source_file: String,
+        engines: String,
+    },
+    #[error("{file} in {dir} sets the output directory to {output:?}, which leaves the app; Kiln packs only output inside the storefront's own directory")]
+    UnsafeOutputDir {
+        dir: String,
+        output: String,
+        file: String,
+    },
+    #[error(transparent)]
+    Read(RepoFsError),
+}
+
+impl DetectError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DetectError::NoPackageJson { .. } => "no_package_json",
+            DetectError::NoFrameworkDetected { .. } => "no_framework_detected",
+            DetectError::NoStorefrontFound => "no_storefront_found",
+            DetectError::AmbiguousStorefront { .. } => "ambiguous_storefront",
+            DetectError::PackageManager(inner) => inner.code(),
+            DetectError::NodeVersionConflict { .. } => "node_version_conflict",
+            DetectError::UnsafeOutputDir { .. } => "unsafe_output_dir",
+            DetectError::Read(inner) => inner.code(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    pub dir: String,
+    pub kind: &'static str,
+}
+
+/// What `kiln-agent detect --format json` prints (paths relative to the root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detection {
+    pub app_dir: String,
+    pub install_dir: String,
+    pub framework: Framework,
+    /// The framework's command, e.g. `next build`.
+    pub build_command: String,
+    /// The same, run through the package manager (`npx --no-install next build`).
+    pub exec_command: Vec<String>,
+    pub output_dir: Option<String>,
+    pub package_manager: &'static str,
+    pub install_command: String,
+    /// `install_command` as argv.
+    #[serde(skip)]
+    pub install: Vec<String>,
+    /// As written in `.nvmrc`, `.node-version` or `engines.node`.
+    pub node_version: Option<String>,
+    #[serde(skip)]
+    pub node_requirement: Option<NodeRequirement>,
+    pub backend: Option<Backend>,
+    pub warnings: Vec<&'static str>,
+    /// Why, one line per decision: "nextjs: dependency `next` in storefront/package.json".
+    #[serde(skip)]
+    pub reasons: Vec<String>,
+    #[serde(skip)]
+    pub warning_messages: Vec<Warning>,
+}
+
+/// Why `dir` is a Medusa backend, if it is one.
+fn medusa_signal(fs: &RepoFs, dir: &Path, package: &Value) -> Option<String> {
+    if let Some(dep) = dependencies(package).find(|dep| {
+        dep.starts_with("@medusajs/")
+            && *dep != "@medusajs/js-sdk"
+            && *dep != "@medusajs/types"
+            && *dep != "@medusajs/ui"
+            && *dep != "@medusajs/icons"
+            && *dep != "@medusajs/ui-preset"
+    }) {
+        return Some(format!("dependency `{dep}`"));
+    }
+    ["js", "ts", "mjs", "cjs"]
+        .iter()
+        .map(|ext| format!("medusa-config.{ext}"))
+        .find(|file| fs.is_file(&join(dir, Path::new(file))))
+        .map(|file| format!("file `{file}`"))
+}
+
+/// Detects the storefront of the checkout at `root`; `backend_path` and
+/// `storefront_path` are the project's settings, when it has them.
+pub fn detect(
+    root: &Path,
+    backend_path: Option<&str>,
+    storefront_path: Option<&str>,
+) -> Result<Detection, DetectError> {
+    let fs = RepoFs::new(root).map_err(|error| {
+        DetectError::Read(RepoFsError::Io {
+            path: root.display().to_string(),
+            message: error.to_string(),
+        })
+    })?;
+    detect_in(&fs, backend_path, storefront_path)
+}
+
+/// `detect` on a checkout already opened.
+pub(crate) fn detect_in(
+    fs: &RepoFs,
+    backend_path: Option<&str>,
+    storefront_path: Option<&str>,
+) -> Result<Detection, DetectError> {
+    let root = Path::new("");
+    let mut reasons = Vec::new();
+    let root_package = fs.package_json(root)?;
+
+    // 1. The backend, recognised before any frontend rule.
+    let mut backend = None;
+    let backend_candidates: Vec<PathBuf> = match backend_path {
+        Some(path) => vec![join(root, Path::new(path))],
+        None => std::iter::once(PathBuf::new())
+            .chain(workspace_dirs(fs, root_package.as_ref())?)
+            .chain(child_dirs(fs))
+            .collect(),
+    };
+    for dir in backend_candidates {
+        if let Some(package) = fs.package_json(&dir)? {
+            if let Some(signal) = medusa_signal(fs, &dir, &package) {
+                reasons.push(format!(
+                    "backend: Medusa, {signal} in {}",
+                    shown(&join(&dir, Path::new("package.json")))
+                ));
+                backend = Some(dir);
+                break;
+            }
+        }
+    }
+
+    // 2. The storefront: configured, else the single frontend app found.
+    let (app_dir, package, framework, signal) = match storefront_path {
+        Some(path) => {
+            let dir = join(root, Path::new(path));
+            let package = fs
+                .package_json(&dir)?
+                .ok_or_else(|| DetectError::NoPackageJson { dir: shown(&dir) })?;
+            let (framework, signal) = framework_of(fs, &dir, &package).ok_or_else(|| {
+                DetectError::NoFrameworkDetected {
+                    dir: shown(&dir),
+                    known: frameworks::known(),
+                }
+            })?;
+            reasons.push(format!(
+                "storefront: {} (the project's storefront path)",
+                shown(&dir)
+            ));
+            (dir, package, framework, signal)
+        }
+        None => {
+            let dirs: Vec<PathBuf> = std::iter::once(PathBuf::new())
+                .chain(storefront_siblings(fs))
+                .chain(workspace_dirs(fs, root_package.as_ref())?)
+                .collect();
+            if !dirs.iter().any(|dir| has_package(fs, dir)) {
+                return Err(DetectError::NoPackageJson {
+                    dir: ".".to_owned(),
+                });
+            }
+            let mut candidates = Vec::new();
+            let mut seen = Vec::new();
+            for dir in dirs {
+                if seen.contains(&dir) || Some(&dir) == backend.as_ref() {
+                    continue;
+                }
+                seen.push(dir.clone());
+                let Some(package) = fs.package_json(&dir)? else {
+                    continue;
+                };
+                if medusa_signal(fs, &dir, &package).is_some() {
+                    continue;
+                }
+                if let Some((framework, signal)) = framework_of(fs, &dir, &package) {
+                    candidates.push((dir, package, framework, signal));
+                }
+            }
+            match candidates.len() {
+                0 => return Err(DetectError::NoStorefrontFound),
+                1 => candidates.remove(0),
+                _ => {
+                    return Err(DetectError::AmbiguousStorefront {
+                        candidates: candidates
+                            .iter()
+                            .map(|(dir, _, framework, _)| {
+                                format!("{} ({})", shown(dir), framework.slug())
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })
+                }
+            }
+        }
+    };
+    reasons.push(format!(
+        "{}: {signal} in {}",
+        framework.slug(),
+        shown(&join(&app_dir, Path::new("package.json")))
+    ));
+
+    // 3. Package manager, install, output, Node.
+    // In a workspace the root's lockfile and packageManager rule the install.
+    let detected = match (
+        &root_package,
+        is_workspace(fs, root_package.as_ref()) && app_dir != root,
+    ) {
+        (Some(root_package), true) => package_manager::detect(fs, root, root_package)?,
+        _ => package_manager::detect(fs, &app_dir, &package)?,
+    };
+    let mut warnings = detected.warnings.clone();
+    if let Some(lockfile) = &detected.lockfile {
+        reasons.push(format!("{}: {}", detected.manager.slug(), shown(lockfile)));
+        // A lockfile in the app beside the workspace root's is never used.
+        if detected.install_dir != app_dir {
+            for (file, _) in LOCKFILES {
+                let stray = join(&app_dir, Path::new(file));
+                if fs.is_file(&stray) {
+                    warnings.push(Warning {
+                        code: "stray_lockfile",
+                        message: format!(
+                            "{} is ignored: the install runs at {}",
+                            shown(&stray),
+                            shown(&detected.install_dir)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let output = output_dir::output_dir(fs, framework, &app_dir, &mut reasons, &mut warnings)?;
+    let node_requirement = node_version::node_requirement(fs, &app_dir, &package, &mut reasons)?;
+    let rule = framework.rule();
+    let frozen = detected.lockfile.is_some();
+    Ok(Detection {
+        app_dir: shown(&app_dir),
+        install_dir: shown(&detected.install_dir),
+        framework,
+        build_command: rule.command.join(" "),
+        exec_command: detected.manager.exec(rule.command),
+        output_dir: Some(output),
+        package_manager: detected.manager.slug(),
+        install_command: detected.manager.install_command(frozen).join(" "),
+        install: detected.manager.install_command(frozen),
+        node_version: node_requirement.as_ref().map(|r| r.wanted.clone()),
+        node_requirement,
+        backend: backend.map(|dir| Backend {
+            dir: shown(&dir),
+            kind: "medusa",
+        }),
+        warnings: warnings.iter().map(|w| w.code).collect(),
+        reasons,
+        warning_messages: warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::tree;
+
+    fn app(deps: &str) -> String {
+        format!(r#"{{"name": "web", "dependencies": {{{deps}}}}}"#)
+    }
+
+    /// Dependencies, expected slug, expected command, extra files.
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+
+    #[test]
+    fn every_framework_by_its_dependency() {
+        let cases: &[Case] = &[
+            (
+                r#""@shopify/hydrogen": "1", "vite": "5""#,
+                "hydrogen",
+                "shopify hydrogen build",
+                &[],
+            ),
+            (
+                r#""@react-router/dev": "7", "vite": "5""#,
+                "react-router",
+                "react-router build",
+                &[],
+            ),
+            (
+                r#""@remix-run/dev": "2", "@remix-run/react": "2""#,
+                "remix",
+                "remix build",
+                &[],
+            ),
+            (
+                r#""next": "15", "react": "19""#,
+                "nextjs",
+                "next build",
+                &[],
+            ),
+            (r#""gatsby": "5""#, "gatsby", "gatsby build", &[]),
+            (r#""nuxt": "3""#, "nuxt", "nuxt build", &[]),
+            (
+                r#""@sveltejs/kit": "2", "vite": "5""#,
+                "sveltekit",
+                "vite build",
+                &[],
+            ),
+            (r#""astro": "4""#, "astro", "astro build", &[]),
+            (
+                r#""@solidjs/start": "1", "vinxi": "0""#,
+                "solidstart",
+                "vinxi build",
+                &[],
+            ),
+            (
+                r#""@builder.io/qwik-city": "1", "@builder.io/qwik": "1""#,
+                "qwik",
+                "qwik build",
+                &[],
+            ),
+            (
+                r#""@docusaurus/core": "3""#,
+                "docusaurus",
+                "docusaurus build",
+                &[],
+            ),
+            (
+                r#""expo": "51", "react-native-web": "0""#,
+                "expo",
+                "expo export --platform web",
+                &[],
+            ),
+            (r#""@angular/core": "18""#, "angular", "ng build", &[]),
+            (
+                r#""@vue/cli-service": "5", "vue": "3""#,
+                "vue-cli",
+                "vue-cli-service build",
+                &[],
+            ),
+            (
+                r#""react-scripts": "5""#,
+                "create-react-app",
+                "react-scripts build",
+                &[],
+            ),
+            (
+                r#""vite": "5", "react": "18""#,
+                "vite",
+                "vite build",
+                &[("vite.config.ts", "export default {}")],
+            ),
+            (
+                r#""storybook": "8", "@storybook/react-vite": "8", "vite": "5""#,
+                "storybook",
+                "storybook build",
+                &[],
+            ),
+        ];
+        for (deps, slug, command, extra) in cases {
+            let mut files = vec![
+                ("package.json", app(deps)),
+                ("package-lock.json", "{}".to_owned()),
+            ];
+            files.extend(extra.iter().map(|(p, t)| (*p, t.to_string())));
+            let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+            let dir = tree(&files);
+            let found = detect(dir.path(), None, None).unwrap_or_else(|e| panic!("{slug}: {e}"));
+            assert_eq!(found.framework.slug(), *slug);
+            assert_eq!(found.build_command, *command, "{slug}");
+            assert_eq!(found.app_dir, ".");
+        }
+    }
+
+    #[test]
+    fn a_medusa_backend_is_never_taken_for_vite() {
+        let backend = r#"{"name": "shop", "dependencies": {"@medusajs/medusa": "2.15.3", "@medusajs/framework": "2.15.3"}, "devDependencies": {"vite": "^5.4.14", "react": "^18.3.1"}}"#;
+        let dir = tree(&[
+            ("package.json", backend),
+            ("medusa-config.ts", "export default {}"),
+            ("package-lock.json", "{}"),
+            ("shop-storefront/package.json", &app(r#""next": "15""#)),
+            ("shop-storefront/package-lock.json", "{}"),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.app_dir, "shop-storefront");
+        assert_eq!(found.framework, Framework::Nextjs);
+        assert_eq!(
+            found.backend,
+            Some(Backend {
+                dir: ".".into(),
+                kind: "medusa"
+            })
+        );
+        assert!(
+            found
+                .reasons
+                .iter()
+                .any(|r| r == "nextjs: dependency `next` in shop-storefront/package.json"),
+            "{:?}",
+            found.reasons
+        );
+        // A backend alone has no storefront, whatever its devDependencies say.
+        let alone = tree(&[("package.json", backend), ("package-lock.json", "{}")]);
+        assert_eq!(
+            detect(alone.path(), None, None).unwrap_err().code(),
+            "no_storefront_found"
+        );
+    }
+
+    #[test]
+    fn create_medusa_app_siblings_without_a_root_package() {
+        let dir = tree(&[
+            (
+                "my-store/package.json",
+                r#"{"dependencies": {"@medusajs/medusa": "2", "vite": "5"}}"#,
+            ),
+            ("my-store/package-lock.json", "{}"),
+            ("my-store-storefront/package.json", &app(r#""next": "15""#)),
+            ("my-store-storefront/yarn.lock", "# yarn lockfile v1\n"),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.app_dir, "my-store-storefront");
+        assert_eq!(found.backend.unwrap().dir, "my-store");
+        assert_eq!(found.package_manager, "yarn-classic");
+        assert_eq!(found.install_dir, "my-store-storefront");
+    }
+
+    #[test]
+    fn pnpm_workspaces_are_followed() {
+        let dir = tree(&[
+            ("package.json", r#"{"name": "mono", "private": true}"#),
+            ("pnpm-workspace.yaml", "packages:\n  - 'sites/*'\n"),
+            ("pnpm-lock.yaml", "lockfileVersion: '9.0'\n"),
+            ("sites/shop/package.json", &app(r#""@remix-run/dev": "2""#)),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.app_dir, "sites/shop");
+        assert_eq!(found.framework, Framework::Remix);
+        assert_eq!(
+            (found.package_manager, found.install_dir.as_str()),
+            ("pnpm", ".")
+        );
+        assert_eq!(
+            found.exec_command,
+            ["corepack", "pnpm", "exec", "remix", "build"]
+        );
+    }
+
+    #[test]
+    fn monorepo_installs_at_the_workspace_root() {
+        let dir = tree(&[
+            (
+                "package.json",
+                r#"{"name": "mono", "private": true, "workspaces": ["apps/*"], "packageManager": "yarn@4.12.0"}"#,
+            ),
+            ("yarn.lock", "__metadata:\n  version: 8\n"),
+            (".yarnrc.yml", "yarnPath: .yarn/releases/yarn-4.12.0.cjs\n"),
+            (
+                "apps/backend/package.json",
+                r#"{"dependencies": {"@medusajs/medusa": "2"}}"#,
+            ),
+            ("apps/storefront/package.json", &app(r#""next": "15""#)),
+            ("apps/storefront/package-lock.json", "{}"),
+            (
+                "apps/storefront/next.config.js",
+                "module.exports = { output: 'export' }",
+            ),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.app_dir, "apps/storefront");
+        assert_eq!(found.install_dir, ".");
+        assert_eq!(found.package_manager, "yarn-berry");
+        assert_eq!(
+            found.install_command,
+            "node .yarn/releases/yarn-4.12.0.cjs install --immutable"
+        );
+        assert_eq!(found.output_dir.as_deref(), Some("out"));
+        assert_eq!(found.backend.unwrap().dir, "apps/backend");
+        assert!(
+            found.warnings.contains(&"stray_lockfile"),
+            "{:?}",
+            found.warnings
+        );
+    }
+
+    #[test]
+    fn output_dirs_come_from_framework_configs() {
+        let vite = tree(&[
+            ("package.json", &app(r#""vite": "5""#)),
+            (
+                "vite.config.ts",
+                "export default { build: { outDir: 'public-build' } }",
+            ),
+        ]);
+        assert_eq!(
+            detect(vite.path(), None, None)
+                .unwrap()
+                .output_dir
+                .as_deref(),
+            Some("public-build")
+        );
+        let next = tree(&[
+            ("package.json", &app(r#""next": "15""#)),
+            ("next.config.mjs", "export default { distDir: \"build\" }"),
+        ]);
+        assert_eq!(
+            detect(next.path(), None, None)
+                .unwrap()
+                .output_dir
+                .as_deref(),
+            Some("build")
+        );
+        let angular = tree(&[
+            ("package.json", &app(r#""@angular/core": "18""#)),
+            (
+                "angular.json",
+                r#"{"projects": {"shop": {"architect": {"build": {"options": {"outputPath": "dist/shop"}}}}}}"#,
+            ),
+        ]);
+        assert_eq!(
+            detect(angular.path(), None, None)
+                .unwrap()
+                .output_dir
+                .as_deref(),
+            Some("dist/shop")
+        );
+    }
+
+    #[test]
+    fn each_error_has_its_code() {
+        let empty = tree(&[]);
+        assert_eq!(
+            detect(empty.path(), None, None).unwrap_err().code(),
+            "no_package_json"
+        );
+        let invalid = tree(&[(
+            "package.json",
+            "{\n  \"dependencies\": {\n    \"next\": 15,\n  }\n}",
+        )]);
+        let err = detect(invalid.path(), None, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DetectError::Read(RepoFsError::InvalidJson { line: 4, .. })
+            ),
+            "{err:?}"
+        );
+        let plain = tree(&[("web/package.json", &app(r#""lodash": "4""#))]);
+        assert_eq!(
+            detect(plain.path(), None, Some("web")).unwrap_err().code(),
+            "no_framework_detected"
+        );
+        let two = tree(&[
+            ("apps/a/package.json", &app(r#""next": "15""#)),
+            ("apps/b/package.json", &app(r#""astro": "4""#)),
+        ]);
+        let err = detect(two.path(), None, None).unwrap_err();
+        assert_eq!(err.code(), "ambiguous_storefront");
+        assert!(
+            err.to_string().contains("apps/a (nextjs), apps/b (astro)"),
+            "{err}"
+        );
+        let locks = tree(&[
+            ("package.json", &app(r#""next": "15""#)),
+            ("package-lock.json", "{}"),
+            ("pnpm-lock.yaml", ""),
+        ]);
+        assert_eq!(
+            detect(locks.path(), None, None).unwrap_err().code(),
+            "ambiguous_lockfiles"
+        );
+        let mismatch = tree(&[
+            (
+                "package.json",
+                r#"{"packageManager": "pnpm@9.0.0", "dependencies": {"next": "15"}}"#,
+            ),
+            ("yarn.lock", ""),
+        ]);
+        assert_eq!(
+            detect(mismatch.path(), None, None).unwrap_err().code(),
+            "package_manager_lockfile_mismatch"
+        );
+        let node = tree(&[
+            (
+                "package.json",
+                r#"{"engines": {"node": ">=20"}, "dependencies": {"next": "15"}}"#,
+            ),
+            (".nvmrc", "18.19.0\n"),
+        ]);
+        assert_eq!(
+            detect(node.path(), None, None).unwrap_err().code(),
+            "node_version_conflict"
+        );
+    }
+
+    #[test]
+    fn node_version_and_lockfile_warnings() {
+        let dir = tree(&[
+            (
+                "package.json",
+                r#"{"engines": {"node": ">=20"}, "dependencies": {"next": "15"}}"#,
+            ),
+            (".nvmrc", "v20.11.1\n"),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.node_version.as_deref(), Some("20.11.1"));
+        assert_eq!(found.warnings, ["missing_lockfile"]);
+        assert_eq!(found.exec_command, ["npx", "--no-install", "next", "build"]);
+    }
+}

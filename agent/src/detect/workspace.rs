@@ -1,0 +1,91 @@
+//! Where a repository's packages are: workspace members (package.json
+//! `workspaces`, `pnpm-workspace.yaml`, and the conventional `apps/*` and
+//! `packages/*`), top-level folders, and create-medusa-app's `<name>-storefront`.
+//! Paths are relative to the checkout.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::repo_fs::{join, RepoFs, RepoFsError, CONFIG_LIMIT};
+
+/// Whether the checkout's root is a workspace (its install serves every member).
+pub(super) fn is_workspace(fs: &RepoFs, root_package: Option<&Value>) -> bool {
+    root_package.is_some_and(|p| p.get("workspaces").is_some())
+        || fs.is_file(Path::new("pnpm-workspace.yaml"))
+}
+
+/// Member directories (each with a package.json), sorted.
+pub(super) fn workspace_dirs(
+    fs: &RepoFs,
+    root_package: Option<&Value>,
+) -> Result<Vec<PathBuf>, RepoFsError> {
+    let mut patterns: Vec<String> = vec!["apps/*".into(), "packages/*".into()];
+    if let Some(package) = root_package {
+        let listed = package.get("workspaces").and_then(|w| {
+            w.as_array()
+                .or_else(|| w.get("packages").and_then(Value::as_array))
+        });
+        patterns.extend(
+            listed
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned),
+        );
+    }
+    if let Some(text) = fs.read(Path::new("pnpm-workspace.yaml"), CONFIG_LIMIT)? {
+        patterns.extend(
+            text.lines()
+                .filter_map(|line| line.trim().strip_prefix("- "))
+                .map(|p| p.trim().trim_matches(['"', '\'']).to_owned()),
+        );
+    }
+    let mut dirs = Vec::new();
+    for pattern in patterns {
+        let pattern = pattern.trim_end_matches('/');
+        // A pattern is the repository's word: one that leaves it names nothing.
+        if !crate::repo_fs::is_inside_relative(Path::new(pattern.trim_end_matches("/*"))) {
+            continue;
+        }
+        match pattern.strip_suffix("/*") {
+            Some(parent) => dirs.extend(
+                fs.child_dirs(Path::new(parent))
+                    .into_iter()
+                    .filter(|dir| has_package(fs, dir)),
+            ),
+            None => {
+                let dir = join(Path::new(""), Path::new(pattern));
+                if has_package(fs, &dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    Ok(dirs)
+}
+
+pub(super) fn has_package(fs: &RepoFs, dir: &Path) -> bool {
+    fs.is_file(&join(dir, Path::new("package.json")))
+}
+
+/// Top-level folders with a package.json, sorted.
+pub(super) fn child_dirs(fs: &RepoFs) -> Vec<PathBuf> {
+    fs.child_dirs(Path::new(""))
+        .into_iter()
+        .filter(|dir| has_package(fs, dir) && !dir.ends_with("node_modules"))
+        .collect()
+}
+
+/// `<name>-storefront` folders, as older create-medusa-app made beside `<name>`.
+pub(super) fn storefront_siblings(fs: &RepoFs) -> Vec<PathBuf> {
+    child_dirs(fs)
+        .into_iter()
+        .filter(|dir| {
+            dir.file_name()
+                .is_some_and(|name| name.to_string_lossy().ends_with("-storefront"))
+        })
+        .collect()
+}

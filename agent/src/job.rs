@@ -1,0 +1,431 @@
+//! One claimed job's life: spool its logs and ship them, watch it for a cancel
+//! (renewing the lease), report `building`, run the pipeline, upload what it
+//! built, drain the logs, report the final status, and clean up. A `JobGuard`
+//! gives back the job's slot and its entries in the daemon's maps when the task
+//! ends, on every path.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{
+    ArtifactDescriptor, Component, ComponentStatus, DeploymentStatus, Job, JobDirective,
+    JobStatusUpdate, LogStream,
+};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::backoff::Backoff;
+use crate::client::{retry_transient, Client, ClientError, GaveUp};
+use crate::daemon::{Daemon, Running};
+use crate::logs::{JobLogs, LogOptions};
+use crate::pipeline::{BuildOutcome, BuildRequest, BuiltArtifact, Source, Workspace};
+use crate::state::SpooledJob;
+
+/// Short next to the lease (60 s by default), so a watch lost to a network drop is
+/// renewed well before the lease runs out.
+const WATCH_WAIT: Duration = Duration::from_secs(15);
+/// How long uploads and status reports keep retrying while the control plane is
+/// away (restarting, unreachable) before the job gives up on them.
+const RETRY_LIMIT: Duration = Duration::from_secs(600);
+/// How long a finished job waits for its logs to reach a control plane that is away;
+/// after that the spool stays on disk and is delivered by the next start.
+pub(crate) const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
+/// Held by a running job's task; dropping it frees the slot and forgets the job.
+pub(crate) struct JobGuard {
+    pub(crate) running: Arc<Running>,
+    pub(crate) job_id: String,
+    pub(crate) environment_id: String,
+    pub(crate) _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.running.finished(&self.job_id, &self.environment_id);
+    }
+}
+
+/// Why a job could not spool its logs (and so was not built).
+#[derive(Debug, thiserror::Error)]
+enum SpoolError {
+    #[error("the agent cannot spool logs: {0}")]
+    Remember(#[from] crate::state::StateError),
+    #[error("the agent cannot open its log spool: {0}")]
+    Open(std::io::Error),
+}
+
+/// An artifact that could not be delivered.
+#[derive(Debug, thiserror::Error)]
+#[error("upload of {name} failed after {attempts} attempts: {error}")]
+pub(crate) struct UploadFailed {
+    name: &'static str,
+    attempts: u32,
+    error: ClientError,
+}
+
+fn update(status: DeploymentStatus, reason: Option<String>) -> JobStatusUpdate {
+    JobStatusUpdate {
+        status,
+        backend: None,
+        storefront: None,
+        reason,
+        detail: None,
+    }
+}
+
+/// `build_failed` with the backend failed: a job that never got to build.
+pub(crate) fn failed_update(reason: String) -> JobStatusUpdate {
+    let mut failed = update(DeploymentStatus::BuildFailed, Some(reason));
+    failed.backend = Some(ComponentStatus::Failed);
+    failed
+}
+
+/// Runs `job` to its end; `guard` goes when it does.
+pub(crate) async fn run(
+    daemon: Arc<Daemon>,
+    job: Job,
+    cancel: CancellationToken,
+    claimed_at: Instant,
+    guard: JobGuard,
+) {
+    let span = tracing::info_span!("job", job_id = %job.job_id, deployment_id = %job.deployment_id, commit = %job.commit_sha);
+    async move {
+        let metrics = crate::metrics::metrics();
+        metrics.jobs_running.inc();
+        // Cancel latency runs from the moment anything cancels the build.
+        let canceled_at: Arc<OnceLock<Instant>> = Arc::default();
+        let cancel_clock = {
+            let (cancel, canceled_at) = (cancel.clone(), canceled_at.clone());
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                let _ = canceled_at.set(Instant::now());
+            })
+        };
+        daemon.run_job(&job, cancel, claimed_at, &canceled_at).await;
+        cancel_clock.abort();
+        metrics.jobs_running.dec();
+        drop(guard);
+    }
+    .instrument(span)
+    .await
+}
+
+impl Daemon {
+    async fn run_job(
+        &self,
+        job: &Job,
+        cancel: CancellationToken,
+        claimed_at: Instant,
+        canceled_at: &OnceLock<Instant>,
+    ) {
+        let (spool, logs) = match self.open_spool(job) {
+            Ok(opened) => opened,
+            Err(error) => {
+                let _ = self
+                    .client
+                    .report(&job.job_id, &failed_update(error.to_string()))
+                    .await;
+                return;
+            }
+        };
+        logs.sink(LogStream::System).line(format!(
+            "Job {} (deployment {}, attempt {}) on agent {} ({}).",
+            job.job_id, job.deployment_id, job.attempt, self.config.name, self.agent_id
+        ));
+        let finish = CancellationToken::new();
+        let give_up = CancellationToken::new();
+        let shipper = {
+            let (logs, client, job_id) = (logs.clone(), self.client.clone(), job.job_id.clone());
+            let (finish, give_up) = (finish.clone(), give_up.clone());
+            tokio::spawn(
+                async move { logs.ship(&client, &job_id, finish, give_up).await }.in_current_span(),
+            )
+        };
+        let watch_done = CancellationToken::new();
+        let cancel_reason: Arc<Mutex<Option<String>>> = Arc::default();
+        let watcher = tokio::spawn(
+            watch(
+                self.client.clone(),
+                job.job_id.clone(),
+                cancel.clone(),
+                watch_done.clone(),
+                cancel_reason.clone(),
+            )
+            .in_current_span(),
+        );
+
+        let mut started = update(DeploymentStatus::Building, None);
+        started.backend = Some(ComponentStatus::Building);
+        started.storefront = Some(if job.storefront_path.is_some() {
+            ComponentStatus::Pending
+        } else {
+            ComponentStatus::Skipped
+        });
+        self.report(&job.job_id, &started).await;
+        crate::metrics::metrics()
+            .claim_latency
+            .observe(claimed_at.elapsed().as_secs_f64());
+
+        let outcome = self.build(job, &logs, &cancel).await;
+        watch_done.cancel();
+        let _ = watcher.await;
+
+        let last = match outcome {
+            BuildOutcome::Built { artifacts } => {
+                match self.upload_all(&job.job_id, &artifacts, &logs).await {
+                    Ok(()) => built_update(&artifacts),
+                    Err(error) => failed_update(error.to_string()),
+                }
+            }
+            BuildOutcome::Failed(failure) => {
+                let mut failed = failed_update(failure.to_string());
+                failed.detail = failure.detail;
+                if failure.component == Component::Storefront {
+                    failed.backend = Some(ComponentStatus::Succeeded);
+                    failed.storefront = Some(ComponentStatus::Failed);
+                }
+                failed
+            }
+            BuildOutcome::Canceled => {
+                let reason = crate::lock(&cancel_reason).clone().unwrap_or_else(|| {
+                    "the agent was stopped before the build finished".to_owned()
+                });
+                let mut canceled = update(DeploymentStatus::BuildCanceled, Some(reason));
+                canceled.backend = Some(ComponentStatus::Canceled);
+                canceled
+            }
+        };
+        info!(message = "Build ended.", status = %last.status, reason = ?last.reason);
+        let metrics = crate::metrics::metrics();
+        match last.status {
+            DeploymentStatus::AwaitingDeployment => metrics.finished("succeeded"),
+            DeploymentStatus::BuildCanceled => {
+                metrics.finished("canceled");
+                if let Some(at) = canceled_at.get() {
+                    metrics.cancel_latency.observe(at.elapsed().as_secs_f64());
+                }
+            }
+            _ => metrics.finished("failed"),
+        }
+
+        // Logs first, so whoever sees the final status can read the whole story.
+        finish.cancel();
+        let delivered = match tokio::time::timeout(LOG_DRAIN_LIMIT, shipper).await {
+            Ok(Ok(delivered)) => delivered,
+            _ => {
+                give_up.cancel();
+                warn!(message = "Logs not delivered yet; they stay spooled for the next start.", spool = %spool.display());
+                false
+            }
+        };
+        self.report(&job.job_id, &last).await;
+        let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
+        let keep =
+            self.config.keep_failed_workspaces && last.status == DeploymentStatus::BuildFailed;
+        if keep {
+            info!(message = "Keeping the failed job's workspace.", path = %workspace.root.display());
+        } else if let Err(error) = tokio::fs::remove_dir_all(&workspace.root).await {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                warn!(message = "Could not remove the workspace.", path = %workspace.root.display(), %error);
+            }
+        }
+        if delivered {
+            self.state.forget_job(&job.job_id);
+        }
+    }
+
+    /// Records the job in the state dir and opens its log spool (masking the job's
+    /// secrets and its repository token).
+    fn open_spool(&self, job: &Job) -> Result<(PathBuf, Arc<JobLogs>), SpoolError> {
+        let spool = self.state.remember_job(&SpooledJob {
+            job_id: job.job_id.clone(),
+            deployment_id: job.deployment_id.clone(),
+        })?;
+        let mut secrets: Vec<String> = job
+            .env
+            .iter()
+            .filter(|var| var.secret)
+            .map(|var| var.value.clone())
+            .collect();
+        secrets.extend(job.repository_token.clone());
+        let options = LogOptions {
+            secrets,
+            echo: false,
+            limit: self.config.log_limit.0,
+        };
+        let logs = JobLogs::open(&spool, &options).map_err(SpoolError::Open)?;
+        Ok((spool, Arc::new(logs)))
+    }
+
+    /// Runs the pipeline on the job, forwarding component statuses as they change.
+    async fn build(&self, job: &Job, logs: &JobLogs, cancel: &CancellationToken) -> BuildOutcome {
+        // The control plane's limit, capped by the operator's: the host is theirs.
+        let timeout = match job.limits.timeout_seconds {
+            0 => self.config.job_timeout,
+            seconds => Duration::from_secs(seconds).min(self.config.job_timeout),
+        };
+        let (progress, mut changes) =
+            tokio::sync::mpsc::unbounded_channel::<(Component, ComponentStatus)>();
+        let forwarder = {
+            let (client, job_id) = (self.client.clone(), job.job_id.clone());
+            tokio::spawn(async move {
+                while let Some((component, status)) = changes.recv().await {
+                    let mut building = update(DeploymentStatus::Building, None);
+                    match component {
+                        Component::Backend => building.backend = Some(status),
+                        Component::Storefront => building.storefront = Some(status),
+                    }
+                    if let Err(error) = client.report(&job_id, &building).await {
+                        warn!(message = "Component status not reported.", %error);
+                    }
+                }
+            })
+        };
+        let request = BuildRequest {
+            job_id: job.job_id.clone(),
+            source: Source::Git {
+                url: job.repository_url.clone(),
+                commit: job.commit_sha.clone(),
+                token: job.repository_token.clone(),
+            },
+            backend_path: job.backend_path.clone(),
+            storefront_path: job.storefront_path.clone(),
+            env: job.env.clone(),
+            secret_scan: job.secret_scan.clone(),
+            timeout,
+            progress: Some(progress),
+        };
+        let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
+        let outcome = self
+            .pipeline
+            .build(&request, &workspace, logs, cancel)
+            .await;
+        // The sender goes with the request; the forwarder then drains and ends.
+        drop(request);
+        let _ = forwarder.await;
+        outcome
+    }
+
+    /// Reports a status, retrying while the control plane is away, for up to
+    /// `RETRY_LIMIT`.
+    async fn report(&self, job_id: &str, update: &JobStatusUpdate) {
+        let reported = retry_transient(
+            RETRY_LIMIT,
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            || self.client.report(job_id, update),
+            |error, pause| warn!(message = "Status report failed; retrying.", status = %update.status, %error, retry_in_ms = pause.as_millis() as u64),
+        )
+        .await;
+        if let Err(GaveUp { error, .. }) = reported {
+            warn!(message = "Status report not delivered.", status = %update.status, %error);
+        }
+    }
+
+    async fn upload_all(
+        &self,
+        job_id: &str,
+        artifacts: &[BuiltArtifact],
+        logs: &JobLogs,
+    ) -> Result<(), UploadFailed> {
+        let system = logs.sink(LogStream::System);
+        for artifact in artifacts {
+            let descriptor = ArtifactDescriptor {
+                name: artifact.name().to_owned(),
+                size: artifact.packed.size,
+                sha256: artifact.packed.sha256.clone(),
+            };
+            let started = Instant::now();
+            retry_transient(
+                RETRY_LIMIT,
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+                || async {
+                    let ticket = self.client.request_upload(job_id, &descriptor).await?;
+                    self.client
+                        .upload(&ticket, &descriptor, &artifact.packed.path)
+                        .await
+                },
+                |error, _| {
+                    system.line(format!(
+                        "Upload of {} failed ({error}); retrying.",
+                        artifact.name()
+                    ))
+                },
+            )
+            .await
+            .map_err(|GaveUp { error, attempts }| UploadFailed {
+                name: artifact.name(),
+                attempts,
+                error,
+            })?;
+            system.line(format!(
+                "Uploaded {} ({} bytes) in {:.1}s.",
+                artifact.name(),
+                descriptor.size,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `awaiting_deployment`, with each component as built (a storefront is skipped
+/// when it produced no artifact).
+fn built_update(artifacts: &[BuiltArtifact]) -> JobStatusUpdate {
+    let mut done = update(DeploymentStatus::AwaitingDeployment, None);
+    done.backend = Some(ComponentStatus::Succeeded);
+    let has_storefront = artifacts
+        .iter()
+        .any(|artifact| artifact.component == Component::Storefront);
+    done.storefront = Some(if has_storefront {
+        ComponentStatus::Succeeded
+    } else {
+        ComponentStatus::Skipped
+    });
+    done
+}
+
+/// Keeps the job's lease and cancels the build the moment the control plane says so.
+async fn watch(
+    client: Client,
+    job_id: String,
+    cancel: CancellationToken,
+    done: CancellationToken,
+    reason: Arc<Mutex<Option<String>>>,
+) {
+    // A short cap: after an outage the lease must be renewed within seconds.
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        let answer = tokio::select! {
+            answer = client.watch(&job_id, WATCH_WAIT) => answer,
+            _ = done.cancelled() => return,
+        };
+        match answer {
+            Ok(control) if control.directive == JobDirective::Cancel => {
+                info!(message = "Control plane canceled the build.", reason = ?control.reason);
+                *crate::lock(&reason) = control.reason;
+                cancel.cancel();
+                return;
+            }
+            Ok(_) => backoff.reset(),
+            Err(error) if error.is_transient() => {
+                // The build goes on; the lease may lapse if this lasts, which the
+                // control plane handles by handing the job out again.
+                let pause = backoff.next_delay();
+                warn!(message = "Job watch failed; the build continues.", %error);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = done.cancelled() => return,
+                }
+            }
+            Err(error) => {
+                warn!(message = "Control plane no longer knows this job; canceling it.", %error);
+                *crate::lock(&reason) =
+                    Some(format!("the control plane refused the job watch: {error}"));
+                cancel.cancel();
+                return;
+            }
+        }
+    }
+}
