@@ -41,7 +41,7 @@ REPO=file://$DIR/repo
 
 export KILN_ADMIN_TOKEN=quickstart-admin-$RANDOM$RANDOM KILN_REGISTRATION_TOKEN=quickstart-registration-$RANDOM$RANDOM
 say "Starting the control plane on $URL (data in $DIR/server)"
-"$BIN/kiln-server" --data-dir "$DIR/server" --listen "127.0.0.1:$PORT" >"$DIR/server.log" 2>&1 &
+"$BIN/kiln-server" --data-dir "$DIR/server" --listen "127.0.0.1:$PORT" --allow-local-repositories >"$DIR/server.log" 2>&1 &
 SERVER=$!
 AGENT=
 cleanup() { [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null; kill "$SERVER" 2>/dev/null; wait 2>/dev/null || true; }
@@ -61,6 +61,9 @@ work_dir = "$DIR/agent/work"
 state_dir = "$DIR/agent/state"
 build_image = "$IMAGE"
 install_network = "none"
+# The example is a git repository on this disk; a build host for other people's
+# code leaves this off.
+allow_local_repositories = true
 TOML
 "$BIN/kiln-agent" --config "$DIR/agent.toml" register --url "$URL" --name quickstart
 "$BIN/kiln-agent" --config "$DIR/agent.toml" run >"$DIR/agent.log" 2>&1 &

@@ -105,6 +105,18 @@ where
     }
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Outcome of a log append: accepted up to an offset, or the server expects another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
@@ -187,9 +199,12 @@ impl Client {
         request: &RegisterAgentRequest,
     ) -> Result<RegisterAgentResponse, ClientError> {
         let url = format!("{}{API_PREFIX}/agents/register", base.trim_end_matches('/'));
+        // The token goes in the header, which the server checks before it reads
+        // a body; the body keeps it too, for older servers.
         let response = http_client()
             .post(&url)
             .timeout(Duration::from_secs(30))
+            .bearer_auth(&request.registration_token)
             .json(request)
             .send()
             .await
@@ -202,6 +217,12 @@ impl Client {
 
     fn url(&self, path: &str) -> String {
         format!("{}{API_PREFIX}{path}", self.base)
+    }
+
+    /// `/agent/jobs/{job_id}{rest}`, the id percent-encoded: it came from the
+    /// control plane and must stay one path segment whatever it holds.
+    fn job_url(&self, job_id: &str, rest: &str) -> String {
+        self.url(&format!("/agent/jobs/{}{rest}", path_segment(job_id)))
     }
 
     async fn send(
@@ -272,7 +293,7 @@ impl Client {
 
     /// Renews the lease; returns early when the job is canceled.
     pub async fn watch(&self, job_id: &str, wait: Duration) -> Result<JobControl, ClientError> {
-        let url = self.url(&format!("/agent/jobs/{job_id}/watch"));
+        let url = self.job_url(job_id, "/watch");
         let request = self
             .http
             .post(&url)
@@ -285,7 +306,7 @@ impl Client {
     }
 
     pub async fn report(&self, job_id: &str, update: &JobStatusUpdate) -> Result<(), ClientError> {
-        let url = self.url(&format!("/agent/jobs/{job_id}/status"));
+        let url = self.job_url(job_id, "/status");
         let request = self
             .http
             .post(&url)
@@ -302,9 +323,7 @@ impl Client {
         data: bytes::Bytes,
         marks: &[(u64, i64)],
     ) -> Result<Appended, ClientError> {
-        let url = self.url(&format!(
-            "/agent/jobs/{job_id}/logs/{stream}?offset={offset}"
-        ));
+        let url = self.job_url(job_id, &format!("/logs/{stream}?offset={offset}"));
         let mut request = self
             .http
             .put(&url)
@@ -333,7 +352,7 @@ impl Client {
         job_id: &str,
         descriptor: &ArtifactDescriptor,
     ) -> Result<ArtifactUploadTicket, ClientError> {
-        let url = self.url(&format!("/agent/jobs/{job_id}/artifacts"));
+        let url = self.job_url(job_id, "/artifacts");
         let request = self
             .http
             .post(&url)
@@ -401,6 +420,12 @@ mod tests {
 
     fn fast() -> Backoff {
         Backoff::new(Duration::from_millis(1), Duration::from_millis(2))
+    }
+
+    #[test]
+    fn job_ids_stay_one_path_segment() {
+        assert_eq!(path_segment("job_01ab"), "job_01ab");
+        assert_eq!(path_segment("../../x y"), "..%2F..%2Fx%20y");
     }
 
     #[tokio::test]

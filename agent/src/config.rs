@@ -323,6 +323,8 @@ partial_config! {
     build_user: UidGid = env_vars::KILN_BUILD_USER, parse = "from_str_or_number";
     /// Bytes kept per log stream of a job; later output is dropped (the build goes on)
     log_limit: ByteSize = env_vars::KILN_LOG_LIMIT, parse = "from_str_or_number";
+    /// Clone `file://` URLs and local paths (a single machine; never for untrusted jobs)
+    allow_local_repositories: bool = env_vars::KILN_ALLOW_LOCAL_REPOSITORIES;
 }
 
 /// The resolved configuration the agent runs with.
@@ -352,6 +354,7 @@ pub struct AgentConfig {
     /// Who build containers run as: the agent's own uid/gid, or `build_user` if root.
     pub build_user: UidGid,
     pub log_limit: ByteSize,
+    pub allow_local_repositories: bool,
 }
 
 pub const DEFAULT_IMAGE: &str = "kiln/node:20";
@@ -454,7 +457,9 @@ impl PartialConfig {
         } else {
             me
         };
-        let install_network = self.install_network.unwrap_or(Network::Host);
+        // `bridge` reaches package registries but not the host's loopback
+        // services (the control plane, /metrics, a local database).
+        let install_network = self.install_network.unwrap_or(Network::Bridge);
         Ok(AgentConfig {
             control_plane_url: self
                 .control_plane_url
@@ -491,6 +496,7 @@ impl PartialConfig {
             keep_failed_workspaces: self.keep_failed_workspaces.unwrap_or(false),
             build_user,
             log_limit: self.log_limit.unwrap_or(ByteSize(100 << 20)),
+            allow_local_repositories: self.allow_local_repositories.unwrap_or(false),
         })
     }
 }

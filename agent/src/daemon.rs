@@ -161,7 +161,12 @@ impl Daemon {
                     what,
                     reason,
                     job_id: Some(job_id),
-                }) => {
+                }) if kiln_protocol::validate::id(
+                    &job_id,
+                    kiln_protocol::validate::prefix::JOB,
+                )
+                .is_ok() =>
+                {
                     warn!(message = "Claimed a malformed job; failing it.", %job_id, %reason);
                     let update = failed_update(format!("the agent could not read this job ({what}: {reason}); upgrade the agent or fix the control plane"));
                     let _ = self.client.report(&job_id, &update).await;
@@ -223,6 +228,10 @@ impl Daemon {
         }
         let spooled = self.state.spooled_jobs();
         lost.extend(spooled.iter().map(|job| job.job_id.clone()));
+        // Ids name directories: only ones in the control plane's format.
+        lost.retain(|job_id| {
+            kiln_protocol::validate::id(job_id, kiln_protocol::validate::prefix::JOB).is_ok()
+        });
         lost.sort();
         lost.dedup();
         for job_id in lost {

@@ -63,5 +63,7 @@ pub const KILN_BUILD_NETWORK: &str = "KILN_BUILD_NETWORK";
 pub const KILN_KEEP_FAILED_WORKSPACES: &str = "KILN_KEEP_FAILED_WORKSPACES";
 /// `build_user`: uid:gid of builds when the agent runs as root.
 pub const KILN_BUILD_USER: &str = "KILN_BUILD_USER";
+/// `allow_local_repositories`: clone `file://` and local paths (single machine).
+pub const KILN_ALLOW_LOCAL_REPOSITORIES: &str = "KILN_ALLOW_LOCAL_REPOSITORIES";
 /// `log_limit`: bytes kept per log stream of a job.
 pub const KILN_LOG_LIMIT: &str = "KILN_LOG_LIMIT";

@@ -109,7 +109,15 @@ fn kind_of(file_type: std::fs::FileType) -> &'static str {
 }
 
 impl RepoFs {
+    /// Opens the checkout at `root`, which must be a directory, not a link to one
+    /// (a build could have swapped it for a link to the host's `/`).
     pub(crate) fn new(root: &Path) -> std::io::Result<RepoFs> {
+        if std::fs::symlink_metadata(root)?.file_type().is_symlink() {
+            return Err(std::io::Error::other(format!(
+                "{} is a symbolic link, not the checkout",
+                root.display()
+            )));
+        }
         Ok(RepoFs {
             root: root.canonicalize()?,
         })

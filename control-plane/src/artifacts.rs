@@ -59,6 +59,13 @@ pub fn validate_descriptor(descriptor: &ArtifactDescriptor, max_size: u64) -> Re
     Ok(())
 }
 
+/// A file's sha256, read in pieces.
+fn sha256_of(path: &std::path::Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 impl ArtifactStore {
     pub fn new(root: PathBuf) -> Self {
         Self { root }
@@ -68,7 +75,9 @@ impl ArtifactStore {
         self.root.join(deployment_id).join(job_id).join(name)
     }
 
-    /// Streams `body` to disk and keeps it only if it is exactly `descriptor`.
+    /// Streams `body` to disk and keeps it only if it is exactly `descriptor`. A
+    /// stored file is never replaced: the same bytes again are a no-op, other
+    /// bytes are refused.
     pub async fn receive(
         &self,
         deployment_id: &str,
@@ -80,16 +89,46 @@ impl ArtifactStore {
         tokio::fs::create_dir_all(&tmp_dir).await?;
         let tmp = tmp_dir.join(uuid::Uuid::new_v4().simple().to_string());
         let result = self.write_verified(&tmp, descriptor, body).await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result?;
+        let result = match result {
+            Ok(()) => self.publish(&tmp, deployment_id, job_id, descriptor).await,
+            Err(error) => Err(error),
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result
+    }
+
+    /// Links the verified upload into place, never over an existing file.
+    async fn publish(
+        &self,
+        tmp: &PathBuf,
+        deployment_id: &str,
+        job_id: &str,
+        descriptor: &ArtifactDescriptor,
+    ) -> Result<PathBuf, ApiError> {
         let dest = self.path(deployment_id, job_id, &descriptor.name);
         if let Some(dir) = dest.parent() {
             tokio::fs::create_dir_all(dir).await?;
         }
-        tokio::fs::rename(&tmp, &dest).await?;
-        Ok(dest)
+        match tokio::fs::hard_link(tmp, &dest).await {
+            Ok(()) => Ok(dest),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stored = dest.clone();
+                let same = tokio::task::spawn_blocking(move || sha256_of(&stored))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .is_some_and(|sha256| sha256 == descriptor.sha256);
+                if same {
+                    Ok(dest)
+                } else {
+                    Err(ApiError::ArtifactExists {
+                        job_id: job_id.to_owned(),
+                        name: descriptor.name.clone(),
+                    })
+                }
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn write_verified(

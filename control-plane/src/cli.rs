@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{serve, AppState, Config};
+use crate::{serve, AppState, Config, ConnectionLimits};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -41,6 +41,24 @@ struct Cli {
     /// `text` or `json`.
     #[arg(long, env = "KILN_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Connections served at once; more wait in the kernel's backlog (capped by
+    /// the open-files limit).
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's head; also the longest a kept-alive
+    /// connection may sit idle.
+    #[arg(long, env = "KILN_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    header_timeout_seconds: u64,
+    /// Seconds a request body may stall between two pieces before it is cut off.
+    #[arg(long, env = "KILN_BODY_TIMEOUT_SECONDS", default_value_t = 60)]
+    body_timeout_seconds: u64,
+    /// Bytes kept per log stream of a job; set it to the agents' `log_limit`.
+    #[arg(long, env = "KILN_LOG_LIMIT_BYTES", default_value_t = 100 << 20)]
+    log_limit_bytes: u64,
+    /// Accept `file://` and absolute-path repository URLs (a single machine
+    /// whose agent clones from the same disk, as the quick start does).
+    #[arg(long, env = "KILN_ALLOW_LOCAL_REPOSITORIES")]
+    allow_local_repositories: bool,
 }
 
 /// Runs the server; errors end the process with a message.
@@ -65,6 +83,13 @@ async fn run() -> anyhow::Result<()> {
     config.lease = Duration::from_secs(cli.lease_seconds);
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
     config.deploy_hook = cli.deploy_hook;
+    config.allow_local_repositories = cli.allow_local_repositories;
+    config.log_limit = cli.log_limit_bytes;
+    config.connections = ConnectionLimits {
+        max_connections: cli.max_connections.max(1),
+        header_timeout: Duration::from_secs(cli.header_timeout_seconds.max(1)),
+        body_timeout: Duration::from_secs(cli.body_timeout_seconds.max(1)),
+    };
     let state = AppState::open(config)?;
     let listener = TcpListener::bind(cli.listen).await.with_context(|| {
         format!(

@@ -28,6 +28,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("schema/001_initial.sql")),
         M::up(include_str!("schema/002_secret_scan.sql")),
+        M::up(include_str!("schema/003_submodules.sql")),
     ])
 }
 

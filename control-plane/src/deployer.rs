@@ -45,6 +45,22 @@ pub enum DeployError {
 /// Runs the deploy of a deployment already moved to `deploying`, to its end.
 #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
 pub async fn run(state: AppState, deployment_id: String) {
+    // Deploys of one environment take turns: they share its `current` link, and
+    // the one that finishes last must be the one live.
+    let id = deployment_id.clone();
+    let environment_id = match state
+        .db
+        .call(move |conn| store::get_deployment(conn, &id))
+        .await
+    {
+        Ok(deployment) => deployment.environment_id,
+        Err(error) => {
+            tracing::error!(message = "Cannot read the deployment to deploy.", %error);
+            return;
+        }
+    };
+    let turn = state.deploy_turn(&environment_id);
+    let _turn = turn.lock().await;
     let failure = promote(&state, &deployment_id)
         .await
         .err()
@@ -121,7 +137,7 @@ async fn run_hook(
     release_dir: &Path,
     timeout: std::time::Duration,
 ) -> Result<(), DeployError> {
-    let child = Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(hook)
         .env("KILN_DEPLOYMENT_ID", &deployment.id)
@@ -138,18 +154,31 @@ async fn run_hook(
             hook: hook.to_owned(),
             source,
         })?;
-    let output = tokio::time::timeout(timeout, child.wait_with_output())
+    let stdout = child.stdout.take().map(|out| tokio::spawn(tail(out)));
+    let stderr = child.stderr.take().map(|err| tokio::spawn(tail(err)));
+    let status = tokio::time::timeout(timeout, child.wait())
         .await
         .map_err(|_| DeployError::HookTimeout {
             seconds: timeout.as_secs(),
         })?
         .map_err(DeployError::HookWait)?;
-    if output.status.success() {
+    // A process the hook left running may hold the pipes open: read what is
+    // there, not forever.
+    let drained = |task: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
+        let task = task?;
+        let abort = task.abort_handle();
+        let output = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        abort.abort();
+        output.ok()?.ok()
+    };
+    drained(stdout).await;
+    let stderr = drained(stderr).await.unwrap_or_default();
+    if status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&stderr);
     let last_line = stderr.lines().rev().find(|line| !line.trim().is_empty());
-    let status = match output.status.code() {
+    let status = match status.code() {
         Some(code) => format!("exited with status {code}"),
         None => "was killed by a signal".to_owned(),
     };
@@ -159,9 +188,38 @@ async fn run_hook(
     })
 }
 
+/// Output of the deploy hook kept, from its end: what a failure's last line needs,
+/// however much the hook prints.
+const HOOK_OUTPUT_KEPT: usize = 64 << 10;
+
+/// Reads a stream to its end, keeping only its last `HOOK_OUTPUT_KEPT` bytes.
+async fn tail(mut stream: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let mut buffer = vec![0u8; 16 << 10];
+    while let Ok(read) = stream.read(&mut buffer).await {
+        if read == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buffer[..read]);
+        if kept.len() > 2 * HOOK_OUTPUT_KEPT {
+            kept.drain(..kept.len() - HOOK_OUTPUT_KEPT);
+        }
+    }
+    let cut = kept.len().saturating_sub(HOOK_OUTPUT_KEPT);
+    kept.split_off(cut)
+}
+
 async fn point_current_at(environment_dir: &Path, release_dir: &Path) -> std::io::Result<()> {
     let link = environment_dir.join("current");
-    let staged: PathBuf = environment_dir.join(".current.new");
+    // Named after the release, so no two deploys ever share a staging link.
+    let staged: PathBuf = environment_dir.join(format!(
+        ".current.{}.new",
+        release_dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+    ));
     let _ = tokio::fs::remove_file(&staged).await;
     tokio::fs::symlink(release_dir, &staged).await?;
     // rename(2) swaps the link atomically: readers see the old or the new release.

@@ -47,6 +47,16 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(String),
+    #[error("request body too large: {0}")]
+    TooLarge(String),
+    #[error("log stream {stream} of job {job_id} is at the server's limit of {limit} bytes; later output is not stored")]
+    LogLimit {
+        job_id: String,
+        stream: LogStream,
+        limit: u64,
+    },
+    #[error("artifact {name} of job {job_id} is stored already with another sha256; a stored artifact is never replaced")]
+    ArtifactExists { job_id: String, name: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,7 +88,20 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, codes::ARTIFACT_CHECKSUM_MISMATCH)
             }
             Self::Conflict(_) => (StatusCode::CONFLICT, codes::CONFLICT),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE),
+            Self::LogLimit { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::LOG_LIMIT_EXCEEDED),
+            Self::ArtifactExists { .. } => (StatusCode::CONFLICT, codes::ARTIFACT_EXISTS),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::TooLarge(rejection.body_text())
+        } else {
+            Self::InvalidBody(rejection.body_text())
         }
     }
 }

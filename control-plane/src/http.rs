@@ -21,9 +21,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::InvalidBody(e.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -41,6 +39,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     ApiError::invalid_field(&path, inner)
                 }
             })
+    }
+}
+
+/// A raw body within its route's limit; past it, a 413 in the error envelope.
+#[derive(Debug)]
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiBytes(Bytes::from_request(req, state).await?))
     }
 }
 
@@ -104,6 +114,36 @@ async fn agent_for(state: &AppState, token: &str) -> Result<Option<AgentRow>, Ap
         .db
         .call(move |conn| store::agent_by_token_hash(conn, &hash))
         .await
+}
+
+/// How a registration is authorised: by the `Authorization` header, checked
+/// before the body is read (so an unauthenticated client cannot make the server
+/// buffer a body), or, for older agents, by the body's `registration_token`.
+#[derive(Debug)]
+pub enum Registration {
+    Verified,
+    InBody,
+}
+
+impl FromRequestParts<AppState> for Registration {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Ok(Registration::InBody);
+        }
+        if sha256_hex(bearer(parts)?.as_bytes()) == state.registration_token_hash {
+            Ok(Registration::Verified)
+        } else {
+            Err(registration_refused())
+        }
+    }
+}
+
+pub fn registration_refused() -> ApiError {
+    ApiError::Unauthorized(
+        "registration token not recognised; use the one the server was started with (KILN_REGISTRATION_TOKEN)".to_owned(),
+    )
 }
 
 /// A request made with the admin token.

@@ -9,6 +9,7 @@
 
 mod artifacts;
 pub mod cli;
+mod connections;
 mod db;
 mod deployer;
 mod error;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use connections::ConnectionLimits;
 pub use db::DbError;
 pub use error::ApiError;
 
@@ -64,6 +66,13 @@ pub struct Config {
     pub deploy_hook: Option<String>,
     pub deploy_timeout: Duration,
     pub max_artifact_bytes: u64,
+    /// Accept `file://` and absolute-path repository URLs: the quick start's
+    /// single machine, where the agent clones from the same disk.
+    pub allow_local_repositories: bool,
+    /// Bytes kept per log stream of a job (the agent's `log_limit`, plus room for
+    /// its truncation notice); appends past it are refused.
+    pub log_limit: u64,
+    pub connections: ConnectionLimits,
 }
 
 impl Config {
@@ -79,6 +88,9 @@ impl Config {
             deploy_hook: None,
             deploy_timeout: Duration::from_secs(600),
             max_artifact_bytes: 10 * 1024 * 1024 * 1024,
+            allow_local_repositories: false,
+            log_limit: 100 << 20,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -115,6 +127,8 @@ pub struct Inner {
     shutdown: CancellationToken,
     /// Requests parked in a long-poll or a log follow, by kind.
     parked: [tokio::sync::watch::Sender<usize>; 3],
+    /// One turn at a time per environment for deploys.
+    deploy_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What a parked request waits for.
@@ -165,7 +179,8 @@ impl AppState {
         }
         let db = Db::open(&config.data_dir.join("kiln.sqlite"))?;
         Ok(Self(Arc::new(Inner {
-            logs: LogStore::new(config.data_dir.join("logs")),
+            // Room past the agents' limit for the one line that says they cut it.
+            logs: LogStore::new(config.data_dir.join("logs"), config.log_limit + 4096),
             artifacts: ArtifactStore::new(config.data_dir.join("artifacts")),
             admin_token_hash: http::sha256_hex(config.admin_token.as_bytes()),
             registration_token_hash: http::sha256_hex(config.registration_token.as_bytes()),
@@ -175,7 +190,14 @@ impl AppState {
             changes: Notify::new(),
             shutdown: CancellationToken::new(),
             parked: Default::default(),
+            deploy_turns: Default::default(),
         })))
+    }
+
+    fn project_rules(&self) -> store::ProjectRules {
+        store::ProjectRules {
+            allow_local_repositories: self.config.allow_local_repositories,
+        }
     }
 
     fn job_policy(&self) -> store::JobPolicy {
@@ -184,6 +206,14 @@ impl AppState {
             job_timeout_seconds: self.config.job_timeout.as_secs(),
             max_attempts: self.config.max_attempts,
         }
+    }
+
+    /// The lock a deploy of `environment_id` holds while it runs.
+    fn deploy_turn(&self, environment_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.deploy_turns)
+            .entry(environment_id.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Counts the calling request as parked in `wait` until the guard drops.
@@ -220,13 +250,13 @@ pub async fn serve(
     resume_interrupted_deploys(&state).await;
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let stopping = state.shutdown.clone();
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Long-polls would otherwise hold the shutdown for up to 30 s.
-            stopping.cancel();
-        })
-        .await;
+    let limits = state.config.connections;
+    let result = connections::serve(listener, app(state), limits, async move {
+        shutdown.await;
+        // Long-polls would otherwise hold the shutdown for up to 30 s.
+        stopping.cancel();
+    })
+    .await;
     reaper.abort();
     result
 }

@@ -24,6 +24,8 @@ type StreamKey = (String, LogStream);
 #[derive(Debug)]
 pub struct LogStore {
     root: PathBuf,
+    /// Bytes kept per stream; an append past it is refused whole.
+    limit: u64,
     // One writer per stream at a time; different streams append in parallel.
     locks: Mutex<HashMap<StreamKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Woken on every append, for readers that follow a stream live.
@@ -31,9 +33,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn new(root: PathBuf) -> Self {
+    pub fn new(root: PathBuf, limit: u64) -> Self {
         Self {
             root,
+            limit,
             locks: Mutex::default(),
             appended: Notify::new(),
         }
@@ -80,48 +83,68 @@ impl LogStore {
         let path = self.path(job_id, stream);
         let times_path = self.times_path(job_id, stream);
         let marks = marks.to_vec();
+        let limit = self.limit;
         // One trip to the blocking pool for the whole append, not one per file call:
         // a flooding build sends four of these a second per stream.
         let appended = tokio::task::spawn_blocking(move || {
-            append_at(&path, &times_path, offset, &data, &marks)
+            append_at(&path, &times_path, offset, &data, &marks, limit)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("log append task failed: {e}")))??;
         match appended {
-            Ok(new_len) => {
+            Appended::Upto(new_len) => {
                 self.appended.notify_waiters();
                 Ok(new_len)
             }
-            Err(expected) => Err(ApiError::LogGap {
+            Appended::Gap { expected } => Err(ApiError::LogGap {
                 job_id: job_id.to_owned(),
                 stream,
                 offset,
                 expected,
             }),
+            Appended::OverLimit => Err(ApiError::LogLimit {
+                job_id: job_id.to_owned(),
+                stream,
+                limit,
+            }),
         }
     }
 }
 
+/// What an append did.
+enum Appended {
+    /// Stored; the stream is now this long.
+    Upto(u64),
+    /// Nothing stored: the chunk starts past the stream's end.
+    Gap { expected: u64 },
+    /// Nothing stored: the stream would grow past the limit.
+    OverLimit,
+}
+
 /// Writes the part of `data` (starting at `offset`) that the log does not hold yet
-/// and fsyncs it. `Ok(Err(len))` when `offset` is past the log's end `len`.
+/// and fsyncs it, unless that would take the stream past `limit`.
 fn append_at(
     path: &Path,
     times_path: &Path,
     offset: u64,
     data: &[u8],
     marks: &[(u64, i64)],
-) -> std::io::Result<Result<u64, u64>> {
+    limit: u64,
+) -> std::io::Result<Appended> {
     let len = match std::fs::metadata(path) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e),
     };
     if offset > len {
-        return Ok(Err(len));
+        return Ok(Appended::Gap { expected: len });
     }
     let known = (len - offset) as usize;
     if known >= data.len() {
-        return Ok(Ok(len));
+        return Ok(Appended::Upto(len));
+    }
+    if len + (data.len() - known) as u64 > limit {
+        return Ok(Appended::OverLimit);
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -149,7 +172,7 @@ fn append_at(
             .open(times_path)?
             .write_all(fresh.as_bytes())?;
     }
-    Ok(Ok(new_len))
+    Ok(Appended::Upto(new_len))
 }
 
 #[cfg(test)]
@@ -159,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn resends_are_not_duplicated_and_gaps_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LogStore::new(dir.path().to_owned());
+        let store = LogStore::new(dir.path().to_owned(), 16);
         let s = LogStream::Backend;
         assert_eq!(
             store
@@ -196,8 +219,19 @@ mod tests {
             matches!(err, ApiError::LogGap { expected: 11, .. }),
             "{err:?}"
         );
+        let err = store
+            .append("j", s, 11, Bytes::from_static(b"123456"), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ApiError::LogLimit { limit: 16, .. }),
+            "{err:?}"
+        );
         let text = std::fs::read_to_string(store.path("j", s)).unwrap();
-        assert_eq!(text, "hello world");
+        assert_eq!(
+            text, "hello world",
+            "an append past the limit stores nothing"
+        );
         assert_eq!(
             store.marks("j", s).await,
             [(0, 1000), (6, 2000)],

@@ -24,7 +24,10 @@ use tokio::time::Instant;
 
 use crate::artifacts::validate_descriptor;
 use crate::error::ApiError;
-use crate::http::{sha256_hex, Admin, Agent, ApiJson, ApiPath, ApiQuery};
+use crate::http::{
+    registration_refused, sha256_hex, Admin, Agent, ApiBytes, ApiJson, ApiPath, ApiQuery,
+    Registration,
+};
 use crate::logs::Stamper;
 use crate::store::{self, DeploymentFilter};
 use crate::{deployer, AppState, Wait};
@@ -34,22 +37,52 @@ use kiln_protocol::{parse_log_times, LOG_TIMES_HEADER};
 const MAX_LONG_POLL: Duration = Duration::from_secs(30);
 const LOG_READ_CHUNK: usize = 64 * 1024;
 
+/// Largest body of a route that reads JSON, unless it says otherwise below.
+const BODY_LIMIT: usize = 64 << 10;
+/// A status report carries the secret scan's findings.
+const STATUS_LIMIT: usize = 1 << 20;
+/// A log append: the agent sends at most `SHIP_CHUNK` (256 KiB); room to grow.
+pub(crate) const LOG_APPEND_LIMIT: usize = 4 << 20;
+/// A project's allowlists may hold a thousand entries.
+const PROJECT_LIMIT: usize = 2 << 20;
+/// A thousand variables of up to 64 KiB is more than anyone needs in one go.
+const VARIABLES_LIMIT: usize = 8 << 20;
+/// An event carries a commit message of up to 64 KiB.
+const EVENT_LIMIT: usize = 256 << 10;
+
+fn limit(bytes: usize) -> DefaultBodyLimit {
+    DefaultBodyLimit::max(bytes)
+}
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/agents/register", post(register_agent))
         .route("/agent/jobs/claim", post(claim_job))
         .route("/agent/jobs/{job_id}/watch", post(watch_job))
-        .route("/agent/jobs/{job_id}/status", post(report_status))
-        .route("/agent/jobs/{job_id}/logs/{stream}", put(append_log))
+        .route(
+            "/agent/jobs/{job_id}/status",
+            post(report_status).layer(limit(STATUS_LIMIT)),
+        )
+        .route(
+            "/agent/jobs/{job_id}/logs/{stream}",
+            put(append_log).layer(limit(LOG_APPEND_LIMIT)),
+        )
         .route("/agent/jobs/{job_id}/artifacts", post(request_upload))
         .route(
             "/uploads/{token}",
             put(receive_upload).layer(DefaultBodyLimit::disable()),
         )
-        .route("/projects", post(create_project).get(list_projects))
+        .route(
+            "/projects",
+            post(create_project)
+                .layer(limit(PROJECT_LIMIT))
+                .get(list_projects),
+        )
         .route(
             "/projects/{project_id}",
-            get(get_project).patch(update_project),
+            get(get_project)
+                .patch(update_project)
+                .layer(limit(PROJECT_LIMIT)),
         )
         .route(
             "/projects/{project_id}/environments",
@@ -61,10 +94,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/environments/{environment_id}/variables",
-            get(list_variables).put(set_variables),
+            get(list_variables)
+                .put(set_variables)
+                .layer(limit(VARIABLES_LIMIT)),
         )
-        .route("/events/push", post(push_event))
-        .route("/events/pull_request", post(pull_request_event))
+        .route("/events/push", post(push_event).layer(limit(EVENT_LIMIT)))
+        .route(
+            "/events/pull_request",
+            post(pull_request_event).layer(limit(EVENT_LIMIT)),
+        )
         .route("/deployments", get(list_deployments))
         .route("/deployments/{deployment_id}", get(get_deployment))
         .route("/deployments/{deployment_id}/redeploy", post(redeploy))
@@ -77,7 +115,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::InvalidParameter("method not allowed on this route".to_owned())
         })
-        .layer(DefaultBodyLimit::max(16 * 1024 * 1024));
+        .layer(limit(BODY_LIMIT));
     Router::new()
         .nest(API_PREFIX, api)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -104,16 +142,15 @@ fn random_token() -> String {
 
 async fn register_agent(
     State(state): State<AppState>,
+    registration: Registration,
     ApiJson(request): ApiJson<RegisterAgentRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    if sha256_hex(request.registration_token.as_bytes()) != state.registration_token_hash {
-        return Err(ApiError::Unauthorized(
-            "registration token not recognised; use the one the server was started with (KILN_REGISTRATION_TOKEN)".to_owned(),
-        ));
+    let in_body = matches!(registration, Registration::InBody);
+    if in_body && sha256_hex(request.registration_token.as_bytes()) != state.registration_token_hash
+    {
+        return Err(registration_refused());
     }
-    if request.name.trim().is_empty() {
-        return Err(ApiError::invalid_field("name", "must not be empty"));
-    }
+    store::check_agent_fields(&request.name, &request.labels)?;
     let token = random_token();
     let hash = sha256_hex(token.as_bytes());
     let agent_id = state
@@ -223,14 +260,25 @@ struct LogOffset {
     offset: u64,
 }
 
+/// A log offset is a file length: at most 2^63 - 1.
+fn check_offset(offset: u64) -> Result<u64, ApiError> {
+    if offset > i64::MAX as u64 {
+        return Err(ApiError::InvalidParameter(format!(
+            "offset {offset} is past the end of any log (offsets are below 2^63)"
+        )));
+    }
+    Ok(offset)
+}
+
 async fn append_log(
     State(state): State<AppState>,
     Agent(agent): Agent,
     ApiPath((job_id, stream)): ApiPath<(String, LogStream)>,
     ApiQuery(LogOffset { offset }): ApiQuery<LogOffset>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let offset = check_offset(offset)?;
     let marks = match headers.get(LOG_TIMES_HEADER) {
         None => Vec::new(),
         Some(value) => value
@@ -244,7 +292,8 @@ async fn append_log(
             })?,
     };
     let (agent_id, id) = (agent.id.clone(), job_id.clone());
-    // Appends stay open after the job ends: a restarted agent delivers its spool late.
+    // Appends stay open after the job ends, for the job's own agent only and
+    // within the stream's limit: a restarted agent delivers its spool late.
     state
         .db
         .call(move |conn| store::owned_job_for(conn, &agent_id, &id))
@@ -348,9 +397,10 @@ async fn create_project(
     _: Admin,
     ApiJson(new): ApiJson<CreateProject>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let rules = state.project_rules();
     let project = state
         .db
-        .call(move |conn| store::create_project(conn, new))
+        .call(move |conn| store::create_project(conn, new, rules))
         .await?;
     Ok((StatusCode::CREATED, Json(project)))
 }
@@ -410,7 +460,11 @@ async fn update_project(
     ApiPath(id): ApiPath<String>,
     ApiJson(update): ApiJson<UpdateProject>,
 ) -> Result<impl IntoResponse, ApiError> {
-    answer(&state, move |conn| store::update_project(conn, &id, update)).await
+    let rules = state.project_rules();
+    answer(&state, move |conn| {
+        store::update_project(conn, &id, update, rules)
+    })
+    .await
 }
 
 async fn update_environment(
@@ -559,6 +613,7 @@ async fn read_log(
     ApiPath((deployment_id, stream)): ApiPath<(String, LogStream)>,
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
+    check_offset(query.offset)?;
     let (id, job) = (deployment_id.clone(), query.job.clone());
     let job = state
         .db

@@ -6,9 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::{ComponentStatus, DeploymentStatus, LogStream};
 
-/// `POST /api/v1/agents/register`, authorised by the registration token in the body.
+/// `POST /api/v1/agents/register`, authorised by the registration token: in the
+/// `Authorization: Bearer` header (since v1.3, checked before the body is read),
+/// or in the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterAgentRequest {
+    /// Empty when the header carries it.
+    #[serde(default)]
     pub registration_token: String,
     pub name: String,
     #[serde(default)]
@@ -61,6 +65,10 @@ pub struct Job {
     /// it and get the defaults (findings fail the build, nothing allowed).
     #[serde(default)]
     pub secret_scan: SecretScanSettings,
+    /// Whether to clone git submodules (with the credential bound to the
+    /// repository's own URL). Added in v1.3; older control planes omit it: none.
+    #[serde(default)]
+    pub submodules: bool,
 }
 
 /// What a secret found in the public build output does to the deployment.
@@ -221,6 +229,7 @@ mod tests {
         assert_eq!(job.limits.timeout_seconds, 900);
         assert_eq!(job.secret_scan, SecretScanSettings::default());
         assert_eq!(job.secret_scan.mode, SecretScanMode::Fail);
+        assert!(!job.submodules);
     }
 
     #[test]

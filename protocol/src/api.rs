@@ -29,14 +29,30 @@ pub struct CreateProject {
     /// Added in v1.2.
     #[serde(default)]
     pub secret_scan: SecretScanSettings,
+    /// Clone git submodules (bound to the repository's credential, which never
+    /// travels to another URL). Added in v1.3; off by default.
+    #[serde(default)]
+    pub submodules: bool,
 }
 
 /// `PATCH /api/v1/projects/{project_id}`; applies from the next claimed job on.
-/// Added in v1.2.
+/// Added in v1.2 (`secret_scan`); the other fields in v1.3.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateProject {
     #[serde(default)]
     pub secret_scan: Option<SecretScanSettings>,
+    #[serde(default)]
+    pub repository_url: Option<String>,
+    #[serde(default)]
+    pub backend_path: Option<String>,
+    #[serde(default)]
+    pub storefront_path: Option<String>,
+    #[serde(default)]
+    pub agent_labels: Option<Vec<String>>,
+    #[serde(default)]
+    pub repository_token: Option<String>,
+    #[serde(default)]
+    pub submodules: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +68,9 @@ pub struct Project {
     /// Added in v1.2.
     #[serde(default)]
     pub secret_scan: SecretScanSettings,
+    /// Added in v1.3.
+    #[serde(default)]
+    pub submodules: bool,
     pub created_at: DateTime<Utc>,
 }
 

@@ -33,6 +33,14 @@ pub mod codes {
     pub const ARTIFACT_SIZE_MISMATCH: &str = "artifact_size_mismatch";
     pub const ARTIFACT_CHECKSUM_MISMATCH: &str = "artifact_checksum_mismatch";
     pub const CONFLICT: &str = "conflict";
+    /// Added in v1.3: a body longer than its route takes (413).
+    pub const BODY_TOO_LARGE: &str = "body_too_large";
+    /// Added in v1.3: a log stream is at the server's limit (413); later bytes
+    /// are not stored.
+    pub const LOG_LIMIT_EXCEEDED: &str = "log_limit_exceeded";
+    /// Added in v1.3: an artifact of that name is stored already and is never
+    /// replaced (409).
+    pub const ARTIFACT_EXISTS: &str = "artifact_exists";
     pub const INTERNAL: &str = "internal";
 }
 

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod error;
 pub mod status;
+pub mod validate;
 
 pub use agent::*;
 pub use api::*;

@@ -153,7 +153,10 @@ async fn main() {
     let image = build_image().await;
     let dir = tempfile::tempdir().unwrap();
     let repo = FixtureRepo::new(dir.path());
-    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let cp = ControlPlane::start_with(&dir.path().join("server"), |config| {
+        config.log_limit = 1 << 30;
+    })
+    .await;
     let admin = cp.admin();
     admin
         .repo_project(

@@ -151,6 +151,7 @@ async fn real_medusa_backend_builds_like_by_hand() {
             agent_labels: vec![],
             repository_token: None,
             secret_scan: Default::default(),
+            submodules: false,
         })
         .await;
     admin

@@ -51,6 +51,7 @@ async fn world_with(variables: serde_json::Value, storefront_path: Option<&str>)
             agent_labels: vec![],
             repository_token: None,
             secret_scan: Default::default(),
+            submodules: false,
         })
         .await;
     let environment = admin
@@ -459,6 +460,7 @@ async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
             agent_labels: vec![],
             repository_token: None,
             secret_scan: Default::default(),
+            submodules: false,
         })
         .await;
     world

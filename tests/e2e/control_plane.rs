@@ -681,6 +681,7 @@ async fn claims_long_poll_and_respect_labels() {
             agent_labels: vec!["large".to_owned()],
             repository_token: None,
             secret_scan: Default::default(),
+            submodules: false,
         })
         .await;
     admin
@@ -849,7 +850,7 @@ async fn bad_input_gets_400_unknown_ids_404_illegal_transitions_409() {
     let message = admin
         .post_raw(
             "/api/v1/projects",
-            r#"{"name": "shop", "repository_url": "r", "backend_path": "../etc"}"#,
+            r#"{"name": "shop", "repository_url": "https://git.example/shop.git", "backend_path": "../etc"}"#,
         )
         .await
         .expect_error(StatusCode::BAD_REQUEST, "invalid_body");

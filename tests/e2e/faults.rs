@@ -252,7 +252,11 @@ async fn log_flood_of_200_mib_arrives_whole_and_agent_memory_stays_small() {
     let image = build_image().await;
     let dir = tempfile::tempdir().unwrap();
     let repo = FixtureRepo::new(dir.path());
-    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    // The server keeps as much of each stream as the agent sends.
+    let cp = ControlPlane::start_with(&dir.path().join("server"), |config| {
+        config.log_limit = 300 << 20;
+    })
+    .await;
     let admin = cp.admin();
     project(
         &admin,

@@ -33,7 +33,7 @@ impl AgentProcess {
     ) -> AgentProcess {
         std::fs::create_dir_all(dir).unwrap();
         let mut settings: toml::Table = toml::from_str(&format!(
-            "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\n",
+            "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\nallow_local_repositories = true\n",
             work = dir.join("work"),
             state = dir.join("state"),
         ))

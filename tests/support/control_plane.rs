@@ -41,6 +41,8 @@ impl ControlPlane {
             REGISTRATION_TOKEN.to_owned(),
         );
         config.reaper_interval = Duration::from_millis(100);
+        // Fixture repositories are git directories on this disk.
+        config.allow_local_repositories = true;
         tweak(&mut config);
         let state = AppState::open(config).expect("control plane opens its data dir");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -234,6 +236,7 @@ impl Api {
             agent_labels: Vec::new(),
             repository_token: None,
             secret_scan: Default::default(),
+            submodules: false,
         })
         .await
     }
@@ -394,6 +397,7 @@ impl Api {
                 agent_labels: Vec::new(),
                 repository_token: None,
                 secret_scan: Default::default(),
+                submodules: false,
             })
             .await;
         let environment = self

@@ -54,6 +54,7 @@ impl ServerProcess {
             .arg(&self.data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--allow-local-repositories")
             .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("KILN_REGISTRATION_TOKEN", REGISTRATION_TOKEN)
             .stdin(Stdio::null())

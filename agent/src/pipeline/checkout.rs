@@ -1,9 +1,16 @@
 //! Clones exactly one commit with the git CLI: `init`, `fetch <sha> --depth 1`
 //! (falling back to a full fetch where the server refuses fetching by sha),
-//! `checkout --detach`, then submodules.
+//! `checkout --detach`, then, only where the project asks, submodules.
+//!
+//! The URL and sha were checked (`kiln_protocol::validate`) and still come after
+//! `--`: git never reads them as options. Only the https, http and ssh transports
+//! run (plus `file` where the agent allows local repositories); `ext::` and other
+//! helpers never do.
 //!
 //! A repository token goes to git through `GIT_CONFIG_*` environment variables as
-//! an HTTP header: never in argv (visible in `ps`), never in a file, never logged.
+//! an HTTP header bound to the repository's own URL (`http.<url>.extraHeader`), so
+//! a submodule or redirect elsewhere never receives it: never in argv (visible in
+//! `ps`), never in a file, never logged.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -38,9 +45,48 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// How to fetch: where from, with which credential, which transports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fetch<'a> {
+    pub url: &'a str,
+    pub commit: &'a str,
+    pub token: Option<&'a str>,
+    /// Allow the `file` transport (the agent's `allow_local_repositories`).
+    pub allow_local: bool,
+    /// Clone submodules too (the project's `submodules`).
+    pub submodules: bool,
+}
+
+impl Fetch<'_> {
+    /// Git settings for every command, as `GIT_CONFIG_*` variables: which
+    /// transports may run, and the token bound to this repository's URL.
+    fn config(&self) -> Vec<(String, String)> {
+        let mut settings = vec![
+            ("protocol.allow".to_owned(), "never".to_owned()),
+            ("protocol.https.allow".to_owned(), "always".to_owned()),
+            ("protocol.http.allow".to_owned(), "always".to_owned()),
+            ("protocol.ssh.allow".to_owned(), "always".to_owned()),
+            // A credential bound to a URL must not follow a redirect elsewhere.
+            ("http.followRedirects".to_owned(), "initial".to_owned()),
+        ];
+        if self.allow_local {
+            settings.push(("protocol.file.allow".to_owned(), "always".to_owned()));
+        }
+        if let Some(token) = self.token {
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+            settings.push((
+                format!("http.{}.extraHeader", self.url),
+                format!("Authorization: Basic {basic}"),
+            ));
+        }
+        settings
+    }
+}
+
 struct Git<'a> {
     dir: &'a Path,
-    token: Option<&'a str>,
+    config: Vec<(String, String)>,
     log: &'a LogSink,
     cancel: &'a CancellationToken,
 }
@@ -59,20 +105,19 @@ impl Git<'_> {
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "true")
+            // Nothing from the host's or the user's git config (a credential
+            // helper, a URL rewrite) takes part.
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_COUNT", self.config.len().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(token) = self.token {
-            let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+        for (index, (key, value)) in self.config.iter().enumerate() {
             command
-                .env("GIT_CONFIG_COUNT", "1")
-                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-                .env(
-                    "GIT_CONFIG_VALUE_0",
-                    format!("Authorization: Basic {basic}"),
-                );
+                .env(format!("GIT_CONFIG_KEY_{index}"), key)
+                .env(format!("GIT_CONFIG_VALUE_{index}"), value);
         }
         let child = command.spawn().map_err(CheckoutError::GitMissing)?;
         let output = tokio::select! {
@@ -111,14 +156,17 @@ fn last_line(text: &str) -> String {
         .to_owned()
 }
 
-pub async fn checkout(
-    repo_url: &str,
-    commit: &str,
-    token: Option<&str>,
+pub(crate) async fn checkout(
+    fetch: Fetch<'_>,
     dest: &Path,
     log: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<(), CheckoutError> {
+    let Fetch {
+        url: repo_url,
+        commit,
+        ..
+    } = fetch;
     let repo = redact_url(repo_url);
     tokio::fs::create_dir_all(dest)
         .await
@@ -128,7 +176,7 @@ pub async fn checkout(
         })?;
     let git = Git {
         dir: dest,
-        token,
+        config: fetch.config(),
         log,
         cancel,
     };
@@ -142,6 +190,7 @@ pub async fn checkout(
             "--no-tags",
             "--depth",
             "1",
+            "--",
             repo_url,
             commit,
         ])
@@ -153,6 +202,7 @@ pub async fn checkout(
                 "fetch",
                 "-q",
                 "--no-tags",
+                "--",
                 repo_url,
                 "+refs/heads/*:refs/remotes/origin/*",
                 "+refs/tags/*:refs/tags/*",
@@ -183,10 +233,16 @@ pub async fn checkout(
             "-q",
             "--detach",
             commit,
+            "--",
         ],
     )
     .await?;
-    if dest.join(".gitmodules").is_file() {
+    let has_submodules =
+        crate::repo_fs::RepoFs::new(dest).is_ok_and(|fs| fs.is_file(Path::new(".gitmodules")));
+    if has_submodules && !fetch.submodules {
+        log.line("The repository has submodules; they are not cloned (the project's `submodules` setting is off).");
+    }
+    if has_submodules && fetch.submodules {
         git.must(
             "submodule update",
             &[
@@ -207,6 +263,29 @@ pub async fn checkout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_bound_to_the_repository_url_and_transports_are_few() {
+        let fetch = Fetch {
+            url: "https://git.example/acme/shop.git",
+            commit: "0123",
+            token: Some("s3cret"),
+            allow_local: false,
+            submodules: false,
+        };
+        let config = fetch.config();
+        let header = config
+            .iter()
+            .find(|(key, _)| key.ends_with(".extraHeader"))
+            .unwrap();
+        assert_eq!(
+            header.0,
+            "http.https://git.example/acme/shop.git.extraHeader"
+        );
+        assert!(!config.iter().any(|(key, _)| key == "http.extraHeader"));
+        assert!(config.contains(&("protocol.allow".to_owned(), "never".to_owned())));
+        assert!(!config.iter().any(|(key, _)| key == "protocol.file.allow"));
+    }
 
     #[test]
     fn credentials_in_urls_are_redacted() {

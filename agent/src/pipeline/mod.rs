@@ -37,6 +37,8 @@ pub enum Source {
         url: String,
         commit: String,
         token: Option<String>,
+        /// Clone submodules too (the project's setting).
+        submodules: bool,
     },
     /// `kiln-agent build DIR`: a copy of a local directory.
     Local(PathBuf),
@@ -248,14 +250,24 @@ impl Build<'_> {
         let (system, src) = (&self.system, self.workspace.src());
         let started = Instant::now();
         match &self.request.source {
-            Source::Git { url, commit, token } => {
+            Source::Git {
+                url,
+                commit,
+                token,
+                submodules,
+            } => {
                 system.line(format!(
                     "Cloning {} at {commit}.",
                     checkout::redact_url(url)
                 ));
-                match checkout::checkout(url, commit, token.as_deref(), &src, system, self.cancel)
-                    .await
-                {
+                let fetch = checkout::Fetch {
+                    url,
+                    commit,
+                    token: token.as_deref(),
+                    allow_local: self.pipeline.config.allow_local_repositories,
+                    submodules: *submodules,
+                };
+                match checkout::checkout(fetch, &src, system, self.cancel).await {
                     Ok(()) => system.line(format!(
                         "Checked out {} in {}.",
                         &commit[..commit.len().min(12)],
@@ -331,14 +343,23 @@ impl Build<'_> {
         run_steps(self, Component::Backend, &steps).await?;
 
         // The output Medusa deploys; its public folder is served to the world.
-        let server = src.join(&plan.app_dir).join(".medusa/server");
-        if !server.is_dir() {
-            return Err(fail(
-                Component::Backend,
-                "medusa build produced no .medusa/server",
-            ));
-        }
-        scan::scan_public(self, &server).await?;
+        let server =
+            match workspace::output_dir(self.workspace, &plan.app_dir.join(".medusa/server")) {
+                Ok(server) => server,
+                Err(workspace::OutputError::Missing { .. }) => {
+                    return Err(fail(
+                        Component::Backend,
+                        "medusa build produced no .medusa/server",
+                    ))
+                }
+                Err(error) => {
+                    return Err(fail(
+                        Component::Backend,
+                        format!("cannot package .medusa/server: {error}"),
+                    ))
+                }
+            };
+        scan::scan_public(self, &plan.app_dir.join(".medusa/server/public")).await?;
         let packed = self
             .pack(Component::Backend, ".medusa/server", server, &[])
             .await?;

@@ -7,16 +7,26 @@ use std::time::Instant;
 
 use kiln_protocol::{Component, SecretScanMode};
 
+use super::workspace::{output_dir, OutputError};
 use super::{fail, seconds, Build, BuildFailure, Stop};
 use crate::scan::{report, NamedSecret, ScanPolicy, Scanner};
 
-pub(super) async fn scan_public(build: &Build<'_>, server: &Path) -> Result<(), Stop> {
+/// Scans `public` (relative to the checkout).
+pub(super) async fn scan_public(build: &Build<'_>, public: &Path) -> Result<(), Stop> {
     let system = &build.system;
-    let public = server.join("public");
-    if !public.is_dir() {
-        system.line("No .medusa/server/public in the build output; nothing public to scan.");
-        return Ok(());
-    }
+    let public = match output_dir(build.workspace, public) {
+        Ok(public) => public,
+        Err(OutputError::Missing { .. }) => {
+            system.line("No .medusa/server/public in the build output; nothing public to scan.");
+            return Ok(());
+        }
+        Err(error) => {
+            return Err(fail(
+                Component::Backend,
+                format!("cannot scan .medusa/server/public: {error}"),
+            ))
+        }
+    };
     let secrets: Vec<NamedSecret> = build
         .request
         .env

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use kiln_protocol::{Component, ComponentStatus};
 
 use super::steps::{image_node_version, run_steps, PlannedStep, StepKind};
+use super::workspace::{output_dir, OutputError};
 use super::{fail, Build, BuiltArtifact, Stop};
 use crate::detect::{self, DetectError, Detection, Framework};
 use crate::repo_fs::RepoFs;
@@ -60,13 +61,23 @@ pub(super) async fn build(build: &Build<'_>) -> Result<Option<BuiltArtifact>, St
     run_steps(build, Component::Storefront, &steps).await?;
 
     let output_name = found.output_dir.as_deref().unwrap_or("dist");
-    let output = build.workspace.src().join(&app_dir).join(output_name);
-    if !output.is_dir() {
-        return Err(fail(
-            Component::Storefront,
-            format!("`{}` produced no {output_name}", found.build_command),
-        ));
-    }
+    let output = match output_dir(build.workspace, &app_dir.join(output_name)) {
+        Ok(output) => output,
+        Err(OutputError::Missing { .. }) => {
+            return Err(fail(
+                Component::Storefront,
+                format!("`{}` produced no {output_name}", found.build_command),
+            ))
+        }
+        Err(error) => {
+            return Err(fail(
+                Component::Storefront,
+                format!(
+                "unsafe_output_dir: the output directory {output_name} cannot be packed: {error}"
+            ),
+            ))
+        }
+    };
     // Next.js's cache is for the next build, not for deploying.
     let skip: &'static [&'static str] = if found.framework == Framework::Nextjs {
         &["cache"]
@@ -109,6 +120,9 @@ async fn detect(build: &Build<'_>) -> Result<Option<Detection>, Stop> {
     match detected {
         Ok(found) => Ok(Some(found)),
         Err(DetectError::NoStorefrontFound) if request.storefront_path.is_none() => Ok(None),
-        Err(error) => Err(fail(Component::Storefront, error.to_string())),
+        Err(error) => Err(fail(
+            Component::Storefront,
+            format!("{}: {error}", error.code()),
+        )),
     }
 }

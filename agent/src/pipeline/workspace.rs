@@ -66,6 +66,57 @@ impl Workspace {
     }
 }
 
+/// Why a build output directory cannot be packed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OutputError {
+    #[error("{path} does not exist")]
+    Missing { path: String },
+    #[error("{path} is a symbolic link (to {target}); build output must be a real directory inside the workspace, so a link is never followed out of it")]
+    Link { path: String, target: String },
+    #[error("{path} is not a directory")]
+    NotDirectory { path: String },
+}
+
+/// The build output directory `rel` (relative to the checkout), found by walking
+/// down from the build directory one component at a time: the build wrote these,
+/// and a symbolic link at any level would pack or scan whatever it points at.
+pub(crate) fn output_dir(workspace: &Workspace, rel: &Path) -> Result<PathBuf, OutputError> {
+    let mut path = workspace.build_dir();
+    let mut shown = PathBuf::new();
+    let parts =
+        std::iter::once(std::ffi::OsStr::new("src")).chain(rel.components().filter_map(|part| {
+            match part {
+                std::path::Component::Normal(name) => Some(name),
+                _ => None,
+            }
+        }));
+    for (index, name) in parts.enumerate() {
+        path.push(name);
+        // Messages name paths as the repository does: without `src/`.
+        if index > 0 {
+            shown.push(name);
+        }
+        let shown_path = || crate::repo_fs::shown(&shown);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(_) => return Err(OutputError::Missing { path: shown_path() }),
+        };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)
+                .map(|target| target.display().to_string())
+                .unwrap_or_default();
+            return Err(OutputError::Link {
+                path: shown_path(),
+                target,
+            });
+        }
+        if !meta.is_dir() {
+            return Err(OutputError::NotDirectory { path: shown_path() });
+        }
+    }
+    Ok(path)
+}
+
 /// Copies a local project, leaving out what a build recreates.
 pub(super) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
     const SKIP: &[&str] = &["node_modules", ".git", ".medusa", ".next"];
@@ -95,4 +146,40 @@ pub(super) fn copy_tree(from: &Path, to: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_dirs_are_found_without_following_any_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let workspace = Workspace::new(dir.path(), "job");
+        std::fs::create_dir_all(workspace.src().join("apps/backend/.medusa/server")).unwrap();
+        std::fs::create_dir_all(dir.path().join("host-state")).unwrap();
+        let rel = Path::new("apps/backend/.medusa/server");
+        assert_eq!(
+            output_dir(&workspace, rel).unwrap(),
+            workspace.src().join(rel)
+        );
+        std::fs::remove_dir(workspace.src().join(rel)).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host-state"), workspace.src().join(rel))
+            .unwrap();
+        assert!(matches!(
+            output_dir(&workspace, rel),
+            Err(OutputError::Link { path, .. }) if path == "apps/backend/.medusa/server"
+        ));
+        // A link higher up is refused as well, by its own name.
+        std::fs::rename(workspace.src().join("apps"), dir.path().join("apps")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("apps"), workspace.src().join("apps")).unwrap();
+        assert!(matches!(
+            output_dir(&workspace, rel),
+            Err(OutputError::Link { path, .. }) if path == "apps"
+        ));
+        assert!(matches!(
+            output_dir(&workspace, Path::new("missing")),
+            Err(OutputError::Missing { .. })
+        ));
+    }
 }

@@ -2,13 +2,21 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{json_list, new_id, now_ms, to_json};
+use kiln_protocol::validate;
+
+use super::{check_name, json_list, new_id, now_ms, to_json};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
 pub struct AgentRow {
     pub id: String,
     pub labels: Vec<String>,
+}
+
+/// An agent's name and labels, each within bounds.
+pub fn check_agent_fields(name: &str, labels: &[String]) -> Result<(), ApiError> {
+    check_name("name", name, validate::MAX_NAME)?;
+    super::projects::check_labels("labels", labels)
 }
 
 pub fn register_agent(

@@ -1,6 +1,6 @@
 //! Artifacts and their upload tickets, and which job's logs a reader sees.
 
-use kiln_protocol::{ArtifactDescriptor, StoredArtifact};
+use kiln_protocol::{ArtifactDescriptor, DeploymentStatus, StoredArtifact};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::deployments::get_deployment_in;
@@ -47,6 +47,21 @@ pub fn artifact(
         .ok_or_else(|| ApiError::not_found("artifact", format!("{deployment_id}/{name}")))
 }
 
+/// Refuses work on a job that no longer builds its deployment: artifacts are
+/// accepted only between the claim and the final report, before the secret scan's
+/// verdict can be acted on.
+fn require_building(conn: &Connection, job: &JobRow) -> Result<(), ApiError> {
+    let deployment = get_deployment_in(conn, &job.deployment_id)?;
+    let holds_it = deployment.current_job_id.as_deref() == Some(job.id.as_str());
+    if job.finished || !holds_it || deployment.status != DeploymentStatus::Building {
+        return Err(ApiError::Conflict(format!(
+            "job {} no longer builds deployment {} (it is {}); artifacts are accepted only while the job builds",
+            job.id, deployment.id, deployment.status
+        )));
+    }
+    Ok(())
+}
+
 pub fn create_upload_ticket(
     conn: &mut Connection,
     agent_id: &str,
@@ -57,6 +72,7 @@ pub fn create_upload_ticket(
 ) -> Result<(), ApiError> {
     let tx = conn.transaction()?;
     let job = owned_job(&tx, agent_id, job_id)?;
+    require_building(&tx, &job)?;
     tx.execute(
         "INSERT INTO upload_tickets (token_hash, job_id, deployment_id, name, size, sha256, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -74,6 +90,27 @@ pub fn create_upload_ticket(
     Ok(())
 }
 
+/// The artifact a job stored under `name`, if any.
+pub fn stored_artifact(
+    conn: &Connection,
+    job_id: &str,
+    name: &str,
+) -> Result<Option<ArtifactDescriptor>, ApiError> {
+    Ok(conn
+        .query_row(
+            "SELECT size, sha256 FROM artifacts WHERE job_id = ?1 AND name = ?2",
+            params![job_id, name],
+            |row| {
+                Ok(ArtifactDescriptor {
+                    name: name.to_owned(),
+                    size: row.get::<_, i64>(0)? as u64,
+                    sha256: row.get(1)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
 #[derive(Debug, Clone)]
 pub struct UploadTicket {
     pub job_id: String,
@@ -82,7 +119,7 @@ pub struct UploadTicket {
 }
 
 pub fn upload_ticket(conn: &mut Connection, token_hash: &str) -> Result<UploadTicket, ApiError> {
-    conn.query_row(
+    let ticket = conn.query_row(
         "SELECT job_id, deployment_id, name, size, sha256 FROM upload_tickets WHERE token_hash = ?1 AND expires_at > ?2",
         params![token_hash, now_ms()],
         |row| {
@@ -102,7 +139,9 @@ pub fn upload_ticket(conn: &mut Connection, token_hash: &str) -> Result<UploadTi
         ApiError::Unauthorized(
             "upload URL unknown or expired; ask for a new one with POST /api/v1/agent/jobs/{job_id}/artifacts".to_owned(),
         )
-    })
+    })?;
+    require_building(conn, &job_in(conn, &ticket.job_id)?)?;
+    Ok(ticket)
 }
 
 pub fn record_artifact(
@@ -111,9 +150,9 @@ pub fn record_artifact(
     ticket: &UploadTicket,
 ) -> Result<(), ApiError> {
     let tx = conn.transaction()?;
-    tx.execute(
-        "INSERT OR REPLACE INTO artifacts (deployment_id, job_id, name, size, sha256, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    let inserted = tx.execute(
+        "INSERT INTO artifacts (deployment_id, job_id, name, size, sha256, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, name) DO NOTHING",
         params![
             ticket.deployment_id,
             ticket.job_id,
@@ -123,6 +162,17 @@ pub fn record_artifact(
             now_ms()
         ],
     )?;
+    // A stored artifact is never replaced; the same bytes again (a retry whose
+    // answer was lost) are fine.
+    if inserted == 0
+        && stored_artifact(&tx, &ticket.job_id, &ticket.descriptor.name)?.as_ref()
+            != Some(&ticket.descriptor)
+    {
+        return Err(ApiError::ArtifactExists {
+            job_id: ticket.job_id.clone(),
+            name: ticket.descriptor.name.clone(),
+        });
+    }
     tx.execute(
         "DELETE FROM upload_tickets WHERE token_hash = ?1",
         [token_hash],

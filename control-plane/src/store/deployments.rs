@@ -3,16 +3,16 @@
 //! through `set_status`, and the listing.
 
 use kiln_protocol::{
-    check_transition, ComponentStatus, Deployment, DeploymentStatus, Environment, EventOutcome,
-    Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
+    check_transition, validate, ComponentStatus, Deployment, DeploymentStatus, Environment,
+    EventOutcome, Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::artifacts::artifacts_of;
-use super::projects::{
-    branch_matches, environment_from_row, get_environment_in, project_from_row, require_non_empty,
+use super::projects::{branch_matches, environment_from_row, get_environment_in, project_from_row};
+use super::{
+    check, check_name, new_id, normalize_repository, now_ms, parse_component, parse_status, time,
 };
-use super::{new_id, normalize_repository, now_ms, parse_component, parse_status, time};
 use crate::error::ApiError;
 
 pub(super) fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
@@ -249,15 +249,28 @@ pub(super) fn queue_deployment(
     Ok(())
 }
 
-pub(super) fn validate_sha(sha: &str) -> Result<(), ApiError> {
-    let hex = sha.chars().all(|c| c.is_ascii_hexdigit());
-    if !(hex && (sha.len() == 40 || sha.len() == 64)) {
-        return Err(ApiError::invalid_field(
-            "sha",
-            format!("{sha:?} is not a full commit id (40 or 64 hex characters)"),
-        ));
-    }
-    Ok(())
+/// The commit fields every event carries, each within its bounds.
+fn check_commit(
+    repository: &str,
+    branch: &str,
+    sha: &str,
+    author: &str,
+    message: &str,
+) -> Result<(), ApiError> {
+    check(
+        "repository",
+        validate::text(repository, validate::MAX_URL, false),
+    )?;
+    check_name("branch", branch, validate::MAX_BRANCH)?;
+    check("sha", validate::commit_sha(sha))?;
+    check(
+        "author",
+        validate::text(author, validate::MAX_AUTHOR, false),
+    )?;
+    check(
+        "message",
+        validate::text(message, validate::MAX_MESSAGE, true),
+    )
 }
 
 pub(super) fn projects_for_repository(
@@ -282,8 +295,13 @@ pub(super) fn projects_for_repository(
 }
 
 pub fn on_push(conn: &mut Connection, push: PushEvent) -> Result<EventOutcome, ApiError> {
-    require_non_empty("branch", &push.branch)?;
-    validate_sha(&push.sha)?;
+    check_commit(
+        &push.repository,
+        &push.branch,
+        &push.sha,
+        &push.author,
+        &push.message,
+    )?;
     let tx = conn.transaction()?;
     let mut outcome = EventOutcome {
         deployments: Vec::new(),
@@ -323,8 +341,13 @@ pub fn on_pull_request(
     conn: &mut Connection,
     event: PullRequestEvent,
 ) -> Result<EventOutcome, ApiError> {
-    require_non_empty("branch", &event.branch)?;
-    validate_sha(&event.sha)?;
+    check_commit(
+        &event.repository,
+        &event.branch,
+        &event.sha,
+        &event.author,
+        &event.message,
+    )?;
     let tx = conn.transaction()?;
     let mut outcome = EventOutcome {
         deployments: Vec::new(),

@@ -92,6 +92,7 @@ pub fn claim(
         },
         lease_seconds: (policy.lease_ms / 1000).max(1) as u64,
         secret_scan: project.secret_scan,
+        submodules: project.submodules,
     }))
 }
 

@@ -21,7 +21,23 @@ pub use jobs::*;
 pub use projects::*;
 
 use chrono::{DateTime, Utc};
+use kiln_protocol::validate;
 use kiln_protocol::{ComponentStatus, DeploymentStatus};
+
+use crate::error::ApiError;
+
+/// Refuses `field` when a `kiln_protocol::validate` check failed on its value.
+fn check<T>(field: &str, checked: Result<T, String>) -> Result<T, ApiError> {
+    checked.map_err(|reason| ApiError::invalid_field(field, reason))
+}
+
+/// A single line of at most `max` bytes, not blank.
+fn check_name(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::invalid_field(field, "must not be empty"));
+    }
+    check(field, validate::text(value, max, false))
+}
 
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()

@@ -2,35 +2,100 @@
 //! and environments' build variables.
 
 use kiln_protocol::{
-    CreateEnvironment, CreateProject, EnvVar, Environment, EnvironmentKind, Project,
-    UpdateEnvironment, UpdateProject, VariableView,
+    validate, CreateEnvironment, CreateProject, EnvVar, Environment, EnvironmentKind, Project,
+    SecretScanSettings, UpdateEnvironment, UpdateProject, VariableView,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use globset::Glob;
 
-use super::{json_list, new_id, now_ms, time, to_json};
+use super::{check, check_name, json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
 
-pub(super) fn validate_relative_path(field: &str, path: &str) -> Result<(), ApiError> {
-    let bad = path.is_empty()
-        || path.starts_with('/')
-        || path.split('/').any(|part| part == "..")
-        || path.contains('\0');
-    if bad {
+/// The settings every project must get right, whether created or updated.
+struct ProjectFields<'a> {
+    repository_url: Option<&'a str>,
+    backend_path: Option<&'a str>,
+    storefront_path: Option<&'a str>,
+    agent_labels: Option<&'a [String]>,
+    repository_token: Option<&'a str>,
+    secret_scan: Option<&'a SecretScanSettings>,
+}
+
+pub(super) fn check_labels(field: &str, labels: &[String]) -> Result<(), ApiError> {
+    if labels.len() > validate::MAX_LABELS {
         return Err(ApiError::invalid_field(
             field,
-            format!("{path:?} must be a relative path inside the repository, without `..`"),
+            format!("{} labels; at most {}", labels.len(), validate::MAX_LABELS),
         ));
+    }
+    for (index, label) in labels.iter().enumerate() {
+        check_name(&format!("{field}[{index}]"), label, validate::MAX_NAME)?;
     }
     Ok(())
 }
 
-pub(super) fn require_non_empty(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
-        return Err(ApiError::invalid_field(field, "must not be empty"));
+impl ProjectFields<'_> {
+    /// Refuses the first field that is not well formed, naming it.
+    fn check(&self, rules: ProjectRules) -> Result<(), ApiError> {
+        if let Some(url) = self.repository_url {
+            check(
+                "repository_url",
+                validate::repository_url(url, rules.allow_local_repositories),
+            )?;
+        }
+        if let Some(path) = self.backend_path {
+            check("backend_path", validate::relative_path(path))?;
+        }
+        if let Some(path) = self.storefront_path {
+            check("storefront_path", validate::relative_path(path))?;
+        }
+        if let Some(labels) = self.agent_labels {
+            check_labels("agent_labels", labels)?;
+        }
+        if let Some(token) = self.repository_token {
+            check(
+                "repository_token",
+                validate::text(token, validate::MAX_TOKEN, false),
+            )?;
+        }
+        if let Some(settings) = self.secret_scan {
+            let lists = [
+                ("secret_scan.allow_paths", &settings.allow_paths),
+                ("secret_scan.allow_rules", &settings.allow_rules),
+                (
+                    "secret_scan.allow_fingerprints",
+                    &settings.allow_fingerprints,
+                ),
+            ];
+            for (field, list) in lists {
+                if list.len() > validate::MAX_ALLOWLIST {
+                    return Err(ApiError::invalid_field(
+                        field,
+                        format!(
+                            "{} entries; at most {}",
+                            list.len(),
+                            validate::MAX_ALLOWLIST
+                        ),
+                    ));
+                }
+                for entry in list {
+                    check(
+                        field,
+                        validate::text(entry, validate::MAX_ALLOWLIST_ENTRY, false),
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// What the server's configuration says about projects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProjectRules {
+    /// Accept `file://` and absolute-path repository URLs (`--allow-local-repositories`).
+    pub allow_local_repositories: bool,
 }
 
 pub(super) fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
@@ -44,17 +109,26 @@ pub(super) fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
         // Written only by this module from a valid value.
         secret_scan: serde_json::from_str(&row.get::<_, String>("secret_scan")?)
             .unwrap_or_default(),
+        submodules: row.get("submodules")?,
         created_at: time(row.get("created_at")?),
     })
 }
 
-pub fn create_project(conn: &mut Connection, new: CreateProject) -> Result<Project, ApiError> {
-    require_non_empty("name", &new.name)?;
-    require_non_empty("repository_url", &new.repository_url)?;
-    validate_relative_path("backend_path", &new.backend_path)?;
-    if let Some(path) = &new.storefront_path {
-        validate_relative_path("storefront_path", path)?;
+pub fn create_project(
+    conn: &mut Connection,
+    new: CreateProject,
+    rules: ProjectRules,
+) -> Result<Project, ApiError> {
+    check_name("name", &new.name, validate::MAX_NAME)?;
+    ProjectFields {
+        repository_url: Some(new.repository_url.trim()),
+        backend_path: Some(&new.backend_path),
+        storefront_path: new.storefront_path.as_deref(),
+        agent_labels: Some(&new.agent_labels),
+        repository_token: new.repository_token.as_deref(),
+        secret_scan: Some(&new.secret_scan),
     }
+    .check(rules)?;
     let tx = conn.transaction()?;
     let taken: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM projects WHERE name = ?1)",
@@ -69,8 +143,8 @@ pub fn create_project(conn: &mut Connection, new: CreateProject) -> Result<Proje
     }
     let id = new_id("prj");
     tx.execute(
-        "INSERT INTO projects (id, name, repository_url, backend_path, storefront_path, agent_labels, repository_token, secret_scan, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO projects (id, name, repository_url, backend_path, storefront_path, agent_labels, repository_token, secret_scan, submodules, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             id,
             new.name,
@@ -80,6 +154,7 @@ pub fn create_project(conn: &mut Connection, new: CreateProject) -> Result<Proje
             to_json(&new.agent_labels),
             new.repository_token,
             to_json(&new.secret_scan),
+            new.submodules,
             now_ms()
         ],
     )?;
@@ -106,14 +181,45 @@ pub fn update_project(
     conn: &mut Connection,
     id: &str,
     update: UpdateProject,
+    rules: ProjectRules,
 ) -> Result<Project, ApiError> {
+    ProjectFields {
+        repository_url: update.repository_url.as_deref().map(str::trim),
+        backend_path: update.backend_path.as_deref(),
+        storefront_path: update.storefront_path.as_deref(),
+        agent_labels: update.agent_labels.as_deref(),
+        repository_token: update.repository_token.as_deref(),
+        secret_scan: update.secret_scan.as_ref(),
+    }
+    .check(rules)?;
     let tx = conn.transaction()?;
     // An unknown id updates nothing and is refused by the read below.
-    if let Some(settings) = &update.secret_scan {
+    let set = |column: &str, value: &dyn rusqlite::ToSql| {
         tx.execute(
-            "UPDATE projects SET secret_scan = ?1 WHERE id = ?2",
-            params![to_json(settings), id],
-        )?;
+            &format!("UPDATE projects SET {column} = ?1 WHERE id = ?2"),
+            params![value, id],
+        )
+    };
+    if let Some(settings) = &update.secret_scan {
+        set("secret_scan", &to_json(settings))?;
+    }
+    if let Some(url) = &update.repository_url {
+        set("repository_url", &url.trim())?;
+    }
+    if let Some(path) = &update.backend_path {
+        set("backend_path", path)?;
+    }
+    if let Some(path) = &update.storefront_path {
+        set("storefront_path", path)?;
+    }
+    if let Some(labels) = &update.agent_labels {
+        set("agent_labels", &to_json(labels))?;
+    }
+    if let Some(token) = &update.repository_token {
+        set("repository_token", token)?;
+    }
+    if let Some(submodules) = update.submodules {
+        set("submodules", &submodules)?;
     }
     let project = get_project_in(&tx, id)?;
     tx.commit()?;
@@ -147,7 +253,7 @@ pub(super) fn environment_from_row(row: &Row) -> rusqlite::Result<Environment> {
 }
 
 pub(super) fn validate_branch_rule(rule: &str) -> Result<(), ApiError> {
-    require_non_empty("branch", rule)?;
+    check_name("branch", rule, validate::MAX_BRANCH)?;
     Glob::new(rule).map(|_| ()).map_err(|e| {
         ApiError::invalid_field(
             "branch",
@@ -168,7 +274,7 @@ pub fn create_environment(
     project_id: &str,
     new: CreateEnvironment,
 ) -> Result<Environment, ApiError> {
-    require_non_empty("name", &new.name)?;
+    check_name("name", &new.name, validate::MAX_NAME)?;
     validate_branch_rule(&new.branch)?;
     let tx = conn.transaction()?;
     get_project_in(&tx, project_id)?;
@@ -259,24 +365,32 @@ pub fn update_environment(
     Ok(environment)
 }
 
-pub(super) fn valid_variable_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
 pub fn set_variables(
     conn: &mut Connection,
     environment_id: &str,
     variables: Vec<EnvVar>,
 ) -> Result<Vec<VariableView>, ApiError> {
+    if variables.len() > validate::MAX_VARIABLES {
+        return Err(ApiError::invalid_field(
+            "variables",
+            format!(
+                "{} variables; at most {}",
+                variables.len(),
+                validate::MAX_VARIABLES
+            ),
+        ));
+    }
     for (index, variable) in variables.iter().enumerate() {
-        if !valid_variable_name(&variable.name) {
+        check(
+            &format!("variables[{index}].name"),
+            validate::variable_name(&variable.name),
+        )?;
+        if variable.value.len() > validate::MAX_VARIABLE_VALUE || variable.value.contains('\0') {
             return Err(ApiError::invalid_field(
-                &format!("variables[{index}].name"),
+                &format!("variables[{index}].value"),
                 format!(
-                    "{:?} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
-                    variable.name
+                    "must be at most {} bytes, without NUL",
+                    validate::MAX_VARIABLE_VALUE
                 ),
             ));
         }
@@ -347,16 +461,19 @@ mod tests {
             agent_labels: vec![],
             repository_token: None,
             secret_scan: Default::default(),
+            submodules: false,
         };
         for (name, backend, field) in [
             ("", ".", "name"),
             ("x", "/etc", "backend_path"),
             ("x", "a/../../b", "backend_path"),
         ] {
-            let error = create_project(&mut conn, new(name, backend)).unwrap_err();
+            let error =
+                create_project(&mut conn, new(name, backend), ProjectRules::default()).unwrap_err();
             assert!(error.to_string().contains(field), "{error}");
         }
-        let error = create_project(&mut conn, new("shop", ".")).unwrap_err();
+        let error =
+            create_project(&mut conn, new("shop", "."), ProjectRules::default()).unwrap_err();
         assert!(matches!(error, ApiError::Conflict(_)), "{error}");
         let updated = update_project(
             &mut conn,
@@ -366,7 +483,9 @@ mod tests {
                     mode: kiln_protocol::SecretScanMode::Warn,
                     ..Default::default()
                 }),
+                ..Default::default()
             },
+            ProjectRules::default(),
         )
         .unwrap();
         assert_eq!(
@@ -374,7 +493,12 @@ mod tests {
             kiln_protocol::SecretScanMode::Warn
         );
         assert!(matches!(
-            update_project(&mut conn, "prj_missing", UpdateProject::default()),
+            update_project(
+                &mut conn,
+                "prj_missing",
+                UpdateProject::default(),
+                ProjectRules::default()
+            ),
             Err(ApiError::NotFound { .. })
         ));
     }
@@ -451,10 +575,14 @@ mod tests {
 
     #[test]
     fn variable_names_follow_posix() {
-        assert!(valid_variable_name("JWT_SECRET"));
-        assert!(valid_variable_name("_X1"));
-        assert!(!valid_variable_name("1X"));
-        assert!(!valid_variable_name("A-B"));
-        assert!(!valid_variable_name(""));
+        for (name, ok) in [
+            ("JWT_SECRET", true),
+            ("_X1", true),
+            ("1X", false),
+            ("A-B", false),
+            ("", false),
+        ] {
+            assert_eq!(validate::variable_name(name).is_ok(), ok, "{name}");
+        }
     }
 }

@@ -30,7 +30,9 @@ pub(super) fn shop(labels: &[&str]) -> (Connection, String, String) {
             agent_labels: labels.iter().map(|l| l.to_string()).collect(),
             repository_token: None,
             secret_scan: Default::default(),
+            submodules: false,
         },
+        Default::default(),
     )
     .unwrap();
     let environment = create_environment(

@@ -1,0 +1,110 @@
+//! Accepting connections with bounds a hostile client cannot stretch: at most
+//! `max_connections` at once (further ones wait in the kernel's backlog, so the
+//! server never runs out of file descriptors), a request head must arrive within
+//! `header_timeout` (also the longest a kept-alive connection may sit idle), and
+//! a body that stalls for `body_timeout` between frames is cut off. Long-polls
+//! are unaffected: they hold a request whose head has arrived.
+//!
+//! HTTP/1.1 only, as agents, curl and browsers behind a proxy speak it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// How long in-flight requests get to finish once the server is told to stop.
+const DRAIN: Duration = Duration::from_secs(30);
+/// File descriptors kept free for the database, logs and artifacts.
+const SPARE_FILES: u64 = 32;
+
+/// Bounds on what a connection may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `wanted`, or fewer when the process may not open that many files.
+fn connection_cap(wanted: usize) -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let room = soft.saturating_sub(SPARE_FILES).max(1);
+    wanted
+        .min(usize::try_from(room).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then gives in-flight
+/// requests up to `DRAIN` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        limits.body_timeout,
+    ));
+    let cap = connection_cap(limits.max_connections);
+    let slots = Arc::new(Semaphore::new(cap));
+    let graceful = GracefulShutdown::new();
+    tracing::debug!(message = "Accepting connections.", max_connections = cap);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors or a connection reset before accept: the
+                // listener is fine; try again shortly rather than spin.
+                tracing::warn!(message = "Accept failed.", %error);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away mid-request is not the server's error.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(message = "Connections still open after the drain; closing them.");
+    }
+    Ok(())
+}

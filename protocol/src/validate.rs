@@ -1,0 +1,306 @@
+//! The one judgement of what a well-formed value of the protocol looks like: ids,
+//! commit shas, repository URLs, paths inside a repository, and the bounds of
+//! every string. The control plane refuses bad input with it; the agent checks a
+//! job with it before anything touches the disk or runs git. Pure functions: no
+//! I/O.
+//!
+//! Each check returns the reason a value is refused, for a message that names
+//! the field.
+
+/// Longest repository URL accepted.
+pub const MAX_URL: usize = 2048;
+/// Longest name (project, environment, agent, label).
+pub const MAX_NAME: usize = 100;
+/// Longest branch name (git allows more; hosts cap near this).
+pub const MAX_BRANCH: usize = 255;
+/// Longest author.
+pub const MAX_AUTHOR: usize = 255;
+/// Longest commit message kept.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Longest path inside a repository.
+pub const MAX_PATH: usize = 1024;
+/// Longest repository token.
+pub const MAX_TOKEN: usize = 4096;
+/// Most build variables per environment.
+pub const MAX_VARIABLES: usize = 1000;
+/// Longest variable name.
+pub const MAX_VARIABLE_NAME: usize = 256;
+/// Longest variable value.
+pub const MAX_VARIABLE_VALUE: usize = 64 * 1024;
+/// Most labels on an agent or a project.
+pub const MAX_LABELS: usize = 64;
+/// Most entries in each secret-scan allowlist, and the longest entry.
+pub const MAX_ALLOWLIST: usize = 1000;
+pub const MAX_ALLOWLIST_ENTRY: usize = 1024;
+
+/// The id prefixes the control plane hands out (`{prefix}_` + 32 lowercase hex).
+pub mod prefix {
+    pub const AGENT: &str = "agt";
+    pub const PROJECT: &str = "prj";
+    pub const ENVIRONMENT: &str = "env";
+    pub const DEPLOYMENT: &str = "dpl";
+    pub const JOB: &str = "job";
+}
+
+/// An id as the control plane makes them: `prefix_` and 32 lowercase hex digits.
+pub fn id(value: &str, prefix: &str) -> Result<(), String> {
+    let ok = value
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|hex| {
+            hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a {prefix} id ({prefix}_ and 32 lowercase hex digits)",
+            shorten(value)
+        ))
+    }
+}
+
+/// A full commit id: 40 (SHA-1) or 64 (SHA-256) hex digits.
+pub fn commit_sha(value: &str) -> Result<(), String> {
+    let hex = value.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex && (value.len() == 40 || value.len() == 64) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a full commit id (40 or 64 hex digits)",
+            shorten(value)
+        ))
+    }
+}
+
+/// What kind of place a repository URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepositoryKind {
+    /// `https://`, `http://`, `ssh://` or scp-like `user@host:path`.
+    Remote,
+    /// `file://` or an absolute path on the machine that clones.
+    Local,
+}
+
+fn host_ok(host: &str) -> bool {
+    !host.is_empty()
+        && !host.starts_with('-')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+}
+
+/// A repository URL git may be pointed at. Remote ones always; local ones
+/// (`file://`, `/abs/path`) only where `allow_local`. Never a value git would read
+/// as an option (`-…`), a transport helper (`ext::`, `fd::`), or one with
+/// whitespace or control characters.
+pub fn repository_url(value: &str, allow_local: bool) -> Result<RepositoryKind, String> {
+    let refuse = |why: &str| Err(format!("{:?} {why}", shorten(value)));
+    if value.is_empty() {
+        return refuse("is empty; give the repository's clone URL");
+    }
+    if value.len() > MAX_URL {
+        return refuse(&format!("is longer than {MAX_URL} bytes"));
+    }
+    if value.starts_with('-') {
+        return refuse("starts with `-`, which git would read as an option");
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("contains whitespace or control characters");
+    }
+    if value.contains("::") {
+        return refuse("uses a git transport helper (`<transport>::`), which Kiln never runs");
+    }
+    let local = || {
+        if allow_local {
+            Ok(RepositoryKind::Local)
+        } else {
+            Err(format!(
+                "{:?} is a local path; Kiln clones https://, http://, ssh:// or user@host:path URLs (a server started with --allow-local-repositories, and agents with allow_local_repositories = true, accept local ones)",
+                shorten(value)
+            ))
+        }
+    };
+    if let Some((scheme, rest)) = value.split_once("://") {
+        return match scheme {
+            "https" | "http" | "ssh" => {
+                let authority = rest.split('/').next().unwrap_or_default();
+                let host = authority.rsplit('@').next().unwrap_or_default();
+                if host_ok(host) {
+                    Ok(RepositoryKind::Remote)
+                } else {
+                    refuse("has no valid host")
+                }
+            }
+            "file" => local(),
+            _ => refuse("is not an https://, http://, ssh:// or user@host:path URL"),
+        };
+    }
+    if value.starts_with('/') {
+        return local();
+    }
+    // scp-like: user@host:path, with no slash before the colon.
+    if let Some((user_host, path)) = value.split_once(':') {
+        if let Some((user, host)) = user_host.split_once('@') {
+            let user_ok = !user.is_empty()
+                && user
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if user_ok && host_ok(host) && !host.contains(':') && !path.is_empty() {
+                return Ok(RepositoryKind::Remote);
+            }
+        }
+    }
+    refuse("is not an https://, http://, ssh:// or user@host:path URL")
+}
+
+/// A path inside a repository: relative, no `..`, no NUL, not empty, bounded.
+pub fn relative_path(value: &str) -> Result<(), String> {
+    let bad = value.is_empty()
+        || value.len() > MAX_PATH
+        || value.starts_with('/')
+        || value.starts_with('-')
+        || value.contains('\0')
+        || value.split('/').any(|part| part == "..");
+    if bad {
+        Err(format!(
+            "{:?} must be a relative path inside the repository, without `..`",
+            shorten(value)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A string within `max` bytes, with no control characters but tabs and, where
+/// `multiline`, newlines.
+pub fn text(value: &str, max: usize, multiline: bool) -> Result<(), String> {
+    if value.len() > max {
+        return Err(format!(
+            "is {} bytes, more than the {max} allowed",
+            value.len()
+        ));
+    }
+    let stray = value
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && !(multiline && (c == '\n' || c == '\r')));
+    if stray {
+        return Err("contains control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// An environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, bounded.
+pub fn variable_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = name.len() <= MAX_VARIABLE_NAME
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+            shorten(name)
+        ))
+    }
+}
+
+/// A value as it may appear in a message: its first 80 characters.
+pub fn shorten(value: &str) -> String {
+    match value.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &value[..at]),
+        None => value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefix_and_32_hex() {
+        assert!(id("job_0190f1a2b3c4d5e6f708192a3b4c5d6e", "job").is_ok());
+        for bad in [
+            "../victim",
+            "job_",
+            "job_0190F1A2B3C4D5E6F708192A3B4C5D6E",
+            "dpl_0190f1a2b3c4d5e6f708192a3b4c5d6e",
+            "job_0190f1a2b3c4d5e6f708192a3b4c5d6e/..",
+        ] {
+            assert!(id(bad, "job").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shas_are_40_or_64_hex() {
+        assert!(commit_sha(&"a".repeat(40)).is_ok());
+        assert!(commit_sha(&"0".repeat(64)).is_ok());
+        assert!(commit_sha("--upload-pack=touch /tmp/pwned;").is_err());
+        assert!(commit_sha(&"g".repeat(40)).is_err());
+        assert!(commit_sha(&"a".repeat(41)).is_err());
+    }
+
+    #[test]
+    fn repository_urls_are_remote_unless_local_is_allowed() {
+        for url in [
+            "https://github.com/acme/shop.git",
+            "http://127.0.0.1:8080/shop.git",
+            "ssh://git@git.example:2222/acme/shop.git",
+            "git@github.com:acme/shop.git",
+            "https://x-access-token:abc@git.example/shop",
+        ] {
+            assert_eq!(
+                repository_url(url, false),
+                Ok(RepositoryKind::Remote),
+                "{url}"
+            );
+        }
+        for url in ["file:///srv/git/shop.git", "/srv/git/shop.git"] {
+            assert!(
+                repository_url(url, false)
+                    .unwrap_err()
+                    .contains("local path"),
+                "{url}"
+            );
+            assert_eq!(
+                repository_url(url, true),
+                Ok(RepositoryKind::Local),
+                "{url}"
+            );
+        }
+        for url in [
+            "--upload-pack=touch /tmp/pwned;",
+            "-uhttps://x",
+            "ext::sh -c touch% /tmp/pwned",
+            "fd::17",
+            "git://git.example/shop.git",
+            "https://",
+            "https://-oProxyCommand=x/shop",
+            "shop.git",
+            "https://git.example/shop\n.git",
+            "",
+        ] {
+            assert!(repository_url(url, true).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_stay_inside() {
+        assert!(relative_path("apps/backend").is_ok());
+        assert!(relative_path(".").is_ok());
+        for bad in ["/etc", "../x", "a/../../b", "", "a\0b", "-rf"] {
+            assert!(relative_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn text_is_bounded_and_free_of_control_characters() {
+        assert!(text("Add cart\n\nBody", 100, true).is_ok());
+        assert!(text("Add cart\nBody", 100, false).is_err());
+        assert!(text("x\u{1b}[31m", 100, true).is_err());
+        assert!(text(&"x".repeat(101), 100, true)
+            .unwrap_err()
+            .contains("101 bytes"));
+    }
+}
