@@ -34,7 +34,10 @@ pub(crate) async fn world(variables: serde_json::Value) -> Option<World> {
 }
 
 /// Like `world`, with the project's storefront path set.
-async fn world_with(variables: serde_json::Value, storefront_path: Option<&str>) -> Option<World> {
+pub(crate) async fn world_with(
+    variables: serde_json::Value,
+    storefront_path: Option<&str>,
+) -> Option<World> {
     let docker = docker().await?;
     let image = build_image().await;
     let dir = tempfile::tempdir().unwrap();

@@ -11,5 +11,6 @@ mod faults;
 mod operate;
 mod sandbox;
 mod scan;
+mod trust;
 
 pub use kiln_tests::support;

@@ -31,21 +31,11 @@ impl AgentProcess {
         image: &str,
         overrides: &str,
     ) -> AgentProcess {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut settings: toml::Table = toml::from_str(&format!(
-            "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\nallow_local_repositories = true\n",
-            work = dir.join("work"),
-            state = dir.join("state"),
-        ))
-        .unwrap();
-        let overrides: toml::Table = toml::from_str(overrides).expect("overrides are TOML");
-        settings.extend(overrides);
-        let config = dir.join("agent.toml");
-        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+        let mut agent = Self::configure(binary, dir, image, overrides);
         let output = Command::new(binary)
             .args([
                 "--config",
-                config.to_str().unwrap(),
+                agent.config.to_str().unwrap(),
                 "register",
                 "--url",
                 control_plane_url,
@@ -61,16 +51,52 @@ impl AgentProcess {
             "register failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let mut agent = AgentProcess {
+        agent.spawn();
+        agent
+    }
+
+    /// Like `start`, for a control plane that does not register agents (a test's
+    /// stand-in): the identity file is written as `register` would.
+    pub async fn start_registered(
+        binary: &Path,
+        control_plane_url: &str,
+        dir: &Path,
+        image: &str,
+        overrides: &str,
+    ) -> AgentProcess {
+        let mut agent = Self::configure(binary, dir, image, overrides);
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let identity = serde_json::json!({
+            "control_plane_url": control_plane_url,
+            "agent_id": "agt_0190f1a2b3c4d5e6f708192a3b4c5d6e",
+            "token": "agent-token-for-tests",
+            "name": "e2e",
+        });
+        std::fs::write(dir.join("state/agent.json"), identity.to_string()).unwrap();
+        agent.spawn();
+        agent
+    }
+
+    fn configure(binary: &Path, dir: &Path, image: &str, overrides: &str) -> AgentProcess {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut settings: toml::Table = toml::from_str(&format!(
+            "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\nallow_local_repositories = true\n",
+            work = dir.join("work"),
+            state = dir.join("state"),
+        ))
+        .unwrap();
+        let overrides: toml::Table = toml::from_str(overrides).expect("overrides are TOML");
+        settings.extend(overrides);
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, toml::to_string(&settings).unwrap()).unwrap();
+        AgentProcess {
             child: None,
             binary: binary.to_owned(),
             dir: dir.to_owned(),
             config,
             log: dir.join("agent.log"),
             env: Vec::new(),
-        };
-        agent.spawn();
-        agent
+        }
     }
 
     /// (Re)starts `kiln-agent run` with the same configuration and state.

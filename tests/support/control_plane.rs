@@ -296,15 +296,24 @@ impl Api {
         id: &str,
         status: kiln_protocol::DeploymentStatus,
     ) -> Deployment {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.wait_for_status_in(id, &[status]).await
+    }
+
+    /// Polls until the deployment reaches one of `statuses` (30 s at most).
+    pub async fn wait_for_status_in(
+        &self,
+        id: &str,
+        statuses: &[kiln_protocol::DeploymentStatus],
+    ) -> Deployment {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let deployment = self.deployment(id).await;
-            if deployment.status == status {
+            if statuses.contains(&deployment.status) {
                 return deployment;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "deployment {id} stayed {} (reason {:?}), expected {status}",
+                "deployment {id} stayed {} (reason {:?}), expected one of {statuses:?}",
                 deployment.status,
                 deployment.reason
             );

@@ -4,6 +4,8 @@
 pub mod agent;
 pub mod control_plane;
 pub mod docker;
+pub mod git_server;
+pub mod hostile;
 pub mod proxy;
 pub mod public_tree;
 pub mod repo;
@@ -12,6 +14,8 @@ pub mod server;
 pub use agent::*;
 pub use control_plane::*;
 pub use docker::*;
+pub use git_server::*;
+pub use hostile::HostileControlPlane;
 pub use proxy::*;
 pub use repo::*;
 pub use server::*;

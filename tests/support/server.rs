@@ -12,6 +12,10 @@ use super::control_plane::{Api, ADMIN_TOKEN, REGISTRATION_TOKEN};
 
 pub struct ServerProcess {
     binary: PathBuf,
+    /// Flags beyond the data dir and address.
+    args: Vec<String>,
+    /// The open-files limit to run under, if not the test's own.
+    open_files: Option<u64>,
     child: Option<Child>,
     pub port: u16,
     pub data_dir: PathBuf,
@@ -31,8 +35,20 @@ pub fn free_port() -> u16 {
 impl ServerProcess {
     /// `binary` is `env!("CARGO_BIN_EXE_kiln-server-e2e")` of the calling test.
     pub async fn start(binary: &Path, data_dir: &Path) -> ServerProcess {
+        Self::start_with(binary, data_dir, &[], None).await
+    }
+
+    /// Like `start`, with extra flags and, optionally, under `ulimit -n open_files`.
+    pub async fn start_with(
+        binary: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        open_files: Option<u64>,
+    ) -> ServerProcess {
         let mut server = ServerProcess {
             binary: binary.to_owned(),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+            open_files,
             child: None,
             port: free_port(),
             data_dir: data_dir.to_owned(),
@@ -49,7 +65,20 @@ impl ServerProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(&self.binary)
+        // `ulimit` in a shell that then becomes the server: no unsafe pre_exec.
+        let mut command = match self.open_files {
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(&self.binary);
+                shell
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
+            .args(&self.args)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen")
@@ -88,6 +117,22 @@ impl ServerProcess {
 
     pub fn admin(&self) -> Api {
         Api::new(self.base_url(), Some(ADMIN_TOKEN))
+    }
+
+    /// The server's resident memory now (VmRSS), from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("server is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
     }
 
     /// SIGKILL: no graceful anything.

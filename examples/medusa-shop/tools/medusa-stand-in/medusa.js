@@ -19,6 +19,9 @@
 //   KILN_FIXTURE_PRINT_SPLIT=1  also print S in two writes 300 ms apart, and its base64
 //   KILN_FIXTURE_LINES=N   print N numbered lines, KILN_FIXTURE_LINE_DELAY_MS apart
 //   KILN_FIXTURE_FLOOD_MB=N  print N MiB of numbered lines as fast as possible
+//   KILN_FIXTURE_SERVER_ROOT_LINK=P  end with .medusa/server itself a symlink to P
+//   KILN_FIXTURE_FIFO=P    end with a FIFO at P (relative to the repository root)
+//   KILN_FIXTURE_FETCH=URL  try to reach URL; exit 13 if it cannot, 66 if it can
 // Numbered lines start with "fixture-line "; their sha256 is written to
 // .medusa/server/printed.sha256, so tests can check the stored log against it.
 const crypto = require("crypto")
@@ -108,6 +111,20 @@ async function main() {
     console.log("info:    spinning")
     for (;;) {}
   }
+  if (env.KILN_FIXTURE_FETCH) {
+    const reached = await new Promise((resolve) => {
+      const request = require("http").get(env.KILN_FIXTURE_FETCH, { timeout: 3000 }, (response) => {
+        console.log(`fetch: ${env.KILN_FIXTURE_FETCH} answered ${response.statusCode}`)
+        resolve(true)
+      })
+      request.on("timeout", () => request.destroy(new Error("timed out")))
+      request.on("error", (error) => {
+        console.log(`fetch: ${env.KILN_FIXTURE_FETCH}: ${error.code || error.message}`)
+        resolve(false)
+      })
+    })
+    process.exit(reached ? 66 : 13)
+  }
   if (env.KILN_FIXTURE_ESCAPE) {
     let escaped = false
     for (const target of ["/kiln-escape", "/etc/kiln-escape", "/usr/local/bin/kiln-escape", "/kiln/../kiln-escape"]) {
@@ -150,8 +167,25 @@ async function main() {
   if (env.KILN_FIXTURE_SERVER_LINK) fs.symlinkSync(env.KILN_FIXTURE_SERVER_LINK, path.join(out, "passwd"))
   if (env.KILN_FIXTURE_LINK) fs.symlinkSync(env.KILN_FIXTURE_LINK, path.join(out, "public", "leak"))
   fs.writeFileSync(path.join(out, "printed.sha256"), printed.digest("hex") + "\n")
+  if (env.KILN_FIXTURE_SERVER_ROOT_LINK) {
+    fs.rmSync(out, { recursive: true, force: true })
+    fs.symlinkSync(env.KILN_FIXTURE_SERVER_ROOT_LINK, out)
+  }
+  if (env.KILN_FIXTURE_FIFO) {
+    const fifo = path.join(repositoryRoot(), env.KILN_FIXTURE_FIFO)
+    fs.rmSync(fifo, { force: true })
+    require("child_process").execFileSync("mkfifo", [fifo])
+  }
   console.log("info:    Backend build completed successfully")
   console.log("info:    Frontend build completed successfully")
+}
+
+// The build runs in the backend's directory; the checkout is the nearest parent
+// with a .git.
+function repositoryRoot() {
+  let dir = process.cwd()
+  while (!fs.existsSync(path.join(dir, ".git")) && path.dirname(dir) !== dir) dir = path.dirname(dir)
+  return dir
 }
 
 function* walk(dir) {

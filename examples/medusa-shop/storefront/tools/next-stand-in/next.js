@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Stands in for `next build`: writes a .next tree (with a cache that deploys must
 // leave out) and a page that shows the build-time environment it was given.
-// KILN_FIXTURE_STOREFRONT_EXIT=N fails the build with exit code N.
+// KILN_FIXTURE_STOREFRONT_EXIT=N fails the build with exit code N;
+// KILN_FIXTURE_STOREFRONT_OUTPUT_LINK=P makes .next a symlink to P.
 const fs = require("fs")
 const path = require("path")
 
@@ -24,4 +25,8 @@ fs.writeFileSync(path.join(out, "BUILD_ID"), "kiln-stand-in\n")
 const backend = process.env.NEXT_PUBLIC_MEDUSA_BACKEND_URL || "http://localhost:9000"
 fs.writeFileSync(path.join(out, "server", "app", "index.html"), `<!doctype html><p>Store on ${backend}</p>\n`)
 fs.writeFileSync(path.join(out, "cache", "fetch-cache", "regions"), "[]\n")
+if (process.env.KILN_FIXTURE_STOREFRONT_OUTPUT_LINK) {
+  fs.rmSync(out, { recursive: true, force: true })
+  fs.symlinkSync(process.env.KILN_FIXTURE_STOREFRONT_OUTPUT_LINK, out)
+}
 console.log(" ✓ Compiled successfully")
