@@ -49,112 +49,12 @@ impl Drop for JobGuard {
 
 /// A job the agent will not touch: a field is not what the protocol allows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("the agent refuses this job: `{field}` {reason}; fix the control plane that sent it")]
-pub(crate) struct JobInvalid {
-    field: String,
-    reason: String,
-}
+#[error("the agent refuses this job: {0}; fix the control plane that sent it")]
+pub(crate) struct JobInvalid(kiln_protocol::validate::Invalid);
 
-/// Checks every field of a job before it touches the disk or runs git: ids in the
-/// control plane's format (they name directories), paths inside the repository,
-/// a repository URL git cannot mistake for an option, and every size bounded.
+/// Checks every field of a job before it touches the disk or runs git.
 pub(crate) fn check_job(job: &Job, allow_local_repositories: bool) -> Result<(), JobInvalid> {
-    use kiln_protocol::validate::{self, prefix};
-    let field = |field: &str, checked: Result<(), String>| {
-        checked.map_err(|reason| JobInvalid {
-            field: field.to_owned(),
-            reason,
-        })
-    };
-    let bounded = |name: &str, len: usize, max: usize| {
-        field(
-            name,
-            if len > max {
-                Err(format!("has {len} entries, more than the {max} allowed"))
-            } else {
-                Ok(())
-            },
-        )
-    };
-    field("job_id", validate::id(&job.job_id, prefix::JOB))?;
-    field(
-        "deployment_id",
-        validate::id(&job.deployment_id, prefix::DEPLOYMENT),
-    )?;
-    field("project_id", validate::id(&job.project_id, prefix::PROJECT))?;
-    field(
-        "environment_id",
-        validate::id(&job.environment_id, prefix::ENVIRONMENT),
-    )?;
-    field(
-        "repository_url",
-        validate::repository_url(&job.repository_url, allow_local_repositories).map(drop),
-    )?;
-    field("commit_sha", validate::commit_sha(&job.commit_sha))?;
-    field(
-        "branch",
-        validate::text(&job.branch, validate::MAX_BRANCH, false),
-    )?;
-    field(
-        "author",
-        validate::text(&job.author, validate::MAX_AUTHOR, false),
-    )?;
-    field(
-        "message",
-        validate::text(&job.message, validate::MAX_MESSAGE, true),
-    )?;
-    field("backend_path", validate::relative_path(&job.backend_path))?;
-    if let Some(path) = &job.storefront_path {
-        field("storefront_path", validate::relative_path(path))?;
-    }
-    if let Some(token) = &job.repository_token {
-        // A line break would end the HTTP header it travels in.
-        field(
-            "repository_token",
-            validate::text(token, validate::MAX_TOKEN, false),
-        )?;
-    }
-    bounded("env", job.env.len(), validate::MAX_VARIABLES)?;
-    for (index, var) in job.env.iter().enumerate() {
-        field(
-            &format!("env[{index}].name"),
-            validate::variable_name(&var.name),
-        )?;
-        let value_ok = if var.value.len() > validate::MAX_VARIABLE_VALUE || var.value.contains('\0')
-        {
-            Err(format!(
-                "is longer than {} bytes or holds a NUL",
-                validate::MAX_VARIABLE_VALUE
-            ))
-        } else {
-            Ok(())
-        };
-        field(&format!("env[{index}].value"), value_ok)?;
-    }
-    let scan = &job.secret_scan;
-    for (name, list) in [
-        ("secret_scan.allow_paths", &scan.allow_paths),
-        ("secret_scan.allow_rules", &scan.allow_rules),
-        ("secret_scan.allow_fingerprints", &scan.allow_fingerprints),
-    ] {
-        bounded(name, list.len(), validate::MAX_ALLOWLIST)?;
-        for entry in list {
-            field(
-                name,
-                validate::text(entry, validate::MAX_ALLOWLIST_ENTRY, false),
-            )?;
-        }
-    }
-    let sane = |value: u64, max: u64| {
-        if (1..=max).contains(&value) {
-            Ok(())
-        } else {
-            Err(format!("is {value}, outside 1..={max}"))
-        }
-    };
-    field("attempt", sane(u64::from(job.attempt), 1000))?;
-    field("lease_seconds", sane(job.lease_seconds, 86_400))?;
-    Ok(())
+    kiln_protocol::validate::job(job, allow_local_repositories).map_err(JobInvalid)
 }
 
 /// Why a job could not spool its logs (and so was not built).
@@ -207,7 +107,7 @@ pub(crate) async fn run(
             warn!(message = "Refusing a job the control plane sent.", error = %invalid);
             metrics.finished("failed");
             // A job whose own id is malformed cannot be answered about.
-            if invalid.field != "job_id" {
+            if invalid.0.field != "job_id" {
                 let _ = daemon
                     .client
                     .report(&job.job_id, &failed_update(invalid.to_string()))

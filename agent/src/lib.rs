@@ -28,6 +28,12 @@ mod state;
 #[cfg(test)]
 mod testing;
 
+/// What the fuzz targets (`fuzz/`) drive, behind the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::detect::{detect, Detection};
+}
+
 /// Locks a mutex, taking over a poisoned one: every value behind these locks is
 /// left consistent between statements, so a panic elsewhere does not spoil it.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -206,6 +206,91 @@ pub fn variable_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A field of a job (or request) that is not what the protocol allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` {}", self.field, self.reason)
+    }
+}
+
+/// Every field of a job, as an agent must check it before the job touches its
+/// disk or runs git: ids in the control plane's format (they name directories),
+/// paths inside the repository, a repository URL git cannot mistake for an
+/// option, a token that cannot end the header it travels in, every size bounded.
+pub fn job(job: &crate::Job, allow_local_repositories: bool) -> Result<(), Invalid> {
+    let field = |name: &str, checked: Result<(), String>| {
+        checked.map_err(|reason| Invalid {
+            field: name.to_owned(),
+            reason,
+        })
+    };
+    let at_most = |len: usize, max: usize| {
+        if len > max {
+            Err(format!("has {len} entries, more than the {max} allowed"))
+        } else {
+            Ok(())
+        }
+    };
+    let within = |value: u64, max: u64| {
+        if (1..=max).contains(&value) {
+            Ok(())
+        } else {
+            Err(format!("is {value}, outside 1..={max}"))
+        }
+    };
+    field("job_id", id(&job.job_id, prefix::JOB))?;
+    field("deployment_id", id(&job.deployment_id, prefix::DEPLOYMENT))?;
+    field("project_id", id(&job.project_id, prefix::PROJECT))?;
+    field("environment_id", id(&job.environment_id, prefix::ENVIRONMENT))?;
+    field(
+        "repository_url",
+        repository_url(&job.repository_url, allow_local_repositories).map(drop),
+    )?;
+    field("commit_sha", commit_sha(&job.commit_sha))?;
+    field("branch", text(&job.branch, MAX_BRANCH, false))?;
+    field("author", text(&job.author, MAX_AUTHOR, false))?;
+    field("message", text(&job.message, MAX_MESSAGE, true))?;
+    field("backend_path", relative_path(&job.backend_path))?;
+    if let Some(path) = &job.storefront_path {
+        field("storefront_path", relative_path(path))?;
+    }
+    if let Some(token) = &job.repository_token {
+        field("repository_token", text(token, MAX_TOKEN, false))?;
+    }
+    field("env", at_most(job.env.len(), MAX_VARIABLES))?;
+    for (index, var) in job.env.iter().enumerate() {
+        field(&format!("env[{index}].name"), variable_name(&var.name))?;
+        let value = if var.value.len() > MAX_VARIABLE_VALUE || var.value.contains('\0') {
+            Err(format!(
+                "is longer than {MAX_VARIABLE_VALUE} bytes or holds a NUL"
+            ))
+        } else {
+            Ok(())
+        };
+        field(&format!("env[{index}].value"), value)?;
+    }
+    let scan = &job.secret_scan;
+    for (name, list) in [
+        ("secret_scan.allow_paths", &scan.allow_paths),
+        ("secret_scan.allow_rules", &scan.allow_rules),
+        ("secret_scan.allow_fingerprints", &scan.allow_fingerprints),
+    ] {
+        field(name, at_most(list.len(), MAX_ALLOWLIST))?;
+        for entry in list {
+            field(name, text(entry, MAX_ALLOWLIST_ENTRY, false))?;
+        }
+    }
+    field("attempt", within(u64::from(job.attempt), 1000))?;
+    field("lease_seconds", within(job.lease_seconds, 86_400))?;
+    Ok(())
+}
+
 /// A value as it may appear in a message: its first 80 characters.
 pub fn shorten(value: &str) -> String {
     match value.char_indices().nth(80) {
