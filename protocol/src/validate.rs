@@ -247,7 +247,10 @@ pub fn job(job: &crate::Job, allow_local_repositories: bool) -> Result<(), Inval
     field("job_id", id(&job.job_id, prefix::JOB))?;
     field("deployment_id", id(&job.deployment_id, prefix::DEPLOYMENT))?;
     field("project_id", id(&job.project_id, prefix::PROJECT))?;
-    field("environment_id", id(&job.environment_id, prefix::ENVIRONMENT))?;
+    field(
+        "environment_id",
+        id(&job.environment_id, prefix::ENVIRONMENT),
+    )?;
     field(
         "repository_url",
         repository_url(&job.repository_url, allow_local_repositories).map(drop),
