@@ -162,6 +162,19 @@ impl LogSink {
         }
     }
 
+    /// Bytes spooled so far: where the next write lands.
+    pub fn len(&self) -> u64 {
+        self.spool.len.load(Ordering::SeqCst)
+    }
+
+    /// What was spooled from `offset` on, at most its last `max` bytes: what a
+    /// failed step printed, for telling what went wrong.
+    pub fn tail_since(&self, offset: u64, max: u64) -> Vec<u8> {
+        let end = self.len();
+        let start = offset.max(end.saturating_sub(max));
+        read_at(&self.spool.path, start, (end - start.min(end)) as usize).unwrap_or_default()
+    }
+
     /// A line from the agent itself, with a timestamp.
     pub fn line(&self, text: impl AsRef<str>) {
         let stamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ");

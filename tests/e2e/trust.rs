@@ -860,13 +860,16 @@ async fn issue_12_concurrent_deploys_of_one_environment_take_turns() {
     for reply in futures::future::join_all(deploys).await {
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     }
+    // Every deploy has ended once none is left deploying; then read them all again,
+    // since a deploy that ended live may have been replaced since.
+    for id in &built {
+        admin
+            .wait_for_status_in(id, &[Live, Ready, DeployFailed])
+            .await;
+    }
     let mut settled = Vec::new();
     for id in &built {
-        settled.push(
-            admin
-                .wait_for_status_in(id, &[Live, Ready, DeployFailed])
-                .await,
-        );
+        settled.push(admin.deployment(id).await);
     }
     let failed: Vec<_> = settled
         .iter()

@@ -29,6 +29,7 @@ pub enum Framework {
     Angular,
     VueCli,
     CreateReactApp,
+    Vitepress,
     Vite,
     Storybook,
 }
@@ -56,7 +57,8 @@ pub(super) const RULES: &[Rule] = &[
         slug: "react-router",
         dependencies: &["@react-router/dev"],
         command: &["react-router", "build"],
-        output: "build",
+        // Framework mode: the client here, the server in build/server.
+        output: "build/client",
     },
     Rule {
         framework: Framework::Remix,
@@ -150,6 +152,13 @@ pub(super) const RULES: &[Rule] = &[
         output: "build",
     },
     Rule {
+        framework: Framework::Vitepress,
+        slug: "vitepress",
+        dependencies: &["vitepress"],
+        command: &["vitepress", "build"],
+        output: ".vitepress/dist",
+    },
+    Rule {
         framework: Framework::Vite,
         slug: "vite",
         dependencies: &["vite"],
@@ -175,6 +184,36 @@ impl Framework {
 
     pub fn slug(self) -> &'static str {
         self.rule().slug
+    }
+
+    /// A documentation site's framework: never taken for the storefront unasked.
+    pub(super) fn is_docs(self) -> bool {
+        matches!(
+            self,
+            Framework::Docusaurus | Framework::Vitepress | Framework::Storybook
+        )
+    }
+
+    /// Remix on Vite builds with `remix vite:build` (its classic compiler with
+    /// `remix build`).
+    pub(super) fn on_vite(self, fs: &RepoFs, dir: &Path) -> bool {
+        self == Framework::Remix && config_file(fs, dir, "vite.config").is_some()
+    }
+
+    /// The command that builds a storefront of this framework in `dir`.
+    pub(super) fn command(self, fs: &RepoFs, dir: &Path) -> &'static [&'static str] {
+        if self.on_vite(fs, dir) {
+            return &["remix", "vite:build"];
+        }
+        self.rule().command
+    }
+
+    /// Where its build writes when the config does not say otherwise.
+    pub(super) fn default_output(self, fs: &RepoFs, dir: &Path) -> &'static str {
+        if self.on_vite(fs, dir) {
+            return "build/client";
+        }
+        self.rule().output
     }
 }
 
@@ -217,6 +256,92 @@ pub(super) fn framework_of(
         return Some((rule.framework, format!("dependency `{dep}`")));
     }
     None
+}
+
+/// The framework of an Nx app (a `project.json`, no `package.json` of its own), by
+/// its build target's executor, else by the config files in its directory.
+pub(super) fn nx_framework(fs: &RepoFs, dir: &Path) -> Option<(Framework, String)> {
+    let project: Value = fs
+        .read(
+            &crate::repo_fs::join(dir, Path::new("project.json")),
+            crate::repo_fs::JSON_LIMIT,
+        )
+        .ok()
+        .flatten()
+        .and_then(|text| serde_json::from_str(&text).ok())?;
+    let executor = project
+        .pointer("/targets/build/executor")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let by_executor = [
+        ("next:", Framework::Nextjs),
+        ("remix:", Framework::Remix),
+        ("vite:", Framework::Vite),
+        ("angular:", Framework::Angular),
+        ("build-angular:", Framework::Angular),
+        ("@angular/build:", Framework::Angular),
+    ];
+    if let Some((_, framework)) = by_executor
+        .iter()
+        .find(|(marker, _)| executor.contains(marker))
+    {
+        return Some((*framework, format!("Nx executor `{executor}`")));
+    }
+    let by_config = [
+        ("next.config", Framework::Nextjs),
+        ("vite.config", Framework::Vite),
+        ("astro.config", Framework::Astro),
+    ];
+    by_config
+        .iter()
+        .find(|(stem, _)| config_file(fs, dir, stem).is_some())
+        .map(|(stem, framework)| (*framework, format!("file `{stem}.*` in an Nx app")))
+}
+
+/// Dependencies that make a package look like a web frontend, framework or not.
+const FRONTEND_SIGNS: &[&str] = &[
+    "react",
+    "react-dom",
+    "vue",
+    "svelte",
+    "solid-js",
+    "preact",
+    "@medusajs/js-sdk",
+];
+
+/// Whether a package looks like a web frontend (for saying "no framework Kiln
+/// knows" rather than "no storefront").
+pub(super) fn looks_like_frontend(dir: &Path, package: &Value) -> bool {
+    named_storefront(dir, package) || dependencies(package).any(|dep| FRONTEND_SIGNS.contains(&dep))
+}
+
+/// A storefront by its name: the folder or the package says so.
+pub(super) fn named_storefront(dir: &Path, package: &Value) -> bool {
+    let folder = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().to_ascii_lowercase());
+    let name = package
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase);
+    [folder, name]
+        .into_iter()
+        .flatten()
+        .any(|name| name.contains("storefront"))
+}
+
+/// Whether the package is a Vite library (`build.lib`, or an `exports`/`main`
+/// entry and no `index.html`), which is built for other packages, not deployed.
+pub(super) fn is_vite_library(fs: &RepoFs, dir: &Path, package: &Value) -> bool {
+    let config = config_file(fs, dir, "vite.config")
+        .and_then(|path| fs.read(&path, crate::repo_fs::CONFIG_LIMIT).ok().flatten())
+        .unwrap_or_default();
+    let lib_in_config = config
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|word| word == "lib");
+    let entry_points = package.get("exports").is_some() || package.get("main").is_some();
+    let page = fs.is_file(&crate::repo_fs::join(dir, Path::new("index.html")));
+    lib_in_config || (entry_points && !page)
 }
 
 /// Every framework's slug, for messages that say what was looked for.

@@ -26,7 +26,7 @@ pub use node_version::NodeRequirement;
 use crate::package_manager::{self, PackageManagerError, Warning, LOCKFILES};
 use crate::repo_fs::{join, shown, RepoFs, RepoFsError};
 use frameworks::{dependencies, framework_of};
-use workspace::{child_dirs, has_package, is_workspace, storefront_siblings, workspace_dirs};
+use workspace::{child_dirs, has_package, storefront_siblings, workspace_dirs};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DetectError {
@@ -38,6 +38,8 @@ pub enum DetectError {
     NoStorefrontFound,
     #[error("two or more storefronts ({candidates}); set the project's storefront path to the one to build")]
     AmbiguousStorefront { candidates: String },
+    #[error("two or more Medusa backends ({candidates}); set the project's backend path to the one to build")]
+    AmbiguousBackend { candidates: String },
     #[error(transparent)]
     PackageManager(#[from] PackageManagerError),
     #[error("{dir} asks for Node {file} in {source_file} but engines.node is {engines:?}; make them agree")]
@@ -64,6 +66,7 @@ impl DetectError {
             DetectError::NoFrameworkDetected { .. } => "no_framework_detected",
             DetectError::NoStorefrontFound => "no_storefront_found",
             DetectError::AmbiguousStorefront { .. } => "ambiguous_storefront",
+            DetectError::AmbiguousBackend { .. } => "ambiguous_backend",
             DetectError::PackageManager(inner) => inner.code(),
             DetectError::NodeVersionConflict { .. } => "node_version_conflict",
             DetectError::UnsafeOutputDir { .. } => "unsafe_output_dir",
@@ -94,6 +97,10 @@ pub struct Detection {
     /// `install_command` as argv.
     #[serde(skip)]
     pub install: Vec<String>,
+    /// The package manager release the build provides (`pnpm@10.11.1`), if any.
+    pub package_manager_release: Option<String>,
+    #[serde(skip)]
+    pub provision: Option<crate::package_manager::Provision>,
     /// As written in `.nvmrc`, `.node-version` or `engines.node`.
     pub node_version: Option<String>,
     #[serde(skip)]
@@ -107,16 +114,14 @@ pub struct Detection {
     pub warning_messages: Vec<Warning>,
 }
 
+/// Dependencies that make a package a Medusa backend. Medusa's tooling packages
+/// (`@medusajs/eslint-plugin`, `types`, `ui`, `icons`, `js-sdk`, `test-utils`, …)
+/// do not: a monorepo's root lists them.
+const MEDUSA_BACKEND_DEPENDENCIES: &[&str] = &["@medusajs/medusa", "@medusajs/framework"];
+
 /// Why `dir` is a Medusa backend, if it is one.
 fn medusa_signal(fs: &RepoFs, dir: &Path, package: &Value) -> Option<String> {
-    if let Some(dep) = dependencies(package).find(|dep| {
-        dep.starts_with("@medusajs/")
-            && *dep != "@medusajs/js-sdk"
-            && *dep != "@medusajs/types"
-            && *dep != "@medusajs/ui"
-            && *dep != "@medusajs/icons"
-            && *dep != "@medusajs/ui-preset"
-    }) {
+    if let Some(dep) = dependencies(package).find(|dep| MEDUSA_BACKEND_DEPENDENCIES.contains(dep)) {
         return Some(format!("dependency `{dep}`"));
     }
     ["js", "ts", "mjs", "cjs"]
@@ -124,6 +129,72 @@ fn medusa_signal(fs: &RepoFs, dir: &Path, package: &Value) -> Option<String> {
         .map(|ext| format!("medusa-config.{ext}"))
         .find(|file| fs.is_file(&join(dir, Path::new(file))))
         .map(|file| format!("file `{file}`"))
+}
+
+/// The root, then `more`, each once.
+fn root_and(more: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::new()];
+    for dir in more {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+/// The Medusa backend: the configured directory (`.` counts as not configured),
+/// else the root when it is one, else the one package of the workspace (or
+/// top-level folder) that is one. `None` when there is none.
+pub(crate) fn find_backend(
+    fs: &RepoFs,
+    configured: Option<&str>,
+    reasons: &mut Vec<String>,
+) -> Result<Option<PathBuf>, DetectError> {
+    let root_package = fs.package_json(Path::new(""))?;
+    if let Some(path) = configured.filter(|path| *path != ".") {
+        let dir = join(Path::new(""), Path::new(path));
+        reasons.push(format!(
+            "backend: {} (the project's backend path)",
+            shown(&dir)
+        ));
+        return Ok(Some(dir));
+    }
+    let mut found = Vec::new();
+    let dirs = root_and(
+        workspace_dirs(fs, root_package.as_ref())?
+            .into_iter()
+            .chain(child_dirs(fs)),
+    );
+    for dir in dirs {
+        let Some(package) = fs.package_json(&dir)? else {
+            continue;
+        };
+        if let Some(signal) = medusa_signal(fs, &dir, &package) {
+            found.push((dir, signal));
+            // A backend at the root is the backend.
+            if found[0].0.as_os_str().is_empty() {
+                break;
+            }
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => {
+            let (dir, signal) = found.remove(0);
+            reasons.push(format!(
+                "backend: Medusa, {signal} in {}",
+                shown(&join(&dir, Path::new("package.json")))
+            ));
+            Ok(Some(dir))
+        }
+        _ => Err(DetectError::AmbiguousBackend {
+            candidates: found
+                .iter()
+                .map(|(dir, _)| shown(dir))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
 }
 
 /// Detects the storefront of the checkout at `root`; `backend_path` and
@@ -142,6 +213,163 @@ pub fn detect(
     detect_in(&fs, backend_path, storefront_path)
 }
 
+/// A storefront found: its directory, the package that holds its dependencies
+/// (its own, or the root's for an Nx app), its framework and why.
+struct App {
+    dir: PathBuf,
+    package: Value,
+    manifest: PathBuf,
+    framework: Framework,
+    signal: String,
+}
+
+/// The project's storefront path, which must use a framework Kiln knows.
+fn configured_storefront(
+    fs: &RepoFs,
+    path: &str,
+    root_package: Option<&Value>,
+    reasons: &mut Vec<String>,
+) -> Result<App, DetectError> {
+    let dir = join(Path::new(""), Path::new(path));
+    reasons.push(format!(
+        "storefront: {} (the project's storefront path)",
+        shown(&dir)
+    ));
+    if let Some(package) = fs.package_json(&dir)? {
+        let (framework, signal) =
+            framework_of(fs, &dir, &package).ok_or_else(|| DetectError::NoFrameworkDetected {
+                dir: shown(&dir),
+                known: frameworks::known(),
+            })?;
+        return Ok(App {
+            manifest: join(&dir, Path::new("package.json")),
+            dir,
+            package,
+            framework,
+            signal,
+        });
+    }
+    let nx = nx_app(fs, &dir, root_package);
+    nx.ok_or_else(|| DetectError::NoPackageJson { dir: shown(&dir) })
+}
+
+fn nx_app(fs: &RepoFs, dir: &Path, root_package: Option<&Value>) -> Option<App> {
+    let (framework, signal) = frameworks::nx_framework(fs, dir)?;
+    Some(App {
+        dir: dir.to_owned(),
+        package: root_package.cloned().unwrap_or(Value::Null),
+        manifest: join(dir, Path::new("project.json")),
+        framework,
+        signal,
+    })
+}
+
+/// The one frontend app of the repository: not the backend, not a documentation
+/// site, not a library; among several, the one that talks to Medusa
+/// (`@medusajs/js-sdk`) or is called a storefront.
+fn find_storefront(
+    fs: &RepoFs,
+    root_package: Option<&Value>,
+    backend: Option<&PathBuf>,
+    reasons: &mut Vec<String>,
+) -> Result<App, DetectError> {
+    let dirs = root_and(
+        storefront_siblings(fs)
+            .into_iter()
+            .chain(workspace_dirs(fs, root_package)?),
+    );
+    let nx_apps = workspace::nx_apps(fs);
+    if !dirs.iter().any(|dir| has_package(fs, dir)) && nx_apps.is_empty() {
+        return Err(DetectError::NoPackageJson {
+            dir: ".".to_owned(),
+        });
+    }
+    let mut candidates = Vec::new();
+    let mut frameworkless = Vec::new();
+    let mut set_aside = Vec::new();
+    for dir in dirs {
+        if Some(&dir) == backend {
+            continue;
+        }
+        let Some(package) = fs.package_json(&dir)? else {
+            continue;
+        };
+        if medusa_signal(fs, &dir, &package).is_some() {
+            continue;
+        }
+        match framework_of(fs, &dir, &package) {
+            Some((framework, _)) if framework.is_docs() => {
+                set_aside.push(format!("{} (a {} site)", shown(&dir), framework.slug()));
+            }
+            Some((Framework::Vite, _)) if frameworks::is_vite_library(fs, &dir, &package) => {
+                set_aside.push(format!("{} (a library)", shown(&dir)));
+            }
+            Some((framework, signal)) => candidates.push(App {
+                manifest: join(&dir, Path::new("package.json")),
+                dir,
+                package,
+                framework,
+                signal,
+            }),
+            None if frameworks::looks_like_frontend(&dir, &package)
+                && !dir.as_os_str().is_empty() =>
+            {
+                frameworkless.push(dir)
+            }
+            None => {}
+        }
+    }
+    candidates.extend(
+        nx_apps
+            .iter()
+            .filter_map(|dir| nx_app(fs, dir, root_package)),
+    );
+    if !set_aside.is_empty() {
+        reasons.push(format!("not the storefront: {}", set_aside.join(", ")));
+    }
+    if candidates.len() > 1 {
+        let preferred: Vec<usize> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, app)| {
+                dependencies(&app.package).any(|dep| dep == "@medusajs/js-sdk")
+                    || frameworks::named_storefront(&app.dir, &app.package)
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if let [only] = preferred[..] {
+            let chosen = candidates.swap_remove(only);
+            reasons.push(format!(
+                "storefront: {}, which uses @medusajs/js-sdk or is named a storefront, over {}",
+                shown(&chosen.dir),
+                candidates
+                    .iter()
+                    .map(|app| shown(&app.dir))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return Ok(chosen);
+        }
+        return Err(DetectError::AmbiguousStorefront {
+            candidates: candidates
+                .iter()
+                .map(|app| format!("{} ({})", shown(&app.dir), app.framework.slug()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    if let Some(app) = candidates.pop() {
+        return Ok(app);
+    }
+    match frameworkless.first() {
+        Some(dir) => Err(DetectError::NoFrameworkDetected {
+            dir: shown(dir),
+            known: frameworks::known(),
+        }),
+        None => Err(DetectError::NoStorefrontFound),
+    }
+}
+
 /// `detect` on a checkout already opened.
 pub(crate) fn detect_in(
     fs: &RepoFs,
@@ -153,105 +381,28 @@ pub(crate) fn detect_in(
     let root_package = fs.package_json(root)?;
 
     // 1. The backend, recognised before any frontend rule.
-    let mut backend = None;
-    let backend_candidates: Vec<PathBuf> = match backend_path {
-        Some(path) => vec![join(root, Path::new(path))],
-        None => std::iter::once(PathBuf::new())
-            .chain(workspace_dirs(fs, root_package.as_ref())?)
-            .chain(child_dirs(fs))
-            .collect(),
-    };
-    for dir in backend_candidates {
-        if let Some(package) = fs.package_json(&dir)? {
-            if let Some(signal) = medusa_signal(fs, &dir, &package) {
-                reasons.push(format!(
-                    "backend: Medusa, {signal} in {}",
-                    shown(&join(&dir, Path::new("package.json")))
-                ));
-                backend = Some(dir);
-                break;
-            }
-        }
-    }
+    let backend = find_backend(fs, backend_path, &mut reasons)?;
 
     // 2. The storefront: configured, else the single frontend app found.
-    let (app_dir, package, framework, signal) = match storefront_path {
-        Some(path) => {
-            let dir = join(root, Path::new(path));
-            let package = fs
-                .package_json(&dir)?
-                .ok_or_else(|| DetectError::NoPackageJson { dir: shown(&dir) })?;
-            let (framework, signal) = framework_of(fs, &dir, &package).ok_or_else(|| {
-                DetectError::NoFrameworkDetected {
-                    dir: shown(&dir),
-                    known: frameworks::known(),
-                }
-            })?;
-            reasons.push(format!(
-                "storefront: {} (the project's storefront path)",
-                shown(&dir)
-            ));
-            (dir, package, framework, signal)
-        }
-        None => {
-            let dirs: Vec<PathBuf> = std::iter::once(PathBuf::new())
-                .chain(storefront_siblings(fs))
-                .chain(workspace_dirs(fs, root_package.as_ref())?)
-                .collect();
-            if !dirs.iter().any(|dir| has_package(fs, dir)) {
-                return Err(DetectError::NoPackageJson {
-                    dir: ".".to_owned(),
-                });
-            }
-            let mut candidates = Vec::new();
-            let mut seen = Vec::new();
-            for dir in dirs {
-                if seen.contains(&dir) || Some(&dir) == backend.as_ref() {
-                    continue;
-                }
-                seen.push(dir.clone());
-                let Some(package) = fs.package_json(&dir)? else {
-                    continue;
-                };
-                if medusa_signal(fs, &dir, &package).is_some() {
-                    continue;
-                }
-                if let Some((framework, signal)) = framework_of(fs, &dir, &package) {
-                    candidates.push((dir, package, framework, signal));
-                }
-            }
-            match candidates.len() {
-                0 => return Err(DetectError::NoStorefrontFound),
-                1 => candidates.remove(0),
-                _ => {
-                    return Err(DetectError::AmbiguousStorefront {
-                        candidates: candidates
-                            .iter()
-                            .map(|(dir, _, framework, _)| {
-                                format!("{} ({})", shown(dir), framework.slug())
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })
-                }
-            }
-        }
+    let app = match storefront_path {
+        Some(path) => configured_storefront(fs, path, root_package.as_ref(), &mut reasons)?,
+        None => find_storefront(fs, root_package.as_ref(), backend.as_ref(), &mut reasons)?,
     };
+    let App {
+        dir: app_dir,
+        package,
+        manifest,
+        framework,
+        signal,
+    } = app;
     reasons.push(format!(
         "{}: {signal} in {}",
         framework.slug(),
-        shown(&join(&app_dir, Path::new("package.json")))
+        shown(&manifest)
     ));
 
     // 3. Package manager, install, output, Node.
-    // In a workspace the root's lockfile and packageManager rule the install.
-    let detected = match (
-        &root_package,
-        is_workspace(fs, root_package.as_ref()) && app_dir != root,
-    ) {
-        (Some(root_package), true) => package_manager::detect(fs, root, root_package)?,
-        _ => package_manager::detect(fs, &app_dir, &package)?,
-    };
+    let detected = package_manager::for_app(fs, &app_dir, &package, root_package.as_ref())?;
     let mut warnings = detected.warnings.clone();
     if let Some(lockfile) = &detected.lockfile {
         reasons.push(format!("{}: {}", detected.manager.slug(), shown(lockfile)));
@@ -274,18 +425,20 @@ pub(crate) fn detect_in(
     }
     let output = output_dir::output_dir(fs, framework, &app_dir, &mut reasons, &mut warnings)?;
     let node_requirement = node_version::node_requirement(fs, &app_dir, &package, &mut reasons)?;
-    let rule = framework.rule();
+    let command = framework.command(fs, &app_dir);
     let frozen = detected.lockfile.is_some();
     Ok(Detection {
         app_dir: shown(&app_dir),
         install_dir: shown(&detected.install_dir),
         framework,
-        build_command: rule.command.join(" "),
-        exec_command: detected.manager.exec(rule.command),
+        build_command: command.join(" "),
+        exec_command: detected.manager.exec(command),
         output_dir: Some(output),
         package_manager: detected.manager.slug(),
         install_command: detected.manager.install_command(frozen).join(" "),
         install: detected.manager.install_command(frozen),
+        package_manager_release: detected.provision.as_ref().map(|p| p.label()),
+        provision: detected.provision.clone(),
         node_version: node_requirement.as_ref().map(|r| r.wanted.clone()),
         node_requirement,
         backend: backend.map(|dir| Backend {
@@ -409,7 +562,8 @@ mod tests {
             files.extend(extra.iter().map(|(p, t)| (*p, t.to_string())));
             let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
             let dir = tree(&files);
-            let found = detect(dir.path(), None, None).unwrap_or_else(|e| panic!("{slug}: {e}"));
+            let found =
+                detect(dir.path(), None, Some(".")).unwrap_or_else(|e| panic!("{slug}: {e}"));
             assert_eq!(found.framework.slug(), *slug);
             assert_eq!(found.build_command, *command, "{slug}");
             assert_eq!(found.app_dir, ".");
@@ -485,10 +639,7 @@ mod tests {
             (found.package_manager, found.install_dir.as_str()),
             ("pnpm", ".")
         );
-        assert_eq!(
-            found.exec_command,
-            ["corepack", "pnpm", "exec", "remix", "build"]
-        );
+        assert_eq!(found.exec_command, ["pnpm", "exec", "remix", "build"]);
     }
 
     #[test]
@@ -605,14 +756,13 @@ mod tests {
             err.to_string().contains("apps/a (nextjs), apps/b (astro)"),
             "{err}"
         );
-        let locks = tree(&[
-            ("package.json", &app(r#""next": "15""#)),
-            ("package-lock.json", "{}"),
-            ("pnpm-lock.yaml", ""),
-        ]);
+        let bad_field = tree(&[(
+            "package.json",
+            r#"{"packageManager": "pnpm@10;rm -rf /", "dependencies": {"next": "15"}}"#,
+        )]);
         assert_eq!(
-            detect(locks.path(), None, None).unwrap_err().code(),
-            "ambiguous_lockfiles"
+            detect(bad_field.path(), None, None).unwrap_err().code(),
+            "invalid_package_manager"
         );
         let mismatch = tree(&[
             (
@@ -651,5 +801,239 @@ mod tests {
         assert_eq!(found.node_version.as_deref(), Some("20.11.1"));
         assert_eq!(found.warnings, ["missing_lockfile"]);
         assert_eq!(found.exec_command, ["npx", "--no-install", "next", "build"]);
+    }
+
+    /// Medusa's official starter: a pnpm 10 + turbo monorepo.
+    fn official_starter() -> tempfile::TempDir {
+        tree(&[
+            (
+                "package.json",
+                r#"{"name": "medusa-starter", "private": true, "packageManager": "pnpm@10.11.1",
+                   "scripts": {"build": "turbo run build"},
+                   "devDependencies": {"@medusajs/eslint-plugin": "2", "turbo": "2"}}"#,
+            ),
+            ("pnpm-workspace.yaml", "packages:\n  - \"apps/*\"\n"),
+            ("pnpm-lock.yaml", "lockfileVersion: '9.0'\n"),
+            (
+                "apps/backend/package.json",
+                r#"{"name": "backend", "scripts": {"build": "medusa build"},
+                   "dependencies": {"@medusajs/framework": "2.15.3", "@medusajs/medusa": "2.15.3"}}"#,
+            ),
+            ("apps/backend/medusa-config.ts", "export default {}"),
+            (
+                "apps/storefront/package.json",
+                r#"{"name": "storefront", "dependencies": {"next": "15", "@medusajs/js-sdk": "2"}}"#,
+            ),
+        ])
+    }
+
+    #[test]
+    fn the_official_monorepo_starter_builds_its_backend_and_storefront() {
+        let dir = official_starter();
+        let fs = RepoFs::new(dir.path()).unwrap();
+        let plan = crate::pipeline::plan::plan_backend(&fs, ".").unwrap();
+        assert_eq!(plan.app_dir, Path::new("apps/backend"));
+        assert_eq!(plan.install_dir, Path::new(""));
+        assert_eq!(plan.install, ["pnpm", "install", "--frozen-lockfile"]);
+        assert_eq!(plan.build, ["pnpm", "run", "build"]);
+        assert_eq!(plan.provision.unwrap().label(), "pnpm@10.11.1");
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.backend.unwrap().dir, "apps/backend");
+        assert_eq!(
+            (found.app_dir.as_str(), found.install_dir.as_str()),
+            ("apps/storefront", ".")
+        );
+        assert_eq!(found.exec_command, ["pnpm", "exec", "next", "build"]);
+        assert_eq!(
+            found.package_manager_release.as_deref(),
+            Some("pnpm@10.11.1")
+        );
+    }
+
+    #[test]
+    fn medusa_tooling_packages_do_not_make_a_backend() {
+        for tool in [
+            "@medusajs/eslint-plugin",
+            "@medusajs/types",
+            "@medusajs/ui",
+            "@medusajs/test-utils",
+        ] {
+            let dir = tree(&[(
+                "package.json",
+                &format!(r#"{{"dependencies": {{"{tool}": "2", "next": "15"}}}}"#),
+            )]);
+            let found = detect(dir.path(), None, None).unwrap();
+            assert_eq!(
+                (found.app_dir.as_str(), found.backend),
+                (".", None),
+                "{tool}"
+            );
+        }
+    }
+
+    #[test]
+    fn vite_based_routers_write_the_client_to_build_client() {
+        let router = tree(&[("package.json", &app(r#""@react-router/dev": "7""#))]);
+        assert_eq!(
+            detect(router.path(), None, None)
+                .unwrap()
+                .output_dir
+                .as_deref(),
+            Some("build/client")
+        );
+        let remix = tree(&[
+            (
+                "package.json",
+                &app(r#""@remix-run/dev": "2", "vite": "5""#),
+            ),
+            (
+                "vite.config.ts",
+                "import { vitePlugin as remix } from '@remix-run/dev'",
+            ),
+        ]);
+        let found = detect(remix.path(), None, None).unwrap();
+        assert_eq!(found.build_command, "remix vite:build");
+        assert_eq!(found.output_dir.as_deref(), Some("build/client"));
+    }
+
+    #[test]
+    fn angulars_application_builder_writes_to_browser() {
+        let angular = |builder: &str, output: &str| {
+            tree(&[
+                ("package.json", &app(r#""@angular/core": "19""#)),
+                (
+                    "angular.json",
+                    &format!(
+                        r#"{{"projects": {{"shop": {{"architect": {{"build": {{"builder": "{builder}", "options": {{{output}}}}}}}}}}}}}"#
+                    ),
+                ),
+            ])
+        };
+        for (builder, output, expected) in [
+            (
+                "@angular-devkit/build-angular:application",
+                r#""outputPath": "dist/shop""#,
+                "dist/shop/browser",
+            ),
+            ("@angular/build:application", "", "dist/shop/browser"),
+            (
+                "@angular/build:application",
+                r#""outputPath": {"base": "out", "browser": ""}"#,
+                "out",
+            ),
+            (
+                "@angular-devkit/build-angular:browser",
+                r#""outputPath": "dist/shop""#,
+                "dist/shop",
+            ),
+        ] {
+            let dir = angular(builder, output);
+            assert_eq!(
+                detect(dir.path(), None, None)
+                    .unwrap()
+                    .output_dir
+                    .as_deref(),
+                Some(expected),
+                "{builder} {output}"
+            );
+        }
+    }
+
+    #[test]
+    fn docs_sites_and_libraries_are_not_storefronts() {
+        let dir = tree(&[
+            (
+                "package.json",
+                r#"{"private": true, "workspaces": ["apps/*", "packages/*"]}"#,
+            ),
+            ("package-lock.json", "{}"),
+            ("apps/docs/package.json", &app(r#""@docusaurus/core": "3""#)),
+            ("apps/guide/package.json", &app(r#""vitepress": "1""#)),
+            ("apps/stories/package.json", &app(r#""storybook": "8""#)),
+            (
+                "packages/ui/package.json",
+                r#"{"name": "ui", "main": "dist/index.js", "dependencies": {"vite": "5", "react": "18"}}"#,
+            ),
+            (
+                "packages/ui/vite.config.ts",
+                "export default { build: { lib: { entry: 'src/index.ts' } } }",
+            ),
+            ("apps/shop/package.json", &app(r#""next": "15""#)),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.app_dir, "apps/shop");
+        assert!(
+            found
+                .reasons
+                .iter()
+                .any(|r| r.contains("apps/docs (a docusaurus site)")
+                    && r.contains("packages/ui (a library)")),
+            "{:?}",
+            found.reasons
+        );
+    }
+
+    #[test]
+    fn among_several_apps_the_one_that_talks_to_medusa_is_the_storefront() {
+        let dir = tree(&[
+            (
+                "package.json",
+                r#"{"private": true, "workspaces": ["apps/*"]}"#,
+            ),
+            ("package-lock.json", "{}"),
+            ("apps/marketing/package.json", &app(r#""astro": "4""#)),
+            (
+                "apps/web/package.json",
+                &app(r#""next": "15", "@medusajs/js-sdk": "2""#),
+            ),
+        ]);
+        assert_eq!(detect(dir.path(), None, None).unwrap().app_dir, "apps/web");
+    }
+
+    #[test]
+    fn a_frontend_without_a_known_framework_says_so() {
+        let dir = tree(&[
+            (
+                "package.json",
+                r#"{"private": true, "workspaces": ["apps/*"]}"#,
+            ),
+            (
+                "apps/storefront/package.json",
+                &app(r#""react": "19", "parcel": "2""#),
+            ),
+        ]);
+        let err = detect(dir.path(), None, None).unwrap_err();
+        assert_eq!(err.code(), "no_framework_detected");
+        assert!(
+            err.to_string().contains("apps/storefront") && err.to_string().contains("nextjs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nx_apps_without_a_package_json_are_found_by_their_project() {
+        let dir = tree(&[
+            (
+                "package.json",
+                r#"{"name": "acme", "dependencies": {"next": "15", "react": "19"}}"#,
+            ),
+            ("package-lock.json", "{}"),
+            ("nx.json", "{}"),
+            (
+                "apps/storefront/project.json",
+                r#"{"targets": {"build": {"executor": "@nx/next:build"}}}"#,
+            ),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(
+            (found.app_dir.as_str(), found.install_dir.as_str()),
+            ("apps/storefront", ".")
+        );
+        assert_eq!(found.framework, Framework::Nextjs);
+        assert!(
+            found.reasons.iter().any(|r| r.contains("@nx/next:build")),
+            "{:?}",
+            found.reasons
+        );
     }
 }

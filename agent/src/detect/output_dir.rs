@@ -60,12 +60,31 @@ fn angular_output(fs: &RepoFs, dir: &Path) -> Result<Option<(String, String)>, R
             .get("defaultProject")
             .and_then(Value::as_str)
             .or_else(|| projects.keys().next().map(String::as_str))?;
-        let options = projects.get(name)?.pointer("/architect/build/options")?;
-        let output = options.get("outputPath")?;
-        output
-            .as_str()
-            .or_else(|| output.get("base").and_then(Value::as_str))
-            .map(str::to_owned)
+        let build = projects.get(name)?.pointer("/architect/build")?;
+        // The application builder (esbuild) writes the browser bundle one level down.
+        let application = build
+            .get("builder")
+            .and_then(Value::as_str)
+            .is_some_and(|builder| builder.ends_with(":application"));
+        let output = build.pointer("/options/outputPath");
+        let base = match output {
+            Some(Value::String(path)) => path.clone(),
+            Some(object) => object.get("base")?.as_str()?.to_owned(),
+            None if application => format!("dist/{name}"),
+            None => return None,
+        };
+        if !application {
+            return Some(base);
+        }
+        let browser = output
+            .and_then(|object| object.get("browser"))
+            .and_then(Value::as_str)
+            .unwrap_or("browser");
+        Some(if browser.is_empty() {
+            base
+        } else {
+            format!("{}/{browser}", base.trim_end_matches('/'))
+        })
     })();
     Ok(output.map(|out| (out, "angular.json".to_owned())))
 }
@@ -119,7 +138,7 @@ pub(super) fn output_dir(
                 .to_owned(),
         });
     }
-    let default = framework.rule().output.to_owned();
+    let default = framework.default_output(fs, dir).to_owned();
     reasons.push(format!("output {default}: {}'s default", framework.slug()));
     Ok(default)
 }

@@ -9,12 +9,6 @@ use serde_json::Value;
 
 use crate::repo_fs::{join, RepoFs, RepoFsError, CONFIG_LIMIT};
 
-/// Whether the checkout's root is a workspace (its install serves every member).
-pub(super) fn is_workspace(fs: &RepoFs, root_package: Option<&Value>) -> bool {
-    root_package.is_some_and(|p| p.get("workspaces").is_some())
-        || fs.is_file(Path::new("pnpm-workspace.yaml"))
-}
-
 /// Member directories (each with a package.json), sorted.
 pub(super) fn workspace_dirs(
     fs: &RepoFs,
@@ -87,5 +81,17 @@ pub(super) fn storefront_siblings(fs: &RepoFs) -> Vec<PathBuf> {
             dir.file_name()
                 .is_some_and(|name| name.to_string_lossy().ends_with("-storefront"))
         })
+        .collect()
+}
+
+/// Nx apps: `apps/*` folders with a `project.json` and no `package.json` of their
+/// own (their dependencies are the root's).
+pub(super) fn nx_apps(fs: &RepoFs) -> Vec<PathBuf> {
+    if !fs.is_file(Path::new("nx.json")) {
+        return Vec::new();
+    }
+    fs.child_dirs(Path::new("apps"))
+        .into_iter()
+        .filter(|dir| fs.is_file(&join(dir, Path::new("project.json"))) && !has_package(fs, dir))
         .collect()
 }

@@ -241,8 +241,9 @@ impl Build<'_> {
                 ),
             )
         })?;
-        let mut artifacts = vec![self.backend().await?];
-        artifacts.extend(storefront::build(self).await?);
+        let (backend, plan) = self.backend().await?;
+        let mut artifacts = vec![backend];
+        artifacts.extend(storefront::build(self, &plan).await?);
         Ok(artifacts)
     }
 
@@ -301,7 +302,7 @@ impl Build<'_> {
 
     /// Plans, installs and builds the backend, checks and scans `.medusa/server`,
     /// and packs it.
-    async fn backend(&self) -> Result<BuiltArtifact, Stop> {
+    async fn backend(&self) -> Result<(BuiltArtifact, plan::BackendPlan), Stop> {
         let (system, src) = (&self.system, self.workspace.src());
         let config = &self.pipeline.config;
         let plan = crate::repo_fs::RepoFs::new(&src)
@@ -310,6 +311,9 @@ impl Build<'_> {
                 plan::plan_backend(&fs, &self.request.backend_path).map_err(|e| e.to_string())
             })
             .map_err(|reason| fail(Component::Backend, reason))?;
+        for reason in &plan.reasons {
+            system.line(format!("Backend: {reason}"));
+        }
         for warning in &plan.warnings {
             system.line(format!("Warning ({}): {}", warning.code, warning.message));
         }
@@ -326,20 +330,25 @@ impl Build<'_> {
             display_dir(&plan.install_dir),
             plan.build.join(" "),
         ));
-        let steps = [
-            PlannedStep {
+        let steps = PlannedStep::with_manager(
+            plan.provision.as_ref(),
+            Some(PlannedStep {
                 kind: StepKind::Install,
                 command: plan.install.clone(),
                 dir: plan.install_dir.clone(),
                 network: config.install_network,
-            },
+                bin_dir: None,
+                shown: None,
+            }),
             PlannedStep {
                 kind: StepKind::Build,
                 command: plan.build.clone(),
                 dir: plan.app_dir.clone(),
                 network: config.build_network,
+                bin_dir: None,
+                shown: None,
             },
-        ];
+        );
         run_steps(self, Component::Backend, &steps).await?;
 
         // The output Medusa deploys; its public folder is served to the world.
@@ -365,10 +374,11 @@ impl Build<'_> {
             .await?;
         self.request
             .progress(Component::Backend, ComponentStatus::Succeeded);
-        Ok(BuiltArtifact {
+        let artifact = BuiltArtifact {
             component: Component::Backend,
             packed,
-        })
+        };
+        Ok((artifact, plan))
     }
 
     /// Packs `dir` (leaving out the top-level `skip` entries) as the component's

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::package_manager::{self, PackageManager, PackageManagerError, Warning};
+use crate::package_manager::{self, PackageManager, PackageManagerError, Provision, Warning};
 use crate::repo_fs::{join, shown, RepoFs, RepoFsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,18 @@ pub enum PlanError {
     Read(#[from] RepoFsError),
     #[error(transparent)]
     PackageManager(#[from] PackageManagerError),
+    #[error(transparent)]
+    Detect(crate::detect::DetectError),
+}
+
+impl From<crate::detect::DetectError> for PlanError {
+    fn from(error: crate::detect::DetectError) -> Self {
+        match error {
+            // A file that cannot be read is the same failure whoever reads it.
+            crate::detect::DetectError::Read(error) => PlanError::Read(error),
+            other => PlanError::Detect(other),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -33,9 +45,13 @@ pub struct BackendPlan {
     pub manager: PackageManager,
     /// Whether the install is frozen to a lockfile.
     pub frozen: bool,
+    /// The package manager release the build provides (pnpm, yarn).
+    pub provision: Option<Provision>,
     pub install: Vec<String>,
     pub build: Vec<String>,
     pub warnings: Vec<Warning>,
+    /// Why this directory is the backend.
+    pub reasons: Vec<String>,
 }
 
 /// Whether `script` runs `medusa build`, directly or through other scripts
@@ -66,9 +82,13 @@ fn runs_medusa_build(scripts: &serde_json::Map<String, Value>, script: &str, dep
     false
 }
 
-/// Plans the backend in `backend_path` of the checkout read through `fs`.
+/// Plans the backend of the checkout read through `fs`: the project's
+/// `backend_path`, or (where that is `.`) the Medusa backend detection finds,
+/// falling back to the root.
 pub fn plan_backend(fs: &RepoFs, backend_path: &str) -> Result<BackendPlan, PlanError> {
-    let app_dir = join(Path::new(""), Path::new(backend_path));
+    let mut reasons = Vec::new();
+    let app_dir =
+        crate::detect::find_backend(fs, Some(backend_path), &mut reasons)?.unwrap_or_default();
     let Some(package) = fs.package_json(&app_dir)? else {
         return Err(PlanError::NoPackageJson {
             dir: shown(&app_dir),
@@ -89,7 +109,8 @@ pub fn plan_backend(fs: &RepoFs, backend_path: &str) -> Result<BackendPlan, Plan
             script: build.to_owned(),
         });
     }
-    let detected = package_manager::detect(fs, &app_dir, &package)?;
+    let root_package = fs.package_json(Path::new(""))?;
+    let detected = package_manager::for_app(fs, &app_dir, &package, root_package.as_ref())?;
     let frozen = detected.lockfile.is_some();
     Ok(BackendPlan {
         app_dir,
@@ -97,8 +118,10 @@ pub fn plan_backend(fs: &RepoFs, backend_path: &str) -> Result<BackendPlan, Plan
         install: detected.manager.install_command(frozen),
         build: detected.manager.run_script("build"),
         frozen,
+        provision: detected.provision,
         manager: detected.manager,
         warnings: detected.warnings,
+        reasons,
     })
 }
 

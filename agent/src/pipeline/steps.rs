@@ -12,12 +12,15 @@ use kiln_protocol::Component;
 use super::{fail, seconds, Build, Stop};
 use crate::config::{Network, Span};
 use crate::executor::{Limits, Step, StepOutcome, WORKSPACE_MOUNT};
+use crate::package_manager::{Provision, PROVISION_HASH_MISMATCH};
 
 /// What a step is for; its name labels the container and the log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum StepKind {
     /// `node --version`, asked of the build image (its output is kept, not logged).
     NodeVersion,
+    /// Provides the project's package manager release (`Provision`).
+    PackageManager,
     Install,
     Build,
 }
@@ -26,6 +29,7 @@ impl StepKind {
     fn name(self) -> &'static str {
         match self {
             StepKind::NodeVersion => "node-version",
+            StepKind::PackageManager => "package-manager",
             StepKind::Install => "install",
             StepKind::Build => "build",
         }
@@ -40,6 +44,51 @@ pub(super) struct PlannedStep {
     /// Working directory, relative to the checkout.
     pub dir: PathBuf,
     pub network: Network,
+    /// A directory to put first on `PATH` (the provisioned package manager's).
+    pub bin_dir: Option<String>,
+    /// What the log calls it, where not the command itself (a long script).
+    pub shown: Option<String>,
+}
+
+/// `PATH` in build containers: the official node image's and ours.
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl PlannedStep {
+    /// The provisioning step, install and build for a package manager `provision`,
+    /// with its release first on `PATH` for all three.
+    pub(super) fn with_manager(
+        provision: Option<&Provision>,
+        install: Option<PlannedStep>,
+        build: PlannedStep,
+    ) -> Vec<PlannedStep> {
+        let Some(provision) = provision else {
+            return install.into_iter().chain([build]).collect();
+        };
+        let bin_dir = Some(provision.bin_dir());
+        let provisioning = PlannedStep {
+            kind: StepKind::PackageManager,
+            command: provision.command(),
+            dir: PathBuf::new(),
+            network: install
+                .as_ref()
+                .map_or(build.network, |install| install.network),
+            bin_dir: bin_dir.clone(),
+            shown: Some(format!("provide {}", provision.label())),
+        };
+        let install = install.map(|install| PlannedStep {
+            bin_dir: bin_dir.clone(),
+            ..install
+        });
+        std::iter::once(provisioning)
+            .chain(install)
+            .chain([PlannedStep { bin_dir, ..build }])
+            .collect()
+    }
+
+    /// The command as the log shows it.
+    fn shown(&self) -> String {
+        self.shown.clone().unwrap_or_else(|| self.command.join(" "))
+    }
 }
 
 /// Runs `steps` in order, their output going to `component`'s log stream.
@@ -56,11 +105,12 @@ pub(super) async fn run_steps(
     };
     for planned in steps {
         let step = build.step(planned);
-        let (shown, name) = (planned.command.join(" "), planned.kind.name());
+        let (shown, name) = (planned.shown(), planned.kind.name());
         build
             .system
             .line(format!("Running `{shown}` ({label}{name})."));
         let started = Instant::now();
+        let printed_from = sink.len();
         let reason = match build
             .pipeline
             .executor
@@ -73,7 +123,18 @@ pub(super) async fn run_steps(
                     .line(format!("`{shown}` finished in {}.", seconds(started)));
                 continue;
             }
-            Ok(StepOutcome::Exited(code)) => format!("`{shown}` ({name}) exited with code {code}"),
+            Ok(StepOutcome::Exited(PROVISION_HASH_MISMATCH))
+                if planned.kind == StepKind::PackageManager =>
+            {
+                format!("`{shown}` ({name}): the release npm fetched does not match the hash in package.json's packageManager; correct the hash (or the version) there")
+            }
+            Ok(StepOutcome::Exited(code)) => {
+                let output = sink.tail_since(printed_from, 64 << 10);
+                match diagnose(&String::from_utf8_lossy(&output), planned.network) {
+                    Some(what) => format!("`{shown}` ({name}) exited with code {code}: {what}"),
+                    None => format!("`{shown}` ({name}) exited with code {code}"),
+                }
+            }
             Ok(StepOutcome::OutOfMemory) => format!(
                 "`{shown}` ({name}) ran out of memory (limit {})",
                 config.memory
@@ -104,6 +165,39 @@ pub(super) async fn run_steps(
     Ok(())
 }
 
+/// Failures whose output says plainly what they are, and what fixes them.
+const KNOWN_FAILURES: &[(&[&str], &str)] = &[
+    (
+        &["No compatible signature found in package metadata", "Cannot find matching keyid"],
+        "corepack in the build image could not verify the package manager's signature (the registry, or a proxy before it, serves none, or corepack's keys are out of date); call the package manager directly in scripts (Kiln provides the release package.json's packageManager names, on PATH) rather than through corepack, or use a build image with a newer corepack",
+    ),
+    (
+        &["SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "unable to get local issuer certificate"],
+        "TLS to the package registry failed on a certificate the build does not trust (a TLS-inspecting proxy?); set the agent's extra_ca_certs to the host's CA bundle",
+    ),
+    (
+        &["can only install packages when your package.json and package-lock.json", "ERR_PNPM_OUTDATED_LOCKFILE", "The lockfile would have been modified by this install", "Your lockfile needs to be updated"],
+        "package.json and the lockfile disagree; run the install locally and commit the updated lockfile",
+    ),
+];
+
+/// What a failed step's output says went wrong, where it says so plainly.
+fn diagnose(output: &str, network: Network) -> Option<String> {
+    if let Some((_, what)) = KNOWN_FAILURES
+        .iter()
+        .find(|(signs, _)| signs.iter().any(|sign| output.contains(sign)))
+    {
+        return Some((*what).to_owned());
+    }
+    let offline = ["EAI_AGAIN", "ENOTFOUND", "getaddrinfo", "ENETUNREACH"];
+    if network == Network::None && offline.iter().any(|sign| output.contains(sign)) {
+        return Some(
+            "the step reached for the network but runs with none (install_network or build_network = \"none\"); set it to \"bridge\"".to_owned(),
+        );
+    }
+    None
+}
+
 /// The build image's Node version, as `node --version` prints it in a container
 /// started like any step (no network), for `component`'s checks.
 pub(super) async fn image_node_version(
@@ -116,6 +210,8 @@ pub(super) async fn image_node_version(
         command: vec!["node".to_owned(), "--version".to_owned()],
         dir: dir.to_owned(),
         network: Network::None,
+        bin_dir: None,
+        shown: None,
     });
     let captured = build
         .pipeline
@@ -156,7 +252,12 @@ impl Build<'_> {
     fn step(&self, planned: &PlannedStep) -> Step {
         let config = &self.pipeline.config;
         let mount = Path::new(WORKSPACE_MOUNT);
+        let path = match &planned.bin_dir {
+            Some(bin_dir) => format!("{bin_dir}:{PATH}"),
+            None => PATH.to_owned(),
+        };
         let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), path),
             ("HOME".into(), mount.join("home").display().to_string()),
             ("CI".into(), "true".into()),
             (
@@ -193,5 +294,32 @@ impl Build<'_> {
             timeout: remaining.min(config.step_timeout),
             stop_grace: config.cancel_grace,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_that_say_what_they_are_are_named_with_their_fix() {
+        let corepack =
+            "Error: No compatible signature found in package metadata\n    at verifySignature";
+        assert!(diagnose(corepack, Network::Bridge)
+            .unwrap()
+            .contains("corepack"));
+        let tls = "npm error code SELF_SIGNED_CERT_IN_CHAIN";
+        assert!(diagnose(tls, Network::Bridge)
+            .unwrap()
+            .contains("extra_ca_certs"));
+        let offline = "npm error request to https://registry.npmjs.org/x failed, reason: getaddrinfo EAI_AGAIN";
+        assert!(diagnose(offline, Network::None)
+            .unwrap()
+            .contains("\"bridge\""));
+        assert_eq!(diagnose(offline, Network::Bridge), None);
+        assert_eq!(
+            diagnose("error TS2304: Cannot find name 'x'", Network::Bridge),
+            None
+        );
     }
 }

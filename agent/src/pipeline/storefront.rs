@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_protocol::{Component, ComponentStatus};
 
+use super::plan::BackendPlan;
 use super::steps::{image_node_version, run_steps, PlannedStep, StepKind};
 use super::workspace::{output_dir, OutputError};
 use super::{fail, Build, BuiltArtifact, Stop};
@@ -14,10 +15,15 @@ use crate::detect::{self, DetectError, Detection, Framework};
 use crate::repo_fs::RepoFs;
 
 /// Detects and builds the storefront; `Ok(None)` when the repository has none.
-pub(super) async fn build(build: &Build<'_>) -> Result<Option<BuiltArtifact>, Stop> {
+/// `backend` is the backend's plan: its directory is not a storefront, and an
+/// install it ran at the same place (a workspace root) is not run twice.
+pub(super) async fn build(
+    build: &Build<'_>,
+    backend: &BackendPlan,
+) -> Result<Option<BuiltArtifact>, Stop> {
     let system = &build.system;
     let request = build.request;
-    let Some(found) = detect(build).await? else {
+    let Some(found) = detect(build, &backend.app_dir).await? else {
         system.line("No storefront in this repository; the backend is the whole build.");
         request.progress(Component::Storefront, ComponentStatus::Skipped);
         return Ok(None);
@@ -44,20 +50,38 @@ pub(super) async fn build(build: &Build<'_>) -> Result<Option<BuiltArtifact>, St
             ));
     }
     let config = &build.pipeline.config;
-    let steps = [
-        PlannedStep {
+    let install_dir = PathBuf::from(&found.install_dir);
+    let installed = found.install == backend.install
+        && install_dir == backend.install_dir
+        && found.provision == backend.provision;
+    let install = if installed {
+        system.line(format!(
+            "Storefront: the install in {} the backend ran covers it.",
+            found.install_dir
+        ));
+        None
+    } else {
+        Some(PlannedStep {
             kind: StepKind::Install,
             command: found.install.clone(),
-            dir: PathBuf::from(&found.install_dir),
+            dir: install_dir,
             network: config.install_network,
-        },
+            bin_dir: None,
+            shown: None,
+        })
+    };
+    let steps = PlannedStep::with_manager(
+        found.provision.as_ref(),
+        install,
         PlannedStep {
             kind: StepKind::Build,
             command: found.exec_command.clone(),
             dir: app_dir.clone(),
             network: config.build_network,
+            bin_dir: None,
+            shown: None,
         },
-    ];
+    );
     run_steps(build, Component::Storefront, &steps).await?;
 
     let output_name = found.output_dir.as_deref().unwrap_or("dist");
@@ -97,13 +121,15 @@ pub(super) async fn build(build: &Build<'_>) -> Result<Option<BuiltArtifact>, St
 
 /// Runs detection off the async runtime, under the job's cancel (its deadline
 /// covers the whole build); `Ok(None)` when there is no storefront to build.
-async fn detect(build: &Build<'_>) -> Result<Option<Detection>, Stop> {
+async fn detect(build: &Build<'_>, backend_dir: &Path) -> Result<Option<Detection>, Stop> {
     let request = build.request;
     let src = build.workspace.src();
-    let (backend, storefront) = (
-        request.backend_path.clone(),
-        request.storefront_path.clone(),
-    );
+    // The backend the plan settled on: "." is the root, not "detect it".
+    let backend = match crate::repo_fs::shown(backend_dir) {
+        root if root == "." => "./".to_owned(),
+        dir => dir,
+    };
+    let storefront = request.storefront_path.clone();
     let detecting = tokio::task::spawn_blocking(move || {
         let fs = RepoFs::new(Path::new(&src)).map_err(|error| {
             DetectError::Read(crate::repo_fs::RepoFsError::Io {
