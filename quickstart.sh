@@ -5,8 +5,10 @@
 #
 #   ./quickstart.sh                 (KILN_PROFILE=debug for a faster compile)
 #
-# Needs: cargo, git, curl, a running Docker engine, node + npm and busybox-static
-# (for the locally assembled build image). Downloads nothing at run time.
+# Needs: cargo, git, curl, a Docker engine, node + npm and busybox-static (for the
+# locally assembled build image). On a fresh Debian or Ubuntu host, run as root, it
+# installs what is missing (docker.io, busybox-static, git, curl) with apt and
+# starts dockerd; otherwise it prints the commands to run. Downloads nothing else.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,7 +22,30 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'quickstart: %s\n' "$*" >&2; exit 1; }
 field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" | head -n1; }
 
-docker info >/dev/null 2>&1 || die "Docker is not reachable; start dockerd first"
+# What a fresh host lacks: packages (apt) and a running Docker engine.
+missing=()
+command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || missing+=(busybox-static)
+can_install=false
+[ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && can_install=true
+if [ ${#missing[@]} -gt 0 ]; then
+    $can_install || die "missing ${missing[*]}; install them (as root: apt-get install -y ${missing[*]}) and run this again"
+    say "Installing ${missing[*]} (apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" ca-certificates >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1; then
+        say "Starting dockerd (its log: /tmp/kiln-quickstart-dockerd.log)"
+        nohup dockerd >/tmp/kiln-quickstart-dockerd.log 2>&1 &
+        for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+        docker info >/dev/null 2>&1 || die "dockerd did not come up within 60 s; see /tmp/kiln-quickstart-dockerd.log"
+    else
+        die "Docker is not reachable; start it (systemctl start docker, or as root: nohup dockerd &) and make sure this user may use it (usermod -aG docker $(id -un)), then run this again"
+    fi
+fi
 say "Building kiln-server and kiln-agent ($PROFILE)"
 cargo build --quiet --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -p kiln-control-plane -p kiln-agent
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE

@@ -1,24 +1,35 @@
-//! Opt-in acceptance on a real Medusa v2 backend (`tests/accept/medusa-backend`),
-//! installed from the npm registry with its real `@medusajs/cli`. Off unless
-//! `KILN_ACCEPT_MEDUSA=1`: it needs the registry and takes minutes.
+//! Acceptance on real Medusa projects installed from the npm registry, with
+//! their real `@medusajs/cli` and Next.js:
 //!
-//! The same project is built by hand on the host (`npm ci && npm run build`) and
-//! through the real agent and control plane; both `.medusa/server` file lists must
-//! match.
+//! - `tests/accept/medusa-backend`, an npm backend written like Medusa's default
+//!   starter, and the same backend on yarn 4 with a committed `yarnPath`: each built
+//!   by hand on the host and through the real agent and control plane, with the same
+//!   `.medusa/server` file list. Opt-in (`KILN_ACCEPT_MEDUSA=1`): minutes each.
+//! - `tests/accept/medusa-monorepo`, a pnpm 10 workspace written like Medusa's
+//!   official starter (`apps/backend`, `apps/storefront` on Next.js 15), built
+//!   through Kiln with no backend or storefront path set; its storefront asks a
+//!   stand-in Store API at build time. Runs with `KILN_ACCEPT_MONOREPO=1` (CI sets
+//!   it) or `KILN_ACCEPT_MEDUSA=1`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{CreateProject, DeploymentStatus, PushEvent};
+use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, PushEvent};
 use reqwest::StatusCode;
 
 use crate::agent::AGENT;
 use crate::support::*;
 
-fn project_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("accept/medusa-backend")
+fn accept_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("accept")
+        .join(name)
 }
 
+fn ca_bundle() -> String {
+    std::env::var("KILN_ACCEPT_CA_BUNDLE")
+        .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into())
+}
 fn run(dir: &Path, command: &[&str]) -> Duration {
     let started = Instant::now();
     let status = std::process::Command::new(command[0])
@@ -112,40 +123,23 @@ fn content_hashes_are_ignored_and_nothing_else() {
     );
 }
 
-#[tokio::test]
-async fn real_medusa_backend_builds_like_by_hand() {
-    if std::env::var_os("KILN_ACCEPT_MEDUSA").is_none() {
-        eprintln!(
-            "skip: set KILN_ACCEPT_MEDUSA=1 to build a real Medusa backend from the npm registry"
-        );
-        return;
-    }
-    let docker = docker().await.expect("the acceptance test needs Docker");
+/// A project of `repo` built through a control plane and an agent (with the
+/// registry reachable, and the host's loopback from the build step where the
+/// storefront needs the stand-in Store API); returns the built deployment and the
+/// control plane to read it from.
+async fn build_through_kiln(
+    dir: &Path,
+    repo: &FixtureRepo,
+    variables: serde_json::Value,
+) -> (Deployment, ControlPlane, AgentProcess) {
     let image = build_image().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca_bundle = std::env::var("KILN_ACCEPT_CA_BUNDLE")
-        .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
-
-    // By hand, on the host.
-    let by_hand = dir.path().join("by-hand");
-    FixtureRepo::of(&by_hand, &project_dir());
-    let source = by_hand.join("repo");
-    let install = run(&source, &["npm", "ci", "--no-audit", "--no-fund"]);
-    let build = run(&source, &["npm", "run", "build"]);
-    let expected = files_under(&source.join(".medusa/server"));
-    eprintln!(
-        "by hand: npm ci {install:.1?}, npm run build {build:.1?}, {} files in .medusa/server",
-        expected.len()
-    );
-
-    // Through the agent and the control plane.
-    let repo = FixtureRepo::of(&dir.path().join("agent-repo"), &project_dir());
-    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let cp = ControlPlane::start(&dir.join("server")).await;
     let admin = cp.admin();
     let project = admin
         .create_project_with(CreateProject {
             name: "medusa".into(),
             repository_url: repo.url.clone(),
+            // Nothing set: Kiln finds the backend and the storefront itself.
             backend_path: ".".into(),
             storefront_path: None,
             agent_labels: vec![],
@@ -154,16 +148,18 @@ async fn real_medusa_backend_builds_like_by_hand() {
             submodules: false,
         })
         .await;
-    admin
+    let environment = admin
         .create_environment(&project, "Production", "main")
         .await;
+    admin.set_variables(&environment.id, variables).await;
     let extra = format!(
-        "install_network = \"host\"\nbuild_network = \"none\"\nextra_ca_certs = {ca_bundle:?}\nmemory = \"6GiB\"\njob_timeout = \"30m\""
+        "install_network = \"bridge\"\nbuild_network = \"host\"\nextra_ca_certs = {:?}\nmemory = \"6GiB\"\njob_timeout = \"30m\"",
+        ca_bundle()
     );
     let agent = AgentProcess::start(
         Path::new(AGENT),
         &cp.base_url(),
-        &dir.path().join("agent"),
+        &dir.join("agent"),
         image,
         &extra,
     )
@@ -205,42 +201,252 @@ async fn real_medusa_backend_builds_like_by_hand() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let at = |status| {
-        deployment
-            .transitions
-            .iter()
-            .find(|t| t.status == status)
-            .map(|t| t.at)
-            .unwrap()
-    };
-    let claim_to_built = at(DeploymentStatus::AwaitingDeployment) - at(DeploymentStatus::Building);
-    eprintln!("through the agent: push to awaiting_deployment {:.1?}, claim to awaiting_deployment {:.1}s", pushed.elapsed(), claim_to_built.num_milliseconds() as f64 / 1000.0);
     eprintln!(
-        "system log:\n{}",
+        "through the agent: push to awaiting_deployment {:.1?}\nsystem log:\n{}",
+        pushed.elapsed(),
         admin
             .get(&format!("/api/v1/deployments/{id}/logs/system"))
             .await
             .text()
     );
+    (deployment, cp, agent)
+}
 
-    let artifact = admin
-        .get(&format!(
-            "/api/v1/deployments/{id}/artifacts/backend.tar.gz"
-        ))
+async fn artifact_files(cp: &ControlPlane, id: &str, name: &str) -> Vec<String> {
+    let artifact = cp
+        .admin()
+        .get(&format!("/api/v1/deployments/{id}/artifacts/{name}"))
         .await;
-    assert_eq!(artifact.status, StatusCode::OK);
-    let built = files_in_archive(&artifact.body);
+    assert_eq!(artifact.status, StatusCode::OK, "{name}");
+    files_in_archive(&artifact.body)
+}
+
+fn opted_in(variable: &str) -> bool {
+    std::env::var_os(variable).is_some()
+}
+
+#[tokio::test]
+async fn real_medusa_backend_builds_like_by_hand() {
+    if !opted_in("KILN_ACCEPT_MEDUSA") {
+        eprintln!(
+            "skip: set KILN_ACCEPT_MEDUSA=1 to build a real Medusa backend from the npm registry"
+        );
+        return;
+    }
+    let docker = docker().await.expect("the acceptance test needs Docker");
+    let dir = tempfile::tempdir().unwrap();
+    let by_hand = dir.path().join("by-hand");
+    FixtureRepo::of(&by_hand, &accept_dir("medusa-backend"));
+    let source = by_hand.join("repo");
+    let install = run(&source, &["npm", "ci", "--no-audit", "--no-fund"]);
+    let build = run(&source, &["npm", "run", "build"]);
+    let expected = files_under(&source.join(".medusa/server"));
     eprintln!(
-        "artifact: {} bytes, {} entries",
-        artifact.body.len(),
-        built.len()
+        "by hand: npm ci {install:.1?}, npm run build {build:.1?}, {} files in .medusa/server",
+        expected.len()
     );
+    let repo = FixtureRepo::of(
+        &dir.path().join("agent-repo"),
+        &accept_dir("medusa-backend"),
+    );
+    let (deployment, cp, _agent) =
+        build_through_kiln(dir.path(), &repo, serde_json::json!([])).await;
+    let built = artifact_files(&cp, &deployment.id, "backend.tar.gz").await;
     assert_eq!(built.len(), expected.len(), "file counts differ");
     assert_eq!(
         comparable(&built),
         comparable(&expected),
         ".medusa/server differs between the agent's build and the build by hand"
     );
+    assert!(
+        containers_of_job(&docker, deployment.current_job_id.as_deref().unwrap())
+            .await
+            .is_empty()
+    );
+}
+
+/// The npm backend as a yarn 4 project with its release committed (`yarnPath`),
+/// as `medusa-starter-default` is: the lockfile is made once on the host.
+fn yarn_berry_project(dir: &Path) -> PathBuf {
+    let project = dir.join("berry-project");
+    FixtureRepo::of(&project, &accept_dir("medusa-backend"));
+    let source = project.join("repo");
+    std::fs::remove_dir_all(source.join(".git")).unwrap();
+    std::fs::remove_file(source.join("package-lock.json")).unwrap();
+    let releases = source.join(".yarn/releases");
+    std::fs::create_dir_all(&releases).unwrap();
+    let packed = std::process::Command::new("npm")
+        .args(["pack", "--silent", "@yarnpkg/cli-dist@4.12.0"])
+        .current_dir(&releases)
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "npm pack @yarnpkg/cli-dist");
+    run(&releases, &["tar", "-xzf", "yarnpkg-cli-dist-4.12.0.tgz"]);
+    std::fs::rename(
+        releases.join("package/bin/yarn.js"),
+        releases.join("yarn-4.12.0.cjs"),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(releases.join("package")).unwrap();
+    std::fs::remove_file(releases.join("yarnpkg-cli-dist-4.12.0.tgz")).unwrap();
+    std::fs::write(
+        source.join(".yarnrc.yml"),
+        "nodeLinker: node-modules\nyarnPath: .yarn/releases/yarn-4.12.0.cjs\n",
+    )
+    .unwrap();
+    let package_json = source.join("package.json");
+    let mut package: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&package_json).unwrap()).unwrap();
+    package["packageManager"] = "yarn@4.12.0".into();
+    std::fs::write(
+        &package_json,
+        serde_json::to_string_pretty(&package).unwrap(),
+    )
+    .unwrap();
+    run(
+        &source,
+        &[
+            "node",
+            ".yarn/releases/yarn-4.12.0.cjs",
+            "install",
+            "--mode=update-lockfile",
+        ],
+    );
+    source
+}
+
+#[tokio::test]
+async fn real_medusa_backend_on_yarn_berry_with_yarn_path_builds_like_by_hand() {
+    if !opted_in("KILN_ACCEPT_MEDUSA") {
+        eprintln!("skip: set KILN_ACCEPT_MEDUSA=1 to build a real Medusa backend on yarn 4");
+        return;
+    }
+    docker().await.expect("the acceptance test needs Docker");
+    let dir = tempfile::tempdir().unwrap();
+    let project = yarn_berry_project(dir.path());
+    let by_hand = dir.path().join("by-hand");
+    FixtureRepo::of(&by_hand, &project);
+    let source = by_hand.join("repo");
+    let install = run(
+        &source,
+        &[
+            "node",
+            ".yarn/releases/yarn-4.12.0.cjs",
+            "install",
+            "--immutable",
+        ],
+    );
+    let build = run(
+        &source,
+        &["node", ".yarn/releases/yarn-4.12.0.cjs", "run", "build"],
+    );
+    let expected = files_under(&source.join(".medusa/server"));
+    eprintln!(
+        "by hand: yarn install {install:.1?}, yarn run build {build:.1?}, {} files",
+        expected.len()
+    );
+    let repo = FixtureRepo::of(&dir.path().join("agent-repo"), &project);
+    let (deployment, cp, _agent) =
+        build_through_kiln(dir.path(), &repo, serde_json::json!([])).await;
+    let system = cp
+        .admin()
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/system",
+            deployment.id
+        ))
+        .await
+        .text();
+    assert!(
+        system.contains("install `node .yarn/releases/yarn-4.12.0.cjs install --immutable`"),
+        "{system}"
+    );
+    let built = artifact_files(&cp, &deployment.id, "backend.tar.gz").await;
+    assert_eq!(comparable(&built), comparable(&expected));
+}
+
+/// A stand-in for the Medusa Store API on this host's loopback: every list is
+/// empty, so a storefront's `generateStaticParams` render nothing but build.
+async fn stand_in_store_api() -> (u16, tokio_util::sync::DropGuard) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "OK" }))
+        .route(
+            "/store/{resource}",
+            get(|| async {
+                axum::Json(serde_json::json!({
+                    "regions": [], "products": [], "collections": [], "product_categories": [],
+                    "count": 0, "offset": 0, "limit": 100
+                }))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped.cancelled_owned())
+            .await
+    });
+    (port, stop.drop_guard())
+}
+
+#[tokio::test]
+async fn issue_14_the_official_pnpm_monorepo_starter_builds_backend_and_storefront() {
+    if !opted_in("KILN_ACCEPT_MONOREPO") && !opted_in("KILN_ACCEPT_MEDUSA") {
+        eprintln!("skip: set KILN_ACCEPT_MONOREPO=1 to build a real pnpm Medusa monorepo from the npm registry");
+        return;
+    }
+    let docker = docker().await.expect("the acceptance test needs Docker");
+    let dir = tempfile::tempdir().unwrap();
+    let (port, _store) = stand_in_store_api().await;
+    let repo = FixtureRepo::of(&dir.path().join("repo"), &accept_dir("medusa-monorepo"));
+    let (deployment, cp, _agent) = build_through_kiln(
+        dir.path(),
+        &repo,
+        serde_json::json!([
+            {"name": "MEDUSA_BACKEND_URL", "value": format!("http://127.0.0.1:{port}")},
+            {"name": "NEXT_PUBLIC_MEDUSA_PUBLISHABLE_KEY", "value": format!("pk_{}", "0a1b2c3d".repeat(8))},
+        ]),
+    )
+    .await;
+    let system = cp
+        .admin()
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/system",
+            deployment.id
+        ))
+        .await
+        .text();
+    for expected in [
+        "Backend: backend: Medusa, dependency `@medusajs/framework` in apps/backend/package.json",
+        "Running `provide pnpm@10.11.1` (package-manager).",
+        "install `pnpm install --frozen-lockfile` in .",
+        "Storefront: the install in . the backend ran covers it.",
+        "Running `pnpm exec next build` (storefront: build).",
+    ] {
+        assert!(system.contains(expected), "{expected:?} not in:\n{system}");
+    }
+    assert_eq!(
+        system
+            .matches("Running `pnpm install --frozen-lockfile`")
+            .count(),
+        1,
+        "one install at the workspace root"
+    );
+    let backend = artifact_files(&cp, &deployment.id, "backend.tar.gz").await;
+    assert!(
+        backend.len() > 300,
+        "{} files in .medusa/server",
+        backend.len()
+    );
+    assert!(backend.contains(&"public/admin/index.html".to_owned()));
+    let storefront = artifact_files(&cp, &deployment.id, "storefront.tar.gz").await;
+    assert!(
+        storefront.contains(&"BUILD_ID".to_owned()),
+        "{storefront:?}"
+    );
+    assert!(!storefront.iter().any(|path| path.starts_with("cache/")));
     assert!(
         containers_of_job(&docker, deployment.current_job_id.as_deref().unwrap())
             .await

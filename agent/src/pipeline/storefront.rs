@@ -29,7 +29,8 @@ pub(super) async fn build(
         return Ok(None);
     };
     request.progress(Component::Storefront, ComponentStatus::Building);
-    for reason in &found.reasons {
+    // The backend stage has said which directory is the backend.
+    for reason in found.reasons.iter().filter(|r| !r.starts_with("backend:")) {
         system.line(format!("Storefront: {reason}"));
     }
     for warning in &found.warning_messages {
@@ -52,7 +53,7 @@ pub(super) async fn build(
     let config = &build.pipeline.config;
     let install_dir = PathBuf::from(&found.install_dir);
     let installed = found.install == backend.install
-        && install_dir == backend.install_dir
+        && found.install_dir == crate::repo_fs::shown(&backend.install_dir)
         && found.provision == backend.provision;
     let install = if installed {
         system.line(format!(

@@ -836,6 +836,20 @@ mod tests {
             ("stripe-secret-key", key("rk_test_", "51NzQ3bKc8Jv2LmXpT4rWq9YdE6uA0sHg")),
             ("stripe-webhook-secret", key("whsec_", "Q8mZ2kP4vX7nR1tY6wB3cL9dF5hJ0sA2")),
             ("medusa-secret-api-key", key("sk_", &"a1b2c3d4".repeat(8))),
+            (
+                "basic-auth-header",
+                format!(
+                    "headers:{{Authorization:\"Basic {}\"}}",
+                    base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        format!("sk_{}:", "a1b2c3d4".repeat(8))
+                    )
+                ),
+            ),
+            (
+                "generic-secret-assignment",
+                "smtp:{host:\"smtp.mailgun.org\",auth:{user:\"postmaster@shop.io\",pass:\"Xq7Lm2Pz9Rt4Vw8Y\"}}".to_owned(),
+            ),
             ("github-token", key("ghp_", "Q8mZ2kP4vX7nR1tY6wB3cL9dF5hJ0sA2gE4u")),
             ("github-token", key("github_pat_", &"A1b2C3d4E5".repeat(8))),
             ("slack-token", key("xoxb-", "12345678901-1234567890123-Q8mZ2kP4vX7nR1tY6wB3cL9d")),
@@ -859,6 +873,15 @@ mod tests {
             let found = rules_found(&text);
             assert_eq!(found, vec![rule.to_owned()], "in {text:?}");
         }
+    }
+
+    #[test]
+    fn a_twilio_secret_is_found_beside_its_sid_without_a_keyword() {
+        let minified = "new t.Twilio(\"SK0123456789abcdef0123456789abcdef\",\"Xq7Lm2Pz9Rt4Vw8Yb3Nc6Hd1Jk5Gf0Sa\")";
+        assert_eq!(
+            rules_found(minified),
+            ["twilio-api-key", "twilio-api-secret"]
+        );
     }
 
     #[test]
@@ -891,6 +914,12 @@ mod tests {
             "const AuthTokenPattern = /_authToken=([^$].*)/g;".to_owned(),
             "\"uri://foo:bar@example.com:1/path?query#fragment\"".to_owned(),
             "\"https://deploy:Q8mZ2kP4vX7n@api.shop.example/v1\"".to_owned(),
+            // Publishable keys are public by design.
+            format!("headers:{{\"x-publishable-api-key\":\"pk_{}\"}}", "a1b2c3d4".repeat(8)),
+            // jwt.io's sample token, and local database defaults in help text.
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c".to_owned(),
+            "DATABASE_URL=postgres://postgres:postgres@localhost/medusa-store \"postgres://medusa:Zq8xK2mP9vL4@127.0.0.1:5432/medusa\"".to_owned(),
+            "{pass:!0,bypass:\"aB3dE5gH7jK9mN1p\",passive:true}".to_owned(),
         ];
         for text in decoys {
             assert_eq!(rules_found(&text), Vec::<String>::new(), "in {text:?}");

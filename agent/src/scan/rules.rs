@@ -252,6 +252,23 @@ pub static RULES: &[Rule] = &[
         token: true,
     },
     Rule {
+        id: "twilio-api-secret",
+        severity: Severity::Critical,
+        what: "Twilio API secret (beside its key sid)",
+        // A minified `twilio("SK…", "…")` names neither; the sid before it does.
+        keywords: &[
+            "SK0", "SK1", "SK2", "SK3", "SK4", "SK5", "SK6", "SK7", "SK8", "SK9", "SKa", "SKb",
+            "SKc", "SKd", "SKe", "SKf",
+        ],
+        look_back: 1,
+        look_ahead: 90,
+        pattern: r#"\bSK[0-9a-f]{32}["'`]\s*,\s*["'`]([A-Za-z0-9]{32})["'`]"#,
+        secret_group: 1,
+        shown_prefix: 0,
+        check: not_placeholder_check,
+        token: false,
+    },
+    Rule {
         id: "openai-api-key",
         severity: Severity::Critical,
         what: "OpenAI API key",
@@ -336,12 +353,13 @@ pub static RULES: &[Rule] = &[
         what: "password, secret, API key or token with a high-entropy value",
         // Without their first letter, so one keyword serves `password` and `Password`.
         keywords: &[
-            "assword", "ASSWORD", "asswd", "ASSWD", "ecret", "ECRET", "pi_key", "piKey", "PI_KEY",
-            "pikey", "PIKEY", "pi-key", "oken", "OKEN",
+            "assword", "ASSWORD", "asswd", "ASSWD", "pass", "PASS", "ecret", "ECRET", "pi_key",
+            "piKey", "PI_KEY", "pikey", "PIKEY", "pi-key", "oken", "OKEN",
         ],
         look_back: 2,
         look_ahead: 320,
-        pattern: r#"(?i)(?:password|passwd|secret|api[_-]?key|token)[A-Za-z0-9_-]{0,30}\\?["'`]?\s*(?:[:=]|:=|=>)\s*\\?["'`]([^\s"'`\\]{12,256})\\?["'`]"#,
+        // `pass` only as a whole key: nodemailer's `auth: {user, pass}`.
+        pattern: r#"(?i)(?:password|passwd|\bpass\b|secret|api[_-]?key|token)[A-Za-z0-9_-]{0,30}\\?["'`]?\s*(?:[:=]|:=|=>)\s*\\?["'`]([^\s"'`\\]{12,256})\\?["'`]"#,
         secret_group: 1,
         shown_prefix: 0,
         check: high_entropy_value,
@@ -438,7 +456,13 @@ fn service_account_has_key(_: &Candidate, after: &[u8]) -> bool {
     memchr::memmem::find(window, b"private_key").is_some()
 }
 
+/// The signature of the sample token on jwt.io, which documentation copies.
+const JWT_IO_SAMPLE_SIGNATURE: &[u8] = b"SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+
 fn jwt_header_parses(candidate: &Candidate, _: &[u8]) -> bool {
+    if candidate.whole.ends_with(JWT_IO_SAMPLE_SIGNATURE) {
+        return false;
+    }
     let header = candidate
         .whole
         .split(|b| *b == b'.')
@@ -469,6 +493,20 @@ fn url_password_is_real(candidate: &Candidate, _: &[u8]) -> bool {
         && !password.iter().all(u8::is_ascii_digit)
         // No one holds credentials for the names reserved for documentation (RFC 2606).
         && !is_documentation_host(&host)
+        // A default for this machine (`postgres://postgres:postgres@localhost/…` in
+        // help text and `.env.template`) opens nothing anywhere else.
+        && !is_loopback_host(&host)
+}
+
+fn is_loopback_host(host: &[u8]) -> bool {
+    let name = host
+        .split(|b| *b == b':' || *b == b'/')
+        .next()
+        .unwrap_or_default();
+    name == b"localhost"
+        || name.starts_with(b"127.")
+        || name == b"0.0.0.0"
+        || host.starts_with(b"[::1]")
 }
 
 fn is_documentation_host(host: &[u8]) -> bool {
@@ -496,6 +534,14 @@ fn basic_auth_decodes(candidate: &Candidate, _: &[u8]) -> bool {
     let Some((user, password)) = text.split_once(':') else {
         return false;
     };
+    // Medusa's secret API keys authenticate as the Basic user with no password.
+    let medusa_secret = |part: &str| {
+        part.strip_prefix("sk_")
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if medusa_secret(user) || medusa_secret(password) {
+        return true;
+    }
     !user.is_empty()
         && password.len() >= 4
         && text.chars().all(|c| !c.is_control())
@@ -531,6 +577,17 @@ fn is_uuid(value: &[u8]) -> bool {
 /// high entropy, several kinds of character, and not an id, path or URL.
 fn high_entropy_value(candidate: &Candidate, _: &[u8]) -> bool {
     let value = candidate.secret;
+    // Publishable keys (Medusa's `pk_` + hex, Stripe's `pk_live_…`) are public by
+    // design: storefronts send them in `x-publishable-api-key`.
+    if value.starts_with(b"pk_")
+        || candidate
+            .whole
+            .to_ascii_lowercase()
+            .windows(11)
+            .any(|window| window == b"publishable")
+    {
+        return false;
+    }
     // Generated credentials are printable ASCII; anything else is a word in some
     // language (the Medusa admin ships `secret: "秘密のAPIキー"`).
     if !value.iter().all(u8::is_ascii_graphic) {
