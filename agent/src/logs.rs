@@ -3,9 +3,10 @@
 //!
 //! A build writes through a `LogSink`, which appends to the stream's spool file and
 //! returns at once: the build never waits on the network. `JobLogs::ship` runs
-//! beside the build and sends what the spool holds beyond the acknowledged offset,
-//! full 256 KiB chunks back to back and a partial one at most every 250 ms, with
-//! backoff while the control plane is away.
+//! beside the build and sends what the spool holds beyond the acknowledged offset:
+//! full 1 MiB chunks back to back (from memory while the newest bytes are still
+//! there, else from the file) and a partial one at most every 250 ms, with backoff
+//! while the control plane is away.
 //!
 //! Before a byte reaches the spool, secrets are masked; past the per-stream limit,
 //! output is dropped after one truncation line. Beside each spool, a `.times` file
@@ -30,7 +31,10 @@ use crate::config::ByteSize;
 use crate::mask::Masker;
 
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(250);
-pub const SHIP_CHUNK: u64 = 256 * 1024;
+pub const SHIP_CHUNK: u64 = 1024 * 1024;
+/// The spool's newest bytes kept in memory too, so shipping a chunk the build has
+/// just written needs no read of the file.
+const RECENT: usize = 2 * SHIP_CHUNK as usize;
 /// Time marks closer than this share the earlier mark.
 const MARK_EVERY_MS: i64 = 100;
 /// Marks sent with one chunk, to keep the header small; a chunk is cut shorter.
@@ -66,6 +70,9 @@ struct Spool {
 
 struct SpoolWriter {
     file: File,
+    /// The spool's last bytes (up to `2 * RECENT`), starting at `recent_start`.
+    recent: Vec<u8>,
+    recent_start: u64,
     times: File,
     marks: Vec<(u64, i64)>,
     masker: Masker,
@@ -73,6 +80,26 @@ struct SpoolWriter {
     limit: u64,
     truncated: bool,
     failed: bool,
+}
+
+impl SpoolWriter {
+    /// Keeps what was just written in memory, dropping the oldest beyond `RECENT`
+    /// (in steps, so the copy is amortised).
+    fn remember(&mut self, kept: &[u8], notice: &[u8]) {
+        self.recent.extend_from_slice(kept);
+        self.recent.extend_from_slice(notice);
+        if self.recent.len() > 2 * RECENT {
+            let cut = self.recent.len() - RECENT;
+            self.recent.drain(..cut);
+            self.recent_start += cut as u64;
+        }
+    }
+
+    /// `size` bytes from `offset`, if all of them are still in memory.
+    fn recent_bytes(&self, offset: u64, size: usize) -> Option<Vec<u8>> {
+        let from = usize::try_from(offset.checked_sub(self.recent_start)?).ok()?;
+        self.recent.get(from..from + size).map(<[u8]>::to_vec)
+    }
 }
 
 /// A handle that writes one stream of one job. Cheap to clone.
@@ -145,6 +172,7 @@ impl LogSink {
             .and_then(|()| writer.file.write_all(notice));
         match written {
             Ok(()) => {
+                writer.remember(kept, notice);
                 self.spool
                     .len
                     .fetch_add((kept.len() + notice.len()) as u64, Ordering::SeqCst);
@@ -227,6 +255,9 @@ impl JobLogs {
                 stream,
                 writer: Mutex::new(SpoolWriter {
                     file,
+                    // A reopened spool ships its older bytes from the file.
+                    recent: Vec::new(),
+                    recent_start: len,
                     marks: read_marks(&times_path),
                     times: open(&times_path)?,
                     masker: Masker::new(&options.secrets),
@@ -363,7 +394,7 @@ async fn ship_stream(
         return Ok(0);
     }
     let mut size = (len - offset).min(SHIP_CHUNK);
-    let marks: Vec<(u64, i64)> = {
+    let (marks, in_memory) = {
         let writer = crate::lock(&spool.writer);
         let from = writer.marks.partition_point(|&(at, _)| at < offset);
         let mut marks: Vec<(u64, i64)> = writer.marks[from..]
@@ -382,12 +413,15 @@ async fn ship_stream(
                 marks.insert(0, (offset, millis));
             }
         }
-        marks
+        (marks, writer.recent_bytes(offset, size as usize))
     };
-    let chunk = read_at(&spool.path, offset, size as usize).map_err(|e| ClientError::ReadFile {
-        path: spool.path.display().to_string(),
-        source: e,
-    })?;
+    let chunk = match in_memory {
+        Some(chunk) => chunk,
+        None => read_at(&spool.path, offset, size as usize).map_err(|e| ClientError::ReadFile {
+            path: spool.path.display().to_string(),
+            source: e,
+        })?,
+    };
     let sent = chunk.len() as u64;
     match client
         .append_log(job_id, spool.stream, offset, chunk.into(), &marks)
@@ -447,6 +481,31 @@ mod tests {
         );
         assert_eq!(text.matches("[kiln]").count(), 1);
         assert!(!text.contains("more"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn what_memory_ships_is_what_the_file_holds(
+            writes in proptest::collection::vec(1usize..(700 << 10), 1..12),
+            at in 0.0f64..1.0,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let logs = JobLogs::open(dir.path(), &LogOptions { limit: u64::MAX, ..Default::default() }).unwrap();
+            let sink = logs.sink(LogStream::Backend);
+            for (index, size) in writes.iter().enumerate() {
+                sink.write(&vec![b'a' + (index % 26) as u8; *size]);
+            }
+            let len = sink.len();
+            let offset = (len as f64 * at) as u64;
+            let size = (len - offset).min(SHIP_CHUNK) as usize;
+            let from_file = read_at(&dir.path().join("backend.log"), offset, size).unwrap();
+            let writer = crate::lock(&sink.spool.writer);
+            if let Some(from_memory) = writer.recent_bytes(offset, size) {
+                proptest::prop_assert_eq!(from_memory, from_file);
+            } else {
+                proptest::prop_assert!(offset < writer.recent_start, "the newest bytes are in memory");
+            }
+        }
     }
 
     #[test]
