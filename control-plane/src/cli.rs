@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::store::{self, Role};
 use crate::{serve, AppState, Config, ConnectionLimits};
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -17,18 +18,30 @@ use tokio::net::TcpListener;
     about = "Kiln's reference control plane"
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Directory for the SQLite database, logs, artifacts and releases.
-    #[arg(long, env = "KILN_DATA_DIR", default_value = "/var/lib/kiln-server")]
+    #[arg(
+        long,
+        env = "KILN_DATA_DIR",
+        default_value = "/var/lib/kiln-server",
+        global = true
+    )]
     data_dir: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Bearer token for user endpoints. Prefer the environment variable: flags show in `ps`.
     #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
+    admin_token: Option<String>,
     /// Secret agents present to `kiln-agent register`.
     #[arg(long, env = "KILN_REGISTRATION_TOKEN", hide_env_values = true)]
-    registration_token: String,
+    registration_token: Option<String>,
+    /// Where people reach this server, e.g. `https://kiln.example.com`: links
+    /// sent to git hosts point there, and an `https` one marks the dashboard's
+    /// session cookie Secure.
+    #[arg(long, env = "KILN_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Seconds an agent may go without renewing before its job is handed out again.
     #[arg(long, env = "KILN_LEASE_SECONDS", default_value_t = 60)]
     lease_seconds: u64,
@@ -61,13 +74,97 @@ struct Cli {
     allow_local_repositories: bool,
 }
 
-/// Runs the server; errors end the process with a message.
-pub fn main() -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(run())
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dashboard accounts (the server need not be stopped).
+    Users {
+        #[command(subcommand)]
+        action: UsersCommand,
+    },
 }
 
-async fn run() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Adds an account; its password is the first line of stdin.
+    Add {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+    /// Lists accounts and their roles.
+    List,
+    /// Removes an account and ends its sessions.
+    Remove { name: String },
+    /// Changes an account's role; it applies to open sessions at once.
+    SetRole {
+        name: String,
+        #[arg(value_parser = parse_role)]
+        role: Role,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a role; use admin, deployer or viewer"))
+}
+
+/// Runs the server (or a `users` command); errors end the process with a message.
+pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Users { action }) => users(&cli.data_dir, action),
+        None => tokio::runtime::Runtime::new()?.block_on(run(cli)),
+    }
+}
+
+fn users(data_dir: &std::path::Path, action: UsersCommand) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}; check it exists and is writable by this user",
+            data_dir.display()
+        )
+    })?;
+    let mut conn = crate::db::connect(&data_dir.join("kiln.sqlite"))?;
+    match action {
+        UsersCommand::Add { name, role } => {
+            let password = read_password()?;
+            let hash = crate::dashboard::hash_password(&password).map_err(anyhow::Error::msg)?;
+            let user = store::add_user(&mut conn, &name, &hash, role)?;
+            println!("Added {} ({}).", user.name, user.role);
+        }
+        UsersCommand::List => {
+            for user in store::list_users(&mut conn)? {
+                println!("{}\t{}", user.name, user.role);
+            }
+        }
+        UsersCommand::Remove { name } => {
+            store::remove_user(&mut conn, &name)?;
+            println!("Removed {name}; their sessions have ended.");
+        }
+        UsersCommand::SetRole { name, role } => {
+            store::set_role(&mut conn, &name, role)?;
+            println!("{name} is now {role}.");
+        }
+    }
+    Ok(())
+}
+
+/// The first line of stdin, without its line break.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.chars().count() < 8 {
+        anyhow::bail!(
+            "the password (the first line of stdin) must be at least 8 characters; e.g. `openssl rand -base64 18 | tee /dev/stderr | kiln-server users add NAME --role viewer`"
+        );
+    }
+    Ok(password)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(&cli.log_format)?;
     if cli.lease_seconds < 2 {
         anyhow::bail!(
@@ -75,11 +172,22 @@ async fn run() -> anyhow::Result<()> {
             cli.lease_seconds
         );
     }
+    let required = |value: Option<String>, name: &str| {
+        value.ok_or_else(|| {
+            anyhow::anyhow!("{name} is not set; the server needs it (a long random secret, e.g. `openssl rand -hex 32`)")
+        })
+    };
     let mut config = Config::new(
         cli.data_dir.clone(),
-        cli.admin_token,
-        cli.registration_token,
+        required(cli.admin_token, "KILN_ADMIN_TOKEN (--admin-token)")?,
+        required(
+            cli.registration_token,
+            "KILN_REGISTRATION_TOKEN (--registration-token)",
+        )?,
     );
+    config.public_url = cli
+        .public_url
+        .map(|url| url.trim_end_matches('/').to_owned());
     config.lease = Duration::from_secs(cli.lease_seconds);
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
     config.deploy_hook = cli.deploy_hook;

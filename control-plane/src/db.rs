@@ -29,6 +29,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema/001_initial.sql")),
         M::up(include_str!("schema/002_secret_scan.sql")),
         M::up(include_str!("schema/003_submodules.sql")),
+        M::up(include_str!("schema/004_dashboard.sql")),
     ])
 }
 
@@ -42,6 +43,22 @@ pub(crate) fn in_memory() -> Connection {
     conn
 }
 
+/// Opens and migrates the database file: for the server, and for `kiln-server
+/// users`, which may run beside it (WAL lets both; writes wait up to 5 s).
+pub fn connect(path: &Path) -> Result<Connection, DbError> {
+    let mut conn = Connection::open(path).map_err(|source| DbError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // WAL survives a kill -9 with every committed transaction intact.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrations().to_latest(&mut conn)?;
+    Ok(conn)
+}
+
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
@@ -49,18 +66,8 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let mut conn = Connection::open(path).map_err(|source| DbError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        // WAL survives a kill -9 with every committed transaction intact.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrations().to_latest(&mut conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(connect(path)?)),
         })
     }
 

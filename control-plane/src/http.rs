@@ -108,12 +108,26 @@ fn is_admin(state: &AppState, token: &str) -> bool {
     sha256_hex(token.as_bytes()) == state.admin_token_hash
 }
 
-async fn agent_for(state: &AppState, token: &str) -> Result<Option<AgentRow>, ApiError> {
+async fn agent_for(
+    state: &AppState,
+    token: &str,
+    user_agent: Option<&str>,
+) -> Result<Option<AgentRow>, ApiError> {
     let hash = sha256_hex(token.as_bytes());
+    let version = user_agent
+        .filter(|agent| agent.starts_with("kiln-agent/"))
+        .map(str::to_owned);
     state
         .db
-        .call(move |conn| store::agent_by_token_hash(conn, &hash))
+        .call(move |conn| store::agent_by_token_hash(conn, &hash, version.as_deref()))
         .await
+}
+
+fn user_agent(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
 }
 
 /// How a registration is authorised: by the `Authorization` header, checked
@@ -158,7 +172,7 @@ impl FromRequestParts<AppState> for Admin {
         if is_admin(state, token) {
             return Ok(Admin);
         }
-        if agent_for(state, token).await?.is_some() {
+        if agent_for(state, token, None).await?.is_some() {
             return Err(ApiError::Forbidden(
                 "agent tokens reach only /api/v1/agent/*; this endpoint needs the admin token"
                     .to_owned(),
@@ -179,7 +193,7 @@ impl FromRequestParts<AppState> for Agent {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        if let Some(agent) = agent_for(state, token).await? {
+        if let Some(agent) = agent_for(state, token, user_agent(parts)).await? {
             return Ok(Agent(agent));
         }
         if is_admin(state, token) {

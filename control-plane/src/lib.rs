@@ -10,10 +10,12 @@
 mod artifacts;
 pub mod cli;
 mod connections;
+mod dashboard;
 mod db;
 mod deployer;
 mod error;
 mod http;
+mod log_index;
 mod logs;
 mod routes;
 mod store;
@@ -73,6 +75,9 @@ pub struct Config {
     /// its truncation notice); appends past it are refused.
     pub log_limit: u64,
     pub connections: ConnectionLimits,
+    /// Where people reach this server (`https://kiln.example.com`): links sent
+    /// elsewhere point there, and an `https` one marks session cookies Secure.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -91,6 +96,7 @@ impl Config {
             allow_local_repositories: false,
             log_limit: 100 << 20,
             connections: ConnectionLimits::default(),
+            public_url: None,
         }
     }
 }
@@ -127,6 +133,8 @@ pub struct Inner {
     shutdown: CancellationToken,
     /// Requests parked in a long-poll or a log follow, by kind.
     parked: [tokio::sync::watch::Sender<usize>; 3],
+    /// Failed dashboard sign-ins, per user and per address.
+    sign_ins: dashboard::SignInLimiter,
     /// One turn at a time per environment for deploys.
     deploy_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -191,6 +199,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             parked: Default::default(),
             deploy_turns: Default::default(),
+            sign_ins: Default::default(),
         })))
     }
 
@@ -236,9 +245,10 @@ impl AppState {
     }
 }
 
-/// The HTTP application, for embedding or testing.
+/// The HTTP application, for embedding or testing: the API under `/api/v1`, the
+/// dashboard beside it.
 pub fn app(state: AppState) -> axum::Router {
-    routes::router(state)
+    routes::router(state.clone()).merge(dashboard::router(state))
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish.

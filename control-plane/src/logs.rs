@@ -18,8 +18,13 @@ use axum::body::Bytes;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
+use crate::log_index::{LineIndex, Section, Window};
 
 type StreamKey = (String, LogStream);
+
+/// Line indexes kept for the viewer; past this many, they are dropped and rebuilt
+/// on the next look.
+const INDEXES_KEPT: usize = 256;
 
 #[derive(Debug)]
 pub struct LogStore {
@@ -28,6 +33,8 @@ pub struct LogStore {
     limit: u64,
     // One writer per stream at a time; different streams append in parallel.
     locks: Mutex<HashMap<StreamKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The dashboard's line indexes, built as logs are looked at.
+    indexes: Mutex<HashMap<StreamKey, Arc<Mutex<LineIndex>>>>,
     /// Woken on every append, for readers that follow a stream live.
     pub appended: Notify,
 }
@@ -38,6 +45,7 @@ impl LogStore {
             root,
             limit,
             locks: Mutex::default(),
+            indexes: Mutex::default(),
             appended: Notify::new(),
         }
     }
@@ -57,6 +65,89 @@ impl LogStore {
                 .await
                 .unwrap_or_default(),
         )
+    }
+
+    /// Runs `read` on the stream's line index, brought up to date, off the
+    /// async runtime.
+    async fn with_index<T: Send + 'static>(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        read: impl FnOnce(&LineIndex, &Path) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let index = {
+            let mut indexes = crate::lock(&self.indexes);
+            if indexes.len() >= INDEXES_KEPT {
+                indexes.clear();
+            }
+            indexes
+                .entry((job_id.to_owned(), stream))
+                .or_default()
+                .clone()
+        };
+        let path = self.path(job_id, stream);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut index = crate::lock(&index);
+            index.catch_up(&path)?;
+            read(&index, &path)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("log index task failed: {e}")))?;
+        Ok(result?)
+    }
+
+    /// `count` lines from line `first`, or the last `count` when `first` is `None`.
+    pub async fn window(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        first: Option<u64>,
+        count: u64,
+    ) -> Result<Window, ApiError> {
+        self.with_index(job_id, stream, move |index, path| {
+            let first = match first {
+                Some(first) => first,
+                None => index.window(path, 0, 0)?.total.saturating_sub(count),
+            };
+            index.window(path, first, count)
+        })
+        .await
+    }
+
+    /// The line numbers holding each of `offsets` (ascending).
+    pub async fn lines_at(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        offsets: Vec<u64>,
+    ) -> Result<Vec<u64>, ApiError> {
+        self.with_index(job_id, stream, move |index, path| {
+            index.lines_at(path, &offsets)
+        })
+        .await
+    }
+
+    pub async fn sections(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+    ) -> Result<Vec<Section>, ApiError> {
+        self.with_index(job_id, stream, |index, _| Ok(index.sections()))
+            .await
+    }
+
+    /// Lines holding `needle`, at most `limit`, and whether there are more.
+    pub async fn search(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        needle: String,
+        limit: usize,
+    ) -> Result<(Vec<u64>, bool), ApiError> {
+        self.with_index(job_id, stream, move |index, path| {
+            index.search(path, &needle, limit)
+        })
+        .await
     }
 
     fn lock_for(&self, job_id: &str, stream: LogStream) -> Arc<tokio::sync::Mutex<()>> {

@@ -112,14 +112,16 @@ pub fn router(state: AppState) -> Router {
             "/deployments/{deployment_id}/artifacts/{name}",
             get(download_artifact),
         )
+        .route("/deployments/{deployment_id}/cancel", post(cancel))
         .method_not_allowed_fallback(|| async {
             ApiError::InvalidParameter("method not allowed on this route".to_owned())
         })
+        .fallback(|| async { ApiError::not_found("route", "(see README.md for the API)") })
         .layer(limit(BODY_LIMIT));
+    // Paths outside the API are the dashboard's, and so is the 404 for them.
     Router::new()
         .nest(API_PREFIX, api)
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { ApiError::not_found("route", "(see README.md for the API)") })
         .with_state(state)
 }
 
@@ -132,7 +134,7 @@ where
     Ok(Json(state.db.call(operation).await?))
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
@@ -546,6 +548,7 @@ async fn list_deployments(
         project_id: query.project,
         environment_id: query.environment,
         limit: query.limit.unwrap_or(50).clamp(1, 500),
+        ..Default::default()
     };
     let deployments = state
         .db
@@ -584,7 +587,23 @@ async fn deploy(
     Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
 
-async fn start_deploy(state: &AppState, id: String) -> Result<kiln_protocol::Deployment, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let deployment = state
+        .db
+        .call(move |conn| store::cancel_deployment(conn, &id, "the API (admin token)"))
+        .await?;
+    state.announce_queue_change();
+    Ok(Json(deployment))
+}
+
+pub(crate) async fn start_deploy(
+    state: &AppState,
+    id: String,
+) -> Result<kiln_protocol::Deployment, ApiError> {
     let deployment_id = id.clone();
     let deployment = state
         .db
@@ -595,8 +614,8 @@ async fn start_deploy(state: &AppState, id: String) -> Result<kiln_protocol::Dep
     Ok(deployment)
 }
 
-#[derive(Debug, Deserialize)]
-struct LogQuery {
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LogQuery {
     #[serde(default)]
     offset: u64,
     #[serde(default)]
@@ -614,6 +633,17 @@ async fn read_log(
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     check_offset(query.offset)?;
+    let body = log_body(&state, deployment_id, stream, query).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// A deployment's log stream as a body: from an offset, followed live or not.
+pub(crate) async fn log_body(
+    state: &AppState,
+    deployment_id: String,
+    stream: LogStream,
+    query: LogQuery,
+) -> Result<Body, ApiError> {
     let (id, job) = (deployment_id.clone(), query.job.clone());
     let job = state
         .db
@@ -629,14 +659,16 @@ async fn read_log(
         looked_after_end: false,
         stamper: query.timestamps.then(|| Stamper::new(Vec::new())),
     };
-    let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
-        match reader.next_chunk().await {
-            Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), reader)),
-            Ok(None) => None,
-            Err(error) => Some((Err(std::io::Error::other(error.to_string())), reader)),
-        }
-    }));
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+    Ok(Body::from_stream(futures::stream::unfold(
+        reader,
+        |mut reader| async move {
+            match reader.next_chunk().await {
+                Ok(Some(bytes)) => Some((Ok::<_, std::io::Error>(bytes), reader)),
+                Ok(None) => None,
+                Err(error) => Some((Err(std::io::Error::other(error.to_string())), reader)),
+            }
+        },
+    )))
 }
 
 /// Reads one log stream from an offset, and with `follow` waits for more until the
@@ -740,6 +772,15 @@ async fn download_artifact(
     _: Admin,
     ApiPath((deployment_id, name)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
+    serve_artifact(&state, deployment_id, name).await
+}
+
+/// A stored artifact's bytes, with its size and sha256 in the headers.
+pub(crate) async fn serve_artifact(
+    state: &AppState,
+    deployment_id: String,
+    name: String,
+) -> Result<Response, ApiError> {
     let (id, artifact_name) = (deployment_id.clone(), name.clone());
     let artifact = state
         .db
@@ -757,6 +798,10 @@ async fn download_artifact(
             (
                 header::HeaderName::from_static(SHA256_HEADER),
                 artifact.descriptor.sha256.clone(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
             ),
         ],
         body,

@@ -202,6 +202,9 @@ pub struct Deployment {
     pub commit_sha: String,
     pub branch: String,
     pub author: String,
+    /// The author's picture, when the git host sent one. Added in v1.3.
+    #[serde(default)]
+    pub author_avatar: Option<String>,
     pub message: String,
     pub status: DeploymentStatus,
     pub backend_status: ComponentStatus,

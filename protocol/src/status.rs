@@ -49,6 +49,21 @@ impl DeploymentStatus {
         }
     }
 
+    /// The name a person reads (Medusa Cloud's).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Queued => "Queued",
+            Self::Building => "Building",
+            Self::BuildCanceled => "Build canceled",
+            Self::BuildFailed => "Build failed",
+            Self::AwaitingDeployment => "Awaiting deployment",
+            Self::Deploying => "Deploying",
+            Self::DeployFailed => "Deploy failed",
+            Self::Live => "Live",
+            Self::Ready => "Ready",
+        }
+    }
+
     /// Still waiting for, or inside, a build: what a newer commit cancels.
     pub fn is_build_pending(self) -> bool {
         matches!(self, Self::Queued | Self::Building)
@@ -176,6 +191,18 @@ impl ComponentStatus {
             Self::Failed => "failed",
             Self::Canceled => "canceled",
             Self::Skipped => "skipped",
+        }
+    }
+
+    /// The name a person reads.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Building => "Building",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Canceled => "Canceled",
+            Self::Skipped => "Skipped",
         }
     }
 

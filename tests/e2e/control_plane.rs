@@ -381,7 +381,8 @@ async fn log_appends_are_idempotent_gaps_refused_and_followers_see_everything() 
     let followed = tokio::spawn(async move { follower.get(&follow_url).await });
     cp.until_parked(Wait::Follow).await;
 
-    let append = |offset, data| agent.append_log(&job.job_id, "backend", offset, data);
+    let append =
+        |offset, data: &'static [u8]| agent.append_log(&job.job_id, "backend", offset, data);
     let next: LogAppendResponse = append(0, b"line 1\n")
         .await
         .expect_json(StatusCode::OK)

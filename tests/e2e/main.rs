@@ -7,6 +7,7 @@
 mod accept;
 mod agent;
 mod control_plane;
+mod dashboard;
 mod faults;
 mod operate;
 mod sandbox;

@@ -349,14 +349,14 @@ impl Api {
         job_id: &str,
         stream: &str,
         offset: u64,
-        data: &'static [u8],
+        data: impl AsRef<[u8]>,
     ) -> Reply {
         self.send(
             self.request(
                 Method::PUT,
                 &format!("/api/v1/agent/jobs/{job_id}/logs/{stream}?offset={offset}"),
             )
-            .body(data),
+            .body(data.as_ref().to_vec()),
         )
         .await
     }

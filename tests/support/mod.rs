@@ -2,6 +2,7 @@
 //! Docker, and fixture repositories.
 
 pub mod agent;
+pub mod browser;
 pub mod control_plane;
 pub mod docker;
 pub mod git_server;
@@ -12,6 +13,7 @@ pub mod repo;
 pub mod server;
 
 pub use agent::*;
+pub use browser::*;
 pub use control_plane::*;
 pub use docker::*;
 pub use git_server::*;

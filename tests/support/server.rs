@@ -150,3 +150,26 @@ impl Drop for ServerProcess {
         }
     }
 }
+
+/// Adds a dashboard account with `kiln-server users add`, the password on stdin.
+/// `binary` is `env!("CARGO_BIN_EXE_kiln-server-e2e")`.
+pub fn add_user(binary: &Path, data_dir: &Path, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(binary)
+        .args(["users", "add", name, "--role", role, "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln-server users add starts");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{password}").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "users add {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -33,9 +33,12 @@ pub fn register_agent(
     Ok(id)
 }
 
+/// The agent with this token hash; records the contact (and the version its
+/// client says, from `User-Agent: kiln-agent/<version>`).
 pub fn agent_by_token_hash(
     conn: &mut Connection,
     token_hash: &str,
+    version: Option<&str>,
 ) -> Result<Option<AgentRow>, ApiError> {
     let agent = conn
         .query_row(
@@ -50,12 +53,68 @@ pub fn agent_by_token_hash(
         )
         .optional()?;
     if let Some(agent) = &agent {
+        let version = version.map(validate::shorten);
         conn.execute(
-            "UPDATE agents SET last_seen_at = ?1 WHERE id = ?2",
-            params![now_ms(), agent.id],
+            "UPDATE agents SET last_seen_at = ?1, version = COALESCE(?3, version) WHERE id = ?2",
+            params![now_ms(), agent.id, version],
         )?;
     }
     Ok(agent)
+}
+
+/// A job an agent is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    pub job_id: String,
+    pub deployment_id: String,
+}
+
+/// An agent as the fleet page shows it.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub id: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub version: Option<String>,
+    pub created_at: i64,
+    pub last_seen_at: Option<i64>,
+    pub running: Vec<RunningJob>,
+}
+
+pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
+    let mut agents: Vec<AgentView> = conn
+        .prepare("SELECT id, name, labels, version, created_at, last_seen_at FROM agents ORDER BY name, id")?
+        .query_map([], |row| {
+            Ok(AgentView {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                labels: json_list(&row.get::<_, String>(2)?),
+                version: row.get(3)?,
+                created_at: row.get(4)?,
+                last_seen_at: row.get(5)?,
+                running: Vec::new(),
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT agent_id, id, deployment_id FROM jobs WHERE finished_at IS NULL ORDER BY claimed_at",
+    )?;
+    let running = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            RunningJob {
+                job_id: row.get(1)?,
+                deployment_id: row.get(2)?,
+            },
+        ))
+    })?;
+    for job in running {
+        let (agent_id, job) = job?;
+        if let Some(agent) = agents.iter_mut().find(|agent| agent.id == agent_id) {
+            agent.running.push(job);
+        }
+    }
+    Ok(agents)
 }
 
 #[cfg(test)]
@@ -66,12 +125,20 @@ mod tests {
     fn an_agent_is_found_by_its_token_hash_only() {
         let mut conn = crate::db::in_memory();
         let id = register_agent(&mut conn, "builder", &["trusted".into()], "hash-1").unwrap();
-        let found = agent_by_token_hash(&mut conn, "hash-1").unwrap().unwrap();
+        let found = agent_by_token_hash(&mut conn, "hash-1", Some("kiln-agent/0.1.0"))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (found.id.as_str(), found.labels),
             (id.as_str(), vec!["trusted".to_owned()])
         );
-        assert!(agent_by_token_hash(&mut conn, "hash-2").unwrap().is_none());
+        assert!(agent_by_token_hash(&mut conn, "hash-2", None)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            list_agents(&mut conn).unwrap()[0].version.as_deref(),
+            Some("kiln-agent/0.1.0")
+        );
         let seen: Option<i64> = conn
             .query_row(
                 "SELECT last_seen_at FROM agents WHERE id = ?1",

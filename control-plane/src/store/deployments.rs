@@ -24,6 +24,7 @@ pub(super) fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
         commit_sha: row.get("commit_sha")?,
         branch: row.get("branch")?,
         author: row.get("author")?,
+        author_avatar: row.get("author_avatar")?,
         message: row.get("message")?,
         status: parse_status(&row.get::<_, String>("status")?)?,
         backend_status: parse_component(&row.get::<_, String>("backend_status")?),
@@ -77,31 +78,131 @@ pub fn get_deployment(conn: &mut Connection, id: &str) -> Result<Deployment, Api
     get_deployment_in(conn, id)
 }
 
-#[derive(Debug, Default)]
+/// Which deployments a listing shows, newest first.
+#[derive(Debug, Default, Clone)]
 pub struct DeploymentFilter {
     pub project_id: Option<String>,
     pub environment_id: Option<String>,
+    pub branch: Option<String>,
+    pub status: Option<DeploymentStatus>,
+    /// A commit id's beginning (`q=` in the dashboard).
+    pub commit_prefix: Option<String>,
     pub limit: u32,
+    pub offset: u32,
+}
+
+const FILTERED: &str = "FROM deployments
+     WHERE (?1 IS NULL OR project_id = ?1) AND (?2 IS NULL OR environment_id = ?2)
+       AND (?3 IS NULL OR branch = ?3) AND (?4 IS NULL OR status = ?4)
+       AND (?5 IS NULL OR commit_sha LIKE ?5 || '%')";
+
+impl DeploymentFilter {
+    fn params(&self) -> [Option<String>; 5] {
+        [
+            self.project_id.clone(),
+            self.environment_id.clone(),
+            self.branch.clone(),
+            self.status.map(|status| status.as_str().to_owned()),
+            // LIKE's wildcards have no place in a commit id.
+            self.commit_prefix
+                .as_ref()
+                .map(|prefix| prefix.replace(['%', '_'], "").to_ascii_lowercase()),
+        ]
+    }
 }
 
 pub fn list_deployments(
     conn: &mut Connection,
     filter: DeploymentFilter,
 ) -> Result<Vec<Deployment>, ApiError> {
-    let mut stmt = conn.prepare(
-        "SELECT * FROM deployments
-         WHERE (?1 IS NULL OR project_id = ?1) AND (?2 IS NULL OR environment_id = ?2)
-         ORDER BY seq DESC LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT * {FILTERED} ORDER BY seq DESC LIMIT ?6 OFFSET ?7"
+    ))?;
+    let [a, b, c, d, e] = filter.params();
     let rows: Vec<Deployment> = stmt
         .query_map(
-            params![filter.project_id, filter.environment_id, filter.limit],
+            params![a, b, c, d, e, filter.limit, filter.offset],
             deployment_from_row,
         )?
         .collect::<Result<_, _>>()?;
+    drop(stmt);
     rows.into_iter()
         .map(|deployment| with_history(conn, deployment))
         .collect()
+}
+
+/// How many deployments the filter matches (its `limit` and `offset` aside).
+pub fn count_deployments(
+    conn: &mut Connection,
+    filter: &DeploymentFilter,
+) -> Result<u64, ApiError> {
+    let [a, b, c, d, e] = filter.params();
+    let count: i64 = conn
+        .prepare_cached(&format!("SELECT COUNT(*) {FILTERED}"))?
+        .query_row(params![a, b, c, d, e], |row| row.get(0))?;
+    Ok(count as u64)
+}
+
+/// The branches a project's deployments were made from, for a filter's choices.
+pub fn deployment_branches(
+    conn: &mut Connection,
+    project_id: &str,
+) -> Result<Vec<String>, ApiError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT branch FROM deployments WHERE project_id = ?1 ORDER BY branch LIMIT 200",
+    )?;
+    let branches = stmt
+        .query_map([project_id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(branches)
+}
+
+/// An environment's live deployment, else its newest.
+pub fn current_deployment(
+    conn: &mut Connection,
+    environment_id: &str,
+) -> Result<Option<Deployment>, ApiError> {
+    // Two indexed lookups: the live one (at most one per environment), else the newest.
+    let live = conn
+        .query_row(
+            "SELECT * FROM deployments WHERE environment_id = ?1 AND status = 'live'",
+            [environment_id],
+            deployment_from_row,
+        )
+        .optional()?;
+    let row = match live {
+        Some(live) => Some(live),
+        None => conn
+            .query_row(
+                "SELECT * FROM deployments WHERE environment_id = ?1 ORDER BY seq DESC LIMIT 1",
+                [environment_id],
+                deployment_from_row,
+            )
+            .optional()?,
+    };
+    row.map(|deployment| with_history(conn, deployment))
+        .transpose()
+}
+
+/// Cancels a queued or building deployment on a person's word.
+pub fn cancel_deployment(
+    conn: &mut Connection,
+    id: &str,
+    by: &str,
+) -> Result<Deployment, ApiError> {
+    let tx = conn.transaction()?;
+    let deployment = get_deployment_in(&tx, id)?;
+    if !deployment.status.is_build_pending() {
+        return Err(ApiError::IllegalTransition {
+            deployment_id: id.to_owned(),
+            from: deployment.status,
+            to: DeploymentStatus::BuildCanceled,
+        });
+    }
+    cancel_build(&tx, id, &format!("canceled by {by}"))?;
+    let deployment = get_deployment_in(&tx, id)?;
+    tx.commit()?;
+    Ok(deployment)
 }
 
 /// Moves a deployment from `from` to `to`, or refuses with both statuses named.

@@ -12,6 +12,7 @@ mod deployments;
 mod deploys;
 mod jobs;
 mod projects;
+mod users;
 
 pub use agents::*;
 pub use artifacts::*;
@@ -19,6 +20,7 @@ pub use deployments::*;
 pub use deploys::*;
 pub use jobs::*;
 pub use projects::*;
+pub use users::*;
 
 use chrono::{DateTime, Utc};
 use kiln_protocol::validate;

@@ -1,0 +1,627 @@
+//! The web dashboard, served by `kiln-server` itself: server-rendered pages
+//! (`pages.rs`), sign-in with sessions and roles (`auth.rs`), the log viewer's
+//! endpoints and live follow over Server-Sent Events (`logview.rs`), and the small
+//! embedded script and stylesheet (`assets/`). No build step, no Node.
+//!
+//! Everything here answers people in a browser; `/api/v1` keeps its bearer
+//! tokens and its JSON errors.
+
+mod auth;
+mod logview;
+mod pages;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use kiln_protocol::{DeploymentStatus, EnvironmentKind, UpdateEnvironment};
+use serde::Deserialize;
+
+pub use auth::{hash_password, SignInLimiter};
+use auth::{PeerAddress, Session};
+use pages::{DeploymentView, DeploymentsList, DeploymentsQuery};
+
+use crate::error::ApiError;
+use crate::http::sha256_hex;
+use crate::store::{self, DeploymentFilter, Role};
+use crate::AppState;
+
+/// Rows per page of a deployments table.
+const PER_PAGE: u32 = 50;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(projects))
+        .route("/login", get(sign_in_form).post(sign_in))
+        .route("/logout", post(sign_out))
+        .route("/projects/{id}", get(project))
+        .route("/projects/{id}/deployments", get(project_deployments))
+        .route("/environments/{id}", get(environment))
+        .route(
+            "/environments/{id}/settings",
+            get(environment_settings).post(save_environment_settings),
+        )
+        .route("/deployments/{id}", get(deployment))
+        .route("/deployments/{id}/deploy", post(deploy))
+        .route("/deployments/{id}/redeploy", post(redeploy))
+        .route("/deployments/{id}/cancel", post(cancel))
+        .route("/deployments/{id}/status", get(deployment_status))
+        .route("/deployments/{id}/artifacts/{name}", get(artifact))
+        .route("/deployments/{id}/logs/{stream}/raw", get(logview::raw))
+        .route("/deployments/{id}/logs/{stream}/lines", get(logview::lines))
+        .route(
+            "/deployments/{id}/logs/{stream}/outline",
+            get(logview::outline),
+        )
+        .route(
+            "/deployments/{id}/logs/{stream}/search",
+            get(logview::search),
+        )
+        .route(
+            "/deployments/{id}/logs/{stream}/events",
+            get(logview::events),
+        )
+        .route("/agents", get(agents))
+        .route("/static/app.js", get(script))
+        .route("/static/app.css", get(stylesheet))
+        .fallback(unknown_page)
+        .with_state(state)
+}
+
+/// A store answer, or the page that says what went wrong.
+fn page_error(session: Option<&Session>, error: ApiError) -> Response {
+    match error {
+        ApiError::NotFound { kind, id } => pages::not_found(session, &format!("{kind} {id}")),
+        other => other.into_response(),
+    }
+}
+
+async fn unknown_page(session: Option<Session>, uri: axum::http::Uri) -> Response {
+    pages::not_found(session.as_ref(), &format!("the page {}", uri.path()))
+}
+
+// ------------------------------------------------------------------ assets
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("assets/app.js"),
+    )
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("assets/app.css"),
+    )
+}
+
+// ------------------------------------------------------------------ sign-in
+
+#[derive(Debug, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn sign_in_form(Query(query): Query<NextQuery>) -> Response {
+    auth::sign_in_page(&auth::safe_next(query.next.as_deref()), None).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    username: String,
+    password: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+async fn sign_in(
+    State(state): State<AppState>,
+    PeerAddress(address): PeerAddress,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let next = auth::safe_next(form.next.as_deref());
+    let user = form.username.trim().to_owned();
+    if let Some(wait) = state.sign_ins.blocked_for(&user, address) {
+        let mut page = auth::sign_in_page(
+            &next,
+            Some(&format!(
+                "Too many failed sign-ins for this user or from this address; try again in {} minute(s).",
+                wait.as_secs().div_ceil(60)
+            )),
+        );
+        page.status = StatusCode::TOO_MANY_REQUESTS;
+        return page.into_response();
+    }
+    let lookup = user.clone();
+    let found = match state
+        .db
+        .call(move |conn| store::user_with_hash(conn, &lookup))
+        .await
+    {
+        Ok(found) => found,
+        Err(error) => return error.into_response(),
+    };
+    let password = form.password;
+    let (user_row, verified) = tokio::task::spawn_blocking(move || match found {
+        Some((user, hash)) => {
+            let ok = auth::verify_password(&password, &hash);
+            (Some(user), ok)
+        }
+        None => {
+            // As slow as a real check, so a name's existence does not show.
+            auth::verify_password(&password, auth::decoy_hash());
+            (None, false)
+        }
+    })
+    .await
+    .unwrap_or((None, false));
+    let Some(user_row) = user_row.filter(|_| verified) else {
+        state.sign_ins.failed(&user, address);
+        tracing::warn!(message = "A dashboard sign-in failed.", user = %validate_shown(&user), address = ?address);
+        return auth::sign_in_page(&next, Some("That user name and password do not match."))
+            .into_response();
+    };
+    state.sign_ins.succeeded(&user_row.name);
+    let token = crate::routes::random_token();
+    let csrf = crate::routes::random_token();
+    let hash = sha256_hex(token.as_bytes());
+    let expires = store::now_ms() + auth::SESSION_LIFETIME.as_millis() as i64;
+    let name = user_row.name.clone();
+    if let Err(error) = state
+        .db
+        .call(move |conn| store::create_session(conn, &hash, &name, &csrf, expires))
+        .await
+    {
+        return error.into_response();
+    }
+    tracing::info!(message = "Signed in to the dashboard.", user = %user_row.name, role = %user_row.role);
+    let cookie = auth::session_cookie(
+        &token,
+        auth::over_tls(&state, &headers),
+        auth::SESSION_LIFETIME,
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [(header::SET_COOKIE, cookie), (header::LOCATION, next)],
+    )
+        .into_response()
+}
+
+fn validate_shown(text: &str) -> String {
+    kiln_protocol::validate::shorten(text)
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = session.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    if let Some(token) = auth::cookie(&headers, auth::SESSION_COOKIE) {
+        let hash = sha256_hex(token.as_bytes());
+        let _ = state
+            .db
+            .call(move |conn| store::end_session(conn, &hash))
+            .await;
+    }
+    let cookie = auth::session_cookie(
+        "",
+        auth::over_tls(&state, &headers),
+        std::time::Duration::ZERO,
+    );
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, cookie),
+            (header::LOCATION, "/login".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+// ------------------------------------------------------------------ pages
+
+async fn projects(State(state): State<AppState>, session: Session) -> Response {
+    let listed = state
+        .db
+        .call(|conn| {
+            let projects = store::list_projects(conn)?;
+            projects
+                .into_iter()
+                .map(|project| {
+                    let environments = store::list_environments(conn, &project.id)?.len();
+                    Ok((project, environments))
+                })
+                .collect::<Result<Vec<_>, ApiError>>()
+        })
+        .await;
+    match listed {
+        Ok(projects) => pages::projects(&session, &projects).into_response(),
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+async fn project(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    let found = state
+        .db
+        .call(move |conn| {
+            let project = store::get_project(conn, &id)?;
+            let cards = store::list_environments(conn, &id)?
+                .into_iter()
+                .map(|environment| {
+                    let current = store::current_deployment(conn, &environment.id)?;
+                    Ok((environment, current))
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            Ok::<_, ApiError>((project, cards))
+        })
+        .await;
+    match found {
+        Ok((project, cards)) => pages::project(&session, &project, &cards).into_response(),
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+async fn project_deployments(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Query(query): Query<DeploymentsQuery>,
+) -> Response {
+    let page = query.page.unwrap_or(0).min(100_000);
+    let filter = DeploymentFilter {
+        project_id: Some(id.clone()),
+        environment_id: non_empty(&query.environment),
+        branch: non_empty(&query.branch),
+        status: non_empty(&query.status).and_then(|status| status.parse::<DeploymentStatus>().ok()),
+        commit_prefix: non_empty(&query.q),
+        limit: PER_PAGE,
+        offset: page * PER_PAGE,
+    };
+    let found = state
+        .db
+        .call(move |conn| {
+            let project = store::get_project(conn, &id)?;
+            let environments = store::list_environments(conn, &id)?;
+            let branches = store::deployment_branches(conn, &id)?;
+            let total = store::count_deployments(conn, &filter)?;
+            let deployments = store::list_deployments(conn, filter)?;
+            Ok::<_, ApiError>((project, environments, branches, total, deployments))
+        })
+        .await;
+    match found {
+        Ok((project, environments, branches, total, deployments)) => pages::project_deployments(
+            &session,
+            &project,
+            DeploymentsList {
+                deployments: &deployments,
+                environments: &environments,
+                branches: &branches,
+                query: &query,
+                total,
+                page,
+                per_page: PER_PAGE,
+            },
+        )
+        .into_response(),
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+async fn environment(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    let found = state
+        .db
+        .call(move |conn| {
+            let environment = store::get_environment(conn, &id)?;
+            let project = store::get_project(conn, &environment.project_id)?;
+            let deployments = store::list_deployments(
+                conn,
+                DeploymentFilter {
+                    environment_id: Some(id),
+                    limit: PER_PAGE,
+                    ..Default::default()
+                },
+            )?;
+            Ok::<_, ApiError>((project, environment, deployments))
+        })
+        .await;
+    match found {
+        Ok((project, environment, deployments)) => {
+            pages::environment(&session, &project, &environment, &deployments).into_response()
+        }
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+async fn environment_settings(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    settings_page(&state, &session, id, None).await
+}
+
+async fn settings_page(
+    state: &AppState,
+    session: &Session,
+    id: String,
+    notice: Option<&str>,
+) -> Response {
+    let found = state
+        .db
+        .call(move |conn| {
+            let environment = store::get_environment(conn, &id)?;
+            let project = store::get_project(conn, &environment.project_id)?;
+            Ok::<_, ApiError>((project, environment))
+        })
+        .await;
+    match found {
+        Ok((project, environment)) => {
+            pages::environment_settings(session, &project, &environment, notice).into_response()
+        }
+        Err(error) => page_error(Some(session), error),
+    }
+}
+
+#[derive(Deserialize)]
+struct SettingsForm {
+    #[serde(default)]
+    csrf: String,
+    branch: String,
+}
+
+async fn save_environment_settings(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<SettingsForm>,
+) -> Response {
+    if let Err(refused) = session
+        .check_csrf(&form.csrf)
+        .and_then(|()| session.require(Role::Admin, "change an environment's deployment rules"))
+    {
+        return refused.into_response();
+    }
+    let branch = form.branch.trim().to_owned();
+    let environment_id = id.clone();
+    let saved = state
+        .db
+        .call(move |conn| {
+            let environment = store::get_environment(conn, &environment_id)?;
+            if environment.kind == EnvironmentKind::Preview {
+                return Err(ApiError::Conflict(
+                    "a preview environment follows its pull request's branch".to_owned(),
+                ));
+            }
+            store::update_environment(
+                conn,
+                &environment_id,
+                UpdateEnvironment {
+                    branch: Some(branch),
+                    auto_deploy: None,
+                },
+            )
+        })
+        .await;
+    match saved {
+        Ok(environment) => {
+            tracing::info!(message = "Deployment rule changed.", environment_id = %environment.id, branch = %environment.branch, by = %session.user.name);
+            let notice = format!(
+                "Saved: the next push to {} deploys here.",
+                environment.branch
+            );
+            settings_page(&state, &session, id, Some(&notice)).await
+        }
+        Err(error @ (ApiError::InvalidBody(_) | ApiError::Conflict(_))) => {
+            settings_page(&state, &session, id, Some(&format!("Not saved: {error}"))).await
+        }
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+async fn deployment(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    let found = state
+        .db
+        .call(move |conn| {
+            let deployment = store::get_deployment(conn, &id)?;
+            let project = store::get_project(conn, &deployment.project_id)?;
+            let environment = store::get_environment(conn, &deployment.environment_id).ok();
+            let siblings = store::list_deployments(
+                conn,
+                DeploymentFilter {
+                    environment_id: Some(deployment.environment_id.clone()),
+                    limit: 20,
+                    ..Default::default()
+                },
+            )?;
+            Ok::<_, ApiError>((deployment, project, environment, siblings))
+        })
+        .await;
+    match found {
+        Ok((deployment, project, environment, siblings)) => pages::deployment(
+            &session,
+            DeploymentView {
+                deployment: &deployment,
+                project: &project,
+                environment: environment.as_ref(),
+                siblings: &siblings,
+            },
+        )
+        .into_response(),
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+/// The status of a deployment, for the page to keep its badge current.
+async fn deployment_status(
+    State(state): State<AppState>,
+    _session: Session,
+    Path(id): Path<String>,
+) -> Response {
+    match state
+        .db
+        .call(move |conn| store::get_deployment(conn, &id))
+        .await
+    {
+        Ok(deployment) => axum::Json(serde_json::json!({
+            "status": deployment.status,
+            "label": deployment.status.label(),
+            "backend": deployment.backend_status,
+            "storefront": deployment.storefront_status,
+            "reason": deployment.reason,
+        }))
+        .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Runs a deployer's action on a deployment and shows where it led.
+async fn act(
+    state: &AppState,
+    session: &Session,
+    csrf: &str,
+    action: &str,
+    run: impl std::future::Future<Output = Result<String, ApiError>>,
+) -> Response {
+    if let Err(refused) = session
+        .check_csrf(csrf)
+        .and_then(|()| session.require(Role::Deployer, action))
+    {
+        return refused.into_response();
+    }
+    match run.await {
+        Ok(shown) => {
+            state.announce_queue_change();
+            Redirect::to(&format!("/deployments/{shown}")).into_response()
+        }
+        Err(ApiError::NotFound { kind, id }) => {
+            pages::not_found(Some(session), &format!("{kind} {id}"))
+        }
+        Err(error) => pages::refused(session, &format!("Could not {action}: {error}")),
+    }
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let run = async {
+        tracing::info!(message = "Deploy from the dashboard.", deployment_id = %id, by = %session.user.name);
+        crate::routes::start_deploy(&state, id.clone()).await?;
+        Ok(id.clone())
+    };
+    act(&state, &session, &form.csrf, "deploy", run).await
+}
+
+async fn redeploy(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let original = id.clone();
+    let run = async {
+        let outcome = state
+            .db
+            .call(move |conn| store::redeploy(conn, &original))
+            .await?;
+        tracing::info!(message = "Redeploy from the dashboard.", deployment_id = %id, by = %session.user.name);
+        Ok(outcome
+            .deployments
+            .first()
+            .map_or(id.clone(), |deployment| deployment.id.clone()))
+    };
+    act(&state, &session, &form.csrf, "redeploy", run).await
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (target, by) = (id.clone(), session.user.name.clone());
+    let run = async {
+        state
+            .db
+            .call(move |conn| store::cancel_deployment(conn, &target, &by))
+            .await?;
+        Ok(id.clone())
+    };
+    act(&state, &session, &form.csrf, "cancel a build", run).await
+}
+
+async fn artifact(
+    State(state): State<AppState>,
+    session: Session,
+    Path((id, name)): Path<(String, String)>,
+) -> Response {
+    match crate::routes::serve_artifact(&state, id, name).await {
+        Ok(response) => response,
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+async fn agents(State(state): State<AppState>, session: Session) -> Response {
+    match state.db.call(store::list_agents).await {
+        Ok(agents) => pages::agents(&session, &agents).into_response(),
+        Err(error) => page_error(Some(&session), error),
+    }
+}
+
+impl axum::extract::OptionalFromRequestParts<AppState> for Session {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(
+            <Session as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+                parts, state,
+            )
+            .await
+            .ok(),
+        )
+    }
+}

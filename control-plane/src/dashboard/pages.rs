@@ -1,0 +1,811 @@
+//! The dashboard's pages, rendered on the server (maud): everything reads
+//! without JavaScript; `app.js` adds the live log viewer and live statuses. A
+//! status is always a word beside its colour, never the colour alone.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use kiln_protocol::{
+    ComponentStatus, Deployment, DeploymentStatus, Environment, EnvironmentKind, LogStream, Project,
+};
+use maud::{html, Markup, DOCTYPE};
+
+use super::auth::Session;
+use crate::store::AgentView;
+
+/// A page: its title, its body and the person looking.
+pub struct Page {
+    pub title: String,
+    pub status: StatusCode,
+    pub session: Option<Session>,
+    pub body: Markup,
+}
+
+impl Page {
+    pub fn new(title: impl Into<String>, session: &Session, body: Markup) -> Page {
+        Page {
+            title: title.into(),
+            status: StatusCode::OK,
+            session: Some(session.clone()),
+            body,
+        }
+    }
+}
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        let markup = html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { (self.title) " · Kiln" }
+                    link rel="stylesheet" href="/static/app.css";
+                    script src="/static/app.js" defer {}
+                }
+                body {
+                    header.top {
+                        a.brand href="/" { "Kiln" }
+                        @if let Some(session) = &self.session {
+                            nav aria-label="Main" {
+                                a href="/" { "Projects" }
+                                a href="/agents" { "Agents" }
+                            }
+                            div.who {
+                                span { (session.user.name) " · " (session.user.role) }
+                                form method="post" action="/logout" {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    button type="submit" { "Sign out" }
+                                }
+                            }
+                        }
+                    }
+                    main id="main" { (self.body) }
+                }
+            }
+        };
+        (
+            self.status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'self'; img-src 'self' https: data:; frame-ancestors 'none'",
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            markup.into_string(),
+        )
+            .into_response()
+    }
+}
+
+/// A 403 page saying why.
+pub fn refused(session: &Session, why: &str) -> Response {
+    let mut page = Page::new(
+        "Not allowed",
+        session,
+        html! {
+            h1 { "Not allowed" }
+            p.problem role="alert" { (why) }
+            p { a href="/" { "Projects" } }
+        },
+    );
+    page.status = StatusCode::FORBIDDEN;
+    page.into_response()
+}
+
+/// A 404 page naming what was not found.
+pub fn not_found(session: Option<&Session>, what: &str) -> Response {
+    Page {
+        title: "Not found".into(),
+        status: StatusCode::NOT_FOUND,
+        session: session.cloned(),
+        body: html! {
+            h1 { "Not found" }
+            p.problem { (what) " does not exist, or no longer does." }
+            p { a href="/" { "Projects" } }
+        },
+    }
+    .into_response()
+}
+
+pub fn sign_in(next: &str, problem: Option<&str>) -> Page {
+    Page {
+        title: "Sign in".into(),
+        status: if problem.is_some() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        },
+        session: None,
+        body: html! {
+            h1 { "Sign in to Kiln" }
+            @if let Some(problem) = problem {
+                p.problem role="alert" { (problem) }
+            }
+            form.signin method="post" action="/login" {
+                input type="hidden" name="next" value=(next);
+                label for="username" { "User name" }
+                input id="username" name="username" autocomplete="username" required autofocus;
+                label for="password" { "Password" }
+                input id="password" name="password" type="password" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+            p.hint { "Accounts are made on the server: " code { "kiln-server users add NAME --role viewer" } }
+        },
+    }
+}
+
+// ------------------------------------------------------------------ pieces
+
+fn status_class(status: DeploymentStatus) -> &'static str {
+    use DeploymentStatus::*;
+    match status {
+        Live => "ok",
+        AwaitingDeployment | Ready => "done",
+        Queued | Building | Deploying => "busy",
+        BuildFailed | DeployFailed => "bad",
+        BuildCanceled => "off",
+    }
+}
+
+fn status_icon(status: DeploymentStatus) -> &'static str {
+    use DeploymentStatus::*;
+    match status {
+        Live => "●",
+        AwaitingDeployment | Ready => "◆",
+        Queued => "○",
+        Building | Deploying => "◐",
+        BuildFailed | DeployFailed => "✕",
+        BuildCanceled => "⊘",
+    }
+}
+
+/// A deployment's status: icon and words, coloured.
+pub fn status_badge(status: DeploymentStatus) -> Markup {
+    html! {
+        span class={"badge " (status_class(status))} data-status=(status.as_str()) {
+            span aria-hidden="true" { (status_icon(status)) } " " (status.label())
+        }
+    }
+}
+
+fn component_badge(name: &str, status: ComponentStatus) -> Markup {
+    let class = match status {
+        ComponentStatus::Succeeded => "ok",
+        ComponentStatus::Failed => "bad",
+        ComponentStatus::Building => "busy",
+        ComponentStatus::Canceled | ComponentStatus::Skipped => "off",
+        ComponentStatus::Pending => "done",
+    };
+    html! {
+        span class={"badge small " (class)} title=(format!("{name}: {}", status.label())) {
+            (name) ": " (status.label())
+        }
+    }
+}
+
+pub fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+pub fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or_default()
+}
+
+fn when(at: DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(at.to_rfc3339()) title=(at.format("%Y-%m-%d %H:%M:%S UTC")) { (at.format("%Y-%m-%d %H:%M")) }
+    }
+}
+
+fn when_millis(millis: i64) -> Markup {
+    match DateTime::from_timestamp_millis(millis) {
+        Some(at) => when(at),
+        None => html! { "—" },
+    }
+}
+
+/// `1m 23s`.
+pub fn span_text(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+/// How long the build took (or has taken so far): from `building` to the end of
+/// the build.
+pub fn build_duration(deployment: &Deployment) -> Option<String> {
+    use DeploymentStatus::*;
+    let started = deployment
+        .transitions
+        .iter()
+        .find(|t| t.status == Building)?
+        .at;
+    let ended = deployment
+        .transitions
+        .iter()
+        .find(|t| {
+            matches!(t.status, AwaitingDeployment | BuildFailed | BuildCanceled) && t.at >= started
+        })
+        .map(|t| t.at)
+        .unwrap_or_else(|| {
+            if deployment.status == Building {
+                Utc::now()
+            } else {
+                deployment.updated_at
+            }
+        });
+    Some(span_text((ended - started).num_seconds()))
+}
+
+/// The web page of a commit, where the repository's host is one Kiln knows the
+/// shape of (GitHub, GitLab, Gitea/Forgejo and their self-hosted kin).
+pub fn commit_url(repository_url: &str, sha: &str) -> Option<String> {
+    let url = repository_url.trim().trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    let web = if let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    {
+        let rest = rest
+            .rsplit_once('@')
+            .map_or(rest, |(_, host_path)| host_path);
+        format!("https://{rest}")
+    } else if let Some((user_host, path)) = url.split_once(':') {
+        let host = user_host.rsplit('@').next()?;
+        if host.contains('/') || path.starts_with("//") {
+            return None;
+        }
+        format!("https://{host}/{}", path.trim_start_matches('/'))
+    } else {
+        return None;
+    };
+    let host = web.trim_start_matches("https://").split('/').next()?;
+    if host.contains("127.0.0.1") || host.starts_with("localhost") {
+        return None;
+    }
+    let separator = if host.contains("gitlab") {
+        "/-/commit/"
+    } else {
+        "/commit/"
+    };
+    Some(format!("{web}{separator}{sha}"))
+}
+
+fn environment_kind(environment: &Environment) -> Markup {
+    html! {
+        @match environment.kind {
+            EnvironmentKind::LongLived => span.kind { "Long-lived" },
+            EnvironmentKind::Preview => span.kind.preview {
+                "Preview" @if let Some(number) = environment.pull_request { " · PR #" (number) }
+            },
+        }
+    }
+}
+
+/// The deployments table of the project and environment pages.
+pub fn deployments_table(deployments: &[Deployment], environments: &[Environment]) -> Markup {
+    let environment_name = |id: &str| {
+        environments
+            .iter()
+            .find(|environment| environment.id == id)
+            .map_or("(removed)", |environment| environment.name.as_str())
+    };
+    html! {
+        @if deployments.is_empty() {
+            p.empty { "No deployments match." }
+        } @else {
+            table.deployments {
+                caption.visually-hidden { "Deployments, newest first" }
+                thead { tr {
+                    th scope="col" { "Commit" }
+                    th scope="col" { "Status" }
+                    th scope="col" { "Backend · Storefront" }
+                    th scope="col" { "Branch" }
+                    th scope="col" { "Environment" }
+                    th scope="col" { "Author" }
+                    th scope="col" { "Created" }
+                    th scope="col" { "Duration" }
+                } }
+                tbody {
+                    @for deployment in deployments {
+                        tr data-deployment=(deployment.id) {
+                            td {
+                                a href={"/deployments/" (deployment.id)} {
+                                    code { (short_sha(&deployment.commit_sha)) }
+                                    " " (first_line(&deployment.message))
+                                }
+                            }
+                            td { (status_badge(deployment.status)) }
+                            td.components {
+                                (component_badge("Backend", deployment.backend_status))
+                                " "
+                                (component_badge("Storefront", deployment.storefront_status))
+                            }
+                            td { code { (deployment.branch) } }
+                            td { a href={"/environments/" (deployment.environment_id)} { (environment_name(&deployment.environment_id)) } }
+                            td { (deployment.author) }
+                            td { (when(deployment.created_at)) }
+                            td { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ pages
+
+pub fn projects(session: &Session, projects: &[(Project, usize)]) -> Page {
+    Page::new(
+        "Projects",
+        session,
+        html! {
+            h1 { "Projects" }
+            @if projects.is_empty() {
+                p.empty { "No projects yet. Create one with " code { "POST /api/v1/projects" } "." }
+            } @else {
+                ul.cards {
+                    @for (project, environments) in projects {
+                        li.card {
+                            h2 { a href={"/projects/" (project.id)} { (project.name) } }
+                            p { code { (project.repository_url) } }
+                            p { (environments) " environment(s)" }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn project(
+    session: &Session,
+    project: &Project,
+    cards: &[(Environment, Option<Deployment>)],
+) -> Page {
+    Page::new(
+        project.name.clone(),
+        session,
+        html! {
+            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " span { (project.name) } }
+            h1 { (project.name) }
+            nav.tabs aria-label="Project" {
+                a aria-current="page" href={"/projects/" (project.id)} { "Environments" }
+                a href={"/projects/" (project.id) "/deployments"} { "Deployments" }
+            }
+            ul.cards {
+                @for (environment, current) in cards {
+                    li.card.environment {
+                        h2 { a href={"/environments/" (environment.id)} { (environment.name) } }
+                        p { (environment_kind(environment)) " · branch " code { (environment.branch) } }
+                        @if let Some(deployment) = current {
+                            p.current {
+                                @if deployment.status == DeploymentStatus::Live { "Live: " } @else { "Nothing live yet; latest: " }
+                                (status_badge(deployment.status)) " "
+                                a href={"/deployments/" (deployment.id)} {
+                                    code { (short_sha(&deployment.commit_sha)) } " " (first_line(&deployment.message))
+                                }
+                            }
+                        } @else {
+                            p.empty { "No deployment yet." }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What the Deployments tab was asked for, kept in its URL.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct DeploymentsQuery {
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub q: Option<String>,
+    #[serde(default)]
+    pub page: Option<u32>,
+}
+
+impl DeploymentsQuery {
+    fn with_page(&self, page: u32) -> String {
+        let mut pairs = Vec::new();
+        for (key, value) in [
+            ("environment", &self.environment),
+            ("branch", &self.branch),
+            ("status", &self.status),
+            ("q", &self.q),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                pairs.push(format!("{key}={}", super::auth::url_encode(value)));
+            }
+        }
+        pairs.push(format!("page={page}"));
+        format!("?{}", pairs.join("&"))
+    }
+}
+
+pub struct DeploymentsList<'a> {
+    pub deployments: &'a [Deployment],
+    pub environments: &'a [Environment],
+    pub branches: &'a [String],
+    pub query: &'a DeploymentsQuery,
+    pub total: u64,
+    pub page: u32,
+    pub per_page: u32,
+}
+
+pub fn project_deployments(session: &Session, project: &Project, list: DeploymentsList) -> Page {
+    let query = list.query;
+    let selected = |value: &Option<String>, option: &str| value.as_deref() == Some(option);
+    let first = u64::from(list.page) * u64::from(list.per_page);
+    let shown_to = first + list.deployments.len() as u64;
+    Page::new(
+        format!("{} · Deployments", project.name),
+        session,
+        html! {
+            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } }
+            h1 { (project.name) }
+            nav.tabs aria-label="Project" {
+                a href={"/projects/" (project.id)} { "Environments" }
+                a aria-current="page" href={"/projects/" (project.id) "/deployments"} { "Deployments" }
+            }
+            form.filters method="get" role="search" {
+                label { "Environment "
+                    select name="environment" {
+                        option value="" { "All" }
+                        @for environment in list.environments {
+                            option value=(environment.id) selected[selected(&query.environment, &environment.id)] { (environment.name) }
+                        }
+                    }
+                }
+                label { "Branch "
+                    select name="branch" {
+                        option value="" { "All" }
+                        @for branch in list.branches {
+                            option value=(branch) selected[selected(&query.branch, branch)] { (branch) }
+                        }
+                    }
+                }
+                label { "Status "
+                    select name="status" {
+                        option value="" { "All" }
+                        @for status in DeploymentStatus::ALL {
+                            option value=(status.as_str()) selected[selected(&query.status, status.as_str())] { (status.label()) }
+                        }
+                    }
+                }
+                label { "Commit "
+                    input type="search" name="q" placeholder="sha" value=[query.q.as_deref()];
+                }
+                button type="submit" { "Filter" }
+            }
+            p.count { @if list.total == 0 { "No deployments" } @else { "Deployments " (first + 1) "–" (shown_to) " of " (list.total) } }
+            (deployments_table(list.deployments, list.environments))
+            nav.pages aria-label="Pages" {
+                @if list.page > 0 { a rel="prev" href=(query.with_page(list.page - 1)) { "← Newer" } }
+                @if shown_to < list.total { a rel="next" href=(query.with_page(list.page + 1)) { "Older →" } }
+            }
+        },
+    )
+}
+
+pub fn environment(
+    session: &Session,
+    project: &Project,
+    environment: &Environment,
+    deployments: &[Deployment],
+) -> Page {
+    Page::new(
+        environment.name.clone(),
+        session,
+        html! {
+            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } " / " span { (environment.name) } }
+            h1 { (environment.name) }
+            p { (environment_kind(environment)) " · branch " code { (environment.branch) } }
+            nav.tabs aria-label="Environment" {
+                a aria-current="page" href={"/environments/" (environment.id)} { "Deployments" }
+                a href={"/environments/" (environment.id) "/settings"} { "Settings" }
+            }
+            (deployments_table(deployments, std::slice::from_ref(environment)))
+        },
+    )
+}
+
+pub fn environment_settings(
+    session: &Session,
+    project: &Project,
+    environment: &Environment,
+    notice: Option<&str>,
+) -> Page {
+    Page::new(
+        format!("{} · Settings", environment.name),
+        session,
+        html! {
+            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } " / " a href={"/environments/" (environment.id)} { (environment.name) } }
+            h1 { (environment.name) }
+            nav.tabs aria-label="Environment" {
+                a href={"/environments/" (environment.id)} { "Deployments" }
+                a aria-current="page" href={"/environments/" (environment.id) "/settings"} { "Settings" }
+            }
+            section aria-labelledby="rules" {
+                h2 id="rules" { "Deployment rules" }
+                @if let Some(notice) = notice { p.notice role="status" { (notice) } }
+                @match environment.kind {
+                    EnvironmentKind::Preview => p {
+                        "A preview environment follows its pull request's branch ("
+                        code { (environment.branch) } "); its branch cannot be changed."
+                    },
+                    EnvironmentKind::LongLived => form.rules method="post" action={"/environments/" (environment.id) "/settings"} {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="branch" { "Branch (a name or a glob such as " code { "release/*" } ")" }
+                        input id="branch" name="branch" value=(environment.branch) required;
+                        p.hint { "Takes effect for the next push." }
+                        button type="submit" { "Save" }
+                    },
+                }
+            }
+        },
+    )
+}
+
+pub struct DeploymentView<'a> {
+    pub deployment: &'a Deployment,
+    pub project: &'a Project,
+    pub environment: Option<&'a Environment>,
+    /// The environment's other deployments, for the switcher.
+    pub siblings: &'a [Deployment],
+}
+
+fn action_form(session: &Session, deployment: &Deployment, action: &str, label: &str) -> Markup {
+    html! {
+        form.action method="post" action={"/deployments/" (deployment.id) "/" (action)} {
+            input type="hidden" name="csrf" value=(session.csrf);
+            button type="submit" class=(action) { (label) }
+        }
+    }
+}
+
+pub fn deployment(session: &Session, view: DeploymentView) -> Page {
+    let DeploymentView {
+        deployment,
+        project,
+        environment,
+        siblings,
+    } = view;
+    let environment_name = environment.map_or("(removed environment)", |e| e.name.as_str());
+    let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
+    let streams: Vec<LogStream> = LogStream::ALL
+        .into_iter()
+        .filter(|stream| {
+            *stream != LogStream::Storefront
+                || deployment.storefront_status != ComponentStatus::Skipped
+        })
+        .collect();
+    let failed = matches!(
+        deployment.status,
+        DeploymentStatus::BuildFailed | DeploymentStatus::DeployFailed
+    );
+    Page::new(
+        format!(
+            "{} · {}",
+            first_line(&deployment.message),
+            short_sha(&deployment.commit_sha)
+        ),
+        session,
+        html! {
+                    nav.crumbs aria-label="Breadcrumb" {
+                        a href="/" { "Projects" } " / "
+                        a href={"/projects/" (project.id)} { (project.name) } " / "
+                        @if let Some(environment) = environment {
+                            a href={"/environments/" (environment.id)} { (environment.name) }
+                        } @else { span { (environment_name) } }
+                    }
+                    details.switcher {
+                        summary {
+                            h1 {
+                                span.message { (first_line(&deployment.message)) } " "
+                                code.sha { (short_sha(&deployment.commit_sha)) }
+                            }
+                            span.hint { "Other deployments of " (environment_name) " ▾" }
+                        }
+                        ul {
+                            @for other in siblings {
+                                li {
+                                    @if other.id == deployment.id {
+                                        span aria-current="page" { code { (short_sha(&other.commit_sha)) } " " (first_line(&other.message)) " " (status_badge(other.status)) }
+                                    } @else {
+                                        a href={"/deployments/" (other.id)} { code { (short_sha(&other.commit_sha)) } " " (first_line(&other.message)) " " (status_badge(other.status)) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @if let Some(url) = &commit_link {
+                        p { a.commit href=(url) rel="noopener noreferrer" { "View commit " (short_sha(&deployment.commit_sha)) " ↗" } }
+                    }
+        div id="summary" {
+                        div.statusbar {
+                            span id="deployment-status" data-deployment=(deployment.id) { (status_badge(deployment.status)) }
+                            @match deployment.status {
+                                DeploymentStatus::AwaitingDeployment => (action_form(session, deployment, "deploy", "Deploy")),
+                                DeploymentStatus::Queued | DeploymentStatus::Building => (action_form(session, deployment, "cancel", "Cancel")),
+                                _ => (action_form(session, deployment, "redeploy", "Redeploy")),
+                            }
+                        }
+                        @if let Some(reason) = &deployment.reason {
+                            p class={"reason " @if failed { "bad" }} role=[failed.then_some("alert")] { (reason) }
+                        }
+                        dl.meta {
+                            dt { "Author" }
+                            dd.author {
+                                @if let Some(avatar) = &deployment.author_avatar {
+                                    img.avatar src=(avatar) alt="" width="20" height="20" title=(deployment.author);
+                                    " "
+                                }
+                                (deployment.author)
+                            }
+                            dt { "Branch" } dd { code { (deployment.branch) } }
+                            dt { "Environment" } dd { (environment_name) }
+                            dt { "Components" } dd {
+                                (component_badge("Backend", deployment.backend_status)) " "
+                                (component_badge("Storefront", deployment.storefront_status))
+                            }
+                            dt { "Created" } dd { (when(deployment.created_at)) }
+                            dt { "Build time" } dd { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
+                            @if let Some(of) = &deployment.redeploy_of {
+                                dt { "Redeploy of" } dd { a href={"/deployments/" (of)} { (of) } }
+                            }
+                        }
+                        section aria-labelledby="timeline" {
+                            h2 id="timeline" { "Timeline" }
+                            ol.timeline {
+                                @for transition in &deployment.transitions {
+                                    li {
+                                        (when(transition.at)) " " (status_badge(transition.status))
+                                        @if let Some(reason) = &transition.reason { " — " span.reason-text { (reason) } }
+                                    }
+                                }
+                            }
+                        }
+                        section aria-labelledby="artifacts" {
+                            h2 id="artifacts" { "Artifacts" }
+                            @if deployment.artifacts.is_empty() {
+                                p.empty { "None." }
+                            } @else {
+                                table.artifacts {
+                                    thead { tr { th scope="col" { "Name" } th scope="col" { "Size" } th scope="col" { "sha256" } } }
+                                    tbody {
+                                        @for artifact in &deployment.artifacts {
+                                            tr {
+                                                td { a href={"/deployments/" (deployment.id) "/artifacts/" (artifact.descriptor.name)} download { (artifact.descriptor.name) } }
+                                                td { (artifact.descriptor.size) " bytes" }
+                                                td { code.sha256 { (artifact.descriptor.sha256) } }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    section.activity aria-labelledby="activity" {
+                        h2 id="activity" { "Activity" }
+                        nav.tabs.streams aria-label="Logs" {
+                            @for stream in &streams {
+                                a href={"#" (stream.as_str())} data-stream=(stream.as_str()) { (stream_title(*stream)) }
+                            }
+                        }
+                        @for stream in &streams {
+                            section.logview id={"log-" (stream.as_str())} data-deployment=(deployment.id) data-stream=(stream.as_str()) aria-label={(stream_title(*stream)) " log"} {
+                                h3 { (stream_title(*stream)) " log" }
+                                p { a.raw href={"/deployments/" (deployment.id) "/logs/" (stream.as_str()) "/raw"} { "Raw log" } }
+                            }
+                        }
+                    }
+                },
+    )
+}
+
+fn stream_title(stream: LogStream) -> &'static str {
+    match stream {
+        LogStream::System => "System",
+        LogStream::Backend => "Backend",
+        LogStream::Storefront => "Storefront",
+    }
+}
+
+/// An agent's state as the fleet page says it: from its running jobs and last
+/// contact (an agent long-polls every 30 s).
+fn agent_state(agent: &AgentView) -> (&'static str, &'static str) {
+    let now = Utc::now().timestamp_millis();
+    let recent = agent.last_seen_at.is_some_and(|seen| now - seen < 120_000);
+    match (recent, agent.running.is_empty()) {
+        (false, _) => ("offline", "off"),
+        (true, false) => ("busy", "busy"),
+        (true, true) => ("idle", "ok"),
+    }
+}
+
+pub fn agents(session: &Session, agents: &[AgentView]) -> Page {
+    Page::new(
+        "Agents",
+        session,
+        html! {
+            h1 { "Agents" }
+            @if agents.is_empty() {
+                p.empty { "No agents yet. Register one with " code { "kiln-agent register" } "." }
+            } @else {
+                table.agents {
+                    thead { tr {
+                        th scope="col" { "Name" } th scope="col" { "Labels" } th scope="col" { "Version" }
+                        th scope="col" { "State" } th scope="col" { "Last contact" } th scope="col" { "Running" }
+                        th scope="col" { "Registered" }
+                    } }
+                    tbody {
+                        @for agent in agents {
+                            @let (state, class) = agent_state(agent);
+                            tr {
+                                td { (agent.name) br; small { code { (agent.id) } } }
+                                td { @for label in &agent.labels { span.label { (label) } " " } }
+                                td { (agent.version.as_deref().unwrap_or("—")) }
+                                td { span class={"badge " (class)} { (state) } }
+                                td { @match agent.last_seen_at { Some(at) => (when_millis(at)), None => "never" } }
+                                td {
+                                    @if agent.running.is_empty() { "—" }
+                                    @for job in &agent.running {
+                                        a href={"/deployments/" (job.deployment_id)} { (job.deployment_id) } " "
+                                    }
+                                }
+                                td { (when_millis(agent.created_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_pages_on_known_hosts() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            commit_url("https://github.com/acme/shop.git", sha).unwrap(),
+            format!("https://github.com/acme/shop/commit/{sha}")
+        );
+        assert_eq!(
+            commit_url("git@gitlab.example.com:acme/shop.git", sha).unwrap(),
+            format!("https://gitlab.example.com/acme/shop/-/commit/{sha}")
+        );
+        assert_eq!(
+            commit_url("https://x-access-token:t@git.example/acme/shop", sha).unwrap(),
+            format!("https://git.example/acme/shop/commit/{sha}")
+        );
+        assert_eq!(commit_url("file:///srv/shop", sha), None);
+        assert_eq!(commit_url("http://127.0.0.1:9/shop.git", sha), None);
+    }
+
+    #[test]
+    fn durations_read_like_a_person_says_them() {
+        assert_eq!(span_text(5), "5s");
+        assert_eq!(span_text(83), "1m 23s");
+        assert_eq!(span_text(3720), "1h 2m");
+    }
+}
