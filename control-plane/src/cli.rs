@@ -42,6 +42,10 @@ struct Cli {
     /// session cookie Secure.
     #[arg(long, env = "KILN_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Milliseconds before a commit status a git host refused is sent again
+    /// (doubling each time, up to 10 minutes).
+    #[arg(long, env = "KILN_GIT_HOST_RETRY_MS", default_value_t = 2000)]
+    git_host_retry_ms: u64,
     /// Seconds an agent may go without renewing before its job is handed out again.
     #[arg(long, env = "KILN_LEASE_SECONDS", default_value_t = 60)]
     lease_seconds: u64,
@@ -188,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.public_url = cli
         .public_url
         .map(|url| url.trim_end_matches('/').to_owned());
+    config.git_host_retry = Duration::from_millis(cli.git_host_retry_ms.max(10));
     config.lease = Duration::from_secs(cli.lease_seconds);
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
     config.deploy_hook = cli.deploy_hook;

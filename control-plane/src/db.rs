@@ -30,6 +30,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema/002_secret_scan.sql")),
         M::up(include_str!("schema/003_submodules.sql")),
         M::up(include_str!("schema/004_dashboard.sql")),
+        M::up(include_str!("schema/005_git_hosts.sql")),
     ])
 }
 

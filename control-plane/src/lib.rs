@@ -14,6 +14,8 @@ mod dashboard;
 mod db;
 mod deployer;
 mod error;
+mod git_hosts;
+mod hooks;
 mod http;
 mod log_index;
 mod logs;
@@ -78,6 +80,9 @@ pub struct Config {
     /// Where people reach this server (`https://kiln.example.com`): links sent
     /// elsewhere point there, and an `https` one marks session cookies Secure.
     pub public_url: Option<String>,
+    /// The first wait before a git host's refused report is sent again (it
+    /// doubles each time, up to 10 minutes).
+    pub git_host_retry: Duration,
 }
 
 impl Config {
@@ -97,6 +102,7 @@ impl Config {
             log_limit: 100 << 20,
             connections: ConnectionLimits::default(),
             public_url: None,
+            git_host_retry: Duration::from_secs(2),
         }
     }
 }
@@ -259,6 +265,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     resume_interrupted_deploys(&state).await;
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
+    let courier = tokio::spawn(git_hosts::outbox::run(state.clone()));
     let stopping = state.shutdown.clone();
     let limits = state.config.connections;
     let result = connections::serve(listener, app(state), limits, async move {
@@ -268,6 +275,7 @@ pub async fn serve(
     })
     .await;
     reaper.abort();
+    courier.abort();
     result
 }
 

@@ -49,6 +49,8 @@ const PROJECT_LIMIT: usize = 2 << 20;
 const VARIABLES_LIMIT: usize = 8 << 20;
 /// An event carries a commit message of up to 64 KiB.
 const EVENT_LIMIT: usize = 256 << 10;
+/// Webhook payloads: GitHub lists at most 20 commits in a push.
+const HOOK_LIMIT: usize = 5 << 20;
 
 fn limit(bytes: usize) -> DefaultBodyLimit {
     DefaultBodyLimit::max(bytes)
@@ -99,6 +101,22 @@ pub fn router(state: AppState) -> Router {
                 .layer(limit(VARIABLES_LIMIT)),
         )
         .route("/events/push", post(push_event).layer(limit(EVENT_LIMIT)))
+        .route(
+            "/hooks/github",
+            post(crate::hooks::github).layer(limit(HOOK_LIMIT)),
+        )
+        .route(
+            "/hooks/gitlab",
+            post(crate::hooks::gitlab).layer(limit(HOOK_LIMIT)),
+        )
+        .route(
+            "/hooks/gitea",
+            post(crate::hooks::gitea).layer(limit(HOOK_LIMIT)),
+        )
+        .route(
+            "/projects/{project_id}/webhook-secret",
+            post(rotate_webhook_secret),
+        )
         .route(
             "/events/pull_request",
             post(pull_request_event).layer(limit(EVENT_LIMIT)),
@@ -467,6 +485,15 @@ async fn update_project(
         store::update_project(conn, &id, update, rules)
     })
     .await
+}
+
+/// A new webhook secret for the project, shown in this answer only.
+async fn rotate_webhook_secret(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    answer(&state, move |conn| store::rotate_webhook_secret(conn, &id)).await
 }
 
 async fn update_environment(

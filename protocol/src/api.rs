@@ -33,6 +33,9 @@ pub struct CreateProject {
     /// travels to another URL). Added in v1.3; off by default.
     #[serde(default)]
     pub submodules: bool,
+    /// Where commit statuses and preview comments go. Added in v1.4.
+    #[serde(default)]
+    pub git_host: Option<GitHostSettings>,
 }
 
 /// `PATCH /api/v1/projects/{project_id}`; applies from the next claimed job on.
@@ -53,6 +56,70 @@ pub struct UpdateProject {
     pub repository_token: Option<String>,
     #[serde(default)]
     pub submodules: Option<bool>,
+    /// Added in v1.4.
+    #[serde(default)]
+    pub git_host: Option<GitHostSettings>,
+}
+
+/// Which kind of git host a project's repository lives on, for webhooks in and
+/// commit statuses out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GitHostKind {
+    Github,
+    Gitlab,
+    /// Gitea and Forgejo.
+    Gitea,
+}
+
+impl GitHostKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GitHostKind::Github => "github",
+            GitHostKind::Gitlab => "gitlab",
+            GitHostKind::Gitea => "gitea",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            GitHostKind::Github => "GitHub",
+            GitHostKind::Gitlab => "GitLab",
+            GitHostKind::Gitea => "Gitea",
+        }
+    }
+}
+
+impl std::str::FromStr for GitHostKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        [GitHostKind::Github, GitHostKind::Gitlab, GitHostKind::Gitea]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not a git host; use github, gitlab or gitea"))
+    }
+}
+
+/// `git_host` of a project, as set: the token is write-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitHostSettings {
+    pub kind: GitHostKind,
+    /// The host's API base URL: `https://api.github.com`,
+    /// `https://gitlab.example.com/api/v4`, `https://gitea.example.com/api/v1`.
+    pub api_url: String,
+    /// A token allowed to post commit statuses and comments. Stored like a
+    /// secret variable and never shown back.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// `git_host` of a project, as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitHostView {
+    pub kind: GitHostKind,
+    pub api_url: String,
+    pub has_token: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +138,14 @@ pub struct Project {
     /// Added in v1.3.
     #[serde(default)]
     pub submodules: bool,
+    /// Added in v1.4.
+    #[serde(default)]
+    pub git_host: Option<GitHostView>,
+    /// The secret webhooks are signed with: only in the answer to creating the
+    /// project or rotating it (`POST /projects/{id}/webhook-secret`), never
+    /// again. Added in v1.4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -144,6 +219,22 @@ pub struct PushEvent {
     pub sha: String,
     pub author: String,
     pub message: String,
+    #[serde(flatten)]
+    pub people: EventPeople,
+}
+
+/// Who an event came from, beyond the author's name, as git hosts tell it.
+/// Added in v1.4; every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPeople {
+    /// The author's user name on the git host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_login: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_avatar: Option<String>,
+    /// Who pushed (may differ from the author).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pusher: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +257,8 @@ pub struct PullRequestEvent {
     pub sha: String,
     pub author: String,
     pub message: String,
+    #[serde(flatten)]
+    pub people: EventPeople,
 }
 
 /// What an event did: the deployments it queued.
@@ -205,6 +298,12 @@ pub struct Deployment {
     /// The author's picture, when the git host sent one. Added in v1.3.
     #[serde(default)]
     pub author_avatar: Option<String>,
+    /// The author's user name on the git host. Added in v1.4.
+    #[serde(default)]
+    pub author_login: Option<String>,
+    /// Who pushed the commit, when a git host said. Added in v1.4.
+    #[serde(default)]
+    pub pusher: Option<String>,
     pub message: String,
     pub status: DeploymentStatus,
     pub backend_status: ComponentStatus,

@@ -155,6 +155,74 @@ pub fn repository_url(value: &str, allow_local: bool) -> Result<RepositoryKind, 
 }
 
 /// A path inside a repository: relative, no `..`, no NUL, not empty, bounded.
+/// A git host's API base URL: `https://` or `http://`, a host, no credentials
+/// in it (the token travels in a header).
+pub fn api_url(value: &str) -> Result<(), String> {
+    let refuse = |why: &str| Err(format!("{:?} {why}", shorten(value)));
+    if value.len() > MAX_URL {
+        return refuse(&format!("is longer than {MAX_URL} bytes"));
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("contains whitespace or control characters");
+    }
+    let Some(rest) = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+    else {
+        return refuse("is not an https:// (or http://) URL, e.g. https://api.github.com");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return refuse("carries credentials; give the token as `token`");
+    }
+    if !host_ok(authority) {
+        return refuse("has no valid host");
+    }
+    Ok(())
+}
+
+/// A repository URL reduced to what names the repository, so that a git host's
+/// clone URL, SSH URL and web URL of one repository compare equal:
+/// `https://GitHub.com/acme/shop.git`, `git@github.com:acme/shop` and
+/// `ssh://git@github.com:22/acme/shop/` all give `github.com/acme/shop`. Scheme,
+/// user, port, `.git` and trailing slashes go; the host (and, as hosts treat it,
+/// the path) is compared without case. Local paths keep their scheme.
+pub fn repository_key(url: &str) -> String {
+    let url = url.trim();
+    let (host_and_path, local) = match url.split_once("://") {
+        Some(("file", _)) => (url, true),
+        Some((_, rest)) => (rest, false),
+        None if url.starts_with('/') => (url, true),
+        // scp-like `user@host:path`.
+        None => match url.split_once(':') {
+            Some((user_host, path)) => {
+                return repository_key(&format!(
+                    "ssh://{user_host}/{}",
+                    path.trim_start_matches('/')
+                ))
+            }
+            None => (url, false),
+        },
+    };
+    let trimmed = |text: &str| {
+        let text = text.trim_end_matches('/');
+        text.strip_suffix(".git")
+            .unwrap_or(text)
+            .trim_end_matches('/')
+            .to_ascii_lowercase()
+    };
+    if local {
+        return trimmed(host_and_path);
+    }
+    let (authority, path) = host_and_path.split_once('/').unwrap_or((host_and_path, ""));
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    trimmed(&format!("{host}/{path}"))
+}
+
 pub fn relative_path(value: &str) -> Result<(), String> {
     let bad = value.is_empty()
         || value.len() > MAX_PATH
@@ -390,5 +458,38 @@ mod tests {
         assert!(text(&"x".repeat(101), 100, true)
             .unwrap_err()
             .contains("101 bytes"));
+    }
+
+    #[test]
+    fn one_repository_has_one_key_however_its_url_is_written() {
+        let key = "github.com/acme/shop";
+        for url in [
+            "https://github.com/acme/shop.git",
+            "https://GitHub.com/acme/shop",
+            "http://github.com/acme/shop/",
+            "git@github.com:acme/shop.git",
+            "ssh://git@github.com:22/acme/shop.git",
+            "git://github.com/acme/shop.git",
+            "https://x-access-token:t@github.com/acme/shop.git",
+        ] {
+            assert_eq!(repository_key(url), key, "{url}");
+        }
+        assert_ne!(repository_key("https://github.com/acme/other"), key);
+        assert_eq!(repository_key("file:///srv/Shop.git"), "file:///srv/shop");
+    }
+
+    #[test]
+    fn api_urls_are_http_with_a_host_and_no_credentials() {
+        assert!(api_url("https://api.github.com").is_ok());
+        assert!(api_url("http://127.0.0.1:3000/api/v1").is_ok());
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://u:p@host",
+            "https://host/a b",
+            "api.github.com",
+        ] {
+            assert!(api_url(bad).is_err(), "{bad}");
+        }
     }
 }

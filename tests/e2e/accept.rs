@@ -146,6 +146,7 @@ async fn build_through_kiln(
             repository_token: None,
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         })
         .await;
     let environment = admin
@@ -174,6 +175,7 @@ async fn build_through_kiln(
                 sha: repo.head(),
                 author: "Ada".into(),
                 message: "accept".into(),
+                people: Default::default(),
             },
         )
         .await

@@ -55,6 +55,7 @@ pub(crate) async fn world_with(
             repository_token: None,
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         })
         .await;
     let environment = admin
@@ -464,6 +465,7 @@ async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
             repository_token: None,
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         })
         .await;
     world

@@ -216,6 +216,7 @@ async fn pull_requests_get_a_preview_environment_until_closed() {
         sha: sha(n),
         author: "Grace".to_owned(),
         message: "Cart".to_owned(),
+        people: Default::default(),
     };
 
     let opened: EventOutcome = admin
@@ -683,6 +684,7 @@ async fn claims_long_poll_and_respect_labels() {
             repository_token: None,
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         })
         .await;
     admin

@@ -9,6 +9,7 @@ mod agent;
 mod control_plane;
 mod dashboard;
 mod faults;
+mod git_hosts;
 mod operate;
 mod sandbox;
 mod scan;

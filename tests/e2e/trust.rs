@@ -346,6 +346,7 @@ async fn issue_12_the_repository_token_never_reaches_another_host() {
             repository_token: Some(token.into()),
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         })
         .await;
     admin
@@ -428,7 +429,7 @@ async fn issue_12_the_repository_token_never_reaches_another_host() {
     answers_within_a_second(&cp.base_url()).await;
 }
 
-async fn wait_for(
+pub(crate) async fn wait_for(
     admin: &Api,
     id: &str,
     status: DeploymentStatus,

@@ -237,6 +237,7 @@ impl Api {
             repository_token: None,
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         })
         .await
     }
@@ -276,6 +277,7 @@ impl Api {
                 sha: sha.to_owned(),
                 author: "Ada Lovelace".to_owned(),
                 message: format!("commit {sha}"),
+                people: Default::default(),
             },
         )
         .await
@@ -407,6 +409,7 @@ impl Api {
                 repository_token: None,
                 secret_scan: Default::default(),
                 submodules: false,
+                git_host: None,
             })
             .await;
         let environment = self
@@ -437,6 +440,7 @@ impl Api {
                 sha: sha.to_owned(),
                 author: "Ada".to_owned(),
                 message: format!("commit {sha}"),
+                people: Default::default(),
             },
         )
         .await

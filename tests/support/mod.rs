@@ -11,6 +11,7 @@ pub mod proxy;
 pub mod public_tree;
 pub mod repo;
 pub mod server;
+pub mod status_host;
 
 pub use agent::*;
 pub use browser::*;
@@ -21,3 +22,4 @@ pub use hostile::HostileControlPlane;
 pub use proxy::*;
 pub use repo::*;
 pub use server::*;
+pub use status_host::*;

@@ -231,16 +231,9 @@ impl FromRequestParts<AppState> for Session {
     }
 }
 
-/// Percent-encodes a query value.
+/// Percent-encodes a query value (keeping `/`, which reads better in `next=`).
 pub fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    crate::http::percent_encode(text, b"/")
 }
 
 /// The sign-in page for a `Page`'s layout.

@@ -472,17 +472,19 @@ async fn deployment(
                     ..Default::default()
                 },
             )?;
-            Ok::<_, ApiError>((deployment, project, environment, siblings))
+            let delivery = store::last_delivery(conn, &deployment.id)?;
+            Ok::<_, ApiError>((deployment, project, environment, siblings, delivery))
         })
         .await;
     match found {
-        Ok((deployment, project, environment, siblings)) => pages::deployment(
+        Ok((deployment, project, environment, siblings, delivery)) => pages::deployment(
             &session,
             DeploymentView {
                 deployment: &deployment,
                 project: &project,
                 environment: environment.as_ref(),
                 siblings: &siblings,
+                delivery: delivery.as_ref(),
             },
         )
         .into_response(),

@@ -11,7 +11,7 @@ use kiln_protocol::{
 use maud::{html, Markup, DOCTYPE};
 
 use super::auth::Session;
-use crate::store::AgentView;
+use crate::store::{AgentView, DeliveryView};
 
 /// A page: its title, its body and the person looking.
 pub struct Page {
@@ -568,6 +568,8 @@ pub struct DeploymentView<'a> {
     pub environment: Option<&'a Environment>,
     /// The environment's other deployments, for the switcher.
     pub siblings: &'a [Deployment],
+    /// The last commit status sent to the git host about it.
+    pub delivery: Option<&'a DeliveryView>,
 }
 
 fn action_form(session: &Session, deployment: &Deployment, action: &str, label: &str) -> Markup {
@@ -585,6 +587,7 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
         project,
         environment,
         siblings,
+        delivery,
     } = view;
     let environment_name = environment.map_or("(removed environment)", |e| e.name.as_str());
     let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
@@ -657,6 +660,12 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                                     " "
                                 }
                                 (deployment.author)
+                                @if let Some(login) = &deployment.author_login {
+                                    @if login != &deployment.author { " (@" (login) ")" }
+                                }
+                            }
+                            @if let Some(pusher) = &deployment.pusher {
+                                dt { "Pushed by" } dd { (pusher) }
                             }
                             dt { "Branch" } dd { code { (deployment.branch) } }
                             dt { "Environment" } dd { (environment_name) }
@@ -666,7 +675,11 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                             }
                             dt { "Created" } dd { (when(deployment.created_at)) }
                             dt { "Build time" } dd { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
-                            @if let Some(of) = &deployment.redeploy_of {
+                            @if let (Some(delivery), Some(host)) = (delivery, &project.git_host) {
+                        dt { (host.kind.label()) " status" }
+                        dd.delivery { (delivery_text(delivery)) }
+                    }
+                    @if let Some(of) = &deployment.redeploy_of {
                                 dt { "Redeploy of" } dd { a href={"/deployments/" (of)} { (of) } }
                             }
                         }
@@ -717,6 +730,28 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                     }
                 },
     )
+}
+
+/// How the last commit status fared: delivered, waiting to be retried, or given up.
+fn delivery_text(delivery: &DeliveryView) -> String {
+    let answer = delivery.result.as_deref().unwrap_or("");
+    match (delivery.delivered, delivery.done, delivery.attempts) {
+        (true, _, _) => format!("{} delivered ({answer})", delivery.status),
+        (false, false, 0) => format!("{} waiting to be sent", delivery.status),
+        (false, false, tries) => {
+            let at = DateTime::from_timestamp_millis(delivery.next_attempt_at)
+                .map(|at| at.format("%H:%M:%S UTC").to_string())
+                .unwrap_or_default();
+            format!(
+                "{} not delivered after {tries} tries ({answer}); next try at {at}",
+                delivery.status
+            )
+        }
+        (false, true, tries) => format!(
+            "{} not delivered; gave up after {tries} tries: {answer}",
+            delivery.status
+        ),
+    }
 }
 
 fn stream_title(stream: LogStream) -> &'static str {

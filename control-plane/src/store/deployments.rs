@@ -4,7 +4,7 @@
 
 use kiln_protocol::{
     check_transition, validate, ComponentStatus, Deployment, DeploymentStatus, Environment,
-    EventOutcome, Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
+    EventOutcome, EventPeople, Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
@@ -25,6 +25,8 @@ pub(super) fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
         branch: row.get("branch")?,
         author: row.get("author")?,
         author_avatar: row.get("author_avatar")?,
+        author_login: row.get("author_login")?,
+        pusher: row.get("pusher")?,
         message: row.get("message")?,
         status: parse_status(&row.get::<_, String>("status")?)?,
         backend_status: parse_component(&row.get::<_, String>("backend_status")?),
@@ -232,6 +234,7 @@ pub(super) fn set_status(
         "INSERT INTO transitions (deployment_id, status, at, reason) VALUES (?1, ?2, ?3, ?4)",
         params![deployment_id, to.as_str(), now, reason],
     )?;
+    super::outbox::enqueue(tx, deployment_id, to, reason)?;
     Ok(())
 }
 
@@ -305,6 +308,7 @@ pub(super) struct NewDeployment<'a> {
     branch: &'a str,
     author: &'a str,
     message: &'a str,
+    people: &'a EventPeople,
     redeploy_of: Option<&'a str>,
 }
 
@@ -328,8 +332,9 @@ pub(super) fn queue_deployment(
     let now = now_ms();
     tx.execute(
         "INSERT INTO deployments (id, project_id, environment_id, commit_sha, branch, author, message,
-                                  status, backend_status, storefront_status, redeploy_of, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 'pending', 'pending', ?8, ?9, ?9)",
+                                  status, backend_status, storefront_status, redeploy_of, created_at, updated_at,
+                                  author_login, author_avatar, pusher)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 'pending', 'pending', ?8, ?9, ?9, ?10, ?11, ?12)",
         params![
             id,
             new.project_id,
@@ -339,13 +344,17 @@ pub(super) fn queue_deployment(
             new.author,
             new.message,
             new.redeploy_of,
-            now
+            now,
+            new.people.author_login,
+            new.people.author_avatar,
+            new.people.pusher,
         ],
     )?;
     tx.execute(
         "INSERT INTO transitions (deployment_id, status, at) VALUES (?1, 'queued', ?2)",
         params![id, now],
     )?;
+    super::outbox::enqueue(tx, &id, DeploymentStatus::Queued, None)?;
     outcome.deployments.push(get_deployment_in(tx, &id)?);
     Ok(())
 }
@@ -374,6 +383,48 @@ fn check_commit(
     )
 }
 
+fn check_push(push: &PushEvent) -> Result<(), ApiError> {
+    check_commit(
+        &push.repository,
+        &push.branch,
+        &push.sha,
+        &push.author,
+        &push.message,
+    )?;
+    check_people(&push.people)
+}
+
+fn check_pull_request(event: &PullRequestEvent) -> Result<(), ApiError> {
+    check_commit(
+        &event.repository,
+        &event.branch,
+        &event.sha,
+        &event.author,
+        &event.message,
+    )?;
+    check_people(&event.people)
+}
+
+fn check_people(people: &EventPeople) -> Result<(), ApiError> {
+    if let Some(login) = &people.author_login {
+        check(
+            "author_login",
+            validate::text(login, validate::MAX_AUTHOR, false),
+        )?;
+    }
+    if let Some(pusher) = &people.pusher {
+        check(
+            "pusher",
+            validate::text(pusher, validate::MAX_AUTHOR, false),
+        )?;
+    }
+    if let Some(avatar) = &people.author_avatar {
+        // Shown as an image: only a web address.
+        check("author_avatar", validate::api_url(avatar))?;
+    }
+    Ok(())
+}
+
 pub(super) fn projects_for_repository(
     tx: &Transaction,
     repository: &str,
@@ -396,19 +447,29 @@ pub(super) fn projects_for_repository(
 }
 
 pub fn on_push(conn: &mut Connection, push: PushEvent) -> Result<EventOutcome, ApiError> {
-    check_commit(
-        &push.repository,
-        &push.branch,
-        &push.sha,
-        &push.author,
-        &push.message,
-    )?;
+    // Checked before the repository is looked up, so a malformed one is a 400.
+    check_push(&push)?;
     let tx = conn.transaction()?;
+    let projects = projects_for_repository(&tx, &push.repository)?;
+    let outcome = push_to(&tx, &projects, &push)?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// A push to `projects` (found by its repository, or verified by a webhook's
+/// signature): a deployment for each long-lived environment whose branch rule
+/// matches.
+pub(crate) fn push_to(
+    tx: &Transaction,
+    projects: &[Project],
+    push: &PushEvent,
+) -> Result<EventOutcome, ApiError> {
+    check_push(push)?;
     let mut outcome = EventOutcome {
         deployments: Vec::new(),
         canceled: Vec::new(),
     };
-    for project in projects_for_repository(&tx, &push.repository)? {
+    for project in projects {
         let environments: Vec<Environment> = tx
             .prepare(
                 "SELECT * FROM environments WHERE project_id = ?1 AND kind = 'long_lived' AND removed_at IS NULL ORDER BY created_at",
@@ -420,7 +481,7 @@ pub fn on_push(conn: &mut Connection, push: PushEvent) -> Result<EventOutcome, A
             .filter(|environment| branch_matches(&environment.branch, &push.branch))
         {
             queue_deployment(
-                &tx,
+                tx,
                 NewDeployment {
                     project_id: &project.id,
                     environment_id: &environment.id,
@@ -428,13 +489,13 @@ pub fn on_push(conn: &mut Connection, push: PushEvent) -> Result<EventOutcome, A
                     branch: &push.branch,
                     author: &push.author,
                     message: &push.message,
+                    people: &push.people,
                     redeploy_of: None,
                 },
                 &mut outcome,
             )?;
         }
     }
-    tx.commit()?;
     Ok(outcome)
 }
 
@@ -442,19 +503,27 @@ pub fn on_pull_request(
     conn: &mut Connection,
     event: PullRequestEvent,
 ) -> Result<EventOutcome, ApiError> {
-    check_commit(
-        &event.repository,
-        &event.branch,
-        &event.sha,
-        &event.author,
-        &event.message,
-    )?;
+    check_pull_request(&event)?;
     let tx = conn.transaction()?;
+    let projects = projects_for_repository(&tx, &event.repository)?;
+    let outcome = pull_request_to(&tx, &projects, &event)?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// A pull request event for `projects`: its preview environment made, moved to
+/// the new head and built, or canceled and removed when it closes.
+pub(crate) fn pull_request_to(
+    tx: &Transaction,
+    projects: &[Project],
+    event: &PullRequestEvent,
+) -> Result<EventOutcome, ApiError> {
+    check_pull_request(event)?;
     let mut outcome = EventOutcome {
         deployments: Vec::new(),
         canceled: Vec::new(),
     };
-    for project in projects_for_repository(&tx, &event.repository)? {
+    for project in projects {
         let preview = tx
             .query_row(
                 "SELECT * FROM environments WHERE project_id = ?1 AND kind = 'preview' AND pull_request = ?2 AND removed_at IS NULL",
@@ -465,9 +534,9 @@ pub fn on_pull_request(
         match event.action {
             PullRequestAction::Closed => {
                 let Some(preview) = preview else { continue };
-                for pending in pending_builds(&tx, &preview.id)? {
+                for pending in pending_builds(tx, &preview.id)? {
                     cancel_build(
-                        &tx,
+                        tx,
                         &pending,
                         &format!("pull request #{} was closed", event.number),
                     )?;
@@ -500,7 +569,7 @@ pub fn on_pull_request(
                     }
                 };
                 queue_deployment(
-                    &tx,
+                    tx,
                     NewDeployment {
                         project_id: &project.id,
                         environment_id: &environment_id,
@@ -508,6 +577,7 @@ pub fn on_pull_request(
                         branch: &event.branch,
                         author: &event.author,
                         message: &event.message,
+                        people: &event.people,
                         redeploy_of: None,
                     },
                     &mut outcome,
@@ -515,7 +585,6 @@ pub fn on_pull_request(
             }
         }
     }
-    tx.commit()?;
     Ok(outcome)
 }
 
@@ -541,6 +610,11 @@ pub fn redeploy(conn: &mut Connection, id: &str) -> Result<EventOutcome, ApiErro
             branch: &original.branch,
             author: &original.author,
             message: &original.message,
+            people: &EventPeople {
+                author_login: original.author_login.clone(),
+                author_avatar: original.author_avatar.clone(),
+                pusher: original.pusher.clone(),
+            },
             redeploy_of: Some(id),
         },
         &mut outcome,
@@ -566,6 +640,7 @@ mod tests {
                 sha: sha(n),
                 author: "Grace".into(),
                 message: "Cart".into(),
+                people: Default::default(),
             },
         )
         .unwrap()
@@ -631,6 +706,7 @@ mod tests {
             sha: sha(1),
             author: "Ada".into(),
             message: "m".into(),
+            people: Default::default(),
         };
         assert!(matches!(
             on_push(&mut conn, event.clone()),

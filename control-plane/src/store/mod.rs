@@ -11,6 +11,7 @@ mod artifacts;
 mod deployments;
 mod deploys;
 mod jobs;
+mod outbox;
 mod projects;
 mod users;
 
@@ -19,6 +20,7 @@ pub use artifacts::*;
 pub use deployments::*;
 pub use deploys::*;
 pub use jobs::*;
+pub use outbox::*;
 pub use projects::*;
 pub use users::*;
 
@@ -74,8 +76,7 @@ fn parse_component(text: &str) -> ComponentStatus {
 
 /// Repository URLs as git hosts send them vary by a trailing slash or `.git`.
 fn normalize_repository(url: &str) -> String {
-    let url = url.trim().trim_end_matches('/');
-    url.strip_suffix(".git").unwrap_or(url).to_ascii_lowercase()
+    kiln_protocol::validate::repository_key(url)
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! and environments' build variables.
 
 use kiln_protocol::{
-    validate, CreateEnvironment, CreateProject, EnvVar, Environment, EnvironmentKind, Project,
-    SecretScanSettings, UpdateEnvironment, UpdateProject, VariableView,
+    validate, CreateEnvironment, CreateProject, EnvVar, Environment, EnvironmentKind, GitHostKind,
+    GitHostSettings, GitHostView, Project, SecretScanSettings, UpdateEnvironment, UpdateProject,
+    VariableView,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -20,6 +21,7 @@ struct ProjectFields<'a> {
     agent_labels: Option<&'a [String]>,
     repository_token: Option<&'a str>,
     secret_scan: Option<&'a SecretScanSettings>,
+    git_host: Option<&'a GitHostSettings>,
 }
 
 pub(super) fn check_labels(field: &str, labels: &[String]) -> Result<(), ApiError> {
@@ -58,6 +60,15 @@ impl ProjectFields<'_> {
                 "repository_token",
                 validate::text(token, validate::MAX_TOKEN, false),
             )?;
+        }
+        if let Some(host) = self.git_host {
+            check("git_host.api_url", validate::api_url(&host.api_url))?;
+            if let Some(token) = &host.token {
+                check(
+                    "git_host.token",
+                    validate::text(token, validate::MAX_TOKEN, false),
+                )?;
+            }
         }
         if let Some(settings) = self.secret_scan {
             let lists = [
@@ -110,8 +121,116 @@ pub(super) fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
         secret_scan: serde_json::from_str(&row.get::<_, String>("secret_scan")?)
             .unwrap_or_default(),
         submodules: row.get("submodules")?,
+        git_host: git_host_of(row)?.map(|(kind, api_url, token)| GitHostView {
+            kind,
+            api_url,
+            has_token: token.is_some(),
+        }),
+        webhook_secret: None,
         created_at: time(row.get("created_at")?),
     })
+}
+
+/// A project row's git host: kind, API URL and token.
+fn git_host_of(row: &Row) -> rusqlite::Result<Option<(GitHostKind, String, Option<String>)>> {
+    let kind: Option<String> = row.get("git_host_kind")?;
+    let Some(kind) = kind.and_then(|kind| kind.parse::<GitHostKind>().ok()) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        kind,
+        row.get::<_, Option<String>>("git_host_api_url")?
+            .unwrap_or_default(),
+        row.get("git_host_token")?,
+    )))
+}
+
+/// Where a project's commit statuses go, with the token: for the outbox only.
+#[derive(Debug, Clone)]
+pub struct GitHostAccess {
+    pub kind: GitHostKind,
+    pub api_url: String,
+    pub token: Option<String>,
+}
+
+pub fn git_host_access(
+    conn: &Connection,
+    project_id: &str,
+) -> Result<Option<GitHostAccess>, ApiError> {
+    Ok(conn
+        .query_row(
+            "SELECT git_host_kind, git_host_api_url, git_host_token FROM projects WHERE id = ?1",
+            [project_id],
+            git_host_of,
+        )
+        .optional()?
+        .flatten()
+        .map(|(kind, api_url, token)| GitHostAccess {
+            kind,
+            api_url,
+            token,
+        }))
+}
+
+/// An environment's name and pull request, removed or not (reports about a
+/// closed preview still name it).
+pub fn environment_name(
+    conn: &Connection,
+    environment_id: &str,
+) -> Result<(String, Option<u64>), ApiError> {
+    conn.query_row(
+        "SELECT name, pull_request FROM environments WHERE id = ?1",
+        [environment_id],
+        |row| Ok((row.get(0)?, row.get::<_, Option<i64>>(1)?.map(|n| n as u64))),
+    )
+    .optional()?
+    .ok_or_else(|| ApiError::not_found("environment", environment_id))
+}
+
+/// A new webhook secret: 32 random bytes, hex.
+fn new_webhook_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Gives the project a new webhook secret and returns the project with it, the
+/// one time it is shown.
+pub fn rotate_webhook_secret(conn: &mut Connection, id: &str) -> Result<Project, ApiError> {
+    let secret = new_webhook_secret();
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE projects SET webhook_secret = ?1 WHERE id = ?2",
+        params![secret, id],
+    )?;
+    let mut project = get_project_in(&tx, id)?;
+    tx.commit()?;
+    project.webhook_secret = Some(secret);
+    Ok(project)
+}
+
+/// The projects building `repository` (by `validate::repository_key`), with
+/// their webhook secrets, for a webhook to be checked against.
+pub fn projects_with_secrets(
+    conn: &Connection,
+    repository_keys: &[String],
+) -> Result<Vec<(Project, Option<String>)>, ApiError> {
+    let mut stmt = conn.prepare("SELECT * FROM projects ORDER BY created_at, id")?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((
+                project_from_row(row)?,
+                row.get::<_, Option<String>>("webhook_secret")?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter(|(project, _)| {
+            repository_keys.contains(&validate::repository_key(&project.repository_url))
+        })
+        .collect())
 }
 
 pub fn create_project(
@@ -127,6 +246,7 @@ pub fn create_project(
         agent_labels: Some(&new.agent_labels),
         repository_token: new.repository_token.as_deref(),
         secret_scan: Some(&new.secret_scan),
+        git_host: new.git_host.as_ref(),
     }
     .check(rules)?;
     let tx = conn.transaction()?;
@@ -142,9 +262,12 @@ pub fn create_project(
         )));
     }
     let id = new_id("prj");
+    let secret = new_webhook_secret();
+    let host = new.git_host.as_ref();
     tx.execute(
-        "INSERT INTO projects (id, name, repository_url, backend_path, storefront_path, agent_labels, repository_token, secret_scan, submodules, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO projects (id, name, repository_url, backend_path, storefront_path, agent_labels, repository_token, secret_scan, submodules, created_at,
+                               webhook_secret, git_host_kind, git_host_api_url, git_host_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             id,
             new.name,
@@ -155,11 +278,17 @@ pub fn create_project(
             new.repository_token,
             to_json(&new.secret_scan),
             new.submodules,
-            now_ms()
+            now_ms(),
+            secret,
+            host.map(|host| host.kind.as_str()),
+            host.map(|host| host.api_url.trim_end_matches('/')),
+            host.and_then(|host| host.token.as_deref()),
         ],
     )?;
-    let project = get_project_in(&tx, &id)?;
+    let mut project = get_project_in(&tx, &id)?;
     tx.commit()?;
+    // Shown this once; `POST /projects/{id}/webhook-secret` makes a new one.
+    project.webhook_secret = Some(secret);
     Ok(project)
 }
 
@@ -190,6 +319,7 @@ pub fn update_project(
         agent_labels: update.agent_labels.as_deref(),
         repository_token: update.repository_token.as_deref(),
         secret_scan: update.secret_scan.as_ref(),
+        git_host: update.git_host.as_ref(),
     }
     .check(rules)?;
     let tx = conn.transaction()?;
@@ -220,6 +350,14 @@ pub fn update_project(
     }
     if let Some(submodules) = update.submodules {
         set("submodules", &submodules)?;
+    }
+    if let Some(host) = &update.git_host {
+        set("git_host_kind", &host.kind.as_str())?;
+        set("git_host_api_url", &host.api_url.trim_end_matches('/'))?;
+        // A PATCH without a token keeps the one stored.
+        if let Some(token) = &host.token {
+            set("git_host_token", token)?;
+        }
     }
     let project = get_project_in(&tx, id)?;
     tx.commit()?;
@@ -462,6 +600,7 @@ mod tests {
             repository_token: None,
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         };
         for (name, backend, field) in [
             ("", ".", "name"),

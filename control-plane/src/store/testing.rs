@@ -31,6 +31,7 @@ pub(super) fn shop(labels: &[&str]) -> (Connection, String, String) {
             repository_token: None,
             secret_scan: Default::default(),
             submodules: false,
+            git_host: None,
         },
         Default::default(),
     )
@@ -63,6 +64,7 @@ pub(super) fn push(conn: &mut Connection, branch: &str, n: u8) -> Vec<Deployment
             sha: sha(n),
             author: "Ada".into(),
             message: format!("commit {n}"),
+            people: Default::default(),
         },
     )
     .unwrap()

@@ -1,0 +1,689 @@
+//! Issue 16: git hosts. Signed webhooks in from GitHub, GitLab and Gitea
+//! (payloads from `control-plane/src/hooks/testdata`), commit statuses and
+//! preview comments out to a recording stand-in of the host's API
+//! (`support/status_host.rs`), through the outbox: in order, retried while the
+//! host fails, and across a control-plane restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use kiln_protocol::{
+    ComponentStatus, CreateProject, Deployment, DeploymentStatus::*, Environment, GitHostKind,
+    GitHostSettings, Project,
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::agent::AGENT;
+use crate::support::*;
+use crate::trust::wait_for;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_kiln-server-e2e");
+const PUBLIC_URL: &str = "https://kiln.example.com";
+
+fn fixture(path: &str) -> Value {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../control-plane/src/hooks/testdata")
+        .join(path);
+    serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Sends a webhook as a git host would; returns the status and the JSON answer.
+async fn deliver(
+    base: &str,
+    host: &str,
+    headers: &[(&str, String)],
+    body: &Value,
+) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/api/v1/hooks/{host}"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body).unwrap());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn github_headers(
+    event: &str,
+    delivery: &str,
+    secret: &str,
+    body: &Value,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-github-event", event.to_owned()),
+        ("x-github-delivery", delivery.to_owned()),
+        (
+            "x-hub-signature-256",
+            sign(secret, &serde_json::to_vec(body).unwrap()),
+        ),
+    ]
+}
+
+fn git_host(kind: GitHostKind, host: &StatusHost) -> Option<GitHostSettings> {
+    Some(GitHostSettings {
+        kind,
+        api_url: host.api_url(),
+        token: Some("host-token-7c1e".into()),
+    })
+}
+
+fn states(calls: &[HostCall], path_part: &str) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|call| call.status == 201 && call.path.contains(path_part))
+        .map(|call| call.body["state"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn issue_16_a_signed_github_push_builds_a_private_repository_and_reports_its_statuses() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "repo-token-s3cret-41aa";
+    let git = GitServer::start(&dir.path().join("git"), Some(token)).await;
+    let repo = FixtureRepo::new(&dir.path().join("work-tree"));
+    let url = git.publish(&repo.dir, "shop.git");
+    let host = StatusHost::start().await;
+    let cp = ControlPlane::start_with(&dir.path().join("server"), |config| {
+        config.allow_local_repositories = false;
+        config.public_url = Some(PUBLIC_URL.into());
+        config.git_host_retry = Duration::from_millis(100);
+    })
+    .await;
+    let admin = cp.admin();
+    let project: Project = admin
+        .create_project_with(CreateProject {
+            name: "shop".into(),
+            repository_url: url.clone(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: Some(token.into()),
+            secret_scan: Default::default(),
+            submodules: false,
+            git_host: git_host(GitHostKind::Github, &host),
+        })
+        .await;
+    let secret = project
+        .webhook_secret
+        .clone()
+        .expect("the secret, shown once");
+    assert_eq!(secret.len(), 64);
+    let shown: Project = admin
+        .get(&format!("/api/v1/projects/{}", project.id))
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    assert_eq!(shown.webhook_secret, None, "never shown again");
+    assert!(!admin
+        .get(&format!("/api/v1/projects/{}", project.id))
+        .await
+        .text()
+        .contains("host-token-7c1e"));
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &cp.base_url(),
+        &dir.path().join("agent"),
+        image,
+        "allow_local_repositories = false",
+    )
+    .await;
+
+    // GitHub's own example push, aimed at this repository and commit.
+    let sha = repo.head();
+    let mut push = fixture("github/push-new-branch.json");
+    push["ref"] = "refs/heads/main".into();
+    push["after"] = sha.clone().into();
+    push["head_commit"]["id"] = sha.clone().into();
+    push["repository"]["clone_url"] = url.clone().into();
+    let base = cp.base_url();
+
+    // Unsigned, wrongly signed, or for a repository no project builds: refused, nothing queued.
+    let (status, answer) =
+        deliver(&base, "github", &[("x-github-event", "push".into())], &push).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    let (status, answer) = deliver(
+        &base,
+        "github",
+        &github_headers("push", "d-0", "not the secret", &push),
+        &push,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(answer.to_string().contains("project shop"), "{answer}");
+    let mut elsewhere = push.clone();
+    for key in [
+        "clone_url",
+        "ssh_url",
+        "html_url",
+        "git_url",
+        "svn_url",
+        "url",
+    ] {
+        elsewhere["repository"][key] = "https://github.com/someone/else.git".into();
+    }
+    let (status, answer) = deliver(
+        &base,
+        "github",
+        &github_headers("push", "d-1", &secret, &elsewhere),
+        &elsewhere,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    assert!(answer.to_string().contains("someone/else"), "{answer}");
+    let listed: kiln_protocol::DeploymentList = admin
+        .get("/api/v1/deployments")
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    assert!(listed.deployments.is_empty());
+
+    // Signed: a deployment with GitHub's author, login, avatar and pusher.
+    let headers = github_headers(
+        "push",
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        &secret,
+        &push,
+    );
+    let started = std::time::Instant::now();
+    let (status, first_answer) = deliver(&base, "github", &headers, &push).await;
+    let answered_in = started.elapsed();
+    assert_eq!(status, StatusCode::CREATED, "{first_answer}");
+    assert!(
+        answered_in < Duration::from_secs(2),
+        "answered in {answered_in:?}"
+    );
+    let deployment: Deployment =
+        serde_json::from_value(first_answer["deployments"][0].clone()).unwrap();
+    assert_eq!(deployment.commit_sha, sha);
+    assert_eq!(deployment.message, "Initial commit");
+    assert_eq!(deployment.author_login.as_deref(), Some("Codertocat"));
+    assert_eq!(deployment.pusher.as_deref(), Some("Codertocat"));
+    assert!(deployment
+        .author_avatar
+        .as_deref()
+        .unwrap()
+        .starts_with("https://avatars"));
+
+    // A redelivery gets the first answer and queues nothing.
+    let (status, again) = deliver(&base, "github", &headers, &push).await;
+    assert_eq!((status, &again), (StatusCode::CREATED, &first_answer));
+
+    // The real agent clones the private repository and builds it.
+    wait_for(&admin, &deployment.id, AwaitingDeployment, &agent).await;
+    let listed: kiln_protocol::DeploymentList = admin
+        .get("/api/v1/deployments")
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    assert_eq!(listed.deployments.len(), 1, "the redelivery queued nothing");
+
+    // Statuses on the commit: pending (queued), pending (building), success; in order.
+    let calls = host
+        .until("the success status", |calls| {
+            states(calls, "/statuses/").last().map(String::as_str) == Some("success")
+        })
+        .await;
+    assert_eq!(
+        states(&calls, "/statuses/"),
+        ["pending", "pending", "success"]
+    );
+    let success = calls
+        .iter()
+        .rfind(|call| call.path.contains("/statuses/"))
+        .unwrap();
+    assert_eq!(success.method, "POST");
+    let repo_path = url
+        .trim_start_matches("http://")
+        .split_once('/')
+        .unwrap()
+        .1
+        .trim_end_matches(".git");
+    assert_eq!(
+        success.path,
+        format!("/api/repos/{repo_path}/statuses/{sha}")
+    );
+    assert_eq!(success.auth.as_deref(), Some("Bearer host-token-7c1e"));
+    assert_eq!(success.body["context"], "kiln/Production");
+    assert_eq!(success.body["description"], "Awaiting deployment");
+    assert_eq!(
+        success.body["target_url"],
+        format!("{PUBLIC_URL}/deployments/{}", deployment.id)
+    );
+
+    // Tags and deleted branches are answered with why they do nothing.
+    let tag = fixture("github/push-tag.json");
+    let mut tag = tag;
+    tag["repository"]["clone_url"] = url.clone().into();
+    let (status, answer) = deliver(
+        &base,
+        "github",
+        &github_headers("push", "d-tag", &secret, &tag),
+        &tag,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("refs/tags/simple-tag"),
+        "{answer}"
+    );
+    let mut ping = fixture("github/ping.json");
+    ping["repository"]["clone_url"] = url.clone().into();
+    let (status, _) = deliver(
+        &base,
+        "github",
+        &github_headers("ping", "d-ping", &secret, &ping),
+        &ping,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A rotated secret: the old one no longer signs.
+    let rotated: Project = admin
+        .post_json(
+            &format!("/api/v1/projects/{}/webhook-secret", project.id),
+            &json!({}),
+        )
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    let new_secret = rotated.webhook_secret.unwrap();
+    assert_ne!(new_secret, secret);
+    let (status, _) = deliver(
+        &base,
+        "github",
+        &github_headers("ping", "d-old", &secret, &ping),
+        &ping,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = deliver(
+        &base,
+        "github",
+        &github_headers("ping", "d-new", &new_secret, &ping),
+        &ping,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A fake agent building whatever is queued to `status`.
+async fn build_next(agent: &Api, status: kiln_protocol::DeploymentStatus) -> kiln_protocol::Job {
+    let job = agent.claim(5).await.expect("a job");
+    let mut building = update(Building);
+    building.backend = Some(ComponentStatus::Building);
+    agent
+        .report(&job, &building)
+        .await
+        .expect_json::<Deployment>(StatusCode::OK)
+        .await;
+    agent
+        .append_log(
+            &job.job_id,
+            "backend",
+            0,
+            "> medusa build\nerror: Build failed on purpose\n",
+        )
+        .await;
+    let mut done = update(status);
+    if status == BuildFailed {
+        done.backend = Some(ComponentStatus::Failed);
+        done.reason = Some("backend: `npm run build` (build) exited with code 1".into());
+    } else {
+        done.backend = Some(ComponentStatus::Succeeded);
+    }
+    done.storefront = Some(ComponentStatus::Skipped);
+    agent
+        .report(&job, &done)
+        .await
+        .expect_json::<Deployment>(StatusCode::OK)
+        .await;
+    job
+}
+
+#[tokio::test]
+async fn issue_16_gitlab_statuses_wait_out_a_failing_host_and_a_restart_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = StatusHost::start().await;
+    let mut server = ServerProcess::start_with(
+        Path::new(SERVER),
+        &dir.path().join("server"),
+        &["--public-url", PUBLIC_URL, "--git-host-retry-ms", "100"],
+        None,
+    )
+    .await;
+    let admin = server.admin();
+    let repository = "http://example.com/mike/diaspora.git";
+    let project: Project = admin
+        .create_project_with(CreateProject {
+            name: "diaspora".into(),
+            repository_url: repository.into(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+            secret_scan: Default::default(),
+            submodules: false,
+            git_host: git_host(GitHostKind::Gitlab, &host),
+        })
+        .await;
+    let secret = project.webhook_secret.clone().unwrap();
+    admin
+        .create_environment(&project, "Staging", "new-feature")
+        .await;
+    let registered: kiln_protocol::RegisterAgentResponse = Api::new(server.base_url(), None)
+        .send_json(
+            reqwest::Method::POST,
+            "/api/v1/agents/register",
+            &kiln_protocol::RegisterAgentRequest {
+                registration_token: REGISTRATION_TOKEN.into(),
+                name: "fake".into(),
+                labels: vec![],
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    let agent = Api::new(server.base_url(), Some(&registered.token));
+
+    // The host is down from the start.
+    host.fail(true);
+    let push = fixture("gitlab/push.json");
+    let headers = vec![
+        ("x-gitlab-event", "Push Hook".to_owned()),
+        ("x-gitlab-token", secret.clone()),
+        (
+            "x-gitlab-event-uuid",
+            "13792a34-cac6-4fda-95a8-c58e00a3954e".to_owned(),
+        ),
+    ];
+    let (status, answer) = deliver(&server.base_url(), "gitlab", &headers, &push).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, _) = deliver(
+        &server.base_url(),
+        "gitlab",
+        &[
+            ("x-gitlab-event", "Push Hook".to_owned()),
+            ("x-gitlab-token", "wrong".to_owned()),
+        ],
+        &push,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let job = build_next(&agent, BuildFailed).await;
+    host.until("a few refused attempts", |calls| calls.len() >= 3)
+        .await;
+    assert!(host.accepted("/statuses/").is_empty());
+
+    // The page says the host has not taken it yet.
+    // (The dashboard shows the last delivery: checked in its own test below.)
+
+    // Killed while the host is down; the host comes back; the server starts again.
+    server.kill().await;
+    host.fail(false);
+    server.spawn().await;
+    let sha = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
+    let calls = host
+        .until("the failure delivered after the restart", |calls| {
+            states(calls, "/statuses/").len() >= 3
+        })
+        .await;
+    assert_eq!(
+        states(&calls, "/statuses/"),
+        ["pending", "pending", "failed"],
+        "GitLab's words, in order"
+    );
+    let failed = calls.iter().rfind(|call| call.status == 201).unwrap();
+    assert_eq!(
+        failed.path,
+        format!("/api/projects/mike%2Fdiaspora/statuses/{sha}")
+    );
+    assert_eq!(failed.auth.as_deref(), Some("host-token-7c1e"));
+    assert_eq!(failed.body["name"], "kiln/Staging");
+    assert_eq!(
+        failed.body["description"],
+        "backend: `npm run build` (build) exited with code 1"
+    );
+    assert_eq!(
+        failed.body["target_url"],
+        format!("{PUBLIC_URL}/deployments/{}#backend-L2", job.deployment_id),
+        "the page, at the failing log line"
+    );
+    // Nothing more is sent once all is delivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(host.accepted("/statuses/").len(), 3);
+
+    // A branch deletion and a merge request edit without commits build nothing.
+    let deleted = fixture("gitlab/push-branch-deleted.json");
+    let headers = vec![
+        ("x-gitlab-event", "Push Hook".to_owned()),
+        ("x-gitlab-token", secret.clone()),
+    ];
+    let (status, answer) = deliver(&server.base_url(), "gitlab", &headers, &deleted).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert!(answer["ignored"].as_str().unwrap().contains("deleted"));
+}
+
+#[tokio::test]
+async fn issue_16_a_gitea_pull_request_gets_a_preview_and_one_comment_edited_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = StatusHost::start().await;
+    let cp = ControlPlane::start_with(&dir.path().join("server"), |config| {
+        config.public_url = Some(PUBLIC_URL.into());
+        config.git_host_retry = Duration::from_millis(100);
+    })
+    .await;
+    let admin = cp.admin();
+    let project: Project = admin
+        .create_project_with(CreateProject {
+            name: "webhooks".into(),
+            repository_url: "https://gitea.example.com/gitea/webhooks.git".into(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+            secret_scan: Default::default(),
+            submodules: false,
+            git_host: git_host(GitHostKind::Gitea, &host),
+        })
+        .await;
+    let secret = project.webhook_secret.clone().unwrap();
+    let agent = cp.register_agent("fake", &[]).await;
+    let gitea_headers = |event: &str, delivery: &str, body: &Value| {
+        vec![
+            ("x-gitea-event", event.to_owned()),
+            ("x-gitea-delivery", delivery.to_owned()),
+            (
+                "x-hub-signature-256",
+                sign(&secret, &serde_json::to_vec(body).unwrap()),
+            ),
+        ]
+    };
+
+    // Opened: a preview environment, built.
+    let opened = fixture("gitea/pull_request-opened.json");
+    let (status, answer) = deliver(
+        &cp.base_url(),
+        "gitea",
+        &gitea_headers("pull_request", "g-1", &opened),
+        &opened,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let environments: Vec<Environment> = admin
+        .get(&format!("/api/v1/projects/{}/environments", project.id))
+        .await
+        .expect_json::<kiln_protocol::EnvironmentList>(StatusCode::OK)
+        .await
+        .environments;
+    let preview = environments
+        .iter()
+        .find(|e| e.name == "pr-3")
+        .expect("the preview");
+    assert_eq!(preview.pull_request, Some(3));
+    let first = build_next(&agent, AwaitingDeployment).await;
+
+    // Synchronized (Gitea's word): the new head builds on the same preview.
+    let synced = fixture("gitea/pull_request-synchronized.json");
+    let (status, answer) = deliver(
+        &cp.base_url(),
+        "gitea",
+        &gitea_headers("pull_request", "g-2", &synced),
+        &synced,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let second: Deployment = serde_json::from_value(answer["deployments"][0].clone()).unwrap();
+    assert_eq!(second.environment_id, preview.id);
+    assert_eq!(
+        second.commit_sha,
+        "c0ffee4224043ba2feb48d137756c8a9331c449a"
+    );
+
+    // Closed: its build canceled, the preview gone.
+    let closed = fixture("gitea/pull_request-closed.json");
+    let (status, answer) = deliver(
+        &cp.base_url(),
+        "gitea",
+        &gitea_headers("pull_request", "g-3", &closed),
+        &closed,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(admin.deployment(&second.id).await.status, BuildCanceled);
+    let environments = admin
+        .get(&format!("/api/v1/projects/{}/environments", project.id))
+        .await
+        .expect_json::<kiln_protocol::EnvironmentList>(StatusCode::OK)
+        .await
+        .environments;
+    assert!(
+        environments.iter().all(|e| e.name != "pr-3"),
+        "the preview is removed"
+    );
+
+    // One comment, made once and then edited in place, ending with the cancel.
+    let calls = host
+        .until("the comment's last edit", |calls| {
+            calls
+                .iter()
+                .rev()
+                .find(|call| call.path.contains("comments"))
+                .is_some_and(|call| {
+                    call.body["body"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("Build canceled")
+                })
+        })
+        .await;
+    let comments: Vec<&HostCall> = calls
+        .iter()
+        .filter(|call| call.path.contains("comments"))
+        .collect();
+    assert_eq!(comments[0].method, "POST");
+    assert_eq!(
+        comments[0].path,
+        "/api/repos/gitea/webhooks/issues/3/comments"
+    );
+    assert_eq!(comments[0].auth.as_deref(), Some("token host-token-7c1e"));
+    let id = serde_json::json!(
+        1000 + calls
+            .iter()
+            .position(|call| call.path.contains("comments"))
+            .unwrap() as u64
+    );
+    for edit in &comments[1..] {
+        assert_eq!(edit.method, "PATCH");
+        assert_eq!(
+            edit.path,
+            format!("/api/repos/gitea/webhooks/issues/comments/{id}")
+        );
+    }
+    assert!(comments.len() >= 3);
+    let body = comments.last().unwrap().body["body"].as_str().unwrap();
+    assert!(
+        body.contains("pr-3") && body.contains(&format!("{PUBLIC_URL}/deployments/{}", second.id)),
+        "{body}"
+    );
+    // Statuses for both heads, under the preview's context.
+    let statuses = host.accepted("/statuses/");
+    assert!(statuses
+        .iter()
+        .all(|call| call.body["context"] == "kiln/pr-3"));
+    assert!(statuses
+        .iter()
+        .any(|call| call.path.ends_with(&first.commit_sha) && call.body["state"] == "success"));
+    assert!(
+        statuses.iter().any(|call| call.body["state"] == "error"),
+        "the cancel"
+    );
+
+    // The deployment's page says how its last status fared.
+    add_user(
+        Path::new(SERVER),
+        &dir.path().join("server"),
+        "vic",
+        "viewer",
+        "a viewer's password",
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(format!("{}/login", cp.base_url()))
+        .form(&[("username", "vic"), ("password", "a viewer's password")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = client
+        .get(format!(
+            "{}/deployments/{}",
+            cp.base_url(),
+            first.deployment_id
+        ))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Gitea status") && page.contains("live delivered (201 Created)"),
+        "{page}"
+    );
+}
