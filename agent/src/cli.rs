@@ -67,6 +67,9 @@ enum Command {
         /// Build environment variable NAME=VALUE (repeatable).
         #[arg(long = "env", value_name = "NAME=VALUE")]
         env: Vec<String>,
+        /// Build without the build cache (neither reading nor writing it).
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         settings: PartialConfig,
     },
@@ -191,7 +194,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let executor: Arc<dyn Executor> = Arc::new(DockerExecutor::connect().await?);
             std::fs::create_dir_all(&config.work_dir)
                 .with_context(|| format!("cannot create work_dir {}", config.work_dir.display()))?;
+            let cache = Arc::new(crate::cache::Cache::new(
+                &config.cache_dir,
+                config.cache_limit.0,
+                config.build_user,
+            ));
             let daemon = Arc::new(Daemon {
+                cache,
                 client: Client::new(&url, &identity.token),
                 pipeline: Arc::new(Pipeline {
                     executor: executor.clone(),
@@ -234,10 +243,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend_path,
             storefront_path,
             env,
+            no_cache,
             settings,
         } => {
             let config = Arc::new(load_config(cli.config, settings)?);
-            build_locally(config, dir, out, backend_path, storefront_path, env).await
+            let local = LocalBuild {
+                dir,
+                out,
+                backend_path,
+                storefront_path,
+                env,
+                cache: !no_cache,
+            };
+            build_locally(config, local).await
         }
         Command::Detect {
             dir,
@@ -279,14 +297,25 @@ async fn forward_signals(shutdown: CancellationToken, abort: CancellationToken) 
     }
 }
 
-async fn build_locally(
-    config: Arc<AgentConfig>,
+/// What `kiln-agent build` was asked.
+struct LocalBuild {
     dir: PathBuf,
     out: PathBuf,
     backend_path: String,
     storefront_path: Option<String>,
     env: Vec<String>,
-) -> anyhow::Result<ExitCode> {
+    cache: bool,
+}
+
+async fn build_locally(config: Arc<AgentConfig>, local: LocalBuild) -> anyhow::Result<ExitCode> {
+    let LocalBuild {
+        dir,
+        out,
+        backend_path,
+        storefront_path,
+        env,
+        cache,
+    } = local;
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot open {}", dir.display()))?;
@@ -318,8 +347,23 @@ async fn build_locally(
         agent_id: "local".to_owned(),
     };
     let workspace = Workspace::new(&scratch.0, &job_id);
+    // Local builds keep to one scope per directory.
+    let cache = cache.then(|| crate::pipeline::CacheRequest {
+        cache: Arc::new(crate::cache::Cache::new(
+            &config.cache_dir,
+            config.cache_limit.0,
+            config.build_user,
+        )),
+        project: format!("local:{}", dir.display()),
+        scopes: crate::cache::Scopes {
+            write: "local".to_owned(),
+            read: Vec::new(),
+        },
+        dropped: Vec::new(),
+    });
     let request = BuildRequest {
-        job_id,
+        job_id: job_id.clone(),
+        cache,
         source: Source::Local(dir),
         backend_path,
         storefront_path,
@@ -336,7 +380,12 @@ async fn build_locally(
     });
     let outcome = pipeline.build(&request, &workspace, &logs, &cancel).await;
     let code = match outcome {
-        BuildOutcome::Built { artifacts } => {
+        BuildOutcome::Built { artifacts, harvest } => {
+            if let Some(harvest) = harvest {
+                for line in harvest.publish(&job_id) {
+                    eprintln!("{line}");
+                }
+            }
             std::fs::create_dir_all(&out)?;
             for artifact in artifacts {
                 let dest = out.join(artifact.name());

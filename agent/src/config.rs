@@ -6,7 +6,7 @@
 //! file is an error naming the key; a bad value names the key or variable and value.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -325,6 +325,10 @@ partial_config! {
     log_limit: ByteSize = env_vars::KILN_LOG_LIMIT, parse = "from_str_or_number";
     /// Clone `file://` URLs and local paths (a single machine; never for untrusted jobs)
     allow_local_repositories: bool = env_vars::KILN_ALLOW_LOCAL_REPOSITORIES;
+    /// The build cache: dependencies, package stores, framework caches, outputs (default: `cache` beside work_dir)
+    cache_dir: PathBuf = env_vars::KILN_CACHE_DIR;
+    /// Disk the build cache may use; least recently used entries go first
+    cache_limit: ByteSize = env_vars::KILN_CACHE_LIMIT, parse = "from_str_or_number";
 }
 
 /// The resolved configuration the agent runs with.
@@ -355,6 +359,8 @@ pub struct AgentConfig {
     pub build_user: UidGid,
     pub log_limit: ByteSize,
     pub allow_local_repositories: bool,
+    pub cache_dir: PathBuf,
+    pub cache_limit: ByteSize,
 }
 
 pub const DEFAULT_IMAGE: &str = "kiln/node:20";
@@ -460,14 +466,19 @@ impl PartialConfig {
         // `bridge` reaches package registries but not the host's loopback
         // services (the control plane, /metrics, a local database).
         let install_network = self.install_network.unwrap_or(Network::Bridge);
+        let work_dir = self
+            .work_dir
+            .unwrap_or_else(|| "/var/lib/kiln-agent/work".into());
+        // Beside work_dir, so entries move in and out by rename and hard link.
+        let cache_dir = self
+            .cache_dir
+            .unwrap_or_else(|| work_dir.parent().unwrap_or(Path::new("/")).join("cache"));
         Ok(AgentConfig {
             control_plane_url: self
                 .control_plane_url
                 .map(|url| url.trim_end_matches('/').to_owned()),
             name: self.name.unwrap_or_else(default_name),
-            work_dir: self
-                .work_dir
-                .unwrap_or_else(|| "/var/lib/kiln-agent/work".into()),
+            work_dir,
             state_dir: self
                 .state_dir
                 .unwrap_or_else(|| "/var/lib/kiln-agent/state".into()),
@@ -497,6 +508,8 @@ impl PartialConfig {
             build_user,
             log_limit: self.log_limit.unwrap_or(ByteSize(100 << 20)),
             allow_local_repositories: self.allow_local_repositories.unwrap_or(false),
+            cache_dir,
+            cache_limit: self.cache_limit.unwrap_or(ByteSize(10 << 30)),
         })
     }
 }

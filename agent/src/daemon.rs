@@ -45,6 +45,8 @@ pub struct Daemon {
     pub config: Arc<AgentConfig>,
     pub state: StateDir,
     pub agent_id: String,
+    /// The host's build cache, shared by every job.
+    pub cache: Arc<crate::cache::Cache>,
 }
 
 /// The jobs whose task is alive, shared by the claim loop, the sweeper and the jobs.
@@ -333,6 +335,18 @@ impl Daemon {
                 message = "Reclaimed disk from jobs no longer running.",
                 workspaces,
                 containers,
+                bytes,
+                reclaimed = %crate::config::ByteSize(bytes)
+            );
+        }
+        let cache = self.cache.clone();
+        let (entries, bytes) = tokio::task::spawn_blocking(move || cache.sweep())
+            .await
+            .unwrap_or_default();
+        if entries > 0 {
+            info!(
+                message = "Dropped build cache entries unused for a week or past cache_limit.",
+                entries,
                 bytes,
                 reclaimed = %crate::config::ByteSize(bytes)
             );

@@ -25,6 +25,10 @@ pub const KILN_CONTROL_PLANE_URL: &str = "KILN_CONTROL_PLANE_URL";
 pub const KILN_NAME: &str = "KILN_NAME";
 /// `work_dir`: per-job workspaces.
 pub const KILN_WORK_DIR: &str = "KILN_WORK_DIR";
+/// `cache_dir`: the build cache (default: `cache` beside `work_dir`).
+pub const KILN_CACHE_DIR: &str = "KILN_CACHE_DIR";
+/// `cache_limit`: disk the build cache may use (default 10GiB).
+pub const KILN_CACHE_LIMIT: &str = "KILN_CACHE_LIMIT";
 /// `state_dir`: identity and log spools.
 pub const KILN_STATE_DIR: &str = "KILN_STATE_DIR";
 /// `concurrency`: jobs built at once.

@@ -194,13 +194,18 @@ impl Daemon {
         watch_done.cancel();
         let _ = watcher.await;
 
+        let mut harvest = None;
         let last = match outcome {
-            BuildOutcome::Built { artifacts } => {
-                match self.upload_all(&job.job_id, &artifacts, &logs).await {
-                    Ok(()) => built_update(&artifacts),
-                    Err(error) => failed_update(error.to_string()),
+            BuildOutcome::Built {
+                artifacts,
+                harvest: built,
+            } => match self.upload_all(&job.job_id, &artifacts, &logs).await {
+                Ok(()) => {
+                    harvest = built;
+                    built_update(&artifacts)
                 }
-            }
+                Err(error) => failed_update(error.to_string()),
+            },
             BuildOutcome::Failed(failure) => {
                 let mut failed = failed_update(failure.to_string());
                 failed.detail = failure.detail;
@@ -243,6 +248,17 @@ impl Daemon {
             }
         };
         self.report(&job.job_id, &last).await;
+        // What the build leaves for the next: after the report, so no
+        // deployment waits on it, and before its workspace goes.
+        if let Some(harvest) = harvest {
+            let job_id = job.job_id.clone();
+            let lines = tokio::task::spawn_blocking(move || harvest.publish(&job_id))
+                .await
+                .unwrap_or_default();
+            for line in lines {
+                info!(message = "Build cache.", %line);
+            }
+        }
         let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
         let keep =
             self.config.keep_failed_workspaces && last.status == DeploymentStatus::BuildFailed;
@@ -319,6 +335,7 @@ impl Daemon {
             secret_scan: job.secret_scan.clone(),
             timeout,
             progress: Some(progress),
+            cache: self.cache_request(job),
         };
         let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
         let outcome = self
@@ -329,6 +346,34 @@ impl Daemon {
         drop(request);
         let _ = forwarder.await;
         outcome
+    }
+
+    /// How the job may use the build cache: the scopes the control plane gave
+    /// (an older one gives none: the job's branch alone), or none at all.
+    fn cache_request(&self, job: &Job) -> Option<crate::pipeline::CacheRequest> {
+        let (scopes, dropped) = match &job.cache {
+            Some(cache) if !cache.enabled => return None,
+            Some(cache) => (
+                crate::cache::Scopes {
+                    write: cache.scope.clone(),
+                    read: cache.fallback_scopes.clone(),
+                },
+                cache.dropped_scopes.clone(),
+            ),
+            None => (
+                crate::cache::Scopes {
+                    write: format!("branch:{}", job.branch),
+                    read: Vec::new(),
+                },
+                Vec::new(),
+            ),
+        };
+        Some(crate::pipeline::CacheRequest {
+            cache: self.cache.clone(),
+            project: job.project_id.clone(),
+            scopes,
+            dropped,
+        })
     }
 
     /// Reports a status, retrying while the control plane is away, for up to

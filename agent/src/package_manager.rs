@@ -37,6 +37,18 @@ impl PackageManager {
         }
     }
 
+    /// The manager a `slug` names (a yarn berry without its `yarnPath`).
+    pub fn from_slug(slug: &str) -> Option<PackageManager> {
+        Some(match slug {
+            "npm" => PackageManager::Npm,
+            "yarn-classic" => PackageManager::YarnClassic,
+            "yarn-berry" => PackageManager::YarnBerry { yarn_path: None },
+            "pnpm" => PackageManager::Pnpm,
+            "bun" => PackageManager::Bun,
+            _ => return None,
+        })
+    }
+
     /// The frozen install: the lockfile is the truth, never rewritten.
     pub fn install_command(&self, has_lockfile: bool) -> Vec<String> {
         let words: &[&str] = match self {
@@ -119,6 +131,12 @@ impl Provision {
             self.package.rsplit('/').next().unwrap_or(self.package),
             self.version
         )
+    }
+
+    /// Where the release is installed, relative to the build's `$HOME`.
+    pub fn home_dir(&self) -> String {
+        let root = PROVISION_ROOT.trim_start_matches("/kiln/home/");
+        format!("{root}/{}", self.dir_name())
     }
 
     /// The directory holding the release's binaries, to go first on `PATH`.

@@ -123,7 +123,6 @@ impl RepoFs {
         })
     }
 
-    #[cfg(test)]
     pub(crate) fn root(&self) -> &Path {
         &self.root
     }

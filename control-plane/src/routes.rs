@@ -596,10 +596,12 @@ async fn redeploy(
     State(state): State<AppState>,
     _: Admin,
     ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<kiln_protocol::RedeployRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let use_cache = request.cache.unwrap_or(true);
     let outcome = state
         .db
-        .call(move |conn| store::redeploy(conn, &id))
+        .call(move |conn| store::redeploy(conn, &id, use_cache))
         .await?;
     state.announce_queue_change();
     Ok((StatusCode::CREATED, Json(outcome)))

@@ -69,6 +69,32 @@ pub struct Job {
     /// repository's own URL). Added in v1.3; older control planes omit it: none.
     #[serde(default)]
     pub submodules: bool,
+    /// How the build may use the agent's build cache. Added in v1.4; older control
+    /// planes omit it, and the agent then keeps to a scope of the job's branch.
+    #[serde(default)]
+    pub cache: Option<JobCache>,
+}
+
+/// The build cache's trust scopes for one job, as GitHub Actions scopes caches:
+/// a long-lived environment's builds read and write `branch:<name>`; a preview
+/// reads its own `pr:<number>` and then its base branch's, and writes only its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCache {
+    /// Whether to use the cache at all (a redeploy with `{"cache": false}` says no).
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// The scope this build reads first and writes.
+    pub scope: String,
+    /// Scopes it may read after its own, in order.
+    #[serde(default)]
+    pub fallback_scopes: Vec<String>,
+    /// The project's scopes whose entries are to go (pull requests since closed).
+    #[serde(default)]
+    pub dropped_scopes: Vec<String>,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// What a secret found in the public build output does to the deployment.

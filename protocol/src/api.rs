@@ -259,6 +259,18 @@ pub struct PullRequestEvent {
     pub message: String,
     #[serde(flatten)]
     pub people: EventPeople,
+    /// The branch it would merge into: the preview's builds read that branch's
+    /// build cache. Added in v1.4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_branch: Option<String>,
+}
+
+/// `POST /api/v1/deployments/{id}/redeploy`; the body is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedeployRequest {
+    /// `false` builds everything afresh, using no cache entry. Added in v1.4.
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 /// What an event did: the deployments it queued.
@@ -304,6 +316,9 @@ pub struct Deployment {
     /// Who pushed the commit, when a git host said. Added in v1.4.
     #[serde(default)]
     pub pusher: Option<String>,
+    /// Whether its build may use the build cache (a redeploy may say no). Added in v1.4.
+    #[serde(default = "yes")]
+    pub use_cache: bool,
     pub message: String,
     pub status: DeploymentStatus,
     pub backend_status: ComponentStatus,
@@ -343,6 +358,10 @@ pub struct ProjectList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentList {
     pub environments: Vec<Environment>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[cfg(test)]

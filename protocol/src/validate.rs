@@ -357,6 +357,21 @@ pub fn job(job: &crate::Job, allow_local_repositories: bool) -> Result<(), Inval
             field(name, text(entry, MAX_ALLOWLIST_ENTRY, false))?;
         }
     }
+    if let Some(cache) = &job.cache {
+        let scopes = std::iter::once(&cache.scope)
+            .chain(&cache.fallback_scopes)
+            .chain(&cache.dropped_scopes);
+        field(
+            "cache",
+            at_most(
+                cache.fallback_scopes.len() + cache.dropped_scopes.len(),
+                1000,
+            ),
+        )?;
+        for scope in scopes {
+            field("cache", text(scope, MAX_BRANCH + 16, false))?;
+        }
+    }
     field("attempt", within(u64::from(job.attempt), 1000))?;
     field("lease_seconds", within(job.lease_seconds, 86_400))?;
     Ok(())

@@ -165,6 +165,18 @@ async fn build_through_kiln(
         &extra,
     )
     .await;
+    let deployment = push_and_build(&admin, repo, &repo.head(), &agent).await;
+    (deployment, cp, agent)
+}
+
+/// Pushes `sha` to `main` and waits for its build; prints how long it took and
+/// its system log.
+async fn push_and_build(
+    admin: &Api,
+    repo: &FixtureRepo,
+    sha: &str,
+    agent: &AgentProcess,
+) -> Deployment {
     let pushed = Instant::now();
     let outcome: kiln_protocol::EventOutcome = admin
         .post_json(
@@ -172,7 +184,7 @@ async fn build_through_kiln(
             &PushEvent {
                 repository: repo.url.clone(),
                 branch: "main".into(),
-                sha: repo.head(),
+                sha: sha.to_owned(),
                 author: "Ada".into(),
                 message: "accept".into(),
                 people: Default::default(),
@@ -211,7 +223,25 @@ async fn build_through_kiln(
             .await
             .text()
     );
-    (deployment, cp, agent)
+    deployment
+}
+
+/// Waits until the agent has published what the last build left in the cache.
+async fn until_cached(agent: &AgentProcess, builds: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while agent
+        .log_text()
+        .matches("Cached the storefront output")
+        .count()
+        < builds
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing cached:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn artifact_files(cp: &ControlPlane, id: &str, name: &str) -> Vec<String> {
@@ -368,31 +398,6 @@ async fn real_medusa_backend_on_yarn_berry_with_yarn_path_builds_like_by_hand() 
 
 /// A stand-in for the Medusa Store API on this host's loopback: every list is
 /// empty, so a storefront's `generateStaticParams` render nothing but build.
-async fn stand_in_store_api() -> (u16, tokio_util::sync::DropGuard) {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/health", get(|| async { "OK" }))
-        .route(
-            "/store/{resource}",
-            get(|| async {
-                axum::Json(serde_json::json!({
-                    "regions": [], "products": [], "collections": [], "product_categories": [],
-                    "count": 0, "offset": 0, "limit": 100
-                }))
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let stopped = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped.cancelled_owned())
-            .await
-    });
-    (port, stop.drop_guard())
-}
-
 #[tokio::test]
 async fn issue_14_the_official_pnpm_monorepo_starter_builds_backend_and_storefront() {
     if !opted_in("KILN_ACCEPT_MONOREPO") && !opted_in("KILN_ACCEPT_MEDUSA") {
@@ -403,7 +408,7 @@ async fn issue_14_the_official_pnpm_monorepo_starter_builds_backend_and_storefro
     let dir = tempfile::tempdir().unwrap();
     let (port, _store) = stand_in_store_api().await;
     let repo = FixtureRepo::of(&dir.path().join("repo"), &accept_dir("medusa-monorepo"));
-    let (deployment, cp, _agent) = build_through_kiln(
+    let (deployment, cp, agent) = build_through_kiln(
         dir.path(),
         &repo,
         serde_json::json!([
@@ -454,4 +459,53 @@ async fn issue_14_the_official_pnpm_monorepo_starter_builds_backend_and_storefro
             .await
             .is_empty()
     );
+
+    // Issue 18: warm, a real Medusa backend and Next.js storefront build on
+    // restored, read-only node_modules; a storefront-only change reuses the backend.
+    until_cached(&agent, 1).await;
+    let both = repo.commit("Touch both apps", |dir| {
+        std::fs::write(
+            dir.join("apps/backend/src/touched.ts"),
+            "export const touched = 1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("apps/storefront/src/touched.ts"),
+            "export const touched = 1\n",
+        )
+        .unwrap();
+    });
+    let warm = push_and_build(&cp.admin(), &repo, &both, &agent).await;
+    let system = system_log(&cp, &warm.id).await;
+    for expected in [
+        "Restored node_modules of . from branch:main's cache",
+        "the install is skipped",
+        "Restored pnpm@10.11.1 from branch:main's cache",
+        "Restored apps/storefront/.next/cache",
+    ] {
+        assert!(system.contains(expected), "{expected:?} not in:\n{system}");
+    }
+    assert!(!system.contains("(install)"), "{system}");
+    until_cached(&agent, 2).await;
+    let storefront_only = repo.commit("Storefront copy", |dir| {
+        std::fs::write(
+            dir.join("apps/storefront/src/copy.ts"),
+            "export const copy = 'new'\n",
+        )
+        .unwrap();
+    });
+    let reused = push_and_build(&cp.admin(), &repo, &storefront_only, &agent).await;
+    let system = system_log(&cp, &reused.id).await;
+    assert!(
+        system.contains("Reused the backend built by job"),
+        "{system}"
+    );
+    assert!(system.contains("(storefront: build)"), "{system}");
+}
+
+async fn system_log(cp: &ControlPlane, id: &str) -> String {
+    cp.admin()
+        .get(&format!("/api/v1/deployments/{id}/logs/system"))
+        .await
+        .text()
 }

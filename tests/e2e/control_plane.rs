@@ -217,6 +217,7 @@ async fn pull_requests_get_a_preview_environment_until_closed() {
         author: "Grace".to_owned(),
         message: "Cart".to_owned(),
         people: Default::default(),
+        base_branch: None,
     };
 
     let opened: EventOutcome = admin

@@ -678,6 +678,24 @@ async fn issue_15_sessions_csrf_and_sign_in_limits_over_http() {
     assert_eq!(queued.status, BuildCanceled);
     assert_eq!(queued.reason.as_deref(), Some("canceled by dee"));
 
+    // Redeploy "without cache" from the dashboard builds afresh (issue 18).
+    let again = client
+        .post(site.url(&format!("/deployments/{}/redeploy", deployment.id)))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("cache", "off")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    let fresh_id = again.headers()["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("/deployments/")
+        .to_owned();
+    let fresh = site.admin.deployment(&fresh_id).await;
+    assert_eq!(fresh.redeploy_of.as_deref(), Some(deployment.id.as_str()));
+    assert!(!fresh.use_cache);
+
     // Reading needs no JavaScript: the pages carry their content.
     let read = |path: String| {
         let (client, cookie, url) = (client.clone(), cookie.clone(), site.url(&path));

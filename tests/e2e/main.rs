@@ -6,6 +6,7 @@
 
 mod accept;
 mod agent;
+mod cache;
 mod control_plane;
 mod dashboard;
 mod faults;

@@ -529,7 +529,8 @@ async fn issue_12_repository_files_are_read_only_inside_the_checkout() {
     let Some(world) = world_with(serde_json::json!([]), Some("storefront")).await else {
         return;
     };
-    let agent = world.agent("agent", "").await;
+    // A step blocked on a FIFO in its container ends at the step limit.
+    let agent = world.agent("agent", "step_timeout = \"15s\"").await;
     let secret = "HOST-SECRET-4f1d-never-in-a-log";
     let host_file = world.root_dir().join("host-file");
     std::fs::write(&host_file, format!("{secret}\n")).unwrap();
@@ -543,7 +544,9 @@ async fn issue_12_repository_files_are_read_only_inside_the_checkout() {
     );
     assert!(!reason.contains(secret) && !system.contains(secret));
 
-    // A FIFO where package.json should be: refused at once, not waited on.
+    // A FIFO the backend's build puts where the storefront's package.json was:
+    // the agent read the storefront's files before any build ran, so it never
+    // opens it; only the storefront's own build, in its container, meets it.
     world
         .admin
         .set_variables(
@@ -555,10 +558,11 @@ async fn issue_12_repository_files_are_read_only_inside_the_checkout() {
         std::fs::remove_file(dir.join("storefront/.nvmrc")).unwrap();
     });
     let started = Instant::now();
-    let (reason, _) = fails(&world, &agent, &sha).await;
+    let (reason, system) = fails(&world, &agent, &sha).await;
+    assert!(reason.starts_with("storefront: "), "{reason}");
     assert!(
-        reason.contains("storefront/package.json is a FIFO, not a regular file"),
-        "{reason}"
+        system.contains("Storefront: nextjs: dependency `next` in storefront/package.json"),
+        "read before the build: {system}"
     );
     assert!(started.elapsed() < Duration::from_secs(60));
     answers_within_a_second(&world.cp.base_url()).await;

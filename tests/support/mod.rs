@@ -12,6 +12,7 @@ pub mod public_tree;
 pub mod repo;
 pub mod server;
 pub mod status_host;
+pub mod store_api;
 
 pub use agent::*;
 pub use browser::*;
@@ -23,3 +24,4 @@ pub use proxy::*;
 pub use repo::*;
 pub use server::*;
 pub use status_host::*;
+pub use store_api::*;

@@ -429,6 +429,15 @@ impl Executor for DockerExecutor {
         Ok((outcome, bytes))
     }
 
+    async fn image_id(&self, image: &str) -> Result<String, ExecError> {
+        let inspected = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|error| docker_error("inspect the build image", error))?;
+        Ok(inspected.id.unwrap_or_else(|| image.to_owned()))
+    }
+
     async fn leftovers(&self, agent_id: &str) -> Result<Vec<Leftover>, ExecError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_AGENT}={agent_id}")])]);
         let containers = self

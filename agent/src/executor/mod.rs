@@ -138,4 +138,7 @@ pub trait Executor: Send + Sync {
 
     /// Force-removes a container.
     async fn remove(&self, container_id: &str) -> Result<(), ExecError>;
+
+    /// The id of the image builds run in (`sha256:…`): cache keys change with it.
+    async fn image_id(&self, image: &str) -> Result<String, ExecError>;
 }

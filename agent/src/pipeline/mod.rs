@@ -8,6 +8,7 @@
 //! `?` and becomes the outcome in one place, `Pipeline::build`.
 
 pub mod artifact;
+mod cached;
 pub(crate) mod checkout;
 pub(crate) mod plan;
 mod scan;
@@ -27,6 +28,8 @@ use crate::config::AgentConfig;
 use crate::executor::Executor;
 use crate::logs::{JobLogs, LogSink};
 use artifact::Packed;
+use cached::BuildCache;
+pub use cached::{CacheRequest, Harvest};
 use steps::{run_steps, PlannedStep, StepKind};
 pub use workspace::Workspace;
 
@@ -55,6 +58,8 @@ pub struct BuildRequest {
     pub timeout: Duration,
     /// Where component statuses go as they change (the job reports them).
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<(Component, ComponentStatus)>>,
+    /// The build cache and this build's scopes; `None` builds without it.
+    pub cache: Option<CacheRequest>,
 }
 
 impl BuildRequest {
@@ -108,9 +113,13 @@ impl fmt::Display for BuildFailure {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum BuildOutcome {
-    Built { artifacts: Vec<BuiltArtifact> },
+    Built {
+        artifacts: Vec<BuiltArtifact>,
+        /// What to leave in the build cache, once the job has reported.
+        harvest: Option<Harvest>,
+    },
     Failed(BuildFailure),
     Canceled,
 }
@@ -147,6 +156,8 @@ struct Build<'a> {
     cancel: &'a CancellationToken,
     deadline: Instant,
     system: LogSink,
+    /// Installs done (or restored) so far: directory and command.
+    installed: std::sync::Mutex<Vec<(PathBuf, Vec<String>)>>,
 }
 
 impl Pipeline {
@@ -167,6 +178,7 @@ impl Pipeline {
             cancel,
             deadline: started + request.timeout,
             system: logs.sink(LogStream::System),
+            installed: Default::default(),
         };
         let ran = tokio::select! {
             ran = build.run() => ran,
@@ -176,7 +188,7 @@ impl Pipeline {
             )),
         };
         let outcome = match ran {
-            Ok(artifacts) => BuildOutcome::Built { artifacts },
+            Ok((artifacts, harvest)) => BuildOutcome::Built { artifacts, harvest },
             Err(Stop::Canceled) => BuildOutcome::Canceled,
             Err(Stop::Failed(mut failure)) => {
                 // A clone or a pack that ran out of disk says only "No space left on
@@ -220,7 +232,7 @@ impl Pipeline {
 }
 
 impl Build<'_> {
-    async fn run(&self) -> Result<Vec<BuiltArtifact>, Stop> {
+    async fn run(&self) -> Result<(Vec<BuiltArtifact>, Option<Harvest>), Stop> {
         self.workspace.prepare().map_err(|error| {
             fail(
                 Component::Backend,
@@ -241,10 +253,38 @@ impl Build<'_> {
                 ),
             )
         })?;
-        let (backend, plan) = self.backend().await?;
+        let plan = self.plan_backend()?;
+        // Before anything builds: which directory is the storefront's tells what
+        // each component's cached output depends on. Its errors wait for its turn.
+        let storefront = match storefront::detect(self, &plan.app_dir).await {
+            Err(Stop::Canceled) => return Err(Stop::Canceled),
+            detected => detected,
+        };
+        let storefront_dirs = match &storefront {
+            Ok(Some(found)) => Some((
+                storefront::repo_path(&found.app_dir),
+                storefront::repo_path(&found.install_dir),
+            )),
+            _ => None,
+        };
+        let cache = self.open_cache().await;
+        let backend = self
+            .backend(&plan, cache.as_ref(), storefront_dirs.as_ref())
+            .await?;
         let mut artifacts = vec![backend];
-        artifacts.extend(storefront::build(self, &plan).await?);
-        Ok(artifacts)
+        artifacts.extend(storefront::build(self, &plan, storefront?, cache.as_ref()).await?);
+        Ok((artifacts, cache.map(|cache| cache.harvest())))
+    }
+
+    /// Whether an install of `command` in `dir` already ran (or was restored).
+    fn installed(&self, dir: &std::path::Path, command: &[String]) -> bool {
+        crate::lock(&self.installed)
+            .iter()
+            .any(|(done, with)| done == dir && with == command)
+    }
+
+    fn mark_installed(&self, dir: &std::path::Path, command: &[String]) {
+        crate::lock(&self.installed).push((dir.to_owned(), command.to_owned()));
     }
 
     async fn fetch_source(&self) -> Result<(), Stop> {
@@ -300,11 +340,9 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// Plans, installs and builds the backend, checks and scans `.medusa/server`,
-    /// and packs it.
-    async fn backend(&self) -> Result<(BuiltArtifact, plan::BackendPlan), Stop> {
+    /// Reads the backend's plan from the checkout and says it in the log.
+    fn plan_backend(&self) -> Result<plan::BackendPlan, Stop> {
         let (system, src) = (&self.system, self.workspace.src());
-        let config = &self.pipeline.config;
         let plan = crate::repo_fs::RepoFs::new(&src)
             .map_err(|error| error.to_string())
             .and_then(|fs| {
@@ -330,16 +368,91 @@ impl Build<'_> {
             display_dir(&plan.install_dir),
             plan.build.join(" "),
         ));
+        Ok(plan)
+    }
+
+    /// Installs and builds the backend, checks and scans `.medusa/server`, and
+    /// packs it; or, with the cache, reuses an earlier build's output when its
+    /// inputs are the same, and restores its install. `storefront` is the
+    /// storefront's app and install directories, if it has one.
+    async fn backend(
+        &self,
+        plan: &plan::BackendPlan,
+        cache: Option<&BuildCache>,
+        storefront: Option<&(PathBuf, PathBuf)>,
+    ) -> Result<BuiltArtifact, Stop> {
+        let config = &self.pipeline.config;
+        let output_key = match cache {
+            Some(cache) => {
+                let exclude = storefront.map(|(app, _)| app.as_path());
+                let release = plan
+                    .provision
+                    .as_ref()
+                    .map(|p| p.label())
+                    .unwrap_or_default();
+                let install = plan.install.join(" ");
+                let build = plan.build.join(" ");
+                let dir = plan.app_dir.display().to_string();
+                self.output_key(
+                    cache,
+                    Component::Backend,
+                    exclude,
+                    &[&dir, &install, &build, &release],
+                )
+                .await
+            }
+            None => None,
+        };
+        if let (Some(cache), Some(key)) = (cache, &output_key) {
+            if let Some(artifact) = self.reuse_output(cache, Component::Backend, key).await {
+                self.request
+                    .progress(Component::Backend, ComponentStatus::Succeeded);
+                return Ok(artifact);
+            }
+        }
+        let mut install = Some(PlannedStep {
+            kind: StepKind::Install,
+            command: plan.install.clone(),
+            dir: plan.install_dir.clone(),
+            network: config.install_network,
+            bin_dir: None,
+            shown: None,
+        });
+        let mut provided = false;
+        if let Some(cache) = cache {
+            if let Some(provision) = &plan.provision {
+                provided = self.restore_provision(cache, provision).await;
+            }
+            match self.deps_key(
+                cache,
+                &plan.install_dir,
+                &plan.manager,
+                plan.provision.as_ref(),
+            ) {
+                Some(key) => {
+                    if self.restore_deps(cache, &plan.install_dir, &key).await? {
+                        install = None;
+                    } else {
+                        self.restore_store(cache, &plan.install_dir, &plan.manager)
+                            .await;
+                        // Another install's trees are not this one's.
+                        let exclude = storefront
+                            .map(|(_, install_dir)| install_dir.clone())
+                            .filter(|dir| dir != &plan.install_dir)
+                            .into_iter()
+                            .collect();
+                        self.keep_deps(cache, &plan.install_dir, key, exclude);
+                    }
+                }
+                None => self
+                    .system
+                    .line("Build cache: no lockfile, so node_modules are not cached."),
+            }
+        }
         let steps = PlannedStep::with_manager(
             plan.provision.as_ref(),
-            Some(PlannedStep {
-                kind: StepKind::Install,
-                command: plan.install.clone(),
-                dir: plan.install_dir.clone(),
-                network: config.install_network,
-                bin_dir: None,
-                shown: None,
-            }),
+            provided,
+            install,
             PlannedStep {
                 kind: StepKind::Build,
                 command: plan.build.clone(),
@@ -350,6 +463,7 @@ impl Build<'_> {
             },
         );
         run_steps(self, Component::Backend, &steps).await?;
+        self.mark_installed(&plan.install_dir, &plan.install);
 
         // The output Medusa deploys; its public folder is served to the world.
         let server =
@@ -378,7 +492,10 @@ impl Build<'_> {
             component: Component::Backend,
             packed,
         };
-        Ok((artifact, plan))
+        if let (Some(cache), Some(key)) = (cache, output_key) {
+            self.keep_output(cache, &artifact, key);
+        }
+        Ok(artifact)
     }
 
     /// Packs `dir` (leaving out the top-level `skip` entries) as the component's

@@ -54,10 +54,12 @@ pub(super) struct PlannedStep {
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl PlannedStep {
-    /// The provisioning step, install and build for a package manager `provision`,
-    /// with its release first on `PATH` for all three.
+    /// The provisioning step (unless the release is `provided` already, from the
+    /// build cache), install and build for a package manager `provision`, with
+    /// its release first on `PATH` for all three.
     pub(super) fn with_manager(
         provision: Option<&Provision>,
+        provided: bool,
         install: Option<PlannedStep>,
         build: PlannedStep,
     ) -> Vec<PlannedStep> {
@@ -79,7 +81,9 @@ impl PlannedStep {
             bin_dir: bin_dir.clone(),
             ..install
         });
-        std::iter::once(provisioning)
+        (!provided)
+            .then_some(provisioning)
+            .into_iter()
             .chain(install)
             .chain([PlannedStep { bin_dir, ..build }])
             .collect()

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_protocol::{Component, ComponentStatus};
 
+use super::cached::BuildCache;
 use super::plan::BackendPlan;
 use super::steps::{image_node_version, run_steps, PlannedStep, StepKind};
 use super::workspace::{output_dir, OutputError};
@@ -14,16 +15,19 @@ use super::{fail, Build, BuiltArtifact, Stop};
 use crate::detect::{self, DetectError, Detection, Framework};
 use crate::repo_fs::RepoFs;
 
-/// Detects and builds the storefront; `Ok(None)` when the repository has none.
-/// `backend` is the backend's plan: its directory is not a storefront, and an
-/// install it ran at the same place (a workspace root) is not run twice.
+/// Builds the storefront `detect` found; `Ok(None)` when the repository has none.
+/// `backend` is the backend's plan: its directory is not part of the
+/// storefront's inputs, and an install already run (or restored) at the same
+/// place, a workspace root, is not run twice.
 pub(super) async fn build(
     build: &Build<'_>,
     backend: &BackendPlan,
+    detected: Option<Detection>,
+    cache: Option<&BuildCache>,
 ) -> Result<Option<BuiltArtifact>, Stop> {
     let system = &build.system;
     let request = build.request;
-    let Some(found) = detect(build, &backend.app_dir).await? else {
+    let Some(found) = detected else {
         system.line("No storefront in this repository; the backend is the whole build.");
         request.progress(Component::Storefront, ComponentStatus::Skipped);
         return Ok(None);
@@ -36,7 +40,34 @@ pub(super) async fn build(
     for warning in &found.warning_messages {
         system.line(format!("Warning ({}): {}", warning.code, warning.message));
     }
-    let app_dir = PathBuf::from(&found.app_dir);
+    // As the backend's plan writes them: the root is the empty path.
+    let app_dir = repo_path(&found.app_dir);
+    let install_dir = repo_path(&found.install_dir);
+    let output_key = match cache {
+        Some(cache) => {
+            let exclude =
+                (!backend.app_dir.as_os_str().is_empty()).then_some(backend.app_dir.as_path());
+            let release = found.package_manager_release.clone().unwrap_or_default();
+            let install = found.install.join(" ");
+            let command = found.exec_command.join(" ");
+            let output = found.output_dir.clone().unwrap_or_default();
+            build
+                .output_key(
+                    cache,
+                    Component::Storefront,
+                    exclude,
+                    &[&found.app_dir, &install, &command, &output, &release],
+                )
+                .await
+        }
+        None => None,
+    };
+    if let (Some(cache), Some(key)) = (cache, &output_key) {
+        if let Some(artifact) = build.reuse_output(cache, Component::Storefront, key).await {
+            request.progress(Component::Storefront, ComponentStatus::Succeeded);
+            return Ok(Some(artifact));
+        }
+    }
     if let Some(wanted) = &found.node_requirement {
         let have = image_node_version(build, Component::Storefront, &app_dir).await?;
         wanted
@@ -51,11 +82,9 @@ pub(super) async fn build(
             ));
     }
     let config = &build.pipeline.config;
-    let install_dir = PathBuf::from(&found.install_dir);
-    let installed = found.install == backend.install
-        && found.install_dir == crate::repo_fs::shown(&backend.install_dir)
-        && found.provision == backend.provision;
-    let install = if installed {
+    let installed =
+        build.installed(&install_dir, &found.install) && found.provision == backend.provision;
+    let mut install = if installed {
         system.line(format!(
             "Storefront: the install in {} the backend ran covers it.",
             found.install_dir
@@ -65,14 +94,50 @@ pub(super) async fn build(
         Some(PlannedStep {
             kind: StepKind::Install,
             command: found.install.clone(),
-            dir: install_dir,
+            dir: install_dir.clone(),
             network: config.install_network,
             bin_dir: None,
             shown: None,
         })
     };
+    let mut provided = false;
+    if let Some(cache) = cache {
+        if let Some(provision) = &found.provision {
+            provided = build.restore_provision(cache, provision).await;
+        }
+        if install.is_some() {
+            let manager = crate::package_manager::PackageManager::from_slug(found.package_manager);
+            match manager.and_then(|manager| {
+                build
+                    .deps_key(cache, &install_dir, &manager, found.provision.as_ref())
+                    .map(|key| (manager, key))
+            }) {
+                Some((manager, key)) => {
+                    if build.restore_deps(cache, &install_dir, &key).await? {
+                        install = None;
+                    } else {
+                        build.restore_store(cache, &install_dir, &manager).await;
+                        let exclude = (backend.install_dir != install_dir)
+                            .then(|| backend.install_dir.clone())
+                            .into_iter()
+                            .collect();
+                        build.keep_deps(cache, &install_dir, key, exclude);
+                    }
+                }
+                None => system.line(
+                    "Build cache: no lockfile, so the storefront's node_modules are not cached.",
+                ),
+            }
+        }
+        if found.framework == Framework::Nextjs {
+            build
+                .restore_framework_cache(cache, &app_dir, &install_dir)
+                .await;
+        }
+    }
     let steps = PlannedStep::with_manager(
         found.provision.as_ref(),
+        provided,
         install,
         PlannedStep {
             kind: StepKind::Build,
@@ -84,6 +149,7 @@ pub(super) async fn build(
         },
     );
     run_steps(build, Component::Storefront, &steps).await?;
+    build.mark_installed(&install_dir, &found.install);
 
     let output_name = found.output_dir.as_deref().unwrap_or("dist");
     let output = match output_dir(build.workspace, &app_dir.join(output_name)) {
@@ -114,15 +180,22 @@ pub(super) async fn build(
         .pack(Component::Storefront, &shown, output, skip)
         .await?;
     request.progress(Component::Storefront, ComponentStatus::Succeeded);
-    Ok(Some(BuiltArtifact {
+    let artifact = BuiltArtifact {
         component: Component::Storefront,
         packed,
-    }))
+    };
+    if let (Some(cache), Some(key)) = (cache, output_key) {
+        build.keep_output(cache, &artifact, key);
+    }
+    Ok(Some(artifact))
 }
 
 /// Runs detection off the async runtime, under the job's cancel (its deadline
 /// covers the whole build); `Ok(None)` when there is no storefront to build.
-async fn detect(build: &Build<'_>, backend_dir: &Path) -> Result<Option<Detection>, Stop> {
+pub(super) async fn detect(
+    build: &Build<'_>,
+    backend_dir: &Path,
+) -> Result<Option<Detection>, Stop> {
     let request = build.request;
     let src = build.workspace.src();
     // The backend the plan settled on: "." is the root, not "detect it".
@@ -151,5 +224,14 @@ async fn detect(build: &Build<'_>, backend_dir: &Path) -> Result<Option<Detectio
             Component::Storefront,
             format!("{}: {error}", error.code()),
         )),
+    }
+}
+
+/// A directory as detection shows it (`.` for the root) as a path in the checkout.
+pub(super) fn repo_path(shown: &str) -> PathBuf {
+    if shown == "." {
+        PathBuf::new()
+    } else {
+        PathBuf::from(shown)
     }
 }

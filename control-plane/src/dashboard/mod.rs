@@ -555,17 +555,27 @@ async fn deploy(
     act(&state, &session, &form.csrf, "deploy", run).await
 }
 
+#[derive(Deserialize)]
+struct RedeployForm {
+    #[serde(default)]
+    csrf: String,
+    /// `off` when "without cache" is ticked.
+    #[serde(default)]
+    cache: Option<String>,
+}
+
 async fn redeploy(
     State(state): State<AppState>,
     session: Session,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<RedeployForm>,
 ) -> Response {
     let original = id.clone();
+    let use_cache = form.cache.as_deref() != Some("off");
     let run = async {
         let outcome = state
             .db
-            .call(move |conn| store::redeploy(conn, &original))
+            .call(move |conn| store::redeploy(conn, &original, use_cache))
             .await?;
         tracing::info!(message = "Redeploy from the dashboard.", deployment_id = %id, by = %session.user.name);
         Ok(outcome

@@ -577,6 +577,13 @@ fn action_form(session: &Session, deployment: &Deployment, action: &str, label: 
         form.action method="post" action={"/deployments/" (deployment.id) "/" (action)} {
             input type="hidden" name="csrf" value=(session.csrf);
             button type="submit" class=(action) { (label) }
+            @if action == "redeploy" {
+                " "
+                label.nocache {
+                    input type="checkbox" name="cache" value="off";
+                    " without cache"
+                }
+            }
         }
     }
 }

@@ -60,6 +60,7 @@ struct PullRequest {
     title: Option<String>,
     user: Option<User>,
     head: Option<Head>,
+    base: Option<Head>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +214,7 @@ fn pull_request(payload: PullRequestPayload, gitea: bool) -> Result<Parsed, Hook
             "the pull request has no `pull_request.head.ref` and `.sha`".into(),
         ));
     };
+    let base_branch = pull.base.and_then(|base| base.reference);
     let user = pull.user.or(payload.sender).unwrap_or_default();
     let login = user.login.or(user.username);
     let title = pull.title.unwrap_or_default();
@@ -234,6 +236,7 @@ fn pull_request(payload: PullRequestPayload, gitea: bool) -> Result<Parsed, Hook
                 author_avatar: user.avatar_url,
                 pusher: None,
             },
+            base_branch,
         }),
         repository_urls,
     })
@@ -322,6 +325,7 @@ mod tests {
             assert_eq!(event.sha.len(), 40);
             assert_eq!(event.people.author_login.as_deref(), Some("Codertocat"));
             assert!(event.message.ends_with("(#2)"), "{}", event.message);
+            assert_eq!(event.base_branch.as_deref(), Some("master"));
         }
         // Gitea's spelling is Gitea's only.
         let mut gitea: serde_json::Value =

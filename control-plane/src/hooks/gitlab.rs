@@ -56,6 +56,7 @@ struct MergeRequest {
     iid: Option<u64>,
     title: Option<String>,
     source_branch: Option<String>,
+    target_branch: Option<String>,
     action: Option<String>,
     /// Present on `update` when new commits came.
     oldrev: Option<String>,
@@ -225,6 +226,7 @@ fn merge_request(payload: MergeRequestPayload) -> Result<Parsed, HookError> {
                 author_avatar: user.avatar_url,
                 pusher: None,
             },
+            base_branch: request.target_branch,
         }),
         repository_urls,
     })

@@ -27,6 +27,7 @@ pub(super) fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
         author_avatar: row.get("author_avatar")?,
         author_login: row.get("author_login")?,
         pusher: row.get("pusher")?,
+        use_cache: row.get("use_cache")?,
         message: row.get("message")?,
         status: parse_status(&row.get::<_, String>("status")?)?,
         backend_status: parse_component(&row.get::<_, String>("backend_status")?),
@@ -310,6 +311,7 @@ pub(super) struct NewDeployment<'a> {
     message: &'a str,
     people: &'a EventPeople,
     redeploy_of: Option<&'a str>,
+    use_cache: bool,
 }
 
 /// Queues a deployment and cancels every older one of the same environment that is
@@ -333,8 +335,8 @@ pub(super) fn queue_deployment(
     tx.execute(
         "INSERT INTO deployments (id, project_id, environment_id, commit_sha, branch, author, message,
                                   status, backend_status, storefront_status, redeploy_of, created_at, updated_at,
-                                  author_login, author_avatar, pusher)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 'pending', 'pending', ?8, ?9, ?9, ?10, ?11, ?12)",
+                                  author_login, author_avatar, pusher, use_cache)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 'pending', 'pending', ?8, ?9, ?9, ?10, ?11, ?12, ?13)",
         params![
             id,
             new.project_id,
@@ -348,6 +350,7 @@ pub(super) fn queue_deployment(
             new.people.author_login,
             new.people.author_avatar,
             new.people.pusher,
+            new.use_cache,
         ],
     )?;
     tx.execute(
@@ -491,6 +494,7 @@ pub(crate) fn push_to(
                     message: &push.message,
                     people: &push.people,
                     redeploy_of: None,
+                    use_cache: true,
                 },
                 &mut outcome,
             )?;
@@ -553,17 +557,17 @@ pub(crate) fn pull_request_to(
                 let environment_id = match preview {
                     Some(preview) => {
                         tx.execute(
-                            "UPDATE environments SET branch = ?1 WHERE id = ?2",
-                            params![event.branch, preview.id],
+                            "UPDATE environments SET branch = ?1, base_branch = COALESCE(?2, base_branch) WHERE id = ?3",
+                            params![event.branch, event.base_branch, preview.id],
                         )?;
                         preview.id
                     }
                     None => {
                         let id = new_id("env");
                         tx.execute(
-                            "INSERT INTO environments (id, project_id, name, kind, branch, pull_request, auto_deploy, created_at)
-                             VALUES (?1, ?2, ?3, 'preview', ?4, ?5, 1, ?6)",
-                            params![id, project.id, format!("pr-{}", event.number), event.branch, event.number as i64, now_ms()],
+                            "INSERT INTO environments (id, project_id, name, kind, branch, pull_request, auto_deploy, created_at, base_branch)
+                             VALUES (?1, ?2, ?3, 'preview', ?4, ?5, 1, ?6, ?7)",
+                            params![id, project.id, format!("pr-{}", event.number), event.branch, event.number as i64, now_ms(), event.base_branch],
                         )?;
                         id
                     }
@@ -579,6 +583,7 @@ pub(crate) fn pull_request_to(
                         message: &event.message,
                         people: &event.people,
                         redeploy_of: None,
+                        use_cache: true,
                     },
                     &mut outcome,
                 )?;
@@ -588,7 +593,12 @@ pub(crate) fn pull_request_to(
     Ok(outcome)
 }
 
-pub fn redeploy(conn: &mut Connection, id: &str) -> Result<EventOutcome, ApiError> {
+/// Rebuilds deployment `id`'s commit; `use_cache: false` builds it with no cache entry.
+pub fn redeploy(
+    conn: &mut Connection,
+    id: &str,
+    use_cache: bool,
+) -> Result<EventOutcome, ApiError> {
     let tx = conn.transaction()?;
     let original = get_deployment_in(&tx, id)?;
     get_environment_in(&tx, &original.environment_id).map_err(|_| {
@@ -616,6 +626,7 @@ pub fn redeploy(conn: &mut Connection, id: &str) -> Result<EventOutcome, ApiErro
                 pusher: original.pusher.clone(),
             },
             redeploy_of: Some(id),
+            use_cache,
         },
         &mut outcome,
     )?;
@@ -641,6 +652,7 @@ mod tests {
                 author: "Grace".into(),
                 message: "Cart".into(),
                 people: Default::default(),
+                base_branch: Some("main".into()),
             },
         )
         .unwrap()
@@ -756,7 +768,7 @@ mod tests {
     fn a_redeploy_queues_the_same_commit_again() {
         let (mut conn, _, _) = shop(&[]);
         let first = push(&mut conn, "main", 1).remove(0);
-        let again = redeploy(&mut conn, &first.id).unwrap();
+        let again = redeploy(&mut conn, &first.id, true).unwrap();
         let copy = &again.deployments[0];
         assert_eq!(
             (copy.commit_sha.as_str(), copy.redeploy_of.as_deref()),
@@ -768,7 +780,7 @@ mod tests {
             "the queued original is superseded"
         );
         assert!(matches!(
-            redeploy(&mut conn, "dpl_missing"),
+            redeploy(&mut conn, "dpl_missing", true),
             Err(ApiError::NotFound { .. })
         ));
     }

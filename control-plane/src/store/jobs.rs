@@ -2,10 +2,10 @@
 //! the agent's status reports, and leases that expire.
 
 use kiln_protocol::{
-    ComponentStatus, Deployment, DeploymentStatus, Job, JobControl, JobDirective, JobLimits,
-    JobStatusUpdate,
+    ComponentStatus, Deployment, DeploymentStatus, Job, JobCache, JobControl, JobDirective,
+    JobLimits, JobStatusUpdate,
 };
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::agents::AgentRow;
 use super::deployments::{finish_current_job, get_deployment_in, set_status, settle_components};
@@ -71,6 +71,7 @@ pub fn claim(
         params![attempt, job_id, agent.id, now + policy.lease_ms, deployment_id],
     )?;
     let env = variables_in(&tx, &deployment.environment_id)?;
+    let cache = cache_scopes(&tx, &project.id, &deployment)?;
     tx.commit()?;
     Ok(Some(Job {
         job_id,
@@ -93,7 +94,52 @@ pub fn claim(
         lease_seconds: (policy.lease_ms / 1000).max(1) as u64,
         secret_scan: project.secret_scan,
         submodules: project.submodules,
+        cache: Some(cache),
     }))
+}
+
+/// How long a closed pull request's scope is named for agents to drop.
+const DROPPED_SCOPES_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// The cache scopes of a deployment's build: its branch's for a long-lived
+/// environment; for a preview, its pull request's, reading its base branch's too.
+fn cache_scopes(
+    tx: &Transaction,
+    project_id: &str,
+    deployment: &Deployment,
+) -> Result<JobCache, ApiError> {
+    let (pull_request, base_branch): (Option<i64>, Option<String>) = tx.query_row(
+        "SELECT pull_request, base_branch FROM environments WHERE id = ?1",
+        [&deployment.environment_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let (scope, fallback_scopes) = match pull_request {
+        Some(number) => (
+            format!("pr:{number}"),
+            base_branch
+                .map(|branch| vec![format!("branch:{branch}")])
+                .unwrap_or_default(),
+        ),
+        None => (format!("branch:{}", deployment.branch), Vec::new()),
+    };
+    let dropped_scopes = tx
+        .prepare_cached(
+            "SELECT DISTINCT pull_request FROM environments
+             WHERE project_id = ?1 AND kind = 'preview' AND removed_at IS NOT NULL AND removed_at > ?2
+               AND pull_request NOT IN (SELECT pull_request FROM environments
+                                        WHERE project_id = ?1 AND kind = 'preview' AND removed_at IS NULL)",
+        )?
+        .query_map(params![project_id, now_ms() - DROPPED_SCOPES_FOR_MS], |row| {
+            row.get::<_, i64>(0)
+        })?
+        .map(|number| number.map(|number| format!("pr:{number}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(JobCache {
+        enabled: deployment.use_cache,
+        scope,
+        fallback_scopes,
+        dropped_scopes,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -444,5 +490,51 @@ mod tests {
             (lost.status, lost.reason.as_deref()),
             (BuildFailed, Some("agent lost"))
         );
+    }
+
+    #[test]
+    fn cache_scopes_keep_previews_from_writing_their_base_branch() {
+        let (mut conn, _, _) = shop(&[]);
+        let builder = agent(&mut conn, &[]);
+        push(&mut conn, "main", 1);
+        let main = claim_one(&mut conn, &builder).cache.unwrap();
+        assert_eq!(
+            (
+                main.enabled,
+                main.scope.as_str(),
+                main.fallback_scopes.len()
+            ),
+            (true, "branch:main", 0)
+        );
+        let event = |action| kiln_protocol::PullRequestEvent {
+            repository: crate::store::testing::REPO.into(),
+            number: 12,
+            action,
+            branch: "feature".into(),
+            sha: crate::store::testing::sha(2),
+            author: "Grace".into(),
+            message: "Feature".into(),
+            people: Default::default(),
+            base_branch: Some("main".into()),
+        };
+        crate::store::on_pull_request(&mut conn, event(kiln_protocol::PullRequestAction::Opened))
+            .unwrap();
+        let preview = claim_one(&mut conn, &builder).cache.unwrap();
+        assert_eq!(preview.scope, "pr:12");
+        assert_eq!(preview.fallback_scopes, ["branch:main"]);
+        crate::store::on_pull_request(&mut conn, event(kiln_protocol::PullRequestAction::Closed))
+            .unwrap();
+        // The next job of the project tells its agent to drop the closed one's scope;
+        // a redeploy without cache says so too.
+        let built = push(&mut conn, "main", 3).remove(0);
+        let after = claim_one(&mut conn, &builder).cache.unwrap();
+        assert_eq!(after.dropped_scopes, ["pr:12"]);
+        conn.execute(
+            "UPDATE deployments SET status = 'awaiting_deployment' WHERE id = ?1",
+            [&built.id],
+        )
+        .unwrap();
+        crate::store::redeploy(&mut conn, &built.id, false).unwrap();
+        assert!(!claim_one(&mut conn, &builder).cache.unwrap().enabled);
     }
 }

@@ -22,6 +22,9 @@
 //   KILN_FIXTURE_SERVER_ROOT_LINK=P  end with .medusa/server itself a symlink to P
 //   KILN_FIXTURE_FIFO=P    end with a FIFO at P (relative to the repository root)
 //   KILN_FIXTURE_FETCH=URL  try to reach URL; exit 13 if it cannot, 66 if it can
+// A file `poison-node-modules` at the repository root makes the build try to
+// write into its installed node_modules (as a hostile pull request would, to
+// spoil a shared build cache) and print what happened.
 // Numbered lines start with "fixture-line "; their sha256 is written to
 // .medusa/server/printed.sha256, so tests can check the stored log against it.
 const crypto = require("crypto")
@@ -60,6 +63,15 @@ async function main() {
   }
   const env = process.env
   console.log("info:    Starting build...")
+  if (fs.existsSync("poison-node-modules")) {
+    const target = path.join("node_modules", ".package-lock.json")
+    try {
+      fs.appendFileSync(target, "\n// poisoned by a pull request\n")
+      console.log(`poison: wrote ${target}`)
+    } catch (error) {
+      console.log(`poison: refused (${error.code})`)
+    }
+  }
   if (env.KILN_FIXTURE_PRINT) {
     const secret = env.KILN_FIXTURE_PRINT
     writeAll(`whole: ${secret}\n`)

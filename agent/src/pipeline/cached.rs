@@ -1,0 +1,813 @@
+//! The build cache as one build uses it (`crate::cache` keeps the entries):
+//! before a step, what can be restored (a component's output, its installed
+//! `node_modules`, the package manager's store and release, Next.js's cache);
+//! after a successful build, what to leave for the next one (`Harvest`, which the
+//! job publishes once it has reported). The system log says, per step, what was
+//! restored (key, size, time) or why not.
+
+use std::path::{Component as PathComponent, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kiln_protocol::Component;
+
+use super::artifact::Packed;
+use super::{Build, BuiltArtifact, Stop};
+use crate::cache::inputs::{self, Key};
+use crate::cache::{Cache, Found, Kind, Meta, Scopes, Slot};
+use crate::config::ByteSize;
+use crate::package_manager::{PackageManager, Provision};
+use crate::repo_fs::RepoFs;
+
+/// What a job asks of the cache.
+#[derive(Debug, Clone)]
+pub struct CacheRequest {
+    pub cache: Arc<Cache>,
+    /// Entries are the project's alone.
+    pub project: String,
+    pub scopes: Scopes,
+    /// The project's scopes to drop first (pull requests closed since).
+    pub dropped: Vec<String>,
+}
+
+/// Where an entry's files come from, found when it is published.
+#[derive(Debug, Clone)]
+enum Sources {
+    /// Every `node_modules` under `install_dir` of the checkout `src`, except
+    /// under `exclude` (another install's directories).
+    NodeModules {
+        src: PathBuf,
+        install_dir: PathBuf,
+        exclude: Vec<PathBuf>,
+    },
+    /// One file or directory, to sit at `rel` in the entry.
+    One { path: PathBuf, rel: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    kind: Kind,
+    group: String,
+    key: String,
+    meta: Meta,
+    sources: Sources,
+}
+
+/// What a successful build leaves in the cache, published by the job after it
+/// has reported (so no deployment waits for it) and before its workspace goes.
+#[derive(Debug)]
+pub struct Harvest {
+    request: CacheRequest,
+    items: Vec<Pending>,
+}
+
+/// Directories a build leaves inside `node_modules` that are its own, not the
+/// install's.
+const BUILD_LEFTOVERS: &[&str] = &[".cache", ".vite", ".astro", ".turbo"];
+
+fn node_modules_under(
+    src: &Path,
+    install_dir: &Path,
+    exclude: &[PathBuf],
+) -> Vec<(PathBuf, PathBuf)> {
+    let root = src.join(install_dir);
+    let mut found = Vec::new();
+    let mut walker = walkdir::WalkDir::new(&root)
+        .follow_links(false)
+        .max_depth(8)
+        .into_iter();
+    while let Some(Ok(entry)) = walker.next() {
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        let Ok(rel) = entry.path().strip_prefix(src) else {
+            continue;
+        };
+        let name = entry.file_name();
+        if name == ".git"
+            || exclude
+                .iter()
+                .any(|skip| !skip.as_os_str().is_empty() && rel.starts_with(skip))
+        {
+            walker.skip_current_dir();
+            continue;
+        }
+        if name == "node_modules" {
+            found.push((entry.path().to_owned(), rel.to_owned()));
+            walker.skip_current_dir();
+        }
+    }
+    found
+}
+
+impl Harvest {
+    /// Publishes every entry; returns a line for each, for the agent's log.
+    pub fn publish(self, job_id: &str) -> Vec<String> {
+        let Harvest { request, items } = self;
+        let mut lines = Vec::new();
+        for mut item in items {
+            let sources = match &item.sources {
+                Sources::NodeModules {
+                    src,
+                    install_dir,
+                    exclude,
+                } => node_modules_under(src, install_dir, exclude),
+                Sources::One { path, rel } => vec![(path.clone(), rel.clone())],
+            };
+            let sources: Vec<(PathBuf, PathBuf)> = sources
+                .into_iter()
+                .filter(|(path, _)| {
+                    std::fs::symlink_metadata(path).is_ok_and(|meta| !meta.file_type().is_symlink())
+                })
+                .collect();
+            if sources.is_empty() {
+                continue;
+            }
+            if item.kind == Kind::Deps {
+                item.meta.paths = sources
+                    .iter()
+                    .map(|(_, rel)| rel.display().to_string())
+                    .collect();
+                for (path, _) in &sources {
+                    for leftover in BUILD_LEFTOVERS {
+                        let _ = std::fs::remove_dir_all(path.join(leftover));
+                    }
+                }
+            }
+            item.meta.job_id = job_id.to_owned();
+            let label = item.meta.label.clone();
+            let slot = Slot {
+                project: &request.project,
+                scopes: &request.scopes,
+                kind: item.kind,
+                group: &item.group,
+                key: &item.key,
+            };
+            let started = std::time::Instant::now();
+            lines.push(match request.cache.publish(slot, item.meta, &sources) {
+                Ok(Some(meta)) => format!(
+                    "Cached {label} for {} ({}, {} files, key {}) in {:.1}s.",
+                    request.scopes.write,
+                    ByteSize(meta.bytes),
+                    meta.files,
+                    &item.key[..12],
+                    started.elapsed().as_secs_f64()
+                ),
+                Ok(None) => format!(
+                    "{label}: {} already has key {}.",
+                    request.scopes.write,
+                    &item.key[..12]
+                ),
+                Err(error) => format!("Could not cache {label}: {error}"),
+            });
+        }
+        lines
+    }
+}
+
+/// Checks that `rel` under `base` can be written without following a link: every
+/// existing component is a real directory and the last does not exist yet.
+fn fresh_path(base: &Path, rel: &Path) -> Result<PathBuf, String> {
+    let mut path = base.to_owned();
+    let parts: Vec<_> = rel
+        .components()
+        .filter_map(|part| match part {
+            PathComponent::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    for (index, name) in parts.iter().enumerate() {
+        path.push(name);
+        match std::fs::symlink_metadata(&path) {
+            Err(_) => {}
+            Ok(meta) if index + 1 == parts.len() => {
+                let what = if meta.file_type().is_symlink() {
+                    "a link"
+                } else {
+                    "there already"
+                };
+                return Err(format!("{} is {what}", rel.display()));
+            }
+            Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => {
+                return Err(format!("{} is not a directory", path.display()));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(path)
+}
+
+/// The inputs every key of one build shares, read once.
+pub(super) struct BuildCache {
+    pub request: CacheRequest,
+    image_id: String,
+    env: String,
+    manifests: String,
+    pending: Mutex<Vec<Pending>>,
+}
+
+/// What a restore found, for the log.
+fn origin(found: &Found, scopes: &Scopes) -> String {
+    let whose = if found.own_scope {
+        format!("{}'s", scopes.write)
+    } else {
+        format!("{}'s (read-only for this build)", found.meta.scope)
+    };
+    let which = if found.exact {
+        ""
+    } else {
+        ", the newest of its kind"
+    };
+    format!(
+        "{whose} cache, key {}{which}",
+        &found.meta.key[..12.min(found.meta.key.len())]
+    )
+}
+
+impl BuildCache {
+    fn slot<'a>(&'a self, kind: Kind, group: &'a str, key: &'a str) -> Slot<'a> {
+        Slot {
+            project: &self.request.project,
+            scopes: &self.request.scopes,
+            kind,
+            group,
+            key,
+        }
+    }
+
+    fn keep(&self, kind: Kind, group: String, key: String, label: String, sources: Sources) {
+        crate::lock(&self.pending).push(Pending {
+            kind,
+            group,
+            key,
+            meta: Meta {
+                label,
+                ..Default::default()
+            },
+            sources,
+        });
+    }
+
+    pub fn harvest(&self) -> Harvest {
+        Harvest {
+            request: self.request.clone(),
+            items: std::mem::take(&mut *crate::lock(&self.pending)),
+        }
+    }
+
+    fn key(&self, kind: &str) -> Key {
+        let mut key = Key::new(kind);
+        key.text("image", &self.image_id);
+        key
+    }
+}
+
+/// The `$HOME` directory (under the build's `home/`) where a package manager
+/// keeps what it downloads.
+fn store_dir(manager: &PackageManager) -> &'static str {
+    match manager {
+        PackageManager::Npm => ".npm/_cacache",
+        PackageManager::YarnClassic => ".cache/yarn",
+        PackageManager::YarnBerry { .. } => ".yarn/berry/cache",
+        PackageManager::Pnpm => ".local/share/pnpm/store",
+        PackageManager::Bun => ".bun/install/cache",
+    }
+}
+
+impl Build<'_> {
+    /// Opens the cache for this build, or says in the log why it is not used.
+    pub(super) async fn open_cache(&self) -> Option<BuildCache> {
+        let Some(request) = self.request.cache.clone() else {
+            self.system.line("Build cache: off for this build.");
+            return None;
+        };
+        let image = &self.pipeline.config.build_image;
+        let image_id = match self.pipeline.executor.image_id(image).await {
+            Ok(id) => id,
+            Err(error) => {
+                self.system.line(format!("Build cache: not used: {error}"));
+                return None;
+            }
+        };
+        let src = self.workspace.src();
+        let dropped = request.dropped.clone();
+        let cache = request.cache.clone();
+        let project = request.project.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let reclaimed = cache.drop_scopes(&project, &dropped);
+            let manifests = RepoFs::new(&src).map(|fs| inputs::manifests(&fs));
+            (reclaimed, manifests)
+        })
+        .await
+        .expect("cache inputs task");
+        let (reclaimed, manifests) = read;
+        let manifests = match manifests {
+            Ok(manifests) => manifests,
+            Err(error) => {
+                self.system.line(format!(
+                    "Build cache: not used: cannot read the checkout: {error}"
+                ));
+                return None;
+            }
+        };
+        if reclaimed > 0 {
+            self.system.line(format!(
+                "Build cache: dropped {} of closed pull requests ({}).",
+                ByteSize(reclaimed),
+                request.dropped.join(", ")
+            ));
+        }
+        let mut env = Key::new("env");
+        inputs::add_env(&mut env, &self.request.env);
+        let reads = if request.scopes.read.is_empty() {
+            String::new()
+        } else {
+            format!(", then {}", request.scopes.read.join(", "))
+        };
+        self.system.line(format!(
+            "Build cache: scope {} (reads {}{reads}; writes only {}).",
+            request.scopes.write, request.scopes.write, request.scopes.write
+        ));
+        Some(BuildCache {
+            request,
+            image_id,
+            env: env.finish(),
+            manifests,
+            pending: Mutex::default(),
+        })
+    }
+
+    /// The key of a component's output: its tree (less the other component's
+    /// directory), the plan, the variables, the image and Kiln's version.
+    pub(super) async fn output_key(
+        &self,
+        cache: &BuildCache,
+        component: Component,
+        exclude: Option<&Path>,
+        plan: &[&str],
+    ) -> Option<String> {
+        if !matches!(self.request.source, super::Source::Git { .. }) {
+            return None;
+        }
+        let src = self.workspace.src();
+        let exclude = exclude.map(Path::to_owned);
+        let tree = tokio::task::spawn_blocking(move || inputs::tree(&src, exclude.as_deref()))
+            .await
+            .expect("tree task");
+        let tree = match tree {
+            Ok(tree) => tree,
+            Err(error) => {
+                self.system
+                    .line(format!("Build cache: outputs not reused: {error}"));
+                return None;
+            }
+        };
+        let mut key = cache.key("output");
+        key.text("component", component.as_str())
+            .text("kiln", env!("CARGO_PKG_VERSION"))
+            .text("env", &cache.env)
+            .text("tree", &tree)
+            .text(
+                "secret_scan",
+                &serde_json::to_string(&self.request.secret_scan).unwrap_or_default(),
+            );
+        for part in plan {
+            key.text("plan", part);
+        }
+        Some(key.finish())
+    }
+
+    /// A component's output from an earlier build with the same inputs, linked
+    /// into this job's artifacts; `None` to build it.
+    pub(super) async fn reuse_output(
+        &self,
+        cache: &BuildCache,
+        component: Component,
+        key: &str,
+    ) -> Option<BuiltArtifact> {
+        let found = cache
+            .request
+            .cache
+            .find(cache.slot(Kind::Output, component.as_str(), key), false)?;
+        let name = component.artifact_name();
+        let out = self.workspace.artifacts().join(name);
+        let from = found.data().join(name);
+        let linked =
+            std::fs::hard_link(&from, &out).or_else(|_| std::fs::copy(&from, &out).map(drop));
+        if let Err(error) = linked {
+            self.system.line(format!(
+                "Build cache: the {} output could not be reused: {error}",
+                component.as_str()
+            ));
+            return None;
+        }
+        let (Some(sha256), Some(files)) = (found.meta.sha256.clone(), found.meta.packed_files)
+        else {
+            return None;
+        };
+        self.system.line(format!(
+            "Reused the {} built by job {} ({}, {} bytes): its inputs are unchanged, so it is not built again.",
+            component.as_str(),
+            found.meta.job_id,
+            origin(&found, &cache.request.scopes),
+            found.meta.bytes,
+        ));
+        Some(BuiltArtifact {
+            component,
+            packed: Packed {
+                path: out,
+                size: found.meta.bytes,
+                sha256,
+                files,
+            },
+        })
+    }
+
+    /// Keeps a built component's artifact for builds with the same inputs.
+    pub(super) fn keep_output(&self, cache: &BuildCache, artifact: &BuiltArtifact, key: String) {
+        let component = artifact.component;
+        let mut pending = Pending {
+            kind: Kind::Output,
+            group: component.as_str().to_owned(),
+            key,
+            meta: Meta {
+                label: format!("the {} output", component.as_str()),
+                sha256: Some(artifact.packed.sha256.clone()),
+                packed_files: Some(artifact.packed.files),
+                ..Default::default()
+            },
+            sources: Sources::One {
+                path: PathBuf::new(),
+                rel: PathBuf::from(artifact.name()),
+            },
+        };
+        // A link of the packed file: the upload reads it, the entry keeps it.
+        let keep = self
+            .workspace
+            .root
+            .join("cache-output")
+            .join(artifact.name());
+        let linked = keep
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::hard_link(&artifact.packed.path, &keep));
+        if linked.is_ok() {
+            pending.sources = Sources::One {
+                path: keep,
+                rel: PathBuf::from(artifact.name()),
+            };
+            crate::lock(&cache.pending).push(pending);
+        }
+    }
+
+    /// The key of an install's result: the package manager and its release, the
+    /// lockfiles, every manifest, the variables and the image. `None` without a
+    /// lockfile (nothing pins what an install gets).
+    pub(super) fn deps_key(
+        &self,
+        cache: &BuildCache,
+        install_dir: &Path,
+        manager: &PackageManager,
+        provision: Option<&Provision>,
+    ) -> Option<String> {
+        let fs = RepoFs::new(&self.workspace.src()).ok()?;
+        let lockfiles = inputs::lockfiles(&fs, install_dir)?;
+        let mut key = cache.key("deps");
+        key.text("manager", manager.slug())
+            .text(
+                "release",
+                &provision.map(Provision::label).unwrap_or_default(),
+            )
+            .text("dir", &install_dir.display().to_string())
+            .text("lockfiles", &lockfiles)
+            .text("manifests", &cache.manifests)
+            .text("env", &cache.env);
+        Some(key.finish())
+    }
+
+    fn lockfiles_of(&self, install_dir: &Path) -> Option<String> {
+        let fs = RepoFs::new(&self.workspace.src()).ok()?;
+        inputs::lockfiles(&fs, install_dir)
+    }
+
+    /// Restores an install's `node_modules` trees; `Ok(true)` when the install
+    /// need not run.
+    pub(super) async fn restore_deps(
+        &self,
+        cache: &BuildCache,
+        install_dir: &Path,
+        key: &str,
+    ) -> Result<bool, Stop> {
+        let group = install_dir.display().to_string();
+        let Some(found) = cache
+            .request
+            .cache
+            .find(cache.slot(Kind::Deps, &group, key), false)
+        else {
+            self.system.line(format!(
+                "Build cache: no node_modules for {} with key {} yet; installing.",
+                super::display_dir(install_dir),
+                &key[..12]
+            ));
+            return Ok(false);
+        };
+        let src = self.workspace.src();
+        for rel in &found.meta.paths {
+            if let Err(why) = fresh_path(&src, Path::new(rel)) {
+                self.system.line(format!(
+                    "Build cache: node_modules not restored: {why}; installing."
+                ));
+                return Ok(false);
+            }
+        }
+        let cache_store = cache.request.cache.clone();
+        let (paths, found_for_task) = (found.meta.paths.clone(), found.clone());
+        let started = std::time::Instant::now();
+        let restored = tokio::task::spawn_blocking(move || {
+            let mut linked = None;
+            for rel in paths {
+                let restored = cache_store.restore_path(
+                    &found_for_task,
+                    Path::new(&rel),
+                    &src.join(&rel),
+                    true,
+                )?;
+                linked = Some(restored.linked);
+            }
+            Ok::<_, std::io::Error>(linked)
+        })
+        .await
+        .expect("restore task");
+        match restored {
+            Ok(Some(linked)) => {
+                self.system.line(format!(
+                    "Restored node_modules of {} from {} ({}, {} files, {} in {:.1}s); the install is skipped.",
+                    super::display_dir(install_dir),
+                    origin(&found, &cache.request.scopes),
+                    ByteSize(found.meta.bytes),
+                    found.meta.files,
+                    if linked { "linked" } else { "copied" },
+                    started.elapsed().as_secs_f64()
+                ));
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(error) => {
+                // What was half restored must not meet the install.
+                for rel in &found.meta.paths {
+                    let _ = std::fs::remove_dir_all(self.workspace.src().join(rel));
+                }
+                self.system.line(format!(
+                    "Build cache: node_modules not restored: {error}; installing."
+                ));
+                Ok(false)
+            }
+        }
+    }
+
+    /// After an install: keeps its `node_modules` trees (all of them under the
+    /// install directory, less `exclude`) for the next build with this key.
+    pub(super) fn keep_deps(
+        &self,
+        cache: &BuildCache,
+        install_dir: &Path,
+        key: String,
+        exclude: Vec<PathBuf>,
+    ) {
+        cache.keep(
+            Kind::Deps,
+            install_dir.display().to_string(),
+            key,
+            format!("node_modules of {}", super::display_dir(install_dir)),
+            Sources::NodeModules {
+                src: self.workspace.src(),
+                install_dir: install_dir.to_owned(),
+                exclude,
+            },
+        );
+    }
+
+    /// Before an install that will run: the package manager's store (this
+    /// lockfile's, else the newest), so it downloads only what changed; kept
+    /// again after.
+    pub(super) async fn restore_store(
+        &self,
+        cache: &BuildCache,
+        install_dir: &Path,
+        manager: &PackageManager,
+    ) {
+        let Some(lockfiles) = self.lockfiles_of(install_dir) else {
+            return;
+        };
+        let group = format!("store:{}", manager.slug());
+        let mut key = cache.key("store");
+        key.text("manager", manager.slug())
+            .text("lockfiles", &lockfiles);
+        let key = key.finish();
+        let rel = PathBuf::from(store_dir(manager));
+        let home = self.workspace.build_dir().join("home");
+        let found = cache
+            .request
+            .cache
+            .find(cache.slot(Kind::Store, &group, &key), true);
+        let exact = found.as_ref().is_some_and(|found| found.exact);
+        if let Some(found) = found {
+            match fresh_path(&home, &rel) {
+                Err(why) => self
+                    .system
+                    .line(format!("Build cache: store not restored: {why}.")),
+                Ok(dest) => {
+                    // npm appends to its index files: it gets a copy.
+                    let link = !matches!(manager, PackageManager::Npm);
+                    let store = cache.request.cache.clone();
+                    let task_found = found.clone();
+                    let restored = tokio::task::spawn_blocking(move || {
+                        store.restore_path(&task_found, Path::new("store"), &dest, link)
+                    })
+                    .await
+                    .expect("restore task");
+                    match restored {
+                        Ok(restored) => self.system.line(format!(
+                            "Restored the {} store from {} ({}, {} in {:.1}s).",
+                            manager.slug(),
+                            origin(&found, &cache.request.scopes),
+                            ByteSize(found.meta.bytes),
+                            if restored.linked { "linked" } else { "copied" },
+                            restored.took.as_secs_f64()
+                        )),
+                        Err(error) => self
+                            .system
+                            .line(format!("Build cache: store not restored: {error}.")),
+                    }
+                }
+            }
+        }
+        if !exact {
+            cache.keep(
+                Kind::Store,
+                group,
+                key,
+                format!("the {} store", manager.slug()),
+                Sources::One {
+                    path: home.join(&rel),
+                    rel: PathBuf::from("store"),
+                },
+            );
+        }
+    }
+
+    /// The package manager release a build provides, from the cache; `true`
+    /// when the provisioning step need not run.
+    pub(super) async fn restore_provision(
+        &self,
+        cache: &BuildCache,
+        provision: &Provision,
+    ) -> bool {
+        let group = "provision";
+        let mut key = cache.key("provision");
+        key.text("release", &provision.label())
+            .text("command", &provision.command().join(" "));
+        let key = key.finish();
+        let rel = PathBuf::from(provision.home_dir());
+        let home = self.workspace.build_dir().join("home");
+        // Provided already in this build (for the backend): the storefront uses it.
+        if std::fs::symlink_metadata(home.join(&rel)).is_ok_and(|meta| meta.is_dir()) {
+            return true;
+        }
+        if let Some(found) = cache
+            .request
+            .cache
+            .find(cache.slot(Kind::Store, group, &key), false)
+        {
+            if let Ok(dest) = fresh_path(&home, &rel) {
+                let store = cache.request.cache.clone();
+                let task_found = found.clone();
+                let restored = tokio::task::spawn_blocking(move || {
+                    store.restore_path(&task_found, Path::new("release"), &dest, true)
+                })
+                .await
+                .expect("restore task");
+                if let Ok(restored) = restored {
+                    self.system.line(format!(
+                        "Restored {} from {} in {:.1}s; it is not fetched again.",
+                        provision.label(),
+                        origin(&found, &cache.request.scopes),
+                        restored.took.as_secs_f64()
+                    ));
+                    return true;
+                }
+            }
+        }
+        cache.keep(
+            Kind::Store,
+            group.to_owned(),
+            key,
+            provision.label(),
+            Sources::One {
+                path: home.join(&rel),
+                rel: PathBuf::from("release"),
+            },
+        );
+        false
+    }
+
+    /// Next.js's own cache (`.next/cache`) before its build, copied from the
+    /// storefront's newest; kept again after.
+    pub(super) async fn restore_framework_cache(
+        &self,
+        cache: &BuildCache,
+        app_dir: &Path,
+        install_dir: &Path,
+    ) {
+        let group = format!("next:{}", app_dir.display());
+        let mut key = cache.key("framework");
+        key.text("app", &app_dir.display().to_string()).text(
+            "lockfiles",
+            &self.lockfiles_of(install_dir).unwrap_or_default(),
+        );
+        let key = key.finish();
+        let rel = app_dir.join(".next/cache");
+        let src = self.workspace.src();
+        if let Some(found) = cache
+            .request
+            .cache
+            .find(cache.slot(Kind::Framework, &group, &key), true)
+        {
+            match fresh_path(&src, &rel) {
+                Err(why) => self
+                    .system
+                    .line(format!("Build cache: .next/cache not restored: {why}.")),
+                Ok(dest) => {
+                    let store = cache.request.cache.clone();
+                    let task_found = found.clone();
+                    // Next rewrites its cache files: a copy, never links.
+                    let restored = tokio::task::spawn_blocking(move || {
+                        store.restore_path(&task_found, Path::new("cache"), &dest, false)
+                    })
+                    .await
+                    .expect("restore task");
+                    match restored {
+                        Ok(restored) => self.system.line(format!(
+                            "Restored {} from {} ({}, copied in {:.1}s).",
+                            rel.display(),
+                            origin(&found, &cache.request.scopes),
+                            ByteSize(found.meta.bytes),
+                            restored.took.as_secs_f64()
+                        )),
+                        Err(error) => self
+                            .system
+                            .line(format!("Build cache: .next/cache not restored: {error}.")),
+                    }
+                }
+            }
+        }
+        cache.keep(
+            Kind::Framework,
+            group,
+            key,
+            format!("{}", rel.display()),
+            Sources::One {
+                path: src.join(&rel),
+                rel: PathBuf::from("cache"),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restores_never_write_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("apps/backend")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("apps/storefront")).unwrap();
+        assert!(fresh_path(dir.path(), Path::new("apps/backend/node_modules")).is_ok());
+        assert!(fresh_path(dir.path(), Path::new("apps/storefront/node_modules")).is_err());
+        std::fs::create_dir_all(dir.path().join("node_modules")).unwrap();
+        assert!(
+            fresh_path(dir.path(), Path::new("node_modules")).is_err(),
+            "there already"
+        );
+    }
+
+    #[test]
+    fn every_node_modules_under_an_install_but_not_another_s() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in [
+            "node_modules/a",
+            "packages/x/node_modules/b",
+            "storefront/node_modules/c",
+            "node_modules/a/node_modules/d",
+        ] {
+            std::fs::create_dir_all(dir.path().join(path)).unwrap();
+        }
+        let mut found: Vec<String> =
+            node_modules_under(dir.path(), Path::new(""), &[PathBuf::from("storefront")])
+                .into_iter()
+                .map(|(_, rel)| rel.display().to_string())
+                .collect();
+        found.sort();
+        assert_eq!(found, ["node_modules", "packages/x/node_modules"]);
+    }
+}

@@ -1,0 +1,273 @@
+//! Issue 18: the build cache, with the real agent in Docker on the example shop
+//! (an npm backend at the root, an npm storefront in `storefront/`): a cold
+//! build fills it; a commit that changes only the storefront reuses the backend's
+//! output and restores the storefront's node_modules; a redeploy without cache
+//! builds everything; a pull request's preview reads its base branch's entries
+//! but cannot write them, even when its build tries; closing it drops its scope.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{
+    Deployment, DeploymentStatus::*, PullRequestAction, PullRequestEvent, RedeployRequest,
+};
+
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256};
+
+use crate::agent::world_with;
+use crate::support::*;
+
+/// Waits until the agent's log holds `needle` at least `count` times: entries are
+/// published after the job reports, so the next push must wait for them.
+async fn until_logged(agent: &AgentProcess, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.log_text().matches(needle).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never logged {needle:?} {count} times:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every file of the entries of `scope` (by the `scope` file each scope keeps),
+/// with its content's hash: what a build of another scope must never change.
+fn scope_files(cache_dir: &Path, scope: &str) -> BTreeMap<PathBuf, String> {
+    let mut files = BTreeMap::new();
+    let Ok(projects) = std::fs::read_dir(cache_dir) else {
+        return files;
+    };
+    for project in projects.flatten() {
+        let Ok(scopes) = std::fs::read_dir(project.path()) else {
+            continue;
+        };
+        for dir in scopes.flatten() {
+            if std::fs::read_to_string(dir.path().join("scope"))
+                .ok()
+                .as_deref()
+                != Some(scope)
+            {
+                continue;
+            }
+            for entry in walk(&dir.path()) {
+                if entry.file_name().is_some_and(|name| name == "used") {
+                    continue;
+                }
+                if let Ok(bytes) = std::fs::read(&entry) {
+                    files.insert(entry.clone(), hex::encode(Sha256::digest(&bytes)));
+                }
+            }
+        }
+    }
+    files
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            found.extend(walk(&entry.path()));
+        } else if kind.is_file() {
+            found.push(entry.path());
+        }
+    }
+    found
+}
+
+fn artifact_sha(deployment: &Deployment, name: &str) -> String {
+    deployment
+        .artifacts
+        .iter()
+        .find(|artifact| artifact.descriptor.name == name)
+        .map(|artifact| artifact.descriptor.sha256.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_base() {
+    let Some(world) = world_with(serde_json::json!([]), Some("storefront")).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let cache_dir = world.root_dir().join("agent/cache");
+
+    // Cold: nothing to restore; everything is installed, built and then kept.
+    let cold = world.push(&world.repo.head()).await;
+    let cold = world.settle(&cold.id, AwaitingDeployment, &agent).await;
+    let system = world.log(&cold.id, "system").await;
+    assert!(
+        system.contains("Build cache: scope branch:main"),
+        "{system}"
+    );
+    assert!(
+        system.contains("no node_modules for . with key"),
+        "{system}"
+    );
+    assert!(!system.contains("Restored node_modules"), "{system}");
+    until_logged(&agent, "Cached the storefront output", 1).await;
+    assert!(
+        agent.log_text().contains("Cached node_modules of ."),
+        "{}",
+        agent.log_text()
+    );
+
+    // Only the storefront changes: the backend is reused, the storefront's
+    // dependencies restored, its build run.
+    let sha = world.repo.commit("Storefront copy", |dir| {
+        std::fs::write(dir.join("storefront/copy.txt"), "new copy").unwrap();
+    });
+    let warm = world.push(&sha).await;
+    let warm = world.settle(&warm.id, AwaitingDeployment, &agent).await;
+    let system = world.log(&warm.id, "system").await;
+    assert!(
+        system.contains(&format!(
+            "Reused the backend built by job {}",
+            cold.current_job_id.clone().unwrap()
+        )),
+        "{system}"
+    );
+    assert!(
+        system.contains("Restored node_modules of storefront"),
+        "{system}"
+    );
+    assert!(system.contains("the install is skipped"), "{system}");
+    assert!(
+        !system.contains("Running `npm ci` (install)"),
+        "no backend install: {system}"
+    );
+    assert!(
+        !system.contains("Running `npm ci` (storefront: install)"),
+        "{system}"
+    );
+    assert!(
+        system.contains("(storefront: build)"),
+        "the storefront did build: {system}"
+    );
+    assert_eq!(
+        artifact_sha(&warm, "backend.tar.gz"),
+        artifact_sha(&cold, "backend.tar.gz")
+    );
+    until_logged(&agent, "Cached the storefront output", 2).await;
+
+    // A redeploy without cache builds everything afresh and keeps nothing.
+    let redeploy: kiln_protocol::EventOutcome = world
+        .admin
+        .post_json(
+            &format!("/api/v1/deployments/{}/redeploy", warm.id),
+            &RedeployRequest { cache: Some(false) },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    let fresh = world
+        .settle(&redeploy.deployments[0].id, AwaitingDeployment, &agent)
+        .await;
+    let system = world.log(&fresh.id, "system").await;
+    assert!(
+        system.contains("Build cache: off for this build."),
+        "{system}"
+    );
+    assert!(system.contains("Running `npm ci` (install)"), "{system}");
+    assert!(
+        !system.contains("Reused") && !system.contains("Restored"),
+        "{system}"
+    );
+
+    // A pull request whose build tries to spoil node_modules for everyone.
+    let main_before = scope_files(&cache_dir, "branch:main");
+    assert!(!main_before.is_empty());
+    let feature = world.repo.commit("Try to poison the cache", |dir| {
+        std::fs::write(dir.join("poison-node-modules"), "yes").unwrap();
+    });
+    let outcome: kiln_protocol::EventOutcome = world
+        .admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &PullRequestEvent {
+                repository: world.repo.url.clone(),
+                number: 5,
+                action: PullRequestAction::Opened,
+                branch: "feature".into(),
+                sha: feature.clone(),
+                author: "Mallory".into(),
+                message: "Totally harmless".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    // Previews deploy themselves once built.
+    let preview = world
+        .admin
+        .wait_for_status_in(&outcome.deployments[0].id, &[Live])
+        .await;
+    let system = world.log(&preview.id, "system").await;
+    assert!(
+        system.contains("Build cache: scope pr:5 (reads pr:5, then branch:main; writes only pr:5)"),
+        "{system}"
+    );
+    assert!(
+        system.contains(
+            "Restored node_modules of . from branch:main's (read-only for this build) cache"
+        ),
+        "{system}"
+    );
+    let backend = world.log(&preview.id, "backend").await;
+    assert!(
+        backend.contains("poison: refused"),
+        "the restored files are read-only: {backend}"
+    );
+    until_logged(&agent, "Cached the storefront output", 3).await;
+    assert_eq!(
+        scope_files(&cache_dir, "branch:main"),
+        main_before,
+        "the preview changed nothing of main's cache"
+    );
+    assert!(
+        !scope_files(&cache_dir, "pr:5").is_empty(),
+        "the preview keeps its own"
+    );
+
+    // Closed: the next build of the project drops the preview's scope.
+    let closed = world
+        .admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &PullRequestEvent {
+                repository: world.repo.url.clone(),
+                number: 5,
+                action: PullRequestAction::Closed,
+                branch: "feature".into(),
+                sha: feature,
+                author: "Mallory".into(),
+                message: "Totally harmless".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .await;
+    assert_eq!(closed.status, StatusCode::CREATED, "{}", closed.text());
+    let next = world.repo.commit("Backend change", |dir| {
+        std::fs::write(dir.join("src/touched.js"), "module.exports = 1\n").unwrap();
+    });
+    let next = world.push(&next).await;
+    let next = world.settle(&next.id, AwaitingDeployment, &agent).await;
+    let system = world.log(&next.id, "system").await;
+    assert!(
+        system.contains("of closed pull requests (pr:5)"),
+        "{system}"
+    );
+    assert!(scope_files(&cache_dir, "pr:5").is_empty());
+    // A backend change rebuilds the backend, its node_modules restored.
+    assert!(!system.contains("Reused the backend"), "{system}");
+    assert!(
+        system.contains("Restored node_modules of . from branch:main's cache"),
+        "{system}"
+    );
+}
