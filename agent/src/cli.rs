@@ -165,6 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     registration_token,
                     name: name.clone(),
                     labels: config.labels.clone(),
+                    facts: Some(crate::facts::collect(
+                        &config.work_dir,
+                        docker_version().await,
+                    )),
                 },
             )
             .await
@@ -556,6 +560,12 @@ fn detect(
     } else {
         ExitCode::from(2)
     })
+}
+
+/// The Docker engine's version, if one answers (for the host facts).
+async fn docker_version() -> Option<String> {
+    let docker = DockerExecutor::connect().await.ok()?;
+    docker.server_version().await.ok()
 }
 
 #[cfg(test)]

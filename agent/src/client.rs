@@ -257,7 +257,11 @@ impl Client {
     }
 
     /// Long-polls for a job; `Ok(None)` when none came within `wait`.
-    pub async fn claim(&self, wait: Duration) -> Result<Option<Job>, ClientError> {
+    pub async fn claim(
+        &self,
+        wait: Duration,
+        facts: Option<kiln_protocol::HostFacts>,
+    ) -> Result<Option<Job>, ClientError> {
         let url = self.url("/agent/jobs/claim");
         let request = self
             .http
@@ -265,9 +269,19 @@ impl Client {
             .timeout(wait + Duration::from_secs(15))
             .json(&ClaimRequest {
                 wait_seconds: Some(wait.as_secs()),
+                facts,
             });
         let response = self.send(&url, request).await?;
         if response.status() == StatusCode::NO_CONTENT {
+            // A paused agent is answered at once, with when to ask again.
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok());
+            if let Some(seconds) = retry_after {
+                tokio::time::sleep(Duration::from_secs(seconds.min(60))).await;
+            }
             return Ok(None);
         }
         let body = response.bytes().await.map_err(|e| unreachable(&url, e))?;

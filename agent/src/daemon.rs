@@ -26,6 +26,8 @@ use crate::pipeline::{Pipeline, Workspace};
 use crate::state::StateDir;
 
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
+/// How often the claims carry the host's facts.
+const FACTS_EVERY: Duration = Duration::from_secs(300);
 /// How often workspaces and containers of jobs no longer running are swept up (also
 /// once at start, after recovery).
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -129,6 +131,8 @@ impl Daemon {
         };
         crate::metrics::metrics().set_capacity(self.config.concurrency);
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let mut last_facts: Option<std::time::Instant> = None;
+        let docker_version = self.executor.engine_version().await.ok();
         info!(message = "Agent running.", agent_id = %self.agent_id, concurrency = self.config.concurrency, control_plane = %self.client.base_url());
         let fatal = loop {
             let slot = tokio::select! {
@@ -136,8 +140,15 @@ impl Daemon {
                 _ = shutdown.cancelled() => break None,
             };
             crate::metrics::metrics().loop_turned();
+            // What the host looks like, every few minutes (a claim is every 30 s).
+            let facts = (last_facts
+                .is_none_or(|at: std::time::Instant| at.elapsed() > FACTS_EVERY))
+            .then(|| {
+                last_facts = Some(std::time::Instant::now());
+                crate::facts::collect(&self.config.work_dir, docker_version.clone())
+            });
             let claimed = tokio::select! {
-                claimed = self.client.claim(CLAIM_WAIT) => claimed,
+                claimed = self.client.claim(CLAIM_WAIT, facts) => claimed,
                 _ = shutdown.cancelled() => break None,
             };
             crate::metrics::metrics().loop_turned();

@@ -14,6 +14,7 @@ mod disk;
 mod doctor;
 mod env_vars;
 mod executor;
+mod facts;
 mod job;
 mod logs;
 mod mask;

@@ -85,6 +85,27 @@ enum Command {
         #[command(subcommand)]
         action: UsersCommand,
     },
+    /// The fleet: list, pause, resume or revoke agents (the server need not be stopped).
+    Agents {
+        #[command(subcommand)]
+        action: AgentsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Lists agents: name, labels, version, state, last contact, running jobs.
+    List {
+        /// `text` or `json` (the API's `GET /agents` form).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Finishes its running jobs and claims no new ones.
+    Pause { id: String },
+    /// Claims jobs again.
+    Resume { id: String },
+    /// Its token stops working at once; its running jobs go to another agent.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +138,7 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Users { action }) => users(&cli.data_dir, action),
+        Some(Command::Agents { action }) => agents(&cli.data_dir, action),
         None => tokio::runtime::Runtime::new()?.block_on(run(cli)),
     }
 }
@@ -148,6 +170,66 @@ fn users(data_dir: &std::path::Path, action: UsersCommand) -> anyhow::Result<()>
         UsersCommand::SetRole { name, role } => {
             store::set_role(&mut conn, &name, role)?;
             println!("{name} is now {role}.");
+        }
+    }
+    Ok(())
+}
+
+fn agents(data_dir: &std::path::Path, action: AgentsCommand) -> anyhow::Result<()> {
+    let mut conn = crate::db::connect(&data_dir.join("kiln.sqlite"))?;
+    match action {
+        AgentsCommand::List { format } => {
+            let agents: Vec<kiln_protocol::AgentInfo> = store::list_agents(&mut conn)?
+                .iter()
+                .map(store::AgentView::info)
+                .collect();
+            match format.as_str() {
+                "json" => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&kiln_protocol::AgentList { agents })?
+                ),
+                "text" => {
+                    for agent in agents {
+                        let running: Vec<&str> = agent
+                            .running_jobs
+                            .iter()
+                            .map(|job| job.deployment_id.as_str())
+                            .collect();
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            agent.id,
+                            agent.name,
+                            agent.state.as_str(),
+                            agent.labels.join(","),
+                            agent.version.as_deref().unwrap_or("-"),
+                            agent
+                                .last_contact_at
+                                .map_or("never".to_owned(), |at| at.to_rfc3339()),
+                            if running.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                running.join(",")
+                            }
+                        );
+                    }
+                }
+                other => anyhow::bail!("--format {other:?} is not text or json"),
+            }
+        }
+        AgentsCommand::Pause { id } => {
+            store::set_paused(&mut conn, &id, true)?;
+            println!("{id} is paused: it finishes its running jobs and claims no new ones.");
+        }
+        AgentsCommand::Resume { id } => {
+            store::set_paused(&mut conn, &id, false)?;
+            println!("{id} claims jobs again.");
+        }
+        AgentsCommand::Revoke { id } => {
+            let running = store::revoke_agent(&mut conn, &id)?;
+            println!(
+                "{id} is revoked; {} running job(s) go to another agent.",
+                running.len()
+            );
         }
     }
     Ok(())

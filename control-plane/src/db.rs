@@ -32,6 +32,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema/004_dashboard.sql")),
         M::up(include_str!("schema/005_git_hosts.sql")),
         M::up(include_str!("schema/006_build_cache.sql")),
+        M::up(include_str!("schema/007_fleet.sql")),
     ])
 }
 

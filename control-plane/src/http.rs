@@ -148,8 +148,26 @@ fn user_agent(parts: &Parts) -> Option<&str> {
 /// buffer a body), or, for older agents, by the body's `registration_token`.
 #[derive(Debug)]
 pub enum Registration {
-    Verified,
+    Verified(store::RegistrationAuth),
     InBody,
+}
+
+/// Which registration token `token` is: the bootstrap one, or a registration
+/// token object that registers agents now.
+pub async fn registration_auth(
+    state: &AppState,
+    token: &str,
+) -> Result<store::RegistrationAuth, ApiError> {
+    let hash = sha256_hex(token.as_bytes());
+    if hash == state.registration_token_hash {
+        return Ok(store::RegistrationAuth::Bootstrap);
+    }
+    let checked = hash.clone();
+    state
+        .db
+        .call(move |conn| store::check_token(conn, &checked))
+        .await?;
+    Ok(store::RegistrationAuth::Token { token_hash: hash })
 }
 
 impl FromRequestParts<AppState> for Registration {
@@ -159,11 +177,10 @@ impl FromRequestParts<AppState> for Registration {
         if !parts.headers.contains_key(AUTHORIZATION) {
             return Ok(Registration::InBody);
         }
-        if sha256_hex(bearer(parts)?.as_bytes()) == state.registration_token_hash {
-            Ok(Registration::Verified)
-        } else {
-            Err(registration_refused())
-        }
+        let token = bearer(parts)?.to_owned();
+        registration_auth(state, &token)
+            .await
+            .map(Registration::Verified)
     }
 }
 

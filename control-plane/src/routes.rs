@@ -49,6 +49,8 @@ const PROJECT_LIMIT: usize = 2 << 20;
 const VARIABLES_LIMIT: usize = 8 << 20;
 /// An event carries a commit message of up to 64 KiB.
 const EVENT_LIMIT: usize = 256 << 10;
+/// When a paused agent should ask for a job again.
+const PAUSED_RETRY_SECONDS: u64 = 10;
 /// Webhook payloads: GitHub lists at most 20 commits in a push.
 const HOOK_LIMIT: usize = 5 << 20;
 
@@ -59,6 +61,19 @@ fn limit(bytes: usize) -> DefaultBodyLimit {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/agents/register", post(register_agent))
+        .route("/agents", get(list_agents))
+        .route(
+            "/agents/{agent_id}",
+            get(get_agent_info).patch(update_agent).delete(revoke_agent),
+        )
+        .route(
+            "/registration-tokens",
+            post(create_registration_token).get(list_registration_tokens),
+        )
+        .route(
+            "/registration-tokens/{token_id}",
+            axum::routing::delete(revoke_registration_token),
+        )
         .route("/agent/jobs/claim", post(claim_job))
         .route("/agent/jobs/{job_id}/watch", post(watch_job))
         .route(
@@ -165,23 +180,124 @@ async fn register_agent(
     registration: Registration,
     ApiJson(request): ApiJson<RegisterAgentRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let in_body = matches!(registration, Registration::InBody);
-    if in_body && sha256_hex(request.registration_token.as_bytes()) != state.registration_token_hash
-    {
-        return Err(registration_refused());
-    }
+    let auth = match registration {
+        Registration::Verified(auth) => auth,
+        Registration::InBody => crate::http::registration_auth(&state, &request.registration_token)
+            .await
+            .map_err(|_| registration_refused())?,
+    };
     store::check_agent_fields(&request.name, &request.labels)?;
     let token = random_token();
     let hash = sha256_hex(token.as_bytes());
     let agent_id = state
         .db
-        .call(move |conn| store::register_agent(conn, &request.name, &request.labels, &hash))
+        .call(move |conn| {
+            store::register_agent_with(
+                conn,
+                &request.name,
+                &request.labels,
+                &hash,
+                request.facts.as_ref(),
+                &auth,
+            )
+        })
         .await?;
     tracing::info!(message = "Agent registered.", %agent_id);
     Ok((
         StatusCode::CREATED,
         Json(RegisterAgentResponse { agent_id, token }),
     ))
+}
+
+async fn list_agents(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    let agents = state.db.call(store::list_agents).await?;
+    Ok(Json(kiln_protocol::AgentList {
+        agents: agents.iter().map(store::AgentView::info).collect(),
+    }))
+}
+
+async fn get_agent_info(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let agent = state
+        .db
+        .call(move |conn| store::get_agent(conn, &id))
+        .await?;
+    Ok(Json(agent.info()))
+}
+
+async fn update_agent(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(update): ApiJson<kiln_protocol::UpdateAgent>,
+) -> Result<impl IntoResponse, ApiError> {
+    let agent = state
+        .db
+        .call(move |conn| match update.paused {
+            Some(paused) => store::set_paused(conn, &id, paused),
+            None => store::get_agent(conn, &id),
+        })
+        .await?;
+    tracing::info!(message = "Agent updated.", agent_id = %agent.id, paused = agent.paused);
+    Ok(Json(agent.info()))
+}
+
+async fn revoke_agent(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let agent_id = id.clone();
+    let requeued = state
+        .db
+        .call(move |conn| store::revoke_agent(conn, &id))
+        .await?;
+    tracing::warn!(message = "Agent revoked.", %agent_id, running = ?requeued);
+    // The reaper hands its jobs out again on its next round.
+    state.announce_queue_change();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_registration_token(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(request): ApiJson<kiln_protocol::CreateRegistrationToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    let token = random_token();
+    let hash = sha256_hex(token.as_bytes());
+    let created = state
+        .db
+        .call(move |conn| store::create_registration_token(conn, request, &token, &hash))
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn list_registration_tokens(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<impl IntoResponse, ApiError> {
+    let tokens = state.db.call(store::list_registration_tokens).await?;
+    Ok(Json(kiln_protocol::RegistrationTokenList {
+        registration_tokens: tokens,
+    }))
+}
+
+async fn revoke_registration_token(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let revoked = state
+        .db
+        .call(move |conn| store::revoke_registration_token(conn, &id))
+        .await?;
+    Ok(Json(revoked))
 }
 
 async fn claim_job(
@@ -195,6 +311,24 @@ async fn claim_job(
         .unwrap_or(MAX_LONG_POLL)
         .min(MAX_LONG_POLL);
     let deadline = Instant::now() + wait;
+    if let Some(facts) = request.facts {
+        let agent_id = agent.id.clone();
+        state
+            .db
+            .call(move |conn| store::record_facts(conn, &agent_id, &facts))
+            .await?;
+    }
+    if agent.paused {
+        // Paused: nothing now, and no reason to hold the request.
+        return Ok((
+            StatusCode::NO_CONTENT,
+            [(
+                axum::http::header::RETRY_AFTER,
+                PAUSED_RETRY_SECONDS.to_string(),
+            )],
+        )
+            .into_response());
+    }
     loop {
         // Register for the wake-up before looking, so a job queued in between
         // still wakes this request.

@@ -17,6 +17,24 @@ pub struct RegisterAgentRequest {
     pub name: String,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The build host, as the agent sees it. Added in v1.4.
+    #[serde(default)]
+    pub facts: Option<HostFacts>,
+}
+
+/// What an agent reports of its build host, at registration and with each claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    #[serde(default)]
+    pub cores: u32,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// `Docker 26.1.5 (API 1.45)`.
+    #[serde(default)]
+    pub docker_version: String,
+    /// Free space under the agent's `work_dir`.
+    #[serde(default)]
+    pub free_disk_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +50,9 @@ pub struct ClaimRequest {
     /// How long the server may hold the request when no job is queued; capped at 30.
     #[serde(default)]
     pub wait_seconds: Option<u64>,
+    /// The build host now. Added in v1.4.
+    #[serde(default)]
+    pub facts: Option<HostFacts>,
 }
 
 /// A build an agent has claimed: everything it needs, nothing it must look up.

@@ -36,6 +36,14 @@ pub struct CreateProject {
     /// Where commit statuses and preview comments go. Added in v1.4.
     #[serde(default)]
     pub git_host: Option<GitHostSettings>,
+    /// Labels an agent must also carry to build a long-lived environment (its
+    /// production secrets), e.g. `["trusted"]`. Added in v1.4.
+    #[serde(default)]
+    pub long_lived_agent_labels: Vec<String>,
+    /// Labels an agent must also carry to build a pull request's preview, e.g.
+    /// `["previews"]`. Added in v1.4.
+    #[serde(default)]
+    pub preview_agent_labels: Vec<String>,
 }
 
 /// `PATCH /api/v1/projects/{project_id}`; applies from the next claimed job on.
@@ -59,6 +67,12 @@ pub struct UpdateProject {
     /// Added in v1.4.
     #[serde(default)]
     pub git_host: Option<GitHostSettings>,
+    /// Added in v1.4.
+    #[serde(default)]
+    pub long_lived_agent_labels: Option<Vec<String>>,
+    /// Added in v1.4.
+    #[serde(default)]
+    pub preview_agent_labels: Option<Vec<String>>,
 }
 
 /// Which kind of git host a project's repository lives on, for webhooks in and
@@ -141,6 +155,12 @@ pub struct Project {
     /// Added in v1.4.
     #[serde(default)]
     pub git_host: Option<GitHostView>,
+    /// Added in v1.4.
+    #[serde(default)]
+    pub long_lived_agent_labels: Vec<String>,
+    /// Added in v1.4.
+    #[serde(default)]
+    pub preview_agent_labels: Vec<String>,
     /// The secret webhooks are signed with: only in the answer to creating the
     /// project or rotating it (`POST /projects/{id}/webhook-secret`), never
     /// again. Added in v1.4.
@@ -358,6 +378,96 @@ pub struct ProjectList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentList {
     pub environments: Vec<Environment>,
+}
+
+/// An agent, as `GET /api/v1/agents` lists it. Added in v1.4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    /// `kiln-agent/0.1.0`, from its requests.
+    pub version: Option<String>,
+    pub facts: Option<crate::HostFacts>,
+    pub state: AgentState,
+    pub paused: bool,
+    pub running_jobs: Vec<RunningJobInfo>,
+    pub last_contact_at: Option<DateTime<Utc>>,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// What an agent is doing, from its running jobs, `paused` and its last contact
+/// (an agent long-polls every 30 s; two minutes of silence is `offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Idle,
+    Busy,
+    Paused,
+    Offline,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Idle => "idle",
+            AgentState::Busy => "busy",
+            AgentState::Paused => "paused",
+            AgentState::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningJobInfo {
+    pub job_id: String,
+    pub deployment_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentList {
+    pub agents: Vec<AgentInfo>,
+}
+
+/// `PATCH /api/v1/agents/{id}`. Added in v1.4.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateAgent {
+    /// A paused agent finishes what it runs and claims nothing new.
+    #[serde(default)]
+    pub paused: Option<bool>,
+}
+
+/// `POST /api/v1/registration-tokens`. Added in v1.4.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRegistrationToken {
+    /// What it is for, e.g. `build host 7`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Registers one agent, then no more.
+    #[serde(default)]
+    pub one_time: bool,
+    /// Stops working this many seconds from now.
+    #[serde(default)]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// A registration token. `token` is in the answer to creating it only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationTokenInfo {
+    pub id: String,
+    pub name: Option<String>,
+    pub one_time: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationTokenList {
+    pub registration_tokens: Vec<RegistrationTokenInfo>,
 }
 
 fn yes() -> bool {

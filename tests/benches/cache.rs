@@ -6,7 +6,8 @@
 //! 1. cold (an empty cache),
 //! 2. warm, both apps changed and the lockfile not,
 //! 3. warm, only the storefront changed,
-//! 4. the same commit again (a redeploy),
+//! 4. warm, only the backend changed,
+//! 5. the same commit again (a redeploy),
 //!
 //! per step (restore, provide, install, build, pack) and in total, each warm one
 //! as a ratio of the cold one, and the cache's size on disk.
@@ -197,6 +198,8 @@ async fn main() {
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     let environment = admin
@@ -242,7 +245,15 @@ async fn main() {
         .unwrap();
     });
     let (front, front_log) = build(&admin, &repo, &storefront_only, &agent, 3).await;
-    let (same, same_log) = build(&admin, &repo, &storefront_only, &agent, 4).await;
+    let backend_only = repo.commit("Backend route", |dir| {
+        std::fs::write(
+            dir.join("apps/backend/src/route.ts"),
+            "export const route = 'new'\n",
+        )
+        .unwrap();
+    });
+    let (back, back_log) = build(&admin, &repo, &backend_only, &agent, 4).await;
+    let (same, same_log) = build(&admin, &repo, &backend_only, &agent, 5).await;
     let cache_bytes = disk_usage(&dir.path().join("agent/cache"));
 
     if std::env::var_os("KILN_BENCH_VERBOSE").is_some() {
@@ -250,6 +261,7 @@ async fn main() {
             ("cold", &cold_log),
             ("warm", &warm_log),
             ("storefront only", &front_log),
+            ("backend only", &back_log),
             ("same commit", &same_log),
         ] {
             println!("=== {name} ===\n{log}");
@@ -260,8 +272,8 @@ async fn main() {
         "build cache: pnpm monorepo (Medusa backend + Next.js storefront), seconds and % of cold"
     );
     println!(
-        "{:<18} {:>9} {:>16} {:>18} {:>16}",
-        "step", "cold", "warm (both)", "storefront only", "same commit"
+        "{:<18} {:>9} {:>16} {:>18} {:>16} {:>16}",
+        "step", "cold", "warm (both)", "storefront only", "backend only", "same commit"
     );
     type Column = fn(&Steps) -> f64;
     let rows: [(&str, Column); 7] = [
@@ -277,14 +289,15 @@ async fn main() {
         let c = get(&cold);
         let cell = |s: &Steps| format!("{:>6.1} {:>5}", get(s), ratio(get(s), c));
         println!(
-            "{name:<18} {c:>9.1} {:>16} {:>18} {:>16}",
+            "{name:<18} {c:>9.1} {:>16} {:>18} {:>16} {:>16}",
             cell(&warm),
             cell(&front),
+            cell(&back),
             cell(&same)
         );
     }
     println!(
-        "cache on disk after the four builds: {:.0} MiB",
+        "cache on disk after the five builds: {:.0} MiB",
         cache_bytes as f64 / (1 << 20) as f64
     );
     let next_cache = warm_log.contains("Restored apps/storefront/.next/cache");

@@ -147,6 +147,8 @@ async fn build_through_kiln(
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     let environment = admin
@@ -483,7 +485,11 @@ async fn issue_14_the_official_pnpm_monorepo_starter_builds_backend_and_storefro
         "Restored pnpm@10.11.1 from branch:main's cache",
         "Restored apps/storefront/.next/cache",
     ] {
-        assert!(system.contains(expected), "{expected:?} not in:\n{system}");
+        assert!(
+            system.contains(expected),
+            "{expected:?} not in:\n{system}\nagent log:\n{}",
+            agent.log_text()
+        );
     }
     assert!(!system.contains("(install)"), "{system}");
     until_cached(&agent, 2).await;

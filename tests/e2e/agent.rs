@@ -56,6 +56,8 @@ pub(crate) async fn world_with(
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     let environment = admin
@@ -181,6 +183,24 @@ async fn backend_builds_to_awaiting_deployment_with_its_artifact() {
         built.backend_status,
         kiln_protocol::ComponentStatus::Succeeded
     );
+    // The agent told the control plane what its host is (issue 17).
+    let fleet: kiln_protocol::AgentList = world
+        .admin
+        .get("/api/v1/agents")
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    let facts = fleet.agents[0].facts.clone().expect("host facts");
+    assert!(
+        facts.cores >= 1 && facts.memory_bytes > 0 && facts.free_disk_bytes > 0,
+        "{facts:?}"
+    );
+    assert!(facts.docker_version.starts_with("Docker "), "{facts:?}");
+    assert!(fleet.agents[0]
+        .version
+        .as_deref()
+        .unwrap_or_default()
+        .starts_with("kiln-agent/"));
 
     let artifact = &built.artifacts[0].descriptor;
     assert_eq!(artifact.name, "backend.tar.gz");
@@ -466,6 +486,8 @@ async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     world

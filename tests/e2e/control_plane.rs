@@ -686,6 +686,8 @@ async fn claims_long_poll_and_respect_labels() {
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     admin

@@ -121,6 +121,8 @@ async fn issue_16_a_signed_github_push_builds_a_private_repository_and_reports_i
             secret_scan: Default::default(),
             submodules: false,
             git_host: git_host(GitHostKind::Github, &host),
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     let secret = project
@@ -390,6 +392,8 @@ async fn issue_16_gitlab_statuses_wait_out_a_failing_host_and_a_restart_in_order
             secret_scan: Default::default(),
             submodules: false,
             git_host: git_host(GitHostKind::Gitlab, &host),
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     let secret = project.webhook_secret.clone().unwrap();
@@ -404,6 +408,7 @@ async fn issue_16_gitlab_statuses_wait_out_a_failing_host_and_a_restart_in_order
                 registration_token: REGISTRATION_TOKEN.into(),
                 name: "fake".into(),
                 labels: vec![],
+                facts: None,
             },
         )
         .await
@@ -510,6 +515,8 @@ async fn issue_16_a_gitea_pull_request_gets_a_preview_and_one_comment_edited_in_
             secret_scan: Default::default(),
             submodules: false,
             git_host: git_host(GitHostKind::Gitea, &host),
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     let secret = project.webhook_secret.clone().unwrap();

@@ -10,6 +10,7 @@ mod cache;
 mod control_plane;
 mod dashboard;
 mod faults;
+mod fleet;
 mod git_hosts;
 mod operate;
 mod sandbox;

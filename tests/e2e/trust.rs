@@ -347,6 +347,8 @@ async fn issue_12_the_repository_token_never_reaches_another_host() {
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await;
     admin

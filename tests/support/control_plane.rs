@@ -98,6 +98,7 @@ impl ControlPlane {
                     registration_token: REGISTRATION_TOKEN.to_owned(),
                     name: name.to_owned(),
                     labels: labels.iter().map(|l| l.to_string()).collect(),
+                    facts: None,
                 },
             )
             .await
@@ -238,6 +239,8 @@ impl Api {
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         })
         .await
     }
@@ -332,6 +335,7 @@ impl Api {
                 "/api/v1/agent/jobs/claim",
                 &kiln_protocol::ClaimRequest {
                     wait_seconds: Some(wait_seconds),
+                    facts: None,
                 },
             )
             .await;
@@ -410,6 +414,8 @@ impl Api {
                 secret_scan: Default::default(),
                 submodules: false,
                 git_host: None,
+                long_lived_agent_labels: vec![],
+                preview_agent_labels: vec![],
             })
             .await;
         let environment = self

@@ -429,6 +429,10 @@ impl Executor for DockerExecutor {
         Ok((outcome, bytes))
     }
 
+    async fn engine_version(&self) -> Result<String, ExecError> {
+        self.server_version().await
+    }
+
     async fn image_id(&self, image: &str) -> Result<String, ExecError> {
         let inspected = self
             .docker

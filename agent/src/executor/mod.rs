@@ -141,4 +141,7 @@ pub trait Executor: Send + Sync {
 
     /// The id of the image builds run in (`sha256:…`): cache keys change with it.
     async fn image_id(&self, image: &str) -> Result<String, ExecError>;
+
+    /// `Docker 26.1.5 (API 1.45)`, for the host facts.
+    async fn engine_version(&self) -> Result<String, ExecError>;
 }

@@ -324,8 +324,11 @@ impl Build<'_> {
             format!(", then {}", request.scopes.read.join(", "))
         };
         self.system.line(format!(
-            "Build cache: scope {} (reads {}{reads}; writes only {}).",
-            request.scopes.write, request.scopes.write, request.scopes.write
+            "Build cache: scope {} (reads {}{reads}; writes only {}); image {}.",
+            request.scopes.write,
+            request.scopes.write,
+            request.scopes.write,
+            &image_id[..image_id.len().min(19)]
         ));
         Some(BuildCache {
             request,

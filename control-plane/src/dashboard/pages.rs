@@ -769,15 +769,32 @@ fn stream_title(stream: LogStream) -> &'static str {
     }
 }
 
-/// An agent's state as the fleet page says it: from its running jobs and last
-/// contact (an agent long-polls every 30 s).
 fn agent_state(agent: &AgentView) -> (&'static str, &'static str) {
-    let now = Utc::now().timestamp_millis();
-    let recent = agent.last_seen_at.is_some_and(|seen| now - seen < 120_000);
-    match (recent, agent.running.is_empty()) {
-        (false, _) => ("offline", "off"),
-        (true, false) => ("busy", "busy"),
-        (true, true) => ("idle", "ok"),
+    use kiln_protocol::AgentState::*;
+    let state = agent.state();
+    let class = match state {
+        Idle => "ok",
+        Busy => "busy",
+        Paused => "done",
+        Offline => "off",
+    };
+    (state.as_str(), class)
+}
+
+fn host_facts(agent: &AgentView) -> String {
+    match &agent.facts {
+        Some(facts) => format!(
+            "{} cores, {} memory, {} free; {}",
+            facts.cores,
+            crate::store::bytes_text(facts.memory_bytes),
+            crate::store::bytes_text(facts.free_disk_bytes),
+            if facts.docker_version.is_empty() {
+                "Docker ?"
+            } else {
+                &facts.docker_version
+            }
+        ),
+        None => "—".to_owned(),
     }
 }
 
@@ -811,6 +828,7 @@ pub fn agents(session: &Session, agents: &[AgentView]) -> Page {
                                         a href={"/deployments/" (job.deployment_id)} { (job.deployment_id) } " "
                                     }
                                 }
+                                td { (host_facts(agent)) }
                                 td { (when_millis(agent.created_at)) }
                             }
                         }

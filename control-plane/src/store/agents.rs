@@ -1,8 +1,9 @@
-//! Agents: registration (only the token's hash is kept) and lookup by token.
+//! Agents: registration (only the token's hash is kept), lookup by token, what
+//! they say of their hosts, pausing and revoking.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use kiln_protocol::validate;
+use kiln_protocol::{validate, AgentInfo, AgentState, HostFacts, RunningJobInfo};
 
 use super::{check_name, json_list, new_id, now_ms, to_json};
 use crate::error::ApiError;
@@ -11,6 +12,8 @@ use crate::error::ApiError;
 pub struct AgentRow {
     pub id: String,
     pub labels: Vec<String>,
+    /// A paused agent claims nothing new.
+    pub paused: bool,
 }
 
 /// An agent's name and labels, each within bounds.
@@ -19,22 +22,65 @@ pub fn check_agent_fields(name: &str, labels: &[String]) -> Result<(), ApiError>
     super::projects::check_labels("labels", labels)
 }
 
+/// How a registration was authorised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationAuth {
+    /// The server's bootstrap token (`KILN_REGISTRATION_TOKEN`).
+    Bootstrap,
+    /// A registration token object, by its hash: used up here if one-time.
+    Token { token_hash: String },
+}
+
+fn facts_json(facts: Option<&HostFacts>) -> Option<String> {
+    facts.and_then(|facts| serde_json::to_string(facts).ok())
+}
+
+#[cfg(test)]
 pub fn register_agent(
     conn: &mut Connection,
     name: &str,
     labels: &[String],
     token_hash: &str,
 ) -> Result<String, ApiError> {
+    register_agent_with(
+        conn,
+        name,
+        labels,
+        token_hash,
+        None,
+        &RegistrationAuth::Bootstrap,
+    )
+}
+
+/// Registers an agent, using up a one-time registration token in the same
+/// transaction (so two agents never register with one).
+pub fn register_agent_with(
+    conn: &mut Connection,
+    name: &str,
+    labels: &[String],
+    token_hash: &str,
+    facts: Option<&HostFacts>,
+    auth: &RegistrationAuth,
+) -> Result<String, ApiError> {
+    let tx = conn.transaction()?;
+    let token_id = match auth {
+        RegistrationAuth::Bootstrap => None,
+        RegistrationAuth::Token { token_hash } => {
+            Some(super::registration_tokens::use_token(&tx, token_hash)?)
+        }
+    };
     let id = new_id("agt");
-    conn.execute(
-        "INSERT INTO agents (id, name, labels, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, name, to_json(&labels), token_hash, now_ms()],
+    tx.execute(
+        "INSERT INTO agents (id, name, labels, token_hash, created_at, facts, registration_token_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, name, to_json(&labels), token_hash, now_ms(), facts_json(facts), token_id],
     )?;
+    tx.commit()?;
     Ok(id)
 }
 
-/// The agent with this token hash; records the contact (and the version its
-/// client says, from `User-Agent: kiln-agent/<version>`).
+/// The agent with this token hash, unless revoked; records the contact (and the
+/// version its client says, from `User-Agent: kiln-agent/<version>`).
 pub fn agent_by_token_hash(
     conn: &mut Connection,
     token_hash: &str,
@@ -42,12 +88,13 @@ pub fn agent_by_token_hash(
 ) -> Result<Option<AgentRow>, ApiError> {
     let agent = conn
         .query_row(
-            "SELECT id, labels FROM agents WHERE token_hash = ?1",
+            "SELECT id, labels, paused FROM agents WHERE token_hash = ?1 AND revoked_at IS NULL",
             [token_hash],
             |row| {
                 Ok(AgentRow {
                     id: row.get(0)?,
                     labels: json_list(&row.get::<_, String>(1)?),
+                    paused: row.get(2)?,
                 })
             },
         )
@@ -62,6 +109,19 @@ pub fn agent_by_token_hash(
     Ok(agent)
 }
 
+/// Records what an agent says of its host now.
+pub fn record_facts(
+    conn: &mut Connection,
+    agent_id: &str,
+    facts: &HostFacts,
+) -> Result<(), ApiError> {
+    conn.execute(
+        "UPDATE agents SET facts = ?1 WHERE id = ?2",
+        params![facts_json(Some(facts)), agent_id],
+    )?;
+    Ok(())
+}
+
 /// A job an agent is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningJob {
@@ -69,7 +129,7 @@ pub struct RunningJob {
     pub deployment_id: String,
 }
 
-/// An agent as the fleet page shows it.
+/// An agent as the fleet page and `GET /agents` show it.
 #[derive(Debug, Clone)]
 pub struct AgentView {
     pub id: String,
@@ -79,11 +139,56 @@ pub struct AgentView {
     pub created_at: i64,
     pub last_seen_at: Option<i64>,
     pub running: Vec<RunningJob>,
+    pub paused: bool,
+    pub facts: Option<HostFacts>,
 }
 
+/// Two minutes without a call: an agent long-polls every 30 s.
+const OFFLINE_AFTER_MS: i64 = 120_000;
+
+impl AgentView {
+    pub fn state(&self) -> AgentState {
+        let recent = self
+            .last_seen_at
+            .is_some_and(|seen| now_ms() - seen < OFFLINE_AFTER_MS);
+        match (recent, self.paused, self.running.is_empty()) {
+            (false, _, true) => AgentState::Offline,
+            (_, true, _) => AgentState::Paused,
+            (_, false, false) => AgentState::Busy,
+            (true, false, true) => AgentState::Idle,
+        }
+    }
+
+    pub fn info(&self) -> AgentInfo {
+        AgentInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            version: self.version.clone(),
+            facts: self.facts.clone(),
+            state: self.state(),
+            paused: self.paused,
+            running_jobs: self
+                .running
+                .iter()
+                .map(|job| RunningJobInfo {
+                    job_id: job.job_id.clone(),
+                    deployment_id: job.deployment_id.clone(),
+                })
+                .collect(),
+            last_contact_at: self.last_seen_at.map(super::time),
+            registered_at: super::time(self.created_at),
+        }
+    }
+}
+
+/// Every agent not revoked.
 pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
     let mut agents: Vec<AgentView> = conn
-        .prepare("SELECT id, name, labels, version, created_at, last_seen_at FROM agents ORDER BY name, id")?
+        .prepare(
+            "SELECT id, name, labels, version, created_at, last_seen_at, paused, facts FROM agents
+             WHERE revoked_at IS NULL ORDER BY name, id",
+        )?
         .query_map([], |row| {
             Ok(AgentView {
                 id: row.get(0)?,
@@ -93,6 +198,10 @@ pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
                 created_at: row.get(4)?,
                 last_seen_at: row.get(5)?,
                 running: Vec::new(),
+                paused: row.get(6)?,
+                facts: row
+                    .get::<_, Option<String>>(7)?
+                    .and_then(|text| serde_json::from_str(&text).ok()),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -115,6 +224,50 @@ pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
         }
     }
     Ok(agents)
+}
+
+pub fn get_agent(conn: &mut Connection, id: &str) -> Result<AgentView, ApiError> {
+    list_agents(conn)?
+        .into_iter()
+        .find(|agent| agent.id == id)
+        .ok_or_else(|| ApiError::not_found("agent", id))
+}
+
+/// Pauses or resumes an agent.
+pub fn set_paused(conn: &mut Connection, id: &str, paused: bool) -> Result<AgentView, ApiError> {
+    let changed = conn.execute(
+        "UPDATE agents SET paused = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+        params![paused, id],
+    )?;
+    if changed == 0 {
+        return Err(ApiError::not_found("agent", id));
+    }
+    get_agent(conn, id)
+}
+
+/// Revokes an agent: its token stops working at once, and its running jobs'
+/// leases end now, so the reaper queues them again for another agent.
+pub fn revoke_agent(conn: &mut Connection, id: &str) -> Result<Vec<String>, ApiError> {
+    let tx = conn.transaction()?;
+    let changed = tx.execute(
+        "UPDATE agents SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+        params![now_ms(), id],
+    )?;
+    if changed == 0 {
+        return Err(ApiError::not_found("agent", id));
+    }
+    let deployments: Vec<String> = tx
+        .prepare("SELECT deployment_id FROM jobs WHERE agent_id = ?1 AND finished_at IS NULL")?
+        .query_map([id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for deployment in &deployments {
+        tx.execute(
+            "UPDATE deployments SET lease_expires_at = 0 WHERE id = ?1 AND agent_id = ?2",
+            params![deployment, id],
+        )?;
+    }
+    tx.commit()?;
+    Ok(deployments)
 }
 
 #[cfg(test)]

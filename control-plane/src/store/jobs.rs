@@ -29,18 +29,33 @@ pub fn claim(
     policy: JobPolicy,
 ) -> Result<Option<Job>, ApiError> {
     let tx = conn.transaction()?;
-    let candidates: Vec<(String, String)> = tx
+    if agent.paused {
+        return Ok(None);
+    }
+    // An agent gets only jobs whose every required label it carries: the
+    // project's, and those of the environment's kind (production secrets go to
+    // `trusted` hosts, previews elsewhere, as the project says).
+    let candidates: Vec<(String, Vec<String>)> = tx
         .prepare(
-            "SELECT d.id, p.agent_labels FROM deployments d JOIN projects p ON p.id = d.project_id
+            "SELECT d.id, p.agent_labels, p.long_lived_agent_labels, p.preview_agent_labels, e.kind
+             FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
              WHERE d.status = 'queued' ORDER BY d.seq LIMIT 500",
         )?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .query_map([], |row| {
+            let mut required = json_list(&row.get::<_, String>(1)?);
+            let by_kind: String = if row.get::<_, String>(4)? == "preview" {
+                row.get(3)?
+            } else {
+                row.get(2)?
+            };
+            required.extend(json_list(&by_kind));
+            Ok((row.get(0)?, required))
+        })?
         .collect::<Result<_, _>>()?;
-    let Some((deployment_id, _)) = candidates.into_iter().find(|(_, labels)| {
-        json_list(labels)
-            .iter()
-            .all(|label| agent.labels.contains(label))
-    }) else {
+    let Some((deployment_id, _)) = candidates
+        .into_iter()
+        .find(|(_, required)| required.iter().all(|label| agent.labels.contains(label)))
+    else {
         return Ok(None);
     };
     let deployment = get_deployment_in(&tx, &deployment_id)?;

@@ -13,6 +13,7 @@ mod deploys;
 mod jobs;
 mod outbox;
 mod projects;
+mod registration_tokens;
 mod users;
 
 pub use agents::*;
@@ -22,6 +23,7 @@ pub use deploys::*;
 pub use jobs::*;
 pub use outbox::*;
 pub use projects::*;
+pub use registration_tokens::*;
 pub use users::*;
 
 use chrono::{DateTime, Utc};
@@ -49,6 +51,22 @@ pub fn now_ms() -> i64 {
 
 fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// `1.5 GiB`, for people.
+pub fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 pub fn new_id(prefix: &str) -> String {

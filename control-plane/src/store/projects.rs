@@ -22,6 +22,8 @@ struct ProjectFields<'a> {
     repository_token: Option<&'a str>,
     secret_scan: Option<&'a SecretScanSettings>,
     git_host: Option<&'a GitHostSettings>,
+    long_lived_agent_labels: Option<&'a [String]>,
+    preview_agent_labels: Option<&'a [String]>,
 }
 
 pub(super) fn check_labels(field: &str, labels: &[String]) -> Result<(), ApiError> {
@@ -54,6 +56,12 @@ impl ProjectFields<'_> {
         }
         if let Some(labels) = self.agent_labels {
             check_labels("agent_labels", labels)?;
+        }
+        if let Some(labels) = self.long_lived_agent_labels {
+            check_labels("long_lived_agent_labels", labels)?;
+        }
+        if let Some(labels) = self.preview_agent_labels {
+            check_labels("preview_agent_labels", labels)?;
         }
         if let Some(token) = self.repository_token {
             check(
@@ -127,6 +135,8 @@ pub(super) fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
             has_token: token.is_some(),
         }),
         webhook_secret: None,
+        long_lived_agent_labels: json_list(&row.get::<_, String>("long_lived_agent_labels")?),
+        preview_agent_labels: json_list(&row.get::<_, String>("preview_agent_labels")?),
         created_at: time(row.get("created_at")?),
     })
 }
@@ -247,6 +257,8 @@ pub fn create_project(
         repository_token: new.repository_token.as_deref(),
         secret_scan: Some(&new.secret_scan),
         git_host: new.git_host.as_ref(),
+        long_lived_agent_labels: Some(&new.long_lived_agent_labels),
+        preview_agent_labels: Some(&new.preview_agent_labels),
     }
     .check(rules)?;
     let tx = conn.transaction()?;
@@ -266,8 +278,9 @@ pub fn create_project(
     let host = new.git_host.as_ref();
     tx.execute(
         "INSERT INTO projects (id, name, repository_url, backend_path, storefront_path, agent_labels, repository_token, secret_scan, submodules, created_at,
-                               webhook_secret, git_host_kind, git_host_api_url, git_host_token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                               webhook_secret, git_host_kind, git_host_api_url, git_host_token,
+                               long_lived_agent_labels, preview_agent_labels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             id,
             new.name,
@@ -283,6 +296,8 @@ pub fn create_project(
             host.map(|host| host.kind.as_str()),
             host.map(|host| host.api_url.trim_end_matches('/')),
             host.and_then(|host| host.token.as_deref()),
+            to_json(&new.long_lived_agent_labels),
+            to_json(&new.preview_agent_labels),
         ],
     )?;
     let mut project = get_project_in(&tx, &id)?;
@@ -320,6 +335,8 @@ pub fn update_project(
         repository_token: update.repository_token.as_deref(),
         secret_scan: update.secret_scan.as_ref(),
         git_host: update.git_host.as_ref(),
+        long_lived_agent_labels: update.long_lived_agent_labels.as_deref(),
+        preview_agent_labels: update.preview_agent_labels.as_deref(),
     }
     .check(rules)?;
     let tx = conn.transaction()?;
@@ -344,6 +361,12 @@ pub fn update_project(
     }
     if let Some(labels) = &update.agent_labels {
         set("agent_labels", &to_json(labels))?;
+    }
+    if let Some(labels) = &update.long_lived_agent_labels {
+        set("long_lived_agent_labels", &to_json(labels))?;
+    }
+    if let Some(labels) = &update.preview_agent_labels {
+        set("preview_agent_labels", &to_json(labels))?;
     }
     if let Some(token) = &update.repository_token {
         set("repository_token", token)?;
@@ -601,6 +624,8 @@ mod tests {
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         };
         for (name, backend, field) in [
             ("", ".", "name"),

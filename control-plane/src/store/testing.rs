@@ -32,6 +32,8 @@ pub(super) fn shop(labels: &[&str]) -> (Connection, String, String) {
             secret_scan: Default::default(),
             submodules: false,
             git_host: None,
+            long_lived_agent_labels: vec![],
+            preview_agent_labels: vec![],
         },
         Default::default(),
     )
@@ -75,7 +77,11 @@ pub(super) fn agent(conn: &mut Connection, labels: &[&str]) -> AgentRow {
     let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
     let hash = format!("hash-{}", super::new_id("t"));
     let id = register_agent(conn, "builder", &labels, &hash).unwrap();
-    AgentRow { id, labels }
+    AgentRow {
+        id,
+        labels,
+        paused: false,
+    }
 }
 
 pub(super) fn claim_one(conn: &mut Connection, agent: &AgentRow) -> Job {

@@ -1,0 +1,319 @@
+//! Issue 17, the fleet: registration tokens as objects (one-time, expiring,
+//! revocable), agents listed with what they say of their hosts, paused, resumed
+//! and revoked (over the API and with `kiln-server agents`), and jobs authorized
+//! by labels so a pull request's preview never reaches a host that builds with
+//! production secrets.
+
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{
+    AgentList, AgentState, CreateProject, CreateRegistrationToken, DeploymentStatus::*, HostFacts,
+    PullRequestAction, PullRequestEvent, RegisterAgentRequest, RegisterAgentResponse,
+    RegistrationTokenInfo, RegistrationTokenList, UpdateAgent,
+};
+use reqwest::{Method, StatusCode};
+
+use crate::support::*;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_kiln-server-e2e");
+
+/// Registers an agent with `token` in the header, as `kiln-agent register` does.
+async fn register(cp: &ControlPlane, token: &str, name: &str, labels: &[&str]) -> Reply {
+    let anonymous = cp.anonymous();
+    anonymous
+        .send(
+            anonymous
+                .request(Method::POST, "/api/v1/agents/register")
+                .bearer_auth(token)
+                .json(&RegisterAgentRequest {
+                    registration_token: String::new(),
+                    name: name.to_owned(),
+                    labels: labels.iter().map(|label| label.to_string()).collect(),
+                    facts: Some(HostFacts {
+                        cores: 8,
+                        memory_bytes: 32 << 30,
+                        docker_version: "Docker 26.1.5 (API 1.45)".into(),
+                        free_disk_bytes: 200 << 30,
+                    }),
+                }),
+        )
+        .await
+}
+
+async fn agent_api(cp: &ControlPlane, token: &str, name: &str, labels: &[&str]) -> (String, Api) {
+    let registered: RegisterAgentResponse = register(cp, token, name, labels)
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    (registered.agent_id, cp.as_token(&registered.token))
+}
+
+async fn make_token(admin: &Api, request: CreateRegistrationToken) -> RegistrationTokenInfo {
+    admin
+        .post_json("/api/v1/registration-tokens", &request)
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await
+}
+
+async fn agents(admin: &Api) -> AgentList {
+    admin
+        .get("/api/v1/agents")
+        .await
+        .expect_json(StatusCode::OK)
+        .await
+}
+
+#[tokio::test]
+async fn issue_17_registration_tokens_are_one_time_expiring_or_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+
+    let once = make_token(
+        &admin,
+        CreateRegistrationToken {
+            name: Some("host 7".into()),
+            one_time: true,
+            expires_in_seconds: None,
+        },
+    )
+    .await;
+    let secret = once.token.clone().expect("shown when made");
+    assert_eq!(
+        register(&cp, &secret, "host-7", &[]).await.status,
+        StatusCode::CREATED
+    );
+    let again = register(&cp, &secret, "host-7b", &[]).await;
+    let message = again.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(message.contains("was for one agent"), "{message}");
+
+    // Listed without their secret.
+    let listed: RegistrationTokenList = admin
+        .get("/api/v1/registration-tokens")
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    assert_eq!(listed.registration_tokens.len(), 1);
+    assert!(listed.registration_tokens[0].token.is_none());
+    assert!(listed.registration_tokens[0].used_at.is_some());
+
+    let soon = make_token(
+        &admin,
+        CreateRegistrationToken {
+            expires_in_seconds: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = register(&cp, soon.token.as_deref().unwrap(), "late", &[]).await;
+    assert!(expired
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized")
+        .contains("expired"));
+
+    let many = make_token(&admin, CreateRegistrationToken::default()).await;
+    let many_secret = many.token.clone().unwrap();
+    assert_eq!(
+        register(&cp, &many_secret, "a", &[]).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        register(&cp, &many_secret, "b", &[]).await.status,
+        StatusCode::CREATED
+    );
+    admin
+        .send(admin.request(
+            Method::DELETE,
+            &format!("/api/v1/registration-tokens/{}", many.id),
+        ))
+        .await
+        .expect_json::<RegistrationTokenInfo>(StatusCode::OK)
+        .await;
+    let revoked = register(&cp, &many_secret, "c", &[]).await;
+    assert!(revoked
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized")
+        .contains("revoked"));
+
+    // The bootstrap token keeps working; an unknown one names what to do.
+    assert_eq!(
+        register(&cp, REGISTRATION_TOKEN, "boot", &[]).await.status,
+        StatusCode::CREATED
+    );
+    let unknown = register(&cp, "not-a-token", "x", &[]).await;
+    assert!(unknown
+        .expect_error(StatusCode::UNAUTHORIZED, "unauthorized")
+        .contains("registration-tokens"));
+    assert_eq!(agents(&admin).await.agents.len(), 4);
+}
+
+#[tokio::test]
+async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("server");
+    let cp = ControlPlane::start(&data_dir).await;
+    let admin = cp.admin();
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let (first_id, first) = agent_api(&cp, REGISTRATION_TOKEN, "builder-1", &["linux"]).await;
+    let (_, second) = agent_api(&cp, REGISTRATION_TOKEN, "builder-2", &["linux"]).await;
+
+    // Listed, with what the agent said of its host.
+    assert_eq!(first.claim(0).await, None);
+    let listed = agents(&admin).await;
+    let one = listed
+        .agents
+        .iter()
+        .find(|agent| agent.id == first_id)
+        .unwrap();
+    assert_eq!(one.facts.as_ref().unwrap().cores, 8);
+    assert_eq!(one.state, AgentState::Idle);
+    assert!(one.last_contact_at.is_some());
+
+    // Paused: claims are answered at once, and no job goes to it.
+    admin
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/agents/{first_id}"),
+            &UpdateAgent { paused: Some(true) },
+        )
+        .await
+        .expect_json::<kiln_protocol::AgentInfo>(StatusCode::OK)
+        .await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let started = Instant::now();
+    let paused = first
+        .post_json(
+            "/api/v1/agent/jobs/claim",
+            &kiln_protocol::ClaimRequest {
+                wait_seconds: Some(10),
+                facts: None,
+            },
+        )
+        .await;
+    assert_eq!(paused.status, StatusCode::NO_CONTENT);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    assert_eq!(paused.headers["retry-after"], "10");
+    assert_eq!(admin.deployment(&deployment.id).await.status, Queued);
+    let one = agents(&admin)
+        .await
+        .agents
+        .into_iter()
+        .find(|agent| agent.id == first_id)
+        .unwrap();
+    assert_eq!((one.state, one.paused), (AgentState::Paused, true));
+
+    // Resumed (with the command line, beside the running server): it builds.
+    let resumed = std::process::Command::new(SERVER)
+        .args(["agents", "resume", &first_id, "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let job = first.claim(5).await.expect("the job, after resuming");
+    let busy = agents(&admin)
+        .await
+        .agents
+        .into_iter()
+        .find(|agent| agent.id == first_id)
+        .unwrap();
+    assert_eq!(busy.state, AgentState::Busy);
+    assert_eq!(busy.running_jobs[0].job_id, job.job_id);
+
+    // Listed by the command line too, as JSON.
+    let listed = std::process::Command::new(SERVER)
+        .args(["agents", "list", "--format", "json", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    let listed: AgentList = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.agents.len(), 2);
+
+    // Revoked: its next call is refused, and its job goes to another agent.
+    let revoked = admin
+        .send(admin.request(Method::DELETE, &format!("/api/v1/agents/{first_id}")))
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    let refused = first.report(&job, &update(AwaitingDeployment)).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let taken_over = second
+        .claim(10)
+        .await
+        .expect("the revoked agent's job, queued again");
+    assert_eq!(taken_over.deployment_id, deployment.id);
+    assert_eq!(taken_over.attempt, 2);
+    assert!(agents(&admin)
+        .await
+        .agents
+        .iter()
+        .all(|agent| agent.id != first_id));
+}
+
+#[tokio::test]
+async fn issue_17_a_preview_never_reaches_a_host_that_builds_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject {
+            name: "shop".into(),
+            repository_url: REPO.into(),
+            backend_path: ".".into(),
+            storefront_path: None,
+            agent_labels: vec![],
+            repository_token: None,
+            secret_scan: Default::default(),
+            submodules: false,
+            git_host: None,
+            long_lived_agent_labels: vec!["trusted".into()],
+            preview_agent_labels: vec!["previews".into()],
+        })
+        .await;
+    assert_eq!(project.long_lived_agent_labels, ["trusted"]);
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let (_, trusted) = agent_api(&cp, REGISTRATION_TOKEN, "prod-host", &["trusted"]).await;
+    let (_, untrusted) = agent_api(&cp, REGISTRATION_TOKEN, "preview-host", &["previews"]).await;
+
+    let preview = admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &PullRequestEvent {
+                repository: REPO.into(),
+                number: 9,
+                action: PullRequestAction::Opened,
+                branch: "feature".into(),
+                sha: sha(2),
+                author: "Mallory".into(),
+                message: "Preview".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .await
+        .expect_json::<kiln_protocol::EventOutcome>(StatusCode::CREATED)
+        .await
+        .deployments
+        .remove(0);
+    let production = admin.push("main", &sha(1)).await.deployments.remove(0);
+    // The production host takes production's job and never the preview's.
+    let job = trusted.claim(2).await.expect("production's job");
+    assert_eq!(job.deployment_id, production.id);
+    assert_eq!(
+        trusted.claim(1).await,
+        None,
+        "the preview is not for this host"
+    );
+    let job = untrusted.claim(2).await.expect("the preview's job");
+    assert_eq!(job.deployment_id, preview.id);
+}
