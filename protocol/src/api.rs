@@ -46,6 +46,26 @@ pub struct CreateProject {
     pub preview_agent_labels: Vec<String>,
 }
 
+impl CreateProject {
+    /// A project of `repository_url` with everything else at its default: the
+    /// backend at the root, the storefront detected, no labels, token or git host.
+    pub fn new(name: &str, repository_url: &str) -> CreateProject {
+        CreateProject {
+            name: name.to_owned(),
+            repository_url: repository_url.to_owned(),
+            backend_path: root_path(),
+            storefront_path: None,
+            agent_labels: Vec::new(),
+            repository_token: None,
+            secret_scan: SecretScanSettings::default(),
+            submodules: false,
+            git_host: None,
+            long_lived_agent_labels: Vec::new(),
+            preview_agent_labels: Vec::new(),
+        }
+    }
+}
+
 /// `PATCH /api/v1/projects/{project_id}`; applies from the next claimed job on.
 /// Added in v1.2 (`secret_scan`); the other fields in v1.3.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -188,19 +188,7 @@ async fn main() {
     let cp = ControlPlane::start(&dir.path().join("server")).await;
     let admin = cp.admin();
     let project = admin
-        .create_project_with(CreateProject {
-            name: "medusa".into(),
-            repository_url: repo.url.clone(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
-        })
+        .create_project_with(CreateProject::new("medusa", &repo.url))
         .await;
     let environment = admin
         .create_environment(&project, "Production", "main")

@@ -137,18 +137,9 @@ async fn build_through_kiln(
     let admin = cp.admin();
     let project = admin
         .create_project_with(CreateProject {
-            name: "medusa".into(),
-            repository_url: repo.url.clone(),
             // Nothing set: Kiln finds the backend and the storefront itself.
             backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new("medusa", &repo.url)
         })
         .await;
     let environment = admin

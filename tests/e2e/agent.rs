@@ -47,17 +47,8 @@ pub(crate) async fn world_with(
     let admin = cp.admin();
     let project = admin
         .create_project_with(CreateProject {
-            name: "shop".into(),
-            repository_url: repo.url.clone(),
-            backend_path: ".".into(),
             storefront_path: storefront_path.map(str::to_owned),
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new("shop", &repo.url)
         })
         .await;
     let environment = admin
@@ -476,19 +467,7 @@ async fn missing_commit_and_bad_repository_fail_with_a_clear_reason() {
 
     let project = world
         .admin
-        .create_project_with(CreateProject {
-            name: "ghost".into(),
-            repository_url: "file:///nonexistent/ghost.git".into(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
-        })
+        .create_project_with(CreateProject::new("ghost", "file:///nonexistent/ghost.git"))
         .await;
     world
         .admin

@@ -677,17 +677,10 @@ async fn claims_long_poll_and_respect_labels() {
 
     let project = admin
         .create_project_with(kiln_protocol::CreateProject {
-            name: "big-shop".to_owned(),
-            repository_url: REPO.to_owned(),
             backend_path: "apps/backend".to_owned(),
             storefront_path: Some("apps/storefront".to_owned()),
             agent_labels: vec!["large".to_owned()],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..kiln_protocol::CreateProject::new("big-shop", REPO)
         })
         .await;
     admin

@@ -265,17 +265,9 @@ async fn issue_17_a_preview_never_reaches_a_host_that_builds_production() {
     let admin = cp.admin();
     let project = admin
         .create_project_with(CreateProject {
-            name: "shop".into(),
-            repository_url: REPO.into(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
             long_lived_agent_labels: vec!["trusted".into()],
             preview_agent_labels: vec!["previews".into()],
+            ..CreateProject::new("shop", REPO)
         })
         .await;
     assert_eq!(project.long_lived_agent_labels, ["trusted"]);

@@ -112,17 +112,9 @@ async fn issue_16_a_signed_github_push_builds_a_private_repository_and_reports_i
     let admin = cp.admin();
     let project: Project = admin
         .create_project_with(CreateProject {
-            name: "shop".into(),
-            repository_url: url.clone(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
             repository_token: Some(token.into()),
-            secret_scan: Default::default(),
-            submodules: false,
             git_host: git_host(GitHostKind::Github, &host),
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new("shop", &url)
         })
         .await;
     let secret = project
@@ -383,17 +375,8 @@ async fn issue_16_gitlab_statuses_wait_out_a_failing_host_and_a_restart_in_order
     let repository = "http://example.com/mike/diaspora.git";
     let project: Project = admin
         .create_project_with(CreateProject {
-            name: "diaspora".into(),
-            repository_url: repository.into(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
             git_host: git_host(GitHostKind::Gitlab, &host),
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new("diaspora", repository)
         })
         .await;
     let secret = project.webhook_secret.clone().unwrap();
@@ -506,17 +489,8 @@ async fn issue_16_a_gitea_pull_request_gets_a_preview_and_one_comment_edited_in_
     let admin = cp.admin();
     let project: Project = admin
         .create_project_with(CreateProject {
-            name: "webhooks".into(),
-            repository_url: "https://gitea.example.com/gitea/webhooks.git".into(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
             git_host: git_host(GitHostKind::Gitea, &host),
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new("webhooks", "https://gitea.example.com/gitea/webhooks.git")
         })
         .await;
     let secret = project.webhook_secret.clone().unwrap();

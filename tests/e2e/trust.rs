@@ -338,17 +338,8 @@ async fn issue_12_the_repository_token_never_reaches_another_host() {
     let admin = cp.admin();
     let project = admin
         .create_project_with(CreateProject {
-            name: "shop".into(),
-            repository_url: url.clone(),
-            backend_path: ".".into(),
-            storefront_path: None,
-            agent_labels: vec![],
             repository_token: Some(token.into()),
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new("shop", &url)
         })
         .await;
     admin

@@ -229,20 +229,8 @@ impl Api {
     // ------------------------------------------------------------ user helpers
 
     pub async fn create_project(&self, name: &str) -> Project {
-        self.create_project_with(CreateProject {
-            name: name.to_owned(),
-            repository_url: REPO.to_owned(),
-            backend_path: ".".to_owned(),
-            storefront_path: None,
-            agent_labels: Vec::new(),
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
-        })
-        .await
+        self.create_project_with(CreateProject::new(name, REPO))
+            .await
     }
 
     pub async fn create_project_with(&self, project: CreateProject) -> Project {
@@ -404,19 +392,7 @@ impl Api {
         variables: serde_json::Value,
     ) -> (Project, Environment) {
         let project = self
-            .create_project_with(CreateProject {
-                name: name.to_owned(),
-                repository_url: repository_url.to_owned(),
-                backend_path: ".".to_owned(),
-                storefront_path: None,
-                agent_labels: Vec::new(),
-                repository_token: None,
-                secret_scan: Default::default(),
-                submodules: false,
-                git_host: None,
-                long_lived_agent_labels: vec![],
-                preview_agent_labels: vec![],
-            })
+            .create_project_with(CreateProject::new(name, repository_url))
             .await;
         let environment = self
             .create_environment(&project, "Production", "main")

@@ -160,6 +160,18 @@ fn cp(args: &[&str], from: &Path, to: &Path) -> io::Result<()> {
     )))
 }
 
+/// Gives `path` (never following a link) to `uid` and, if given, `gid`.
+fn chown(path: &Path, uid: u32, gid: Option<u32>) -> io::Result<()> {
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        gid.map(nix::unistd::Gid::from_raw),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
 /// Sizes and counts files under `dir`, making every file read-only and, when
 /// `owner` is given, the agent's: a build that gets them by hard link cannot
 /// write through them.
@@ -175,14 +187,7 @@ fn seal(dir: &Path, owner: Option<u32>) -> io::Result<(u64, u64)> {
         let meta = entry.metadata().map_err(io::Error::other)?;
         if let Some(uid) = owner {
             if meta.uid() != uid {
-                nix::unistd::fchownat(
-                    nix::fcntl::AT_FDCWD,
-                    entry.path(),
-                    Some(nix::unistd::Uid::from_raw(uid)),
-                    None,
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(io::Error::from)?;
+                chown(entry.path(), uid, None)?;
             }
         }
         if kind.is_file() {
@@ -323,13 +328,7 @@ impl Cache {
         }
         if self.agent_uid != self.build_uid && self.agent_uid == 0 {
             // `dest` itself, made by cp.
-            let _ = nix::unistd::fchownat(
-                nix::fcntl::AT_FDCWD,
-                dest,
-                Some(nix::unistd::Uid::from_raw(self.build_uid)),
-                Some(nix::unistd::Gid::from_raw(self.build_gid)),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            );
+            let _ = chown(dest, self.build_uid, Some(self.build_gid));
         }
         Self::touch(found);
         Ok(Restored {
@@ -362,14 +361,7 @@ impl Cache {
         std::fs::create_dir_all(dir)?;
         if self.agent_uid != self.build_uid {
             for made in missing {
-                nix::unistd::fchownat(
-                    nix::fcntl::AT_FDCWD,
-                    &made,
-                    Some(nix::unistd::Uid::from_raw(self.build_uid)),
-                    Some(nix::unistd::Gid::from_raw(self.build_gid)),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(io::Error::from)?;
+                chown(&made, self.build_uid, Some(self.build_gid))?;
             }
         }
         Ok(())
@@ -385,14 +377,7 @@ impl Cache {
                 continue;
             }
             if self.agent_uid != self.build_uid {
-                nix::unistd::fchownat(
-                    nix::fcntl::AT_FDCWD,
-                    entry.path(),
-                    Some(nix::unistd::Uid::from_raw(self.build_uid)),
-                    Some(nix::unistd::Gid::from_raw(self.build_gid)),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(io::Error::from)?;
+                chown(entry.path(), self.build_uid, Some(self.build_gid))?;
             }
             if entry.file_type().is_file() {
                 let mode = entry
@@ -422,14 +407,7 @@ impl Cache {
                 continue;
             }
             let rel = entry.path().strip_prefix(data).map_err(io::Error::other)?;
-            nix::unistd::fchownat(
-                nix::fcntl::AT_FDCWD,
-                &dest.join(rel),
-                Some(nix::unistd::Uid::from_raw(self.build_uid)),
-                Some(nix::unistd::Gid::from_raw(self.build_gid)),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(io::Error::from)?;
+            chown(&dest.join(rel), self.build_uid, Some(self.build_gid))?;
         }
         Ok(())
     }

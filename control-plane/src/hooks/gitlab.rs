@@ -5,7 +5,7 @@
 use kiln_protocol::{EventPeople, PullRequestAction, PullRequestEvent, PushEvent};
 use serde::Deserialize;
 
-use super::{branch_of, is_zero_sha, HookError, HookEvent, Parsed};
+use super::{branch_of, is_zero_sha, parse_json, HookError, HookEvent, Parsed};
 
 #[derive(Debug, Deserialize, Default)]
 struct Project {
@@ -90,11 +90,6 @@ fn repository_urls(project: Option<&Project>) -> Vec<String> {
     .flatten()
     .cloned()
     .collect()
-}
-
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HookError> {
-    serde_json::from_slice(body)
-        .map_err(|error| HookError::Payload(format!("not the JSON a webhook sends: {error}")))
 }
 
 pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, HookError> {

@@ -48,6 +48,12 @@ pub enum HookError {
     Payload(String),
 }
 
+/// A payload read as `T`; what is not the JSON a webhook sends is refused.
+fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, HookError> {
+    serde_json::from_slice(body)
+        .map_err(|error| HookError::Payload(format!("not the JSON a webhook sends: {error}")))
+}
+
 /// `main` from `refs/heads/main`; `None` for tags and other refs.
 fn branch_of(reference: &str) -> Option<&str> {
     reference

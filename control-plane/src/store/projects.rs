@@ -615,17 +615,8 @@ mod tests {
     fn projects_refuse_bad_paths_empty_names_and_duplicates() {
         let (mut conn, project_id, _) = shop(&[]);
         let new = |name: &str, backend: &str| CreateProject {
-            name: name.into(),
-            repository_url: "https://git.example/x.git".into(),
             backend_path: backend.into(),
-            storefront_path: None,
-            agent_labels: vec![],
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new(name, "https://git.example/x.git")
         };
         for (name, backend, field) in [
             ("", ".", "name"),

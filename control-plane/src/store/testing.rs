@@ -23,17 +23,8 @@ pub(super) fn shop(labels: &[&str]) -> (Connection, String, String) {
     let project = create_project(
         &mut conn,
         CreateProject {
-            name: "shop".into(),
-            repository_url: REPO.into(),
-            backend_path: ".".into(),
-            storefront_path: None,
             agent_labels: labels.iter().map(|l| l.to_string()).collect(),
-            repository_token: None,
-            secret_scan: Default::default(),
-            submodules: false,
-            git_host: None,
-            long_lived_agent_labels: vec![],
-            preview_agent_labels: vec![],
+            ..CreateProject::new("shop", REPO)
         },
         Default::default(),
     )
