@@ -28,6 +28,11 @@ struct Cli {
         global = true
     )]
     data_dir: PathBuf,
+    /// PostgreSQL instead of the data dir's SQLite file, e.g.
+    /// `postgres://kiln@db.internal/kiln` or `host=/run/postgresql dbname=kiln`:
+    /// for several replicas serving one fleet.
+    #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true, global = true)]
+    database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -137,20 +142,28 @@ fn parse_role(text: &str) -> Result<Role, String> {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Users { action }) => users(&cli.data_dir, action),
-        Some(Command::Agents { action }) => agents(&cli.data_dir, action),
+        Some(Command::Users { action }) => {
+            users(&cli.data_dir, cli.database_url.as_deref(), action)
+        }
+        Some(Command::Agents { action }) => {
+            agents(&cli.data_dir, cli.database_url.as_deref(), action)
+        }
         None => tokio::runtime::Runtime::new()?.block_on(run(cli)),
     }
 }
 
-fn users(data_dir: &std::path::Path, action: UsersCommand) -> anyhow::Result<()> {
+fn users(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    action: UsersCommand,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| {
         format!(
             "cannot create data directory {}; check it exists and is writable by this user",
             data_dir.display()
         )
     })?;
-    let mut conn = crate::db::connect(&data_dir.join("kiln.sqlite"))?;
+    let mut conn = crate::db::connect(&crate::db::Location::new(data_dir, database_url))?;
     match action {
         UsersCommand::Add { name, role } => {
             let password = read_password()?;
@@ -175,8 +188,12 @@ fn users(data_dir: &std::path::Path, action: UsersCommand) -> anyhow::Result<()>
     Ok(())
 }
 
-fn agents(data_dir: &std::path::Path, action: AgentsCommand) -> anyhow::Result<()> {
-    let mut conn = crate::db::connect(&data_dir.join("kiln.sqlite"))?;
+fn agents(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+    action: AgentsCommand,
+) -> anyhow::Result<()> {
+    let mut conn = crate::db::connect(&crate::db::Location::new(data_dir, database_url))?;
     match action {
         AgentsCommand::List { format } => {
             let agents: Vec<kiln_protocol::AgentInfo> = store::list_agents(&mut conn)?
@@ -278,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.lease = Duration::from_secs(cli.lease_seconds);
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
     config.deploy_hook = cli.deploy_hook;
+    config.database_url = cli.database_url;
     config.allow_local_repositories = cli.allow_local_repositories;
     config.log_limit = cli.log_limit_bytes;
     config.connections = ConnectionLimits {

@@ -77,7 +77,7 @@ pub async fn run(state: AppState, deployment_id: String) {
         Ok(deployment) => tracing::info!(message = "Deploy finished.", status = %deployment.status),
         Err(error) => tracing::error!(message = "Could not record the deploy's end.", %error),
     }
-    state.changes.notify_waiters();
+    state.announce_change();
 }
 
 async fn promote(state: &AppState, deployment_id: &str) -> Result<(), DeployError> {

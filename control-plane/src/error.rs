@@ -106,9 +106,15 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(error: rusqlite::Error) -> Self {
+impl From<crate::sql::Error> for ApiError {
+    fn from(error: crate::sql::Error) -> Self {
         Self::Internal(format!("database: {error}"))
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(error: crate::db::DbError) -> Self {
+        Self::Internal(error.to_string())
     }
 }
 

@@ -19,7 +19,9 @@ mod hooks;
 mod http;
 mod log_index;
 mod logs;
+mod replicas;
 mod routes;
+mod sql;
 mod store;
 
 use std::future::Future;
@@ -54,6 +56,8 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 pub struct Config {
     /// Holds `kiln.sqlite`, `logs/`, `artifacts/` and `releases/`.
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of `kiln.sqlite`, for replicas sharing one fleet.
+    pub database_url: Option<String>,
     /// Bearer token for user endpoints.
     pub admin_token: String,
     /// Shared secret agents present once to get their own token.
@@ -86,9 +90,14 @@ pub struct Config {
 }
 
 impl Config {
+    pub fn database_location(&self) -> db::Location {
+        db::Location::new(&self.data_dir, self.database_url.as_deref())
+    }
+
     pub fn new(data_dir: PathBuf, admin_token: String, registration_token: String) -> Self {
         Self {
             data_dir,
+            database_url: None,
             admin_token,
             registration_token,
             lease: Duration::from_secs(60),
@@ -135,6 +144,8 @@ pub struct Inner {
     jobs_queued: Notify,
     /// Woken on any status change: job watches and log followers look again.
     changes: Notify,
+    /// Whether this replica leads (runs the singleton work).
+    replicas: replicas::Replicas,
     /// Ends long-polls and log follows when the server stops.
     shutdown: CancellationToken,
     /// Requests parked in a long-poll or a log follow, by kind.
@@ -191,7 +202,8 @@ impl AppState {
             std::fs::create_dir_all(&path)
                 .map_err(|source| StartError::DataDir { path, source })?;
         }
-        let db = Db::open(&config.data_dir.join("kiln.sqlite"))?;
+        let db = Db::open(&config.database_location())?;
+        let db_shared = db.postgres_url().is_some();
         Ok(Self(Arc::new(Inner {
             // Room past the agents' limit for the one line that says they cut it.
             logs: LogStore::new(config.data_dir.join("logs"), config.log_limit + 4096),
@@ -202,6 +214,7 @@ impl AppState {
             db,
             jobs_queued: Notify::new(),
             changes: Notify::new(),
+            replicas: replicas::Replicas::new(db_shared),
             shutdown: CancellationToken::new(),
             parked: Default::default(),
             deploy_turns: Default::default(),
@@ -244,9 +257,24 @@ impl AppState {
         self.parked[wait as usize].subscribe()
     }
 
-    /// A deployment was queued or canceled: wake claims and watches.
+    /// A deployment was queued or canceled: wake claims and watches, on every
+    /// replica.
     fn announce_queue_change(&self) {
-        self.jobs_queued.notify_waiters();
+        self.wake_local(replicas::Wake::Queue);
+        replicas::broadcast(self, replicas::Wake::Queue);
+    }
+
+    /// A status changed: wake watches, log followers and the courier, on every
+    /// replica.
+    fn announce_change(&self) {
+        self.wake_local(replicas::Wake::Changes);
+        replicas::broadcast(self, replicas::Wake::Changes);
+    }
+
+    fn wake_local(&self, wake: replicas::Wake) {
+        if wake == replicas::Wake::Queue {
+            self.jobs_queued.notify_waiters();
+        }
         self.changes.notify_waiters();
     }
 }
@@ -263,7 +291,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    resume_interrupted_deploys(&state).await;
+    let listener_thread = replicas::start_listener(state.clone());
+    let resumer = tokio::spawn(resume_when_leading(state.clone()));
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let courier = tokio::spawn(git_hosts::outbox::run(state.clone()));
     let stopping = state.shutdown.clone();
@@ -276,7 +305,32 @@ pub async fn serve(
     .await;
     reaper.abort();
     courier.abort();
+    resumer.abort();
+    if let Some(thread) = listener_thread {
+        // It sees the cancellation within a tick.
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     result
+}
+
+/// Resumes interrupted deploys whenever this replica takes the lead (at start,
+/// on SQLite): a deploy hook runs again after a restart, as it always has.
+async fn resume_when_leading(state: AppState) {
+    let mut resumed = false;
+    loop {
+        let gained = state.replicas.became_leader.notified();
+        if !state.replicas.is_leader() {
+            resumed = false;
+        } else if !resumed {
+            resume_interrupted_deploys(&state).await;
+            resumed = true;
+        }
+        tokio::select! {
+            _ = gained => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn resume_interrupted_deploys(state: &AppState) {
@@ -298,6 +352,9 @@ async fn reap_expired_leases(state: AppState) {
         tokio::select! {
             _ = tick.tick() => {}
             _ = state.shutdown.cancelled() => return,
+        }
+        if !state.replicas.is_leader() {
+            continue;
         }
         let policy = state.job_policy();
         match state

@@ -162,7 +162,7 @@ pub fn router(state: AppState) -> Router {
 async fn answer<T, F>(state: &AppState, operation: F) -> Result<Json<T>, ApiError>
 where
     T: serde::Serialize + Send + 'static,
-    F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+    F: FnOnce(&mut crate::sql::Connection) -> Result<T, ApiError> + Send + 'static,
 {
     Ok(Json(state.db.call(operation).await?))
 }
@@ -342,12 +342,13 @@ async fn claim_job(
             .await?;
         if let Some(job) = job {
             tracing::info!(message = "Job claimed.", job_id = %job.job_id, deployment_id = %job.deployment_id, agent_id = %agent.id);
-            state.changes.notify_waiters();
+            state.announce_change();
             return Ok(Json(job).into_response());
         }
         let _parked = state.park(Wait::Claim);
         tokio::select! {
             _ = queued => {}
+            _ = state.replicas.missed_wake_recheck() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(StatusCode::NO_CONTENT.into_response()),
             _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
@@ -402,7 +403,7 @@ async fn report_status(
         .db
         .call(move |conn| store::report_status(conn, &agent.id, &job_id, update))
         .await?;
-    state.changes.notify_waiters();
+    state.announce_change();
     if applied.start_deploy {
         start_deploy(&state, applied.deployment.id.clone()).await?;
     }
@@ -772,7 +773,7 @@ pub(crate) async fn start_deploy(
         .db
         .call(move |conn| store::begin_deploy(conn, &deployment_id))
         .await?;
-    state.changes.notify_waiters();
+    state.announce_change();
     tokio::spawn(deployer::run(state.clone(), id));
     Ok(deployment)
 }

@@ -212,6 +212,7 @@ async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
     let resumed = std::process::Command::new(SERVER)
         .args(["agents", "resume", &first_id, "--data-dir"])
         .arg(&data_dir)
+        .envs(database_env(&data_dir))
         .output()
         .unwrap();
     assert!(
@@ -233,6 +234,7 @@ async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
     let listed = std::process::Command::new(SERVER)
         .args(["agents", "list", "--format", "json", "--data-dir"])
         .arg(&data_dir)
+        .envs(database_env(&data_dir))
         .output()
         .unwrap();
     let listed: AgentList = serde_json::from_slice(&listed.stdout).unwrap();

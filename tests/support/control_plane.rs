@@ -21,6 +21,39 @@ pub const ADMIN_TOKEN: &str = "admin-secret-for-tests";
 pub const REGISTRATION_TOKEN: &str = "registration-secret-for-tests";
 pub const REPO: &str = "https://git.example/acme/shop.git";
 
+/// With `KILN_TEST_DATABASE_URL` set, each data dir gets its own PostgreSQL
+/// database (created on first use, so a restarted server finds its data again):
+/// the same tests then run against the PostgreSQL store.
+pub fn test_database(data_dir: &Path) -> Option<String> {
+    let base = std::env::var("KILN_TEST_DATABASE_URL").ok()?;
+    let name = format!(
+        "kiln_{:016x}",
+        std::hash::BuildHasher::hash_one(
+            &std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default(),
+            data_dir
+        )
+    );
+    let admin_url = base.clone();
+    let create = name.clone();
+    // The synchronous client may not run inside the test's runtime.
+    std::thread::spawn(move || {
+        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls)
+            .expect("KILN_TEST_DATABASE_URL answers");
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&create])
+            .unwrap()
+            .is_some();
+        if !exists {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {create}"))
+                .unwrap();
+        }
+    })
+    .join()
+    .expect("test database is created");
+    Some(format!("{base} dbname={name}"))
+}
+
 /// A running control plane; stopped (and its port released) on `stop` or drop.
 pub struct ControlPlane {
     pub addr: SocketAddr,
@@ -43,6 +76,7 @@ impl ControlPlane {
         config.reaper_interval = Duration::from_millis(100);
         // Fixture repositories are git directories on this disk.
         config.allow_local_repositories = true;
+        config.database_url = test_database(data_dir);
         tweak(&mut config);
         let state = AppState::open(config).expect("control plane opens its data dir");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

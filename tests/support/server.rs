@@ -84,6 +84,7 @@ impl ServerProcess {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--allow-local-repositories")
+            .envs(database_env(&self.data_dir))
             .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("KILN_REGISTRATION_TOKEN", REGISTRATION_TOKEN)
             .stdin(Stdio::null())
@@ -151,6 +152,12 @@ impl Drop for ServerProcess {
     }
 }
 
+/// `KILN_DATABASE_URL` for a `kiln-server` process on `data_dir`, when the tests
+/// run against PostgreSQL (see `control_plane::test_database`).
+pub fn database_env(data_dir: &Path) -> Option<(&'static str, String)> {
+    super::control_plane::test_database(data_dir).map(|url| ("KILN_DATABASE_URL", url))
+}
+
 /// Adds a dashboard account with `kiln-server users add`, the password on stdin.
 /// `binary` is `env!("CARGO_BIN_EXE_kiln-server-e2e")`.
 pub fn add_user(binary: &Path, data_dir: &Path, name: &str, role: &str, password: &str) {
@@ -158,6 +165,7 @@ pub fn add_user(binary: &Path, data_dir: &Path, name: &str, role: &str, password
     let mut child = std::process::Command::new(binary)
         .args(["users", "add", name, "--role", role, "--data-dir"])
         .arg(data_dir)
+        .envs(database_env(data_dir))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

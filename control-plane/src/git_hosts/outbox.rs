@@ -22,6 +22,12 @@ pub async fn run(state: AppState) {
     let client = GitHostClient::new();
     let mut pruned = Instant::now();
     loop {
+        if !state.replicas.is_leader() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = state.shutdown.cancelled() => return,
+            }
+        }
         match state.db.call(|conn| store::due(conn, 32)).await {
             Ok(items) if !items.is_empty() => {
                 for item in items {
@@ -94,7 +100,7 @@ struct Report {
 }
 
 fn read_report(
-    conn: &mut rusqlite::Connection,
+    conn: &mut crate::sql::Connection,
     item: &OutboxItem,
 ) -> Result<Result<Report, String>, ApiError> {
     let Some(host) = store::git_host_access(conn, &item.project_id)? else {

@@ -243,7 +243,7 @@ async fn receive(
 /// Finds the projects whose secret signed the delivery and acts on it once;
 /// returns the status, the JSON answer and whether it was a redelivery.
 fn answer(
-    conn: &mut rusqlite::Connection,
+    conn: &mut crate::sql::Connection,
     parsed: &Parsed,
     keys: &[String],
     proof: &Proof,

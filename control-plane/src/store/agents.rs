@@ -1,7 +1,7 @@
 //! Agents: registration (only the token's hash is kept), lookup by token, what
 //! they say of their hosts, pausing and revoking.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::sql::{params, Connection, OptionalExtension};
 
 use kiln_protocol::{validate, AgentInfo, AgentState, HostFacts, RunningJobInfo};
 
@@ -86,10 +86,14 @@ pub fn agent_by_token_hash(
     token_hash: &str,
     version: Option<&str>,
 ) -> Result<Option<AgentRow>, ApiError> {
+    // One statement: every agent request passes here.
+    let version = version.map(validate::shorten);
     let agent = conn
         .query_row(
-            "SELECT id, labels, paused FROM agents WHERE token_hash = ?1 AND revoked_at IS NULL",
-            [token_hash],
+            "UPDATE agents SET last_seen_at = ?2, version = COALESCE(?3, version)
+             WHERE token_hash = ?1 AND revoked_at IS NULL
+             RETURNING id, labels, paused",
+            params![token_hash, now_ms(), version],
             |row| {
                 Ok(AgentRow {
                     id: row.get(0)?,
@@ -99,13 +103,6 @@ pub fn agent_by_token_hash(
             },
         )
         .optional()?;
-    if let Some(agent) = &agent {
-        let version = version.map(validate::shorten);
-        conn.execute(
-            "UPDATE agents SET last_seen_at = ?1, version = COALESCE(?3, version) WHERE id = ?2",
-            params![now_ms(), agent.id, version],
-        )?;
-    }
     Ok(agent)
 }
 

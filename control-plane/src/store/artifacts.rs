@@ -1,7 +1,7 @@
 //! Artifacts and their upload tickets, and which job's logs a reader sees.
 
+use crate::sql::{params, Connection, OptionalExtension};
 use kiln_protocol::{ArtifactDescriptor, DeploymentStatus, StoredArtifact};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::deployments::get_deployment_in;
 use super::jobs::{job_in, owned_job, JobRow};

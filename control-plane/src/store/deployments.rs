@@ -2,11 +2,11 @@
 //! redeploy (canceling older builds of the environment), every status change
 //! through `set_status`, and the listing.
 
+use crate::sql::{params, Connection, OptionalExtension, Row, Transaction};
 use kiln_protocol::{
     check_transition, validate, ComponentStatus, Deployment, DeploymentStatus, Environment,
     EventOutcome, EventPeople, Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::artifacts::artifacts_of;
 use super::projects::{branch_matches, environment_from_row, get_environment_in, project_from_row};
@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::ApiError;
 
-pub(super) fn deployment_from_row(row: &Row) -> rusqlite::Result<Deployment> {
+pub(super) fn deployment_from_row(row: &Row) -> crate::sql::Result<Deployment> {
     let detail: Option<String> = row.get("detail")?;
     Ok(Deployment {
         id: row.get("id")?,
@@ -66,15 +66,19 @@ pub(super) fn with_history(
 }
 
 pub(super) fn get_deployment_in(conn: &Connection, id: &str) -> Result<Deployment, ApiError> {
-    let deployment = conn
-        .query_row(
-            "SELECT * FROM deployments WHERE id = ?1",
-            [id],
-            deployment_from_row,
-        )
-        .optional()?
-        .ok_or_else(|| ApiError::not_found("deployment", id))?;
-    with_history(conn, deployment)
+    with_history(conn, deployment_row_in(conn, id)?)
+}
+
+/// The deployment without its transitions and artifacts (left empty): one
+/// query, for the agents' hot paths.
+pub(super) fn deployment_row_in(conn: &Connection, id: &str) -> Result<Deployment, ApiError> {
+    conn.query_row(
+        "SELECT * FROM deployments WHERE id = ?1",
+        [id],
+        deployment_from_row,
+    )
+    .optional()?
+    .ok_or_else(|| ApiError::not_found("deployment", id))
 }
 
 pub fn get_deployment(conn: &mut Connection, id: &str) -> Result<Deployment, ApiError> {
@@ -95,9 +99,11 @@ pub struct DeploymentFilter {
 }
 
 const FILTERED: &str = "FROM deployments
-     WHERE (?1 IS NULL OR project_id = ?1) AND (?2 IS NULL OR environment_id = ?2)
-       AND (?3 IS NULL OR branch = ?3) AND (?4 IS NULL OR status = ?4)
-       AND (?5 IS NULL OR commit_sha LIKE ?5 || '%')";
+     WHERE (CAST(?1 AS TEXT) IS NULL OR project_id = ?1)
+       AND (CAST(?2 AS TEXT) IS NULL OR environment_id = ?2)
+       AND (CAST(?3 AS TEXT) IS NULL OR branch = ?3)
+       AND (CAST(?4 AS TEXT) IS NULL OR status = ?4)
+       AND (CAST(?5 AS TEXT) IS NULL OR commit_sha LIKE CAST(?5 AS TEXT) || '%')";
 
 impl DeploymentFilter {
     fn params(&self) -> [Option<String>; 5] {

@@ -1,8 +1,8 @@
 //! The deploy step's records: `awaiting_deployment → deploying → live` (the
 //! previous live one becoming `ready`) or `deploy_failed`.
 
+use crate::sql::{Connection, OptionalExtension};
 use kiln_protocol::{Deployment, DeploymentStatus};
-use rusqlite::{Connection, OptionalExtension};
 
 use super::deployments::{get_deployment_in, set_status};
 use crate::error::ApiError;

@@ -1,14 +1,16 @@
 //! Jobs: a claim of a queued deployment by an agent, the lease its watch renews,
 //! the agent's status reports, and leases that expire.
 
+use crate::sql::{params, Connection, OptionalExtension, Transaction};
 use kiln_protocol::{
     ComponentStatus, Deployment, DeploymentStatus, Job, JobCache, JobControl, JobDirective,
     JobLimits, JobStatusUpdate,
 };
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::agents::AgentRow;
-use super::deployments::{finish_current_job, get_deployment_in, set_status, settle_components};
+use super::deployments::{
+    deployment_row_in, finish_current_job, get_deployment_in, set_status, settle_components,
+};
 use super::projects::{get_project_in, variables_in};
 use super::{json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
@@ -22,43 +24,75 @@ pub struct JobPolicy {
     pub max_attempts: u32,
 }
 
+/// Queued deployments read at first while looking for one an agent may take;
+/// each further page is four times larger, up to `CLAIM_PAGE_MAX`. Small in
+/// tests, so paging is exercised.
+const CLAIM_PAGE: i64 = if cfg!(test) { 2 } else { 16 };
+const CLAIM_PAGE_MAX: i64 = 1024;
+
 /// Hands the oldest queued deployment this agent's labels allow to the agent.
 pub fn claim(
     conn: &mut Connection,
     agent: &AgentRow,
     policy: JobPolicy,
 ) -> Result<Option<Job>, ApiError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_shared()?;
     if agent.paused {
         return Ok(None);
     }
     // An agent gets only jobs whose every required label it carries: the
     // project's, and those of the environment's kind (production secrets go to
-    // `trusted` hosts, previews elsewhere, as the project says).
-    let candidates: Vec<(String, Vec<String>)> = tx
-        .prepare(
-            "SELECT d.id, p.agent_labels, p.long_lived_agent_labels, p.preview_agent_labels, e.kind
-             FROM deployments d JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
-             WHERE d.status = 'queued' ORDER BY d.seq LIMIT 500",
-        )?
-        .query_map([], |row| {
-            let mut required = json_list(&row.get::<_, String>(1)?);
-            let by_kind: String = if row.get::<_, String>(4)? == "preview" {
-                row.get(3)?
-            } else {
-                row.get(2)?
-            };
-            required.extend(json_list(&by_kind));
-            Ok((row.get(0)?, required))
-        })?
-        .collect::<Result<_, _>>()?;
-    let Some((deployment_id, _)) = candidates
-        .into_iter()
-        .find(|(_, required)| required.iter().all(|label| agent.labels.contains(label)))
-    else {
-        return Ok(None);
+    // `trusted` hosts, previews elsewhere, as the project says). Pages through
+    // the queue, so a job behind many others it may not take is still found.
+    let mut after_seq = i64::MIN;
+    let mut page_size = CLAIM_PAGE;
+    let deployment_id = loop {
+        let page: Vec<(i64, String, Vec<String>)> = tx
+            .prepare(
+                // The page first, then its joins: the queue's index gives it in
+                // order whatever the planner thinks of the table's size.
+                "SELECT d.seq, d.id, p.agent_labels, p.long_lived_agent_labels, p.preview_agent_labels, e.kind
+                 FROM (SELECT seq, id, project_id, environment_id FROM deployments
+                       WHERE status = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2) d
+                 JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
+                 ORDER BY d.seq",
+            )?
+            .query_map([after_seq, page_size], |row| {
+                let mut required = json_list(&row.get::<_, String>(2)?);
+                let by_kind: String = if row.get::<_, String>(5)? == "preview" {
+                    row.get(4)?
+                } else {
+                    row.get(3)?
+                };
+                required.extend(json_list(&by_kind));
+                Ok((row.get(0)?, row.get(1)?, required))
+            })?
+            .collect::<Result<_, _>>()?;
+        let Some((last_seq, _, _)) = page.last() else {
+            return Ok(None);
+        };
+        after_seq = *last_seq;
+        page_size = (page_size * 4).min(CLAIM_PAGE_MAX);
+        // Claims run side by side on PostgreSQL: take the first allowed one no
+        // other claim holds and that is still queued once locked.
+        let lock = format!(
+            "SELECT id FROM deployments WHERE id = ?1 AND status = 'queued'{}",
+            tx.for_update_skip_locked()
+        );
+        let mut taken = None;
+        for (_, id, required) in page {
+            if required.iter().all(|label| agent.labels.contains(label))
+                && tx.query_row(&lock, [&id], |_| Ok(())).optional()?.is_some()
+            {
+                taken = Some(id);
+                break;
+            }
+        }
+        if let Some(id) = taken {
+            break id;
+        }
     };
-    let deployment = get_deployment_in(&tx, &deployment_id)?;
+    let deployment = deployment_row_in(&tx, &deployment_id)?;
     let project = get_project_in(&tx, &deployment.project_id)?;
     let repository_token: Option<String> = tx.query_row(
         "SELECT repository_token FROM projects WHERE id = ?1",
@@ -217,9 +251,9 @@ pub fn watch(
     policy: JobPolicy,
     renew: bool,
 ) -> Result<JobControl, ApiError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_shared()?;
     let job = owned_job(&tx, agent_id, job_id)?;
-    let deployment = get_deployment_in(&tx, &job.deployment_id)?;
+    let deployment = locked_deployment(&tx, &job.deployment_id)?;
     let holds_it = deployment.current_job_id.as_deref() == Some(job_id);
     let mut lease_expires_at: i64 = tx.query_row(
         "SELECT COALESCE(lease_expires_at, ?2) FROM deployments WHERE id = ?1",
@@ -258,6 +292,19 @@ pub fn watch(
     })
 }
 
+/// Reads `deployment_id` (without history) and holds it for the rest of a
+/// shared transaction.
+fn locked_deployment(tx: &Transaction, deployment_id: &str) -> Result<Deployment, ApiError> {
+    let sql = format!("SELECT * FROM deployments WHERE id = ?1{}", tx.for_update());
+    tx.query_row(
+        &sql,
+        [deployment_id],
+        super::deployments::deployment_from_row,
+    )
+    .optional()?
+    .ok_or_else(|| ApiError::not_found("deployment", deployment_id))
+}
+
 /// What a status update did, for the caller's follow-up work.
 #[derive(Debug)]
 pub struct StatusApplied {
@@ -281,9 +328,9 @@ pub fn report_status(
             update.status
         )));
     }
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_shared()?;
     let job = owned_job(&tx, agent_id, job_id)?;
-    let deployment = get_deployment_in(&tx, &job.deployment_id)?;
+    let deployment = locked_deployment(&tx, &job.deployment_id)?;
     if deployment.current_job_id.as_deref() != Some(job_id) {
         return Err(ApiError::JobSuperseded {
             job_id: job_id.to_owned(),
@@ -399,6 +446,114 @@ mod tests {
     use super::*;
     use crate::store::testing::{agent, claim_one, push, shop, POLICY};
     use kiln_protocol::DeploymentStatus::*;
+
+    /// An agent finds the one job it may take behind a page and more of jobs
+    /// it may not.
+    #[test]
+    fn a_claim_looks_past_a_long_queue_of_jobs_for_other_agents() {
+        let (mut conn, gpu_project, _) = shop(&["gpu"]);
+        for n in 0..(CLAIM_PAGE * 5 + 3) {
+            crate::store::create_environment(
+                &mut conn,
+                &gpu_project,
+                kiln_protocol::CreateEnvironment {
+                    name: format!("env {n}"),
+                    branch: format!("branch-{n}"),
+                    auto_deploy: false,
+                },
+            )
+            .unwrap();
+            push(&mut conn, &format!("branch-{n}"), n as u8);
+        }
+        let other = crate::store::create_project(
+            &mut conn,
+            kiln_protocol::CreateProject::new("docs", "https://git.example/acme/docs.git"),
+            Default::default(),
+        )
+        .unwrap();
+        crate::store::create_environment(
+            &mut conn,
+            &other.id,
+            kiln_protocol::CreateEnvironment {
+                name: "Production".into(),
+                branch: "main".into(),
+                auto_deploy: false,
+            },
+        )
+        .unwrap();
+        let queued = crate::store::on_push(
+            &mut conn,
+            kiln_protocol::PushEvent {
+                repository: "https://git.example/acme/docs.git".into(),
+                branch: "main".into(),
+                sha: "ab".repeat(20),
+                author: "Ada".into(),
+                message: "docs".into(),
+                people: Default::default(),
+            },
+        )
+        .unwrap()
+        .deployments;
+        let plain = agent(&mut conn, &[]);
+        assert_eq!(claim_one(&mut conn, &plain).deployment_id, queued[0].id);
+        assert!(claim(&mut conn, &plain, POLICY).unwrap().is_none());
+    }
+
+    /// Agents on separate connections (as on separate replicas) claim at once:
+    /// every queued deployment goes to exactly one of them.
+    #[test]
+    fn racing_claims_never_hand_one_job_to_two_agents() {
+        const ENVIRONMENTS: usize = 40;
+        const AGENTS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let location = crate::db::shared_for_test(dir.path());
+        let mut conn = crate::db::connect(&location).unwrap();
+        let project = crate::store::create_project(
+            &mut conn,
+            kiln_protocol::CreateProject::new("shop", crate::store::testing::REPO),
+            Default::default(),
+        )
+        .unwrap();
+        for n in 0..ENVIRONMENTS {
+            crate::store::create_environment(
+                &mut conn,
+                &project.id,
+                kiln_protocol::CreateEnvironment {
+                    name: format!("env {n}"),
+                    branch: format!("branch-{n}"),
+                    auto_deploy: false,
+                },
+            )
+            .unwrap();
+            push(&mut conn, &format!("branch-{n}"), n as u8);
+        }
+        let agents: Vec<_> = (0..AGENTS).map(|_| agent(&mut conn, &[])).collect();
+        let start = std::sync::Barrier::new(AGENTS);
+        let claimed: Vec<String> = std::thread::scope(|scope| {
+            let racers: Vec<_> = agents
+                .iter()
+                .map(|agent| {
+                    let (location, start) = (&location, &start);
+                    scope.spawn(move || {
+                        let mut conn = crate::db::connect(location).unwrap();
+                        start.wait();
+                        let mut mine = Vec::new();
+                        while let Some(job) = claim(&mut conn, agent, POLICY).unwrap() {
+                            mine.push(job.deployment_id);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            racers
+                .into_iter()
+                .flat_map(|racer| racer.join().unwrap())
+                .collect()
+        });
+        let distinct: std::collections::HashSet<&String> = claimed.iter().collect();
+        assert_eq!(claimed.len(), ENVIRONMENTS, "every deployment claimed once");
+        assert_eq!(distinct.len(), ENVIRONMENTS, "no deployment claimed twice");
+    }
 
     fn report(
         conn: &mut Connection,

@@ -1,4 +1,4 @@
-//! The deployment model on SQLite: projects, environments, deployments, agents,
+//! The deployment model on SQLite or PostgreSQL (`crate::sql`): projects, environments, deployments, agents,
 //! jobs, deploys and artifacts, one module each.
 //!
 //! Each public function is one transaction. Every status change goes through
@@ -82,10 +82,9 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serialises")
 }
 
-fn parse_status(text: &str) -> Result<DeploymentStatus, rusqlite::Error> {
-    text.parse().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+fn parse_status(text: &str) -> Result<DeploymentStatus, crate::sql::Error> {
+    text.parse()
+        .map_err(|e| crate::sql::Error::invalid(0, format!("{e}")))
 }
 
 fn parse_component(text: &str) -> ComponentStatus {

@@ -4,8 +4,8 @@
 //! and context by `git_hosts::outbox`), the one comment each preview keeps
 //! editing, and the webhook deliveries already answered.
 
+use crate::sql::{params, Connection, OptionalExtension, Transaction};
 use kiln_protocol::DeploymentStatus;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{now_ms, parse_status};
 use crate::error::ApiError;
@@ -210,7 +210,8 @@ pub fn set_preview_comment(
     comment_id: &str,
 ) -> Result<(), ApiError> {
     conn.execute(
-        "INSERT OR REPLACE INTO preview_comments (project_id, pull_request, comment_id) VALUES (?1, ?2, ?3)",
+        "INSERT INTO preview_comments (project_id, pull_request, comment_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT (project_id, pull_request) DO UPDATE SET comment_id = excluded.comment_id",
         params![project_id, pull_request as i64, comment_id],
     )?;
     Ok(())
@@ -234,7 +235,8 @@ pub fn record_hook_answer(
     body: &str,
 ) -> Result<(), ApiError> {
     tx.execute(
-        "INSERT OR IGNORE INTO hook_deliveries (delivery, status, body, received_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO hook_deliveries (delivery, status, body, received_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (delivery) DO NOTHING",
         params![delivery, status, body, now_ms()],
     )?;
     Ok(())

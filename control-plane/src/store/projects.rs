@@ -1,12 +1,12 @@
 //! Projects, their environments (a branch rule each; previews per pull request)
 //! and environments' build variables.
 
+use crate::sql::{params, Connection, OptionalExtension, Row};
 use kiln_protocol::{
     validate, CreateEnvironment, CreateProject, EnvVar, Environment, EnvironmentKind, GitHostKind,
     GitHostSettings, GitHostView, Project, SecretScanSettings, UpdateEnvironment, UpdateProject,
     VariableView,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use globset::Glob;
 
@@ -117,7 +117,7 @@ pub struct ProjectRules {
     pub allow_local_repositories: bool,
 }
 
-pub(super) fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
+pub(super) fn project_from_row(row: &Row) -> crate::sql::Result<Project> {
     Ok(Project {
         id: row.get("id")?,
         name: row.get("name")?,
@@ -142,7 +142,7 @@ pub(super) fn project_from_row(row: &Row) -> rusqlite::Result<Project> {
 }
 
 /// A project row's git host: kind, API URL and token.
-fn git_host_of(row: &Row) -> rusqlite::Result<Option<(GitHostKind, String, Option<String>)>> {
+fn git_host_of(row: &Row) -> crate::sql::Result<Option<(GitHostKind, String, Option<String>)>> {
     let kind: Option<String> = row.get("git_host_kind")?;
     let Some(kind) = kind.and_then(|kind| kind.parse::<GitHostKind>().ok()) else {
         return Ok(None);
@@ -341,7 +341,7 @@ pub fn update_project(
     .check(rules)?;
     let tx = conn.transaction()?;
     // An unknown id updates nothing and is refused by the read below.
-    let set = |column: &str, value: &dyn rusqlite::ToSql| {
+    let set = |column: &str, value: &dyn crate::sql::ToSql| {
         tx.execute(
             &format!("UPDATE projects SET {column} = ?1 WHERE id = ?2"),
             params![value, id],
@@ -395,7 +395,7 @@ pub fn list_projects(conn: &mut Connection) -> Result<Vec<Project>, ApiError> {
     Ok(projects)
 }
 
-pub(super) fn environment_from_row(row: &Row) -> rusqlite::Result<Environment> {
+pub(super) fn environment_from_row(row: &Row) -> crate::sql::Result<Environment> {
     let kind: String = row.get("kind")?;
     Ok(Environment {
         id: row.get("id")?,
@@ -564,7 +564,8 @@ pub fn set_variables(
     )?;
     for variable in &variables {
         tx.execute(
-            "INSERT OR REPLACE INTO variables (environment_id, name, value, secret) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO variables (environment_id, name, value, secret) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (environment_id, name) DO UPDATE SET value = excluded.value, secret = excluded.secret",
             params![environment_id, variable.name, variable.value, variable.secret],
         )?;
     }

@@ -3,8 +3,8 @@
 //! kept; the token is shown once, in the answer to making it. The server's
 //! bootstrap token (`KILN_REGISTRATION_TOKEN`) stays beside them.
 
+use crate::sql::{params, Connection, OptionalExtension, Row, Transaction};
 use kiln_protocol::{validate, CreateRegistrationToken, RegistrationTokenInfo};
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{check_name, new_id, now_ms, time};
 use crate::error::ApiError;
@@ -12,7 +12,7 @@ use crate::error::ApiError;
 /// The longest a token may be made to last: a year.
 const MAX_LIFETIME_SECONDS: u64 = 366 * 24 * 3600;
 
-fn info_from_row(row: &Row) -> rusqlite::Result<RegistrationTokenInfo> {
+fn info_from_row(row: &Row) -> crate::sql::Result<RegistrationTokenInfo> {
     Ok(RegistrationTokenInfo {
         id: row.get("id")?,
         name: row.get("name")?,

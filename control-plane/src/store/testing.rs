@@ -1,8 +1,8 @@
 //! Fixtures for the store's unit tests: an in-memory database with a project, an
 //! environment and an agent, and the calls a push and a claim make.
 
+use crate::sql::Connection;
 use kiln_protocol::{CreateEnvironment, CreateProject, Deployment, Job, PushEvent};
-use rusqlite::Connection;
 
 use super::{
     claim, create_environment, create_project, on_push, register_agent, AgentRow, JobPolicy,

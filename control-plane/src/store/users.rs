@@ -3,7 +3,7 @@
 //! Passwords are stored as argon2id hashes and session tokens as sha256; neither is
 //! ever stored as given.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::sql::{params, Connection, OptionalExtension};
 
 use super::{check_name, now_ms};
 use crate::error::ApiError;
@@ -53,14 +53,9 @@ pub struct SessionRow {
     pub csrf: String,
 }
 
-fn user_from(name: String, role: String, created_at: i64) -> rusqlite::Result<User> {
-    let role = Role::parse(&role).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("unknown role {role:?}").into(),
-        )
-    })?;
+fn user_from(name: String, role: String, created_at: i64) -> crate::sql::Result<User> {
+    let role = Role::parse(&role)
+        .ok_or_else(|| crate::sql::Error::invalid(1, format!("unknown role {role:?}")))?;
     Ok(User {
         name,
         role,

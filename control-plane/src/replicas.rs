@@ -1,0 +1,137 @@
+//! Several `kiln-server` processes on one PostgreSQL serving one fleet.
+//!
+//! Wake-ups reach every replica: a replica that queues or cancels a deployment
+//! sends `NOTIFY kiln_wake`, and each replica's listener wakes its own parked
+//! claims and watches. Singleton work (the lease reaper, the git-host courier,
+//! resuming interrupted deploys) runs on the one replica holding a session
+//! advisory lock; when that replica dies its connection closes, the lock frees,
+//! and another takes over within a second. On SQLite the one process is both.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fallible_iterator::FallibleIterator;
+use tokio::sync::Notify;
+
+use crate::sql::WRITE_LOCK;
+use crate::AppState;
+
+const CHANNEL: &str = "kiln_wake";
+const LEADER_LOCK: i64 = WRITE_LOCK + 1;
+/// How often a follower tries for the lead, and a listener checks for shutdown.
+const TICK: Duration = Duration::from_millis(500);
+
+/// What a wake-up is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A deployment was queued, canceled or requeued: claims look again.
+    Queue,
+    /// A status changed: watches, followers and the courier look again.
+    Changes,
+}
+
+impl Wake {
+    fn as_str(self) -> &'static str {
+        match self {
+            Wake::Queue => "queue",
+            Wake::Changes => "changes",
+        }
+    }
+}
+
+pub struct Replicas {
+    shared: bool,
+    leader: AtomicBool,
+    /// Woken when this replica becomes the leader.
+    pub became_leader: Notify,
+}
+
+impl Replicas {
+    /// A lone SQLite server leads from the start; a PostgreSQL replica once its
+    /// listener holds the lock.
+    pub fn new(shared: bool) -> Self {
+        Self {
+            shared,
+            leader: AtomicBool::new(!shared),
+            became_leader: Notify::new(),
+        }
+    }
+
+    /// Completes after a while on a shared database (a wake-up sent while a
+    /// listener reconnected is lost), never on SQLite.
+    pub async fn missed_wake_recheck(&self) {
+        if self.shared {
+            tokio::time::sleep(Duration::from_secs(2)).await
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    fn set_leader(&self, leader: bool) {
+        if !self.leader.swap(leader, Ordering::SeqCst) && leader {
+            tracing::info!(message = "This replica now runs the singleton work (lease reaper, git-host courier, deploy resumption).");
+            self.became_leader.notify_waiters();
+        } else if !leader {
+            self.leader.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Tells the other replicas; this one's own waiters were woken by the caller.
+pub fn broadcast(state: &AppState, wake: Wake) {
+    if state.db.postgres_url().is_none() {
+        return;
+    }
+    let db = state.db.clone();
+    tokio::spawn(async move {
+        let sent = db
+            .call(move |conn| {
+                conn.execute("SELECT pg_notify(?1, ?2)", [CHANNEL, wake.as_str()])
+                    .map_err(crate::ApiError::from)
+            })
+            .await;
+        if let Err(error) = sent {
+            tracing::warn!(message = "Cannot wake the other replicas; they look again within a second.", %error);
+        }
+    });
+}
+
+/// Starts the listener thread of a PostgreSQL replica (none on SQLite). It
+/// reconnects after errors and ends when the server shuts down.
+pub fn start_listener(state: AppState) -> Option<std::thread::JoinHandle<()>> {
+    let url = state.db.postgres_url()?.to_owned();
+    Some(std::thread::spawn(move || {
+        while !state.shutdown.is_cancelled() {
+            if let Err(error) = listen(&state, &url) {
+                state.replicas.set_leader(false);
+                tracing::warn!(message = "Lost the PostgreSQL listener; reconnecting.", error = %error);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        state.replicas.set_leader(false);
+    }))
+}
+
+fn listen(state: &AppState, url: &str) -> Result<(), postgres::Error> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    while !state.shutdown.is_cancelled() {
+        if !state.replicas.is_leader() {
+            let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])?;
+            state.replicas.set_leader(row.get(0));
+        }
+        let mut notifications = client.notifications();
+        let mut arrived = notifications.timeout_iter(TICK);
+        while let Some(notification) = arrived.next()? {
+            match notification.payload() {
+                "queue" => state.wake_local(Wake::Queue),
+                _ => state.wake_local(Wake::Changes),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,697 @@
+//! One SQL surface over the two stores: the embedded SQLite (the zero-setup
+//! default) and PostgreSQL (for replicas). The store writes its queries once, in
+//! the dialect both accept, with `?N` placeholders; this module runs them on
+//! either and hands back rows of plain values.
+//!
+//! The shape follows rusqlite's (`execute`, `query_row`, `prepare(..).query_map`,
+//! `optional`, `params!`) so the store reads like ordinary rusqlite code.
+//! PostgreSQL parameters are converted to the types the prepared statement asks
+//! for, never spliced into the text.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use postgres_types::{IsNull, Type};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("query returned no rows")]
+    NoRows,
+    #[error("column {column}: expected {expected}, found {found:?}")]
+    Conversion {
+        column: usize,
+        expected: &'static str,
+        found: Value,
+    },
+    #[error("no column named {0:?}")]
+    NoColumn(String),
+    #[error("stored value of column {column} is not valid: {reason}")]
+    Invalid { column: usize, reason: String },
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgresql: {}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
+    #[error("parameter {index} cannot be sent as PostgreSQL type {ty}")]
+    Parameter { index: usize, ty: Type },
+}
+
+/// The server's own words (`db error` alone says nothing).
+fn postgres_message(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+impl Error {
+    /// A stored value the store cannot read back (a status name from a newer
+    /// version, say).
+    pub fn invalid(column: usize, reason: impl std::fmt::Display) -> Self {
+        Self::Invalid {
+            column,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub trait ToSql {
+    fn to_value(&self) -> Value;
+}
+
+pub trait FromSql: Sized {
+    fn from_value(value: &Value, column: usize) -> Result<Self>;
+}
+
+macro_rules! integer_sql {
+    ($($ty:ty),*) => {$(
+        impl ToSql for $ty {
+            fn to_value(&self) -> Value {
+                Value::Integer(*self as i64)
+            }
+        }
+        impl FromSql for $ty {
+            fn from_value(value: &Value, column: usize) -> Result<Self> {
+                match value {
+                    Value::Integer(n) => <$ty>::try_from(*n).map_err(|e| Error::invalid(column, e)),
+                    other => Err(Error::Conversion { column, expected: "integer", found: other.clone() }),
+                }
+            }
+        }
+    )*};
+}
+integer_sql!(i64, i32, u32, u64, usize, u16, u8);
+
+impl ToSql for bool {
+    fn to_value(&self) -> Value {
+        Value::Integer(i64::from(*self))
+    }
+}
+
+impl FromSql for bool {
+    fn from_value(value: &Value, column: usize) -> Result<Self> {
+        Ok(i64::from_value(value, column)? != 0)
+    }
+}
+
+impl ToSql for f64 {
+    fn to_value(&self) -> Value {
+        Value::Real(*self)
+    }
+}
+
+impl FromSql for f64 {
+    fn from_value(value: &Value, column: usize) -> Result<Self> {
+        match value {
+            Value::Real(x) => Ok(*x),
+            Value::Integer(n) => Ok(*n as f64),
+            other => Err(Error::Conversion {
+                column,
+                expected: "real",
+                found: other.clone(),
+            }),
+        }
+    }
+}
+
+impl ToSql for str {
+    fn to_value(&self) -> Value {
+        Value::Text(self.to_owned())
+    }
+}
+
+impl ToSql for String {
+    fn to_value(&self) -> Value {
+        Value::Text(self.clone())
+    }
+}
+
+impl FromSql for String {
+    fn from_value(value: &Value, column: usize) -> Result<Self> {
+        match value {
+            Value::Text(text) => Ok(text.clone()),
+            other => Err(Error::Conversion {
+                column,
+                expected: "text",
+                found: other.clone(),
+            }),
+        }
+    }
+}
+
+impl ToSql for Vec<u8> {
+    fn to_value(&self) -> Value {
+        Value::Blob(self.clone())
+    }
+}
+
+impl ToSql for Value {
+    fn to_value(&self) -> Value {
+        self.clone()
+    }
+}
+
+impl<T: ToSql> ToSql for Option<T> {
+    fn to_value(&self) -> Value {
+        self.as_ref().map_or(Value::Null, ToSql::to_value)
+    }
+}
+
+impl<T: FromSql> FromSql for Option<T> {
+    fn from_value(value: &Value, column: usize) -> Result<Self> {
+        match value {
+            Value::Null => Ok(None),
+            other => T::from_value(other, column).map(Some),
+        }
+    }
+}
+
+impl<T: ToSql + ?Sized> ToSql for &T {
+    fn to_value(&self) -> Value {
+        (**self).to_value()
+    }
+}
+
+/// What a query's placeholders are bound to.
+pub trait Params {
+    fn values(&self) -> Vec<Value>;
+}
+
+impl Params for &[&dyn ToSql] {
+    fn values(&self) -> Vec<Value> {
+        self.iter().map(|p| p.to_value()).collect()
+    }
+}
+
+impl Params for [&dyn ToSql; 0] {
+    fn values(&self) -> Vec<Value> {
+        Vec::new()
+    }
+}
+
+macro_rules! array_params {
+    ($($n:literal),*) => {$(
+        impl<T: ToSql> Params for [T; $n] {
+            fn values(&self) -> Vec<Value> {
+                self.iter().map(ToSql::to_value).collect()
+            }
+        }
+    )*};
+}
+array_params!(1, 2, 3, 4, 5, 6, 7, 8);
+
+/// `params![a, b]`: positional parameters of mixed types.
+macro_rules! params {
+    () => { &[] as &[&dyn $crate::sql::ToSql] };
+    ($($param:expr),+ $(,)?) => { &[$(&$param as &dyn $crate::sql::ToSql),+] as &[&dyn $crate::sql::ToSql] };
+}
+pub(crate) use params;
+
+/// One result row, owned.
+pub struct Row {
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+pub trait RowIndex {
+    fn index(&self, row: &Row) -> Result<usize>;
+}
+
+impl RowIndex for usize {
+    fn index(&self, row: &Row) -> Result<usize> {
+        if *self < row.values.len() {
+            Ok(*self)
+        } else {
+            Err(Error::NoColumn(self.to_string()))
+        }
+    }
+}
+
+impl RowIndex for &str {
+    fn index(&self, row: &Row) -> Result<usize> {
+        row.columns
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(self))
+            .ok_or_else(|| Error::NoColumn((*self).to_owned()))
+    }
+}
+
+impl Row {
+    pub fn get<I: RowIndex, T: FromSql>(&self, index: I) -> Result<T> {
+        let index = index.index(self)?;
+        T::from_value(&self.values[index], index)
+    }
+}
+
+pub trait OptionalExtension<T> {
+    fn optional(self) -> Result<Option<T>>;
+}
+
+impl<T> OptionalExtension<T> for Result<T> {
+    fn optional(self) -> Result<Option<T>> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::NoRows) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Which database a connection speaks to, for the rare statement that differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection to either store. Methods take `&self`, as rusqlite's do.
+pub struct Connection {
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<RefCell<PgClient>>),
+}
+
+struct PgClient {
+    client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+/// Held across all transactions of a PostgreSQL store, so they run one at a time
+/// across every replica, as SQLite runs them on one machine: the store's
+/// read-then-write transactions stay correct without retry loops.
+pub const WRITE_LOCK: i64 = 0x6b696c6e; // "kiln"
+
+impl Connection {
+    pub fn sqlite(conn: rusqlite::Connection) -> Self {
+        Self {
+            backend: Backend::Sqlite(conn),
+        }
+    }
+
+    pub fn postgres(client: postgres::Client) -> Self {
+        Self {
+            backend: Backend::Postgres(Box::new(RefCell::new(PgClient {
+                client,
+                statements: HashMap::new(),
+            }))),
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Whether a PostgreSQL connection broke (the pool drops it then).
+    pub fn is_broken(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => false,
+            Backend::Postgres(client) => client.borrow().client.is_closed(),
+        }
+    }
+
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
+            Backend::Postgres(client) => Ok(client.borrow_mut().client.batch_execute(sql)?),
+        }
+    }
+
+    pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
+        let values = params.values();
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(sql)?;
+                Ok(stmt.execute(rusqlite::params_from_iter(values.iter().map(sqlite_value)))?)
+            }
+            Backend::Postgres(client) => {
+                let mut client = client.borrow_mut();
+                let stmt = client.prepare(sql)?;
+                let params = pg_params(&stmt, &values)?;
+                Ok(client.client.execute(&stmt, &params_refs(&params))? as usize)
+            }
+        }
+    }
+
+    /// Every row of a query, in order.
+    pub fn query_all<P: Params>(&self, sql: &str, params: P) -> Result<Vec<Row>> {
+        let values = params.values();
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let columns: Arc<[String]> =
+                    stmt.column_names().into_iter().map(str::to_owned).collect();
+                let count = columns.len();
+                let mut rows =
+                    stmt.query(rusqlite::params_from_iter(values.iter().map(sqlite_value)))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    let values = (0..count)
+                        .map(|i| row.get_ref(i).map(from_sqlite))
+                        .collect::<rusqlite::Result<_>>()?;
+                    out.push(Row {
+                        columns: columns.clone(),
+                        values,
+                    });
+                }
+                Ok(out)
+            }
+            Backend::Postgres(client) => {
+                let mut client = client.borrow_mut();
+                let stmt = client.prepare(sql)?;
+                let params = pg_params(&stmt, &values)?;
+                let columns: Arc<[String]> =
+                    stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+                let rows = client.client.query(&stmt, &params_refs(&params))?;
+                rows.iter()
+                    .map(|row| {
+                        let values = (0..columns.len())
+                            .map(|i| from_postgres(row, i))
+                            .collect::<Result<_>>()?;
+                        Ok(Row {
+                            columns: columns.clone(),
+                            values,
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    pub fn query_row<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<T> {
+        let rows = self.query_all(sql, params)?;
+        f(rows.first().ok_or(Error::NoRows)?)
+    }
+
+    /// rusqlite's two-step form; the statement is cached by both backends.
+    pub fn prepare<'c>(&'c self, sql: &str) -> Result<Statement<'c>> {
+        Ok(Statement {
+            conn: self,
+            sql: sql.to_owned(),
+        })
+    }
+
+    pub fn prepare_cached<'c>(&'c self, sql: &str) -> Result<Statement<'c>> {
+        self.prepare(sql)
+    }
+
+    /// Starts a transaction; dropped without `commit`, it rolls back. On
+    /// PostgreSQL it holds the store-wide write lock (see `WRITE_LOCK`).
+    pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        self.begin("pg_advisory_xact_lock")
+    }
+
+    /// A transaction of an agent's hot path (claim, watch, status) that touches
+    /// only its own deployment, which it must lock with `for_update`. On
+    /// PostgreSQL these run side by side, holding the write lock shared: never
+    /// beside another kind of transaction, always beside each other. On SQLite
+    /// it is `transaction`.
+    pub fn transaction_shared(&mut self) -> Result<Transaction<'_>> {
+        self.begin("pg_advisory_xact_lock_shared")
+    }
+
+    fn begin(&mut self, lock_function: &str) -> Result<Transaction<'_>> {
+        match self.dialect() {
+            // IMMEDIATE: another connection (`kiln-server agents`, a test) then
+            // waits its turn instead of failing to upgrade a read lock.
+            Dialect::Sqlite => self.execute_batch("BEGIN IMMEDIATE")?,
+            // One round trip for both (the lock key is a constant).
+            Dialect::Postgres => {
+                self.execute_batch(&format!("BEGIN; SELECT {lock_function}({WRITE_LOCK})"))?
+            }
+        }
+        Ok(Transaction {
+            conn: self,
+            open: true,
+        })
+    }
+
+    /// Appended to a `SELECT` of rows a shared transaction changes: PostgreSQL
+    /// locks them (SQLite's one writer needs nothing).
+    pub fn for_update(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// As `for_update`, passing over rows another transaction holds.
+    pub fn for_update_skip_locked(&self) -> &'static str {
+        match self.dialect() {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+pub struct Statement<'c> {
+    conn: &'c Connection,
+    sql: String,
+}
+
+impl Statement<'_> {
+    pub fn query_map<T, P: Params>(
+        &mut self,
+        params: P,
+        f: impl FnMut(&Row) -> Result<T>,
+    ) -> Result<std::vec::IntoIter<Result<T>>> {
+        let rows = self.conn.query_all(&self.sql, params)?;
+        Ok(rows.iter().map(f).collect::<Vec<_>>().into_iter())
+    }
+
+    pub fn query_row<T, P: Params>(
+        &mut self,
+        params: P,
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<T> {
+        self.conn.query_row(&self.sql, params, f)
+    }
+}
+
+pub struct Transaction<'c> {
+    conn: &'c mut Connection,
+    open: bool,
+}
+
+impl Transaction<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.open = false;
+        self.conn.execute_batch("COMMIT")
+    }
+}
+
+impl std::ops::Deref for Transaction<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A failed rollback leaves a broken connection, which the pool drops.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+impl PgClient {
+    fn prepare(&mut self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(stmt) = self.statements.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.client.prepare(&postgres_placeholders(sql))?;
+        self.statements.insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+}
+
+/// `?N` (and bare `?`) become `$N`, outside quoted text.
+fn postgres_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut next = 1;
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push(c);
+            }
+            (Some(_), c) => out.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            (None, '?') => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    digits = next.to_string();
+                }
+                next = next.max(digits.parse::<usize>().unwrap_or(0) + 1);
+                out.push('$');
+                out.push_str(&digits);
+            }
+            (None, c) => out.push(c),
+        }
+    }
+    out
+}
+
+fn sqlite_value(value: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match value {
+        Value::Null => V::Null,
+        Value::Integer(n) => V::Integer(*n),
+        Value::Real(x) => V::Real(*x),
+        Value::Text(text) => V::Text(text.clone()),
+        Value::Blob(bytes) => V::Blob(bytes.clone()),
+    }
+}
+
+fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef as V;
+    match value {
+        V::Null => Value::Null,
+        V::Integer(n) => Value::Integer(n),
+        V::Real(x) => Value::Real(x),
+        V::Text(bytes) => Value::Text(String::from_utf8_lossy(bytes).into_owned()),
+        V::Blob(bytes) => Value::Blob(bytes.to_vec()),
+    }
+}
+
+fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value> {
+    let ty = row.columns()[index].type_();
+    let value = if *ty == Type::INT8 {
+        row.try_get::<_, Option<i64>>(index)?.map(Value::Integer)
+    } else if *ty == Type::INT4 {
+        row.try_get::<_, Option<i32>>(index)?
+            .map(|n| Value::Integer(n.into()))
+    } else if *ty == Type::INT2 {
+        row.try_get::<_, Option<i16>>(index)?
+            .map(|n| Value::Integer(n.into()))
+    } else if *ty == Type::BOOL {
+        row.try_get::<_, Option<bool>>(index)?
+            .map(|b| Value::Integer(b.into()))
+    } else if *ty == Type::FLOAT8 {
+        row.try_get::<_, Option<f64>>(index)?.map(Value::Real)
+    } else if *ty == Type::FLOAT4 {
+        row.try_get::<_, Option<f32>>(index)?
+            .map(|x| Value::Real(x.into()))
+    } else if *ty == Type::BYTEA {
+        row.try_get::<_, Option<Vec<u8>>>(index)?.map(Value::Blob)
+    } else {
+        row.try_get::<_, Option<String>>(index)?.map(Value::Text)
+    };
+    Ok(value.unwrap_or(Value::Null))
+}
+
+/// A value bound as whatever type the prepared statement asks for.
+#[derive(Debug)]
+struct PgParam(Value);
+
+fn pg_params(stmt: &postgres::Statement, values: &[Value]) -> Result<Vec<PgParam>> {
+    for (index, ty) in stmt.params().iter().enumerate() {
+        let fits = match values.get(index) {
+            None | Some(Value::Null) => true,
+            Some(Value::Integer(_)) => [
+                Type::INT8,
+                Type::INT4,
+                Type::INT2,
+                Type::BOOL,
+                Type::FLOAT8,
+                Type::TEXT,
+                Type::VARCHAR,
+            ]
+            .contains(ty),
+            Some(Value::Real(_)) => *ty == Type::FLOAT8,
+            Some(Value::Text(_)) => {
+                [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty)
+            }
+            Some(Value::Blob(_)) => *ty == Type::BYTEA,
+        };
+        if !fits {
+            return Err(Error::Parameter {
+                index: index + 1,
+                ty: ty.clone(),
+            });
+        }
+    }
+    Ok(values.iter().cloned().map(PgParam).collect())
+}
+
+fn params_refs(params: &[PgParam]) -> Vec<&(dyn postgres_types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p as &(dyn postgres_types::ToSql + Sync))
+        .collect()
+}
+
+impl postgres_types::ToSql for PgParam {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match &self.0 {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Integer(n) if *ty == Type::INT8 => n.to_sql(ty, out),
+            Value::Integer(n) if *ty == Type::INT4 => i32::try_from(*n)?.to_sql(ty, out),
+            Value::Integer(n) if *ty == Type::INT2 => i16::try_from(*n)?.to_sql(ty, out),
+            Value::Integer(n) if *ty == Type::BOOL => (*n != 0).to_sql(ty, out),
+            Value::Integer(n) if *ty == Type::FLOAT8 => (*n as f64).to_sql(ty, out),
+            Value::Integer(n) => n.to_string().to_sql(ty, out),
+            Value::Real(x) => x.to_sql(ty, out),
+            Value::Text(text) => text.to_sql(ty, out),
+            Value::Blob(bytes) => bytes.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // `pg_params` checked each value against its statement's types.
+        true
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_outside_quotes() {
+        assert_eq!(
+            postgres_placeholders("SELECT '?1', ?2, ? FROM t WHERE a = ?1"),
+            "SELECT '?1', $2, $3 FROM t WHERE a = $1"
+        );
+    }
+}

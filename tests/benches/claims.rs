@@ -1,0 +1,317 @@
+//! Claim benchmark: N simulated agents (1, 16, 64, 256) speaking the real agent
+//! protocol over HTTP (register, long-poll claim, report the job finished)
+//! against 10,000 queued jobs, on SQLite (one server) and on PostgreSQL (one
+//! replica, and three sharing the database, agents spread over them):
+//!
+//! - claims per second while the queue lasts (at most `WINDOW` per run),
+//! - claim latency p50 and p99 (requests that returned a job),
+//! - cancel propagation p99: a probe agent holds a job's watch long-poll on one
+//!   replica while a newer push to its environment lands on another; the time
+//!   from the push's answer to the watch's `cancel` (measured while the N agents
+//!   claim),
+//! - double claims: deployments handed to two agents (must be 0).
+//!
+//! PostgreSQL comes from `KILN_TEST_DATABASE_URL`, else `.ci/postgres` starts a
+//! throwaway one (as root). `cargo bench -p kiln-tests --bench claims`
+
+// Tests: a fixture that cannot be set up should stop the test loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_control_plane::Wait;
+use kiln_protocol::{DeploymentStatus, JobControl, JobDirective, WatchRequest};
+use kiln_tests::support::*;
+use reqwest::StatusCode;
+
+const QUEUED: u32 = 10_000;
+const AGENT_COUNTS: [usize; 4] = [1, 16, 64, 256];
+/// The longest one run claims for (one agent would take minutes to drain).
+const WINDOW: Duration = Duration::from_secs(8);
+const PROBE_REPO: &str = "https://git.example/acme/probe.git";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+struct Outcome {
+    claims: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    cancels: Vec<Duration>,
+    double_claims: usize,
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() * p).div_ceil(100)).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+fn postgres_url() -> String {
+    if let Ok(url) = std::env::var("KILN_TEST_DATABASE_URL") {
+        return url;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres");
+    let output = std::process::Command::new(script).output().unwrap();
+    assert!(
+        output.status.success(),
+        ".ci/postgres: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A fresh database for one run.
+fn fresh_database(base: &str, run: usize) -> String {
+    let name = format!("kiln_bench_{}_{run}", std::process::id());
+    let (admin_url, name2) = (base.to_owned(), name.clone());
+    std::thread::spawn(move || {
+        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name2}"))
+            .unwrap();
+    })
+    .join()
+    .unwrap();
+    format!("{base} dbname={name}")
+}
+
+/// Copies the one queued deployment `template` until `QUEUED` wait, in one
+/// statement both databases accept.
+const SEED: &str = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+    INSERT INTO deployments (id, project_id, environment_id, commit_sha, branch, author, message,
+                             status, backend_status, storefront_status, created_at, updated_at)
+    SELECT 'dpl_seed' || CAST(n.i AS TEXT), project_id, environment_id, commit_sha, branch, author,
+           message, status, backend_status, storefront_status, created_at, updated_at
+    FROM deployments, n WHERE id = ?1";
+
+fn seed(store: Store, data_dir: &Path, url: Option<&str>, template: &str) {
+    let more = i64::from(QUEUED - 1);
+    match store {
+        Store::Sqlite => {
+            let conn = rusqlite::Connection::open(data_dir.join("kiln.sqlite")).unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            conn.execute(SEED, rusqlite::params![template, more])
+                .unwrap();
+        }
+        Store::Postgres => {
+            let (url, template) = (url.unwrap().to_owned(), template.to_owned());
+            std::thread::spawn(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                let sql = SEED.replace("?1", "$1").replace("?2", "$2");
+                client.execute(&sql, &[&template, &(more as i32)]).unwrap();
+                // As autovacuum would soon: plans for a table of this size.
+                client.batch_execute("ANALYZE").unwrap();
+            })
+            .join()
+            .unwrap();
+        }
+    }
+}
+
+async fn run(
+    store: Store,
+    replicas: usize,
+    agents: usize,
+    base_url: Option<&str>,
+    run: usize,
+) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let url = base_url.map(|base| fresh_database(base, run));
+    let mut servers = Vec::new();
+    for replica in 0..replicas {
+        let url = url.clone();
+        servers.push(
+            ControlPlane::start_with(
+                &dir.path().join(format!("replica-{replica}")),
+                move |config| {
+                    config.database_url = url;
+                    config.lease = Duration::from_secs(600);
+                },
+            )
+            .await,
+        );
+    }
+    let admin = servers[0].admin();
+    // The simulated agents' jobs need `sim`, which the probe agent lacks.
+    let project = admin
+        .create_project_with(kiln_protocol::CreateProject {
+            agent_labels: vec!["sim".into()],
+            ..kiln_protocol::CreateProject::new("shop", REPO)
+        })
+        .await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let template = admin.push("main", &sha(1)).await.deployments[0].id.clone();
+    seed(
+        store,
+        &dir.path().join("replica-0"),
+        url.as_deref(),
+        &template,
+    );
+
+    // The cancel probe: its own project, built only by the probe agent.
+    let probe_project = admin
+        .create_project_with(kiln_protocol::CreateProject {
+            agent_labels: vec!["probe".into()],
+            ..kiln_protocol::CreateProject::new("probe", PROBE_REPO)
+        })
+        .await;
+    admin
+        .create_environment(&probe_project, "Production", "main")
+        .await;
+
+    let mut simulated = Vec::new();
+    for n in 0..agents {
+        simulated.push(
+            servers[n % replicas]
+                .register_agent(&format!("sim-{n}"), &["sim"])
+                .await,
+        );
+    }
+    let probe = servers[0].register_agent("probe", &["probe"]).await;
+    let pusher = servers[replicas - 1].admin();
+
+    let started = Instant::now();
+    let deadline = started + WINDOW;
+    let workers: Vec<_> = simulated
+        .into_iter()
+        .map(|agent| {
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                while Instant::now() < deadline {
+                    let asked = Instant::now();
+                    let Some(job) = agent.claim(1).await else {
+                        break;
+                    };
+                    mine.push((job.deployment_id.clone(), asked.elapsed()));
+                    let reply = agent
+                        .report(&job, &update(DeploymentStatus::BuildFailed))
+                        .await;
+                    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                }
+                mine
+            })
+        })
+        .collect();
+
+    let servers = Arc::new(servers);
+    let prober = {
+        let servers = servers.clone();
+        tokio::spawn(async move {
+            let mut cancels = Vec::new();
+            let mut n = 0;
+            pusher.push_repo(PROBE_REPO, "main", &sha(1_000_000)).await;
+            while Instant::now() < deadline && cancels.len() < 50 {
+                let Some(job) = probe.claim(5).await else {
+                    break;
+                };
+                let watcher = probe.clone();
+                let job_id = job.job_id.clone();
+                let watch = tokio::spawn(async move {
+                    watcher
+                        .post_json(
+                            &format!("/api/v1/agent/jobs/{job_id}/watch"),
+                            &WatchRequest {
+                                wait_seconds: Some(20),
+                            },
+                        )
+                        .await
+                        .expect_json::<JobControl>(StatusCode::OK)
+                        .await
+                });
+                servers[0].until_parked(Wait::Watch).await;
+                n += 1;
+                pusher
+                    .push_repo(PROBE_REPO, "main", &sha(1_000_000 + n))
+                    .await;
+                let pushed = Instant::now();
+                let control = watch.await.unwrap();
+                cancels.push(pushed.elapsed());
+                assert_eq!(control.directive, JobDirective::Cancel);
+            }
+            cancels
+        })
+    };
+
+    let mut claimed = Vec::new();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        for (deployment, latency) in worker.await.unwrap() {
+            claimed.push(deployment);
+            latencies.push(latency);
+        }
+    }
+    let elapsed = started.elapsed().min(WINDOW);
+    let mut cancels = prober.await.unwrap();
+    let distinct: HashSet<&String> = claimed.iter().collect();
+    latencies.sort();
+    cancels.sort();
+    let outcome = Outcome {
+        claims: claimed.len(),
+        elapsed,
+        latencies,
+        cancels,
+        double_claims: claimed.len() - distinct.len(),
+    };
+    for server in Arc::try_unwrap(servers).ok().unwrap() {
+        server.stop().await;
+    }
+    outcome
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let postgres = postgres_url();
+    let configurations = [
+        ("SQLite", Store::Sqlite, 1),
+        ("PostgreSQL", Store::Postgres, 1),
+        ("PostgreSQL", Store::Postgres, 3),
+    ];
+    println!(
+        "{QUEUED} queued jobs; each run claims for at most {} s. Latencies in ms.",
+        WINDOW.as_secs()
+    );
+    println!(
+        "{:<11} {:>8} {:>6} {:>8} {:>9} {:>9} {:>9} {:>11} {:>7}",
+        "store", "replicas", "agents", "claims", "claims/s", "p50", "p99", "cancel p99", "double"
+    );
+    let mut sqlite_rates = Vec::new();
+    let mut number = 0;
+    for (name, store, replicas) in configurations {
+        for (index, agents) in AGENT_COUNTS.into_iter().enumerate() {
+            number += 1;
+            let base = (store == Store::Postgres).then_some(postgres.as_str());
+            let outcome = run(store, replicas, agents, base, number).await;
+            let rate = outcome.claims as f64 / outcome.elapsed.as_secs_f64();
+            let versus = if store == Store::Sqlite {
+                sqlite_rates.push(rate);
+                String::new()
+            } else {
+                format!("  ({:.2}× SQLite)", rate / sqlite_rates[index])
+            };
+            println!(
+                "{:<11} {:>8} {:>6} {:>8} {:>9.0} {:>9.1} {:>9.1} {:>11.1} {:>7}{versus}",
+                name,
+                replicas,
+                agents,
+                outcome.claims,
+                rate,
+                percentile(&outcome.latencies, 50),
+                percentile(&outcome.latencies, 99),
+                percentile(&outcome.cancels, 99),
+                outcome.double_claims,
+            );
+            assert_eq!(outcome.double_claims, 0, "a job went to two agents");
+        }
+    }
+}
