@@ -191,8 +191,6 @@ impl Daemon {
             .observe(claimed_at.elapsed().as_secs_f64());
 
         let outcome = self.build(job, &logs, &cancel).await;
-        watch_done.cancel();
-        let _ = watcher.await;
 
         let mut harvest = None;
         let last = match outcome {
@@ -247,6 +245,11 @@ impl Daemon {
                 false
             }
         };
+        // The watch renews the lease until here: uploads and the log drain may
+        // ride out an outage longer than a lease, and a lost lease means the
+        // deployment is built again.
+        watch_done.cancel();
+        let _ = watcher.await;
         self.report(&job.job_id, &last).await;
         // What the build leaves for the next: after the report, so no
         // deployment waits on it, and before its workspace goes.

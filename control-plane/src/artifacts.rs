@@ -17,6 +17,13 @@ use crate::error::ApiError;
 #[derive(Debug)]
 pub struct ArtifactStore {
     root: PathBuf,
+    /// Where artifacts really are when replicas share them; `root` then holds
+    /// this replica's copies.
+    objects: Option<crate::objects::Objects>,
+}
+
+fn object_key(deployment_id: &str, job_id: &str, name: &str) -> String {
+    format!("artifacts/{deployment_id}/{job_id}/{name}")
 }
 
 pub fn validate_descriptor(descriptor: &ArtifactDescriptor, max_size: u64) -> Result<(), ApiError> {
@@ -67,8 +74,27 @@ fn sha256_of(path: &std::path::Path) -> std::io::Result<String> {
 }
 
 impl ArtifactStore {
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
+    pub fn new(root: PathBuf, objects: Option<crate::objects::Objects>) -> Self {
+        Self { root, objects }
+    }
+
+    /// The artifact's file on this replica's disk, fetched from the object store
+    /// first if another replica received it.
+    pub async fn local(
+        &self,
+        deployment_id: &str,
+        job_id: &str,
+        name: &str,
+    ) -> Result<PathBuf, ApiError> {
+        let path = self.path(deployment_id, job_id, name);
+        if let Some(objects) = &self.objects {
+            if tokio::fs::metadata(&path).await.is_err() {
+                objects
+                    .download(&object_key(deployment_id, job_id, name), &path)
+                    .await?;
+            }
+        }
+        Ok(path)
     }
 
     pub fn path(&self, deployment_id: &str, job_id: &str, name: &str) -> PathBuf {
@@ -92,6 +118,15 @@ impl ArtifactStore {
         let result = match result {
             Ok(()) => self.publish(&tmp, deployment_id, job_id, descriptor).await,
             Err(error) => Err(error),
+        };
+        // In the object store before the upload is answered (and recorded), so
+        // every replica can serve and deploy it.
+        let result = match (result, &self.objects) {
+            (Ok(path), Some(objects)) => objects
+                .upload(&object_key(deployment_id, job_id, &descriptor.name), &path)
+                .await
+                .map(|()| path),
+            (result, _) => result,
         };
         let _ = tokio::fs::remove_file(&tmp).await;
         result

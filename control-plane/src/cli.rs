@@ -33,6 +33,12 @@ struct Cli {
     /// for several replicas serving one fleet.
     #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
+    /// Logs and artifacts in an S3 bucket too (`s3://bucket` or
+    /// `s3://bucket/prefix`), for replicas that share no disk. Credentials,
+    /// region and endpoint come from the usual `AWS_*` variables
+    /// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for a server of your own).
+    #[arg(long, env = "KILN_OBJECT_STORE_URL")]
+    object_store_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -296,6 +302,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
     config.deploy_hook = cli.deploy_hook;
     config.database_url = cli.database_url;
+    config.object_store = cli.object_store_url.map(|url| crate::ObjectStoreConfig {
+        url,
+        options: Vec::new(),
+    });
     config.allow_local_repositories = cli.allow_local_repositories;
     config.log_limit = cli.log_limit_bytes;
     config.connections = ConnectionLimits {

@@ -158,10 +158,16 @@ pub(crate) fn in_memory() -> Connection {
 fn test_postgres() -> Option<Location> {
     let url = std::env::var("KILN_TEST_DATABASE_URL").ok()?;
     let schema = crate::store::new_id("test");
-    let admin = connect_postgres(&url).expect("test PostgreSQL answers");
-    admin
-        .execute_batch(&format!("CREATE SCHEMA {schema}"))
-        .expect("test schema is created");
+    let (admin_url, create) = (url.clone(), format!("CREATE SCHEMA {schema}"));
+    // A plain thread: the synchronous client may not start inside a runtime.
+    std::thread::spawn(move || {
+        let admin = connect_postgres(&admin_url).expect("test PostgreSQL answers");
+        admin
+            .execute_batch(&create)
+            .expect("test schema is created");
+    })
+    .join()
+    .expect("test schema thread");
     Some(Location::Postgres(format!(
         "{url} options='-c search_path={schema}'"
     )))

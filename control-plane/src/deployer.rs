@@ -117,10 +117,11 @@ async fn copy_artifacts(
 ) -> std::io::Result<()> {
     tokio::fs::create_dir_all(release_dir).await?;
     for artifact in &deployment.artifacts {
-        let source =
-            state
-                .artifacts
-                .path(&deployment.id, &artifact.job_id, &artifact.descriptor.name);
+        let source = state
+            .artifacts
+            .local(&deployment.id, &artifact.job_id, &artifact.descriptor.name)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let dest = release_dir.join(&artifact.descriptor.name);
         let _ = tokio::fs::remove_file(&dest).await;
         // A hard link costs nothing; a copy covers a releases dir on another filesystem.

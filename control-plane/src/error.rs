@@ -57,6 +57,8 @@ pub enum ApiError {
     },
     #[error("artifact {name} of job {job_id} is stored already with another sha256; a stored artifact is never replaced")]
     ArtifactExists { job_id: String, name: String },
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -91,6 +93,7 @@ impl ApiError {
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE),
             Self::LogLimit { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::LOG_LIMIT_EXCEEDED),
             Self::ArtifactExists { .. } => (StatusCode::CONFLICT, codes::ARTIFACT_EXISTS),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
         }
     }

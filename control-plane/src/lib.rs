@@ -19,6 +19,7 @@ mod hooks;
 mod http;
 mod log_index;
 mod logs;
+mod objects;
 mod replicas;
 mod routes;
 mod sql;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use connections::ConnectionLimits;
 pub use db::DbError;
 pub use error::ApiError;
+pub use objects::ObjectStoreConfig;
 
 use artifacts::ArtifactStore;
 use db::Db;
@@ -58,6 +60,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// PostgreSQL instead of `kiln.sqlite`, for replicas sharing one fleet.
     pub database_url: Option<String>,
+    /// Logs and artifacts in an object store too (replicas share no disk).
+    pub object_store: Option<ObjectStoreConfig>,
+    /// On PostgreSQL, how often a parked claim looks again in case a replica's
+    /// wake-up was lost.
+    pub missed_wake_recheck: Duration,
     /// Bearer token for user endpoints.
     pub admin_token: String,
     /// Shared secret agents present once to get their own token.
@@ -98,6 +105,8 @@ impl Config {
         Self {
             data_dir,
             database_url: None,
+            object_store: None,
+            missed_wake_recheck: Duration::from_secs(2),
             admin_token,
             registration_token,
             lease: Duration::from_secs(60),
@@ -127,6 +136,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Objects(#[from] objects::ObjectsError),
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -204,17 +215,28 @@ impl AppState {
         }
         let db = Db::open(&config.database_location())?;
         let db_shared = db.postgres_url().is_some();
+        let missed_wake_recheck = config.missed_wake_recheck;
+        let objects = config
+            .object_store
+            .as_ref()
+            .map(objects::Objects::open)
+            .transpose()?;
+        let shared_logs = objects.clone().map(|objects| logs::SharedLogs {
+            objects,
+            db: db.clone(),
+        });
         Ok(Self(Arc::new(Inner {
             // Room past the agents' limit for the one line that says they cut it.
-            logs: LogStore::new(config.data_dir.join("logs"), config.log_limit + 4096),
-            artifacts: ArtifactStore::new(config.data_dir.join("artifacts")),
+            logs: LogStore::new(config.data_dir.join("logs"), config.log_limit + 4096)
+                .with_shared(shared_logs),
+            artifacts: ArtifactStore::new(config.data_dir.join("artifacts"), objects),
             admin_token_hash: http::sha256_hex(config.admin_token.as_bytes()),
             registration_token_hash: http::sha256_hex(config.registration_token.as_bytes()),
             config,
             db,
             jobs_queued: Notify::new(),
             changes: Notify::new(),
-            replicas: replicas::Replicas::new(db_shared),
+            replicas: replicas::Replicas::new(db_shared, missed_wake_recheck),
             shutdown: CancellationToken::new(),
             parked: Default::default(),
             deploy_turns: Default::default(),
@@ -251,6 +273,11 @@ impl AppState {
         Parked(count)
     }
 
+    /// Whether this replica runs the singleton work (always, on SQLite).
+    pub fn is_leader(&self) -> bool {
+        self.replicas.is_leader()
+    }
+
     /// How many requests are parked in `wait`, as it changes: a test waits on it
     /// for a long-poll to be in place before it acts.
     pub fn parked(&self, wait: Wait) -> tokio::sync::watch::Receiver<usize> {
@@ -272,10 +299,14 @@ impl AppState {
     }
 
     fn wake_local(&self, wake: replicas::Wake) {
-        if wake == replicas::Wake::Queue {
-            self.jobs_queued.notify_waiters();
+        match wake {
+            replicas::Wake::Queue => {
+                self.jobs_queued.notify_waiters();
+                self.changes.notify_waiters();
+            }
+            replicas::Wake::Changes => self.changes.notify_waiters(),
+            replicas::Wake::Logs => self.logs.appended.notify_waiters(),
         }
-        self.changes.notify_waiters();
     }
 }
 

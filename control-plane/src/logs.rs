@@ -5,6 +5,10 @@
 //! (fsync) before the agent hears "ok", so a crash loses nothing the agent dropped.
 //! Beside each log, `<stream>.times` holds the agent's time marks (`offset millis`
 //! lines), which give every line its timestamp without touching the log's bytes.
+//!
+//! With an object store (replicas), each acknowledged append is also an object
+//! and a `log_chunks` row, recorded before the agent hears "ok"; the local file
+//! is then this replica's copy, brought up to date (`pull`) before every read.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +41,25 @@ pub struct LogStore {
     indexes: Mutex<HashMap<StreamKey, Arc<Mutex<LineIndex>>>>,
     /// Woken on every append, for readers that follow a stream live.
     pub appended: Notify,
+    /// Where the logs really are when replicas share them.
+    shared: Option<SharedLogs>,
 }
+
+/// The object store and the database listing its chunks.
+#[derive(Clone)]
+pub struct SharedLogs {
+    pub objects: crate::objects::Objects,
+    pub db: crate::db::Db,
+}
+
+impl std::fmt::Debug for SharedLogs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedLogs({:?})", self.objects)
+    }
+}
+
+/// Tries at an append another replica keeps getting ahead of.
+const SHARED_APPEND_TRIES: usize = 5;
 
 impl LogStore {
     pub fn new(root: PathBuf, limit: u64) -> Self {
@@ -47,7 +69,76 @@ impl LogStore {
             locks: Mutex::default(),
             indexes: Mutex::default(),
             appended: Notify::new(),
+            shared: None,
         }
+    }
+
+    pub fn with_shared(mut self, shared: Option<SharedLogs>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Brings this replica's copy of a stream up to what the object store holds
+    /// (nothing to do without one).
+    pub async fn pull(&self, job_id: &str, stream: LogStream) -> Result<(), ApiError> {
+        if self.shared.is_none() {
+            return Ok(());
+        }
+        let lock = self.lock_for(job_id, stream);
+        let _guard = lock.lock().await;
+        self.pull_locked(job_id, stream).await.map(|_| ())
+    }
+
+    /// `pull` under the stream's lock; returns the copy's length.
+    async fn pull_locked(&self, job_id: &str, stream: LogStream) -> Result<u64, ApiError> {
+        let path = self.path(job_id, stream);
+        let mut len = file_len(&path)?;
+        let Some(shared) = &self.shared else {
+            return Ok(len);
+        };
+        let id = job_id.to_owned();
+        let chunks = shared
+            .db
+            .call(move |conn| crate::store::log_chunks_from(conn, &id, stream, len))
+            .await?;
+        for chunk in chunks {
+            let data = shared.objects.get(&chunk.object_key).await?;
+            if data.len() as u64 != chunk.length {
+                return Err(ApiError::Internal(format!(
+                    "log object {} holds {} bytes where {} were recorded",
+                    chunk.object_key,
+                    data.len(),
+                    chunk.length
+                )));
+            }
+            let (path, times_path) = (path.clone(), self.times_path(job_id, stream));
+            let appended = tokio::task::spawn_blocking(move || {
+                append_at(
+                    &path,
+                    &times_path,
+                    chunk.start,
+                    &data,
+                    &chunk.marks,
+                    u64::MAX,
+                )
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("log copy task failed: {e}")))??;
+            match appended {
+                Appended::Upto(new_len) => len = new_len,
+                _ => {
+                    return Err(ApiError::Internal(format!(
+                        "log chunk at {} of job {job_id} {stream} does not join this copy ({len} bytes)",
+                        chunk.start
+                    )))
+                }
+            }
+        }
+        Ok(len)
     }
 
     pub fn path(&self, job_id: &str, stream: LogStream) -> PathBuf {
@@ -60,6 +151,9 @@ impl LogStore {
 
     /// The stream's time marks, in offset order.
     pub async fn marks(&self, job_id: &str, stream: LogStream) -> Vec<(u64, i64)> {
+        if let Err(error) = self.pull(job_id, stream).await {
+            tracing::warn!(message = "Cannot bring a log up to date from the object store.", job_id, %stream, %error);
+        }
         kiln_protocol::parse_time_mark_lines(
             &tokio::fs::read_to_string(self.times_path(job_id, stream))
                 .await
@@ -75,6 +169,7 @@ impl LogStore {
         stream: LogStream,
         read: impl FnOnce(&LineIndex, &Path) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.pull(job_id, stream).await?;
         let index = {
             let mut indexes = crate::lock(&self.indexes);
             if indexes.len() >= INDEXES_KEPT {
@@ -171,6 +266,10 @@ impl LogStore {
     ) -> Result<u64, ApiError> {
         let lock = self.lock_for(job_id, stream);
         let _guard = lock.lock().await;
+        if self.shared.is_some() {
+            self.store_shared(job_id, stream, offset, &data, marks)
+                .await?;
+        }
         let path = self.path(job_id, stream);
         let times_path = self.times_path(job_id, stream);
         let marks = marks.to_vec();
@@ -202,6 +301,72 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Records the new part of an append in the object store and its chunk
+    /// list, under the stream's lock, before the local copy takes it. A gap or
+    /// the limit is left for the local check (the copy is then up to date).
+    async fn store_shared(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        offset: u64,
+        data: &Bytes,
+        marks: &[(u64, i64)],
+    ) -> Result<(), ApiError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        for _ in 0..SHARED_APPEND_TRIES {
+            let len = self.pull_locked(job_id, stream).await?;
+            if offset > len {
+                return Ok(());
+            }
+            let known = (len - offset) as usize;
+            if known >= data.len() || len + (data.len() - known) as u64 > self.limit {
+                return Ok(());
+            }
+            let fresh = data.slice(known..);
+            let chunk = crate::store::LogChunk {
+                start: len,
+                length: fresh.len() as u64,
+                object_key: format!(
+                    "logs/{job_id}/{stream}/{len:020}-{}",
+                    uuid::Uuid::new_v4().simple()
+                ),
+                marks: marks
+                    .iter()
+                    .copied()
+                    .filter(|&(at, _)| at >= len && at < len + fresh.len() as u64)
+                    .collect(),
+            };
+            shared.objects.put(&chunk.object_key, fresh).await?;
+            let id = job_id.to_owned();
+            let recorded = chunk.clone();
+            let added = shared
+                .db
+                .call(move |conn| crate::store::add_log_chunk(conn, &id, stream, &recorded))
+                .await?;
+            match added {
+                Ok(()) => return Ok(()),
+                // Another replica took this agent's resend first: pull its
+                // bytes and look again.
+                Err(_) => shared.objects.delete(&chunk.object_key).await,
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "log {stream} of job {job_id} kept moving under this append; retry"
+        )))
+    }
+}
+
+fn file_len(path: &Path) -> std::io::Result<u64> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// What an append did.
 enum Appended {
     /// Stored; the stream is now this long.
@@ -222,11 +387,7 @@ fn append_at(
     marks: &[(u64, i64)],
     limit: u64,
 ) -> std::io::Result<Appended> {
-    let len = match std::fs::metadata(path) {
-        Ok(meta) => meta.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(e),
-    };
+    let len = file_len(path)?;
     if offset > len {
         return Ok(Appended::Gap { expected: len });
     }
@@ -269,6 +430,63 @@ fn append_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two replicas' log stores on one database and one bucket: appends and
+    /// resends through either make one byte-exact stream that both read.
+    #[tokio::test]
+    async fn replicas_share_one_log_through_the_object_store() {
+        let Some(objects) = crate::objects::test_bucket().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&crate::db::shared_for_test(dir.path())).unwrap();
+        let replica = |name: &str| {
+            LogStore::new(dir.path().join(name), 32).with_shared(Some(SharedLogs {
+                objects: objects.clone(),
+                db: db.clone(),
+            }))
+        };
+        let (a, b) = (replica("a"), replica("b"));
+        let s = LogStream::Backend;
+        async fn append(
+            store: &LogStore,
+            offset: u64,
+            data: &'static [u8],
+            marks: &[(u64, i64)],
+        ) -> Result<u64, ApiError> {
+            let s = LogStream::Backend;
+            store
+                .append("j", s, offset, Bytes::from_static(data), marks)
+                .await
+        }
+        assert_eq!(append(&a, 0, b"hello ", &[(0, 1000)]).await.unwrap(), 6);
+        // The agent's resend, with more, lands on the other replica.
+        assert_eq!(
+            append(&b, 0, b"hello wor", &[(0, 1000), (6, 2000)])
+                .await
+                .unwrap(),
+            9
+        );
+        assert_eq!(append(&a, 9, b"ld\n", &[]).await.unwrap(), 12);
+        let gap = append(&b, 20, b"x", &[]).await.unwrap_err();
+        assert!(
+            matches!(gap, ApiError::LogGap { expected: 12, .. }),
+            "{gap:?}"
+        );
+        let over = append(&b, 12, b"0123456789012345678901", &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(over, ApiError::LogLimit { .. }), "{over:?}");
+        for store in [&a, &b] {
+            assert_eq!(store.window("j", s, Some(0), 10).await.unwrap().total, 1);
+            assert_eq!(std::fs::read(store.path("j", s)).unwrap(), b"hello world\n");
+            assert_eq!(store.marks("j", s).await, [(0, 1000), (6, 2000)]);
+        }
+        // A third replica, started later, rebuilds the stream from the store.
+        let c = replica("c");
+        c.pull("j", s).await.unwrap();
+        assert_eq!(std::fs::read(c.path("j", s)).unwrap(), b"hello world\n");
+    }
 
     #[tokio::test]
     async fn resends_are_not_duplicated_and_gaps_refused() {

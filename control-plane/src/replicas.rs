@@ -28,6 +28,8 @@ pub enum Wake {
     Queue,
     /// A status changed: watches, followers and the courier look again.
     Changes,
+    /// A log grew: its followers look again.
+    Logs,
 }
 
 impl Wake {
@@ -35,12 +37,14 @@ impl Wake {
         match self {
             Wake::Queue => "queue",
             Wake::Changes => "changes",
+            Wake::Logs => "logs",
         }
     }
 }
 
 pub struct Replicas {
     shared: bool,
+    recheck: Duration,
     leader: AtomicBool,
     /// Woken when this replica becomes the leader.
     pub became_leader: Notify,
@@ -49,9 +53,10 @@ pub struct Replicas {
 impl Replicas {
     /// A lone SQLite server leads from the start; a PostgreSQL replica once its
     /// listener holds the lock.
-    pub fn new(shared: bool) -> Self {
+    pub fn new(shared: bool, recheck: Duration) -> Self {
         Self {
             shared,
+            recheck,
             leader: AtomicBool::new(!shared),
             became_leader: Notify::new(),
         }
@@ -61,7 +66,7 @@ impl Replicas {
     /// listener reconnected is lost), never on SQLite.
     pub async fn missed_wake_recheck(&self) {
         if self.shared {
-            tokio::time::sleep(Duration::from_secs(2)).await
+            tokio::time::sleep(self.recheck).await
         } else {
             std::future::pending().await
         }
@@ -129,6 +134,7 @@ fn listen(state: &AppState, url: &str) -> Result<(), postgres::Error> {
         while let Some(notification) = arrived.next()? {
             match notification.payload() {
                 "queue" => state.wake_local(Wake::Queue),
+                "logs" => state.wake_local(Wake::Logs),
                 _ => state.wake_local(Wake::Changes),
             }
         }

@@ -457,6 +457,9 @@ async fn append_log(
         .logs
         .append(&job_id, stream, offset, body, &marks)
         .await?;
+    if state.logs.is_shared() {
+        crate::replicas::broadcast(&state, crate::replicas::Wake::Logs);
+    }
     Ok(Json(LogAppendResponse {
         stream,
         next_offset,
@@ -865,6 +868,7 @@ impl LogReader {
                     .map(|job| job.id);
             }
             if let Some(job_id) = &self.job_id {
+                self.state.logs.pull(job_id, self.stream).await?;
                 let chunk =
                     read_at(&self.state.logs.path(job_id, self.stream), self.offset).await?;
                 if !chunk.is_empty() {
@@ -952,7 +956,8 @@ pub(crate) async fn serve_artifact(
         .await?;
     let path = state
         .artifacts
-        .path(&deployment_id, &artifact.job_id, &name);
+        .local(&deployment_id, &artifact.job_id, &name)
+        .await?;
     let file = tokio::fs::File::open(&path).await?;
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok((

@@ -41,6 +41,9 @@ pub mod codes {
     /// Added in v1.3: an artifact of that name is stored already and is never
     /// replaced (409).
     pub const ARTIFACT_EXISTS: &str = "artifact_exists";
+    /// Added in v1.5: storage the server depends on (the object store) did not
+    /// answer (503); retry.
+    pub const UNAVAILABLE: &str = "unavailable";
     pub const INTERNAL: &str = "internal";
 }
 

@@ -915,7 +915,7 @@ async fn issue_15_live_follow_deploy_redeploy_switch_and_rules_with_the_real_age
         return;
     }
     let Some(world) = crate::agent::world(json!([
-        {"name": "KILN_FIXTURE_LINES", "value": "60"},
+        {"name": "KILN_FIXTURE_LINES", "value": "100"},
         {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "100"},
     ]))
     .await
@@ -925,9 +925,11 @@ async fn issue_15_live_follow_deploy_redeploy_switch_and_rules_with_the_real_age
     let data_dir: PathBuf = world.root_dir().join("server");
     add_accounts(&data_dir);
     let agent = world.agent("agent", "").await;
-    let first = world.push(&world.repo.head()).await;
     let site_url = world.cp.base_url();
+    // Signed in before the push: the build must still be printing when the
+    // page first looks.
     let browser = signed_in(&site_url, "ada").await;
+    let first = world.push(&world.repo.head()).await;
     let page = format!("{site_url}/deployments/{}", first.id);
     browser.goto(&page).await;
 

@@ -241,7 +241,12 @@ async fn network_cut_for_30_seconds_loses_nothing() {
         cut_at.elapsed()
     );
     assert_eq!(verify(&admin, &built).await, 1000);
-    assert_eq!(built.attempts, 1, "the lease held through the outage");
+    assert_eq!(
+        built.attempts,
+        1,
+        "the lease held through the outage; agent log:\n{}",
+        agent.log_text()
+    );
 }
 
 #[tokio::test]
@@ -356,4 +361,89 @@ async fn secrets_never_reach_the_stored_log_whole_split_or_base64() {
     }
     // Nor does the agent's own log.
     assert!(!agent.log_text().contains(secret));
+}
+
+/// Issue 17: two `kiln-server` replicas on one PostgreSQL and one S3 bucket
+/// behind a balancer; the agent's calls land on either. One is SIGKILLed
+/// mid-build: the agent's long-polls and appends go on through the other, the
+/// build reaches `awaiting_deployment`, and the log read back through the
+/// survivor is byte-exact. Runs in CI's PostgreSQL pass (`moto_server` for S3).
+#[tokio::test]
+async fn replicas_one_killed_mid_build_lose_nothing() {
+    let required = std::env::var("KILN_REQUIRE_REPLICAS").is_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let (Some(database_url), Some(bucket)) = (
+        test_database(&dir.path().join("shared")),
+        TestBucket::create().await,
+    ) else {
+        assert!(
+            !required,
+            "KILN_REQUIRE_REPLICAS needs KILN_TEST_DATABASE_URL and KILN_TEST_S3_ENDPOINT"
+        );
+        return;
+    };
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let repo = FixtureRepo::new(dir.path());
+    let mut envs = bucket.server_env();
+    envs.push(("KILN_DATABASE_URL".to_owned(), database_url));
+    let mut first =
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("first"), envs.clone())
+            .await;
+    let second =
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("second"), envs).await;
+    let balancer = TcpProxy::balance(
+        [&first, &second]
+            .iter()
+            .map(|server| format!("127.0.0.1:{}", server.port).parse().unwrap())
+            .collect(),
+    )
+    .await;
+    let (via_first, via_second) = (first.admin(), second.admin());
+    project(
+        &via_first,
+        &repo,
+        serde_json::json!([
+            {"name": "KILN_FIXTURE_LINES", "value": "1500"},
+            {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "10"}
+        ]),
+    )
+    .await;
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &balancer.url(),
+        &dir.path().join("agent"),
+        image,
+        "",
+    )
+    .await;
+    let id = push(&via_second, &repo).await;
+    // Both replicas see the log as it grows, whichever took each append.
+    wait_for_log(&via_first, &id, "fixture-line 000000100").await;
+    wait_for_log(&via_second, &id, "fixture-line 000000100").await;
+
+    first.kill().await;
+
+    let survivor = second.base_url();
+    let built = wait_for(
+        || survivor.clone(),
+        &id,
+        DeploymentStatus::AwaitingDeployment,
+        Duration::from_secs(180),
+        &agent,
+    )
+    .await;
+    assert_eq!(verify(&via_second, &built).await, 1500);
+    let keys = bucket.keys().await;
+    assert!(
+        keys.iter()
+            .any(|key| key.starts_with(&format!("kiln/artifacts/{id}/"))),
+        "the artifact is in the object store: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|key| key.starts_with("kiln/logs/")),
+        "the log is in the object store"
+    );
 }

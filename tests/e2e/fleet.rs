@@ -311,3 +311,67 @@ async fn issue_17_a_preview_never_reaches_a_host_that_builds_production() {
     let job = untrusted.claim(2).await.expect("the preview's job");
     assert_eq!(job.deployment_id, preview.id);
 }
+
+/// Two replicas on one PostgreSQL (CI's PostgreSQL pass): exactly one leads
+/// (lease reaper, git-host courier, deploy resumption), a push through one
+/// wakes an agent's claim parked on the other, and when the leader stops the
+/// other takes over.
+#[tokio::test]
+async fn issue_17_replicas_elect_one_leader_and_wake_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = test_database(&dir.path().join("shared")) else {
+        return;
+    };
+    let replica = |name: &'static str| {
+        let (dir, url) = (dir.path().join(name), url.clone());
+        async move {
+            ControlPlane::start_with(&dir, |config| {
+                config.database_url = Some(url);
+                // Only NOTIFY can wake the parked claim below in time.
+                config.missed_wake_recheck = Duration::from_secs(600);
+            })
+            .await
+        }
+    };
+    let (first, second) = (replica("first").await, replica("second").await);
+    let leaders = |a: &ControlPlane, b: &ControlPlane| [a.is_leader(), b.is_leader()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while leaders(&first, &second).iter().filter(|&&l| l).count() != 1 {
+        assert!(Instant::now() < deadline, "no single leader emerged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            leaders(&first, &second).iter().filter(|&&l| l).count(),
+            1,
+            "one leader at a time"
+        );
+    }
+
+    // An agent long-polls the second replica; the push lands on the first.
+    let admin = first.admin();
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let agent = second.register_agent("builder", &[]).await;
+    let claim = tokio::spawn(async move { agent.claim(25).await });
+    second.until_parked(kiln_control_plane::Wait::Claim).await;
+    let queued = admin.push("main", &sha(1)).await.deployments[0].id.clone();
+    let job = claim.await.unwrap().expect("the parked claim got the job");
+    assert_eq!(job.deployment_id, queued);
+
+    // The leader stops; the other replica takes over.
+    let (leader, follower) = if first.is_leader() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    leader.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !follower.is_leader() {
+        assert!(Instant::now() < deadline, "the follower never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -105,6 +105,11 @@ impl ControlPlane {
             .expect("the control plane is running");
     }
 
+    /// Whether this server runs the singleton work (see `replicas.rs`).
+    pub fn is_leader(&self) -> bool {
+        self.state.is_leader()
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

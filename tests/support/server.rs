@@ -16,6 +16,8 @@ pub struct ServerProcess {
     args: Vec<String>,
     /// The open-files limit to run under, if not the test's own.
     open_files: Option<u64>,
+    /// Environment beyond the tokens (over the test database's).
+    pub envs: Vec<(String, String)>,
     child: Option<Child>,
     pub port: u16,
     pub data_dir: PathBuf,
@@ -38,6 +40,27 @@ impl ServerProcess {
         Self::start_with(binary, data_dir, &[], None).await
     }
 
+    /// Like `start`, with extra environment (a replica's shared database and
+    /// object store).
+    pub async fn start_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        envs: Vec<(String, String)>,
+    ) -> ServerProcess {
+        let mut server = ServerProcess {
+            binary: binary.to_owned(),
+            args: Vec::new(),
+            open_files: None,
+            envs,
+            child: None,
+            port: free_port(),
+            data_dir: data_dir.to_owned(),
+            log: data_dir.with_extension("log"),
+        };
+        server.spawn().await;
+        server
+    }
+
     /// Like `start`, with extra flags and, optionally, under `ulimit -n open_files`.
     pub async fn start_with(
         binary: &Path,
@@ -49,6 +72,7 @@ impl ServerProcess {
             binary: binary.to_owned(),
             args: args.iter().map(|arg| arg.to_string()).collect(),
             open_files,
+            envs: Vec::new(),
             child: None,
             port: free_port(),
             data_dir: data_dir.to_owned(),
@@ -85,6 +109,7 @@ impl ServerProcess {
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--allow-local-repositories")
             .envs(database_env(&self.data_dir))
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("KILN_REGISTRATION_TOKEN", REGISTRATION_TOKEN)
             .stdin(Stdio::null())

@@ -424,6 +424,9 @@ impl Follower {
             };
             if let Some((job_id, _)) = &job {
                 self.job_id = Some(job_id.clone());
+                if let Err(error) = self.state.logs.pull(job_id, self.stream).await {
+                    tracing::warn!(message = "Cannot bring a followed log up to date.", %error);
+                }
                 let path = self.state.logs.path(job_id, self.stream);
                 let chunk = read_at(&path, self.offset, EVENT_BYTES).await;
                 if !chunk.is_empty() {
