@@ -55,12 +55,19 @@ pub async fn run(state: AppState) {
             .map(|at| Duration::from_millis((at - store::now_ms()).clamp(10, 1000) as u64))
             .unwrap_or(Duration::from_secs(1));
         tokio::select! {
-            _ = state.changes.notified() => {}
+            _ = state.changes.notified() => {
+                // A busy fleet changes statuses hundreds of times a second; one
+                // look per tick serves them all.
+                tokio::time::sleep(CHANGES_TICK).await;
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = state.shutdown.cancelled() => return,
         }
     }
 }
+
+/// The least time between two looks at the outbox that changes woke.
+const CHANGES_TICK: Duration = Duration::from_millis(50);
 
 /// What GitHub's commit status says for a deployment status.
 pub fn commit_state(status: DeploymentStatus) -> CommitState {
