@@ -201,3 +201,44 @@ pub(crate) async fn test_bucket() -> Option<Objects> {
     };
     Some(Objects::open(&config).expect("test object store opens"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(url: &str, options: &[(&str, &str)]) -> Result<Objects, ObjectsError> {
+        Objects::open(&ObjectStoreConfig {
+            url: url.to_owned(),
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn bad_settings_are_named_with_what_to_use() {
+        for url in [
+            "http://bucket",
+            "s3://",
+            "not a url",
+            "file:///var/lib/kiln",
+        ] {
+            let error = open(url, &[]).unwrap_err().to_string();
+            assert!(error.contains("s3://bucket"), "{url}: {error}");
+        }
+        let error = open("s3://bucket", &[("aws_no_such_setting", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("aws_no_such_setting"), "{error}");
+        let objects = open(
+            "s3://bucket/some/prefix/",
+            &[
+                ("aws_region", "us-east-1"),
+                ("aws_endpoint", "http://127.0.0.1:9"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(objects.path("logs/j").as_ref(), "some/prefix/logs/j");
+    }
+}
