@@ -444,7 +444,7 @@ pub fn expire_leases(conn: &mut Connection, policy: JobPolicy) -> Result<Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{agent, claim_one, push, shop, POLICY};
+    use crate::store::testing::{agent, claim_one, push, queue_in_new_environments, shop, POLICY};
     use kiln_protocol::DeploymentStatus::*;
 
     /// An agent finds the one job it may take behind a page and more of jobs
@@ -452,19 +452,7 @@ mod tests {
     #[test]
     fn a_claim_looks_past_a_long_queue_of_jobs_for_other_agents() {
         let (mut conn, gpu_project, _) = shop(&["gpu"]);
-        for n in 0..(CLAIM_PAGE * 5 + 3) {
-            crate::store::create_environment(
-                &mut conn,
-                &gpu_project,
-                kiln_protocol::CreateEnvironment {
-                    name: format!("env {n}"),
-                    branch: format!("branch-{n}"),
-                    auto_deploy: false,
-                },
-            )
-            .unwrap();
-            push(&mut conn, &format!("branch-{n}"), n as u8);
-        }
+        queue_in_new_environments(&mut conn, &gpu_project, CLAIM_PAGE as usize * 5 + 3);
         let other = crate::store::create_project(
             &mut conn,
             kiln_protocol::CreateProject::new("docs", "https://git.example/acme/docs.git"),
@@ -514,19 +502,7 @@ mod tests {
             Default::default(),
         )
         .unwrap();
-        for n in 0..ENVIRONMENTS {
-            crate::store::create_environment(
-                &mut conn,
-                &project.id,
-                kiln_protocol::CreateEnvironment {
-                    name: format!("env {n}"),
-                    branch: format!("branch-{n}"),
-                    auto_deploy: false,
-                },
-            )
-            .unwrap();
-            push(&mut conn, &format!("branch-{n}"), n as u8);
-        }
+        queue_in_new_environments(&mut conn, &project.id, ENVIRONMENTS);
         let agents: Vec<_> = (0..AGENTS).map(|_| agent(&mut conn, &[])).collect();
         let start = std::sync::Barrier::new(AGENTS);
         let claimed: Vec<String> = std::thread::scope(|scope| {

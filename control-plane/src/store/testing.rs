@@ -80,3 +80,21 @@ pub(super) fn claim_one(conn: &mut Connection, agent: &AgentRow) -> Job {
         .unwrap()
         .expect("a job is queued")
 }
+
+/// `count` more environments of `project_id` (branches `branch-<n>`), each with
+/// one queued deployment.
+pub(super) fn queue_in_new_environments(conn: &mut Connection, project_id: &str, count: usize) {
+    for n in 0..count {
+        create_environment(
+            conn,
+            project_id,
+            CreateEnvironment {
+                name: format!("env {n}"),
+                branch: format!("branch-{n}"),
+                auto_deploy: false,
+            },
+        )
+        .unwrap();
+        push(conn, &format!("branch-{n}"), n as u8);
+    }
+}
