@@ -102,6 +102,8 @@ struct Report {
     environment: String,
     pull_request: Option<u64>,
     comment_id: Option<String>,
+    /// A comment item about a deployment the preview has since replaced.
+    superseded: bool,
     /// The failed build's job and the log where it failed.
     failing: Option<(String, LogStream)>,
 }
@@ -126,6 +128,11 @@ fn read_report(
         Some(number) => store::preview_comment(conn, &item.project_id, number)?,
         None => None,
     };
+    // The comment shows the preview's newest deployment: an older one's later
+    // news (its deploy finishing after a newer push) would make it lie.
+    let superseded = item.kind == OutboxKind::Comment
+        && store::newest_deployment_id(conn, &deployment.environment_id)?
+            .is_some_and(|newest| newest != deployment.id);
     let failing = if item.status == DeploymentStatus::BuildFailed {
         let stream = if deployment.storefront_status == ComponentStatus::Failed {
             LogStream::Storefront
@@ -145,6 +152,7 @@ fn read_report(
         environment,
         pull_request,
         comment_id,
+        superseded,
         failing,
     }))
 }
@@ -187,6 +195,17 @@ async fn deliver(state: &AppState, client: &GitHostClient, item: OutboxItem) {
         state.db.call(move |conn| read_report(conn, &item)).await
     };
     let outcome = match read {
+        Ok(Ok(report)) if report.superseded => {
+            let result = "not sent: the preview has a newer deployment";
+            if let Err(error) = state
+                .db
+                .call(move |conn| store::record_attempt(conn, id, false, None, result))
+                .await
+            {
+                tracing::error!(message = "Cannot record a report's delivery.", outbox_id = id, %error);
+            }
+            return;
+        }
         Ok(Ok(report)) => send(state, client, &item, &report).await,
         Ok(Err(why)) => Delivery::GiveUp(why),
         Err(error) => Delivery::Retry(format!("cannot read the report: {error}")),

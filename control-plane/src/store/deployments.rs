@@ -193,6 +193,20 @@ pub fn current_deployment(
         .transpose()
 }
 
+/// The id of an environment's newest deployment, if it has one.
+pub fn newest_deployment_id(
+    conn: &Connection,
+    environment_id: &str,
+) -> Result<Option<String>, ApiError> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM deployments WHERE environment_id = ?1 ORDER BY seq DESC LIMIT 1",
+            [environment_id],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
 /// Cancels a queued or building deployment on a person's word.
 pub fn cancel_deployment(
     conn: &mut Connection,
