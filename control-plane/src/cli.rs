@@ -9,7 +9,6 @@ use crate::store::{self, Role};
 use crate::{serve, AppState, Config, ConnectionLimits};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -314,7 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         body_timeout: Duration::from_secs(cli.body_timeout_seconds.max(1)),
     };
     let state = AppState::open(config)?;
-    let listener = TcpListener::bind(cli.listen).await.with_context(|| {
+    let listener = crate::connections::bind(cli.listen).with_context(|| {
         format!(
             "cannot listen on {}; is another server using it?",
             cli.listen

@@ -40,6 +40,23 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Connections the kernel queues before `serve` accepts them (capped by
+/// `net.core.somaxconn`). The usual 128 overflows when hundreds of agents
+/// reconnect at once, after a restart or a replica's death; each dropped
+/// connection then waits a second or more for its SYN to be sent again.
+const BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with room in the kernel's queue for a fleet's reconnects.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// `wanted`, or fewer when the process may not open that many files.
 fn connection_cap(wanted: usize) -> usize {
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)

@@ -9,7 +9,7 @@
 
 mod artifacts;
 pub mod cli;
-mod connections;
+pub mod connections;
 mod dashboard;
 mod db;
 mod deployer;

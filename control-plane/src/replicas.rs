@@ -33,6 +33,8 @@ pub enum Wake {
 }
 
 impl Wake {
+    const ALL: [Wake; 3] = [Wake::Queue, Wake::Changes, Wake::Logs];
+
     fn as_str(self) -> &'static str {
         match self {
             Wake::Queue => "queue",
@@ -40,12 +42,22 @@ impl Wake {
             Wake::Logs => "logs",
         }
     }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 pub struct Replicas {
     shared: bool,
     recheck: Duration,
     leader: AtomicBool,
+    /// Names this replica's notifications, so its listener skips its own.
+    sender: String,
+    /// Per kind of wake-up: a notification is on its way and not yet sent, so
+    /// another announcement can ride on it (a busy fleet announces hundreds a
+    /// second; each `NOTIFY` serializes commits in PostgreSQL).
+    unsent: [AtomicBool; 3],
     /// Woken when this replica becomes the leader.
     pub became_leader: Notify,
 }
@@ -58,6 +70,8 @@ impl Replicas {
             shared,
             recheck,
             leader: AtomicBool::new(!shared),
+            sender: format!("{:016x}", rand::random::<u64>()),
+            unsent: Default::default(),
             became_leader: Notify::new(),
         }
     }
@@ -91,11 +105,19 @@ pub fn broadcast(state: &AppState, wake: Wake) {
     if state.db.postgres_url().is_none() {
         return;
     }
-    let db = state.db.clone();
+    if state.replicas.unsent[wake.index()].swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let state = state.clone();
     tokio::spawn(async move {
-        let sent = db
+        let payload = format!("{}:{}", wake.as_str(), state.replicas.sender);
+        let waker = state.clone();
+        let sent = state
+            .db
             .call(move |conn| {
-                conn.execute("SELECT pg_notify(?1, ?2)", [CHANNEL, wake.as_str()])
+                // From here on, a change needs a notification of its own.
+                waker.replicas.unsent[wake.index()].store(false, Ordering::SeqCst);
+                conn.execute("SELECT pg_notify(?1, ?2)", [CHANNEL, payload.as_str()])
                     .map_err(crate::ApiError::from)
             })
             .await;
@@ -132,11 +154,18 @@ fn listen(state: &AppState, url: &str) -> Result<(), postgres::Error> {
         let mut notifications = client.notifications();
         let mut arrived = notifications.timeout_iter(TICK);
         while let Some(notification) = arrived.next()? {
-            match notification.payload() {
-                "queue" => state.wake_local(Wake::Queue),
-                "logs" => state.wake_local(Wake::Logs),
-                _ => state.wake_local(Wake::Changes),
+            let (kind, sender) = notification
+                .payload()
+                .split_once(':')
+                .unwrap_or((notification.payload(), ""));
+            if sender == state.replicas.sender {
+                continue;
             }
+            let wake = Wake::ALL
+                .into_iter()
+                .find(|wake| wake.as_str() == kind)
+                .unwrap_or(Wake::Changes);
+            state.wake_local(wake);
         }
     }
     Ok(())

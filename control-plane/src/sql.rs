@@ -458,6 +458,14 @@ impl Connection {
         }
     }
 
+    /// As `for_update`, locking only the rows of `table` in a join.
+    pub fn for_update_of(&self, table: &str) -> String {
+        match self.dialect() {
+            Dialect::Sqlite => String::new(),
+            Dialect::Postgres => format!(" FOR UPDATE OF {table}"),
+        }
+    }
+
     /// As `for_update`, passing over rows another transaction holds.
     pub fn for_update_skip_locked(&self) -> &'static str {
         match self.dialect() {

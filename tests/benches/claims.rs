@@ -4,7 +4,12 @@
 //! replica, and three sharing the database, agents spread over them):
 //!
 //! - claims per second while the queue lasts (at most `WINDOW` per run),
-//! - claim latency p50 and p99 (requests that returned a job),
+//! - claim latency p50 and p99 of a running fleet: every agent asks for its
+//!   first job at the same instant, then starts its cycle at its own point of
+//!   one hold (as agents that started at different times do); p50 and p99 are
+//!   of the claims after the first,
+//! - all-at-once: from that first instant until the last agent had its job (a
+//!   fleet reconnecting after a restart),
 //! - cancel propagation p99: a probe agent holds a job's watch long-poll on one
 //!   replica while a newer push to its environment lands on another; the time
 //!   from the push's answer to the watch's `cancel` (measured while the N agents
@@ -45,7 +50,10 @@ enum Store {
 struct Outcome {
     claims: usize,
     elapsed: Duration,
+    /// Claims after each agent's first (a running fleet's).
     latencies: Vec<Duration>,
+    /// Until every agent had its first job, all having asked at once.
+    burst: Duration,
     cancels: Vec<Duration>,
     double_claims: usize,
 }
@@ -186,24 +194,36 @@ async fn run(
 
     let started = Instant::now();
     let deadline = started + WINDOW;
+    let count = simulated.len() as u32;
     let workers: Vec<_> = simulated
         .into_iter()
-        .map(|agent| {
+        .enumerate()
+        .map(|(n, agent)| {
             tokio::spawn(async move {
-                let mut mine = Vec::new();
+                let mut claimed = Vec::new();
+                let mut first = None;
+                let mut steady = Vec::new();
+                // After the first claim, all at once, each agent starts its
+                // cycle at its own point of one hold, as a running fleet has.
+                let mut stagger = Some(BUILD * n as u32 / count);
                 while Instant::now() < deadline {
                     let asked = Instant::now();
                     let Some(job) = agent.claim(1).await else {
                         break;
                     };
-                    mine.push((job.deployment_id.clone(), asked.elapsed()));
-                    tokio::time::sleep(BUILD).await;
+                    let latency = asked.elapsed();
+                    claimed.push(job.deployment_id.clone());
+                    match first {
+                        None => first = Some(latency),
+                        Some(_) => steady.push(latency),
+                    }
+                    tokio::time::sleep(stagger.take().unwrap_or(BUILD)).await;
                     let reply = agent
                         .report(&job, &update(DeploymentStatus::BuildFailed))
                         .await;
                     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
                 }
-                mine
+                (claimed, first, steady)
             })
         })
         .collect();
@@ -249,11 +269,12 @@ async fn run(
 
     let mut claimed = Vec::new();
     let mut latencies = Vec::new();
+    let mut burst = Duration::ZERO;
     for worker in workers {
-        for (deployment, latency) in worker.await.unwrap() {
-            claimed.push(deployment);
-            latencies.push(latency);
-        }
+        let (mine, first, steady) = worker.await.unwrap();
+        claimed.extend(mine);
+        burst = burst.max(first.unwrap_or_default());
+        latencies.extend(steady);
     }
     let elapsed = started.elapsed().min(WINDOW);
     let mut cancels = prober.await.unwrap();
@@ -264,6 +285,7 @@ async fn run(
         claims: claimed.len(),
         elapsed,
         latencies,
+        burst,
         cancels,
         double_claims: claimed.len() - distinct.len(),
     };
@@ -287,25 +309,42 @@ async fn main() {
         WINDOW.as_secs()
     );
     println!(
-        "{:<11} {:>8} {:>6} {:>8} {:>9} {:>9} {:>9} {:>11} {:>7}",
-        "store", "replicas", "agents", "claims", "claims/s", "p50", "p99", "cancel p99", "double"
+        "{:<11} {:>8} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7}",
+        "store",
+        "replicas",
+        "agents",
+        "claims",
+        "claims/s",
+        "p50",
+        "p99",
+        "all-at-once",
+        "cancel p99",
+        "double"
     );
-    let mut sqlite_rates = Vec::new();
+    // `KILN_BENCH_ONLY=PostgreSQL/1/256` runs one configuration (to profile it).
+    let only = std::env::var("KILN_BENCH_ONLY").ok();
+    let mut sqlite_rates = vec![f64::NAN; AGENT_COUNTS.len()];
     let mut number = 0;
     for (name, store, replicas) in configurations {
         for (index, agents) in AGENT_COUNTS.into_iter().enumerate() {
+            if only
+                .as_ref()
+                .is_some_and(|only| *only != format!("{name}/{replicas}/{agents}"))
+            {
+                continue;
+            }
             number += 1;
             let base = (store == Store::Postgres).then_some(postgres.as_str());
             let outcome = run(store, replicas, agents, base, number).await;
             let rate = outcome.claims as f64 / outcome.elapsed.as_secs_f64();
             let versus = if store == Store::Sqlite {
-                sqlite_rates.push(rate);
+                sqlite_rates[index] = rate;
                 String::new()
             } else {
                 format!("  ({:.2}× SQLite)", rate / sqlite_rates[index])
             };
             println!(
-                "{:<11} {:>8} {:>6} {:>8} {:>9.0} {:>9.1} {:>9.1} {:>11.1} {:>7}{versus}",
+                "{:<11} {:>8} {:>6} {:>8} {:>9.0} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>7}{versus}",
                 name,
                 replicas,
                 agents,
@@ -313,6 +352,7 @@ async fn main() {
                 rate,
                 percentile(&outcome.latencies, 50),
                 percentile(&outcome.latencies, 99),
+                outcome.burst.as_secs_f64() * 1000.0,
                 percentile(&outcome.cancels, 99),
                 outcome.double_claims,
             );

@@ -13,7 +13,6 @@ use kiln_protocol::{
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +78,7 @@ impl ControlPlane {
         config.database_url = test_database(data_dir);
         tweak(&mut config);
         let state = AppState::open(config).expect("control plane opens its data dir");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = kiln_control_plane::connections::bind(([127, 0, 0, 1], 0).into()).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let server = tokio::spawn(serve(

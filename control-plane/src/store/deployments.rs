@@ -236,26 +236,75 @@ pub(super) fn set_status(
     to: DeploymentStatus,
     reason: Option<&str>,
 ) -> Result<(), ApiError> {
-    check_transition(from, to).map_err(|_| ApiError::IllegalTransition {
-        deployment_id: deployment_id.to_owned(),
-        from,
-        to,
-    })?;
+    allowed(deployment_id, from, to)?;
     let now = now_ms();
     let changed = tx.execute(
         "UPDATE deployments SET status = ?1, reason = ?2, updated_at = ?3 WHERE id = ?4 AND status = ?5",
         params![to.as_str(), reason, now, deployment_id, from.as_str()],
     )?;
     if changed != 1 {
-        return Err(ApiError::Conflict(format!(
-            "deployment {deployment_id} changed status while this request ran; retry"
-        )));
+        return Err(changed_meanwhile(deployment_id));
     }
+    record_transition(tx, deployment_id, to, reason, now)
+}
+
+/// Refuses a move the lifecycle does not allow.
+pub(super) fn allowed(
+    deployment_id: &str,
+    from: DeploymentStatus,
+    to: DeploymentStatus,
+) -> Result<(), ApiError> {
+    check_transition(from, to).map_err(|_| ApiError::IllegalTransition {
+        deployment_id: deployment_id.to_owned(),
+        from,
+        to,
+    })
+}
+
+/// A status update that found the deployment no longer in the status it read.
+pub(super) fn changed_meanwhile(deployment_id: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "deployment {deployment_id} changed status while this request ran; retry"
+    ))
+}
+
+/// What follows a deployment's move to `to` (made by the caller at `now`): its
+/// history, and the reports to its git host.
+pub(super) fn record_transition(
+    tx: &Transaction,
+    deployment_id: &str,
+    to: DeploymentStatus,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), ApiError> {
+    add_transition(tx, deployment_id, to, reason, now)?;
+    super::outbox::enqueue(tx, deployment_id, to, reason)
+}
+
+/// As `record_transition`, where the caller read where reports go.
+pub(super) fn record_transition_to(
+    tx: &Transaction,
+    reports: Option<&super::outbox::ReportsTo>,
+    deployment_id: &str,
+    to: DeploymentStatus,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), ApiError> {
+    add_transition(tx, deployment_id, to, reason, now)?;
+    super::outbox::enqueue_to(tx, reports, deployment_id, to, reason)
+}
+
+fn add_transition(
+    tx: &Transaction,
+    deployment_id: &str,
+    to: DeploymentStatus,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(), ApiError> {
     tx.execute(
         "INSERT INTO transitions (deployment_id, status, at, reason) VALUES (?1, ?2, ?3, ?4)",
         params![deployment_id, to.as_str(), now, reason],
     )?;
-    super::outbox::enqueue(tx, deployment_id, to, reason)?;
     Ok(())
 }
 

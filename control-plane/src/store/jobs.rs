@@ -9,9 +9,11 @@ use kiln_protocol::{
 
 use super::agents::AgentRow;
 use super::deployments::{
-    deployment_row_in, finish_current_job, get_deployment_in, set_status, settle_components,
+    allowed, changed_meanwhile, deployment_from_row, finish_current_job, record_transition_to,
+    set_status, settle_components, with_history,
 };
-use super::projects::{get_project_in, variables_in};
+use super::outbox::ReportsTo;
+use super::projects::{project_from_row, variables_in};
 use super::{json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
 
@@ -46,12 +48,13 @@ pub fn claim(
     // the queue, so a job behind many others it may not take is still found.
     let mut after_seq = i64::MIN;
     let mut page_size = CLAIM_PAGE;
-    let deployment_id = loop {
-        let page: Vec<(i64, String, Vec<String>)> = tx
+    let (deployment, environment) = loop {
+        let page: Vec<QueuedRow> = tx
             .prepare(
                 // The page first, then its joins: the queue's index gives it in
                 // order whatever the planner thinks of the table's size.
-                "SELECT d.seq, d.id, p.agent_labels, p.long_lived_agent_labels, p.preview_agent_labels, e.kind
+                "SELECT d.seq, d.id, p.agent_labels, p.long_lived_agent_labels, p.preview_agent_labels,
+                        e.kind, e.pull_request, e.base_branch, e.name
                  FROM (SELECT seq, id, project_id, environment_id FROM deployments
                        WHERE status = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2) d
                  JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
@@ -65,39 +68,41 @@ pub fn claim(
                     row.get(3)?
                 };
                 required.extend(json_list(&by_kind));
-                Ok((row.get(0)?, row.get(1)?, required))
+                Ok(QueuedRow {
+                    seq: row.get(0)?,
+                    id: row.get(1)?,
+                    required,
+                    environment: EnvironmentOf {
+                        name: row.get(8)?,
+                        pull_request: row.get(6)?,
+                        base_branch: row.get(7)?,
+                    },
+                })
             })?
             .collect::<Result<_, _>>()?;
-        let Some((last_seq, _, _)) = page.last() else {
+        let Some(last) = page.last() else {
             return Ok(None);
         };
-        after_seq = *last_seq;
+        after_seq = last.seq;
         page_size = (page_size * 4).min(CLAIM_PAGE_MAX);
-        // Claims run side by side on PostgreSQL: take the first allowed one no
-        // other claim holds and that is still queued once locked.
-        let lock = format!(
-            "SELECT id FROM deployments WHERE id = ?1 AND status = 'queued'{}",
-            tx.for_update_skip_locked()
-        );
-        let mut taken = None;
-        for (_, id, required) in page {
-            if required.iter().all(|label| agent.labels.contains(label))
-                && tx.query_row(&lock, [&id], |_| Ok(())).optional()?.is_some()
-            {
-                taken = Some(id);
-                break;
-            }
-        }
-        if let Some(id) = taken {
-            break id;
+        let allowed: Vec<QueuedRow> = page
+            .into_iter()
+            .filter(|queued| {
+                queued
+                    .required
+                    .iter()
+                    .all(|label| agent.labels.contains(label))
+            })
+            .collect();
+        if let Some(taken) = take_first(&tx, allowed)? {
+            break taken;
         }
     };
-    let deployment = deployment_row_in(&tx, &deployment_id)?;
-    let project = get_project_in(&tx, &deployment.project_id)?;
-    let repository_token: Option<String> = tx.query_row(
-        "SELECT repository_token FROM projects WHERE id = ?1",
-        [&project.id],
-        |row| row.get(0),
+    let deployment_id = deployment.id.clone();
+    let (project, repository_token) = tx.query_row(
+        "SELECT * FROM projects WHERE id = ?1",
+        [&deployment.project_id],
+        |row| Ok((project_from_row(row)?, row.get("repository_token")?)),
     )?;
     let attempt = deployment.attempts + 1;
     let job_id = new_id("job");
@@ -106,21 +111,35 @@ pub fn claim(
         "INSERT INTO jobs (id, deployment_id, agent_id, attempt, claimed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![job_id, deployment_id, agent.id, attempt, now],
     )?;
-    set_status(
-        &tx,
+    // The row is locked and queued: the move and the job's hold in one write.
+    allowed(
         &deployment_id,
         deployment.status,
         DeploymentStatus::Building,
-        None,
     )?;
     tx.execute(
-        "UPDATE deployments SET attempts = ?1, current_job_id = ?2, agent_id = ?3, lease_expires_at = ?4,
+        "UPDATE deployments SET status = 'building', reason = NULL, updated_at = ?1,
+                                attempts = ?2, current_job_id = ?3, agent_id = ?4, lease_expires_at = ?5,
                                 backend_status = 'pending', storefront_status = 'pending'
-         WHERE id = ?5",
-        params![attempt, job_id, agent.id, now + policy.lease_ms, deployment_id],
+         WHERE id = ?6",
+        params![now, attempt, job_id, agent.id, now + policy.lease_ms, deployment_id],
+    )?;
+    let reports = project.git_host.is_some().then(|| ReportsTo {
+        project_id: project.id.clone(),
+        commit_sha: deployment.commit_sha.clone(),
+        environment: environment.name.clone(),
+        pull_request: environment.pull_request,
+    });
+    record_transition_to(
+        &tx,
+        reports.as_ref(),
+        &deployment_id,
+        DeploymentStatus::Building,
+        None,
+        now,
     )?;
     let env = variables_in(&tx, &deployment.environment_id)?;
-    let cache = cache_scopes(&tx, &project.id, &deployment)?;
+    let cache = cache_scopes(&tx, &project.id, &deployment, environment)?;
     tx.commit()?;
     Ok(Some(Job {
         job_id,
@@ -150,18 +169,83 @@ pub fn claim(
 /// How long a closed pull request's scope is named for agents to drop.
 const DROPPED_SCOPES_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// Locks the first of `candidates` (in queue order) that is still queued and
+/// that no other claim holds, in one statement: claims run side by side on
+/// PostgreSQL and race for the head of the queue.
+fn take_first(
+    tx: &Transaction,
+    candidates: Vec<QueuedRow>,
+) -> Result<Option<(Deployment, EnvironmentOf)>, ApiError> {
+    let Some(last) = candidates.last().map(|queued| queued.seq) else {
+        return Ok(None);
+    };
+    // A few list lengths, so a few statements to prepare: padded with the last.
+    let length = [1, 4, 16, 64, 256]
+        .into_iter()
+        .find(|&length| length >= candidates.len())
+        .unwrap_or(CLAIM_PAGE_MAX as usize)
+        .max(candidates.len());
+    let seqs: Vec<i64> = candidates
+        .iter()
+        .map(|queued| queued.seq)
+        .chain(std::iter::repeat(last))
+        .take(length)
+        .collect();
+    let placeholders = (1..=length)
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT * FROM deployments WHERE seq IN ({placeholders}) AND status = 'queued'
+         ORDER BY seq LIMIT 1{}",
+        tx.for_update_skip_locked()
+    );
+    let values: Vec<&dyn crate::sql::ToSql> = seqs
+        .iter()
+        .map(|seq| seq as &dyn crate::sql::ToSql)
+        .collect();
+    let Some(deployment) = tx
+        .query_row(&sql, &values[..], deployment_from_row)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    // The locked row is one of the candidates.
+    Ok(candidates
+        .into_iter()
+        .find(|queued| queued.id == deployment.id)
+        .map(|queued| (deployment, queued.environment)))
+}
+
+/// A queued deployment as a claim looks at it.
+struct QueuedRow {
+    seq: i64,
+    id: String,
+    /// Labels an agent must carry to take it.
+    required: Vec<String>,
+    environment: EnvironmentOf,
+}
+
+/// What a claim needs of the deployment's environment: its name, and what makes
+/// it a pull request's preview.
+struct EnvironmentOf {
+    name: String,
+    pull_request: Option<i64>,
+    base_branch: Option<String>,
+}
+
 /// The cache scopes of a deployment's build: its branch's for a long-lived
 /// environment; for a preview, its pull request's, reading its base branch's too.
 fn cache_scopes(
     tx: &Transaction,
     project_id: &str,
     deployment: &Deployment,
+    EnvironmentOf {
+        pull_request,
+        base_branch,
+        ..
+    }: EnvironmentOf,
 ) -> Result<JobCache, ApiError> {
-    let (pull_request, base_branch): (Option<i64>, Option<String>) = tx.query_row(
-        "SELECT pull_request, base_branch FROM environments WHERE id = ?1",
-        [&deployment.environment_id],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
     let (scope, fallback_scopes) = match pull_request {
         Some(number) => (
             format!("pr:{number}"),
@@ -329,8 +413,44 @@ pub fn report_status(
         )));
     }
     let tx = conn.transaction_shared()?;
-    let job = owned_job(&tx, agent_id, job_id)?;
-    let deployment = locked_deployment(&tx, &job.deployment_id)?;
+    // The job, its deployment (locked) and whether its environment deploys on
+    // its own, in one read.
+    let sql = format!(
+        "SELECT d.*, j.agent_id AS job_agent_id, e.auto_deploy AS environment_auto_deploy,
+                e.name AS environment_name, e.pull_request AS environment_pull_request,
+                p.git_host_kind IS NOT NULL AS project_has_git_host
+         FROM jobs j JOIN deployments d ON d.id = j.deployment_id
+         JOIN environments e ON e.id = d.environment_id JOIN projects p ON p.id = d.project_id
+         WHERE j.id = ?1{}",
+        tx.for_update_of("d")
+    );
+    let (deployment, job_agent, auto_deploy, reports) = tx
+        .query_row(&sql, [job_id], |row| {
+            let deployment = super::deployments::deployment_from_row(row)?;
+            let reports = if row.get("project_has_git_host")? {
+                Some(ReportsTo {
+                    project_id: deployment.project_id.clone(),
+                    commit_sha: deployment.commit_sha.clone(),
+                    environment: row.get("environment_name")?,
+                    pull_request: row.get("environment_pull_request")?,
+                })
+            } else {
+                None
+            };
+            Ok((
+                deployment,
+                row.get::<_, String>("job_agent_id")?,
+                row.get::<_, bool>("environment_auto_deploy")?,
+                reports,
+            ))
+        })
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("job", job_id))?;
+    if job_agent != agent_id {
+        return Err(ApiError::Forbidden(format!(
+            "job {job_id} belongs to another agent"
+        )));
+    }
     if deployment.current_job_id.as_deref() != Some(job_id) {
         return Err(ApiError::JobSuperseded {
             job_id: job_id.to_owned(),
@@ -341,53 +461,73 @@ pub fn report_status(
             ),
         });
     }
-    // A repeated report (a retry after a lost response) is accepted as it is.
-    if deployment.status != update.status {
-        set_status(
+    // Everything the report changes, worked out here and written at once.
+    let moves = deployment.status != update.status;
+    if moves {
+        allowed(&deployment.id, deployment.status, update.status)?;
+    }
+    // A repeated report (a retry after a lost response) keeps the reason it gave.
+    let reason = if moves || update.reason.is_some() {
+        update.reason.clone()
+    } else {
+        deployment.reason.clone()
+    };
+    // Components still pending or building take the end's word.
+    let settle = match update.status {
+        BuildFailed => Some(ComponentStatus::Failed),
+        BuildCanceled => Some(ComponentStatus::Canceled),
+        _ => None,
+    };
+    let component = |reported: Option<ComponentStatus>, current: ComponentStatus| {
+        let status = reported.unwrap_or(current);
+        match settle {
+            Some(to) if matches!(status, ComponentStatus::Pending | ComponentStatus::Building) => {
+                to
+            }
+            _ => status,
+        }
+    };
+    let now = now_ms();
+    let ends = update.status != Building;
+    let updated = tx
+        .query_row(
+            "UPDATE deployments SET status = ?1, reason = ?2, backend_status = ?3, storefront_status = ?4,
+                    detail = COALESCE(?5, detail), updated_at = COALESCE(?6, updated_at),
+                    lease_expires_at = CASE WHEN ?7 THEN NULL ELSE lease_expires_at END
+             WHERE id = ?8 AND status = ?9
+             RETURNING *",
+            params![
+                update.status.as_str(),
+                reason,
+                component(update.backend, deployment.backend_status).as_str(),
+                component(update.storefront, deployment.storefront_status).as_str(),
+                update.detail.as_ref().map(to_json),
+                (moves || update.detail.is_some()).then_some(now),
+                ends,
+                deployment.id,
+                deployment.status.as_str()
+            ],
+            super::deployments::deployment_from_row,
+        )
+        .optional()?
+        .ok_or_else(|| changed_meanwhile(&deployment.id))?;
+    if moves {
+        record_transition_to(
             &tx,
+            reports.as_ref(),
             &deployment.id,
-            deployment.status,
             update.status,
-            update.reason.as_deref(),
+            reason.as_deref(),
+            now,
         )?;
-    } else if update.reason.is_some() {
+    }
+    if ends {
         tx.execute(
-            "UPDATE deployments SET reason = ?1 WHERE id = ?2",
-            params![update.reason, deployment.id],
+            "UPDATE jobs SET finished_at = ?1 WHERE id = ?2 AND finished_at IS NULL",
+            params![now, job_id],
         )?;
     }
-    if let Some(backend) = update.backend {
-        tx.execute(
-            "UPDATE deployments SET backend_status = ?1 WHERE id = ?2",
-            params![backend.as_str(), deployment.id],
-        )?;
-    }
-    if let Some(storefront) = update.storefront {
-        tx.execute(
-            "UPDATE deployments SET storefront_status = ?1 WHERE id = ?2",
-            params![storefront.as_str(), deployment.id],
-        )?;
-    }
-    if let Some(detail) = &update.detail {
-        tx.execute(
-            "UPDATE deployments SET detail = ?1, updated_at = ?2 WHERE id = ?3",
-            params![to_json(detail), now_ms(), deployment.id],
-        )?;
-    }
-    match update.status {
-        BuildFailed => settle_components(&tx, &deployment.id, ComponentStatus::Failed)?,
-        BuildCanceled => settle_components(&tx, &deployment.id, ComponentStatus::Canceled)?,
-        _ => {}
-    }
-    if update.status != Building {
-        finish_current_job(&tx, &deployment.id)?;
-    }
-    let auto_deploy: bool = tx.query_row(
-        "SELECT auto_deploy FROM environments WHERE id = ?1",
-        [&deployment.environment_id],
-        |row| row.get(0),
-    )?;
-    let deployment = get_deployment_in(&tx, &deployment.id)?;
+    let deployment = with_history(&tx, updated)?;
     tx.commit()?;
     Ok(StatusApplied {
         start_deploy: auto_deploy && deployment.status == AwaitingDeployment,
@@ -444,6 +584,7 @@ pub fn expire_leases(conn: &mut Connection, policy: JobPolicy) -> Result<Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::deployments::get_deployment_in;
     use crate::store::testing::{agent, claim_one, push, queue_in_new_environments, shop, POLICY};
     use kiln_protocol::DeploymentStatus::*;
 

@@ -39,6 +39,14 @@ pub struct OutboxItem {
     pub attempts: u32,
 }
 
+/// Where a deployment's reports go: read by the caller that has them at hand.
+pub(super) struct ReportsTo {
+    pub project_id: String,
+    pub commit_sha: String,
+    pub environment: String,
+    pub pull_request: Option<i64>,
+}
+
 /// Queues the reports of `deployment_id` reaching `status`, when its project
 /// has a git host: a commit status, and for a preview its comment.
 pub(super) fn enqueue(
@@ -60,16 +68,28 @@ pub(super) fn enqueue(
              WHERE d.id = ?1 AND p.git_host_kind IS NOT NULL",
             [deployment_id],
             |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Option<i64>>(3)?,
-                ))
+                Ok(ReportsTo {
+                    project_id: row.get(0)?,
+                    commit_sha: row.get(1)?,
+                    environment: row.get(2)?,
+                    pull_request: row.get(3)?,
+                })
             },
         )
         .optional()?;
-    let Some((project_id, sha, environment, pull_request)) = found else {
+    enqueue_to(tx, found.as_ref(), deployment_id, status, reason)
+}
+
+/// As `enqueue`, where the caller knows whether the project has a git host
+/// (`reports` is `None` when it has none) and the rest.
+pub(super) fn enqueue_to(
+    tx: &Transaction,
+    reports: Option<&ReportsTo>,
+    deployment_id: &str,
+    status: DeploymentStatus,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(to) = reports.filter(|_| status != DeploymentStatus::Ready) else {
         return Ok(());
     };
     let now = now_ms();
@@ -77,17 +97,20 @@ pub(super) fn enqueue(
         tx.execute(
             "INSERT INTO outbox (project_id, deployment_id, kind, ordering_key, status, reason, next_attempt_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-            params![project_id, deployment_id, kind.as_str(), key, status.as_str(), reason, now],
+            params![to.project_id, deployment_id, kind.as_str(), key, status.as_str(), reason, now],
         )
     };
     insert(
         OutboxKind::Status,
-        format!("status:{project_id}:{sha}:{environment}"),
+        format!(
+            "status:{}:{}:{}",
+            to.project_id, to.commit_sha, to.environment
+        ),
     )?;
-    if let Some(number) = pull_request {
+    if let Some(number) = to.pull_request {
         insert(
             OutboxKind::Comment,
-            format!("comment:{project_id}:{number}"),
+            format!("comment:{}:{number}", to.project_id),
         )?;
     }
     Ok(())
