@@ -26,8 +26,9 @@ use reqwest::StatusCode;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
 
-/// Seconds a step took, from the system log's "`cmd` finished in 1.2s." lines
-/// and the restore lines' "in 1.2s".
+/// Seconds a step took, from the system log's "`cmd` (storefront: build)
+/// finished in 1.2s." lines and the restore lines' "in 1.2s". The backend's and
+/// the storefront's steps overlap, so the total is less than their sum.
 #[derive(Debug, Default, Clone)]
 struct Steps {
     restore: f64,
@@ -49,22 +50,17 @@ fn seconds_in(line: &str) -> f64 {
 
 fn steps(system: &str) -> Steps {
     let mut steps = Steps::default();
-    let mut running = "";
     for line in system.lines() {
         let text = line.split_once("] ").map_or(line, |(_, text)| text);
-        if let Some(rest) = text.strip_prefix("Running `") {
-            running = rest;
-        } else if text.contains("` finished in ") {
-            let took = seconds_in(text.trim_end_matches('.'));
-            if running.contains("(package-manager)")
-                || running.contains("(storefront: package-manager)")
-            {
+        if let Some((step, took)) = text.split_once(") finished in ") {
+            let took = seconds_in(&format!(" in {}", took.trim_end_matches('.')));
+            if step.ends_with("package-manager") {
                 steps.provide += took;
-            } else if running.contains("install)") {
+            } else if step.ends_with("install") {
                 steps.install += took;
-            } else if running.contains("(storefront: build)") {
+            } else if step.ends_with("(storefront: build") {
                 steps.storefront_build += took;
-            } else if running.contains("(build)") {
+            } else if step.ends_with("(build") {
                 steps.backend_build += took;
             }
         } else if text.starts_with("Restored ") {
@@ -254,6 +250,7 @@ async fn main() {
         ] {
             println!("=== {name} ===\n{log}");
         }
+        println!("=== agent ===\n{}", agent.log_text());
     }
     println!();
     println!(

@@ -218,7 +218,7 @@ async fn main() {
     // timed it: the counterpart of `docker run` + `docker wait` by hand.
     let build_step: f64 = system
         .lines()
-        .find_map(|line| line.split("`npm run build` finished in ").nth(1))
+        .find_map(|line| line.split("`npm run build` (build) finished in ").nth(1))
         .and_then(|rest| {
             rest.trim_end_matches('.')
                 .trim_end_matches('s')

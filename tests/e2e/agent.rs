@@ -614,9 +614,43 @@ async fn storefront_builds_beside_the_backend_as_a_second_artifact() {
     );
 }
 
+/// Issue 18: the components build side by side; the storefront installs once
+/// the backend's install is behind it.
+#[tokio::test]
+async fn storefront_builds_while_the_backend_builds() {
+    let variables = serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "8"}]);
+    let Some(world) = world_with(variables, Some("storefront")).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    let system = world.log(&deployment.id, "system").await;
+    let at = |text: &str| {
+        system
+            .find(text)
+            .unwrap_or_else(|| panic!("{text:?} not in:\n{system}"))
+    };
+    let backend_installed = at("(install) finished in");
+    let storefront_started = at("(storefront: build).");
+    let storefront_built = at("(storefront: build) finished in");
+    let backend_built = at("(build) finished in");
+    assert!(
+        backend_installed < storefront_started && storefront_built < backend_built,
+        "{system}"
+    );
+}
+
+/// The backend runs to its end beside a storefront that failed, so the
+/// deployment shows how both fared.
 #[tokio::test]
 async fn failing_storefront_fails_the_deployment_saying_it_was_the_storefront() {
-    let variables = serde_json::json!([{"name": "KILN_FIXTURE_STOREFRONT_EXIT", "value": "4"}]);
+    let variables = serde_json::json!([
+        {"name": "KILN_FIXTURE_STOREFRONT_EXIT", "value": "4"},
+        {"name": "KILN_FIXTURE_SLEEP", "value": "3"},
+    ]);
     let Some(world) = world_with(variables, Some("storefront")).await else {
         return;
     };

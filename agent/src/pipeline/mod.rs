@@ -158,6 +158,10 @@ struct Build<'a> {
     system: LogSink,
     /// Installs done (or restored) so far: directory and command.
     installed: std::sync::Mutex<Vec<(PathBuf, Vec<String>)>>,
+    /// Whether the backend's install is behind it (`Some(true)`: done, restored
+    /// or not needed; `Some(false)`: it failed): the storefront, built beside
+    /// the backend, installs only after it, often in the same workspace.
+    backend_installed: tokio::sync::watch::Sender<Option<bool>>,
 }
 
 impl Pipeline {
@@ -179,6 +183,7 @@ impl Pipeline {
             deadline: started + request.timeout,
             system: logs.sink(LogStream::System),
             installed: Default::default(),
+            backend_installed: tokio::sync::watch::Sender::new(None),
         };
         let ran = tokio::select! {
             ran = build.run() => ran,
@@ -268,12 +273,54 @@ impl Build<'_> {
             _ => None,
         };
         let cache = self.open_cache().await;
-        let backend = self
-            .backend(&plan, cache.as_ref(), storefront_dirs.as_ref())
-            .await?;
+        // The two components build side by side (each step's limits apply to
+        // its own container); each runs to its end, so the deployment shows
+        // how both fared, and the backend's failure is the one told first.
+        let (backend, storefront) = tokio::join!(
+            async {
+                let built = self
+                    .backend(&plan, cache.as_ref(), storefront_dirs.as_ref())
+                    .await;
+                // Unless it said so already: its install failed, or it ended early.
+                self.backend_installed.send_if_modified(|settled| {
+                    let unsaid = settled.is_none();
+                    if unsaid {
+                        *settled = Some(built.is_ok());
+                    }
+                    unsaid
+                });
+                built
+            },
+            async {
+                let detected = storefront?;
+                storefront::build(self, &plan, detected, cache.as_ref()).await
+            },
+        );
+        let (backend, storefront) = match (backend, storefront) {
+            (Err(Stop::Failed(failure)), _) | (_, Err(Stop::Failed(failure))) => {
+                return Err(Stop::Failed(failure))
+            }
+            (Err(Stop::Canceled), _) | (_, Err(Stop::Canceled)) => return Err(Stop::Canceled),
+            (Ok(backend), Ok(storefront)) => (backend, storefront),
+        };
         let mut artifacts = vec![backend];
-        artifacts.extend(storefront::build(self, &plan, storefront?, cache.as_ref()).await?);
+        artifacts.extend(storefront);
         Ok((artifacts, cache.map(|cache| cache.harvest())))
+    }
+
+    /// Waits until the backend's install is behind it; `false` if it failed.
+    async fn backend_install_settled(&self) -> bool {
+        let mut settled = self.backend_installed.subscribe();
+        let done = match settled.wait_for(Option::is_some).await {
+            Ok(done) => done.unwrap_or(false),
+            Err(_) => false,
+        };
+        done
+    }
+
+    /// Says the backend's install is done (or restored, or not needed).
+    fn settle_backend_install(&self) {
+        self.backend_installed.send_replace(Some(true));
     }
 
     /// Whether an install of `command` in `dir` already ran (or was restored).
@@ -405,6 +452,7 @@ impl Build<'_> {
         };
         if let (Some(cache), Some(key)) = (cache, &output_key) {
             if let Some(artifact) = self.reuse_output(cache, Component::Backend, key).await {
+                self.settle_backend_install();
                 self.request
                     .progress(Component::Backend, ComponentStatus::Succeeded);
                 return Ok(artifact);
@@ -462,8 +510,12 @@ impl Build<'_> {
                 shown: None,
             },
         );
-        run_steps(self, Component::Backend, &steps).await?;
+        // The build step is last: the storefront may install once the rest ran.
+        let (build, before) = steps.split_last().expect("a build step");
+        run_steps(self, Component::Backend, before).await?;
         self.mark_installed(&plan.install_dir, &plan.install);
+        self.settle_backend_install();
+        run_steps(self, Component::Backend, std::slice::from_ref(build)).await?;
 
         // The output Medusa deploys; its public folder is served to the world.
         let server =

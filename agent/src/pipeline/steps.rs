@@ -108,7 +108,7 @@ pub(super) async fn run_steps(
         Component::Storefront => "storefront: ",
     };
     for planned in steps {
-        let step = build.step(planned);
+        let step = build.step(planned, component);
         let (shown, name) = (planned.shown(), planned.kind.name());
         build
             .system
@@ -122,9 +122,10 @@ pub(super) async fn run_steps(
             .await
         {
             Ok(StepOutcome::Exited(0)) => {
-                build
-                    .system
-                    .line(format!("`{shown}` finished in {}.", seconds(started)));
+                build.system.line(format!(
+                    "`{shown}` ({label}{name}) finished in {}.",
+                    seconds(started)
+                ));
                 continue;
             }
             Ok(StepOutcome::Exited(PROVISION_HASH_MISMATCH))
@@ -209,14 +210,17 @@ pub(super) async fn image_node_version(
     component: Component,
     dir: &Path,
 ) -> Result<node_semver::Version, Stop> {
-    let step = build.step(&PlannedStep {
-        kind: StepKind::NodeVersion,
-        command: vec!["node".to_owned(), "--version".to_owned()],
-        dir: dir.to_owned(),
-        network: Network::None,
-        bin_dir: None,
-        shown: None,
-    });
+    let step = build.step(
+        &PlannedStep {
+            kind: StepKind::NodeVersion,
+            command: vec!["node".to_owned(), "--version".to_owned()],
+            dir: dir.to_owned(),
+            network: Network::None,
+            bin_dir: None,
+            shown: None,
+        },
+        component,
+    );
     let captured = build
         .pipeline
         .executor
@@ -253,7 +257,7 @@ pub(super) async fn image_node_version(
 impl Build<'_> {
     /// The container for a planned step: the workspace mounted, the job's
     /// environment, the operator's limits, and whatever time the job has left.
-    fn step(&self, planned: &PlannedStep) -> Step {
+    fn step(&self, planned: &PlannedStep, component: Component) -> Step {
         let config = &self.pipeline.config;
         let mount = Path::new(WORKSPACE_MOUNT);
         let path = match &planned.bin_dir {
@@ -282,8 +286,13 @@ impl Build<'_> {
                 .map(|var| (var.name.clone(), var.value.clone())),
         );
         let remaining: Duration = self.deadline.saturating_duration_since(Instant::now());
+        // The components build side by side: their containers' names differ.
+        let name = match component {
+            Component::Backend => planned.kind.name().to_owned(),
+            Component::Storefront => format!("storefront-{}", planned.kind.name()),
+        };
         Step {
-            name: planned.kind.name().to_owned(),
+            name,
             agent_id: self.pipeline.agent_id.clone(),
             job_id: self.request.job_id.clone(),
             image: config.build_image.clone(),

@@ -1,4 +1,4 @@
-//! The storefront, after the backend: detected (the project's storefront path, or
+//! The storefront, beside the backend: detected (the project's storefront path, or
 //! the single frontend app in the repository), its Node version checked against
 //! the build image, installed, built with its framework's own command (a custom
 //! build script is not used), and its output directory packed.
@@ -82,6 +82,12 @@ pub(super) async fn build(
             ));
     }
     let config = &build.pipeline.config;
+    // One install at a time: the backend's may be this one, and otherwise they
+    // would share the package manager's release and the host's bandwidth.
+    if !build.backend_install_settled().await {
+        system.line("Storefront: not built, as the backend's install failed.");
+        return Err(Stop::Canceled);
+    }
     let installed =
         build.installed(&install_dir, &found.install) && found.provision == backend.provision;
     let mut install = if installed {
