@@ -317,6 +317,8 @@ partial_config! {
     install_network: Network = env_vars::KILN_INSTALL_NETWORK, parse = "from_str_or_number";
     /// Network of the build step: host, bridge or none
     build_network: Network = env_vars::KILN_BUILD_NETWORK, parse = "from_str_or_number";
+    /// Build the backend and the storefront at once (two containers, each with the limits above)
+    components_side_by_side: bool = env_vars::KILN_COMPONENTS_SIDE_BY_SIDE;
     /// Keep a failed job's workspace for inspection
     keep_failed_workspaces: bool = env_vars::KILN_KEEP_FAILED_WORKSPACES;
     /// uid:gid builds run as when the agent itself runs as root
@@ -354,6 +356,7 @@ pub struct AgentConfig {
     pub extra_ca_certs: Option<PathBuf>,
     pub install_network: Network,
     pub build_network: Network,
+    pub components_side_by_side: bool,
     pub keep_failed_workspaces: bool,
     /// Who build containers run as: the agent's own uid/gid, or `build_user` if root.
     pub build_user: UidGid,
@@ -504,6 +507,7 @@ impl PartialConfig {
             extra_ca_certs: self.extra_ca_certs,
             install_network,
             build_network: self.build_network.unwrap_or(install_network),
+            components_side_by_side: self.components_side_by_side.unwrap_or(true),
             keep_failed_workspaces: self.keep_failed_workspaces.unwrap_or(false),
             build_user,
             log_limit: self.log_limit.unwrap_or(ByteSize(100 << 20)),

@@ -63,6 +63,8 @@ pub const KILN_EXTRA_CA_CERTS: &str = "KILN_EXTRA_CA_CERTS";
 pub const KILN_INSTALL_NETWORK: &str = "KILN_INSTALL_NETWORK";
 /// `build_network`: the build step's network.
 pub const KILN_BUILD_NETWORK: &str = "KILN_BUILD_NETWORK";
+/// `components_side_by_side`: build the backend and the storefront at once.
+pub const KILN_COMPONENTS_SIDE_BY_SIDE: &str = "KILN_COMPONENTS_SIDE_BY_SIDE";
 /// `keep_failed_workspaces`: keep a failed job's workspace.
 pub const KILN_KEEP_FAILED_WORKSPACES: &str = "KILN_KEEP_FAILED_WORKSPACES";
 /// `build_user`: uid:gid of builds when the agent runs as root.

@@ -643,6 +643,29 @@ async fn storefront_builds_while_the_backend_builds() {
     );
 }
 
+/// `components_side_by_side = false`: a host with room for one container builds
+/// the storefront after the backend.
+#[tokio::test]
+async fn components_build_one_after_the_other_when_the_operator_says_so() {
+    let variables = serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "2"}]);
+    let Some(world) = world_with(variables, Some("storefront")).await else {
+        return;
+    };
+    let agent = world
+        .agent("agent", "components_side_by_side = false")
+        .await;
+    let deployment = world.push(&world.repo.head()).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    let system = world.log(&deployment.id, "system").await;
+    let backend_built = system.find("(build) finished in").expect("backend built");
+    let storefront_started = system
+        .find("(storefront: build).")
+        .expect("storefront built");
+    assert!(backend_built < storefront_started, "{system}");
+}
+
 /// The backend runs to its end beside a storefront that failed, so the
 /// deployment shows how both fared.
 #[tokio::test]

@@ -22,6 +22,28 @@ async fn project(api: &Api, repo: &FixtureRepo, variables: serde_json::Value) {
     api.repo_project("shop", &repo.url, variables).await;
 }
 
+/// A project whose build prints `lines` lines 10 ms apart, and an agent on
+/// `control_plane` to build it: a build long enough to break things during.
+async fn slow_build_and_agent(
+    api: &Api,
+    repo: &FixtureRepo,
+    lines: u32,
+    control_plane: &str,
+    agent_dir: &Path,
+    image: &str,
+) -> AgentProcess {
+    project(
+        api,
+        repo,
+        serde_json::json!([
+            {"name": "KILN_FIXTURE_LINES", "value": lines.to_string()},
+            {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "10"}
+        ]),
+    )
+    .await;
+    AgentProcess::start(Path::new(AGENT), control_plane, agent_dir, image, "").await
+}
+
 async fn push(api: &Api, repo: &FixtureRepo) -> String {
     api.push_repo(&repo.url, "main", &repo.head())
         .await
@@ -145,21 +167,13 @@ async fn control_plane_killed_mid_build_and_restarted_loses_nothing() {
     let repo = FixtureRepo::new(dir.path());
     let mut server = ServerProcess::start(Path::new(SERVER), &dir.path().join("server")).await;
     let admin = server.admin();
-    project(
+    let agent = slow_build_and_agent(
         &admin,
         &repo,
-        serde_json::json!([
-            {"name": "KILN_FIXTURE_LINES", "value": "1500"},
-            {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "10"}
-        ]),
-    )
-    .await;
-    let agent = AgentProcess::start(
-        Path::new(AGENT),
+        1500,
         &server.base_url(),
         &dir.path().join("agent"),
         image,
-        "",
     )
     .await;
     let id = push(&admin, &repo).await;
@@ -195,22 +209,14 @@ async fn network_cut_for_30_seconds_loses_nothing() {
     let repo = FixtureRepo::new(dir.path());
     let cp = ControlPlane::start(&dir.path().join("server")).await;
     let admin = cp.admin();
-    project(
+    let proxy = TcpProxy::start(cp.addr).await;
+    let agent = slow_build_and_agent(
         &admin,
         &repo,
-        serde_json::json!([
-            {"name": "KILN_FIXTURE_LINES", "value": "1000"},
-            {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "10"}
-        ]),
-    )
-    .await;
-    let proxy = TcpProxy::start(cp.addr).await;
-    let agent = AgentProcess::start(
-        Path::new(AGENT),
+        1000,
         &proxy.url(),
         &dir.path().join("agent"),
         image,
-        "",
     )
     .await;
     let id = push(&admin, &repo).await;
@@ -402,21 +408,13 @@ async fn replicas_one_killed_mid_build_lose_nothing() {
     )
     .await;
     let (via_first, via_second) = (first.admin(), second.admin());
-    project(
+    let agent = slow_build_and_agent(
         &via_first,
         &repo,
-        serde_json::json!([
-            {"name": "KILN_FIXTURE_LINES", "value": "1500"},
-            {"name": "KILN_FIXTURE_LINE_DELAY_MS", "value": "10"}
-        ]),
-    )
-    .await;
-    let agent = AgentProcess::start(
-        Path::new(AGENT),
+        1500,
         &balancer.url(),
         &dir.path().join("agent"),
         image,
-        "",
     )
     .await;
     let id = push(&via_second, &repo).await;

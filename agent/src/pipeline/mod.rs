@@ -273,29 +273,43 @@ impl Build<'_> {
             _ => None,
         };
         let cache = self.open_cache().await;
-        // The two components build side by side (each step's limits apply to
-        // its own container); each runs to its end, so the deployment shows
-        // how both fared, and the backend's failure is the one told first.
-        let (backend, storefront) = tokio::join!(
-            async {
-                let built = self
-                    .backend(&plan, cache.as_ref(), storefront_dirs.as_ref())
-                    .await;
-                // Unless it said so already: its install failed, or it ended early.
-                self.backend_installed.send_if_modified(|settled| {
-                    let unsaid = settled.is_none();
-                    if unsaid {
-                        *settled = Some(built.is_ok());
-                    }
-                    unsaid
-                });
-                built
-            },
-            async {
-                let detected = storefront?;
-                storefront::build(self, &plan, detected, cache.as_ref()).await
-            },
-        );
+        // The two components build side by side unless the operator says not
+        // to (each step's limits apply to its own container); each runs to its
+        // end, so the deployment shows how both fared, and the backend's
+        // failure is the one told first.
+        let backend = async {
+            let built = self
+                .backend(&plan, cache.as_ref(), storefront_dirs.as_ref())
+                .await;
+            // Unless it said so already: its install failed, or it ended early.
+            self.backend_installed.send_if_modified(|settled| {
+                let unsaid = settled.is_none();
+                if unsaid {
+                    *settled = Some(built.is_ok());
+                }
+                unsaid
+            });
+            built
+        };
+        let storefront = async {
+            let detected = storefront?;
+            storefront::build(self, &plan, detected, cache.as_ref()).await
+        };
+        let (backend, storefront) = if self.pipeline.config.components_side_by_side {
+            tokio::join!(backend, storefront)
+        } else {
+            // One at a time (the operator's choice for a small host): a failed
+            // backend ends the build.
+            let backend = backend.await;
+            let storefront = match backend {
+                Ok(_) => storefront.await,
+                Err(_) => {
+                    drop(storefront);
+                    Ok(None)
+                }
+            };
+            (backend, storefront)
+        };
         let (backend, storefront) = match (backend, storefront) {
             (Err(Stop::Failed(failure)), _) | (_, Err(Stop::Failed(failure))) => {
                 return Err(Stop::Failed(failure))
