@@ -80,19 +80,26 @@ fn postgres_url() -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-/// A fresh database for one run.
-fn fresh_database(base: &str, run: usize) -> String {
-    let name = format!("kiln_bench_{}_{run}", std::process::id());
-    let (admin_url, name2) = (base.to_owned(), name.clone());
+fn database_name(run: usize) -> String {
+    format!("kiln_bench_{}_{run}", std::process::id())
+}
+
+/// Runs `sql` on the base database, on a plain thread (the synchronous client
+/// may not run inside the benchmark's runtime).
+fn admin_sql(base: &str, sql: String) {
+    let base = base.to_owned();
     std::thread::spawn(move || {
-        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name2}"))
-            .unwrap();
+        let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+        admin.batch_execute(&sql).unwrap();
     })
     .join()
     .unwrap();
-    format!("{base} dbname={name}")
+}
+
+/// A fresh database for one run.
+fn fresh_database(base: &str, run: usize) -> String {
+    admin_sql(base, format!("CREATE DATABASE {}", database_name(run)));
+    format!("{base} dbname={}", database_name(run))
 }
 
 /// Copies the one queued deployment `template` until `QUEUED` wait, in one
@@ -291,6 +298,10 @@ async fn run(
     };
     for server in Arc::try_unwrap(servers).ok().unwrap() {
         server.stop().await;
+    }
+    // Abandoned databases cost every later run: autovacuum visits each.
+    if let Some(base) = base_url {
+        admin_sql(base, format!("DROP DATABASE {}", database_name(run)));
     }
     outcome
 }
