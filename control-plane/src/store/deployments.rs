@@ -245,7 +245,8 @@ pub(super) fn set_status(
     if changed != 1 {
         return Err(changed_meanwhile(deployment_id));
     }
-    record_transition(tx, deployment_id, to, reason, now)
+    let reports = super::outbox::reports_to(tx, deployment_id)?;
+    record_transition(tx, reports.as_ref(), deployment_id, to, reason, now)
 }
 
 /// Refuses a move the lifecycle does not allow.
@@ -269,33 +270,11 @@ pub(super) fn changed_meanwhile(deployment_id: &str) -> ApiError {
 }
 
 /// What follows a deployment's move to `to` (made by the caller at `now`): its
-/// history, and the reports to its git host.
+/// history, and the reports to its git host (`outbox::reports_to`, or what the
+/// caller read of it).
 pub(super) fn record_transition(
     tx: &Transaction,
-    deployment_id: &str,
-    to: DeploymentStatus,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<(), ApiError> {
-    add_transition(tx, deployment_id, to, reason, now)?;
-    super::outbox::enqueue(tx, deployment_id, to, reason)
-}
-
-/// As `record_transition`, where the caller read where reports go.
-pub(super) fn record_transition_to(
-    tx: &Transaction,
     reports: Option<&super::outbox::ReportsTo>,
-    deployment_id: &str,
-    to: DeploymentStatus,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<(), ApiError> {
-    add_transition(tx, deployment_id, to, reason, now)?;
-    super::outbox::enqueue_to(tx, reports, deployment_id, to, reason)
-}
-
-fn add_transition(
-    tx: &Transaction,
     deployment_id: &str,
     to: DeploymentStatus,
     reason: Option<&str>,
@@ -305,7 +284,7 @@ fn add_transition(
         "INSERT INTO transitions (deployment_id, status, at, reason) VALUES (?1, ?2, ?3, ?4)",
         params![deployment_id, to.as_str(), now, reason],
     )?;
-    Ok(())
+    super::outbox::enqueue(tx, reports, deployment_id, to, reason)
 }
 
 /// Components still pending or building take `to` when the build ends early.
@@ -422,11 +401,15 @@ pub(super) fn queue_deployment(
             new.use_cache,
         ],
     )?;
-    tx.execute(
-        "INSERT INTO transitions (deployment_id, status, at) VALUES (?1, 'queued', ?2)",
-        params![id, now],
+    let reports = super::outbox::reports_to(tx, &id)?;
+    record_transition(
+        tx,
+        reports.as_ref(),
+        &id,
+        DeploymentStatus::Queued,
+        None,
+        now,
     )?;
-    super::outbox::enqueue(tx, &id, DeploymentStatus::Queued, None)?;
     outcome.deployments.push(get_deployment_in(tx, &id)?);
     Ok(())
 }

@@ -9,7 +9,7 @@ use kiln_protocol::{
 
 use super::agents::AgentRow;
 use super::deployments::{
-    allowed, changed_meanwhile, deployment_from_row, finish_current_job, record_transition_to,
+    allowed, changed_meanwhile, deployment_from_row, finish_current_job, record_transition,
     set_status, settle_components, with_history,
 };
 use super::outbox::ReportsTo;
@@ -130,7 +130,7 @@ pub fn claim(
         environment: environment.name.clone(),
         pull_request: environment.pull_request,
     });
-    record_transition_to(
+    record_transition(
         &tx,
         reports.as_ref(),
         &deployment_id,
@@ -512,7 +512,7 @@ pub fn report_status(
         .optional()?
         .ok_or_else(|| changed_meanwhile(&deployment.id))?;
     if moves {
-        record_transition_to(
+        record_transition(
             &tx,
             reports.as_ref(),
             &deployment.id,

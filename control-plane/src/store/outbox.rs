@@ -47,19 +47,12 @@ pub(super) struct ReportsTo {
     pub pull_request: Option<i64>,
 }
 
-/// Queues the reports of `deployment_id` reaching `status`, when its project
-/// has a git host: a commit status, and for a preview its comment.
-pub(super) fn enqueue(
+/// Where `deployment_id`'s reports go; `None` when its project has no git host.
+pub(super) fn reports_to(
     tx: &Transaction,
     deployment_id: &str,
-    status: DeploymentStatus,
-    reason: Option<&str>,
-) -> Result<(), ApiError> {
-    // The previous live deployment becoming ready changes nothing about its commit.
-    if status == DeploymentStatus::Ready {
-        return Ok(());
-    }
-    let found = tx
+) -> Result<Option<ReportsTo>, ApiError> {
+    Ok(tx
         .query_row(
             "SELECT d.project_id, d.commit_sha, e.name, e.pull_request
              FROM deployments d
@@ -76,13 +69,14 @@ pub(super) fn enqueue(
                 })
             },
         )
-        .optional()?;
-    enqueue_to(tx, found.as_ref(), deployment_id, status, reason)
+        .optional()?)
 }
 
-/// As `enqueue`, where the caller knows whether the project has a git host
-/// (`reports` is `None` when it has none) and the rest.
-pub(super) fn enqueue_to(
+/// Queues the reports of `deployment_id` reaching `status` to where `reports`
+/// says (`reports_to`, or what the caller read): a commit status, and for a
+/// preview its comment. The previous live deployment becoming ready changes
+/// nothing about its commit.
+pub(super) fn enqueue(
     tx: &Transaction,
     reports: Option<&ReportsTo>,
     deployment_id: &str,
