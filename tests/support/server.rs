@@ -47,18 +47,7 @@ impl ServerProcess {
         data_dir: &Path,
         envs: Vec<(String, String)>,
     ) -> ServerProcess {
-        let mut server = ServerProcess {
-            binary: binary.to_owned(),
-            args: Vec::new(),
-            open_files: None,
-            envs,
-            child: None,
-            port: free_port(),
-            data_dir: data_dir.to_owned(),
-            log: data_dir.with_extension("log"),
-        };
-        server.spawn().await;
-        server
+        Self::launch(binary, data_dir, Vec::new(), None, envs).await
     }
 
     /// Like `start`, with extra flags and, optionally, under `ulimit -n open_files`.
@@ -68,11 +57,22 @@ impl ServerProcess {
         args: &[&str],
         open_files: Option<u64>,
     ) -> ServerProcess {
+        let args = args.iter().map(|arg| arg.to_string()).collect();
+        Self::launch(binary, data_dir, args, open_files, Vec::new()).await
+    }
+
+    async fn launch(
+        binary: &Path,
+        data_dir: &Path,
+        args: Vec<String>,
+        open_files: Option<u64>,
+        envs: Vec<(String, String)>,
+    ) -> ServerProcess {
         let mut server = ServerProcess {
             binary: binary.to_owned(),
-            args: args.iter().map(|arg| arg.to_string()).collect(),
+            args,
             open_files,
-            envs: Vec::new(),
+            envs,
             child: None,
             port: free_port(),
             data_dir: data_dir.to_owned(),
