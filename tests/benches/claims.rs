@@ -135,6 +135,19 @@ fn seed(store: Store, data_dir: &Path, url: Option<&str>, template: &str) {
     }
 }
 
+/// A project whose jobs need `label`, Production on `main`.
+async fn labeled_project(admin: &Api, name: &str, repository: &str, label: &str) {
+    let project = admin
+        .create_project_with(kiln_protocol::CreateProject {
+            agent_labels: vec![label.into()],
+            ..kiln_protocol::CreateProject::new(name, repository)
+        })
+        .await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+}
+
 async fn run(
     store: Store,
     replicas: usize,
@@ -160,15 +173,7 @@ async fn run(
     }
     let admin = servers[0].admin();
     // The simulated agents' jobs need `sim`, which the probe agent lacks.
-    let project = admin
-        .create_project_with(kiln_protocol::CreateProject {
-            agent_labels: vec!["sim".into()],
-            ..kiln_protocol::CreateProject::new("shop", REPO)
-        })
-        .await;
-    admin
-        .create_environment(&project, "Production", "main")
-        .await;
+    labeled_project(&admin, "shop", REPO, "sim").await;
     let template = admin.push("main", &sha(1)).await.deployments[0].id.clone();
     seed(
         store,
@@ -178,15 +183,7 @@ async fn run(
     );
 
     // The cancel probe: its own project, built only by the probe agent.
-    let probe_project = admin
-        .create_project_with(kiln_protocol::CreateProject {
-            agent_labels: vec!["probe".into()],
-            ..kiln_protocol::CreateProject::new("probe", PROBE_REPO)
-        })
-        .await;
-    admin
-        .create_environment(&probe_project, "Production", "main")
-        .await;
+    labeled_project(&admin, "probe", PROBE_REPO, "probe").await;
 
     let mut simulated = Vec::new();
     for n in 0..agents {
