@@ -614,29 +614,50 @@ async fn storefront_builds_beside_the_backend_as_a_second_artifact() {
     );
 }
 
-/// Issue 18: the components build side by side; the storefront installs once
-/// the backend's install is behind it.
-#[tokio::test]
-async fn storefront_builds_while_the_backend_builds() {
-    let variables = serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "8"}]);
-    let Some(world) = world_with(variables, Some("storefront")).await else {
-        return;
-    };
-    let agent = world.agent("agent", "").await;
+/// Where each of `steps` is first said in the system log (returned too) of a
+/// build of the fixture with a storefront, its backend build sleeping
+/// `backend_seconds`, by an agent with `overrides`; `None` without Docker.
+async fn where_steps_are_said<const N: usize>(
+    backend_seconds: u32,
+    overrides: &str,
+    steps: [&str; N],
+) -> Option<([usize; N], String)> {
+    let variables =
+        serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": backend_seconds.to_string()}]);
+    let world = world_with(variables, Some("storefront")).await?;
+    let agent = world.agent("agent", overrides).await;
     let deployment = world.push(&world.repo.head()).await;
     world
         .settle(&deployment.id, AwaitingDeployment, &agent)
         .await;
     let system = world.log(&deployment.id, "system").await;
-    let at = |text: &str| {
+    let at = steps.map(|text| {
         system
             .find(text)
             .unwrap_or_else(|| panic!("{text:?} not in:\n{system}"))
+    });
+    Some((at, system))
+}
+
+/// Issue 18: the components build side by side; the storefront installs once
+/// the backend's install is behind it.
+#[tokio::test]
+async fn storefront_builds_while_the_backend_builds() {
+    let Some(([backend_installed, storefront_started, storefront_built, backend_built], system)) =
+        where_steps_are_said(
+            8,
+            "",
+            [
+                "(install) finished in",
+                "(storefront: build).",
+                "(storefront: build) finished in",
+                "(build) finished in",
+            ],
+        )
+        .await
+    else {
+        return;
     };
-    let backend_installed = at("(install) finished in");
-    let storefront_started = at("(storefront: build).");
-    let storefront_built = at("(storefront: build) finished in");
-    let backend_built = at("(build) finished in");
     assert!(
         backend_installed < storefront_started && storefront_built < backend_built,
         "{system}"
@@ -647,22 +668,15 @@ async fn storefront_builds_while_the_backend_builds() {
 /// the storefront after the backend.
 #[tokio::test]
 async fn components_build_one_after_the_other_when_the_operator_says_so() {
-    let variables = serde_json::json!([{"name": "KILN_FIXTURE_SLEEP", "value": "2"}]);
-    let Some(world) = world_with(variables, Some("storefront")).await else {
+    let Some(([backend_built, storefront_started], system)) = where_steps_are_said(
+        2,
+        "components_side_by_side = false",
+        ["(build) finished in", "(storefront: build)."],
+    )
+    .await
+    else {
         return;
     };
-    let agent = world
-        .agent("agent", "components_side_by_side = false")
-        .await;
-    let deployment = world.push(&world.repo.head()).await;
-    world
-        .settle(&deployment.id, AwaitingDeployment, &agent)
-        .await;
-    let system = world.log(&deployment.id, "system").await;
-    let backend_built = system.find("(build) finished in").expect("backend built");
-    let storefront_started = system
-        .find("(storefront: build).")
-        .expect("storefront built");
     assert!(backend_built < storefront_started, "{system}");
 }
 
