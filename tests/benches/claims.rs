@@ -1,5 +1,5 @@
 //! Claim benchmark: N simulated agents (1, 16, 64, 256) speaking the real agent
-//! protocol over HTTP (register, long-poll claim, hold the job `BUILD` as a very
+//! protocol over HTTP (register, long-poll claim, hold the job (`hold`) as a very
 //! short build would, report it finished) against 10,000 queued jobs, on SQLite (one server) and on PostgreSQL (one
 //! replica, and three sharing the database, agents spread over them):
 //!
@@ -37,8 +37,13 @@ const AGENT_COUNTS: [usize; 4] = [1, 16, 64, 256];
 /// The longest one run claims for (one agent would take minutes to drain).
 const WINDOW: Duration = Duration::from_secs(8);
 /// How long a simulated agent holds each job before reporting it: 256 agents
-/// then ask for up to 1,024 claims a second.
-const BUILD: Duration = Duration::from_millis(250);
+/// then ask for up to 1,024 claims a second. `KILN_BENCH_HOLD_MS` changes it
+/// (a longer hold asks for fewer claims: latency below saturation).
+fn hold() -> Duration {
+    std::env::var("KILN_BENCH_HOLD_MS")
+        .map(|ms| Duration::from_millis(ms.parse().expect("KILN_BENCH_HOLD_MS is milliseconds")))
+        .unwrap_or(Duration::from_millis(250))
+}
 const PROBE_REPO: &str = "https://git.example/acme/probe.git";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -199,6 +204,7 @@ async fn run(
     let started = Instant::now();
     let deadline = started + WINDOW;
     let count = simulated.len() as u32;
+    let hold = hold();
     let workers: Vec<_> = simulated
         .into_iter()
         .enumerate()
@@ -209,7 +215,7 @@ async fn run(
                 let mut steady = Vec::new();
                 // After the first claim, all at once, each agent starts its
                 // cycle at its own point of one hold, as a running fleet has.
-                let mut stagger = Some(BUILD * n as u32 / count);
+                let mut stagger = Some(hold * n as u32 / count);
                 while Instant::now() < deadline {
                     let asked = Instant::now();
                     let Some(job) = agent.claim(1).await else {
@@ -221,7 +227,7 @@ async fn run(
                         None => first = Some(latency),
                         Some(_) => steady.push(latency),
                     }
-                    tokio::time::sleep(stagger.take().unwrap_or(BUILD)).await;
+                    tokio::time::sleep(stagger.take().unwrap_or(hold)).await;
                     let reply = agent
                         .report(&job, &update(DeploymentStatus::BuildFailed))
                         .await;
@@ -313,7 +319,7 @@ async fn main() {
     ];
     println!(
         "{QUEUED} queued jobs; each agent holds a job {} ms; each run claims for at most {} s. Latencies in ms.",
-        BUILD.as_millis(),
+        hold().as_millis(),
         WINDOW.as_secs()
     );
     println!(

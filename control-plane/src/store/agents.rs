@@ -86,25 +86,48 @@ pub fn agent_by_token_hash(
     token_hash: &str,
     version: Option<&str>,
 ) -> Result<Option<AgentRow>, ApiError> {
-    // One statement: every agent request passes here.
+    // Every agent request passes here: a read, and a write only when the last
+    // contact on record is stale or the version changed (a write per request
+    // would be a commit per request).
     let version = version.map(validate::shorten);
-    let agent = conn
+    let Some((agent, last_seen_at, known_version)) = conn
         .query_row(
-            "UPDATE agents SET last_seen_at = ?2, version = COALESCE(?3, version)
-             WHERE token_hash = ?1 AND revoked_at IS NULL
-             RETURNING id, labels, paused",
-            params![token_hash, now_ms(), version],
+            "SELECT id, labels, paused, last_seen_at, version FROM agents
+             WHERE token_hash = ?1 AND revoked_at IS NULL",
+            [token_hash],
             |row| {
-                Ok(AgentRow {
+                let agent = AgentRow {
                     id: row.get(0)?,
                     labels: json_list(&row.get::<_, String>(1)?),
                     paused: row.get(2)?,
-                })
+                };
+                Ok((
+                    agent,
+                    row.get::<_, Option<i64>>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                ))
             },
         )
-        .optional()?;
-    Ok(agent)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    let contact_is_stale = last_seen_at.is_none_or(|seen| now - seen >= CONTACT_RECORDED_EVERY_MS);
+    let version_changed = version
+        .as_deref()
+        .is_some_and(|version| known_version.as_deref() != Some(version));
+    if contact_is_stale || version_changed {
+        conn.execute(
+            "UPDATE agents SET last_seen_at = ?2, version = COALESCE(?3, version) WHERE id = ?1",
+            params![agent.id, now, version],
+        )?;
+    }
+    Ok(Some(agent))
 }
+
+/// How often an agent's contact is written down: far inside `OFFLINE_AFTER_MS`.
+const CONTACT_RECORDED_EVERY_MS: i64 = 5_000;
 
 /// Records what an agent says of its host now.
 pub fn record_facts(
@@ -297,5 +320,45 @@ mod tests {
             )
             .unwrap();
         assert!(seen.is_some(), "a lookup records the contact");
+    }
+
+    #[test]
+    fn contact_is_written_when_stale_or_when_the_version_changes() {
+        let mut conn = crate::db::in_memory();
+        let id = register_agent(&mut conn, "builder", &[], "hash-1").unwrap();
+        let set_seen = |conn: &mut Connection, at: i64, version: &str| {
+            conn.execute(
+                "UPDATE agents SET last_seen_at = ?1, version = ?2 WHERE id = ?3",
+                params![at, version, id],
+            )
+            .unwrap();
+        };
+        let seen = |conn: &mut Connection| -> (i64, String) {
+            conn.query_row(
+                "SELECT last_seen_at, version FROM agents WHERE id = ?1",
+                [&id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap()
+        };
+        let recent = now_ms() - 1_000;
+        set_seen(&mut conn, recent, "kiln-agent/0.1.0");
+        agent_by_token_hash(&mut conn, "hash-1", Some("kiln-agent/0.1.0")).unwrap();
+        assert_eq!(seen(&mut conn), (recent, "kiln-agent/0.1.0".to_owned()));
+
+        agent_by_token_hash(&mut conn, "hash-1", Some("kiln-agent/0.2.0")).unwrap();
+        let (at, version) = seen(&mut conn);
+        assert!(
+            at > recent && version == "kiln-agent/0.2.0",
+            "{at} {version}"
+        );
+
+        let stale = now_ms() - CONTACT_RECORDED_EVERY_MS - 1;
+        set_seen(&mut conn, stale, "kiln-agent/0.2.0");
+        agent_by_token_hash(&mut conn, "hash-1", None).unwrap();
+        assert!(
+            seen(&mut conn).0 > stale,
+            "a stale contact is written again"
+        );
     }
 }

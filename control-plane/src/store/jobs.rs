@@ -50,17 +50,19 @@ pub fn claim(
     let mut page_size = CLAIM_PAGE;
     let (deployment, environment) = loop {
         let page: Vec<QueuedRow> = tx
-            .prepare(
+            .prepare(&format!(
                 // The page first, then its joins: the queue's index gives it in
-                // order whatever the planner thinks of the table's size.
+                // order whatever the planner thinks of the table's size. The
+                // limit is written out (one of a few page sizes): bound as a
+                // parameter, PostgreSQL plans the query anew on every claim.
                 "SELECT d.seq, d.id, p.agent_labels, p.long_lived_agent_labels, p.preview_agent_labels,
                         e.kind, e.pull_request, e.base_branch, e.name
                  FROM (SELECT seq, id, project_id, environment_id FROM deployments
-                       WHERE status = 'queued' AND seq > ?1 ORDER BY seq LIMIT ?2) d
+                       WHERE status = 'queued' AND seq > ?1 ORDER BY seq LIMIT {page_size}) d
                  JOIN projects p ON p.id = d.project_id JOIN environments e ON e.id = d.environment_id
                  ORDER BY d.seq",
-            )?
-            .query_map([after_seq, page_size], |row| {
+            ))?
+            .query_map([after_seq], |row| {
                 let mut required = json_list(&row.get::<_, String>(2)?);
                 let by_kind: String = if row.get::<_, String>(5)? == "preview" {
                     row.get(4)?
