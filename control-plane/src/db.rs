@@ -22,10 +22,7 @@ pub enum DbError {
         source: rusqlite::Error,
     },
     #[error("cannot connect to PostgreSQL at {url}: {source}; check the URL (postgres://user@host/db or host=/run/postgresql dbname=kiln) and that the server accepts this user")]
-    Connect {
-        url: String,
-        source: postgres::Error,
-    },
+    Connect { url: String, source: sql::Error },
     #[error("cannot migrate database schema: {0}")]
     Migrate(#[from] rusqlite_migration::Error),
     #[error("database: {0}")]
@@ -99,19 +96,18 @@ fn migrate_postgres(conn: &mut Connection) -> Result<(), sql::Error> {
 }
 
 fn connect_postgres(url: &str) -> Result<Connection, DbError> {
-    let mut client =
-        postgres::Client::connect(url, postgres::NoTls).map_err(|source| DbError::Connect {
-            url: redact(url),
-            source,
-        })?;
+    let conn = Connection::connect_postgres(url).map_err(|source| DbError::Connect {
+        url: redact(url),
+        source,
+    })?;
     // SQLite's default here (WAL, synchronous=NORMAL) keeps every commit
     // consistent but may lose the last ones to a power cut; so does this, and it
     // spares each claim a disk flush. Logs and artifacts are not in the
     // database. `options='-c synchronous_commit=on'` in the URL keeps the flush.
     if !url.contains("synchronous_commit") {
-        client.batch_execute("SET synchronous_commit = off")?;
+        conn.execute_batch("SET synchronous_commit = off")?;
     }
-    Ok(Connection::postgres(client))
+    Ok(conn)
 }
 
 /// A URL as it may be logged: without its password.

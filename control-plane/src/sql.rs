@@ -45,6 +45,8 @@ pub enum Error {
     Postgres(#[from] postgres::Error),
     #[error("parameter {index} cannot be sent as PostgreSQL type {ty}")]
     Parameter { index: usize, ty: Type },
+    #[error("starting the PostgreSQL connection's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// The server's own words (`db error` alone says nothing).
@@ -287,9 +289,21 @@ enum Backend {
     Postgres(Box<RefCell<PgClient>>),
 }
 
+/// A PostgreSQL connection driven by its own single-thread runtime while a call
+/// blocks on it (as the `postgres` crate's client is), so writes can be
+/// pipelined: see `execute_deferred`.
 struct PgClient {
-    client: postgres::Client,
-    statements: HashMap<String, postgres::Statement>,
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    statements: HashMap<String, tokio_postgres::Statement>,
+    /// Sent ahead of the next statement, in the same round trip.
+    deferred: Vec<Deferred>,
+}
+
+enum Deferred {
+    /// Simple-protocol text (a transaction's `BEGIN` and its lock).
+    Batch(String),
+    Write(tokio_postgres::Statement, Vec<PgParam>),
 }
 
 /// Held across all transactions of a PostgreSQL store, so they run one at a time
@@ -304,13 +318,25 @@ impl Connection {
         }
     }
 
-    pub fn postgres(client: postgres::Client) -> Self {
-        Self {
+    /// Connects to PostgreSQL. Call it off any async runtime (the connection
+    /// brings its own).
+    pub fn connect_postgres(url: &str) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let (client, connection) =
+            runtime.block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))?;
+        // Runs only while a call blocks on the runtime: that is when it is needed.
+        runtime.spawn(connection);
+        Ok(Self {
             backend: Backend::Postgres(Box::new(RefCell::new(PgClient {
+                runtime,
                 client,
                 statements: HashMap::new(),
+                deferred: Vec::new(),
             }))),
-        }
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -331,7 +357,9 @@ impl Connection {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
-            Backend::Postgres(client) => Ok(client.borrow_mut().client.batch_execute(sql)?),
+            Backend::Postgres(client) => client
+                .borrow_mut()
+                .after_deferred(|client| Box::pin(client.batch_execute(sql))),
         }
     }
 
@@ -346,7 +374,10 @@ impl Connection {
                 let mut client = client.borrow_mut();
                 let stmt = client.prepare(sql)?;
                 let params = pg_params(&stmt, &values)?;
-                Ok(client.client.execute(&stmt, &params_refs(&params))? as usize)
+                let count = client.after_deferred(|client| {
+                    Box::pin(async move { client.execute(&stmt, &params_refs(&params)).await })
+                })?;
+                Ok(count as usize)
             }
         }
     }
@@ -380,7 +411,10 @@ impl Connection {
                 let params = pg_params(&stmt, &values)?;
                 let columns: Arc<[String]> =
                     stmt.columns().iter().map(|c| c.name().to_owned()).collect();
-                let rows = client.client.query(&stmt, &params_refs(&params))?;
+                let rows = client.after_deferred(|client| {
+                    let stmt = stmt.clone();
+                    Box::pin(async move { client.query(&stmt, &params_refs(&params)).await })
+                })?;
                 rows.iter()
                     .map(|row| {
                         let values = (0..columns.len())
@@ -438,9 +472,14 @@ impl Connection {
             // IMMEDIATE: another connection (`kiln-server agents`, a test) then
             // waits its turn instead of failing to upgrade a read lock.
             Dialect::Sqlite => self.execute_batch("BEGIN IMMEDIATE")?,
-            // One round trip for both (the lock key is a constant).
+            // Sent with the transaction's first statement (the lock key is a
+            // constant; the statement runs once the lock is held).
             Dialect::Postgres => {
-                self.execute_batch(&format!("BEGIN; SELECT {lock_function}({WRITE_LOCK})"))?
+                if let Backend::Postgres(client) = &self.backend {
+                    client.borrow_mut().deferred.push(Deferred::Batch(format!(
+                        "BEGIN; SELECT {lock_function}({WRITE_LOCK})"
+                    )));
+                }
             }
         }
         Ok(Transaction {
@@ -505,6 +544,23 @@ pub struct Transaction<'c> {
 }
 
 impl Transaction<'_> {
+    /// A write whose row count nobody reads. On PostgreSQL it goes out with
+    /// the transaction's next statement (at the latest its `COMMIT`), in one
+    /// round trip; a failure comes back from that statement. On SQLite it
+    /// runs now.
+    pub fn execute_deferred<P: Params>(&self, sql: &str, params: P) -> Result<()> {
+        match &self.conn.backend {
+            Backend::Sqlite(_) => self.conn.execute(sql, params).map(drop),
+            Backend::Postgres(client) => {
+                let mut client = client.borrow_mut();
+                let stmt = client.prepare(sql)?;
+                let params = pg_params(&stmt, &params.values())?;
+                client.deferred.push(Deferred::Write(stmt, params));
+                Ok(())
+            }
+        }
+    }
+
     pub fn commit(mut self) -> Result<()> {
         self.open = false;
         self.conn.execute_batch("COMMIT")
@@ -527,14 +583,51 @@ impl Drop for Transaction<'_> {
     }
 }
 
+type PgFuture<'c, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + 'c>>;
+
 impl PgClient {
-    fn prepare(&mut self, sql: &str) -> Result<postgres::Statement> {
+    fn prepare(&mut self, sql: &str) -> Result<tokio_postgres::Statement> {
         if let Some(stmt) = self.statements.get(sql) {
             return Ok(stmt.clone());
         }
-        let stmt = self.client.prepare(&postgres_placeholders(sql))?;
+        let text = postgres_placeholders(sql);
+        let stmt =
+            self.after_deferred(|client| Box::pin(async move { client.prepare(&text).await }))?;
         self.statements.insert(sql.to_owned(), stmt.clone());
         Ok(stmt)
+    }
+
+    /// Runs `last` after the deferred statements, all in one round trip:
+    /// requests sent together are pipelined. The first failure in sending
+    /// order is the one returned (later statements of a failed transaction
+    /// fail only because it did).
+    fn after_deferred<'s, T>(
+        &'s mut self,
+        last: impl FnOnce(&'s tokio_postgres::Client) -> PgFuture<'s, T>,
+    ) -> Result<T> {
+        let Self {
+            runtime,
+            client,
+            deferred,
+            ..
+        } = self;
+        let deferred = std::mem::take(deferred);
+        let client: &'s tokio_postgres::Client = client;
+        runtime.block_on(async {
+            let earlier =
+                futures::future::join_all(deferred.iter().map(|write| match write {
+                    Deferred::Batch(sql) => Box::pin(client.batch_execute(sql)) as PgFuture<'_, ()>,
+                    Deferred::Write(stmt, params) => Box::pin(async move {
+                        client.execute(stmt, &params_refs(params)).await.map(drop)
+                    }),
+                }));
+            let (earlier, last) = futures::join!(earlier, last(client));
+            for result in earlier {
+                result?;
+            }
+            Ok(last?)
+        })
     }
 }
 
@@ -596,7 +689,7 @@ fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> Value {
     }
 }
 
-fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value> {
+fn from_postgres(row: &tokio_postgres::Row, index: usize) -> Result<Value> {
     let ty = row.columns()[index].type_();
     let value = if *ty == Type::INT8 {
         row.try_get::<_, Option<i64>>(index)?.map(Value::Integer)
@@ -626,7 +719,7 @@ fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value> {
 #[derive(Debug)]
 struct PgParam(Value);
 
-fn pg_params(stmt: &postgres::Statement, values: &[Value]) -> Result<Vec<PgParam>> {
+fn pg_params(stmt: &tokio_postgres::Statement, values: &[Value]) -> Result<Vec<PgParam>> {
     for (index, ty) in stmt.params().iter().enumerate() {
         let fits = match values.get(index) {
             None | Some(Value::Null) => true,
@@ -694,6 +787,38 @@ impl postgres_types::ToSql for PgParam {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferred_writes_commit_and_their_failure_is_told_as_itself() {
+        let mut conn = crate::db::in_memory();
+        conn.execute_batch("CREATE TABLE deferred_probe (id TEXT PRIMARY KEY)")
+            .unwrap();
+        let insert = "INSERT INTO deferred_probe (id) VALUES (?1)";
+        let tx = conn.transaction().unwrap();
+        tx.execute_deferred(insert, ["a"]).unwrap();
+        tx.execute_deferred(insert, ["b"]).unwrap();
+        tx.commit().unwrap();
+        let count = |conn: &Connection| {
+            conn.query_row("SELECT COUNT(*) FROM deferred_probe", params![], |row| {
+                row.get::<_, i64>(0)
+            })
+        };
+        assert_eq!(count(&conn).unwrap(), 2);
+
+        let tx = conn.transaction().unwrap();
+        // SQLite refuses it at once; PostgreSQL with the next statement, whose
+        // own failure (the transaction is aborted) must not hide it.
+        let error = tx
+            .execute_deferred(insert, ["a"])
+            .and_then(|()| count(&tx).map(drop))
+            .unwrap_err();
+        assert!(
+            error.to_string().to_lowercase().contains("unique"),
+            "{error}"
+        );
+        drop(tx);
+        assert_eq!(count(&conn).unwrap(), 2, "the connection is usable again");
+    }
 
     #[test]
     fn placeholders_are_renumbered_outside_quotes() {

@@ -280,7 +280,7 @@ pub(super) fn record_transition(
     reason: Option<&str>,
     now: i64,
 ) -> Result<(), ApiError> {
-    tx.execute(
+    tx.execute_deferred(
         "INSERT INTO transitions (deployment_id, status, at, reason) VALUES (?1, ?2, ?3, ?4)",
         params![deployment_id, to.as_str(), now, reason],
     )?;

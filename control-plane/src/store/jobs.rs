@@ -109,7 +109,7 @@ pub fn claim(
     let attempt = deployment.attempts + 1;
     let job_id = new_id("job");
     let now = now_ms();
-    tx.execute(
+    tx.execute_deferred(
         "INSERT INTO jobs (id, deployment_id, agent_id, attempt, claimed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![job_id, deployment_id, agent.id, attempt, now],
     )?;
@@ -119,7 +119,7 @@ pub fn claim(
         deployment.status,
         DeploymentStatus::Building,
     )?;
-    tx.execute(
+    tx.execute_deferred(
         "UPDATE deployments SET status = 'building', reason = NULL, updated_at = ?1,
                                 attempts = ?2, current_job_id = ?3, agent_id = ?4, lease_expires_at = ?5,
                                 backend_status = 'pending', storefront_status = 'pending'
@@ -524,7 +524,7 @@ pub fn report_status(
         )?;
     }
     if ends {
-        tx.execute(
+        tx.execute_deferred(
             "UPDATE jobs SET finished_at = ?1 WHERE id = ?2 AND finished_at IS NULL",
             params![now, job_id],
         )?;
@@ -539,12 +539,18 @@ pub fn report_status(
 
 /// Jobs whose agent stopped renewing: queued again once, then failed as lost.
 pub fn expire_leases(conn: &mut Connection, policy: JobPolicy) -> Result<Vec<String>, ApiError> {
+    const EXPIRED: &str =
+        "SELECT id, attempts FROM deployments WHERE status = 'building' AND lease_expires_at < ?1";
+    let now = now_ms();
+    // A look without the store-wide lock first: the reaper runs every second,
+    // and taking the lock each time would stall every claim and report.
+    if conn.query_all(EXPIRED, [now])?.is_empty() {
+        return Ok(Vec::new());
+    }
     let tx = conn.transaction()?;
     let expired: Vec<(String, u32)> = tx
-        .prepare(
-            "SELECT id, attempts FROM deployments WHERE status = 'building' AND lease_expires_at < ?1",
-        )?
-        .query_map([now_ms()], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .prepare(EXPIRED)?
+        .query_map([now], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let mut touched = Vec::new();
     for (id, attempts) in expired {

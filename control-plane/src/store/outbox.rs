@@ -88,7 +88,7 @@ pub(super) fn enqueue(
     };
     let now = now_ms();
     let insert = |kind: OutboxKind, key: String| {
-        tx.execute(
+        tx.execute_deferred(
             "INSERT INTO outbox (project_id, deployment_id, kind, ordering_key, status, reason, next_attempt_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
             params![to.project_id, deployment_id, kind.as_str(), key, status.as_str(), reason, now],
