@@ -25,6 +25,7 @@ mod http;
 mod log_index;
 mod logs;
 mod objects;
+mod pg_tls;
 mod replicas;
 mod routes;
 mod sql;

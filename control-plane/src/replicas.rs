@@ -127,6 +127,14 @@ pub fn broadcast(state: &AppState, wake: Wake) {
     });
 }
 
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error(transparent)]
+    Tls(#[from] crate::pg_tls::TlsSetupError),
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+}
+
 /// Starts the listener thread of a PostgreSQL replica (none on SQLite). It
 /// reconnects after errors and ends when the server shuts down.
 pub fn start_listener(state: AppState) -> Option<std::thread::JoinHandle<()>> {
@@ -143,8 +151,9 @@ pub fn start_listener(state: AppState) -> Option<std::thread::JoinHandle<()>> {
     }))
 }
 
-fn listen(state: &AppState, url: &str) -> Result<(), postgres::Error> {
-    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+fn listen(state: &AppState, url: &str) -> Result<(), ListenError> {
+    let (config, tls) = crate::pg_tls::connection(url)?;
+    let mut client = postgres::Config::from(config).connect(tls)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     while !state.shutdown.is_cancelled() {
         if !state.replicas.is_leader() {

@@ -47,13 +47,24 @@ pub enum Error {
     Parameter { index: usize, ty: Type },
     #[error("starting the PostgreSQL connection's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::pg_tls::TlsSetupError),
 }
 
 /// The server's own words (`db error` alone says nothing).
 fn postgres_message(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => error.to_string(),
+        // The cause of a failed TLS handshake or connection is in the chain.
+        None => {
+            let mut message = error.to_string();
+            let mut source = StdError::source(error);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            message
+        }
     }
 }
 
@@ -325,8 +336,8 @@ impl Connection {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let (client, connection) =
-            runtime.block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))?;
+        let (config, tls) = crate::pg_tls::connection(url)?;
+        let (client, connection) = runtime.block_on(config.connect(tls))?;
         // Runs only while a call blocks on the runtime: that is when it is needed.
         runtime.spawn(connection);
         Ok(Self {

@@ -1,0 +1,373 @@
+//! TLS to PostgreSQL, read from the connection URL as libpq reads it, so a URL
+//! that works with `psql` works here: `sslmode` is `disable`, `prefer` (the
+//! default: TLS when the server offers it), `require`, `verify-ca` or
+//! `verify-full`, and `sslrootcert` names the PEM file of the authorities to
+//! trust (else the system's). As with libpq, `prefer` and `require` without
+//! `sslrootcert` encrypt without checking who answers; `verify-full` checks the
+//! certificate's chain and its name. Unix sockets never use TLS.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("sslmode={0:?} is not one of disable, prefer, require, verify-ca, verify-full")]
+    Mode(String),
+    #[error("sslrootcert {path}: {reason}; give the PEM file of the certificate authority that signed the server's certificate")]
+    RootCert { path: PathBuf, reason: String },
+    #[error("sslmode={0} without sslrootcert needs the system's certificate authorities, and none could be read; give sslrootcert=PATH")]
+    NoSystemRoots(&'static str),
+    #[error("the TLS settings cannot be used: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("{0}")]
+    Url(#[from] tokio_postgres::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl Mode {
+    fn parse(value: &str) -> Result<Self, TlsSetupError> {
+        Ok(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => return Err(TlsSetupError::Mode(other.to_owned())),
+        })
+    }
+}
+
+/// The connection settings of `url` and the TLS connector its `sslmode` and
+/// `sslrootcert` ask for.
+pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSetupError> {
+    let (rest, mode, root_cert) = take_tls_options(url);
+    let mode = mode
+        .as_deref()
+        .map(Mode::parse)
+        .transpose()?
+        .unwrap_or(Mode::Prefer);
+    let mut config = tokio_postgres::Config::from_str(&rest)?;
+    config.ssl_mode(match mode {
+        Mode::Disable => SslMode::Disable,
+        Mode::Prefer => SslMode::Prefer,
+        Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
+    });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = match (&root_cert, mode) {
+        (Some(path), _) => Some(roots_from(path)?),
+        (None, Mode::VerifyCa) => Some(system_roots("verify-ca")?),
+        (None, Mode::VerifyFull) => Some(system_roots("verify-full")?),
+        (None, _) => None,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let tls = match (roots, mode) {
+        (Some(roots), Mode::VerifyFull) => builder.with_root_certificates(roots),
+        (roots, _) => {
+            let chain = roots
+                .map(|roots| {
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                })
+                .transpose()
+                .map_err(|error| rustls::Error::General(error.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly { chain, provider }))
+        }
+    }
+    .with_no_client_auth();
+    Ok((config, MakeRustlsConnect::new(tls)))
+}
+
+/// `url` without `sslmode` and `sslrootcert` (tokio-postgres knows only some
+/// modes, and no root file), and their values.
+fn take_tls_options(url: &str) -> (String, Option<String>, Option<PathBuf>) {
+    let (mut mode, mut root_cert) = (None, None);
+    let mut take = |key: &str, value: String| match key {
+        "sslmode" => mode = Some(value),
+        "sslrootcert" => root_cert = Some(PathBuf::from(value)),
+        _ => {}
+    };
+    let is_tls_key = |key: &str| key == "sslmode" || key == "sslrootcert";
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_owned(),
+            Some((base, query)) => {
+                let mut kept = url::form_urlencoded::Serializer::new(String::new());
+                for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+                    if is_tls_key(&key) {
+                        take(&key, value.into_owned());
+                    } else {
+                        kept.append_pair(&key, &value);
+                    }
+                }
+                match kept.finish() {
+                    query if query.is_empty() => base.to_owned(),
+                    query => format!("{base}?{query}"),
+                }
+            }
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|pair| match pair.split_once('=') {
+                Some((key, value)) if is_tls_key(key.trim()) => {
+                    take(key.trim(), value.trim_matches('\'').to_owned());
+                    false
+                }
+                _ => true,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rest, mode, root_cert)
+}
+
+fn roots_from(path: &Path) -> Result<RootCertStore, TlsSetupError> {
+    let fail = |reason: String| TlsSetupError::RootCert {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|error| fail(error.to_string()))? {
+        let cert = cert.map_err(|error| fail(error.to_string()))?;
+        roots.add(cert).map_err(|error| fail(error.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("it holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+fn system_roots(mode: &'static str) -> Result<RootCertStore, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if roots.is_empty() {
+        return Err(TlsSetupError::NoSystemRoots(mode));
+    }
+    Ok(roots)
+}
+
+/// libpq's weaker checks: with `chain`, the certificate must chain to a trusted
+/// authority whatever name it carries (`verify-ca`, or `require` with
+/// `sslrootcert`); without, any certificate is taken (`prefer`, `require`).
+/// The handshake's signatures are checked either way.
+#[derive(Debug)]
+struct ChainOnly {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_options_are_taken_from_both_url_forms() {
+        assert_eq!(
+            take_tls_options(
+                "postgres://kiln:pw@db:5432/kiln?sslmode=verify-full&application_name=kiln&sslrootcert=%2Fetc%2Fca.pem"
+            ),
+            (
+                "postgres://kiln:pw@db:5432/kiln?application_name=kiln".to_owned(),
+                Some("verify-full".to_owned()),
+                Some(PathBuf::from("/etc/ca.pem"))
+            )
+        );
+        assert_eq!(
+            take_tls_options("host=db sslmode=require user=kiln sslrootcert=/etc/ca.pem"),
+            (
+                "host=db user=kiln".to_owned(),
+                Some("require".to_owned()),
+                Some(PathBuf::from("/etc/ca.pem"))
+            )
+        );
+        assert_eq!(
+            take_tls_options("postgres://db/kiln?sslmode=disable").0,
+            "postgres://db/kiln"
+        );
+    }
+
+    /// A PostgreSQL of its own, with TLS on loopback (`.ci/postgres` with
+    /// `KILN_PG_TLS_PORT`), stopped when dropped.
+    struct TlsPostgres {
+        url: String,
+        dir: PathBuf,
+    }
+
+    impl TlsPostgres {
+        fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres");
+            let output = std::process::Command::new(script)
+                .env("KILN_PG_TLS_PORT", port.to_string())
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                ".ci/postgres: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let url = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+            let (_, ca) = url.split_once("sslrootcert=").unwrap();
+            let dir = Path::new(ca).ancestors().nth(2).unwrap().to_owned();
+            Self { url, dir }
+        }
+    }
+
+    impl Drop for TlsPostgres {
+        fn drop(&mut self) {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres");
+            let _ = std::process::Command::new(script)
+                .arg("stop")
+                .arg(&self.dir)
+                .status();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn session_is_encrypted(url: &str) -> Result<bool, crate::sql::Error> {
+        crate::sql::Connection::connect_postgres(url)?.query_row(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            crate::sql::params![],
+            |row| row.get(0),
+        )
+    }
+
+    /// Runs in the PostgreSQL pass (`KILN_TEST_DATABASE_URL` set), which has
+    /// PostgreSQL's programs and root to run them as their own user.
+    #[test]
+    fn connects_over_tls_as_the_url_says() {
+        if std::env::var_os("KILN_TEST_DATABASE_URL").is_none() {
+            return;
+        }
+        let server = TlsPostgres::start();
+        let url = server.url.as_str();
+        assert!(
+            session_is_encrypted(url).unwrap(),
+            "verify-full with the authority"
+        );
+
+        let without_root = url.split(" sslrootcert=").next().unwrap();
+        let refused = session_is_encrypted(without_root).unwrap_err().to_string();
+        assert!(
+            refused.contains("invalid peer certificate: UnknownIssuer"),
+            "verify-full against the system's authorities must refuse a private one: {refused}"
+        );
+
+        // The certificate names localhost and 127.0.0.1; the same server by
+        // another name.
+        let wrong_name = url.replacen(
+            "host=127.0.0.1",
+            "host=kiln-db.invalid hostaddr=127.0.0.1",
+            1,
+        );
+        let refused = session_is_encrypted(&wrong_name).unwrap_err().to_string();
+        assert!(refused.contains("not valid for name"), "{refused}");
+        let chain_only = wrong_name.replace("verify-full", "verify-ca");
+        assert!(
+            session_is_encrypted(&chain_only).unwrap(),
+            "verify-ca ignores the name"
+        );
+
+        let unchecked = without_root.replace("verify-full", "require");
+        assert!(
+            session_is_encrypted(&unchecked).unwrap(),
+            "require encrypts"
+        );
+        let plain = without_root.replace("verify-full", "disable");
+        assert!(!session_is_encrypted(&plain).unwrap(), "disable does not");
+    }
+
+    #[test]
+    fn bad_tls_options_are_named() {
+        let error = |url| connection(url).err().unwrap().to_string();
+        let error_of_mode = error("host=db sslmode=verify");
+        assert!(
+            error_of_mode.contains("sslmode=\"verify\" is not one of"),
+            "{error_of_mode}"
+        );
+        let error_of_root = error("host=db sslmode=verify-full sslrootcert=/nonexistent/ca.pem");
+        assert!(
+            error_of_root.contains("sslrootcert /nonexistent/ca.pem"),
+            "{error_of_root}"
+        );
+    }
+}
