@@ -1,8 +1,9 @@
 //! TLS to PostgreSQL, read from the connection URL as libpq reads it, so a URL
 //! that works with `psql` works here: `sslmode` is `disable`, `prefer` (the
 //! default: TLS when the server offers it), `require`, `verify-ca` or
-//! `verify-full`, and `sslrootcert` names the PEM file of the authorities to
-//! trust (else the system's). As with libpq, `prefer` and `require` without
+//! `verify-full`, `sslrootcert` names the PEM file of the authorities to
+//! trust (else the system's), and `sslcert` with `sslkey` a client certificate
+//! for servers that ask for one. As with libpq, `prefer` and `require` without
 //! `sslrootcert` encrypt without checking who answers; `verify-full` checks the
 //! certificate's chain and its name. Unix sockets never use TLS.
 
@@ -14,7 +15,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -25,6 +26,10 @@ pub enum TlsSetupError {
     Mode(String),
     #[error("sslrootcert {path}: {reason}; give the PEM file of the certificate authority that signed the server's certificate")]
     RootCert { path: PathBuf, reason: String },
+    #[error("{path}: {reason}; sslcert and sslkey name the PEM files of the client certificate and its private key")]
+    ClientCert { path: PathBuf, reason: String },
+    #[error("sslcert and sslkey come together: the client certificate and its private key")]
+    ClientCertPair,
     #[error("sslmode={0} without sslrootcert needs the system's certificate authorities, and none could be read; give sslrootcert=PATH")]
     NoSystemRoots(&'static str),
     #[error("the TLS settings cannot be used: {0}")]
@@ -58,8 +63,9 @@ impl Mode {
 /// The connection settings of `url` and the TLS connector its `sslmode` and
 /// `sslrootcert` ask for.
 pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSetupError> {
-    let (rest, mode, root_cert) = take_tls_options(url);
-    let mode = mode
+    let (rest, options) = take_tls_options(url);
+    let mode = options
+        .mode
         .as_deref()
         .map(Mode::parse)
         .transpose()?
@@ -71,7 +77,7 @@ pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnec
         Mode::Require | Mode::VerifyCa | Mode::VerifyFull => SslMode::Require,
     });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = match (&root_cert, mode) {
+    let roots = match (&options.root_cert, mode) {
         (Some(path), _) => Some(roots_from(path)?),
         (None, Mode::VerifyCa) => Some(system_roots("verify-ca")?),
         (None, Mode::VerifyFull) => Some(system_roots("verify-full")?),
@@ -79,7 +85,7 @@ pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnec
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let tls = match (roots, mode) {
+    let builder = match (roots, mode) {
         (Some(roots), Mode::VerifyFull) => builder.with_root_certificates(roots),
         (roots, _) => {
             let chain = roots
@@ -93,30 +99,67 @@ pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnec
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly { chain, provider }))
         }
-    }
-    .with_no_client_auth();
+    };
+    let tls = match (&options.client_cert, &options.client_key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let fail = |path: &Path, reason: String| TlsSetupError::ClientCert {
+                path: path.to_owned(),
+                reason,
+            };
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|error| fail(cert, error.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| fail(cert, error.to_string()))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|error| fail(key, error.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|error| fail(cert, error.to_string()))?
+        }
+        _ => return Err(TlsSetupError::ClientCertPair),
+    };
     Ok((config, MakeRustlsConnect::new(tls)))
 }
 
-/// `url` without `sslmode` and `sslrootcert` (tokio-postgres knows only some
-/// modes, and no root file), and their values.
-fn take_tls_options(url: &str) -> (String, Option<String>, Option<PathBuf>) {
-    let (mut mode, mut root_cert) = (None, None);
-    let mut take = |key: &str, value: String| match key {
-        "sslmode" => mode = Some(value),
-        "sslrootcert" => root_cert = Some(PathBuf::from(value)),
-        _ => {}
-    };
-    let is_tls_key = |key: &str| key == "sslmode" || key == "sslrootcert";
+/// What a URL says of TLS.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsOptions {
+    mode: Option<String>,
+    root_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// Takes `key`'s value if it is one of the TLS options.
+    fn take(&mut self, key: &str, value: &str) -> bool {
+        let slot = match key {
+            "sslmode" => {
+                self.mode = Some(value.to_owned());
+                return true;
+            }
+            "sslrootcert" => &mut self.root_cert,
+            "sslcert" => &mut self.client_cert,
+            "sslkey" => &mut self.client_key,
+            _ => return false,
+        };
+        *slot = Some(PathBuf::from(value));
+        true
+    }
+}
+
+/// `url` without its TLS options (tokio-postgres knows only some modes, and no
+/// files), and those options.
+fn take_tls_options(url: &str) -> (String, TlsOptions) {
+    let mut options = TlsOptions::default();
     let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         match url.split_once('?') {
             None => url.to_owned(),
             Some((base, query)) => {
                 let mut kept = url::form_urlencoded::Serializer::new(String::new());
                 for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-                    if is_tls_key(&key) {
-                        take(&key, value.into_owned());
-                    } else {
+                    if !options.take(&key, &value) {
                         kept.append_pair(&key, &value);
                     }
                 }
@@ -129,16 +172,13 @@ fn take_tls_options(url: &str) -> (String, Option<String>, Option<PathBuf>) {
     } else {
         url.split_whitespace()
             .filter(|pair| match pair.split_once('=') {
-                Some((key, value)) if is_tls_key(key.trim()) => {
-                    take(key.trim(), value.trim_matches('\'').to_owned());
-                    false
-                }
-                _ => true,
+                Some((key, value)) => !options.take(key.trim(), value.trim_matches('\'')),
+                None => true,
             })
             .collect::<Vec<_>>()
             .join(" ")
     };
-    (rest, mode, root_cert)
+    (rest, options)
 }
 
 fn roots_from(path: &Path) -> Result<RootCertStore, TlsSetupError> {
@@ -237,23 +277,33 @@ mod tests {
 
     #[test]
     fn tls_options_are_taken_from_both_url_forms() {
-        assert_eq!(
-            take_tls_options(
-                "postgres://kiln:pw@db:5432/kiln?sslmode=verify-full&application_name=kiln&sslrootcert=%2Fetc%2Fca.pem"
-            ),
-            (
-                "postgres://kiln:pw@db:5432/kiln?application_name=kiln".to_owned(),
-                Some("verify-full".to_owned()),
-                Some(PathBuf::from("/etc/ca.pem"))
-            )
+        let (rest, options) = take_tls_options(
+            "postgres://kiln:pw@db:5432/kiln?sslmode=verify-full&application_name=kiln&sslrootcert=%2Fetc%2Fca.pem",
         );
         assert_eq!(
-            take_tls_options("host=db sslmode=require user=kiln sslrootcert=/etc/ca.pem"),
-            (
-                "host=db user=kiln".to_owned(),
-                Some("require".to_owned()),
-                Some(PathBuf::from("/etc/ca.pem"))
-            )
+            rest,
+            "postgres://kiln:pw@db:5432/kiln?application_name=kiln"
+        );
+        assert_eq!(
+            options,
+            TlsOptions {
+                mode: Some("verify-full".into()),
+                root_cert: Some("/etc/ca.pem".into()),
+                ..TlsOptions::default()
+            }
+        );
+        let (rest, options) = take_tls_options(
+            "host=db sslmode=require user=kiln sslcert=/etc/kiln.crt sslkey='/etc/kiln.key'",
+        );
+        assert_eq!(rest, "host=db user=kiln");
+        assert_eq!(
+            options,
+            TlsOptions {
+                mode: Some("require".into()),
+                client_cert: Some("/etc/kiln.crt".into()),
+                client_key: Some("/etc/kiln.key".into()),
+                ..TlsOptions::default()
+            }
         );
         assert_eq!(
             take_tls_options("postgres://db/kiln?sslmode=disable").0,
@@ -347,6 +397,24 @@ mod tests {
             "verify-ca ignores the name"
         );
 
+        // `kiln_cert` may sign in only with a client certificate.
+        let tls_dir = server.dir.join("tls");
+        let as_cert_user = url.replace("user=kiln ", "user=kiln_cert ");
+        let refused = session_is_encrypted(&as_cert_user).unwrap_err().to_string();
+        assert!(
+            refused.contains("requires a valid client certificate"),
+            "{refused}"
+        );
+        let with_client_cert = format!(
+            "{as_cert_user} sslcert={} sslkey={}",
+            tls_dir.join("client.crt").display(),
+            tls_dir.join("client.key").display()
+        );
+        assert!(
+            session_is_encrypted(&with_client_cert).unwrap(),
+            "a client certificate"
+        );
+
         let unchecked = without_root.replace("verify-full", "require");
         assert!(
             session_is_encrypted(&unchecked).unwrap(),
@@ -369,5 +437,7 @@ mod tests {
             error_of_root.contains("sslrootcert /nonexistent/ca.pem"),
             "{error_of_root}"
         );
+        let error_of_pair = error("host=db sslcert=/etc/kiln.crt");
+        assert!(error_of_pair.contains("come together"), "{error_of_pair}");
     }
 }
