@@ -60,8 +60,8 @@ impl Mode {
     }
 }
 
-/// The connection settings of `url` and the TLS connector its `sslmode` and
-/// `sslrootcert` ask for.
+/// The connection settings of `url` and the TLS connector its `sslmode`,
+/// `sslrootcert`, `sslcert` and `sslkey` ask for.
 pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSetupError> {
     let (rest, options) = take_tls_options(url);
     let mode = options
@@ -318,6 +318,10 @@ mod tests {
         dir: PathBuf,
     }
 
+    fn postgres_script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres")
+    }
+
     impl TlsPostgres {
         fn start() -> Self {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -325,8 +329,7 @@ mod tests {
                 .local_addr()
                 .unwrap()
                 .port();
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres");
-            let output = std::process::Command::new(script)
+            let output = std::process::Command::new(postgres_script())
                 .env("KILN_PG_TLS_PORT", port.to_string())
                 .output()
                 .unwrap();
@@ -344,8 +347,7 @@ mod tests {
 
     impl Drop for TlsPostgres {
         fn drop(&mut self) {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres");
-            let _ = std::process::Command::new(script)
+            let _ = std::process::Command::new(postgres_script())
                 .arg("stop")
                 .arg(&self.dir)
                 .status();

@@ -479,19 +479,15 @@ impl Connection {
     }
 
     fn begin(&mut self, lock_function: &str) -> Result<Transaction<'_>> {
-        match self.dialect() {
+        match &self.backend {
             // IMMEDIATE: another connection (`kiln-server agents`, a test) then
             // waits its turn instead of failing to upgrade a read lock.
-            Dialect::Sqlite => self.execute_batch("BEGIN IMMEDIATE")?,
+            Backend::Sqlite(conn) => conn.execute_batch("BEGIN IMMEDIATE")?,
             // Sent with the transaction's first statement (the lock key is a
             // constant; the statement runs once the lock is held).
-            Dialect::Postgres => {
-                if let Backend::Postgres(client) = &self.backend {
-                    client.borrow_mut().deferred.push(Deferred::Batch(format!(
-                        "BEGIN; SELECT {lock_function}({WRITE_LOCK})"
-                    )));
-                }
-            }
+            Backend::Postgres(client) => client.borrow_mut().deferred.push(Deferred::Batch(
+                format!("BEGIN; SELECT {lock_function}({WRITE_LOCK})"),
+            )),
         }
         Ok(Transaction {
             conn: self,
