@@ -319,7 +319,8 @@ enum Deferred {
 
 /// Held across all transactions of a PostgreSQL store, so they run one at a time
 /// across every replica, as SQLite runs them on one machine: the store's
-/// read-then-write transactions stay correct without retry loops.
+/// read-then-write transactions stay correct without retry loops. The hot path
+/// holds it shared and locks its rows instead (`transaction_shared`).
 pub const WRITE_LOCK: i64 = 0x6b696c6e; // "kiln"
 
 impl Connection {
@@ -469,8 +470,8 @@ impl Connection {
         self.begin("pg_advisory_xact_lock")
     }
 
-    /// A transaction of an agent's hot path (claim, watch, status) that touches
-    /// only its own deployment, which it must lock with `for_update`. On
+    /// A transaction of the hot path (an agent's claim, watch and status, a
+    /// push) that changes only rows it first locks with `for_update`. On
     /// PostgreSQL these run side by side, holding the write lock shared: never
     /// beside another kind of transaction, always beside each other. On SQLite
     /// it is `transaction`.

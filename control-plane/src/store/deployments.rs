@@ -341,9 +341,10 @@ pub(super) fn pending_builds(
     tx: &Transaction,
     environment_id: &str,
 ) -> Result<Vec<String>, ApiError> {
-    let mut stmt = tx.prepare(
-        "SELECT id FROM deployments WHERE environment_id = ?1 AND status IN ('queued', 'building') ORDER BY seq",
-    )?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT id FROM deployments WHERE environment_id = ?1 AND status IN ('queued', 'building') ORDER BY seq{}",
+        tx.for_update()
+    ))?;
     let ids = stmt
         .query_map([environment_id], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
@@ -364,11 +365,23 @@ pub(super) struct NewDeployment<'a> {
 
 /// Queues a deployment and cancels every older one of the same environment that is
 /// still queued or building: a newer commit wins at once.
+///
+/// Runs in a shared transaction: the environment's row lock puts two pushes to
+/// one environment in turn (the second then sees the first's deployment and
+/// cancels it), and the older builds' row locks wait out a claim or report of
+/// them, whose outcome the statuses read afterwards reflect.
 pub(super) fn queue_deployment(
     tx: &Transaction,
     new: NewDeployment,
     outcome: &mut EventOutcome,
 ) -> Result<(), ApiError> {
+    tx.query_all(
+        &format!(
+            "SELECT id FROM environments WHERE id = ?1{}",
+            tx.for_update()
+        ),
+        [new.environment_id],
+    )?;
     let id = new_id("dpl");
     let short_sha = &new.commit_sha[..new.commit_sha.len().min(7)];
     for older in pending_builds(tx, new.environment_id)? {
@@ -504,7 +517,9 @@ pub(super) fn projects_for_repository(
 pub fn on_push(conn: &mut Connection, push: PushEvent) -> Result<EventOutcome, ApiError> {
     // Checked before the repository is looked up, so a malformed one is a 400.
     check_push(&push)?;
-    let tx = conn.transaction()?;
+    // Shared: a push locks the rows it changes (`queue_deployment`), so claims
+    // and reports go on beside it.
+    let tx = conn.transaction_shared()?;
     let projects = projects_for_repository(&tx, &push.repository)?;
     let outcome = push_to(&tx, &projects, &push)?;
     tx.commit()?;

@@ -680,6 +680,114 @@ mod tests {
         assert_eq!(distinct.len(), ENVIRONMENTS, "no deployment claimed twice");
     }
 
+    /// Pushes to one environment from several connections (on PostgreSQL, side
+    /// by side) while agents claim its builds and start them: every push lands,
+    /// no status move is refused as changed meanwhile, and each push cancels
+    /// the build queued just before it.
+    #[test]
+    fn racing_pushes_each_cancel_the_build_queued_before_them() {
+        const PUSHERS: usize = 4;
+        const PUSHES: usize = 25;
+        const AGENTS: usize = 4;
+        /// Counts a pusher out even when it panics, so the agents stop.
+        struct Pushing<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Pushing<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let location = crate::db::shared_for_test(dir.path());
+        let mut conn = crate::db::connect(&location).unwrap();
+        let project = crate::store::create_project(
+            &mut conn,
+            kiln_protocol::CreateProject::new("shop", crate::store::testing::REPO),
+            Default::default(),
+        )
+        .unwrap();
+        let environment = crate::store::create_environment(
+            &mut conn,
+            &project.id,
+            kiln_protocol::CreateEnvironment {
+                name: "Production".into(),
+                branch: "main".into(),
+                auto_deploy: false,
+            },
+        )
+        .unwrap();
+        let agents: Vec<_> = (0..AGENTS).map(|_| agent(&mut conn, &[])).collect();
+        let start = std::sync::Barrier::new(PUSHERS + AGENTS);
+        let pushing = std::sync::atomic::AtomicUsize::new(PUSHERS);
+        std::thread::scope(|scope| {
+            for pusher in 0..PUSHERS {
+                let (location, start, pushing) = (&location, &start, &pushing);
+                scope.spawn(move || {
+                    let _counted = Pushing(pushing);
+                    let mut conn = crate::db::connect(location).unwrap();
+                    start.wait();
+                    for n in 0..PUSHES {
+                        let queued = push(&mut conn, "main", (pusher * PUSHES + n) as u8);
+                        assert_eq!(queued.len(), 1);
+                    }
+                });
+            }
+            for agent in &agents {
+                let (location, start, pushing) = (&location, &start, &pushing);
+                scope.spawn(move || {
+                    let mut conn = crate::db::connect(location).unwrap();
+                    start.wait();
+                    while pushing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                        let Some(job) = claim(&mut conn, agent, POLICY).unwrap() else {
+                            continue;
+                        };
+                        // Started, not ended: a build no push cancels stays pending.
+                        // A newer push may cancel it first; nothing else may refuse.
+                        match report(&mut conn, &agent.id, &job.job_id, Building) {
+                            Ok(_) => {}
+                            Err(ApiError::IllegalTransition {
+                                from: BuildCanceled,
+                                ..
+                            }) => {}
+                            Err(error) => panic!("{error}"),
+                        }
+                    }
+                });
+            }
+        });
+        // In the order they were queued, each deployment was canceled by the
+        // next one (not by a later one, after two builds ran at once); the
+        // last is still pending.
+        let queued: Vec<(String, String, Option<String>)> = conn
+            .query_all(
+                "SELECT id, status, reason FROM deployments WHERE environment_id = ?1 ORDER BY seq",
+                [&environment.id],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row.get(0).unwrap(),
+                    row.get(1).unwrap(),
+                    row.get(2).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(queued.len(), PUSHERS * PUSHES);
+        for pair in queued.windows(2) {
+            let ((older, status, reason), (newer, _, _)) = (&pair[0], &pair[1]);
+            assert_eq!(status, "build_canceled", "{older}");
+            let superseded = format!("superseded by deployment {newer} ");
+            assert!(
+                reason
+                    .as_deref()
+                    .is_some_and(|reason| reason.starts_with(&superseded)),
+                "{older}: {reason:?}, not {superseded}"
+            );
+        }
+        let (_, last, _) = queued.last().unwrap();
+        assert!(["queued", "building"].contains(&last.as_str()), "{last}");
+    }
+
     fn report(
         conn: &mut Connection,
         agent_id: &str,
