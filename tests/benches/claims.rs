@@ -226,8 +226,12 @@ async fn run(
                 let mut first = None;
                 let mut steady = Vec::new();
                 // After the first claim, all at once, each agent starts its
-                // cycle at its own point of one hold, as a running fleet has.
-                let mut stagger = Some(hold * n as u32 / count);
+                // cycle at its own point of one hold, as a running fleet has:
+                // the first instant at that point after its first job came
+                // (counted from when that came, the first claims' spread
+                // would bunch the next ones up).
+                let phase = hold * n as u32 / count;
+                let mut in_phase = false;
                 while Instant::now() < deadline {
                     let asked = Instant::now();
                     let Some(job) = agent.claim(1).await else {
@@ -239,7 +243,18 @@ async fn run(
                         None => first = Some(latency),
                         Some(_) => steady.push(latency),
                     }
-                    tokio::time::sleep(stagger.take().unwrap_or(hold)).await;
+                    let until = if in_phase {
+                        Instant::now() + hold
+                    } else {
+                        in_phase = true;
+                        let holds = started
+                            .elapsed()
+                            .saturating_sub(phase)
+                            .as_nanos()
+                            .div_ceil(hold.as_nanos());
+                        started + phase + hold * holds as u32
+                    };
+                    tokio::time::sleep_until(until.into()).await;
                     let reply = agent
                         .report(&job, &update(DeploymentStatus::BuildFailed))
                         .await;
