@@ -285,7 +285,12 @@ fn answer(
             return Ok((status, answer, true));
         }
     }
-    let tx = conn.transaction()?;
+    // A push locks the rows it changes (as `store::on_push`); a pull request
+    // opens and closes environments, so it runs alone.
+    let tx = match parsed.event {
+        HookEvent::Push(_) => conn.transaction_shared()?,
+        _ => conn.transaction()?,
+    };
     let (status, answer) = match &parsed.event {
         HookEvent::Ping => (
             200,
