@@ -396,50 +396,60 @@ impl Connection {
 
     /// Every row of a query, in order.
     pub fn query_all<P: Params>(&self, sql: &str, params: P) -> Result<Vec<Row>> {
-        let values = params.values();
-        match &self.backend {
-            Backend::Sqlite(conn) => {
-                let mut stmt = conn.prepare_cached(sql)?;
-                let columns: Arc<[String]> =
-                    stmt.column_names().into_iter().map(str::to_owned).collect();
-                let count = columns.len();
-                let mut rows =
-                    stmt.query(rusqlite::params_from_iter(values.iter().map(sqlite_value)))?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next()? {
-                    let values = (0..count)
-                        .map(|i| row.get_ref(i).map(from_sqlite))
-                        .collect::<rusqlite::Result<_>>()?;
-                    out.push(Row {
-                        columns: columns.clone(),
-                        values,
-                    });
-                }
-                Ok(out)
-            }
+        let [rows] = self.query_together([(sql, params.values())])?;
+        Ok(rows)
+    }
+
+    /// Every row of each query, in order. On PostgreSQL they go out together
+    /// (with any deferred writes before them), in one round trip: for reads
+    /// that do not depend on each other.
+    pub fn query_together<const N: usize>(
+        &self,
+        queries: [(&str, Vec<Value>); N],
+    ) -> Result<[Vec<Row>; N]> {
+        let results: Vec<Vec<Row>> = match &self.backend {
+            Backend::Sqlite(conn) => queries
+                .iter()
+                .map(|(sql, values)| sqlite_rows(conn, sql, values))
+                .collect::<Result<_>>()?,
             Backend::Postgres(client) => {
                 let mut client = client.borrow_mut();
-                let stmt = client.prepare(sql)?;
-                let params = pg_params(&stmt, &values)?;
-                let columns: Arc<[String]> =
-                    stmt.columns().iter().map(|c| c.name().to_owned()).collect();
-                let rows = client.after_deferred(|client| {
-                    let stmt = stmt.clone();
-                    Box::pin(async move { client.query(&stmt, &params_refs(&params)).await })
-                })?;
-                rows.iter()
-                    .map(|row| {
-                        let values = (0..columns.len())
-                            .map(|i| from_postgres(row, i))
-                            .collect::<Result<_>>()?;
-                        Ok(Row {
-                            columns: columns.clone(),
-                            values,
-                        })
+                let prepared = queries
+                    .iter()
+                    .map(|(sql, values)| {
+                        let stmt = client.prepare(sql)?;
+                        let params = pg_params(&stmt, values)?;
+                        Ok((stmt, params))
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()?;
+                let answers = client.after_deferred(|client| {
+                    let prepared = &prepared;
+                    Box::pin(async move {
+                        let refs: Vec<_> = prepared
+                            .iter()
+                            .map(|(_, params)| params_refs(params))
+                            .collect();
+                        futures::future::join_all(
+                            prepared
+                                .iter()
+                                .zip(&refs)
+                                .map(|((stmt, _), refs)| client.query(stmt, refs)),
+                        )
+                        .await
+                        .into_iter()
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                    })
+                })?;
+                prepared
+                    .iter()
+                    .zip(answers)
+                    .map(|((stmt, _), rows)| postgres_rows(stmt, &rows))
+                    .collect::<Result<_>>()?
             }
-        }
+        };
+        Ok(results
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one answer per query")))
     }
 
     pub fn query_row<T, P: Params>(
@@ -757,6 +767,42 @@ fn pg_params(stmt: &tokio_postgres::Statement, values: &[Value]) -> Result<Vec<P
     Ok(values.iter().cloned().map(PgParam).collect())
 }
 
+fn sqlite_rows(conn: &rusqlite::Connection, sql: &str, values: &[Value]) -> Result<Vec<Row>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let columns: Arc<[String]> = stmt.column_names().into_iter().map(str::to_owned).collect();
+    let count = columns.len();
+    let mut rows = stmt.query(rusqlite::params_from_iter(values.iter().map(sqlite_value)))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let values = (0..count)
+            .map(|i| row.get_ref(i).map(from_sqlite))
+            .collect::<rusqlite::Result<_>>()?;
+        out.push(Row {
+            columns: columns.clone(),
+            values,
+        });
+    }
+    Ok(out)
+}
+
+fn postgres_rows(
+    stmt: &tokio_postgres::Statement,
+    rows: &[tokio_postgres::Row],
+) -> Result<Vec<Row>> {
+    let columns: Arc<[String]> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
+    rows.iter()
+        .map(|row| {
+            let values = (0..columns.len())
+                .map(|i| from_postgres(row, i))
+                .collect::<Result<_>>()?;
+            Ok(Row {
+                columns: columns.clone(),
+                values,
+            })
+        })
+        .collect()
+}
+
 fn params_refs(params: &[PgParam]) -> Vec<&(dyn postgres_types::ToSql + Sync)> {
     params
         .iter()
@@ -826,6 +872,53 @@ mod tests {
         );
         drop(tx);
         assert_eq!(count(&conn).unwrap(), 2, "the connection is usable again");
+    }
+
+    #[test]
+    fn reads_together_answer_each_in_its_order_after_the_deferred_writes() {
+        let mut conn = crate::db::in_memory();
+        conn.execute_batch("CREATE TABLE together_probe (id TEXT PRIMARY KEY, n BIGINT)")
+            .unwrap();
+        let tx = conn.transaction().unwrap();
+        for (id, n) in [("a", 1), ("b", 2), ("c", 3)] {
+            tx.execute_deferred(
+                "INSERT INTO together_probe (id, n) VALUES (?1, ?2)",
+                params![id, n],
+            )
+            .unwrap();
+        }
+        let [small, large, none] = tx
+            .query_together([
+                (
+                    "SELECT id FROM together_probe WHERE n < ?1 ORDER BY n",
+                    params![3].values(),
+                ),
+                (
+                    "SELECT n, id FROM together_probe WHERE n >= ?1 ORDER BY n",
+                    params![2].values(),
+                ),
+                (
+                    "SELECT id FROM together_probe WHERE id = ?1",
+                    params!["z"].values(),
+                ),
+            ])
+            .unwrap();
+        let ids = |rows: &[Row], column: usize| -> Vec<String> {
+            rows.iter().map(|row| row.get(column).unwrap()).collect()
+        };
+        assert_eq!(ids(&small, 0), ["a", "b"]);
+        assert_eq!(ids(&large, 1), ["b", "c"]);
+        assert_eq!(large[1].get::<_, i64>(0).unwrap(), 3);
+        assert!(none.is_empty());
+        // A failing one is told as itself, whichever of them it is.
+        let error = tx
+            .query_together([
+                ("SELECT id FROM together_probe", Vec::new()),
+                ("SELECT no_such_column FROM together_probe", Vec::new()),
+            ])
+            .err()
+            .expect("a query of a missing column fails");
+        assert!(error.to_string().contains("no_such_column"), "{error}");
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! redeploy (canceling older builds of the environment), every status change
 //! through `set_status`, and the listing.
 
-use crate::sql::{params, Connection, OptionalExtension, Row, Transaction};
+use crate::sql::{params, Connection, OptionalExtension, Params, Row, Transaction};
 use kiln_protocol::{
     check_transition, validate, ComponentStatus, Deployment, DeploymentStatus, Environment,
     EventOutcome, EventPeople, Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
 };
 
-use super::artifacts::artifacts_of;
+use super::artifacts::{artifact_from_row, ARTIFACTS_OF};
 use super::projects::{branch_matches, environment_from_row, get_environment_in, project_from_row};
 use super::{
     check, check_name, new_id, normalize_repository, now_ms, parse_component, parse_status, time,
@@ -49,19 +49,28 @@ pub(super) fn with_history(
     conn: &Connection,
     mut deployment: Deployment,
 ) -> Result<Deployment, ApiError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT status, at, reason FROM transitions WHERE deployment_id = ?1 ORDER BY seq",
-    )?;
-    deployment.transitions = stmt
-        .query_map([&deployment.id], |row| {
+    // Both in one round trip (with any deferred writes before them).
+    let [transitions, artifacts] = conn.query_together([
+        (
+            "SELECT status, at, reason FROM transitions WHERE deployment_id = ?1 ORDER BY seq",
+            [&deployment.id].values(),
+        ),
+        (ARTIFACTS_OF, [&deployment.id].values()),
+    ])?;
+    deployment.transitions = transitions
+        .iter()
+        .map(|row| {
             Ok(Transition {
                 status: parse_status(&row.get::<_, String>(0)?)?,
                 at: time(row.get(1)?),
                 reason: row.get(2)?,
             })
-        })?
+        })
+        .collect::<Result<_, crate::sql::Error>>()?;
+    deployment.artifacts = artifacts
+        .iter()
+        .map(artifact_from_row)
         .collect::<Result<_, _>>()?;
-    deployment.artifacts = artifacts_of(conn, &deployment.id)?;
     Ok(deployment)
 }
 

@@ -1,7 +1,7 @@
 //! Jobs: a claim of a queued deployment by an agent, the lease its watch renews,
 //! the agent's status reports, and leases that expire.
 
-use crate::sql::{params, Connection, OptionalExtension, Transaction};
+use crate::sql::{params, Connection, OptionalExtension, Params, Row, Transaction};
 use kiln_protocol::{
     ComponentStatus, Deployment, DeploymentStatus, Job, JobCache, JobControl, JobDirective,
     JobLimits, JobStatusUpdate,
@@ -13,7 +13,7 @@ use super::deployments::{
     set_status, settle_components, with_history,
 };
 use super::outbox::ReportsTo;
-use super::projects::{project_from_row, variables_in};
+use super::projects::{project_from_row, variable_from_row, VARIABLES_IN};
 use super::{json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
 
@@ -101,11 +101,6 @@ pub fn claim(
         }
     };
     let deployment_id = deployment.id.clone();
-    let (project, repository_token) = tx.query_row(
-        "SELECT * FROM projects WHERE id = ?1",
-        [&deployment.project_id],
-        |row| Ok((project_from_row(row)?, row.get("repository_token")?)),
-    )?;
     let attempt = deployment.attempts + 1;
     let job_id = new_id("job");
     let now = now_ms();
@@ -126,6 +121,25 @@ pub fn claim(
          WHERE id = ?6",
         params![now, attempt, job_id, agent.id, now + policy.lease_ms, deployment_id],
     )?;
+    // What the job carries, read with the writes above in one round trip.
+    let [projects, variables, dropped] = tx.query_together([
+        (
+            "SELECT * FROM projects WHERE id = ?1",
+            [&deployment.project_id].values(),
+        ),
+        (VARIABLES_IN, [&deployment.environment_id].values()),
+        (
+            DROPPED_SCOPES,
+            params![deployment.project_id, now - DROPPED_SCOPES_FOR_MS].values(),
+        ),
+    ])?;
+    let row = projects.first().ok_or(crate::sql::Error::NoRows)?;
+    let (project, repository_token): (_, Option<String>) =
+        (project_from_row(row)?, row.get("repository_token")?);
+    let env = variables
+        .iter()
+        .map(variable_from_row)
+        .collect::<Result<_, _>>()?;
     let reports = project.git_host.is_some().then(|| ReportsTo {
         project_id: project.id.clone(),
         commit_sha: deployment.commit_sha.clone(),
@@ -140,8 +154,7 @@ pub fn claim(
         None,
         now,
     )?;
-    let env = variables_in(&tx, &deployment.environment_id)?;
-    let cache = cache_scopes(&tx, &project.id, &deployment, environment)?;
+    let cache = cache_scopes(&deployment, environment, &dropped)?;
     tx.commit()?;
     Ok(Some(Job {
         job_id,
@@ -236,17 +249,24 @@ struct EnvironmentOf {
     base_branch: Option<String>,
 }
 
+/// Closed pull requests of project `?1` whose cache scopes agents should drop:
+/// removed since `?2`, and no open preview of the same number.
+const DROPPED_SCOPES: &str = "SELECT DISTINCT pull_request FROM environments
+     WHERE project_id = ?1 AND kind = 'preview' AND removed_at IS NOT NULL AND removed_at > ?2
+       AND pull_request NOT IN (SELECT pull_request FROM environments
+                                WHERE project_id = ?1 AND kind = 'preview' AND removed_at IS NULL)";
+
 /// The cache scopes of a deployment's build: its branch's for a long-lived
 /// environment; for a preview, its pull request's, reading its base branch's too.
+/// `dropped` are the rows of `DROPPED_SCOPES`.
 fn cache_scopes(
-    tx: &Transaction,
-    project_id: &str,
     deployment: &Deployment,
     EnvironmentOf {
         pull_request,
         base_branch,
         ..
     }: EnvironmentOf,
+    dropped: &[Row],
 ) -> Result<JobCache, ApiError> {
     let (scope, fallback_scopes) = match pull_request {
         Some(number) => (
@@ -257,18 +277,10 @@ fn cache_scopes(
         ),
         None => (format!("branch:{}", deployment.branch), Vec::new()),
     };
-    let dropped_scopes = tx
-        .prepare_cached(
-            "SELECT DISTINCT pull_request FROM environments
-             WHERE project_id = ?1 AND kind = 'preview' AND removed_at IS NOT NULL AND removed_at > ?2
-               AND pull_request NOT IN (SELECT pull_request FROM environments
-                                        WHERE project_id = ?1 AND kind = 'preview' AND removed_at IS NULL)",
-        )?
-        .query_map(params![project_id, now_ms() - DROPPED_SCOPES_FOR_MS], |row| {
-            row.get::<_, i64>(0)
-        })?
-        .map(|number| number.map(|number| format!("pr:{number}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let dropped_scopes = dropped
+        .iter()
+        .map(|row| Ok(format!("pr:{}", row.get::<_, i64>(0)?)))
+        .collect::<Result<Vec<_>, crate::sql::Error>>()?;
     Ok(JobCache {
         enabled: deployment.use_cache,
         scope,

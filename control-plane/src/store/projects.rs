@@ -573,21 +573,25 @@ pub fn set_variables(
     list_variables(conn, environment_id)
 }
 
+/// The variables of environment `?1`, by name.
+pub(super) const VARIABLES_IN: &str =
+    "SELECT name, value, secret FROM variables WHERE environment_id = ?1 ORDER BY name";
+
+pub(super) fn variable_from_row(row: &Row) -> Result<EnvVar, crate::sql::Error> {
+    Ok(EnvVar {
+        name: row.get(0)?,
+        value: row.get(1)?,
+        secret: row.get(2)?,
+    })
+}
+
 pub(super) fn variables_in(
     conn: &Connection,
     environment_id: &str,
 ) -> Result<Vec<EnvVar>, ApiError> {
-    let mut stmt = conn.prepare(
-        "SELECT name, value, secret FROM variables WHERE environment_id = ?1 ORDER BY name",
-    )?;
-    let variables = stmt
-        .query_map([environment_id], |row| {
-            Ok(EnvVar {
-                name: row.get(0)?,
-                value: row.get(1)?,
-                secret: row.get(2)?,
-            })
-        })?
+    let variables = conn
+        .prepare(VARIABLES_IN)?
+        .query_map([environment_id], variable_from_row)?
         .collect::<Result<_, _>>()?;
     Ok(variables)
 }
