@@ -605,7 +605,9 @@ pub fn expire_leases(conn: &mut Connection, policy: JobPolicy) -> Result<Vec<Str
 mod tests {
     use super::*;
     use crate::store::deployments::get_deployment_in;
-    use crate::store::testing::{agent, claim_one, push, queue_in_new_environments, shop, POLICY};
+    use crate::store::testing::{
+        agent, claim_one, push, queue_in_new_environments, shared_shop, shop, POLICY,
+    };
     use kiln_protocol::DeploymentStatus::*;
 
     /// An agent finds the one job it may take behind a page and more of jobs
@@ -654,15 +656,7 @@ mod tests {
     fn racing_claims_never_hand_one_job_to_two_agents() {
         const ENVIRONMENTS: usize = 40;
         const AGENTS: usize = 8;
-        let dir = tempfile::tempdir().unwrap();
-        let location = crate::db::shared_for_test(dir.path());
-        let mut conn = crate::db::connect(&location).unwrap();
-        let project = crate::store::create_project(
-            &mut conn,
-            kiln_protocol::CreateProject::new("shop", crate::store::testing::REPO),
-            Default::default(),
-        )
-        .unwrap();
+        let (_dir, location, mut conn, project) = shared_shop();
         queue_in_new_environments(&mut conn, &project.id, ENVIRONMENTS);
         let agents: Vec<_> = (0..AGENTS).map(|_| agent(&mut conn, &[])).collect();
         let start = std::sync::Barrier::new(AGENTS);
@@ -708,15 +702,7 @@ mod tests {
                 self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let location = crate::db::shared_for_test(dir.path());
-        let mut conn = crate::db::connect(&location).unwrap();
-        let project = crate::store::create_project(
-            &mut conn,
-            kiln_protocol::CreateProject::new("shop", crate::store::testing::REPO),
-            Default::default(),
-        )
-        .unwrap();
+        let (_dir, location, mut conn, project) = shared_shop();
         let environment = crate::store::create_environment(
             &mut conn,
             &project.id,

@@ -42,6 +42,26 @@ pub(super) fn shop(labels: &[&str]) -> (Connection, String, String) {
     (conn, project.id, environment.id)
 }
 
+/// A store other connections open too (`crate::db::connect(&location)`, as
+/// replicas do), with project `shop`; keep the directory until they are done.
+pub(super) fn shared_shop() -> (
+    tempfile::TempDir,
+    crate::db::Location,
+    Connection,
+    kiln_protocol::Project,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let location = crate::db::shared_for_test(dir.path());
+    let mut conn = crate::db::connect(&location).unwrap();
+    let project = create_project(
+        &mut conn,
+        CreateProject::new("shop", REPO),
+        Default::default(),
+    )
+    .unwrap();
+    (dir, location, conn, project)
+}
+
 /// A 40-hex commit id made from `n`.
 pub(super) fn sha(n: u8) -> String {
     format!("{n:02x}").repeat(20)
