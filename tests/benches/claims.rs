@@ -231,7 +231,6 @@ async fn run(
                 // (counted from when that came, the first claims' spread
                 // would bunch the next ones up).
                 let phase = hold * n as u32 / count;
-                let mut in_phase = false;
                 while Instant::now() < deadline {
                     let asked = Instant::now();
                     let Some(job) = agent.claim(1).await else {
@@ -243,16 +242,16 @@ async fn run(
                         None => first = Some(latency),
                         Some(_) => steady.push(latency),
                     }
-                    let until = if in_phase {
-                        Instant::now() + hold
-                    } else {
-                        in_phase = true;
+                    // Only the first claim's job is held to the agent's point.
+                    let until = if steady.is_empty() {
                         let holds = started
                             .elapsed()
                             .saturating_sub(phase)
                             .as_nanos()
                             .div_ceil(hold.as_nanos());
                         started + phase + hold * holds as u32
+                    } else {
+                        Instant::now() + hold
                     };
                     tokio::time::sleep_until(until.into()).await;
                     let reply = agent
