@@ -42,11 +42,11 @@ pub enum DeployError {
     Switch { dir: String, source: std::io::Error },
 }
 
-/// Runs the deploy of a deployment already moved to `deploying`, to its end.
+/// Runs the deploy of a deployment already moved to `deploying` by this
+/// replica, to its end, holding it all the while; stops (the hook killed) if
+/// another replica took it over meanwhile.
 #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
 pub async fn run(state: AppState, deployment_id: String) {
-    // Deploys of one environment take turns: they share its `current` link, and
-    // the one that finishes last must be the one live.
     let id = deployment_id.clone();
     let environment_id = match state
         .db
@@ -59,25 +59,62 @@ pub async fn run(state: AppState, deployment_id: String) {
             return;
         }
     };
-    let turn = state.deploy_turn(&environment_id);
-    let _turn = turn.lock().await;
-    let failure = promote(&state, &deployment_id)
-        .await
-        .err()
-        .map(|error| error.to_string());
+    let deploy = async {
+        // Deploys of one environment take turns: they share its `current` link,
+        // and the one that finishes last must be the one live.
+        let turn = state.deploy_turn(&environment_id);
+        let _turn = turn.lock().await;
+        promote(&state, &deployment_id)
+            .await
+            .err()
+            .map(|error| error.to_string())
+    };
+    let failure = tokio::select! {
+        failure = deploy => failure,
+        () = hold(&state, &deployment_id) => {
+            tracing::warn!(message = "Another replica took this deploy over; stopped it here.");
+            return;
+        }
+    };
     if let Some(reason) = &failure {
         tracing::warn!(message = "Deploy failed.", %reason);
     }
-    let id = deployment_id.clone();
+    let (id, deployer) = (deployment_id.clone(), state.replicas.id().to_owned());
     match state
         .db
-        .call(move |conn| store::finish_deploy(conn, &id, failure.as_deref()))
+        .call(move |conn| store::finish_deploy(conn, &id, &deployer, failure.as_deref()))
         .await
     {
         Ok(deployment) => tracing::info!(message = "Deploy finished.", status = %deployment.status),
         Err(error) => tracing::error!(message = "Could not record the deploy's end.", %error),
     }
     state.announce_change();
+}
+
+/// Renews this replica's hold on a deploy three times a lease, so the leader
+/// takes it over only once this replica is gone; completes when the hold is
+/// lost.
+async fn hold(state: &AppState, deployment_id: &str) {
+    let lease = state.config.lease;
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once, and the hold was just taken.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (id, deployer) = (deployment_id.to_owned(), state.replicas.id().to_owned());
+        let lease_ms = lease.as_millis() as i64;
+        match state
+            .db
+            .call(move |conn| store::renew_deploy(conn, &id, &deployer, lease_ms))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            // The next tick tries again, well within the lease.
+            Err(error) => tracing::warn!(message = "Cannot renew the deploy's lease.", %error),
+        }
+    }
 }
 
 async fn promote(state: &AppState, deployment_id: &str) -> Result<(), DeployError> {

@@ -329,7 +329,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener_thread = replicas::start_listener(state.clone());
-    let resumer = tokio::spawn(resume_when_leading(state.clone()));
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let courier = tokio::spawn(git_hosts::outbox::run(state.clone()));
     let stopping = state.shutdown.clone();
@@ -342,7 +341,6 @@ pub async fn serve(
     .await;
     reaper.abort();
     courier.abort();
-    resumer.abort();
     if let Some(thread) = listener_thread {
         // It sees the cancellation within a tick.
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -350,35 +348,26 @@ pub async fn serve(
     result
 }
 
-/// Resumes interrupted deploys whenever this replica takes the lead (at start,
-/// on SQLite): a deploy hook runs again after a restart, as it always has.
-async fn resume_when_leading(state: AppState) {
-    let mut resumed = false;
-    loop {
-        let gained = state.replicas.became_leader.notified();
-        if !state.replicas.is_leader() {
-            resumed = false;
-        } else if !resumed {
-            resume_interrupted_deploys(&state).await;
-            resumed = true;
-        }
-        tokio::select! {
-            _ = gained => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = state.shutdown.cancelled() => return,
-        }
-    }
-}
-
-async fn resume_interrupted_deploys(state: &AppState) {
-    match state.db.call(store::interrupted_deploys).await {
+/// Runs again the deploys whose replica stopped renewing them: it died, or it
+/// was this server's previous run. A deploy hook may so run twice for one
+/// deployment, as it always has after a restart.
+async fn take_over_orphaned_deploys(state: &AppState) {
+    let deployer = state.replicas.id().to_owned();
+    let lease_ms = state.config.lease.as_millis() as i64;
+    // A lone server's database holds no other live replica's deploys.
+    let every_other = !state.replicas.shared();
+    match state
+        .db
+        .call(move |conn| store::take_over_deploys(conn, &deployer, lease_ms, every_other))
+        .await
+    {
         Ok(ids) => {
             for id in ids {
-                tracing::info!(message = "Resuming a deploy interrupted by a restart.", deployment_id = %id);
+                tracing::warn!(message = "Taking over a deploy its replica stopped renewing; running it again.", deployment_id = %id);
                 tokio::spawn(deployer::run(state.clone(), id));
             }
         }
-        Err(error) => tracing::error!(message = "Cannot look for interrupted deploys.", %error),
+        Err(error) => tracing::error!(message = "Cannot look for orphaned deploys.", %error),
     }
 }
 
@@ -406,5 +395,6 @@ async fn reap_expired_leases(state: AppState) {
             Ok(_) => {}
             Err(error) => tracing::error!(message = "Lease reaper failed.", %error),
         }
+        take_over_orphaned_deploys(&state).await;
     }
 }

@@ -3,15 +3,15 @@
 //! Wake-ups reach every replica: a replica that queues or cancels a deployment
 //! sends `NOTIFY kiln_wake`, and each replica's listener wakes its own parked
 //! claims and watches. Singleton work (the lease reaper, the git-host courier,
-//! resuming interrupted deploys) runs on the one replica holding a session
-//! advisory lock; when that replica dies its connection closes, the lock frees,
-//! and another takes over within a second. On SQLite the one process is both.
+//! taking over deploys whose replica stopped renewing them) runs on the one
+//! replica holding a session advisory lock; when that replica dies its
+//! connection closes, the lock frees, and another takes over within a second.
+//! On SQLite the one process is both.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
-use tokio::sync::Notify;
 
 use crate::sql::WRITE_LOCK;
 use crate::AppState;
@@ -52,14 +52,13 @@ pub struct Replicas {
     shared: bool,
     recheck: Duration,
     leader: AtomicBool,
-    /// Names this replica's notifications, so its listener skips its own.
+    /// Names this replica: its notifications, so its listener skips its own,
+    /// and the deploys it runs.
     sender: String,
     /// Per kind of wake-up: a notification is on its way and not yet sent, so
     /// another announcement can ride on it (a busy fleet announces hundreds a
     /// second; each `NOTIFY` serializes commits in PostgreSQL).
     unsent: [AtomicBool; 3],
-    /// Woken when this replica becomes the leader.
-    pub became_leader: Notify,
 }
 
 impl Replicas {
@@ -72,7 +71,6 @@ impl Replicas {
             leader: AtomicBool::new(!shared),
             sender: format!("{:016x}", rand::random::<u64>()),
             unsent: Default::default(),
-            became_leader: Notify::new(),
         }
     }
 
@@ -86,14 +84,23 @@ impl Replicas {
         }
     }
 
+    /// This replica's name, as the deploys it runs record it.
+    pub fn id(&self) -> &str {
+        &self.sender
+    }
+
+    /// Whether other replicas may share the database (PostgreSQL).
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::SeqCst)
     }
 
     fn set_leader(&self, leader: bool) {
         if !self.leader.swap(leader, Ordering::SeqCst) && leader {
-            tracing::info!(message = "This replica now runs the singleton work (lease reaper, git-host courier, deploy resumption).");
-            self.became_leader.notify_waiters();
+            tracing::info!(message = "This replica now runs the singleton work (lease reaper, git-host courier, deploy take-over).");
         } else if !leader {
             self.leader.store(false, Ordering::SeqCst);
         }

@@ -771,10 +771,11 @@ pub(crate) async fn start_deploy(
     state: &AppState,
     id: String,
 ) -> Result<kiln_protocol::Deployment, ApiError> {
-    let deployment_id = id.clone();
+    let (deployment_id, deployer) = (id.clone(), state.replicas.id().to_owned());
+    let lease_ms = state.config.lease.as_millis() as i64;
     let deployment = state
         .db
-        .call(move |conn| store::begin_deploy(conn, &deployment_id))
+        .call(move |conn| store::begin_deploy(conn, &deployment_id, &deployer, lease_ms))
         .await?;
     state.announce_change();
     tokio::spawn(deployer::run(state.clone(), id));

@@ -445,3 +445,92 @@ async fn replicas_one_killed_mid_build_lose_nothing() {
         "the log is in the object store"
     );
 }
+
+/// Issue 17: two replicas on one PostgreSQL; the one running a deploy hook is
+/// SIGKILLed. While it lived, it held the deploy and the leader left it alone;
+/// once its hold lapses, the leader runs the deploy again and it goes live.
+/// Runs in CI's PostgreSQL pass.
+#[tokio::test]
+async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(database_url) = test_database(&dir.path().join("shared")) else {
+        return;
+    };
+    let runs = dir.path().join("runs");
+    std::fs::create_dir(&runs).unwrap();
+    // Each run of the hook notes where it releases; the first then waits until
+    // the test ends, as a hook does whose server died under it.
+    let hook = format!(
+        "cd '{}' && echo \"$KILN_RELEASE_DIR\" >> runs; [ -e first ] && exit 0; touch first; \
+         while [ ! -e done ]; do sleep 0.1; done",
+        runs.display()
+    );
+    let envs = vec![
+        ("KILN_DATABASE_URL".to_owned(), database_url),
+        ("KILN_DEPLOY_HOOK".to_owned(), hook),
+        ("KILN_LEASE_SECONDS".to_owned(), "2".to_owned()),
+    ];
+    // The second leads (it would take the deploy over) before the first starts.
+    let second =
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("second"), envs.clone())
+            .await;
+    let started = Instant::now();
+    while !std::fs::read_to_string(dir.path().join("second.log"))
+        .unwrap_or_default()
+        .contains("now runs the singleton work")
+    {
+        assert!(started.elapsed() < Duration::from_secs(10), "no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first =
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("first"), envs).await;
+    let (via_first, via_second) = (first.admin(), second.admin());
+    let project = via_first.create_project("shop").await;
+    via_first
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = via_first.push("main", &sha(1)).await.deployments.remove(0);
+    let agent = first.register_agent("builder", &[]).await;
+    let job = agent.claim(5).await.expect("the pushed job");
+    agent
+        .report(&job, &update(DeploymentStatus::AwaitingDeployment))
+        .await
+        .expect_json::<Deployment>(StatusCode::OK)
+        .await;
+    via_first
+        .post_json(
+            &format!("/api/v1/deployments/{}/deploy", deployment.id),
+            &serde_json::json!({}),
+        )
+        .await
+        .expect_json::<Deployment>(StatusCode::ACCEPTED)
+        .await;
+    let started = Instant::now();
+    while !runs.join("first").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the hook never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three leases on, the first replica still holds its deploy.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let ran = || std::fs::read_to_string(runs.join("runs")).unwrap_or_default();
+    assert_eq!(ran().lines().count(), 1, "the deploy ran twice: {}", ran());
+    assert_eq!(
+        via_second.deployment(&deployment.id).await.status,
+        DeploymentStatus::Deploying
+    );
+
+    first.kill().await;
+    let live = via_second
+        .wait_for_status_in(&deployment.id, &[DeploymentStatus::Live])
+        .await;
+    std::fs::write(runs.join("done"), "").unwrap();
+    let ran = ran();
+    let releases: Vec<&str> = ran.lines().collect();
+    assert_eq!(releases.len(), 2, "{ran}");
+    assert!(releases[0].starts_with(&dir.path().join("first").display().to_string()));
+    assert!(releases[1].starts_with(&dir.path().join("second").display().to_string()));
+    assert!(live.reason.is_none(), "{:?}", live.reason);
+}

@@ -127,22 +127,7 @@ impl ControlPlane {
 
     /// Registers an agent and returns a client holding its token.
     pub async fn register_agent(&self, name: &str, labels: &[&str]) -> Api {
-        let response: RegisterAgentResponse = self
-            .anonymous()
-            .send_json(
-                Method::POST,
-                "/api/v1/agents/register",
-                &RegisterAgentRequest {
-                    registration_token: REGISTRATION_TOKEN.to_owned(),
-                    name: name.to_owned(),
-                    labels: labels.iter().map(|l| l.to_string()).collect(),
-                    facts: None,
-                },
-            )
-            .await
-            .expect_json(StatusCode::CREATED)
-            .await;
-        self.as_token(&response.token)
+        register_agent(self.base_url(), name, labels).await
     }
 
     /// Stops the server and waits until it has released everything.
@@ -397,6 +382,26 @@ impl Api {
 /// A fake but well-formed commit id, distinct per `n`.
 pub fn sha(n: u32) -> String {
     format!("{n:040x}")
+}
+
+/// Registers an agent with the server at `base_url` (its bootstrap token) and
+/// returns a client holding the agent's token.
+pub async fn register_agent(base_url: String, name: &str, labels: &[&str]) -> Api {
+    let response: RegisterAgentResponse = Api::new(base_url.clone(), None)
+        .send_json(
+            Method::POST,
+            "/api/v1/agents/register",
+            &RegisterAgentRequest {
+                registration_token: REGISTRATION_TOKEN.to_owned(),
+                name: name.to_owned(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                facts: None,
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    Api::new(base_url, Some(&response.token))
 }
 
 pub fn update(status: kiln_protocol::DeploymentStatus) -> kiln_protocol::JobStatusUpdate {

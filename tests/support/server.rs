@@ -145,6 +145,11 @@ impl ServerProcess {
         Api::new(self.base_url(), Some(ADMIN_TOKEN))
     }
 
+    /// Registers an agent and returns a client holding its token.
+    pub async fn register_agent(&self, name: &str, labels: &[&str]) -> Api {
+        super::control_plane::register_agent(self.base_url(), name, labels).await
+    }
+
     /// The server's resident memory now (VmRSS), from /proc.
     pub fn rss_bytes(&self) -> u64 {
         let pid = self

@@ -1,13 +1,21 @@
 //! The deploy step's records: `awaiting_deployment → deploying → live` (the
 //! previous live one becoming `ready`) or `deploy_failed`.
 
-use crate::sql::{Connection, OptionalExtension};
+use crate::sql::{params, Connection, OptionalExtension};
 use kiln_protocol::{Deployment, DeploymentStatus};
 
 use super::deployments::{get_deployment_in, set_status};
+use super::now_ms;
 use crate::error::ApiError;
 
-pub fn begin_deploy(conn: &mut Connection, id: &str) -> Result<Deployment, ApiError> {
+/// Moves a deployment to `deploying`, its deploy run by `deployer` (a replica),
+/// which holds it for `lease_ms` and renews it while the step runs.
+pub fn begin_deploy(
+    conn: &mut Connection,
+    id: &str,
+    deployer: &str,
+    lease_ms: i64,
+) -> Result<Deployment, ApiError> {
     let tx = conn.transaction()?;
     let deployment = get_deployment_in(&tx, id)?;
     set_status(
@@ -17,9 +25,64 @@ pub fn begin_deploy(conn: &mut Connection, id: &str) -> Result<Deployment, ApiEr
         DeploymentStatus::Deploying,
         None,
     )?;
+    tx.execute(
+        "UPDATE deployments SET deployer = ?1, lease_expires_at = ?2 WHERE id = ?3",
+        params![deployer, now_ms() + lease_ms, id],
+    )?;
     let deployment = get_deployment_in(&tx, id)?;
     tx.commit()?;
     Ok(deployment)
+}
+
+/// Extends `deployer`'s hold on a deploy it runs; false when the deploy is no
+/// longer its own (taken over, or ended).
+pub fn renew_deploy(
+    conn: &mut Connection,
+    id: &str,
+    deployer: &str,
+    lease_ms: i64,
+) -> Result<bool, ApiError> {
+    let renewed = conn.execute(
+        "UPDATE deployments SET lease_expires_at = ?1
+         WHERE id = ?2 AND status = 'deploying' AND deployer = ?3",
+        params![now_ms() + lease_ms, id, deployer],
+    )?;
+    Ok(renewed == 1)
+}
+
+/// Deploys `deployer` takes over to run again: those another replica began
+/// and stopped renewing, or, with `every_other`, all begun by someone else (a
+/// lone server's previous run).
+pub fn take_over_deploys(
+    conn: &mut Connection,
+    deployer: &str,
+    lease_ms: i64,
+    every_other: bool,
+) -> Result<Vec<String>, ApiError> {
+    const ORPHANED: &str = "SELECT id FROM deployments
+         WHERE status = 'deploying' AND (deployer IS NULL OR deployer <> ?1)
+           AND (lease_expires_at IS NULL OR lease_expires_at < ?2)
+         ORDER BY seq";
+    let now = now_ms();
+    let lapsed_before = if every_other { i64::MAX } else { now };
+    let orphaned = params![deployer, lapsed_before];
+    // The leader looks every second; most looks find nothing and take no lock.
+    if conn.query_all(ORPHANED, orphaned)?.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tx = conn.transaction()?;
+    let ids: Vec<String> = tx
+        .prepare(ORPHANED)?
+        .query_map(orphaned, |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        tx.execute(
+            "UPDATE deployments SET deployer = ?1, lease_expires_at = ?2 WHERE id = ?3",
+            params![deployer, now + lease_ms, id],
+        )?;
+    }
+    tx.commit()?;
+    Ok(ids)
 }
 
 /// Ends the deploy step: live (the previous live deployment becomes ready) or
@@ -27,10 +90,21 @@ pub fn begin_deploy(conn: &mut Connection, id: &str) -> Result<Deployment, ApiEr
 pub fn finish_deploy(
     conn: &mut Connection,
     id: &str,
+    deployer: &str,
     failure: Option<&str>,
 ) -> Result<Deployment, ApiError> {
     let tx = conn.transaction()?;
     let deployment = get_deployment_in(&tx, id)?;
+    let running: Option<String> = tx.query_row(
+        "SELECT deployer FROM deployments WHERE id = ?1",
+        [id],
+        |row| row.get(0),
+    )?;
+    if deployment.status == DeploymentStatus::Deploying && running.as_deref() != Some(deployer) {
+        return Err(ApiError::Conflict(format!(
+            "deployment {id}'s deploy was taken over by another replica after this one stopped renewing it; that replica records its end"
+        )));
+    }
     match failure {
         None => {
             let previous: Option<String> = tx
@@ -66,20 +140,13 @@ pub fn finish_deploy(
     Ok(deployment)
 }
 
-/// Deployments a previous run of the server left in `deploying`.
-pub fn interrupted_deploys(conn: &mut Connection) -> Result<Vec<String>, ApiError> {
-    let ids = conn
-        .prepare("SELECT id FROM deployments WHERE status = 'deploying' ORDER BY seq")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(ids)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::testing::{agent, claim_one, push, shop};
     use kiln_protocol::{DeploymentStatus::*, JobStatusUpdate};
+
+    const LEASE: i64 = 60_000;
 
     /// Pushes commit `n` and builds it to `awaiting_deployment`.
     fn built(conn: &mut Connection, n: u8) -> String {
@@ -106,15 +173,21 @@ mod tests {
     fn a_deploy_goes_live_and_the_previous_live_one_becomes_ready() {
         let (mut conn, _, _) = shop(&[]);
         let first = built(&mut conn, 1);
-        assert_eq!(begin_deploy(&mut conn, &first).unwrap().status, Deploying);
         assert_eq!(
-            interrupted_deploys(&mut conn).unwrap(),
-            std::slice::from_ref(&first)
+            begin_deploy(&mut conn, &first, "replica-a", LEASE)
+                .unwrap()
+                .status,
+            Deploying
         );
-        assert_eq!(finish_deploy(&mut conn, &first, None).unwrap().status, Live);
+        assert_eq!(
+            finish_deploy(&mut conn, &first, "replica-a", None)
+                .unwrap()
+                .status,
+            Live
+        );
         let second = built(&mut conn, 2);
-        begin_deploy(&mut conn, &second).unwrap();
-        finish_deploy(&mut conn, &second, None).unwrap();
+        begin_deploy(&mut conn, &second, "replica-a", LEASE).unwrap();
+        finish_deploy(&mut conn, &second, "replica-a", None).unwrap();
         let previous = crate::store::get_deployment(&mut conn, &first).unwrap();
         assert_eq!(previous.status, Ready);
         assert_eq!(
@@ -122,7 +195,7 @@ mod tests {
             Some(format!("replaced by deployment {second}"))
         );
         assert!(matches!(
-            begin_deploy(&mut conn, &first),
+            begin_deploy(&mut conn, &first, "replica-a", LEASE),
             Err(ApiError::IllegalTransition {
                 from: Ready,
                 to: Deploying,
@@ -135,11 +208,17 @@ mod tests {
     fn a_failed_deploy_keeps_the_live_one() {
         let (mut conn, _, _) = shop(&[]);
         let live = built(&mut conn, 1);
-        begin_deploy(&mut conn, &live).unwrap();
-        finish_deploy(&mut conn, &live, None).unwrap();
+        begin_deploy(&mut conn, &live, "replica-a", LEASE).unwrap();
+        finish_deploy(&mut conn, &live, "replica-a", None).unwrap();
         let next = built(&mut conn, 2);
-        begin_deploy(&mut conn, &next).unwrap();
-        let failed = finish_deploy(&mut conn, &next, Some("hook exited with status 3")).unwrap();
+        begin_deploy(&mut conn, &next, "replica-a", LEASE).unwrap();
+        let failed = finish_deploy(
+            &mut conn,
+            &next,
+            "replica-a",
+            Some("hook exited with status 3"),
+        )
+        .unwrap();
         assert_eq!(
             (failed.status, failed.reason.as_deref()),
             (DeployFailed, Some("hook exited with status 3"))
@@ -150,5 +229,57 @@ mod tests {
                 .status,
             Live
         );
+    }
+
+    #[test]
+    fn a_deploy_is_taken_over_only_once_its_replica_stops_renewing_it() {
+        let (mut conn, _, _) = shop(&[]);
+        let first = built(&mut conn, 1);
+        begin_deploy(&mut conn, &first, "replica-a", LEASE).unwrap();
+        // Replica a renews its hold: b leaves the deploy alone, and a lone
+        // server takes nothing of its own.
+        assert!(renew_deploy(&mut conn, &first, "replica-a", LEASE).unwrap());
+        assert!(take_over_deploys(&mut conn, "replica-b", LEASE, false)
+            .unwrap()
+            .is_empty());
+        assert!(take_over_deploys(&mut conn, "replica-a", LEASE, true)
+            .unwrap()
+            .is_empty());
+
+        // Replica a dies: its hold lapses and b takes the deploy over.
+        assert!(renew_deploy(&mut conn, &first, "replica-a", -1).unwrap());
+        assert_eq!(
+            take_over_deploys(&mut conn, "replica-b", LEASE, false).unwrap(),
+            std::slice::from_ref(&first)
+        );
+        assert!(take_over_deploys(&mut conn, "replica-c", LEASE, false)
+            .unwrap()
+            .is_empty());
+        // Had a only stalled, it learns the deploy is no longer its own, and
+        // cannot record an end.
+        assert!(!renew_deploy(&mut conn, &first, "replica-a", LEASE).unwrap());
+        assert!(matches!(
+            finish_deploy(&mut conn, &first, "replica-a", None),
+            Err(ApiError::Conflict(why)) if why.contains("taken over")
+        ));
+        assert_eq!(
+            finish_deploy(&mut conn, &first, "replica-b", None)
+                .unwrap()
+                .status,
+            Live
+        );
+        assert!(!renew_deploy(&mut conn, &first, "replica-b", LEASE).unwrap());
+    }
+
+    #[test]
+    fn a_lone_server_takes_over_its_previous_runs_deploys_at_once() {
+        let (mut conn, _, _) = shop(&[]);
+        let first = built(&mut conn, 1);
+        begin_deploy(&mut conn, &first, "previous-run", LEASE).unwrap();
+        assert_eq!(
+            take_over_deploys(&mut conn, "this-run", LEASE, true).unwrap(),
+            std::slice::from_ref(&first)
+        );
+        assert!(renew_deploy(&mut conn, &first, "this-run", LEASE).unwrap());
     }
 }
