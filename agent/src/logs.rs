@@ -276,6 +276,14 @@ impl JobLogs {
         })
     }
 
+    /// Masks `secret` too in every stream from now on: one the build made
+    /// after the log began (a key it hands to the build).
+    pub fn mask_also(&self, secret: &str) {
+        for spool in &self.spools {
+            crate::lock(&spool.writer).masker.also(secret);
+        }
+    }
+
     pub fn sink(&self, stream: LogStream) -> LogSink {
         let spool = self
             .spools

@@ -14,6 +14,7 @@ pub const MASK: &[u8] = b"***";
 pub const MIN_SECRET_LEN: usize = 4;
 
 pub struct Masker {
+    patterns: Vec<Vec<u8>>,
     matcher: Option<AhoCorasick>,
     longest: usize,
     held: Vec<u8>,
@@ -47,28 +48,39 @@ pub fn secret_forms(secret: &str) -> Vec<Vec<u8>> {
 
 impl Masker {
     pub fn new(secrets: &[String]) -> Masker {
-        let patterns: Vec<Vec<u8>> = secrets
-            .iter()
-            .filter(|secret| secret.len() >= MIN_SECRET_LEN)
-            .flat_map(|secret| secret_forms(secret))
-            .collect();
-        if patterns.is_empty() {
-            return Masker {
-                matcher: None,
-                longest: 0,
-                held: Vec::new(),
-            };
-        }
-        let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        let matcher = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&patterns)
-            .expect("literal patterns always build");
-        Masker {
-            matcher: Some(matcher),
-            longest,
+        let mut masker = Masker {
+            patterns: Vec::new(),
+            matcher: None,
+            longest: 0,
             held: Vec::new(),
+        };
+        masker.add(secrets);
+        masker
+    }
+
+    /// Masks `secret` too from now on (one the build made after the log began);
+    /// what is held back is masked with it.
+    pub fn also(&mut self, secret: &str) {
+        self.add(&[secret.to_owned()]);
+    }
+
+    fn add(&mut self, secrets: &[String]) {
+        self.patterns.extend(
+            secrets
+                .iter()
+                .filter(|secret| secret.len() >= MIN_SECRET_LEN)
+                .flat_map(|secret| secret_forms(secret)),
+        );
+        if self.patterns.is_empty() {
+            return;
         }
+        self.longest = self.patterns.iter().map(Vec::len).max().unwrap_or(0);
+        self.matcher = Some(
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&self.patterns)
+                .expect("literal patterns always build"),
+        );
     }
 
     /// Masks `data`; returns the bytes that are safe to emit now (`data` itself,
@@ -159,6 +171,23 @@ mod tests {
                 prefix.len()
             );
         }
+    }
+
+    #[test]
+    fn a_secret_added_mid_stream_is_masked_from_then_on() {
+        let mut masker = Masker::new(&["hunter22".to_owned()]);
+        let mut out = masker.push(b"a=hun").into_owned();
+        masker.also("made-later-key");
+        out.extend_from_slice(&masker.push(b"ter22 b=made-later-key\n"));
+        out.extend(masker.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "a=*** b=***\n");
+        // A masker without secrets until then.
+        let mut masker = Masker::new(&[]);
+        let mut out = masker.push(b"before ").into_owned();
+        masker.also("made-later-key");
+        out.extend_from_slice(&masker.push(b"made-later-key"));
+        out.extend(masker.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "before ***");
     }
 
     #[test]

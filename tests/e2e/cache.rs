@@ -78,6 +78,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// What the stand-in `next` printed of the Server Actions key it got: its
+/// fingerprint and the key as the log shows it; `None` when it got none.
+fn server_actions_key(storefront_log: &str) -> Option<(String, String)> {
+    let line = storefront_log
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Server Actions key "))?;
+    let (fingerprint, shown) = line.split_once(": ")?;
+    Some((fingerprint.to_owned(), shown.to_owned()))
+}
+
 fn artifact_sha(deployment: &Deployment, name: &str) -> String {
     deployment
         .artifacts
@@ -152,6 +162,14 @@ async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_b
         artifact_sha(&cold, "backend.tar.gz")
     );
     until_logged(&agent, "Cached the storefront output", 2).await;
+    // Both builds of main got main's one Server Actions key (so Next.js's
+    // webpack cache holds), masked in the log.
+    let (main_key, shown) = server_actions_key(&world.log(&cold.id, "storefront").await)
+        .expect("the cold build got a key");
+    assert_eq!(shown, "***");
+    let (warm_key, _) = server_actions_key(&world.log(&warm.id, "storefront").await)
+        .expect("the warm build got a key");
+    assert_eq!(warm_key, main_key);
 
     // A redeploy without cache builds everything afresh and keeps nothing.
     let redeploy: kiln_protocol::EventOutcome = world
@@ -175,6 +193,11 @@ async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_b
     assert!(
         !system.contains("Reused") && !system.contains("Restored"),
         "{system}"
+    );
+    let storefront = world.log(&fresh.id, "storefront").await;
+    assert!(
+        storefront.contains("Server Actions key: none given"),
+        "{storefront}"
     );
 
     // A pull request whose build tries to spoil node_modules for everyone.
@@ -223,6 +246,11 @@ async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_b
         backend.contains("poison: refused"),
         "the restored files are read-only: {backend}"
     );
+    // Main's Server Actions key is a secret the preview never gets.
+    let (preview_key, shown) = server_actions_key(&world.log(&preview.id, "storefront").await)
+        .expect("the preview got a key");
+    assert_ne!(preview_key, main_key);
+    assert_eq!(shown, "***");
     until_logged(&agent, "Cached the storefront output", 3).await;
     assert_eq!(
         scope_files(&cache_dir, "branch:main"),

@@ -9,7 +9,7 @@
 //!
 //! Kinds: `deps` (the installed `node_modules` trees), `store` (the package
 //! manager's own store or cache), `framework` (`.next/cache`), `output` (a
-//! component's packed artifact). Every name below the project is a hash, so no
+//! component's packed artifact), `secret` (a key kept for one scope only). Every name below the project is a hash, so no
 //! job field ever becomes a path. An entry is written under `tmp/`, published by
 //! an atomic rename, and never modified after; its files are read-only. A build
 //! gets its own copy: hard links when it cannot write them (another uid, or its
@@ -38,6 +38,9 @@ pub enum Kind {
     Framework,
     /// A component's packed build output.
     Output,
+    /// A secret the agent made for a scope's builds (Next.js's Server Actions
+    /// key); read only by that scope, never by the scopes that fall back to it.
+    Secret,
 }
 
 impl Kind {
@@ -47,6 +50,7 @@ impl Kind {
             Kind::Store => "store",
             Kind::Framework => "framework",
             Kind::Output => "output",
+            Kind::Secret => "secret",
         }
     }
 }
@@ -128,6 +132,11 @@ pub const UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn hashed(text: &str) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..16])
+}
+
+/// Whole days since 1970, for keys that change with time.
+pub fn unix_days() -> i64 {
+    now_ms() / (24 * 3600 * 1000)
 }
 
 fn now_ms() -> i64 {
@@ -486,6 +495,52 @@ impl Cache {
         }
     }
 
+    /// The secret kept for `slot`'s write scope alone (its read scopes are never
+    /// asked), made by `make` and published the first time. Two builds making
+    /// one at once both get the one published first.
+    pub fn own_secret(&self, slot: Slot<'_>, make: impl FnOnce() -> String) -> io::Result<String> {
+        let own = Scopes {
+            write: slot.scopes.write.clone(),
+            read: Vec::new(),
+        };
+        let slot = Slot {
+            scopes: &own,
+            kind: Kind::Secret,
+            ..slot
+        };
+        let read = |found: &Found| -> io::Result<String> {
+            Self::touch(found);
+            std::fs::read_to_string(found.data().join("value"))
+        };
+        if let Some(found) = self.find(slot, false) {
+            return read(&found);
+        }
+        let tmp = self.root.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        let made = tmp.join(format!("{}.secret", random_name()));
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&made)?
+                .write_all(make().as_bytes())?;
+        }
+        let meta = Meta {
+            label: "a secret".to_owned(),
+            ..Default::default()
+        };
+        let published = self.publish(slot, meta, &[(made.clone(), PathBuf::from("value"))]);
+        let _ = std::fs::remove_file(&made);
+        published?;
+        let found = self
+            .find(slot, false)
+            .ok_or_else(|| io::Error::other("the secret vanished as it was published"))?;
+        read(&found)
+    }
+
     /// Moves `dir` out of sight at once, then deletes it.
     fn discard(&self, dir: &Path) {
         let trash = self.root.join("trash");
@@ -802,5 +857,52 @@ mod tests {
             .collect();
         assert_eq!(texts.len(), 1, "every file from the one writer that won");
         assert_eq!(found.meta.files, 50);
+    }
+
+    #[test]
+    fn a_secret_is_its_scopes_alone_and_only_the_agent_reads_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache(&dir.path().join("cache"), 1 << 30);
+        let main = scopes("branch:main", &[]);
+        let secret_slot = |scopes| Slot {
+            kind: Kind::Secret,
+            group: "next-server-actions",
+            ..slot("prj_1", scopes, "period-1")
+        };
+        let first = cache
+            .own_secret(secret_slot(&main), || "main-key".into())
+            .unwrap();
+        let again = cache
+            .own_secret(secret_slot(&main), || "another".into())
+            .unwrap();
+        assert_eq!((first.as_str(), again.as_str()), ("main-key", "main-key"));
+        // A preview, which reads the branch's other entries, gets its own.
+        let preview = scopes("pr:7", &["branch:main"]);
+        let theirs = cache
+            .own_secret(secret_slot(&preview), || "preview-key".into())
+            .unwrap();
+        assert_eq!(theirs, "preview-key");
+        // Another project never shares it, and a new period makes a new one.
+        let other = Slot {
+            project: "prj_2",
+            ..secret_slot(&main)
+        };
+        assert_eq!(cache.own_secret(other, || "p2".into()).unwrap(), "p2");
+        let next = Slot {
+            key: "period-2",
+            ..secret_slot(&main)
+        };
+        assert_eq!(
+            cache.own_secret(next, || "rotated".into()).unwrap(),
+            "rotated"
+        );
+
+        let found = cache.find(secret_slot(&main), false).unwrap();
+        let mode = std::fs::metadata(found.data().join("value"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400, "{mode:o}");
     }
 }

@@ -18,6 +18,20 @@ use crate::config::ByteSize;
 use crate::package_manager::{PackageManager, Provision};
 use crate::repo_fs::RepoFs;
 
+/// The variable Next.js reads its Server Actions key from.
+pub(super) const SERVER_ACTIONS_KEY: &str = "NEXT_SERVER_ACTIONS_ENCRYPTION_KEY";
+/// How long Next.js keeps its key in `.next/cache`; the agent does the same.
+const SERVER_ACTIONS_KEY_DAYS: i64 = 14;
+
+/// A key as Next.js makes one: 256 random bits for AES-GCM, in base64.
+fn new_server_actions_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// What a job asks of the cache.
 #[derive(Debug, Clone)]
 pub struct CacheRequest {
@@ -711,6 +725,55 @@ impl Build<'_> {
             },
         );
         false
+    }
+
+    /// The Server Actions key for a Next.js storefront's build, kept for this
+    /// build's own scope; `None` when the project sets one itself.
+    ///
+    /// Outside Docker, Next.js keeps its key in `.next/cache` for 14 days. In a
+    /// container, where every build runs, it makes a new one each build, and as
+    /// that key also salts its webpack cache, a restored `.next/cache` would
+    /// never be used. A preview never gets its base branch's key: it is a secret
+    /// (it decrypts the values Server Actions carry), so each scope has its own.
+    pub(super) async fn server_actions_key(&self, cache: &BuildCache) -> Option<String> {
+        if self
+            .request
+            .env
+            .iter()
+            .any(|var| var.name == SERVER_ACTIONS_KEY)
+        {
+            return None;
+        }
+        let period = (crate::cache::unix_days() / SERVER_ACTIONS_KEY_DAYS).to_string();
+        let request = cache.request.clone();
+        let kept = tokio::task::spawn_blocking(move || {
+            let slot = Slot {
+                project: &request.project,
+                scopes: &request.scopes,
+                kind: Kind::Secret,
+                group: "next-server-actions",
+                key: &period,
+            };
+            request.cache.own_secret(slot, new_server_actions_key)
+        })
+        .await
+        .expect("secret task");
+        match kept {
+            Ok(key) => {
+                self.logs.mask_also(&key);
+                self.system.line(format!(
+                    "Next.js: {SERVER_ACTIONS_KEY} is {}'s own, kept by the agent for {SERVER_ACTIONS_KEY_DAYS} days, so .next/cache stays valid from one build to the next.",
+                    cache.request.scopes.write
+                ));
+                Some(key)
+            }
+            Err(error) => {
+                self.system.line(format!(
+                    "Build cache: no {SERVER_ACTIONS_KEY} kept ({error}); Next.js makes one for this build, and cannot reuse .next/cache."
+                ));
+                None
+            }
+        }
     }
 
     /// Next.js's own cache (`.next/cache`) before its build, copied from the

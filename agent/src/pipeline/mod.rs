@@ -479,6 +479,7 @@ impl Build<'_> {
             network: config.install_network,
             bin_dir: None,
             shown: None,
+            env: Vec::new(),
         });
         let mut provided = false;
         if let Some(cache) = cache {
@@ -522,6 +523,7 @@ impl Build<'_> {
                 network: config.build_network,
                 bin_dir: None,
                 shown: None,
+                env: Vec::new(),
             },
         );
         // The build step is last: the storefront may install once the rest ran.

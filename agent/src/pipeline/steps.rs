@@ -48,6 +48,8 @@ pub(super) struct PlannedStep {
     pub bin_dir: Option<String>,
     /// What the log calls it, where not the command itself (a long script).
     pub shown: Option<String>,
+    /// Variables for this step alone, after the project's.
+    pub env: Vec<(String, String)>,
 }
 
 /// `PATH` in build containers: the official node image's and ours.
@@ -76,6 +78,7 @@ impl PlannedStep {
                 .map_or(build.network, |install| install.network),
             bin_dir: bin_dir.clone(),
             shown: Some(format!("provide {}", provision.label())),
+            env: Vec::new(),
         };
         let install = install.map(|install| PlannedStep {
             bin_dir: bin_dir.clone(),
@@ -218,6 +221,7 @@ pub(super) async fn image_node_version(
             network: Network::None,
             bin_dir: None,
             shown: None,
+            env: Vec::new(),
         },
         component,
     );
@@ -285,6 +289,7 @@ impl Build<'_> {
                 .iter()
                 .map(|var| (var.name.clone(), var.value.clone())),
         );
+        env.extend(planned.env.iter().cloned());
         let remaining: Duration = self.deadline.saturating_duration_since(Instant::now());
         // The components build side by side: their containers' names differ.
         let name = match component {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_protocol::{Component, ComponentStatus};
 
-use super::cached::BuildCache;
+use super::cached::{BuildCache, SERVER_ACTIONS_KEY};
 use super::plan::BackendPlan;
 use super::steps::{image_node_version, run_steps, PlannedStep, StepKind};
 use super::workspace::{output_dir, OutputError};
@@ -43,6 +43,12 @@ pub(super) async fn build(
     // As the backend's plan writes them: the root is the empty path.
     let app_dir = repo_path(&found.app_dir);
     let install_dir = repo_path(&found.install_dir);
+    let server_actions_key = match cache {
+        Some(cache) if found.framework == Framework::Nextjs => {
+            build.server_actions_key(cache).await
+        }
+        _ => None,
+    };
     let output_key = match cache {
         Some(cache) => {
             let exclude =
@@ -56,7 +62,15 @@ pub(super) async fn build(
                     cache,
                     Component::Storefront,
                     exclude,
-                    &[&found.app_dir, &install, &command, &output, &release],
+                    &[
+                        &found.app_dir,
+                        &install,
+                        &command,
+                        &output,
+                        &release,
+                        // Its output holds the key: a new key, a new build.
+                        server_actions_key.as_deref().unwrap_or_default(),
+                    ],
                 )
                 .await
         }
@@ -104,6 +118,7 @@ pub(super) async fn build(
             network: config.install_network,
             bin_dir: None,
             shown: None,
+            env: Vec::new(),
         })
     };
     let mut provided = false;
@@ -152,6 +167,9 @@ pub(super) async fn build(
             network: config.build_network,
             bin_dir: None,
             shown: None,
+            env: server_actions_key
+                .map(|key| vec![(SERVER_ACTIONS_KEY.to_owned(), key)])
+                .unwrap_or_default(),
         },
     );
     run_steps(build, Component::Storefront, &steps).await?;

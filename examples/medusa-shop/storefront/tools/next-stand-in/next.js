@@ -17,6 +17,15 @@ if (process.env.KILN_FIXTURE_STOREFRONT_EXIT) {
   console.error("Error: storefront build failed on purpose (KILN_FIXTURE_STOREFRONT_EXIT)")
   process.exit(Number(process.env.KILN_FIXTURE_STOREFRONT_EXIT))
 }
+// Next.js salts its webpack cache with its Server Actions key; the stand-in
+// tells which key it got (and prints it whole, for the log to mask).
+const key = process.env.NEXT_SERVER_ACTIONS_ENCRYPTION_KEY
+if (key) {
+  const fingerprint = require("crypto").createHash("sha256").update(key).digest("hex").slice(0, 12)
+  console.log(`   Server Actions key ${fingerprint}: ${key}`)
+} else {
+  console.log("   Server Actions key: none given, so a new one for this build")
+}
 const out = ".next"
 fs.rmSync(out, { recursive: true, force: true })
 fs.mkdirSync(path.join(out, "server", "app"), { recursive: true })
