@@ -9,13 +9,14 @@
 //!
 //! Kinds: `deps` (the installed `node_modules` trees), `store` (the package
 //! manager's own store or cache), `framework` (`.next/cache`), `output` (a
-//! component's packed artifact), `secret` (a key kept for one scope only). Every name below the project is a hash, so no
-//! job field ever becomes a path. An entry is written under `tmp/`, published by
-//! an atomic rename, and never modified after; its files are read-only. A build
-//! gets its own copy: hard links when it cannot write them (another uid, or its
-//! own scope, which only it writes), a real copy otherwise. A scope reads its
-//! own entries, then those of its fallback scopes (a preview: its base branch);
-//! it writes only its own.
+//! component's packed artifact), `secret` (a key kept for one scope only).
+//! Every name below the project is a hash, so no job field ever becomes a path.
+//! An entry is written under `tmp/`, published by an atomic rename, and never
+//! modified after; its files are read-only. A build gets its own copy: hard
+//! links when it cannot write them (another uid, or its own scope, which only it
+//! writes), a real copy otherwise. A scope reads its own entries, then those of
+//! its fallback scopes (a preview: its base branch); it writes only its own
+//! (and a `secret` is read by its own scope alone).
 
 pub mod inputs;
 

@@ -1,6 +1,7 @@
 //! The build cache as one build uses it (`crate::cache` keeps the entries):
 //! before a step, what can be restored (a component's output, its installed
-//! `node_modules`, the package manager's store and release, Next.js's cache);
+//! `node_modules`, the package manager's store and release, Next.js's cache and
+//! the scope's own Server Actions key, without which that cache goes unused);
 //! after a successful build, what to leave for the next one (`Harvest`, which the
 //! job publishes once it has reported). The system log says, per step, what was
 //! restored (key, size, time) or why not.
