@@ -14,28 +14,6 @@ use sha2::{Digest, Sha256};
 use crate::support::*;
 use kiln_control_plane::Wait;
 
-async fn deploy(admin: &Api, id: &str) -> Deployment {
-    admin
-        .post_json(
-            &format!("/api/v1/deployments/{id}/deploy"),
-            &serde_json::json!({}),
-        )
-        .await
-        .expect_json(StatusCode::ACCEPTED)
-        .await
-}
-
-/// Claims the next job and reports it built.
-async fn build_next(agent: &Api) -> kiln_protocol::Job {
-    let job = agent.claim(5).await.expect("a job is queued");
-    agent
-        .report(&job, &update(AwaitingDeployment))
-        .await
-        .expect_json::<Deployment>(StatusCode::OK)
-        .await;
-    job
-}
-
 #[tokio::test]
 async fn lifecycle_from_push_to_live_then_ready() {
     let dir = tempfile::tempdir().unwrap();
@@ -76,7 +54,7 @@ async fn lifecycle_from_push_to_live_then_ready() {
     assert_eq!(reported.backend_status, ComponentStatus::Succeeded);
     assert_eq!(reported.storefront_status, ComponentStatus::Skipped);
 
-    assert_eq!(deploy(&admin, &first.id).await.status, Deploying);
+    assert_eq!(admin.deploy(&first.id).await.status, Deploying);
     let live = admin.wait_for_status(&first.id, Live).await;
     let statuses: Vec<_> = live.transitions.iter().map(|t| t.status).collect();
     assert_eq!(
@@ -85,8 +63,8 @@ async fn lifecycle_from_push_to_live_then_ready() {
     );
 
     let second = admin.push("main", &sha(2)).await.deployments.remove(0);
-    build_next(&agent).await;
-    deploy(&admin, &second.id).await;
+    agent.build_next().await;
+    admin.deploy(&second.id).await;
     admin.wait_for_status(&second.id, Live).await;
     let first = admin.deployment(&first.id).await;
     assert_eq!(first.status, Ready);
@@ -298,12 +276,12 @@ async fn redeploy_rebuilds_an_older_commit_through_the_whole_lifecycle() {
         .await;
 
     let old = admin.push("main", &sha(1)).await.deployments.remove(0);
-    build_next(&agent).await;
-    deploy(&admin, &old.id).await;
+    agent.build_next().await;
+    admin.deploy(&old.id).await;
     admin.wait_for_status(&old.id, Live).await;
     let new = admin.push("main", &sha(2)).await.deployments.remove(0);
-    build_next(&agent).await;
-    deploy(&admin, &new.id).await;
+    agent.build_next().await;
+    admin.deploy(&new.id).await;
     admin.wait_for_status(&new.id, Live).await;
     assert_eq!(admin.deployment(&old.id).await.status, Ready);
 
@@ -320,9 +298,9 @@ async fn redeploy_rebuilds_an_older_commit_through_the_whole_lifecycle() {
     assert_eq!(again.redeploy_of.as_deref(), Some(old.id.as_str()));
     assert_eq!(again.commit_sha, sha(1));
     assert_eq!(again.status, Queued);
-    let job = build_next(&agent).await;
+    let job = agent.build_next().await;
     assert_eq!(job.commit_sha, sha(1));
-    deploy(&admin, &again.id).await;
+    admin.deploy(&again.id).await;
     admin.wait_for_status(&again.id, Live).await;
     assert_eq!(admin.deployment(&new.id).await.status, Ready);
     assert_eq!(
@@ -563,7 +541,7 @@ async fn artifacts_are_verified_on_upload_and_served_back() {
         .await
         .expect_json::<Deployment>(StatusCode::OK)
         .await;
-    deploy(&admin, &deployment.id).await;
+    admin.deploy(&deployment.id).await;
     admin.wait_for_status(&deployment.id, Live).await;
     let promoted = dir
         .path()
@@ -589,8 +567,8 @@ async fn failing_deploy_hook_gives_deploy_failed_with_its_reason() {
         .create_environment(&project, "Production", "main")
         .await;
     let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
-    build_next(&agent).await;
-    deploy(&admin, &deployment.id).await;
+    agent.build_next().await;
+    admin.deploy(&deployment.id).await;
     let failed = admin.wait_for_status(&deployment.id, DeployFailed).await;
     assert_eq!(
         failed.reason.as_deref(),
@@ -991,7 +969,7 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
         .await
         .expect_json::<Deployment>(StatusCode::OK)
         .await;
-    deploy(&admin, &live.id).await;
+    admin.deploy(&live.id).await;
     admin.wait_for_status(&live.id, Live).await;
     let building = admin.push("main", &sha(2)).await.deployments.remove(0);
     let job2 = agent.claim(5).await.unwrap();

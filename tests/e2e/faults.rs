@@ -491,20 +491,8 @@ async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
         .await;
     let deployment = via_first.push("main", &sha(1)).await.deployments.remove(0);
     let agent = first.register_agent("builder", &[]).await;
-    let job = agent.claim(5).await.expect("the pushed job");
-    agent
-        .report(&job, &update(DeploymentStatus::AwaitingDeployment))
-        .await
-        .expect_json::<Deployment>(StatusCode::OK)
-        .await;
-    via_first
-        .post_json(
-            &format!("/api/v1/deployments/{}/deploy", deployment.id),
-            &serde_json::json!({}),
-        )
-        .await
-        .expect_json::<Deployment>(StatusCode::ACCEPTED)
-        .await;
+    agent.build_next().await;
+    via_first.deploy(&deployment.id).await;
     let started = Instant::now();
     while !runs.join("first").exists() {
         assert!(

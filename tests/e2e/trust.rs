@@ -946,18 +946,8 @@ async fn issue_12_stored_strings_are_bounded_and_hook_output_is_capped() {
         .await
         .deployments
         .remove(0);
-    let job = agent.claim(5).await.unwrap();
-    agent
-        .report(&job, &update(AwaitingDeployment))
-        .await
-        .expect_json::<Deployment>(StatusCode::OK)
-        .await;
-    admin
-        .post_json(
-            &format!("/api/v1/deployments/{}/deploy", deployment.id),
-            &serde_json::json!({}),
-        )
-        .await;
+    agent.build_next().await;
+    admin.deploy(&deployment.id).await;
     let failed = admin
         .wait_for_status_in(&deployment.id, &[DeployFailed, Live])
         .await;

@@ -356,6 +356,30 @@ impl Api {
         }
     }
 
+    /// As an agent: claims the next job and reports it built.
+    pub async fn build_next(&self) -> Job {
+        let job = self.claim(5).await.expect("a job is queued");
+        self.report(
+            &job,
+            &update(kiln_protocol::DeploymentStatus::AwaitingDeployment),
+        )
+        .await
+        .expect_json::<Deployment>(StatusCode::OK)
+        .await;
+        job
+    }
+
+    /// As the admin: starts the deploy of a built deployment.
+    pub async fn deploy(&self, id: &str) -> Deployment {
+        self.post_json(
+            &format!("/api/v1/deployments/{id}/deploy"),
+            &serde_json::json!({}),
+        )
+        .await
+        .expect_json(StatusCode::ACCEPTED)
+        .await
+    }
+
     pub async fn report(&self, job: &Job, update: &kiln_protocol::JobStatusUpdate) -> Reply {
         self.post_json(&format!("/api/v1/agent/jobs/{}/status", job.job_id), update)
             .await
