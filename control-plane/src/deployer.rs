@@ -6,7 +6,9 @@
 //! release. A real deployer (containers, a PaaS) replaces the hook; the statuses stay.
 
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::process::Stdio;
+use std::time::Duration;
 
 use kiln_protocol::Deployment;
 use tokio::process::Command;
@@ -47,23 +49,8 @@ pub enum DeployError {
 /// another replica took it over meanwhile.
 #[tracing::instrument(skip_all, fields(deployment_id = %deployment_id))]
 pub async fn run(state: AppState, deployment_id: String) {
-    let id = deployment_id.clone();
-    let environment_id = match state
-        .db
-        .call(move |conn| store::get_deployment(conn, &id))
-        .await
-    {
-        Ok(deployment) => deployment.environment_id,
-        Err(error) => {
-            tracing::error!(message = "Cannot read the deployment to deploy.", %error);
-            return;
-        }
-    };
     let deploy = async {
-        // Deploys of one environment take turns: they share its `current` link,
-        // and the one that finishes last must be the one live.
-        let turn = state.deploy_turn(&environment_id);
-        let _turn = turn.lock().await;
+        wait_for_turn(&state, &deployment_id).await;
         promote(&state, &deployment_id)
             .await
             .err()
@@ -89,6 +76,34 @@ pub async fn run(state: AppState, deployment_id: String) {
         Err(error) => tracing::error!(message = "Could not record the deploy's end.", %error),
     }
     state.announce_change();
+}
+
+/// Waits until the deploys of this deployment's environment begun before it,
+/// on any replica, have ended: they share its target and its `current` link,
+/// and the one begun last must end live.
+async fn wait_for_turn(state: &AppState, deployment_id: &str) {
+    loop {
+        let mut changed = pin!(state.changes.notified());
+        changed.as_mut().enable();
+        let id = deployment_id.to_owned();
+        match state
+            .db
+            .call(move |conn| store::deploys_ahead(conn, &id))
+            .await
+        {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(message = "Cannot tell whether it is this deploy's turn.", %error)
+            }
+        }
+        // An end on another replica wakes this one too, or a look each second
+        // finds it.
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// Renews this replica's hold on a deploy three times a lease, so the leader

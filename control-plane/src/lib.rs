@@ -169,8 +169,6 @@ pub struct Inner {
     parked: [tokio::sync::watch::Sender<usize>; 3],
     /// Failed dashboard sign-ins, per user and per address.
     sign_ins: dashboard::SignInLimiter,
-    /// One turn at a time per environment for deploys.
-    deploy_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What a parked request waits for.
@@ -245,7 +243,6 @@ impl AppState {
             replicas: replicas::Replicas::new(db_shared, missed_wake_recheck),
             shutdown: CancellationToken::new(),
             parked: Default::default(),
-            deploy_turns: Default::default(),
             sign_ins: Default::default(),
         })))
     }
@@ -265,13 +262,6 @@ impl AppState {
     }
 
     /// The lock a deploy of `environment_id` holds while it runs.
-    fn deploy_turn(&self, environment_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.deploy_turns)
-            .entry(environment_id.to_owned())
-            .or_default()
-            .clone()
-    }
-
     /// Counts the calling request as parked in `wait` until the guard drops.
     pub(crate) fn park(&self, wait: Wait) -> Parked<'_> {
         let count = &self.parked[wait as usize];

@@ -4,7 +4,7 @@
 //! printed into its artifact; the stored log must hash the same.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -446,6 +446,58 @@ async fn replicas_one_killed_mid_build_lose_nothing() {
     );
 }
 
+/// Where the deploy hook of a replica test notes its runs (a file `runs`) and
+/// finds the test's word (files the test writes).
+struct HookRuns(PathBuf);
+
+impl HookRuns {
+    fn new(dir: &Path) -> HookRuns {
+        let runs = dir.join("runs");
+        std::fs::create_dir(&runs).unwrap();
+        HookRuns(runs)
+    }
+
+    /// The replicas' environment: the database, and a deploy hook running
+    /// `script` in this directory.
+    fn envs(&self, database_url: String, script: &str) -> Vec<(String, String)> {
+        vec![
+            ("KILN_DATABASE_URL".to_owned(), database_url),
+            (
+                "KILN_DEPLOY_HOOK".to_owned(),
+                format!("cd '{}' && {script}", self.0.display()),
+            ),
+        ]
+    }
+
+    fn noted(&self) -> String {
+        std::fs::read_to_string(self.0.join("runs")).unwrap_or_default()
+    }
+
+    /// Waits until the hook's first run has begun (it touches `first`).
+    async fn until_first_run(&self) {
+        let started = Instant::now();
+        while !self.0.join("first").exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the hook never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn say(&self, word: &str) {
+        std::fs::write(self.0.join(word), "").unwrap();
+    }
+}
+
+/// A project with a Production environment on `main`.
+async fn production(admin: &Api) {
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+}
+
 /// Issue 17: two replicas on one PostgreSQL; the one running a deploy hook is
 /// SIGKILLed. While it lived, it held the deploy and the leader left it alone;
 /// once its hold lapses, the leader runs the deploy again and it goes live.
@@ -456,20 +508,15 @@ async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
     let Some(database_url) = test_database(&dir.path().join("shared")) else {
         return;
     };
-    let runs = dir.path().join("runs");
-    std::fs::create_dir(&runs).unwrap();
+    let runs = HookRuns::new(dir.path());
     // Each run of the hook notes where it releases; the first then waits until
     // the test ends, as a hook does whose server died under it.
-    let hook = format!(
-        "cd '{}' && echo \"$KILN_RELEASE_DIR\" >> runs; [ -e first ] && exit 0; touch first; \
+    let mut envs = runs.envs(
+        database_url,
+        "echo \"$KILN_RELEASE_DIR\" >> runs; [ -e first ] && exit 0; touch first; \
          while [ ! -e done ]; do sleep 0.1; done",
-        runs.display()
     );
-    let envs = vec![
-        ("KILN_DATABASE_URL".to_owned(), database_url),
-        ("KILN_DEPLOY_HOOK".to_owned(), hook),
-        ("KILN_LEASE_SECONDS".to_owned(), "2".to_owned()),
-    ];
+    envs.push(("KILN_LEASE_SECONDS".to_owned(), "2".to_owned()));
     // The second leads (it would take the deploy over) before the first starts.
     let second =
         ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("second"), envs.clone())
@@ -485,26 +532,16 @@ async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
     let mut first =
         ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("first"), envs).await;
     let (via_first, via_second) = (first.admin(), second.admin());
-    let project = via_first.create_project("shop").await;
-    via_first
-        .create_environment(&project, "Production", "main")
-        .await;
+    production(&via_first).await;
     let deployment = via_first.push("main", &sha(1)).await.deployments.remove(0);
     let agent = first.register_agent("builder", &[]).await;
     agent.build_next().await;
     via_first.deploy(&deployment.id).await;
-    let started = Instant::now();
-    while !runs.join("first").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the hook never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    runs.until_first_run().await;
     // Three leases on, the first replica still holds its deploy.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let ran = || std::fs::read_to_string(runs.join("runs")).unwrap_or_default();
-    assert_eq!(ran().lines().count(), 1, "the deploy ran twice: {}", ran());
+    let ran = runs.noted();
+    assert_eq!(ran.lines().count(), 1, "the deploy ran twice: {ran}");
     assert_eq!(
         via_second.deployment(&deployment.id).await.status,
         DeploymentStatus::Deploying
@@ -514,11 +551,63 @@ async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
     let live = via_second
         .wait_for_status_in(&deployment.id, &[DeploymentStatus::Live])
         .await;
-    std::fs::write(runs.join("done"), "").unwrap();
-    let ran = ran();
+    runs.say("done");
+    let ran = runs.noted();
     let releases: Vec<&str> = ran.lines().collect();
     assert_eq!(releases.len(), 2, "{ran}");
     assert!(releases[0].starts_with(&dir.path().join("first").display().to_string()));
     assert!(releases[1].starts_with(&dir.path().join("second").display().to_string()));
     assert!(live.reason.is_none(), "{:?}", live.reason);
+}
+
+/// Two replicas on one PostgreSQL deploy one environment, each a different
+/// deployment: the one begun second waits for the first to end, though another
+/// replica runs it, and ends live. Runs in CI's PostgreSQL pass.
+#[tokio::test]
+async fn replicas_deploying_one_environment_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(database_url) = test_database(&dir.path().join("shared")) else {
+        return;
+    };
+    let runs = HookRuns::new(dir.path());
+    // The first run of the hook waits for the test's word.
+    let envs = runs.envs(
+        database_url,
+        "echo \"start $KILN_DEPLOYMENT_ID\" >> runs; \
+         if [ ! -e first ]; then touch first; while [ ! -e go ]; do sleep 0.1; done; fi; \
+         echo \"end $KILN_DEPLOYMENT_ID\" >> runs",
+    );
+    let first =
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("first"), envs.clone())
+            .await;
+    let second =
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("second"), envs).await;
+    let (via_first, via_second) = (first.admin(), second.admin());
+    production(&via_first).await;
+    let agent = first.register_agent("builder", &[]).await;
+    let older = via_first.push("main", &sha(1)).await.deployments.remove(0);
+    agent.build_next().await;
+    let newer = via_first.push("main", &sha(2)).await.deployments.remove(0);
+    agent.build_next().await;
+
+    via_first.deploy(&older.id).await;
+    runs.until_first_run().await;
+    via_second.deploy(&newer.id).await;
+    // The newer waits on the other replica while the older runs.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(runs.noted(), format!("start {}\n", older.id));
+
+    runs.say("go");
+    via_second
+        .wait_for_status_in(&newer.id, &[DeploymentStatus::Live])
+        .await;
+    assert_eq!(
+        runs.noted(),
+        format!(
+            "start {0}\nend {0}\nstart {1}\nend {1}\n",
+            older.id, newer.id
+        )
+    );
+    let replaced = via_first.deployment(&older.id).await;
+    assert_eq!(replaced.status, DeploymentStatus::Ready);
 }

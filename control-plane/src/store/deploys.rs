@@ -85,6 +85,25 @@ pub fn take_over_deploys(
     Ok(ids)
 }
 
+/// How many deploys of `id`'s environment, begun before it, have not ended,
+/// whichever replica runs them: it runs once none is left. Deploys of one
+/// environment take turns (they share its target), so the one begun last ends
+/// live.
+pub fn deploys_ahead(conn: &mut Connection, id: &str) -> Result<u64, ApiError> {
+    let ahead: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM deployments d, deployments me
+         WHERE me.id = ?1 AND d.environment_id = me.environment_id AND d.id <> me.id
+           AND d.status = 'deploying'
+           AND (SELECT MAX(seq) FROM transitions
+                WHERE deployment_id = d.id AND status = 'deploying')
+             < (SELECT MAX(seq) FROM transitions
+                WHERE deployment_id = me.id AND status = 'deploying')",
+        [id],
+        |row| row.get(0),
+    )?;
+    Ok(ahead as u64)
+}
+
 /// Ends the deploy step: live (the previous live deployment becomes ready) or
 /// deploy_failed with the reason.
 pub fn finish_deploy(
@@ -269,6 +288,30 @@ mod tests {
             Live
         );
         assert!(!renew_deploy(&mut conn, &first, "replica-b", LEASE).unwrap());
+    }
+
+    #[test]
+    fn deploys_of_one_environment_wait_for_those_begun_before_them() {
+        let (mut conn, _, _) = shop(&[]);
+        let (first, second, third) = (
+            built(&mut conn, 1),
+            built(&mut conn, 2),
+            built(&mut conn, 3),
+        );
+        // Begun out of push order, on two replicas: the order of beginning counts.
+        begin_deploy(&mut conn, &second, "replica-a", LEASE).unwrap();
+        begin_deploy(&mut conn, &first, "replica-b", LEASE).unwrap();
+        begin_deploy(&mut conn, &third, "replica-a", LEASE).unwrap();
+        let ahead = |conn: &mut Connection, id: &str| deploys_ahead(conn, id).unwrap();
+        assert_eq!(
+            [&second, &first, &third].map(|id| ahead(&mut conn, id)),
+            [0, 1, 2]
+        );
+        finish_deploy(&mut conn, &second, "replica-a", Some("hook failed")).unwrap();
+        assert_eq!(ahead(&mut conn, &first), 0);
+        assert_eq!(ahead(&mut conn, &third), 1);
+        finish_deploy(&mut conn, &first, "replica-b", None).unwrap();
+        assert_eq!(ahead(&mut conn, &third), 0);
     }
 
     #[test]
