@@ -261,7 +261,6 @@ impl AppState {
         }
     }
 
-    /// The lock a deploy of `environment_id` holds while it runs.
     /// Counts the calling request as parked in `wait` until the guard drops.
     pub(crate) fn park(&self, wait: Wait) -> Parked<'_> {
         let count = &self.parked[wait as usize];

@@ -736,7 +736,7 @@ impl Build<'_> {
     /// that key also salts its webpack cache, a restored `.next/cache` would
     /// never be used. A preview never gets its base branch's key: it is a secret
     /// (it decrypts the values Server Actions carry), so each scope has its own.
-    pub(super) async fn server_actions_key(&self, cache: &BuildCache) -> Option<String> {
+    pub(super) fn server_actions_key(&self, cache: &BuildCache) -> Option<String> {
         if self
             .request
             .env
@@ -746,20 +746,8 @@ impl Build<'_> {
             return None;
         }
         let period = (crate::cache::unix_days() / SERVER_ACTIONS_KEY_DAYS).to_string();
-        let request = cache.request.clone();
-        let kept = tokio::task::spawn_blocking(move || {
-            let slot = Slot {
-                project: &request.project,
-                scopes: &request.scopes,
-                kind: Kind::Secret,
-                group: "next-server-actions",
-                key: &period,
-            };
-            request.cache.own_secret(slot, new_server_actions_key)
-        })
-        .await
-        .expect("secret task");
-        match kept {
+        let slot = cache.slot(Kind::Secret, "next-server-actions", &period);
+        match cache.request.cache.own_secret(slot, new_server_actions_key) {
             Ok(key) => {
                 self.logs.mask_also(&key);
                 self.system.line(format!(

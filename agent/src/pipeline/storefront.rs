@@ -44,9 +44,7 @@ pub(super) async fn build(
     let app_dir = repo_path(&found.app_dir);
     let install_dir = repo_path(&found.install_dir);
     let server_actions_key = match cache {
-        Some(cache) if found.framework == Framework::Nextjs => {
-            build.server_actions_key(cache).await
-        }
+        Some(cache) if found.framework == Framework::Nextjs => build.server_actions_key(cache),
         _ => None,
     };
     let output_key = match cache {

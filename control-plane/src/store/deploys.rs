@@ -8,6 +8,9 @@ use super::deployments::{get_deployment_in, set_status};
 use super::now_ms;
 use crate::error::ApiError;
 
+/// Gives a deploy to a replica, held until a time.
+const HOLD: &str = "UPDATE deployments SET deployer = ?1, lease_expires_at = ?2 WHERE id = ?3";
+
 /// Moves a deployment to `deploying`, its deploy run by `deployer` (a replica),
 /// which holds it for `lease_ms` and renews it while the step runs.
 pub fn begin_deploy(
@@ -25,10 +28,7 @@ pub fn begin_deploy(
         DeploymentStatus::Deploying,
         None,
     )?;
-    tx.execute(
-        "UPDATE deployments SET deployer = ?1, lease_expires_at = ?2 WHERE id = ?3",
-        params![deployer, now_ms() + lease_ms, id],
-    )?;
+    tx.execute(HOLD, params![deployer, now_ms() + lease_ms, id])?;
     let deployment = get_deployment_in(&tx, id)?;
     tx.commit()?;
     Ok(deployment)
@@ -76,10 +76,7 @@ pub fn take_over_deploys(
         .query_map(orphaned, |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     for id in &ids {
-        tx.execute(
-            "UPDATE deployments SET deployer = ?1, lease_expires_at = ?2 WHERE id = ?3",
-            params![deployer, now + lease_ms, id],
-        )?;
+        tx.execute(HOLD, params![deployer, now + lease_ms, id])?;
     }
     tx.commit()?;
     Ok(ids)
