@@ -59,6 +59,10 @@ struct Cli {
     /// Seconds an agent may go without renewing before its job is handed out again.
     #[arg(long, env = "KILN_LEASE_SECONDS", default_value_t = 60)]
     lease_seconds: u64,
+    /// With an object store: seconds after a job ends before its log's chunks
+    /// are gathered into one object per stream.
+    #[arg(long, env = "KILN_LOG_COMPACTION_DELAY_SECONDS", default_value_t = 60)]
+    log_compaction_delay_seconds: u64,
     /// Wall-clock limit for one build, sent to agents with each job.
     #[arg(long, env = "KILN_JOB_TIMEOUT_SECONDS", default_value_t = 3600)]
     job_timeout_seconds: u64,
@@ -298,6 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|url| url.trim_end_matches('/').to_owned());
     config.git_host_retry = Duration::from_millis(cli.git_host_retry_ms.max(10));
     config.lease = Duration::from_secs(cli.lease_seconds);
+    config.log_compaction_delay = Duration::from_secs(cli.log_compaction_delay_seconds);
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
     config.deploy_hook = cli.deploy_hook;
     config.database_url = cli.database_url;

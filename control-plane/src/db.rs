@@ -52,7 +52,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 9] = [
+const SCHEMA: [&str; 10] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -62,6 +62,7 @@ const SCHEMA: [&str; 9] = [
     include_str!("schema/007_fleet.sql"),
     include_str!("schema/008_replicas.sql"),
     include_str!("schema/009_deploy_leases.sql"),
+    include_str!("schema/010_log_compaction.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

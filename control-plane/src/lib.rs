@@ -79,6 +79,9 @@ pub struct Config {
     pub lease: Duration,
     /// How often expired leases are looked for.
     pub reaper_interval: Duration,
+    /// With an object store: how long after its job ends a log's chunks are
+    /// gathered into one object per stream (late appends have landed by then).
+    pub log_compaction_delay: Duration,
     /// Wall-clock limit handed to agents with each job.
     pub job_timeout: Duration,
     /// Claims of one deployment before a lost agent fails it.
@@ -117,6 +120,7 @@ impl Config {
             registration_token,
             lease: Duration::from_secs(60),
             reaper_interval: Duration::from_secs(1),
+            log_compaction_delay: Duration::from_secs(60),
             job_timeout: Duration::from_secs(3600),
             max_attempts: 2,
             deploy_hook: None,
@@ -320,6 +324,7 @@ pub async fn serve(
     let listener_thread = replicas::start_listener(state.clone());
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let courier = tokio::spawn(git_hosts::outbox::run(state.clone()));
+    let compactor = tokio::spawn(compact_finished_logs(state.clone()));
     let stopping = state.shutdown.clone();
     let limits = state.config.connections;
     let result = connections::serve(listener, app(state), limits, async move {
@@ -330,6 +335,7 @@ pub async fn serve(
     .await;
     reaper.abort();
     courier.abort();
+    compactor.abort();
     if let Some(thread) = listener_thread {
         // It sees the cancellation within a tick.
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -357,6 +363,67 @@ async fn take_over_orphaned_deploys(state: &AppState) {
             }
         }
         Err(error) => tracing::error!(message = "Cannot look for orphaned deploys.", %error),
+    }
+}
+
+/// Jobs whose logs one look compacts; the next look takes the next ones.
+const LOGS_COMPACTED_PER_LOOK: i64 = 16;
+
+/// On the leader, with an object store: gathers the logs of jobs that ended
+/// `log_compaction_delay` ago into one object per stream.
+async fn compact_finished_logs(state: AppState) {
+    if !state.logs.is_shared() {
+        return;
+    }
+    let mut tick = tokio::time::interval(state.config.reaper_interval.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        if !state.replicas.is_leader() {
+            continue;
+        }
+        let ended_before = store::now_ms() - state.config.log_compaction_delay.as_millis() as i64;
+        let jobs = match state
+            .db
+            .call(move |conn| {
+                store::jobs_with_logs_to_compact(conn, ended_before, LOGS_COMPACTED_PER_LOOK)
+            })
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::error!(message = "Cannot look for logs to compact.", %error);
+                continue;
+            }
+        };
+        for job_id in jobs {
+            match state.logs.compact(&job_id).await {
+                Ok(replaced) => {
+                    if replaced > 0 {
+                        tracing::info!(
+                            message = "Log compacted.",
+                            job_id,
+                            chunks_replaced = replaced
+                        );
+                    }
+                    let id = job_id.clone();
+                    if let Err(error) = state
+                        .db
+                        .call(move |conn| store::mark_logs_compacted(conn, &id))
+                        .await
+                    {
+                        tracing::error!(message = "Cannot note a log compacted.", job_id, %error);
+                    }
+                }
+                // Left for the next look; the chunks still hold the log.
+                Err(error) => {
+                    tracing::warn!(message = "Cannot compact a log; will try again.", job_id, %error)
+                }
+            }
+        }
     }
 }
 

@@ -60,6 +60,16 @@ impl std::fmt::Debug for SharedLogs {
 
 /// Tries at an append another replica keeps getting ahead of.
 const SHARED_APPEND_TRIES: usize = 5;
+/// Listings a read may go through while compactions replace what they name.
+const PULL_TRIES: usize = 5;
+
+/// How far a copy from the object store got.
+enum Copied {
+    /// Every chunk listed; the copy is now this long.
+    All(u64),
+    /// Up to this length; then a listed chunk was gone (compacted).
+    Replaced(u64),
+}
 
 impl LogStore {
     pub fn new(root: PathBuf, limit: u64) -> Self {
@@ -95,32 +105,59 @@ impl LogStore {
 
     /// `pull` under the stream's lock; returns the copy's length.
     async fn pull_locked(&self, job_id: &str, stream: LogStream) -> Result<u64, ApiError> {
-        let path = self.path(job_id, stream);
-        let mut len = file_len(&path)?;
+        let mut len = file_len(&self.path(job_id, stream))?;
         let Some(shared) = &self.shared else {
             return Ok(len);
         };
-        let id = job_id.to_owned();
-        let chunks = shared
-            .db
-            .call(move |conn| crate::store::log_chunks_from(conn, &id, stream, len))
-            .await?;
+        // A chunk listed here may be gone by the time it is read: a compaction
+        // replaced it. The next listing then names the object that holds it.
+        for _ in 0..PULL_TRIES {
+            let id = job_id.to_owned();
+            let chunks = shared
+                .db
+                .call(move |conn| crate::store::log_chunks_from(conn, &id, stream, len))
+                .await?;
+            match self.copy_chunks(job_id, stream, len, chunks).await? {
+                Copied::All(new_len) => return Ok(new_len),
+                Copied::Replaced(new_len) => len = new_len,
+            }
+        }
+        Err(ApiError::Unavailable(format!(
+            "log {stream} of job {job_id} kept being compacted while this replica read it; retry"
+        )))
+    }
+
+    /// Appends `chunks` (listed from `len` on) to this replica's copy.
+    async fn copy_chunks(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        mut len: u64,
+        chunks: Vec<crate::store::LogChunk>,
+    ) -> Result<Copied, ApiError> {
+        let Some(shared) = &self.shared else {
+            return Ok(Copied::All(len));
+        };
         for chunk in chunks {
-            let data = shared.objects.get(&chunk.object_key).await?;
-            if data.len() as u64 != chunk.length {
+            // Only what this copy lacks: a compacted chunk starts at 0.
+            let skip = len.saturating_sub(chunk.start).min(chunk.length);
+            let Some(data) = shared.objects.get_from(&chunk.object_key, skip).await? else {
+                return Ok(Copied::Replaced(len));
+            };
+            if skip + data.len() as u64 != chunk.length {
                 return Err(ApiError::Internal(format!(
                     "log object {} holds {} bytes where {} were recorded",
                     chunk.object_key,
-                    data.len(),
+                    skip + data.len() as u64,
                     chunk.length
                 )));
             }
-            let (path, times_path) = (path.clone(), self.times_path(job_id, stream));
+            let (path, times_path) = (self.path(job_id, stream), self.times_path(job_id, stream));
             let appended = tokio::task::spawn_blocking(move || {
                 append_at(
                     &path,
                     &times_path,
-                    chunk.start,
+                    chunk.start + skip,
                     &data,
                     &chunk.marks,
                     u64::MAX,
@@ -138,7 +175,67 @@ impl LogStore {
                 }
             }
         }
-        Ok(len)
+        Ok(Copied::All(len))
+    }
+
+    /// Gathers each stream's chunks in the object store into one object, so a
+    /// finished log is read back with one request. Returns the chunks replaced.
+    /// Readers keep working throughout: the merged chunk is recorded before
+    /// the old objects go, and a reader that finds one gone lists again.
+    pub async fn compact(&self, job_id: &str) -> Result<usize, ApiError> {
+        let Some(shared) = &self.shared else {
+            return Ok(0);
+        };
+        let mut replaced_count = 0;
+        for stream in LogStream::ALL {
+            let lock = self.lock_for(job_id, stream);
+            let _guard = lock.lock().await;
+            let id = job_id.to_owned();
+            let chunks = shared
+                .db
+                .call(move |conn| crate::store::log_chunks_from(conn, &id, stream, 0))
+                .await?;
+            if chunks.len() < 2 {
+                continue;
+            }
+            // This copy then holds at least every listed chunk's bytes.
+            self.pull_locked(job_id, stream).await?;
+            let length = chunks.iter().map(|chunk| chunk.length).sum();
+            let merged = crate::store::LogChunk {
+                start: 0,
+                length,
+                object_key: format!(
+                    "logs/{job_id}/{stream}/{:020}-compacted-{}",
+                    0,
+                    uuid::Uuid::new_v4().simple()
+                ),
+                marks: chunks
+                    .iter()
+                    .flat_map(|chunk| chunk.marks.iter().copied())
+                    .collect(),
+            };
+            shared
+                .objects
+                .upload_head(&merged.object_key, &self.path(job_id, stream), length)
+                .await?;
+            let replaced: Vec<String> = chunks.into_iter().map(|chunk| chunk.object_key).collect();
+            let (id, keys, recorded) = (job_id.to_owned(), replaced.clone(), merged.clone());
+            let swapped = shared
+                .db
+                .call(move |conn| {
+                    crate::store::replace_log_chunks(conn, &id, stream, &keys, &recorded)
+                })
+                .await?;
+            if !swapped {
+                shared.objects.delete(&merged.object_key).await;
+                continue;
+            }
+            replaced_count += replaced.len();
+            for key in &replaced {
+                shared.objects.delete(key).await;
+            }
+        }
+        Ok(replaced_count)
     }
 
     pub fn path(&self, job_id: &str, stream: LogStream) -> PathBuf {
@@ -486,6 +583,91 @@ mod tests {
         let c = replica("c");
         c.pull("j", s).await.unwrap();
         assert_eq!(std::fs::read(c.path("j", s)).unwrap(), b"hello world\n");
+    }
+
+    /// A finished log's chunks become one object per stream; replicas that
+    /// had part of it, none of it, or a listing made before the compaction
+    /// still read it byte-exact, marks included, and appends go on after it.
+    #[tokio::test]
+    async fn compaction_makes_one_object_that_every_reader_follows() {
+        let Some(objects) = crate::objects::test_bucket().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&crate::db::shared_for_test(dir.path())).unwrap();
+        let replica = |name: &str| {
+            LogStore::new(dir.path().join(name), 1024).with_shared(Some(SharedLogs {
+                objects: objects.clone(),
+                db: db.clone(),
+            }))
+        };
+        let (writer, partial) = (replica("writer"), replica("partial"));
+        let s = LogStream::Backend;
+        let lines: Vec<String> = (0..6).map(|n| format!("line {n}\n")).collect();
+        let mut offset = 0;
+        for (n, line) in lines.iter().enumerate() {
+            let marks = [(offset, 1000 + n as i64)];
+            offset = writer
+                .append("j", s, offset, Bytes::from(line.clone()), &marks)
+                .await
+                .unwrap();
+            if n == 1 {
+                partial.pull("j", s).await.unwrap();
+            }
+        }
+        let whole = lines.concat();
+        let listed_before = db
+            .call(move |conn| crate::store::log_chunks_from(conn, "j", s, 0))
+            .await
+            .unwrap();
+        assert_eq!(listed_before.len(), 6);
+        let keys = |objects: crate::objects::Objects| async move {
+            objects.keys_under("logs/j/backend").await.unwrap()
+        };
+        assert_eq!(keys(objects.clone()).await.len(), 6);
+
+        assert_eq!(writer.compact("j").await.unwrap(), 6);
+        let after = keys(objects.clone()).await;
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert!(after[0].contains("-compacted-"), "{after:?}");
+        assert_eq!(writer.compact("j").await.unwrap(), 0, "nothing left to do");
+
+        // Had the first two lines: reads only the rest, from the merged object.
+        partial.pull("j", s).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(partial.path("j", s)).unwrap(),
+            whole
+        );
+        let marks: Vec<(u64, i64)> = (0..6).map(|n| (7 * n, 1000 + n as i64)).collect();
+        assert_eq!(partial.marks("j", s).await, marks);
+        // Listed the six chunks before they went: finds them gone, lists again.
+        let stale = replica("stale");
+        let copied = stale.copy_chunks("j", s, 0, listed_before).await.unwrap();
+        assert!(matches!(copied, Copied::Replaced(0)));
+        stale.pull("j", s).await.unwrap();
+        assert_eq!(std::fs::read_to_string(stale.path("j", s)).unwrap(), whole);
+        assert_eq!(stale.marks("j", s).await, marks);
+
+        // A late append joins after the merged chunk, and compacts again.
+        let end = writer
+            .append("j", s, 42, Bytes::from_static(b"late\n"), &[(42, 2000)])
+            .await
+            .unwrap();
+        assert_eq!(end, 47);
+        partial.pull("j", s).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(partial.path("j", s)).unwrap(),
+            format!("{whole}late\n")
+        );
+        assert_eq!(writer.compact("j").await.unwrap(), 2);
+        let fresh = replica("fresh");
+        fresh.pull("j", s).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(fresh.path("j", s)).unwrap(),
+            format!("{whole}late\n")
+        );
+        assert_eq!(fresh.marks("j", s).await.last(), Some(&(42, 2000)));
+        assert_eq!(keys(objects.clone()).await.len(), 1);
     }
 
     #[tokio::test]

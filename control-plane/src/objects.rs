@@ -13,8 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, PutPayload};
-use tokio::io::AsyncWriteExt;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::ApiError;
 
@@ -97,16 +97,21 @@ impl Objects {
         Ok(())
     }
 
-    pub async fn get(&self, key: &str) -> Result<Bytes, ApiError> {
-        let object = self
-            .store
-            .get(&self.path(key))
-            .await
-            .map_err(|e| unavailable(key, e))?;
-        object.bytes().await.map_err(|e| unavailable(key, e))
+    /// The object's bytes from `from` on; `None` when it is not there (a
+    /// log chunk that a compaction replaced).
+    pub async fn get_from(&self, key: &str, from: u64) -> Result<Option<Bytes>, ApiError> {
+        let options = GetOptions {
+            range: (from > 0).then_some(GetRange::Offset(from)),
+            ..GetOptions::default()
+        };
+        let object = match self.store.get_opts(&self.path(key), options).await {
+            Ok(object) => object,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(error) => return Err(unavailable(key, error)),
+        };
+        Ok(Some(object.bytes().await.map_err(|e| unavailable(key, e))?))
     }
 
-    /// Best effort: an object nothing refers to only costs its bytes.
     pub async fn delete(&self, key: &str) {
         if let Err(error) = self.store.delete(&self.path(key)).await {
             tracing::warn!(message = "Cannot delete an unused object.", key, %error);
@@ -115,7 +120,45 @@ impl Objects {
 
     /// Streams a file up (in parts, for big artifacts).
     pub async fn upload(&self, key: &str, file: &Path) -> Result<(), ApiError> {
-        let mut source = tokio::fs::File::open(file).await?;
+        let source = tokio::fs::File::open(file).await?;
+        self.upload_from(key, source).await
+    }
+
+    /// Stores the first `length` bytes of `file` as `key`.
+    pub async fn upload_head(&self, key: &str, file: &Path, length: u64) -> Result<(), ApiError> {
+        let source = tokio::fs::File::open(file).await?.take(length);
+        self.upload_from(key, source).await
+    }
+
+    /// Keys under `prefix`, sorted.
+    #[cfg(test)]
+    pub async fn keys_under(&self, prefix: &str) -> Result<Vec<String>, ApiError> {
+        use futures::TryStreamExt;
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&self.path(prefix)))
+            .try_collect()
+            .await
+            .map_err(|e| unavailable(prefix, e))?;
+        let own = self.path("");
+        let mut keys: Vec<String> = listed
+            .into_iter()
+            .map(|meta| {
+                let full = meta.location.to_string();
+                full.strip_prefix(own.as_ref())
+                    .map(|key| key.trim_start_matches('/').to_owned())
+                    .unwrap_or(full)
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn upload_from(
+        &self,
+        key: &str,
+        mut source: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(), ApiError> {
         let mut upload = object_store::buffered::BufWriter::new(self.store.clone(), self.path(key));
         let copied = async {
             tokio::io::copy(&mut source, &mut upload).await?;

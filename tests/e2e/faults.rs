@@ -3,6 +3,7 @@
 //! (`examples/medusa-shop`'s stand-in) writes the sha256 of the numbered lines it
 //! printed into its artifact; the stored log must hash the same.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -395,11 +396,16 @@ async fn replicas_one_killed_mid_build_lose_nothing() {
     let repo = FixtureRepo::new(dir.path());
     let mut envs = bucket.server_env();
     envs.push(("KILN_DATABASE_URL".to_owned(), database_url));
+    envs.push((
+        "KILN_LOG_COMPACTION_DELAY_SECONDS".to_owned(),
+        "1".to_owned(),
+    ));
     let mut first =
         ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("first"), envs.clone())
             .await;
     let second =
-        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("second"), envs).await;
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("second"), envs.clone())
+            .await;
     let balancer = TcpProxy::balance(
         [&first, &second]
             .iter()
@@ -444,6 +450,37 @@ async fn replicas_one_killed_mid_build_lose_nothing() {
         keys.iter().any(|key| key.starts_with("kiln/logs/")),
         "the log is in the object store"
     );
+
+    // The ended job's log, one object per append while it ran, becomes one
+    // object per stream; a replica that never saw it reads it byte-exact.
+    let started = Instant::now();
+    loop {
+        let keys = bucket.keys().await;
+        let streams: HashSet<_> = keys
+            .iter()
+            .filter(|key| key.starts_with("kiln/logs/"))
+            .map(|key| key.rsplit_once('/').unwrap().0)
+            .collect();
+        let log_keys: Vec<_> = keys
+            .iter()
+            .filter(|key| key.starts_with("kiln/logs/"))
+            .collect();
+        if log_keys.len() == streams.len() {
+            assert!(
+                log_keys.iter().any(|key| key.contains("-compacted-")),
+                "the backend's log, of many appends, was compacted: {log_keys:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the log was not compacted: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let third =
+        ServerProcess::start_with_env(Path::new(SERVER), &dir.path().join("third"), envs).await;
+    assert_eq!(verify(&third.admin(), &built).await, 1500);
 }
 
 /// Where the deploy hook of a replica test notes its runs (a file `runs`) and

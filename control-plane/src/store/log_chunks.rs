@@ -76,6 +76,77 @@ pub fn add_log_chunk(
     Ok(if added == 1 { Ok(()) } else { Err(end) })
 }
 
+/// Puts `merged` (the stream from 0, in one object) in the place of the chunks
+/// it was made of, `replaced` (their object keys, in order). Refuses (`false`)
+/// when the chunks before `merged`'s end are no longer those: another replica
+/// compacted them first.
+pub fn replace_log_chunks(
+    conn: &mut Connection,
+    job_id: &str,
+    stream: LogStream,
+    replaced: &[String],
+    merged: &LogChunk,
+) -> Result<bool, ApiError> {
+    let tx = conn.transaction_shared()?;
+    let held: Vec<String> = tx
+        .prepare(&format!(
+            "SELECT object_key FROM log_chunks
+             WHERE job_id = ?1 AND stream = ?2 AND start_at < ?3 ORDER BY start_at{}",
+            tx.for_update()
+        ))?
+        .query_map(
+            params![job_id, stream.as_str(), merged.length as i64],
+            |row| row.get(0),
+        )?
+        .collect::<Result<_, _>>()?;
+    if merged.start != 0 || held != replaced {
+        return Ok(false);
+    }
+    tx.execute(
+        "DELETE FROM log_chunks WHERE job_id = ?1 AND stream = ?2 AND start_at < ?3",
+        params![job_id, stream.as_str(), merged.length as i64],
+    )?;
+    tx.execute(
+        "INSERT INTO log_chunks (job_id, stream, start_at, length, object_key, marks, created_at)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6)",
+        params![
+            job_id,
+            stream.as_str(),
+            merged.length as i64,
+            merged.object_key,
+            to_json(&merged.marks),
+            now_ms()
+        ],
+    )?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Jobs that ended before `ended_before` (unix millis) and whose logs have not
+/// been compacted, oldest first.
+pub fn jobs_with_logs_to_compact(
+    conn: &mut Connection,
+    ended_before: i64,
+    limit: i64,
+) -> Result<Vec<String>, ApiError> {
+    let ids = conn
+        .prepare(
+            "SELECT id FROM jobs WHERE logs_compacted_at IS NULL AND finished_at < ?1
+             ORDER BY finished_at LIMIT ?2",
+        )?
+        .query_map(params![ended_before, limit], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
+pub fn mark_logs_compacted(conn: &mut Connection, job_id: &str) -> Result<(), ApiError> {
+    conn.execute(
+        "UPDATE jobs SET logs_compacted_at = ?2 WHERE id = ?1",
+        params![job_id, now_ms()],
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
