@@ -6,6 +6,11 @@
 //! for servers that ask for one. As with libpq, `prefer` and `require` without
 //! `sslrootcert` encrypt without checking who answers; `verify-full` checks the
 //! certificate's chain and its name. Unix sockets never use TLS.
+//!
+//! As libpq, files in `~/.postgresql/` stand in for options the URL leaves out:
+//! `root.crt` for `sslrootcert` (then every mode checks the chain), and
+//! `postgresql.crt` with `postgresql.key` for `sslcert` and `sslkey`.
+//! `sslrootcert=system` asks for the system's authorities whatever is there.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -28,9 +33,13 @@ pub enum TlsSetupError {
     RootCert { path: PathBuf, reason: String },
     #[error("{path}: {reason}; sslcert and sslkey name the PEM files of the client certificate and its private key")]
     ClientCert { path: PathBuf, reason: String },
-    #[error("sslcert and sslkey come together: the client certificate and its private key")]
-    ClientCertPair,
-    #[error("sslmode={0} without sslrootcert needs the system's certificate authorities, and none could be read; give sslrootcert=PATH")]
+    #[error("sslcert {0} has no private key: give sslkey=PATH, or put the key in {1}")]
+    ClientCertPair(PathBuf, PathBuf),
+    #[error("sslkey {0} has no certificate: give sslcert=PATH")]
+    ClientKeyAlone(PathBuf),
+    #[error("{0} is encrypted, and sslpassword is not supported; store it decrypted, readable only by the server's user (`openssl pkey -in KEY -out KEY.plain`)")]
+    EncryptedKey(PathBuf),
+    #[error("{0} needs the system's certificate authorities, and none could be read; give sslrootcert=PATH")]
     NoSystemRoots(&'static str),
     #[error("the TLS settings cannot be used: {0}")]
     Rustls(#[from] rustls::Error),
@@ -63,7 +72,21 @@ impl Mode {
 /// The connection settings of `url` and the TLS connector its `sslmode`,
 /// `sslrootcert`, `sslcert` and `sslkey` ask for.
 pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSetupError> {
-    let (rest, options) = take_tls_options(url);
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    connection_from(url, home.as_deref())
+}
+
+/// `connection`, with libpq's default files looked for under `home`.
+fn connection_from(
+    url: &str,
+    home: Option<&Path>,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSetupError> {
+    let (rest, mut options) = take_tls_options(url);
+    options.fill_from(
+        &home
+            .map(|home| home.join(".postgresql"))
+            .unwrap_or_default(),
+    );
     let mode = options
         .mode
         .as_deref()
@@ -78,9 +101,10 @@ pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnec
     });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = match (&options.root_cert, mode) {
+        (Some(path), _) if path == Path::new("system") => Some(system_roots("sslrootcert=system")?),
         (Some(path), _) => Some(roots_from(path)?),
-        (None, Mode::VerifyCa) => Some(system_roots("verify-ca")?),
-        (None, Mode::VerifyFull) => Some(system_roots("verify-full")?),
+        (None, Mode::VerifyCa) => Some(system_roots("sslmode=verify-ca without sslrootcert")?),
+        (None, Mode::VerifyFull) => Some(system_roots("sslmode=verify-full without sslrootcert")?),
         (None, _) => None,
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -111,13 +135,24 @@ pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnec
                 .map_err(|error| fail(cert, error.to_string()))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|error| fail(cert, error.to_string()))?;
+            if std::fs::read_to_string(key).is_ok_and(|pem| pem.contains("ENCRYPTED")) {
+                return Err(TlsSetupError::EncryptedKey(key.clone()));
+            }
             let key =
                 PrivateKeyDer::from_pem_file(key).map_err(|error| fail(key, error.to_string()))?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|error| fail(cert, error.to_string()))?
         }
-        _ => return Err(TlsSetupError::ClientCertPair),
+        (Some(cert), None) => {
+            return Err(TlsSetupError::ClientCertPair(
+                cert.clone(),
+                home.unwrap_or(Path::new("~"))
+                    .join(".postgresql")
+                    .join(DEFAULT_CLIENT_KEY),
+            ))
+        }
+        (None, Some(key)) => return Err(TlsSetupError::ClientKeyAlone(key.clone())),
     };
     Ok((config, MakeRustlsConnect::new(tls)))
 }
@@ -146,6 +181,31 @@ impl TlsOptions {
         };
         *slot = Some(PathBuf::from(value));
         true
+    }
+}
+
+/// libpq's files in `~/.postgresql/`, used when the URL names none.
+const DEFAULT_ROOT_CERT: &str = "root.crt";
+const DEFAULT_CLIENT_CERT: &str = "postgresql.crt";
+const DEFAULT_CLIENT_KEY: &str = "postgresql.key";
+
+impl TlsOptions {
+    /// Options the URL left out, from libpq's default files in `dir` where
+    /// they exist; `sslcert` given alone finds its key there too.
+    fn fill_from(&mut self, dir: &Path) {
+        let present = |name: &str| {
+            let path = dir.join(name);
+            (!dir.as_os_str().is_empty() && path.is_file()).then_some(path)
+        };
+        if self.root_cert.is_none() {
+            self.root_cert = present(DEFAULT_ROOT_CERT);
+        }
+        if self.client_cert.is_none() && self.client_key.is_none() {
+            self.client_cert = present(DEFAULT_CLIENT_CERT);
+        }
+        if self.client_cert.is_some() && self.client_key.is_none() {
+            self.client_key = present(DEFAULT_CLIENT_KEY);
+        }
     }
 }
 
@@ -426,6 +486,89 @@ mod tests {
         assert!(!session_is_encrypted(&plain).unwrap(), "disable does not");
     }
 
+    /// Whether a session made with `home` as the home directory is encrypted.
+    fn encrypted_from(url: &str, home: &Path) -> Result<bool, String> {
+        fn chain(error: tokio_postgres::Error) -> String {
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
+        let (config, tls) = connection_from(url, Some(home)).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = config.connect(tls).await.map_err(chain)?;
+            tokio::spawn(connection);
+            let row = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(chain)?;
+            Ok(row.get(0))
+        })
+    }
+
+    /// As libpq: `~/.postgresql/root.crt` trusts the authority and
+    /// `postgresql.crt`/`postgresql.key` sign in, when the URL names none;
+    /// `sslrootcert=system` still means the system's authorities. In the
+    /// PostgreSQL pass, as `connects_over_tls_as_the_url_says`.
+    #[test]
+    fn libpq_default_files_stand_in_for_missing_options() {
+        if std::env::var_os("KILN_TEST_DATABASE_URL").is_none() {
+            return;
+        }
+        let server = TlsPostgres::start();
+        let tls_dir = server.dir.join("tls");
+        let without_root = server.url.split(" sslrootcert=").next().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let refused = encrypted_from(without_root, home.path()).unwrap_err();
+        assert!(
+            refused.contains("UnknownIssuer"),
+            "no root.crt yet: {refused}"
+        );
+
+        let defaults = home.path().join(".postgresql");
+        std::fs::create_dir(&defaults).unwrap();
+        std::fs::copy(tls_dir.join("ca.crt"), defaults.join("root.crt")).unwrap();
+        assert_eq!(encrypted_from(without_root, home.path()), Ok(true));
+        let system = format!("{without_root} sslrootcert=system");
+        let refused = encrypted_from(&system, home.path()).unwrap_err();
+        assert!(refused.contains("UnknownIssuer"), "{refused}");
+        // root.crt makes `require` check the chain too: a stranger's is refused.
+        let stranger = tempfile::tempdir().unwrap();
+        std::fs::create_dir(stranger.path().join(".postgresql")).unwrap();
+        std::fs::copy(
+            tls_dir.join("client.crt"),
+            stranger.path().join(".postgresql/root.crt"),
+        )
+        .unwrap();
+        let require = without_root.replace("verify-full", "require");
+        assert!(encrypted_from(&require, stranger.path()).is_err());
+
+        let as_cert_user = without_root.replace("user=kiln ", "user=kiln_cert ");
+        let refused = encrypted_from(&as_cert_user, home.path()).unwrap_err();
+        assert!(
+            refused.contains("requires a valid client certificate"),
+            "{refused}"
+        );
+        std::fs::copy(tls_dir.join("client.crt"), defaults.join("postgresql.crt")).unwrap();
+        let refused = encrypted_from(&as_cert_user, home.path()).unwrap_err();
+        assert!(
+            refused.contains("has no private key") && refused.contains("postgresql.key"),
+            "{refused}"
+        );
+        std::fs::copy(tls_dir.join("client.key"), defaults.join("postgresql.key")).unwrap();
+        assert_eq!(encrypted_from(&as_cert_user, home.path()), Ok(true));
+    }
+
     #[test]
     fn bad_tls_options_are_named() {
         let error = |url| connection(url).err().unwrap().to_string();
@@ -439,7 +582,27 @@ mod tests {
             error_of_root.contains("sslrootcert /nonexistent/ca.pem"),
             "{error_of_root}"
         );
-        let error_of_pair = error("host=db sslcert=/etc/kiln.crt");
-        assert!(error_of_pair.contains("come together"), "{error_of_pair}");
+        let error_of_pair = error("host=db sslkey=/etc/kiln.key");
+        assert!(
+            error_of_pair.contains("sslkey /etc/kiln.key has no certificate"),
+            "{error_of_pair}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "").unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let error_of_encrypted = error(&format!(
+            "host=db sslcert={} sslkey={}",
+            cert.display(),
+            key.display()
+        ));
+        assert!(
+            error_of_encrypted.contains("is encrypted, and sslpassword is not supported"),
+            "{error_of_encrypted}"
+        );
     }
 }
