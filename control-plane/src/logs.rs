@@ -62,6 +62,8 @@ impl std::fmt::Debug for SharedLogs {
 const SHARED_APPEND_TRIES: usize = 5;
 /// Listings a read may go through while compactions replace what they name.
 const PULL_TRIES: usize = 5;
+/// Log objects a replica fetches at once while bringing its copy up to date.
+const CHUNKS_FETCHED_AT_ONCE: usize = 16;
 
 /// How far a copy from the object store got.
 enum Copied {
@@ -138,10 +140,20 @@ impl LogStore {
         let Some(shared) = &self.shared else {
             return Ok(Copied::All(len));
         };
-        for chunk in chunks {
-            // Only what this copy lacks: a compacted chunk starts at 0.
-            let skip = len.saturating_sub(chunk.start).min(chunk.length);
-            let Some(data) = shared.objects.get_from(&chunk.object_key, skip).await? else {
+        use futures::StreamExt;
+        // Fetched several at a time (a long build's log is thousands of
+        // objects), appended in order.
+        let copy_len = len;
+        let mut fetched = futures::stream::iter(chunks)
+            .map(|chunk| async move {
+                // Only what this copy lacks: a compacted chunk starts at 0.
+                let skip = copy_len.saturating_sub(chunk.start).min(chunk.length);
+                let data = shared.objects.get_from(&chunk.object_key, skip).await;
+                (chunk, skip, data)
+            })
+            .buffered(CHUNKS_FETCHED_AT_ONCE);
+        while let Some((chunk, skip, data)) = fetched.next().await {
+            let Some(data) = data? else {
                 return Ok(Copied::Replaced(len));
             };
             if skip + data.len() as u64 != chunk.length {
@@ -231,9 +243,7 @@ impl LogStore {
                 continue;
             }
             replaced_count += replaced.len();
-            for key in &replaced {
-                shared.objects.delete(key).await;
-            }
+            shared.objects.delete_all(&replaced).await;
         }
         Ok(replaced_count)
     }

@@ -112,6 +112,19 @@ impl Objects {
         Ok(Some(object.bytes().await.map_err(|e| unavailable(key, e))?))
     }
 
+    /// Deletes `keys` in as few requests as the store allows (S3: a thousand a
+    /// request), warning of any it could not.
+    pub async fn delete_all(&self, keys: &[String]) {
+        use futures::StreamExt;
+        let paths = futures::stream::iter(keys.iter().map(|key| Ok(self.path(key)))).boxed();
+        let mut deleted = self.store.delete_stream(paths);
+        while let Some(result) = deleted.next().await {
+            if let Err(error) = result {
+                tracing::warn!(message = "Cannot delete an unused object.", %error);
+            }
+        }
+    }
+
     pub async fn delete(&self, key: &str) {
         if let Err(error) = self.store.delete(&self.path(key)).await {
             tracing::warn!(message = "Cannot delete an unused object.", key, %error);

@@ -39,22 +39,57 @@ impl TestBucket {
         .collect()
     }
 
-    /// Every key in the bucket (its first thousand).
+    /// The same, for a control plane started in this process.
+    pub fn object_store_config(&self) -> kiln_control_plane::ObjectStoreConfig {
+        let option = |key: &str, value: &str| (key.to_owned(), value.to_owned());
+        kiln_control_plane::ObjectStoreConfig {
+            url: format!("s3://{}/kiln", self.bucket),
+            options: vec![
+                option("aws_endpoint", &self.endpoint),
+                option("aws_allow_http", "true"),
+                option("aws_access_key_id", "test"),
+                option("aws_secret_access_key", "test"),
+                option("aws_region", "us-east-1"),
+            ],
+        }
+    }
+
+    /// Every key in the bucket, a thousand per listing.
     pub async fn keys(&self) -> Vec<String> {
-        let listing = reqwest::get(format!(
-            "{}/{}?list-type=2&max-keys=1000",
-            self.endpoint, self.bucket
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-        listing
-            .split("<Key>")
-            .skip(1)
-            .filter_map(|part| part.split("</Key>").next())
-            .map(str::to_owned)
-            .collect()
+        let mut keys = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("list-type", "2".to_owned()),
+                ("max-keys", "1000".to_owned()),
+            ];
+            if let Some(token) = continuation.take() {
+                query.push(("continuation-token", token));
+            }
+            let listing = reqwest::Client::new()
+                .get(format!("{}/{}", self.endpoint, self.bucket))
+                .query(&query)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            keys.extend(
+                listing
+                    .split("<Key>")
+                    .skip(1)
+                    .filter_map(|part| part.split("</Key>").next())
+                    .map(str::to_owned),
+            );
+            continuation = listing
+                .split("<NextContinuationToken>")
+                .nth(1)
+                .and_then(|part| part.split("</NextContinuationToken>").next())
+                .map(str::to_owned);
+            if continuation.is_none() {
+                return keys;
+            }
+        }
     }
 }
