@@ -368,6 +368,8 @@ async fn take_over_orphaned_deploys(state: &AppState) {
 
 /// Jobs whose logs one look compacts; the next look takes the next ones.
 const LOGS_COMPACTED_PER_LOOK: i64 = 16;
+/// Looks at one log that fails before it is left in its chunks.
+const COMPACTION_TRIES: u32 = 3;
 
 /// On the leader, with an object store: gathers the logs of jobs that ended
 /// `log_compaction_delay` ago into one object per stream.
@@ -377,6 +379,7 @@ async fn compact_finished_logs(state: AppState) {
     }
     let mut tick = tokio::time::interval(state.config.reaper_interval.max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed: std::collections::HashMap<String, u32> = Default::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -401,27 +404,35 @@ async fn compact_finished_logs(state: AppState) {
         };
         for job_id in jobs {
             match state.logs.compact(&job_id).await {
-                Ok(replaced) => {
-                    if replaced > 0 {
-                        tracing::info!(
-                            message = "Log compacted.",
-                            job_id,
-                            chunks_replaced = replaced
-                        );
-                    }
-                    let id = job_id.clone();
-                    if let Err(error) = state
-                        .db
-                        .call(move |conn| store::mark_logs_compacted(conn, &id))
-                        .await
-                    {
-                        tracing::error!(message = "Cannot note a log compacted.", job_id, %error);
-                    }
+                Ok(replaced) if replaced > 0 => {
+                    tracing::info!(
+                        message = "Log compacted.",
+                        job_id,
+                        chunks_replaced = replaced
+                    );
                 }
-                // Left for the next look; the chunks still hold the log.
+                Ok(_) => {}
+                // The chunks still hold the log: it is only read with more
+                // requests. Given up after a few looks, so it never holds up
+                // the jobs behind it.
                 Err(error) => {
-                    tracing::warn!(message = "Cannot compact a log; will try again.", job_id, %error)
+                    let failures = failed.entry(job_id.clone()).or_insert(0);
+                    *failures += 1;
+                    if *failures < COMPACTION_TRIES {
+                        tracing::warn!(message = "Cannot compact a log; will try again.", job_id, %error);
+                        continue;
+                    }
+                    tracing::error!(message = "Cannot compact a log; leaving it in its chunks.", job_id, %error);
                 }
+            }
+            failed.remove(&job_id);
+            let id = job_id.clone();
+            if let Err(error) = state
+                .db
+                .call(move |conn| store::mark_logs_compacted(conn, &id))
+                .await
+            {
+                tracing::error!(message = "Cannot note a log compacted.", job_id, %error);
             }
         }
     }

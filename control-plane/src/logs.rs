@@ -19,6 +19,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 use axum::body::Bytes;
+use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
@@ -140,7 +141,6 @@ impl LogStore {
         let Some(shared) = &self.shared else {
             return Ok(Copied::All(len));
         };
-        use futures::StreamExt;
         // Fetched several at a time (a long build's log is thousands of
         // objects), appended in order.
         let copy_len = len;
@@ -216,6 +216,7 @@ impl LogStore {
             let merged = crate::store::LogChunk {
                 start: 0,
                 length,
+                // Named as a chunk at offset 0 is, so the keys still sort in order.
                 object_key: format!(
                     "logs/{job_id}/{stream}/{:020}-compacted-{}",
                     0,
