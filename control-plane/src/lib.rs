@@ -377,17 +377,12 @@ async fn compact_finished_logs(state: AppState) {
     if !state.logs.is_shared() {
         return;
     }
-    let mut tick = tokio::time::interval(state.config.reaper_interval.max(Duration::from_secs(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = LeaderTicks::new(
+        &state,
+        state.config.reaper_interval.max(Duration::from_secs(1)),
+    );
     let mut failed: std::collections::HashMap<String, u32> = Default::default();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.shutdown.cancelled() => return,
-        }
-        if !state.replicas.is_leader() {
-            continue;
-        }
+    while ticks.next().await {
         let ended_before = store::now_ms() - state.config.log_compaction_delay.as_millis() as i64;
         let jobs = match state
             .db
@@ -438,17 +433,41 @@ async fn compact_finished_logs(state: AppState) {
     }
 }
 
+/// The ticks of singleton work: one each `every` while this replica leads,
+/// none once the server stops.
+struct LeaderTicks {
+    state: AppState,
+    tick: tokio::time::Interval,
+}
+
+impl LeaderTicks {
+    fn new(state: &AppState, every: Duration) -> Self {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            state: state.clone(),
+            tick,
+        }
+    }
+
+    /// Waits for the next tick on which this replica leads; `false` once the
+    /// server stops.
+    async fn next(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.tick.tick() => {}
+                _ = self.state.shutdown.cancelled() => return false,
+            }
+            if self.state.replicas.is_leader() {
+                return true;
+            }
+        }
+    }
+}
+
 async fn reap_expired_leases(state: AppState) {
-    let mut tick = tokio::time::interval(state.config.reaper_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = state.shutdown.cancelled() => return,
-        }
-        if !state.replicas.is_leader() {
-            continue;
-        }
+    let mut ticks = LeaderTicks::new(&state, state.config.reaper_interval);
+    while ticks.next().await {
         let policy = state.job_policy();
         match state
             .db
