@@ -125,6 +125,7 @@ impl Objects {
         }
     }
 
+    /// Best effort: an object nothing refers to only costs its bytes.
     pub async fn delete(&self, key: &str) {
         if let Err(error) = self.store.delete(&self.path(key)).await {
             tracing::warn!(message = "Cannot delete an unused object.", key, %error);

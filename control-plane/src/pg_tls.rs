@@ -82,11 +82,8 @@ fn connection_from(
     home: Option<&Path>,
 ) -> Result<(tokio_postgres::Config, MakeRustlsConnect), TlsSetupError> {
     let (rest, mut options) = take_tls_options(url);
-    options.fill_from(
-        &home
-            .map(|home| home.join(".postgresql"))
-            .unwrap_or_default(),
-    );
+    let defaults = home.map(|home| home.join(".postgresql"));
+    options.fill_from(defaults.as_deref());
     let mode = options
         .mode
         .as_deref()
@@ -147,8 +144,8 @@ fn connection_from(
         (Some(cert), None) => {
             return Err(TlsSetupError::ClientCertPair(
                 cert.clone(),
-                home.unwrap_or(Path::new("~"))
-                    .join(".postgresql")
+                defaults
+                    .unwrap_or_else(|| PathBuf::from("~/.postgresql"))
                     .join(DEFAULT_CLIENT_KEY),
             ))
         }
@@ -190,13 +187,11 @@ const DEFAULT_CLIENT_CERT: &str = "postgresql.crt";
 const DEFAULT_CLIENT_KEY: &str = "postgresql.key";
 
 impl TlsOptions {
-    /// Options the URL left out, from libpq's default files in `dir` where
-    /// they exist; `sslcert` given alone finds its key there too.
-    fn fill_from(&mut self, dir: &Path) {
-        let present = |name: &str| {
-            let path = dir.join(name);
-            (!dir.as_os_str().is_empty() && path.is_file()).then_some(path)
-        };
+    /// Options the URL left out, from libpq's default files in `dir` (none
+    /// without a home directory) where they exist; `sslcert` given alone finds
+    /// its key there too.
+    fn fill_from(&mut self, dir: Option<&Path>) {
+        let present = |name: &str| dir.map(|dir| dir.join(name)).filter(|path| path.is_file());
         if self.root_cert.is_none() {
             self.root_cert = present(DEFAULT_ROOT_CERT);
         }
