@@ -27,8 +27,8 @@ mod repo_fs;
 mod scan;
 mod state;
 
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// What the fuzz targets (`fuzz/`) drive, behind the `fuzzing` feature.
 #[cfg(feature = "fuzzing")]

@@ -12,6 +12,10 @@
 //! output is dropped after one truncation line. Beside each spool, a `.times` file
 //! records when output was written (offset → time marks, at most one per 100 ms),
 //! so every line gets its timestamp without changing the log's bytes.
+//!
+//! When the disk is full, output waits in memory (up to `UNSPOOLED_MAX` a stream)
+//! and still ships from there; it reaches the file once a write succeeds again.
+//! Past that bound output is dropped, and the log says where and how much.
 
 use std::fs::File;
 use std::io::Write;
@@ -39,6 +43,16 @@ const RECENT: usize = 2 * SHIP_CHUNK as usize;
 const MARK_EVERY_MS: i64 = 100;
 /// Marks sent with one chunk, to keep the header small; a chunk is cut shorter.
 const MARKS_PER_CHUNK: usize = 256;
+/// Output a stream holds in memory while its spool cannot be written (a full
+/// disk): a failing step's last words, which say why it failed, fit. Small in
+/// tests, so the bound is reached.
+const UNSPOOLED_MAX: u64 = if cfg!(test) { 64 << 10 } else { 16 << 20 };
+/// How often a stream holding output in memory tries its spool file again.
+const UNSPOOLED_RETRY: Duration = if cfg!(test) {
+    Duration::ZERO
+} else {
+    Duration::from_secs(1)
+};
 
 /// How a job's logs are written.
 #[derive(Debug, Clone)]
@@ -79,20 +93,54 @@ struct SpoolWriter {
     echo: bool,
     limit: u64,
     truncated: bool,
-    failed: bool,
+    /// Where the bytes that only memory holds begin (the file's length), while
+    /// the spool cannot be written.
+    unspooled_from: Option<u64>,
+    /// When a write to the file was last tried and failed.
+    last_try: std::time::Instant,
+    /// Output dropped since memory filled up, not yet said in the log.
+    dropped: u64,
 }
 
 impl SpoolWriter {
     /// Keeps what was just written in memory, dropping the oldest beyond `RECENT`
-    /// (in steps, so the copy is amortised).
-    fn remember(&mut self, kept: &[u8], notice: &[u8]) {
-        self.recent.extend_from_slice(kept);
-        self.recent.extend_from_slice(notice);
+    /// (in steps, so the copy is amortised) but never bytes the file lacks.
+    fn remember(&mut self, bytes: &[u8]) {
+        self.recent.extend_from_slice(bytes);
         if self.recent.len() > 2 * RECENT {
-            let cut = self.recent.len() - RECENT;
-            self.recent.drain(..cut);
-            self.recent_start += cut as u64;
+            let mut cut = (self.recent.len() - RECENT) as u64;
+            if let Some(from) = self.unspooled_from {
+                cut = cut.min(from - self.recent_start);
+            }
+            self.recent.drain(..cut as usize);
+            self.recent_start += cut;
         }
+    }
+
+    /// Appends `bytes` to the file; a failed write is cut off again, so the
+    /// file's length stays the offset of its end.
+    fn write_file(&mut self, file_len: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes).inspect_err(|_| {
+            let _ = self.file.set_len(file_len);
+        })
+    }
+
+    /// Writes what only memory holds to the file, if the disk has room again;
+    /// tried at most every `UNSPOOLED_RETRY`, as a full disk stays full a while.
+    fn spool_backlog(&mut self) -> std::io::Result<()> {
+        let Some(from) = self.unspooled_from else {
+            return Ok(());
+        };
+        if self.last_try.elapsed() < UNSPOOLED_RETRY {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        self.last_try = std::time::Instant::now();
+        let backlog = &self.recent[(from - self.recent_start) as usize..];
+        self.file.write_all(backlog).inspect_err(|_| {
+            let _ = self.file.set_len(from);
+        })?;
+        self.unspooled_from = None;
+        Ok(())
     }
 
     /// `size` bytes from `offset`, if all of them are still in memory.
@@ -136,6 +184,20 @@ impl LogSink {
         if data.is_empty() || writer.truncated {
             return;
         }
+        if writer.unspooled_from.is_some() && writer.spool_backlog().is_ok() {
+            tracing::info!(message = "Log spool writable again.", path = %self.spool.path.display());
+            if writer.dropped > 0 {
+                let notice = format!(
+                    "\n[kiln] {} of output was dropped here while the build host's disk was full.\n",
+                    ByteSize(std::mem::take(&mut writer.dropped))
+                );
+                self.store(writer, notice.as_bytes());
+            }
+        }
+        if writer.dropped > 0 {
+            writer.dropped += data.len() as u64;
+            return;
+        }
         let len = self.spool.len.load(Ordering::SeqCst);
         let room = writer.limit.saturating_sub(len) as usize;
         let (kept, over) = if data.len() > room {
@@ -146,6 +208,46 @@ impl LogSink {
         if writer.echo {
             echo(self.spool.stream, kept);
         }
+        self.store(writer, kept);
+        if over {
+            writer.truncated = true;
+            let notice = format!(
+                "\n[kiln] The {} log reached its limit of {}; later output is dropped. The build goes on.\n",
+                self.spool.stream,
+                ByteSize(writer.limit)
+            );
+            self.store(writer, notice.as_bytes());
+        }
+    }
+
+    /// Puts `bytes` at the spool's end, with a time mark: in the file and in
+    /// memory, or in memory alone while the file cannot take them.
+    fn store(&self, writer: &mut SpoolWriter, bytes: &[u8]) {
+        let len = self.spool.len.load(Ordering::SeqCst);
+        if let Some(from) = writer.unspooled_from {
+            if len - from + bytes.len() as u64 > UNSPOOLED_MAX {
+                // Said in the log itself, so its reader knows output is missing.
+                writer.dropped = bytes.len() as u64;
+                tracing::error!(message = "Log spool still unwritable and its memory is full; dropping output until the disk has room.", path = %self.spool.path.display());
+                let notice = format!(
+                    "\n[kiln] The build host's disk is full and {} of this log waits in memory; later output is dropped until the disk has room.\n",
+                    ByteSize(len - from)
+                );
+                self.keep(writer, len, notice.as_bytes());
+                return;
+            }
+        } else if let Err(error) = writer.write_file(len, bytes) {
+            // A full disk must not kill the build, nor lose its last words.
+            writer.unspooled_from = Some(len);
+            writer.last_try = std::time::Instant::now();
+            tracing::error!(message = "Cannot write log spool; holding its output in memory until the disk has room.", path = %self.spool.path.display(), %error);
+        }
+        self.keep(writer, len, bytes);
+    }
+
+    /// Counts `bytes`, written at `len`, as spooled: remembered, time-marked,
+    /// and announced to the shipper.
+    fn keep(&self, writer: &mut SpoolWriter, len: u64, bytes: &[u8]) {
         let now = chrono::Utc::now().timestamp_millis();
         if writer
             .marks
@@ -157,37 +259,11 @@ impl LogSink {
                 .times
                 .write_all(kiln_protocol::time_mark_line(len, now).as_bytes());
         }
-        let notice = over.then(|| {
-            writer.truncated = true;
-            format!(
-                "\n[kiln] The {} log reached its limit of {}; later output is dropped. The build goes on.\n",
-                self.spool.stream,
-                ByteSize(writer.limit)
-            )
-        });
-        let notice = notice.as_deref().unwrap_or_default().as_bytes();
-        let written = writer
-            .file
-            .write_all(kept)
-            .and_then(|()| writer.file.write_all(notice));
-        match written {
-            Ok(()) => {
-                writer.remember(kept, notice);
-                self.spool
-                    .len
-                    .fetch_add((kept.len() + notice.len()) as u64, Ordering::SeqCst);
-                self.written.notify_one();
-            }
-            Err(error) => {
-                // Cut a partial write off, so the spool's length stays its offset.
-                let _ = writer.file.set_len(len);
-                if !writer.failed {
-                    // A full disk must not kill the build; say so once, loudly.
-                    writer.failed = true;
-                    tracing::error!(message = "Cannot write log spool; log lines are being lost.", path = %self.spool.path.display(), %error);
-                }
-            }
-        }
+        writer.remember(bytes);
+        self.spool
+            .len
+            .fetch_add(bytes.len() as u64, Ordering::SeqCst);
+        self.written.notify_one();
     }
 
     /// Bytes spooled so far: where the next write lands.
@@ -198,9 +274,13 @@ impl LogSink {
     /// What was spooled from `offset` on, at most its last `max` bytes: what a
     /// failed step printed, for telling what went wrong.
     pub fn tail_since(&self, offset: u64, max: u64) -> Vec<u8> {
+        let writer = crate::lock(&self.spool.writer);
         let end = self.len();
         let start = offset.max(end.saturating_sub(max));
-        read_at(&self.spool.path, start, (end - start.min(end)) as usize).unwrap_or_default()
+        let size = (end - start.min(end)) as usize;
+        writer
+            .recent_bytes(start, size)
+            .unwrap_or_else(|| read_at(&self.spool.path, start, size).unwrap_or_default())
     }
 
     /// A line from the agent itself, with a timestamp.
@@ -264,7 +344,9 @@ impl JobLogs {
                     echo: options.echo,
                     limit: options.limit,
                     truncated: len >= options.limit,
-                    failed: false,
+                    unspooled_from: None,
+                    last_try: std::time::Instant::now(),
+                    dropped: 0,
                 }),
                 path,
                 len: AtomicU64::new(len),
@@ -402,7 +484,7 @@ async fn ship_stream(
         return Ok(0);
     }
     let mut size = (len - offset).min(SHIP_CHUNK);
-    let (marks, in_memory) = {
+    let (mut marks, in_memory) = {
         let writer = crate::lock(&spool.writer);
         let from = writer.marks.partition_point(|&(at, _)| at < offset);
         let mut marks: Vec<(u64, i64)> = writer.marks[from..]
@@ -431,6 +513,9 @@ async fn ship_stream(
         })?,
     };
     let sent = chunk.len() as u64;
+    // The file ends short of the chunk while the disk is full (the rest waits in
+    // memory): its marks go with the bytes they mark.
+    marks.retain(|&(at, _)| at < offset + sent);
     match client
         .append_log(job_id, spool.stream, offset, chunk.into(), &marks)
         .await?
@@ -514,6 +599,83 @@ mod tests {
                 proptest::prop_assert!(offset < writer.recent_start, "the newest bytes are in memory");
             }
         }
+    }
+
+    /// Fills the disk under `dir` up with one file.
+    fn fill(dir: &Path) {
+        let mut filler = File::create(dir.join("filler")).unwrap();
+        while filler.write_all(&[0; 4096]).is_ok() {}
+    }
+
+    fn free(dir: &Path) {
+        std::fs::remove_file(dir.join("filler")).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_holds_output_in_memory_and_says_what_it_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(_disk) = crate::testing::SmallDisk::mount(dir.path(), "1m") else {
+            return;
+        };
+        let logs = JobLogs::open(&dir.path().join("spool"), &LogOptions::default()).unwrap();
+        let sink = logs.sink(LogStream::Backend);
+        let spool = dir.path().join("spool/backend.log");
+        let mut written = Vec::new();
+        fn write(sink: &LogSink, written: &mut Vec<u8>, data: &[u8]) {
+            sink.write(data);
+            written.extend_from_slice(data);
+        }
+        // A tmpfs fills by pages: the spool ends on one, so the next byte needs room.
+        let to_page_end = |len: u64| {
+            let mut line = vec![b'.'; (4096 - len % 4096) as usize];
+            *line.last_mut().unwrap() = b'\n';
+            line
+        };
+        write(&sink, &mut written, &to_page_end(0));
+        fill(dir.path());
+        // A failing step's last words, with the disk full.
+        write(
+            &sink,
+            &mut written,
+            b"Error: ENOSPC: no space left on device\n",
+        );
+        assert_eq!(std::fs::read(&spool).unwrap().len(), 4096);
+        assert_eq!(sink.len(), written.len() as u64);
+        assert_eq!(sink.tail_since(4096, 1 << 20), &written[4096..]);
+        // What the shipper sends comes from memory.
+        let writer = crate::lock(&sink.spool.writer);
+        assert_eq!(writer.recent_bytes(0, written.len()).unwrap(), written);
+        drop(writer);
+
+        // Room again: the next write puts what waited in memory in the file first.
+        free(dir.path());
+        write(&sink, &mut written, b"after\n");
+        assert_eq!(std::fs::read(&spool).unwrap(), written);
+
+        // Full for longer than memory holds: the rest is dropped, and the log says
+        // where it stopped and how much went missing.
+        write(&sink, &mut written, &to_page_end(sink.len()));
+        fill(dir.path());
+        let line = [b'x'; 1023]
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        for _ in 0..UNSPOOLED_MAX / 1024 {
+            write(&sink, &mut written, &line);
+        }
+        for _ in 0..10 {
+            sink.write(&line);
+        }
+        free(dir.path());
+        sink.write(b"the end\n");
+        let text = std::fs::read(&spool).unwrap();
+        assert_eq!(text.len() as u64, sink.len());
+        assert_eq!(&text[..written.len()], written);
+        assert_eq!(
+            String::from_utf8_lossy(&text[written.len()..]),
+            "\n[kiln] The build host's disk is full and 64 KiB of this log waits in memory; later output is dropped until the disk has room.\n\n[kiln] 10 KiB of output was dropped here while the build host's disk was full.\nthe end\n"
+        );
     }
 
     #[test]

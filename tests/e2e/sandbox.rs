@@ -10,6 +10,7 @@ use kiln_protocol::DeploymentStatus::{AwaitingDeployment, BuildFailed};
 
 use crate::agent::{world, World};
 use crate::support::*;
+use kiln_agent::testing::SmallDisk;
 
 /// Pushes a commit with `variables` on the environment and waits for `build_failed`;
 /// returns the reason and the system log, after checking the job left nothing.
@@ -157,40 +158,6 @@ async fn hostile_builds_are_stopped_with_the_limit_named_and_the_agent_goes_on()
 
     // And the same agent builds the next, ordinary job.
     builds_an_ordinary_job(&world, &agent, &environment).await;
-}
-
-/// A tmpfs mounted for as long as this lives. Mounting needs root, which CI has; a
-/// developer without it skips the test, unless `KILN_REQUIRE_DOCKER` is set.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(at).unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        if mounted.status.success() {
-            return Some(SmallDisk(at.to_owned()));
-        }
-        let error = String::from_utf8_lossy(&mounted.stderr);
-        assert!(
-            std::env::var_os("KILN_REQUIRE_DOCKER").is_none(),
-            "cannot mount a tmpfs for the full-disk test: {error}"
-        );
-        eprintln!("skip: cannot mount a tmpfs ({error}); run as root");
-        None
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[tokio::test]
