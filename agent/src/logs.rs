@@ -194,10 +194,6 @@ impl LogSink {
                 self.store(writer, notice.as_bytes());
             }
         }
-        if writer.dropped > 0 {
-            writer.dropped += data.len() as u64;
-            return;
-        }
         let len = self.spool.len.load(Ordering::SeqCst);
         let room = writer.limit.saturating_sub(len) as usize;
         let (kept, over) = if data.len() > room {
@@ -207,6 +203,10 @@ impl LogSink {
         };
         if writer.echo {
             echo(self.spool.stream, kept);
+        }
+        if writer.dropped > 0 {
+            writer.dropped += kept.len() as u64;
+            return;
         }
         self.store(writer, kept);
         if over {
