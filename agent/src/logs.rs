@@ -117,30 +117,23 @@ impl SpoolWriter {
         }
     }
 
-    /// Appends `bytes` to the file; a failed write is cut off again, so the
-    /// file's length stays the offset of its end.
-    fn write_file(&mut self, file_len: u64, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes).inspect_err(|_| {
-            let _ = self.file.set_len(file_len);
-        })
-    }
-
     /// Writes what only memory holds to the file, if the disk has room again;
     /// tried at most every `UNSPOOLED_RETRY`, as a full disk stays full a while.
-    fn spool_backlog(&mut self) -> std::io::Result<()> {
+    /// Returns whether it did.
+    fn spool_backlog(&mut self) -> bool {
         let Some(from) = self.unspooled_from else {
-            return Ok(());
+            return false;
         };
         if self.last_try.elapsed() < UNSPOOLED_RETRY {
-            return Err(std::io::ErrorKind::StorageFull.into());
+            return false;
         }
         self.last_try = std::time::Instant::now();
         let backlog = &self.recent[(from - self.recent_start) as usize..];
-        self.file.write_all(backlog).inspect_err(|_| {
-            let _ = self.file.set_len(from);
-        })?;
+        if append_or_cut(&mut self.file, from, backlog).is_err() {
+            return false;
+        }
         self.unspooled_from = None;
-        Ok(())
+        true
     }
 
     /// `size` bytes from `offset`, if all of them are still in memory.
@@ -184,7 +177,7 @@ impl LogSink {
         if data.is_empty() || writer.truncated {
             return;
         }
-        if writer.unspooled_from.is_some() && writer.spool_backlog().is_ok() {
+        if writer.spool_backlog() {
             tracing::info!(message = "Log spool writable again.", path = %self.spool.path.display());
             if writer.dropped > 0 {
                 let notice = format!(
@@ -236,7 +229,7 @@ impl LogSink {
                 self.keep(writer, len, notice.as_bytes());
                 return;
             }
-        } else if let Err(error) = writer.write_file(len, bytes) {
+        } else if let Err(error) = append_or_cut(&mut writer.file, len, bytes) {
             // A full disk must not kill the build, nor lose its last words.
             writer.unspooled_from = Some(len);
             writer.last_try = std::time::Instant::now();
@@ -531,6 +524,14 @@ async fn ship_stream(
         .len
         .load(Ordering::SeqCst)
         .saturating_sub(acked.unwrap_or(0)))
+}
+
+/// Appends `bytes` to `file`, `file_len` long; a failed write is cut off again,
+/// so the file's length stays the offset of its end.
+fn append_or_cut(file: &mut File, file_len: u64, bytes: &[u8]) -> std::io::Result<()> {
+    file.write_all(bytes).inspect_err(|_| {
+        let _ = file.set_len(file_len);
+    })
 }
 
 fn read_at(path: &Path, offset: u64, size: usize) -> std::io::Result<Vec<u8>> {
