@@ -261,6 +261,7 @@ impl Client {
         &self,
         wait: Duration,
         facts: Option<kiln_protocol::HostFacts>,
+        holding_back: Option<String>,
     ) -> Result<Option<Job>, ClientError> {
         let url = self.url("/agent/jobs/claim");
         let request = self
@@ -270,10 +271,12 @@ impl Client {
             .json(&ClaimRequest {
                 wait_seconds: Some(wait.as_secs()),
                 facts,
+                holding_back,
             });
         let response = self.send(&url, request).await?;
         if response.status() == StatusCode::NO_CONTENT {
-            // A paused agent is answered at once, with when to ask again.
+            // A paused agent (or one holding back) is answered at once, with
+            // when to ask again.
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)

@@ -148,7 +148,7 @@ impl Daemon {
                 crate::facts::collect(&self.config.work_dir, docker_version.clone())
             });
             let claimed = tokio::select! {
-                claimed = self.client.claim(CLAIM_WAIT, facts) => claimed,
+                claimed = self.client.claim(CLAIM_WAIT, facts, None) => claimed,
                 _ = shutdown.cancelled() => break None,
             };
             crate::metrics::metrics().loop_turned();

@@ -108,7 +108,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AgentsCommand {
-    /// Lists agents: name, labels, version, state, last contact, running jobs.
+    /// Lists agents: name, labels, version, state, last contact, running jobs, and
+    /// why one claims no jobs (its disk is low).
     List {
         /// `text` or `json` (the API's `GET /agents` form).
         #[arg(long, default_value = "text")]
@@ -222,7 +223,7 @@ fn agents(
                             .map(|job| job.deployment_id.as_str())
                             .collect();
                         println!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             agent.id,
                             agent.name,
                             agent.state.as_str(),
@@ -235,7 +236,8 @@ fn agents(
                                 "-".to_owned()
                             } else {
                                 running.join(",")
-                            }
+                            },
+                            agent.holding_back.as_deref().unwrap_or("-")
                         );
                     }
                 }

@@ -52,7 +52,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 10] = [
+const SCHEMA: [&str; 11] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -63,6 +63,7 @@ const SCHEMA: [&str; 10] = [
     include_str!("schema/008_replicas.sql"),
     include_str!("schema/009_deploy_leases.sql"),
     include_str!("schema/010_log_compaction.sql"),
+    include_str!("schema/011_agent_holding_back.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -49,7 +49,7 @@ const PROJECT_LIMIT: usize = 2 << 20;
 const VARIABLES_LIMIT: usize = 8 << 20;
 /// An event carries a commit message of up to 64 KiB.
 const EVENT_LIMIT: usize = 256 << 10;
-/// When a paused agent should ask for a job again.
+/// When a paused agent (or one holding back) should ask for a job again.
 const PAUSED_RETRY_SECONDS: u64 = 10;
 /// Webhook payloads: GitHub lists at most 20 commits in a push.
 const HOOK_LIMIT: usize = 5 << 20;
@@ -318,8 +318,17 @@ async fn claim_job(
             .call(move |conn| store::record_facts(conn, &agent_id, &facts))
             .await?;
     }
-    if agent.paused {
-        // Paused: nothing now, and no reason to hold the request.
+    let holding_back = request.holding_back;
+    if holding_back.is_some() || agent.holding_back.is_some() {
+        let claimer = agent.clone();
+        let reason = holding_back.clone();
+        state
+            .db
+            .call(move |conn| store::record_holding_back(conn, &claimer, reason.as_deref()))
+            .await?;
+    }
+    if agent.paused || holding_back.is_some() {
+        // Nothing now, and no reason to hold the request.
         return Ok((
             StatusCode::NO_CONTENT,
             [(

@@ -53,6 +53,12 @@ pub struct ClaimRequest {
     /// The build host now. Added in v1.4.
     #[serde(default)]
     pub facts: Option<HostFacts>,
+    /// Set when the agent takes no job now, and why: its disk is below
+    /// `min_free_disk`. The control plane answers 204 at once and shows the
+    /// reason on the agent until a claim comes without it. Added in v1.6; older
+    /// control planes ignore it and may still hand the agent a job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding_back: Option<String>,
 }
 
 /// A build an agent has claimed: everything it needs, nothing it must look up.
@@ -277,6 +283,23 @@ mod tests {
         assert_eq!(job.secret_scan, SecretScanSettings::default());
         assert_eq!(job.secret_scan.mode, SecretScanMode::Fail);
         assert!(!job.submodules);
+    }
+
+    #[test]
+    fn a_claim_from_v1_4_parses_and_holding_back_is_sent_only_when_set() {
+        let claim: ClaimRequest =
+            serde_json::from_str(r#"{"wait_seconds": 30, "facts": {"cores": 2}}"#).unwrap();
+        assert_eq!(claim.holding_back, None);
+        assert!(!serde_json::to_string(&claim)
+            .unwrap()
+            .contains("holding_back"));
+        let held = ClaimRequest {
+            holding_back: Some("disk low".into()),
+            ..claim
+        };
+        let again: ClaimRequest =
+            serde_json::from_str(&serde_json::to_string(&held).unwrap()).unwrap();
+        assert_eq!(again, held);
     }
 
     #[test]

@@ -414,6 +414,10 @@ pub struct AgentInfo {
     pub running_jobs: Vec<RunningJobInfo>,
     pub last_contact_at: Option<DateTime<Utc>>,
     pub registered_at: DateTime<Utc>,
+    /// Why the agent, though not paused, claims no jobs now (it said so with
+    /// its last claim: its disk is low). Added in v1.6.
+    #[serde(default)]
+    pub holding_back: Option<String>,
 }
 
 /// What an agent is doing, from its running jobs, `paused` and its last contact
@@ -497,6 +501,17 @@ fn yes() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_from_v1_4_parses_without_holding_back() {
+        let agent: AgentInfo = serde_json::from_str(
+            r#"{"id": "agt_1", "name": "a", "labels": [], "version": null, "facts": null,
+                "state": "idle", "paused": false, "running_jobs": [],
+                "last_contact_at": null, "registered_at": "2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(agent.holding_back, None);
+    }
 
     #[test]
     fn project_defaults_backend_to_root() {

@@ -190,6 +190,7 @@ async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
             &kiln_protocol::ClaimRequest {
                 wait_seconds: Some(10),
                 facts: None,
+                holding_back: None,
             },
         )
         .await;
@@ -258,6 +259,71 @@ async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
         .agents
         .iter()
         .all(|agent| agent.id != first_id));
+}
+
+/// A claim that says the agent is holding back (its disk is low).
+async fn claim_holding_back(agent: &Api, reason: &str) -> Reply {
+    agent
+        .post_json(
+            "/api/v1/agent/jobs/claim",
+            &kiln_protocol::ClaimRequest {
+                wait_seconds: Some(10),
+                facts: None,
+                holding_back: Some(reason.to_owned()),
+            },
+        )
+        .await
+}
+
+#[tokio::test]
+async fn issue_17_an_agent_holding_back_gets_no_job_and_the_fleet_sees_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("server");
+    let cp = ControlPlane::start(&data_dir).await;
+    let admin = cp.admin();
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let (id, agent) = agent_api(&cp, REGISTRATION_TOKEN, "builder", &[]).await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let listed = |agents: AgentList| agents.agents.into_iter().find(|a| a.id == id).unwrap();
+
+    // Answered at once, with when to ask again; the job waits for it.
+    let reason =
+        "only 1.2 GiB free under work_dir /var/lib/kiln-agent/work (min_free_disk is 2 GiB)";
+    let started = Instant::now();
+    let held = claim_holding_back(&agent, reason).await;
+    assert_eq!(held.status, StatusCode::NO_CONTENT);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    assert_eq!(held.headers["retry-after"], "10");
+    assert_eq!(admin.deployment(&deployment.id).await.status, Queued);
+    let shown = listed(agents(&admin).await);
+    assert_eq!(shown.holding_back.as_deref(), Some(reason));
+    assert_eq!(shown.state, AgentState::Idle);
+    let text = std::process::Command::new(SERVER)
+        .args(["agents", "list", "--data-dir"])
+        .arg(&data_dir)
+        .envs(database_env(&data_dir))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains(reason));
+
+    // A reason is one bounded line.
+    for bad in ["two\nlines".to_owned(), "x".repeat(2000), String::new()] {
+        let refused = claim_holding_back(&agent, &bad).await;
+        assert!(refused
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_body")
+            .contains("field `holding_back`"));
+    }
+
+    // A plain claim takes the job and clears the reason.
+    let job = agent.claim(5).await.expect("the job, once it claims again");
+    assert_eq!(job.deployment_id, deployment.id);
+    assert_eq!(listed(agents(&admin).await).holding_back, None);
 }
 
 #[tokio::test]

@@ -347,6 +347,7 @@ impl Api {
                 &kiln_protocol::ClaimRequest {
                     wait_seconds: Some(wait_seconds),
                     facts: None,
+                    holding_back: None,
                 },
             )
             .await;

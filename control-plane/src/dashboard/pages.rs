@@ -820,7 +820,12 @@ pub fn agents(session: &Session, agents: &[AgentView]) -> Page {
                                 td { (agent.name) br; small { code { (agent.id) } } }
                                 td { @for label in &agent.labels { span.label { (label) } " " } }
                                 td { (agent.version.as_deref().unwrap_or("—")) }
-                                td { span class={"badge " (class)} { (state) } }
+                                td {
+                                    span class={"badge " (class)} { (state) }
+                                    @if let Some(reason) = &agent.holding_back {
+                                        br; small.holding-back { "Claims no jobs: " (reason) }
+                                    }
+                                }
                                 td { @match agent.last_seen_at { Some(at) => (when_millis(at)), None => "never" } }
                                 td {
                                     @if agent.running.is_empty() { "—" }

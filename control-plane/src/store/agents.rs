@@ -14,6 +14,8 @@ pub struct AgentRow {
     pub labels: Vec<String>,
     /// A paused agent claims nothing new.
     pub paused: bool,
+    /// What the agent said with its last claim that took no job (its disk is low).
+    pub holding_back: Option<String>,
 }
 
 /// An agent's name and labels, each within bounds.
@@ -92,7 +94,7 @@ pub fn agent_by_token_hash(
     let version = version.map(validate::shorten);
     let Some((agent, last_seen_at, known_version)) = conn
         .query_row(
-            "SELECT id, labels, paused, last_seen_at, version FROM agents
+            "SELECT id, labels, paused, last_seen_at, version, holding_back FROM agents
              WHERE token_hash = ?1 AND revoked_at IS NULL",
             [token_hash],
             |row| {
@@ -100,6 +102,7 @@ pub fn agent_by_token_hash(
                     id: row.get(0)?,
                     labels: json_list(&row.get::<_, String>(1)?),
                     paused: row.get(2)?,
+                    holding_back: row.get(5)?,
                 };
                 Ok((
                     agent,
@@ -142,6 +145,28 @@ pub fn record_facts(
     Ok(())
 }
 
+/// Longest reason an agent may give for holding back.
+const MAX_HOLDING_BACK: usize = 1024;
+
+/// Records why an agent claims no jobs now (`None`: it claims again). Writes only
+/// when that changed, so the claim path stays one read.
+pub fn record_holding_back(
+    conn: &mut Connection,
+    agent: &AgentRow,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
+    if let Some(reason) = reason {
+        super::check_name("holding_back", reason, MAX_HOLDING_BACK)?;
+    }
+    if agent.holding_back.as_deref() != reason {
+        conn.execute(
+            "UPDATE agents SET holding_back = ?1 WHERE id = ?2",
+            params![reason, agent.id],
+        )?;
+    }
+    Ok(())
+}
+
 /// A job an agent is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningJob {
@@ -161,6 +186,7 @@ pub struct AgentView {
     pub running: Vec<RunningJob>,
     pub paused: bool,
     pub facts: Option<HostFacts>,
+    pub holding_back: Option<String>,
 }
 
 /// Two minutes without a call: an agent long-polls every 30 s.
@@ -198,6 +224,7 @@ impl AgentView {
                 .collect(),
             last_contact_at: self.last_seen_at.map(super::time),
             registered_at: super::time(self.created_at),
+            holding_back: self.holding_back.clone(),
         }
     }
 }
@@ -206,7 +233,8 @@ impl AgentView {
 pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
     let mut agents: Vec<AgentView> = conn
         .prepare(
-            "SELECT id, name, labels, version, created_at, last_seen_at, paused, facts FROM agents
+            "SELECT id, name, labels, version, created_at, last_seen_at, paused, facts, holding_back
+             FROM agents
              WHERE revoked_at IS NULL ORDER BY name, id",
         )?
         .query_map([], |row| {
@@ -222,6 +250,7 @@ pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
                 facts: row
                     .get::<_, Option<String>>(7)?
                     .and_then(|text| serde_json::from_str(&text).ok()),
+                holding_back: row.get(8)?,
             })
         })?
         .collect::<Result<_, _>>()?;

@@ -92,6 +92,7 @@ pub(super) fn agent(conn: &mut Connection, labels: &[&str]) -> AgentRow {
         id,
         labels,
         paused: false,
+        holding_back: None,
     }
 }
 
