@@ -331,6 +331,8 @@ partial_config! {
     cache_dir: PathBuf = env_vars::KILN_CACHE_DIR;
     /// Disk the build cache may use; least recently used entries go first
     cache_limit: ByteSize = env_vars::KILN_CACHE_LIMIT, parse = "from_str_or_number";
+    /// Free disk under work_dir below which the agent claims no jobs (0: always claim)
+    min_free_disk: ByteSize = env_vars::KILN_MIN_FREE_DISK, parse = "from_str_or_number";
 }
 
 /// The resolved configuration the agent runs with.
@@ -364,6 +366,7 @@ pub struct AgentConfig {
     pub allow_local_repositories: bool,
     pub cache_dir: PathBuf,
     pub cache_limit: ByteSize,
+    pub min_free_disk: ByteSize,
 }
 
 pub const DEFAULT_IMAGE: &str = "kiln/node:20";
@@ -514,6 +517,7 @@ impl PartialConfig {
             allow_local_repositories: self.allow_local_repositories.unwrap_or(false),
             cache_dir,
             cache_limit: self.cache_limit.unwrap_or(ByteSize(10 << 30)),
+            min_free_disk: self.min_free_disk.unwrap_or(ByteSize(2 << 30)),
         })
     }
 }

@@ -132,6 +132,7 @@ impl Daemon {
         crate::metrics::metrics().set_capacity(self.config.concurrency);
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut last_facts: Option<std::time::Instant> = None;
+        let mut held_back = false;
         let docker_version = self.executor.engine_version().await.ok();
         info!(message = "Agent running.", agent_id = %self.agent_id, concurrency = self.config.concurrency, control_plane = %self.client.base_url());
         let fatal = loop {
@@ -140,6 +141,22 @@ impl Daemon {
                 _ = shutdown.cancelled() => break None,
             };
             crate::metrics::metrics().loop_turned();
+            let holding_back = {
+                let (config, cache) = (self.config.clone(), self.cache.clone());
+                tokio::task::spawn_blocking(move || disk_too_low(&config, &cache))
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            if holding_back.is_some() != held_back {
+                held_back = holding_back.is_some();
+                // The listing's free disk should show why, and that it passed.
+                last_facts = None;
+                match &holding_back {
+                    Some(reason) => warn!(message = "Claiming no jobs: the disk is low.", %reason),
+                    None => info!(message = "The disk has room again; claiming jobs."),
+                }
+            }
             // What the host looks like, every few minutes (a claim is every 30 s).
             let facts = (last_facts
                 .is_none_or(|at: std::time::Instant| at.elapsed() > FACTS_EVERY))
@@ -148,7 +165,7 @@ impl Daemon {
                 crate::facts::collect(&self.config.work_dir, docker_version.clone())
             });
             let claimed = tokio::select! {
-                claimed = self.client.claim(CLAIM_WAIT, facts, None) => claimed,
+                claimed = self.client.claim(CLAIM_WAIT, facts, holding_back) => claimed,
                 _ = shutdown.cancelled() => break None,
             };
             crate::metrics::metrics().loop_turned();
@@ -363,4 +380,29 @@ impl Daemon {
             );
         }
     }
+}
+
+/// Why this host should take no job now: less than `min_free_disk` free under
+/// `work_dir`, even after the build cache gave back what it could. A job claimed
+/// then would fail on a full disk, where another host (or this one, later) builds
+/// it. Blocking file-system calls.
+fn disk_too_low(config: &AgentConfig, cache: &crate::cache::Cache) -> Option<String> {
+    let wanted = config.min_free_disk.0;
+    let low = |free: &u64| wanted > 0 && *free < wanted;
+    crate::disk::free(&config.work_dir).ok().filter(low)?;
+    let (entries, bytes) = cache.give_back(&config.work_dir, wanted);
+    if entries > 0 {
+        info!(
+            message = "The disk is low: dropped build cache entries, least recently used first.",
+            entries,
+            reclaimed = %crate::config::ByteSize(bytes)
+        );
+    }
+    let free = crate::disk::free(&config.work_dir).ok().filter(low)?;
+    Some(format!(
+        "only {} free under work_dir {} (min_free_disk is {}); free space there, move work_dir to a larger disk, or lower min_free_disk",
+        crate::config::ByteSize(free),
+        config.work_dir.display(),
+        crate::config::ByteSize(wanted)
+    ))
 }

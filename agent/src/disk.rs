@@ -21,17 +21,34 @@ pub(crate) fn usage(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Bytes an unprivileged process may still write on the file system that holds (or
-/// will hold) `dir`.
-pub(crate) fn free(dir: &Path) -> std::io::Result<u64> {
+/// `dir`, or its nearest parent that exists: where it is (or will be) stored.
+fn existing(dir: &Path) -> std::path::PathBuf {
     let mut probe = dir.to_owned();
     while !probe.exists() {
         if !probe.pop() {
             break;
         }
     }
-    let stat = nix::sys::statvfs::statvfs(&probe).map_err(std::io::Error::from)?;
+    probe
+}
+
+/// Bytes an unprivileged process may still write on the file system that holds (or
+/// will hold) `dir`.
+pub(crate) fn free(dir: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(&existing(dir)).map_err(std::io::Error::from)?;
     Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
+/// Whether `a` and `b` are (or will be) on one file system, so freeing one frees
+/// the other.
+pub(crate) fn same_file_system(a: &Path, b: &Path) -> bool {
+    match (
+        std::fs::metadata(existing(a)),
+        std::fs::metadata(existing(b)),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 /// The file system holding a directory has (nearly) run out: what is left.

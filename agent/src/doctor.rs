@@ -78,6 +78,12 @@ pub async fn run(config: &AgentConfig) -> bool {
     results.push((
         "disk",
         match disk {
+            Ok(free) if free < config.min_free_disk.0 => Verdict::Fail(format!(
+                "{} free in {}, below min_free_disk ({}): the agent claims no jobs until there is more; free some space",
+                crate::config::ByteSize(free),
+                config.work_dir.display(),
+                config.min_free_disk
+            )),
             Ok(free) if free < 5 << 30 => Verdict::Warn(format!(
                 "{} free in {}; a Medusa build needs ~2 GiB per job, free some space",
                 crate::config::ByteSize(free),

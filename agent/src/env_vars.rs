@@ -29,6 +29,8 @@ pub const KILN_WORK_DIR: &str = "KILN_WORK_DIR";
 pub const KILN_CACHE_DIR: &str = "KILN_CACHE_DIR";
 /// `cache_limit`: disk the build cache may use (default 10GiB).
 pub const KILN_CACHE_LIMIT: &str = "KILN_CACHE_LIMIT";
+/// `min_free_disk`: free disk under `work_dir` below which no job is claimed.
+pub const KILN_MIN_FREE_DISK: &str = "KILN_MIN_FREE_DISK";
 /// `state_dir`: identity and log spools.
 pub const KILN_STATE_DIR: &str = "KILN_STATE_DIR";
 /// `concurrency`: jobs built at once.

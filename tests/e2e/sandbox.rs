@@ -165,11 +165,12 @@ async fn a_build_that_fills_the_host_disk_is_told_so_and_the_agent_goes_on() {
     let Some(world) = world(serde_json::json!([])).await else {
         return;
     };
-    // The agent's work_dir on a 32 MiB disk, far below the 10 GiB workspace cap.
+    // The agent's work_dir on a 32 MiB disk, far below the 10 GiB workspace cap;
+    // claiming whatever is free, as an operator who turned the guard off.
     let Some(_disk) = SmallDisk::mount(&world.root_dir().join("agent/work"), "32m") else {
         return;
     };
-    let agent = world.agent("agent", "").await;
+    let agent = world.agent("agent", "min_free_disk = \"0\"\n").await;
     let environment = world.environment_id.clone();
 
     let (reason, _) = attack(
@@ -210,4 +211,70 @@ async fn a_build_that_fills_the_host_disk_is_told_so_and_the_agent_goes_on() {
 
     // The failed job's workspace is gone, so the next build has room again.
     builds_an_ordinary_job(&world, &agent, &environment).await;
+}
+
+#[tokio::test]
+async fn a_host_whose_disk_is_low_claims_no_job_until_it_has_room() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let work = world.root_dir().join("agent/work");
+    let Some(_disk) = SmallDisk::mount(&work, "32m") else {
+        return;
+    };
+    // About 4 MiB of the 32 left, below the agent's 16 MiB floor.
+    let filler = work.join("filler");
+    let filled = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=28"])
+        .arg(format!("of={}", filler.display()))
+        .output()
+        .unwrap();
+    assert!(filled.status.success());
+    let agent = world.agent("agent", "min_free_disk = \"16MiB\"\n").await;
+    let sha = world.repo.commit("while the disk is low", |dir| {
+        std::fs::write(dir.join("ATTACK.md"), "none").unwrap();
+    });
+    let deployment = world.push(&sha).await;
+
+    // The fleet sees why the agent takes nothing, and the job waits for room.
+    let holding_back = || async {
+        let agents: kiln_protocol::AgentList = world
+            .admin
+            .get("/api/v1/agents")
+            .await
+            .expect_json(reqwest::StatusCode::OK)
+            .await;
+        agents.agents[0].holding_back.clone()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let reason = loop {
+        if let Some(reason) = holding_back().await {
+            break reason;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let said = format!(
+        " free under work_dir {} (min_free_disk is 16 MiB); free space there",
+        work.display()
+    );
+    assert!(
+        reason.starts_with("only ") && reason.contains(&said),
+        "{reason}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        world.admin.deployment(&deployment.id).await.status,
+        kiln_protocol::DeploymentStatus::Queued
+    );
+    assert!(agent
+        .log_text()
+        .contains("Claiming no jobs: the disk is low."));
+
+    // Room again: the agent claims within its retry and builds; the reason goes.
+    std::fs::remove_file(&filler).unwrap();
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    assert_eq!(holding_back().await, None);
 }

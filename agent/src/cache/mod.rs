@@ -634,6 +634,28 @@ impl Cache {
         }
         (dropped, reclaimed)
     }
+
+    /// Drops the least recently used entries until the file system holding `dir`
+    /// has `wanted` bytes free, or the cache is empty; drops nothing when the
+    /// cache lives on another file system. Returns the entries dropped and the
+    /// bytes reclaimed.
+    pub fn give_back(&self, dir: &Path, wanted: u64) -> (usize, u64) {
+        if !crate::disk::same_file_system(&self.root, dir) {
+            return (0, 0);
+        }
+        let mut entries = self.entries_under(&self.root);
+        entries.sort_by_key(|(_, _, used)| *used);
+        let (mut dropped, mut reclaimed) = (0, 0);
+        for (entry, meta, _) in entries {
+            if crate::disk::free(dir).is_ok_and(|free| free >= wanted) {
+                break;
+            }
+            self.discard(&entry);
+            dropped += 1;
+            reclaimed += meta.bytes;
+        }
+        (dropped, reclaimed)
+    }
 }
 
 #[cfg(test)]
@@ -784,6 +806,49 @@ mod tests {
         let newest = cache.find(slot("prj_1", &main, "other"), true).unwrap();
         assert!(!newest.exact);
         assert_eq!(newest.meta.key, "new");
+    }
+
+    #[test]
+    fn giving_back_disk_drops_the_least_recently_used_until_enough_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(_disk) = crate::testing::SmallDisk::mount(dir.path(), "16m") else {
+            return;
+        };
+        let small = cache(&dir.path().join("cache"), 1 << 30);
+        let work = dir.path().join("work");
+        let main = scopes("branch:main", &[]);
+        for key in ["a", "b", "c"] {
+            let source = dir.path().join(key);
+            let modules = tree(&source, key);
+            std::fs::write(modules.join("pkg/blob"), vec![7u8; 3 << 20]).unwrap();
+            publish(&small, &main, key, modules);
+            std::fs::remove_dir_all(&source).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Fill the disk to within 2 MiB.
+        let free = crate::disk::free(&work).unwrap();
+        std::fs::write(
+            dir.path().join("filler"),
+            vec![0u8; (free - (2 << 20)) as usize],
+        )
+        .unwrap();
+
+        let (dropped, reclaimed) = small.give_back(&work, 4 << 20);
+        assert_eq!(dropped, 1);
+        assert!(reclaimed >= 3 << 20, "{reclaimed}");
+        assert!(crate::disk::free(&work).unwrap() >= 4 << 20);
+        assert!(small.find(slot("prj_1", &main, "a"), false).is_none());
+        assert!(small.find(slot("prj_1", &main, "b"), false).is_some());
+        // More than the cache holds: all of it goes, and no more.
+        assert_eq!(small.give_back(&work, 1 << 30).0, 2);
+        assert_eq!(small.give_back(&work, 1 << 30), (0, 0));
+
+        // A cache on another disk gives nothing back for this one.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other = cache(&elsewhere.path().join("cache"), 1 << 30);
+        publish(&other, &main, "d", tree(&elsewhere.path().join("d"), "d"));
+        assert_eq!(other.give_back(&work, 1 << 30), (0, 0));
+        assert!(other.find(slot("prj_1", &main, "d"), false).is_some());
     }
 
     #[test]
