@@ -148,6 +148,7 @@ impl Daemon {
                     .ok()
                     .flatten()
             };
+            crate::metrics::metrics().set_holding_back(holding_back.as_deref());
             if holding_back.is_some() != held_back {
                 held_back = holding_back.is_some();
                 // The listing's free disk should show why, and that it passed.

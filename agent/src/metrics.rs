@@ -43,6 +43,8 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     pub control_plane_errors: Counter,
     pub docker_errors: Counter,
+    /// 1 while the agent claims no jobs because its disk is low.
+    pub holding_back: Gauge,
     health: Health,
 }
 
@@ -55,6 +57,8 @@ struct Health {
     docker_failing: AtomicBool,
     capacity: AtomicU64,
     last_problem: Mutex<Option<String>>,
+    /// Why the agent claims no jobs now, for the status line.
+    holding_back: Mutex<Option<String>>,
 }
 
 fn now_ms() -> i64 {
@@ -127,8 +131,15 @@ impl Metrics {
             "Calls to the Docker engine that failed",
             docker_errors.clone(),
         );
+        let holding_back = Gauge::default();
+        registry.register(
+            "holding_back",
+            "1 while the agent claims no jobs because the disk under work_dir is below min_free_disk",
+            holding_back.clone(),
+        );
         Metrics {
             registry,
+            holding_back,
             jobs_running,
             jobs_finished,
             claim_latency,
@@ -163,6 +174,12 @@ impl Metrics {
         self.health
             .capacity
             .store(capacity as u64, Ordering::Relaxed);
+    }
+
+    /// Why the agent claims no jobs now (`None`: it claims).
+    pub fn set_holding_back(&self, reason: Option<&str>) {
+        self.holding_back.set(i64::from(reason.is_some()));
+        *crate::lock(&self.health.holding_back) = reason.map(str::to_owned);
     }
 
     /// The claim loop went round.
@@ -245,10 +262,15 @@ impl Metrics {
     pub fn status_line(&self) -> String {
         let running = self.jobs_running.get();
         let capacity = self.health.capacity.load(Ordering::Relaxed);
-        match self.ready() {
+        let mut line = match self.ready() {
             Ok(()) => format!("running {running}/{capacity} jobs"),
             Err(problem) => format!("running {running}/{capacity} jobs; not ready: {problem}"),
+        };
+        if let Some(reason) = crate::lock(&self.health.holding_back).as_deref() {
+            line.push_str("; claiming no jobs: ");
+            line.push_str(reason);
         }
+        line
     }
 }
 
@@ -369,6 +391,15 @@ mod tests {
         metrics.docker_answered();
         assert_eq!(metrics.status_line(), "running 0/2 jobs");
         assert_eq!(metrics.live(), Ok(()));
+        metrics.set_holding_back(Some("only 1 GiB free"));
+        assert_eq!(
+            metrics.status_line(),
+            "running 0/2 jobs; claiming no jobs: only 1 GiB free"
+        );
+        assert_eq!(metrics.holding_back.get(), 1);
+        metrics.set_holding_back(None);
+        assert_eq!(metrics.status_line(), "running 0/2 jobs");
+        assert_eq!(metrics.holding_back.get(), 0);
     }
 
     #[test]
@@ -387,6 +418,7 @@ mod tests {
             "kiln_agent_spool_bytes",
             "kiln_agent_control_plane_errors_total",
             "kiln_agent_docker_errors_total",
+            "kiln_agent_holding_back 0",
         ] {
             assert!(text.contains(name), "{name} not in\n{text}");
         }

@@ -230,7 +230,24 @@ async fn a_host_whose_disk_is_low_claims_no_job_until_it_has_room() {
         .output()
         .unwrap();
     assert!(filled.status.success());
-    let agent = world.agent("agent", "min_free_disk = \"16MiB\"\n").await;
+    let port = free_port();
+    let agent = world
+        .agent(
+            "agent",
+            &format!("min_free_disk = \"16MiB\"\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+        )
+        .await;
+    let holding_back_metric = || async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix("kiln_agent_holding_back "))
+            .map(str::to_owned)
+    };
     let sha = world.repo.commit("while the disk is low", |dir| {
         std::fs::write(dir.join("ATTACK.md"), "none").unwrap();
     });
@@ -270,6 +287,7 @@ async fn a_host_whose_disk_is_low_claims_no_job_until_it_has_room() {
     assert!(agent
         .log_text()
         .contains("Claiming no jobs: the disk is low."));
+    assert_eq!(holding_back_metric().await.as_deref(), Some("1"));
 
     // Room again: the agent claims within its retry and builds; the reason goes.
     std::fs::remove_file(&filler).unwrap();
@@ -277,4 +295,5 @@ async fn a_host_whose_disk_is_low_claims_no_job_until_it_has_room() {
         .settle(&deployment.id, AwaitingDeployment, &agent)
         .await;
     assert_eq!(holding_back().await, None);
+    assert_eq!(holding_back_metric().await.as_deref(), Some("0"));
 }
