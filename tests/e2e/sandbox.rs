@@ -2,7 +2,8 @@
 //! names the limit (or, for a symlink out of `.medusa/server`, the artifact refused);
 //! afterwards the host is untouched, the job's containers and workspace are gone,
 //! and the same agent takes the next job. Also a build that fills the host's disk
-//! (under `work_dir`). The log flood is in `faults.rs`.
+//! (under `work_dir`), and a host whose disk is already low, which claims nothing
+//! until it has room. The log flood is in `faults.rs`.
 
 use std::path::Path;
 

@@ -572,6 +572,13 @@ impl Cache {
         bytes
     }
 
+    /// Every entry, with its last use, the least recently used first.
+    fn least_recently_used_first(&self) -> Vec<(PathBuf, Meta, SystemTime)> {
+        let mut entries = self.entries_under(&self.root);
+        entries.sort_by_key(|(_, _, used)| *used);
+        entries
+    }
+
     /// Every entry under `dir`, with its last use.
     fn entries_under(&self, dir: &Path) -> Vec<(PathBuf, Meta, SystemTime)> {
         walkdir::WalkDir::new(dir)
@@ -602,8 +609,7 @@ impl Cache {
     /// the cache fits `cache_limit`, and leftovers of interrupted writes. Returns
     /// the entries dropped and the bytes reclaimed.
     pub fn sweep(&self) -> (usize, u64) {
-        let mut entries = self.entries_under(&self.root);
-        entries.sort_by_key(|(_, _, used)| *used);
+        let entries = self.least_recently_used_first();
         let now = SystemTime::now();
         let mut total: u64 = entries.iter().map(|(_, meta, _)| meta.bytes).sum();
         let (mut dropped, mut reclaimed) = (0, 0);
@@ -643,10 +649,8 @@ impl Cache {
         if !crate::disk::same_file_system(&self.root, dir) {
             return (0, 0);
         }
-        let mut entries = self.entries_under(&self.root);
-        entries.sort_by_key(|(_, _, used)| *used);
         let (mut dropped, mut reclaimed) = (0, 0);
-        for (entry, meta, _) in entries {
+        for (entry, meta, _) in self.least_recently_used_first() {
             if crate::disk::free(dir).is_ok_and(|free| free >= wanted) {
                 break;
             }
