@@ -284,11 +284,26 @@ async fn issue_15_sign_in_then_read_and_filter_the_deployments_table() {
     }
     browser.screenshot("project").await;
 
-    // The fleet page.
+    // The fleet page, with why an agent claims nothing.
+    let reason = "only 1 GiB free under work_dir /var/lib/kiln-agent/work (min_free_disk is 2 GiB)";
+    let held = site
+        .agent
+        .post_json(
+            "/api/v1/agent/jobs/claim",
+            &kiln_protocol::ClaimRequest {
+                wait_seconds: Some(0),
+                facts: None,
+                holding_back: Some(reason.to_owned()),
+            },
+        )
+        .await;
+    assert_eq!(held.status, StatusCode::NO_CONTENT);
     browser.goto(&site.url("/agents")).await;
     let fleet = browser.text("table.agents").await;
     assert!(
-        fleet.contains("builder-1") && fleet.contains("linux"),
+        fleet.contains("builder-1")
+            && fleet.contains("linux")
+            && fleet.contains(&format!("Claims no jobs: {reason}")),
         "{fleet}"
     );
     browser.screenshot("agents").await;
