@@ -152,7 +152,14 @@ async fn promote(state: &AppState, deployment_id: &str) -> Result<(), DeployErro
             source,
         })?;
     if let Some(hook) = &state.config.deploy_hook {
-        run_hook(hook, &deployment, &release_dir, state.config.deploy_timeout).await?;
+        let env = [
+            ("KILN_DEPLOYMENT_ID", deployment.id.as_ref()),
+            ("KILN_PROJECT_ID", deployment.project_id.as_ref()),
+            ("KILN_ENVIRONMENT_ID", deployment.environment_id.as_ref()),
+            ("KILN_COMMIT_SHA", deployment.commit_sha.as_ref()),
+            ("KILN_RELEASE_DIR", release_dir.as_os_str()),
+        ];
+        run_hook(hook, &env, state.config.deploy_timeout).await?;
     }
     point_current_at(&environment_dir, &release_dir)
         .await
@@ -184,29 +191,46 @@ async fn copy_artifacts(
     Ok(())
 }
 
+/// The hook's process group, killed whole when the hook times out or its deploy
+/// is given up (another replica took it over, the server stops): killing `sh`
+/// alone would leave what it started running beside the next deploy. A hook that
+/// ends by itself keeps what it started in the background.
+struct HookGroup(Option<nix::unistd::Pid>);
+
+impl HookGroup {
+    fn ended(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for HookGroup {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 async fn run_hook(
     hook: &str,
-    deployment: &Deployment,
-    release_dir: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
     timeout: std::time::Duration,
 ) -> Result<(), DeployError> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(hook)
-        .env("KILN_DEPLOYMENT_ID", &deployment.id)
-        .env("KILN_PROJECT_ID", &deployment.project_id)
-        .env("KILN_ENVIRONMENT_ID", &deployment.environment_id)
-        .env("KILN_COMMIT_SHA", &deployment.commit_sha)
-        .env("KILN_RELEASE_DIR", release_dir)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| DeployError::HookStart {
             hook: hook.to_owned(),
             source,
         })?;
+    let group = HookGroup(child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32)));
     let stdout = child.stdout.take().map(|out| tokio::spawn(tail(out)));
     let stderr = child.stderr.take().map(|err| tokio::spawn(tail(err)));
     let status = tokio::time::timeout(timeout, child.wait())
@@ -215,6 +239,7 @@ async fn run_hook(
             seconds: timeout.as_secs(),
         })?
         .map_err(DeployError::HookWait)?;
+    group.ended();
     // A process the hook left running may hold the pipes open: read what is
     // there, not forever.
     let drained = |task: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
@@ -277,4 +302,88 @@ async fn point_current_at(environment_dir: &Path, release_dir: &Path) -> std::io
     tokio::fs::symlink(release_dir, &staged).await?;
     // rename(2) swaps the link atomically: readers see the old or the new release.
     tokio::fs::rename(&staged, &link).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a process runs (a zombie waiting to be reaped does not).
+    fn runs(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+    }
+
+    /// The pid the hook wrote to `file`, once it is there.
+    async fn pid_in(file: &Path) -> i32 {
+        for _ in 0..100 {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                if let Ok(pid) = text.trim().parse() {
+                    return pid;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the hook never wrote {}", file.display());
+    }
+
+    async fn gone(pid: i32) -> bool {
+        for _ in 0..100 {
+            if !runs(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// A hook that starts a child and waits for it, noting the child's pid.
+    fn waiting_hook(pid_file: &Path) -> String {
+        format!("sleep 300 & echo $! > '{}'; wait", pid_file.display())
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_times_out_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let error = run_hook(&waiting_hook(&pid_file), &[], Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, DeployError::HookTimeout { .. }), "{error}");
+        let child = pid_in(&pid_file).await;
+        assert!(gone(child).await, "the hook's child {child} still runs");
+    }
+
+    #[tokio::test]
+    async fn a_hook_given_up_midway_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let hook = waiting_hook(&pid_file);
+        let child = tokio::select! {
+            ended = run_hook(&hook, &[], Duration::from_secs(60)) => panic!("the hook ended: {ended:?}"),
+            child = pid_in(&pid_file) => child,
+        };
+        assert!(gone(child).await, "the hook's child {child} still runs");
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_ends_keeps_what_it_started_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let hook = format!(
+            "sleep 300 >/dev/null 2>&1 & echo $! > '{}'",
+            pid_file.display()
+        );
+        let env = [("KILN_COMMIT_SHA", std::ffi::OsStr::new("abc"))];
+        run_hook(&hook, &env, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let child = pid_in(&pid_file).await;
+        let kept = runs(child);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert!(kept, "the hook's background child {child} was killed");
+    }
 }

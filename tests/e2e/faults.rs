@@ -510,13 +510,13 @@ impl HookRuns {
         std::fs::read_to_string(self.0.join("runs")).unwrap_or_default()
     }
 
-    /// Waits until the hook's first run has begun (it touches `first`).
-    async fn until_first_run(&self) {
+    /// Waits until the hook has touched `word` (`first`: its first run began).
+    async fn until_touched(&self, word: &str) {
         let started = Instant::now();
-        while !self.0.join("first").exists() {
+        while !self.0.join(word).exists() {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
-                "the hook never ran"
+                "the hook never touched {word}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -551,7 +551,7 @@ async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
     let mut envs = runs.envs(
         database_url,
         "echo \"$KILN_RELEASE_DIR\" >> runs; [ -e first ] && exit 0; touch first; \
-         while [ ! -e done ]; do sleep 0.1; done",
+         while [ ! -e done ]; do sleep 0.1; done; touch ended",
     );
     envs.push(("KILN_LEASE_SECONDS".to_owned(), "2".to_owned()));
     // The second leads (it would take the deploy over) before the first starts.
@@ -574,7 +574,7 @@ async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
     let agent = first.register_agent("builder", &[]).await;
     agent.build_next().await;
     via_first.deploy(&deployment.id).await;
-    runs.until_first_run().await;
+    runs.until_touched("first").await;
     // Three leases on, the first replica still holds its deploy.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let ran = runs.noted();
@@ -589,6 +589,8 @@ async fn replicas_one_killed_mid_deploy_has_it_taken_over() {
         .wait_for_status_in(&deployment.id, &[DeploymentStatus::Live])
         .await;
     runs.say("done");
+    // The killed replica's hook outlives it: let it end before its directory goes.
+    runs.until_touched("ended").await;
     let ran = runs.noted();
     let releases: Vec<&str> = ran.lines().collect();
     assert_eq!(releases.len(), 2, "{ran}");
@@ -628,7 +630,7 @@ async fn replicas_deploying_one_environment_take_turns() {
     agent.build_next().await;
 
     via_first.deploy(&older.id).await;
-    runs.until_first_run().await;
+    runs.until_touched("first").await;
     via_second.deploy(&newer.id).await;
     // The newer waits on the other replica while the older runs.
     tokio::time::sleep(Duration::from_secs(3)).await;
