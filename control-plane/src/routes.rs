@@ -736,7 +736,10 @@ async fn get_deployment(
     _: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    answer(&state, move |conn| store::get_deployment(conn, &id)).await
+    answer(&state, move |conn| {
+        store::get_deployment_explained(conn, &id)
+    })
+    .await
 }
 
 async fn redeploy(

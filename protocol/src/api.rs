@@ -383,6 +383,11 @@ pub struct Deployment {
     pub transitions: Vec<Transition>,
     #[serde(default)]
     pub artifacts: Vec<StoredArtifact>,
+    /// For a queued deployment read alone (`GET /deployments/{id}`), why no agent
+    /// has taken it yet: none registered, none with the labels it requires, or
+    /// every one that may offline, paused, holding back or busy. Added in v1.6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -501,6 +506,20 @@ fn yes() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deployment_from_v1_5_parses_without_waiting_for_and_omits_it_when_unset() {
+        let text = r#"{"id": "dpl_1", "project_id": "prj_1", "environment_id": "env_1",
+            "commit_sha": "0123456789abcdef0123456789abcdef01234567", "branch": "main",
+            "author": "Ada", "message": "m", "status": "queued", "backend_status": "pending",
+            "storefront_status": "pending", "attempts": 0,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}"#;
+        let deployment: Deployment = serde_json::from_str(text).unwrap();
+        assert_eq!(deployment.waiting_for, None);
+        assert!(!serde_json::to_string(&deployment)
+            .unwrap()
+            .contains("waiting_for"));
+    }
 
     #[test]
     fn an_agent_from_v1_4_parses_without_holding_back() {

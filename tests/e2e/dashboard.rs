@@ -308,6 +308,22 @@ async fn issue_15_sign_in_then_read_and_filter_the_deployments_table() {
     );
     browser.screenshot("agents").await;
 
+    // A deployment no agent has taken says why.
+    let queued = site
+        .admin
+        .push("main", &commit(3000))
+        .await
+        .deployments
+        .remove(0);
+    browser
+        .goto(&site.url(&format!("/deployments/{}", queued.id)))
+        .await;
+    let waiting = browser.text("#summary .waiting").await;
+    assert_eq!(
+        waiting,
+        format!("Not started: no agent that may build it is available: builder-1 claims no jobs: {reason}")
+    );
+
     // Unknown ids are a 404 page.
     browser.goto(&site.url("/deployments/dpl_nope")).await;
     assert!(browser

@@ -300,7 +300,14 @@ async fn issue_17_an_agent_holding_back_gets_no_job_and_the_fleet_sees_why() {
         "answered at once"
     );
     assert_eq!(held.headers["retry-after"], "10");
-    assert_eq!(admin.deployment(&deployment.id).await.status, Queued);
+    let waiting = admin.deployment(&deployment.id).await;
+    assert_eq!(waiting.status, Queued);
+    assert_eq!(
+        waiting.waiting_for,
+        Some(format!(
+            "no agent that may build it is available: builder claims no jobs: {reason}"
+        ))
+    );
     let shown = listed(agents(&admin).await);
     assert_eq!(shown.holding_back.as_deref(), Some(reason));
     assert_eq!(shown.state, AgentState::Idle);

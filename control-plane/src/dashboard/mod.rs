@@ -461,7 +461,7 @@ async fn deployment(
     let found = state
         .db
         .call(move |conn| {
-            let deployment = store::get_deployment(conn, &id)?;
+            let deployment = store::get_deployment_explained(conn, &id)?;
             let project = store::get_project(conn, &deployment.project_id)?;
             let environment = store::get_environment(conn, &deployment.environment_id).ok();
             let siblings = store::list_deployments(

@@ -659,6 +659,9 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                         @if let Some(reason) = &deployment.reason {
                             p class={"reason " @if failed { "bad" }} role=[failed.then_some("alert")] { (reason) }
                         }
+                        @if let Some(waiting) = &deployment.waiting_for {
+                            p.reason.waiting { "Not started: " (waiting) }
+                        }
                         dl.meta {
                             dt { "Author" }
                             dd.author {

@@ -3,7 +3,10 @@
 
 use crate::sql::{params, Connection, OptionalExtension};
 
-use kiln_protocol::{validate, AgentInfo, AgentState, HostFacts, RunningJobInfo};
+use kiln_protocol::{
+    validate, AgentInfo, AgentState, Deployment, DeploymentStatus, EnvironmentKind, HostFacts,
+    RunningJobInfo,
+};
 
 use super::{check_name, json_list, new_id, now_ms, to_json};
 use crate::error::ApiError;
@@ -319,6 +322,78 @@ pub fn revoke_agent(conn: &mut Connection, id: &str) -> Result<Vec<String>, ApiE
     Ok(deployments)
 }
 
+/// Agents named in a waiting reason before "and N more".
+const NAMED_IN_WAIT: usize = 5;
+
+/// A deployment, read alone; when it is queued, with why no agent has taken it
+/// (`waiting_for`): what a user looks at when a build does not start.
+pub fn get_deployment_explained(conn: &mut Connection, id: &str) -> Result<Deployment, ApiError> {
+    let mut deployment = super::get_deployment(conn, id)?;
+    if deployment.status == DeploymentStatus::Queued {
+        deployment.waiting_for = why_waiting(conn, &deployment)?;
+    }
+    Ok(deployment)
+}
+
+/// Why no agent has claimed a queued deployment; `None` when one may claim it
+/// now (it will, at its next poll).
+fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<String>, ApiError> {
+    let project = super::get_project(conn, &deployment.project_id)?;
+    let environment = super::get_environment(conn, &deployment.environment_id)?;
+    let mut required = project.agent_labels.clone();
+    required.extend(match environment.kind {
+        EnvironmentKind::LongLived => project.long_lived_agent_labels,
+        EnvironmentKind::Preview => project.preview_agent_labels,
+    });
+    let agents = list_agents(conn)?;
+    if agents.is_empty() {
+        return Ok(Some(
+            "no agent is registered; run `kiln-agent register` on a build host".to_owned(),
+        ));
+    }
+    let able: Vec<&AgentView> = agents
+        .iter()
+        .filter(|agent| required.iter().all(|label| agent.labels.contains(label)))
+        .collect();
+    if able.is_empty() {
+        return Ok(Some(format!(
+            "no agent carries every label this build requires ({}); register one with them, or change the project's agent labels",
+            required.join(", ")
+        )));
+    }
+    let unavailable = |agent: &AgentView| match agent.state() {
+        AgentState::Offline => Some("offline".to_owned()),
+        AgentState::Paused => Some("paused".to_owned()),
+        _ => agent
+            .holding_back
+            .as_ref()
+            .map(|reason| format!("claims no jobs: {reason}")),
+    };
+    if able.iter().all(|agent| unavailable(agent).is_some()) {
+        let mut named: Vec<String> = able
+            .iter()
+            .take(NAMED_IN_WAIT)
+            .filter_map(|agent| Some(format!("{} {}", agent.name, unavailable(agent)?)))
+            .collect();
+        if able.len() > NAMED_IN_WAIT {
+            named.push(format!("and {} more", able.len() - NAMED_IN_WAIT));
+        }
+        return Ok(Some(format!(
+            "no agent that may build it is available: {}",
+            named.join("; ")
+        )));
+    }
+    if able
+        .iter()
+        .all(|agent| unavailable(agent).is_some() || !agent.running.is_empty())
+    {
+        return Ok(Some(
+            "waiting for a free agent: every agent that may build it is running a build".to_owned(),
+        ));
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +463,89 @@ mod tests {
         assert!(
             seen(&mut conn).0 > stale,
             "a stale contact is written again"
+        );
+    }
+
+    #[test]
+    fn a_queued_deployment_says_which_agents_could_take_it_and_why_none_has() {
+        let (mut conn, _, _) = crate::store::testing::shop(&["trusted"]);
+        let queued = crate::store::testing::push(&mut conn, "main", 1).remove(0);
+        let waiting = |conn: &mut Connection| {
+            get_deployment_explained(conn, &queued.id)
+                .unwrap()
+                .waiting_for
+                .unwrap_or_default()
+        };
+        assert!(waiting(&mut conn).starts_with("no agent is registered"));
+
+        register_agent(&mut conn, "plain", &[], "hash-plain").unwrap();
+        assert!(
+            waiting(&mut conn)
+                .starts_with("no agent carries every label this build requires (trusted)"),
+            "{}",
+            waiting(&mut conn)
+        );
+
+        let id = register_agent(&mut conn, "builder", &["trusted".into()], "hash-1").unwrap();
+        assert_eq!(
+            waiting(&mut conn),
+            "no agent that may build it is available: builder offline"
+        );
+        let agent = agent_by_token_hash(&mut conn, "hash-1", None)
+            .unwrap()
+            .unwrap();
+        record_holding_back(&mut conn, &agent, Some("disk low")).unwrap();
+        assert_eq!(
+            waiting(&mut conn),
+            "no agent that may build it is available: builder claims no jobs: disk low"
+        );
+        set_paused(&mut conn, &id, true).unwrap();
+        assert_eq!(
+            waiting(&mut conn),
+            "no agent that may build it is available: builder paused"
+        );
+        set_paused(&mut conn, &id, false).unwrap();
+        let agent = agent_by_token_hash(&mut conn, "hash-1", None)
+            .unwrap()
+            .unwrap();
+        record_holding_back(&mut conn, &agent, None).unwrap();
+        assert_eq!(
+            get_deployment_explained(&mut conn, &queued.id)
+                .unwrap()
+                .waiting_for,
+            None
+        );
+
+        // Busy with that build, while another environment's waits.
+        let agent = agent_by_token_hash(&mut conn, "hash-1", None)
+            .unwrap()
+            .unwrap();
+        let job = crate::store::testing::claim_one(&mut conn, &agent);
+        assert_eq!(job.deployment_id, queued.id);
+        super::super::create_environment(
+            &mut conn,
+            &queued.project_id,
+            kiln_protocol::CreateEnvironment {
+                name: "Staging".into(),
+                branch: "develop".into(),
+                auto_deploy: false,
+            },
+        )
+        .unwrap();
+        let staging = crate::store::testing::push(&mut conn, "develop", 2).remove(0);
+        assert_eq!(
+            get_deployment_explained(&mut conn, &staging.id)
+                .unwrap()
+                .waiting_for
+                .as_deref(),
+            Some("waiting for a free agent: every agent that may build it is running a build")
+        );
+        // Only a queued deployment is explained.
+        assert_eq!(
+            get_deployment_explained(&mut conn, &job.deployment_id)
+                .unwrap()
+                .waiting_for,
+            None
         );
     }
 }

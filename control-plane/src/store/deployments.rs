@@ -42,6 +42,7 @@ pub(super) fn deployment_from_row(row: &Row) -> crate::sql::Result<Deployment> {
         updated_at: time(row.get("updated_at")?),
         transitions: Vec::new(),
         artifacts: Vec::new(),
+        waiting_for: None,
     })
 }
 
