@@ -387,9 +387,20 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
         .iter()
         .all(|agent| unavailable(agent).is_some() || !agent.running.is_empty())
     {
-        return Ok(Some(
-            "waiting for a free agent: every agent that may build it is running a build".to_owned(),
-        ));
+        let ahead: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM deployments WHERE status = 'queued'
+             AND seq < (SELECT seq FROM deployments WHERE id = ?1)",
+            [&deployment.id],
+            |row| row.get(0),
+        )?;
+        let queue = match ahead {
+            0 => "it is next in the queue".to_owned(),
+            1 => "1 queued deployment is ahead of it".to_owned(),
+            n => format!("{n} queued deployments are ahead of it"),
+        };
+        return Ok(Some(format!(
+            "waiting for a free agent: every agent that may build it is running a build; {queue}"
+        )));
     }
     Ok(None)
 }
@@ -470,6 +481,18 @@ mod tests {
     fn a_queued_deployment_says_which_agents_could_take_it_and_why_none_has() {
         let (mut conn, _, _) = crate::store::testing::shop(&["trusted"]);
         let queued = crate::store::testing::push(&mut conn, "main", 1).remove(0);
+        let add_environment = |conn: &mut Connection, name: &str, branch: &str| {
+            super::super::create_environment(
+                conn,
+                &queued.project_id,
+                kiln_protocol::CreateEnvironment {
+                    name: name.into(),
+                    branch: branch.into(),
+                    auto_deploy: false,
+                },
+            )
+            .unwrap();
+        };
         let waiting = |conn: &mut Connection| {
             get_deployment_explained(conn, &queued.id)
                 .unwrap()
@@ -522,23 +545,24 @@ mod tests {
             .unwrap();
         let job = crate::store::testing::claim_one(&mut conn, &agent);
         assert_eq!(job.deployment_id, queued.id);
-        super::super::create_environment(
-            &mut conn,
-            &queued.project_id,
-            kiln_protocol::CreateEnvironment {
-                name: "Staging".into(),
-                branch: "develop".into(),
-                auto_deploy: false,
-            },
-        )
-        .unwrap();
+        add_environment(&mut conn, "Staging", "develop");
         let staging = crate::store::testing::push(&mut conn, "develop", 2).remove(0);
         assert_eq!(
             get_deployment_explained(&mut conn, &staging.id)
                 .unwrap()
                 .waiting_for
                 .as_deref(),
-            Some("waiting for a free agent: every agent that may build it is running a build")
+            Some("waiting for a free agent: every agent that may build it is running a build; it is next in the queue")
+        );
+        add_environment(&mut conn, "QA", "qa");
+        let behind = crate::store::testing::push(&mut conn, "qa", 3).remove(0);
+        let waiting = get_deployment_explained(&mut conn, &behind.id)
+            .unwrap()
+            .waiting_for
+            .unwrap();
+        assert!(
+            waiting.ends_with("; 1 queued deployment is ahead of it"),
+            "{waiting}"
         );
         // Only a queued deployment is explained.
         assert_eq!(
