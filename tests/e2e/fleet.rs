@@ -147,8 +147,9 @@ async fn issue_17_registration_tokens_are_one_time_expiring_or_revoked() {
     assert_eq!(agents(&admin).await.agents.len(), 4);
 }
 
-#[tokio::test]
-async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
+/// A control plane with project `shop` and its Production environment on
+/// `main`; its data dir lives in the returned directory.
+async fn shop_server() -> (tempfile::TempDir, std::path::PathBuf, ControlPlane, Api) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("server");
     let cp = ControlPlane::start(&data_dir).await;
@@ -157,6 +158,12 @@ async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
     admin
         .create_environment(&project, "Production", "main")
         .await;
+    (dir, data_dir, cp, admin)
+}
+
+#[tokio::test]
+async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
+    let (_dir, data_dir, cp, admin) = shop_server().await;
     let (first_id, first) = agent_api(&cp, REGISTRATION_TOKEN, "builder-1", &["linux"]).await;
     let (_, second) = agent_api(&cp, REGISTRATION_TOKEN, "builder-2", &["linux"]).await;
 
@@ -277,14 +284,7 @@ async fn claim_holding_back(agent: &Api, reason: &str) -> Reply {
 
 #[tokio::test]
 async fn issue_17_an_agent_holding_back_gets_no_job_and_the_fleet_sees_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let data_dir = dir.path().join("server");
-    let cp = ControlPlane::start(&data_dir).await;
-    let admin = cp.admin();
-    let project = admin.create_project("shop").await;
-    admin
-        .create_environment(&project, "Production", "main")
-        .await;
+    let (_dir, data_dir, cp, admin) = shop_server().await;
     let (id, agent) = agent_api(&cp, REGISTRATION_TOKEN, "builder", &[]).await;
     let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
     let listed = |agents: AgentList| agents.agents.into_iter().find(|a| a.id == id).unwrap();
