@@ -353,7 +353,7 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
     }
     let able: Vec<&AgentView> = agents
         .iter()
-        .filter(|agent| required.iter().all(|label| agent.labels.contains(label)))
+        .filter(|agent| super::jobs::carries_all(&agent.labels, &required))
         .collect();
     if able.is_empty() {
         return Ok(Some(format!(
@@ -361,19 +361,26 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
             required.join(", ")
         )));
     }
-    let unavailable = |agent: &AgentView| match agent.state() {
-        AgentState::Offline => Some("offline".to_owned()),
-        AgentState::Paused => Some("paused".to_owned()),
-        _ => agent
-            .holding_back
-            .as_ref()
-            .map(|reason| format!("claims no jobs: {reason}")),
-    };
-    if able.iter().all(|agent| unavailable(agent).is_some()) {
-        let mut named: Vec<String> = able
+    // Each able agent with why it takes nothing now, if it does not.
+    let unavailable: Vec<(&AgentView, Option<String>)> = able
+        .iter()
+        .map(|agent| {
+            let why = match agent.state() {
+                AgentState::Offline => Some("offline".to_owned()),
+                AgentState::Paused => Some("paused".to_owned()),
+                _ => agent
+                    .holding_back
+                    .as_ref()
+                    .map(|reason| format!("claims no jobs: {reason}")),
+            };
+            (*agent, why)
+        })
+        .collect();
+    if unavailable.iter().all(|(_, why)| why.is_some()) {
+        let mut named: Vec<String> = unavailable
             .iter()
             .take(NAMED_IN_WAIT)
-            .filter_map(|agent| Some(format!("{} {}", agent.name, unavailable(agent)?)))
+            .filter_map(|(agent, why)| Some(format!("{} {}", agent.name, why.as_ref()?)))
             .collect();
         if able.len() > NAMED_IN_WAIT {
             named.push(format!("and {} more", able.len() - NAMED_IN_WAIT));
@@ -383,9 +390,9 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
             named.join("; ")
         )));
     }
-    if able
+    if unavailable
         .iter()
-        .all(|agent| unavailable(agent).is_some() || !agent.running.is_empty())
+        .all(|(agent, why)| why.is_some() || !agent.running.is_empty())
     {
         let ahead: i64 = conn.query_row(
             "SELECT COUNT(*) FROM deployments WHERE status = 'queued'

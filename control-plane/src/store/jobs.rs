@@ -32,6 +32,12 @@ pub struct JobPolicy {
 const CLAIM_PAGE: i64 = if cfg!(test) { 2 } else { 16 };
 const CLAIM_PAGE_MAX: i64 = 1024;
 
+/// Whether an agent with `labels` may take a job that requires `required`: it
+/// carries every one. The claim's rule, and the waiting reason's.
+pub(super) fn carries_all(labels: &[String], required: &[String]) -> bool {
+    required.iter().all(|label| labels.contains(label))
+}
+
 /// Hands the oldest queued deployment this agent's labels allow to the agent.
 pub fn claim(
     conn: &mut Connection,
@@ -89,12 +95,7 @@ pub fn claim(
         page_size = (page_size * 4).min(CLAIM_PAGE_MAX);
         let allowed: Vec<QueuedRow> = page
             .into_iter()
-            .filter(|queued| {
-                queued
-                    .required
-                    .iter()
-                    .all(|label| agent.labels.contains(label))
-            })
+            .filter(|queued| carries_all(&agent.labels, &queued.required))
             .collect();
         if let Some(taken) = take_first(&tx, allowed)? {
             break taken;
