@@ -32,6 +32,16 @@ struct Cli {
     /// for several replicas serving one fleet.
     #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
+    /// On PostgreSQL, the most connections this replica holds at once. More
+    /// serve more claims a second at saturation; fewer keep claims quick on a
+    /// small database host (every replica counts toward its `max_connections`).
+    #[arg(
+        long,
+        env = "KILN_DATABASE_CONNECTIONS",
+        default_value_t = crate::db::POSTGRES_CONNECTIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..),
+    )]
+    database_connections: u32,
     /// Logs and artifacts in an S3 bucket too (`s3://bucket` or
     /// `s3://bucket/prefix`), for replicas that share no disk. Credentials,
     /// region and endpoint come from the usual `AWS_*` variables
@@ -308,6 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
     config.deploy_hook = cli.deploy_hook;
     config.database_url = cli.database_url;
+    config.database_connections = cli.database_connections as usize;
     config.object_store = cli.object_store_url.map(|url| crate::ObjectStoreConfig {
         url,
         options: Vec::new(),

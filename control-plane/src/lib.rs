@@ -66,6 +66,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// PostgreSQL instead of `kiln.sqlite`, for replicas sharing one fleet.
     pub database_url: Option<String>,
+    /// On PostgreSQL, the most connections this replica holds at once.
+    pub database_connections: usize,
     /// Logs and artifacts in an object store too (replicas share no disk).
     pub object_store: Option<ObjectStoreConfig>,
     /// On PostgreSQL, how often a parked claim looks again in case a replica's
@@ -114,6 +116,7 @@ impl Config {
         Self {
             data_dir,
             database_url: None,
+            database_connections: db::POSTGRES_CONNECTIONS,
             object_store: None,
             missed_wake_recheck: Duration::from_secs(2),
             admin_token,
@@ -221,7 +224,7 @@ impl AppState {
             std::fs::create_dir_all(&path)
                 .map_err(|source| StartError::DataDir { path, source })?;
         }
-        let db = Db::open(&config.database_location())?;
+        let db = Db::open(&config.database_location(), config.database_connections)?;
         let db_shared = db.postgres_url().is_some();
         let missed_wake_recheck = config.missed_wake_recheck;
         let objects = config

@@ -547,7 +547,11 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::Db::open(&crate::db::shared_for_test(dir.path())).unwrap();
+        let db = crate::db::Db::open(
+            &crate::db::shared_for_test(dir.path()),
+            crate::db::POSTGRES_CONNECTIONS,
+        )
+        .unwrap();
         let replica = |name: &str| {
             LogStore::new(dir.path().join(name), 32).with_shared(Some(SharedLogs {
                 objects: objects.clone(),
@@ -605,7 +609,11 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::Db::open(&crate::db::shared_for_test(dir.path())).unwrap();
+        let db = crate::db::Db::open(
+            &crate::db::shared_for_test(dir.path()),
+            crate::db::POSTGRES_CONNECTIONS,
+        )
+        .unwrap();
         let replica = |name: &str| {
             LogStore::new(dir.path().join(name), 1024).with_shared(Some(SharedLogs {
                 objects: objects.clone(),
