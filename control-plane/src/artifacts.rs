@@ -97,6 +97,24 @@ impl ArtifactStore {
         Ok(path)
     }
 
+    /// Deletes a deployment's artifacts from the object store, if there is one.
+    pub async fn remove_shared(&self, removed: &crate::store::RemovedArtifacts) {
+        if let Some(objects) = &self.objects {
+            let keys: Vec<String> = removed
+                .artifacts
+                .iter()
+                .map(|(job_id, name)| object_key(&removed.deployment_id, job_id, name))
+                .collect();
+            objects.delete_all(&keys).await;
+        }
+    }
+
+    /// Deletes a deployment's artifacts (every job's) from this replica's disk;
+    /// those not there count as deleted.
+    pub async fn remove_local(&self, deployment_id: &str) -> std::io::Result<()> {
+        remove_dir_if_there(&self.root.join(deployment_id)).await
+    }
+
     pub fn path(&self, deployment_id: &str, job_id: &str, name: &str) -> PathBuf {
         self.root.join(deployment_id).join(job_id).join(name)
     }
@@ -208,5 +226,13 @@ impl ArtifactStore {
         }
         file.sync_all().await?;
         Ok(())
+    }
+}
+
+/// `remove_dir_all`, with a directory already gone counted as removed.
+pub(crate) async fn remove_dir_if_there(dir: &std::path::Path) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
     }
 }

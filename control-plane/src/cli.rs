@@ -73,6 +73,12 @@ struct Cli {
     /// are gathered into one object per stream.
     #[arg(long, env = "KILN_LOG_COMPACTION_DELAY_SECONDS", default_value_t = 60)]
     log_compaction_delay_seconds: u64,
+    /// Days a deployment's artifacts and release are kept after it ended (and
+    /// stopped being live): then they are deleted, from the object store too.
+    /// Its log and its record stay; a redeploy builds it again. 0 keeps them
+    /// for ever.
+    #[arg(long, env = "KILN_ARTIFACT_RETENTION_DAYS", default_value_t = 0)]
+    artifact_retention_days: u32,
     /// Wall-clock limit for one build, sent to agents with each job.
     #[arg(long, env = "KILN_JOB_TIMEOUT_SECONDS", default_value_t = 3600)]
     job_timeout_seconds: u64,
@@ -316,6 +322,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.lease = Duration::from_secs(cli.lease_seconds);
     config.log_compaction_delay = Duration::from_secs(cli.log_compaction_delay_seconds);
     config.job_timeout = Duration::from_secs(cli.job_timeout_seconds);
+    config.artifact_retention = (cli.artifact_retention_days > 0)
+        .then(|| Duration::from_secs(u64::from(cli.artifact_retention_days) * 86_400));
     config.deploy_hook = cli.deploy_hook;
     config.database_url = cli.database_url;
     config.database_connections = cli.database_connections as usize;

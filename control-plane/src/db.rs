@@ -52,7 +52,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 11] = [
+const SCHEMA: [&str; 12] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -64,6 +64,7 @@ const SCHEMA: [&str; 11] = [
     include_str!("schema/009_deploy_leases.sql"),
     include_str!("schema/010_log_compaction.sql"),
     include_str!("schema/011_agent_holding_back.sql"),
+    include_str!("schema/012_artifact_retention.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

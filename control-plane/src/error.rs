@@ -59,6 +59,8 @@ pub enum ApiError {
     ArtifactExists { job_id: String, name: String },
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Gone(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,6 +96,7 @@ impl ApiError {
             Self::LogLimit { .. } => (StatusCode::PAYLOAD_TOO_LARGE, codes::LOG_LIMIT_EXCEEDED),
             Self::ArtifactExists { .. } => (StatusCode::CONFLICT, codes::ARTIFACT_EXISTS),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE),
+            Self::Gone(_) => (StatusCode::GONE, codes::GONE),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
         }
     }

@@ -27,6 +27,7 @@ mod logs;
 mod objects;
 mod pg_tls;
 mod replicas;
+mod retention;
 mod routes;
 mod sql;
 mod store;
@@ -86,6 +87,11 @@ pub struct Config {
     pub log_compaction_delay: Duration,
     /// Wall-clock limit handed to agents with each job.
     pub job_timeout: Duration,
+    /// How long after a deployment ended (and stopped being live) its artifacts
+    /// and release are kept; `None` keeps them for ever.
+    pub artifact_retention: Option<Duration>,
+    /// How often the retention policy is applied.
+    pub retention_interval: Duration,
     /// Claims of one deployment before a lost agent fails it.
     pub max_attempts: u32,
     /// Shell command run by the deploy step; non-zero exit is `deploy_failed`.
@@ -125,6 +131,8 @@ impl Config {
             reaper_interval: Duration::from_secs(1),
             log_compaction_delay: Duration::from_secs(60),
             job_timeout: Duration::from_secs(3600),
+            artifact_retention: None,
+            retention_interval: Duration::from_secs(600),
             max_attempts: 2,
             deploy_hook: None,
             deploy_timeout: Duration::from_secs(600),
@@ -328,6 +336,7 @@ pub async fn serve(
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let courier = tokio::spawn(git_hosts::outbox::run(state.clone()));
     let compactor = tokio::spawn(compact_finished_logs(state.clone()));
+    let retention = tokio::spawn(retention::remove_expired_artifacts(state.clone()));
     let stopping = state.shutdown.clone();
     let limits = state.config.connections;
     let result = connections::serve(listener, app(state), limits, async move {
@@ -339,6 +348,7 @@ pub async fn serve(
     reaper.abort();
     courier.abort();
     compactor.abort();
+    retention.abort();
     if let Some(thread) = listener_thread {
         // It sees the cancellation within a tick.
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

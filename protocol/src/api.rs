@@ -383,6 +383,11 @@ pub struct Deployment {
     pub transitions: Vec<Transition>,
     #[serde(default)]
     pub artifacts: Vec<StoredArtifact>,
+    /// When the server's retention policy removed its artifacts (they stay
+    /// listed, and are no longer served; a redeploy builds them again). Added
+    /// in v1.7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_removed_at: Option<DateTime<Utc>>,
     /// For a queued deployment read alone (`GET /deployments/{id}`), why no agent
     /// has taken it yet: none registered, none with the labels it requires, or
     /// every one that may offline, paused, holding back or busy. Added in v1.6.

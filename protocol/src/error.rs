@@ -44,6 +44,9 @@ pub mod codes {
     /// Added in v1.5: storage the server depends on (the object store) did not
     /// answer (503); retry.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// Added in v1.7: the server's retention policy removed what was asked for
+    /// (410); a redeploy builds it again.
+    pub const GONE: &str = "gone";
     pub const INTERNAL: &str = "internal";
 }
 

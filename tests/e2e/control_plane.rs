@@ -1085,3 +1085,138 @@ async fn log_lines_carry_their_timestamps_without_changing_the_log() {
         "2025-11-24T16:00:00.000Z installing\n2025-11-24T16:00:00.000Z building\n2025-11-24T16:01:01.000Z done\n"
     );
 }
+
+/// Builds commit `n` on `main` as an agent would, with one artifact, and
+/// deploys it; returns the deployment, live.
+async fn build_and_deploy(admin: &Api, agent: &Api, n: u32, artifact: &[u8]) -> Deployment {
+    let deployment = admin.push("main", &sha(n)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    let upload = ticket(agent, &job.job_id, "backend.tar.gz", artifact).await;
+    let reply = agent
+        .send(
+            agent
+                .request(Method::PUT, &upload.upload_url)
+                .body(artifact.to_vec()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    agent
+        .report(&job, &update(AwaitingDeployment))
+        .await
+        .expect_json::<Deployment>(StatusCode::OK)
+        .await;
+    admin.deploy(&deployment.id).await;
+    admin.wait_for_status(&deployment.id, Live).await
+}
+
+#[tokio::test]
+async fn retention_deletes_the_artifacts_of_deployments_no_longer_live_and_keeps_the_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = TestBucket::create().await;
+    assert!(
+        bucket.is_some() || std::env::var("KILN_REQUIRE_S3").is_err(),
+        "KILN_REQUIRE_S3 is set but KILN_TEST_S3_ENDPOINT is not"
+    );
+    let object_store = bucket.as_ref().map(TestBucket::object_store_config);
+    let cp = ControlPlane::start_with(dir.path(), |config| {
+        config.object_store = object_store;
+        config.artifact_retention = Some(Duration::from_secs(2));
+        config.retention_interval = Duration::from_millis(100);
+    })
+    .await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("builder-1", &[]).await;
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let old = build_and_deploy(&admin, &agent, 1, b"old build").await;
+    let release = |id: &str| {
+        dir.path()
+            .join("releases")
+            .join(&old.environment_id)
+            .join(id)
+    };
+    assert!(release(&old.id).join("backend.tar.gz").exists());
+    // Live for longer than the retention: still kept.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(admin.deployment(&old.id).await.artifacts_removed_at, None);
+
+    let new = build_and_deploy(&admin, &agent, 2, b"new build").await;
+    assert_eq!(admin.deployment(&old.id).await.status, Ready);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let removed = loop {
+        let read = admin.deployment(&old.id).await;
+        if read.artifacts_removed_at.is_some() {
+            break read;
+        }
+        assert!(Instant::now() < deadline, "the retention policy never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        removed.artifacts_removed_at.unwrap() - removed.updated_at >= chrono::Duration::seconds(2),
+        "removed only once kept for the retention"
+    );
+    assert_eq!(
+        removed.artifacts.len(),
+        1,
+        "the record of what was built stays"
+    );
+    let refused = admin
+        .get(&format!(
+            "/api/v1/deployments/{}/artifacts/backend.tar.gz",
+            old.id
+        ))
+        .await;
+    let message = refused.expect_error(StatusCode::GONE, "gone");
+    assert!(
+        message.contains("backend.tar.gz")
+            && message.contains("--artifact-retention-days")
+            && message.contains("redeploy"),
+        "{message}"
+    );
+    // Every replica clears its disk right after the mark, within a look or two.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while release(&old.id).exists() || dir.path().join("artifacts").join(&old.id).exists() {
+        assert!(Instant::now() < deadline, "the old files are still on disk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(bucket) = &bucket {
+        let keys = bucket.keys().await;
+        assert!(
+            !keys.iter().any(|key| key.contains(&old.id)),
+            "old artifacts left in the object store: {keys:?}"
+        );
+        assert!(
+            keys.iter().any(|key| key.contains(&new.id)),
+            "the live deployment's artifact went too: {keys:?}"
+        );
+    }
+
+    // The live deployment keeps everything; its release is what `current` is.
+    let download = admin
+        .get(&format!(
+            "/api/v1/deployments/{}/artifacts/backend.tar.gz",
+            new.id
+        ))
+        .await;
+    assert_eq!(download.status, StatusCode::OK);
+    assert_eq!(download.body, b"new build");
+    let current = dir
+        .path()
+        .join("releases")
+        .join(&new.environment_id)
+        .join("current")
+        .join("backend.tar.gz");
+    assert_eq!(std::fs::read(current).unwrap(), b"new build");
+    // A redeploy of the old one builds its commit again.
+    let again = admin
+        .post_json(
+            &format!("/api/v1/deployments/{}/redeploy", old.id),
+            &serde_json::json!({}),
+        )
+        .await
+        .expect_json::<EventOutcome>(StatusCode::CREATED)
+        .await;
+    assert_eq!(again.deployments[0].commit_sha, sha(1));
+}

@@ -706,6 +706,9 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                         }
                         section aria-labelledby="artifacts" {
                             h2 id="artifacts" { "Artifacts" }
+                            @if let Some(removed_at) = deployment.artifacts_removed_at {
+                                p.removed { "Deleted " (when(removed_at)) " by the server's retention policy. Redeploy to build them again." }
+                            }
                             @if deployment.artifacts.is_empty() {
                                 p.empty { "None." }
                             } @else {
@@ -714,7 +717,13 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                                     tbody {
                                         @for artifact in &deployment.artifacts {
                                             tr {
-                                                td { a href={"/deployments/" (deployment.id) "/artifacts/" (artifact.descriptor.name)} download { (artifact.descriptor.name) } }
+                                                td {
+                                                    @if deployment.artifacts_removed_at.is_some() {
+                                                        (artifact.descriptor.name)
+                                                    } @else {
+                                                        a href={"/deployments/" (deployment.id) "/artifacts/" (artifact.descriptor.name)} download { (artifact.descriptor.name) }
+                                                    }
+                                                }
                                                 td { (artifact.descriptor.size) " bytes" }
                                                 td { code.sha256 { (artifact.descriptor.sha256) } }
                                             }
@@ -868,6 +877,60 @@ mod tests {
         );
         assert_eq!(commit_url("file:///srv/shop", sha), None);
         assert_eq!(commit_url("http://127.0.0.1:9/shop.git", sha), None);
+    }
+
+    #[test]
+    fn a_deployment_whose_artifacts_retention_deleted_says_so_and_links_none() {
+        let mut deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "id": "dpl_1", "project_id": "prj_1", "environment_id": "env_1",
+            "commit_sha": "0123456789abcdef0123456789abcdef01234567", "branch": "main",
+            "author": "Ada", "message": "m", "status": "ready", "backend_status": "succeeded",
+            "storefront_status": "skipped", "attempts": 1,
+            "created_at": "2026-11-01T10:00:00Z", "updated_at": "2026-11-01T10:05:00Z",
+            "artifacts": [{"name": "backend.tar.gz", "size": 5, "sha256": "ab", "job_id": "job_1",
+                           "created_at": "2026-11-01T10:04:00Z"}],
+        }))
+        .unwrap();
+        let project: Project = serde_json::from_value(serde_json::json!({
+            "id": "prj_1", "name": "shop", "repository_url": "https://git.example/acme/shop.git",
+            "backend_path": ".", "created_at": "2026-11-01T09:00:00Z",
+        }))
+        .unwrap();
+        let session = Session {
+            user: crate::store::User {
+                name: "ada".into(),
+                role: crate::store::Role::Viewer,
+                created_at: 0,
+            },
+            csrf: "token".into(),
+        };
+        let render = |shown: &Deployment| {
+            super::deployment(
+                &session,
+                DeploymentView {
+                    deployment: shown,
+                    project: &project,
+                    environment: None,
+                    siblings: &[],
+                    delivery: None,
+                },
+            )
+            .body
+            .into_string()
+        };
+        let link = "href=\"/deployments/dpl_1/artifacts/backend.tar.gz\"";
+        let kept = render(&deployment);
+        assert!(kept.contains(link) && !kept.contains("retention"), "{kept}");
+
+        deployment.artifacts_removed_at = Some("2026-12-01T10:05:00Z".parse().unwrap());
+        let removed = render(&deployment);
+        assert!(!removed.contains(link), "{removed}");
+        assert!(
+            removed.contains("2026-12-01 10:05")
+                && removed.contains("retention policy")
+                && removed.contains("backend.tar.gz"),
+            "{removed}"
+        );
     }
 
     #[test]

@@ -32,11 +32,19 @@ pub fn artifact(
     deployment_id: &str,
     name: &str,
 ) -> Result<StoredArtifact, ApiError> {
-    get_deployment_in(conn, deployment_id)?
+    let deployment = get_deployment_in(conn, deployment_id)?;
+    let artifact = deployment
         .artifacts
         .into_iter()
         .find(|artifact| artifact.descriptor.name == name)
-        .ok_or_else(|| ApiError::not_found("artifact", format!("{deployment_id}/{name}")))
+        .ok_or_else(|| ApiError::not_found("artifact", format!("{deployment_id}/{name}")))?;
+    if let Some(removed_at) = deployment.artifacts_removed_at {
+        return Err(ApiError::Gone(format!(
+            "artifact {name} of deployment {deployment_id} was deleted on {} by the server's retention policy (--artifact-retention-days); redeploy the deployment to build it again",
+            removed_at.format("%Y-%m-%d %H:%M UTC")
+        )));
+    }
+    Ok(artifact)
 }
 
 /// Refuses work on a job that no longer builds its deployment: artifacts are

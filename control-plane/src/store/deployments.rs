@@ -42,6 +42,7 @@ pub(super) fn deployment_from_row(row: &Row) -> crate::sql::Result<Deployment> {
         updated_at: time(row.get("updated_at")?),
         transitions: Vec::new(),
         artifacts: Vec::new(),
+        artifacts_removed_at: row.get::<_, Option<i64>>("artifacts_removed_at")?.map(time),
         waiting_for: None,
     })
 }

@@ -15,6 +15,7 @@ mod log_chunks;
 mod outbox;
 mod projects;
 mod registration_tokens;
+mod retention;
 mod users;
 
 pub use agents::*;
@@ -26,6 +27,7 @@ pub use log_chunks::*;
 pub use outbox::*;
 pub use projects::*;
 pub use registration_tokens::*;
+pub use retention::*;
 pub use users::*;
 
 use chrono::{DateTime, Utc};
