@@ -9,7 +9,7 @@ use crate::error::ApiError;
 
 /// Statuses a deployment ends in without being live: its artifacts serve no
 /// deploy any more (a redeploy builds its commit again). `awaiting_deployment`
-/// may still be deployed, so it keeps them.
+/// may still be deployed, so it keeps them while its environment lasts.
 const ENDED: &str = "('ready', 'build_failed', 'build_canceled', 'deploy_failed')";
 
 /// A deployment whose artifacts the policy removed.
@@ -23,8 +23,9 @@ pub struct RemovedArtifacts {
     pub artifacts: Vec<(String, String)>,
 }
 
-/// Marks at most `limit` deployments that ended before `ended_before` (ms) and
-/// still have their artifacts as removed, oldest first, and returns them with
+/// Marks at most `limit` deployments that ended before `ended_before` (ms), or
+/// whose environment was removed before then, and still have their artifacts
+/// as removed, oldest first, and returns them with
 /// their artifacts. Their files go after this (`removed_since`), so a crash in
 /// between leaves only bytes behind, never a listed artifact that is gone.
 pub fn expire_artifacts(
@@ -34,11 +35,17 @@ pub fn expire_artifacts(
 ) -> Result<Vec<RemovedArtifacts>, ApiError> {
     let tx = conn.transaction()?;
     let now = now_ms();
+    // A closed pull request's preview keeps its last deployment `live`: its
+    // environment's removal is when that one ended.
     let expired: Vec<(String, String)> = tx
         .prepare(&format!(
-            "SELECT id, environment_id FROM deployments
-             WHERE artifacts_removed_at IS NULL AND status IN {ENDED} AND updated_at < ?1
-             ORDER BY seq LIMIT ?2"
+            "SELECT d.id, d.environment_id FROM deployments d
+             LEFT JOIN environments e ON e.id = d.environment_id
+             WHERE d.artifacts_removed_at IS NULL
+               AND ((d.status IN {ENDED} AND d.updated_at < ?1)
+                    OR (d.status IN ('live', 'awaiting_deployment')
+                        AND (e.id IS NULL OR e.removed_at < ?1)))
+             ORDER BY d.seq LIMIT ?2"
         ))?
         .query_map(params![ended_before, limit], |row| {
             Ok((row.get(0)?, row.get(1)?))
@@ -90,7 +97,33 @@ pub fn removed_since(conn: &mut Connection, since: i64) -> Result<Vec<RemovedArt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::{agent, push, shop};
+    use crate::store::testing::{agent, push, sha, shop, REPO};
+    use kiln_protocol::{Deployment, PullRequestAction, PullRequestEvent};
+
+    /// Pull request `number` of the shop's repository opened (its preview's
+    /// deployment returned) or closed (none).
+    fn pull_request(
+        conn: &mut Connection,
+        number: u64,
+        action: PullRequestAction,
+    ) -> Option<Deployment> {
+        let outcome = crate::store::on_pull_request(
+            conn,
+            PullRequestEvent {
+                repository: REPO.into(),
+                number,
+                action,
+                branch: format!("feature/{number}"),
+                sha: sha(number as u8),
+                author: "Grace".into(),
+                message: "Cart".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .unwrap();
+        outcome.deployments.into_iter().next()
+    }
 
     /// Sets deployment `id`'s status and when it last changed, as its life would.
     fn ended(conn: &mut Connection, id: &str, status: &str, updated_at: i64) {
@@ -123,6 +156,18 @@ mod tests {
         // One that ended after the cutoff keeps them.
         let recent = push(&mut conn, "main", 20)[0].id.clone();
         ended(&mut conn, &recent, "ready", 5_000);
+        // A closed pull request's preview stays live, recently changed; its
+        // environment's removal before the cutoff counts.
+        let preview = pull_request(&mut conn, 7, PullRequestAction::Opened).unwrap();
+        ended(&mut conn, &preview.id, "live", 5_000);
+        pull_request(&mut conn, 7, PullRequestAction::Closed);
+        conn.execute(
+            "UPDATE environments SET removed_at = 1000 WHERE id = ?1",
+            [&preview.environment_id],
+        )
+        .unwrap();
+        let open_preview = pull_request(&mut conn, 8, PullRequestAction::Opened).unwrap();
+        ended(&mut conn, &open_preview.id, "live", 1_000);
         let builder = agent(&mut conn, &[]);
         conn.execute(
             "INSERT INTO jobs (id, deployment_id, agent_id, attempt, claimed_at) VALUES ('job_a', ?1, ?2, 1, 0)",
@@ -139,10 +184,9 @@ mod tests {
 
         let removed = expire_artifacts(&mut conn, 2_000, 100).unwrap();
         let removed_ids: Vec<&str> = removed.iter().map(|r| r.deployment_id.as_str()).collect();
-        assert_eq!(
-            removed_ids,
-            ids[..4].iter().map(String::as_str).collect::<Vec<_>>()
-        );
+        let mut expected: Vec<&str> = ids[..4].iter().map(String::as_str).collect();
+        expected.push(&preview.id);
+        assert_eq!(removed_ids, expected);
         assert_eq!(
             removed[0].artifacts,
             vec![
@@ -165,7 +209,7 @@ mod tests {
         // Marked once; a replica reads what it still has to delete.
         assert!(expire_artifacts(&mut conn, 2_000, 100).unwrap().is_empty());
         let since = removed[0].removed_at;
-        assert_eq!(removed_since(&mut conn, since).unwrap().len(), 4);
+        assert_eq!(removed_since(&mut conn, since).unwrap().len(), 5);
         assert!(removed_since(&mut conn, since + 1).unwrap().is_empty());
     }
 
