@@ -11,8 +11,10 @@ use crate::artifacts::remove_dir_if_there;
 use crate::store::{self, RemovedArtifacts};
 use crate::AppState;
 
-/// Deployments one look marks; the next look takes the next ones.
+/// Deployments one look marks, in one short transaction.
 const EXPIRED_PER_LOOK: i64 = 100;
+/// Looks one tick takes at most while they come full.
+const LOOKS_PER_TICK: usize = 100;
 
 /// How far back a replica reads removals again: one marked by a transaction
 /// that committed after the replica's last read may carry an earlier time.
@@ -61,29 +63,35 @@ pub(crate) async fn remove_expired_artifacts(state: AppState) {
 
 /// On the leader: marks the deployments whose artifacts have been kept long
 /// enough, then deletes them from the object store (each replica's disk is
-/// its own to clear).
+/// its own to clear). Look after look while they come full, so a policy set on
+/// a long history catches up within a few ticks.
 async fn mark_expired(state: &AppState, keep: Duration) {
-    let ended_before = store::now_ms() - keep.as_millis() as i64;
-    let expired = match state
-        .db
-        .call(move |conn| store::expire_artifacts(conn, ended_before, EXPIRED_PER_LOOK))
-        .await
-    {
-        Ok(expired) => expired,
-        Err(error) => {
-            tracing::error!(message = "Cannot look for expired artifacts.", %error);
+    for _ in 0..LOOKS_PER_TICK {
+        let ended_before = store::now_ms() - keep.as_millis() as i64;
+        let expired = match state
+            .db
+            .call(move |conn| store::expire_artifacts(conn, ended_before, EXPIRED_PER_LOOK))
+            .await
+        {
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::error!(message = "Cannot look for expired artifacts.", %error);
+                return;
+            }
+        };
+        for removal in &expired {
+            tracing::info!(
+                message = "Artifacts removed by the retention policy.",
+                deployment_id = %removal.deployment_id,
+                artifacts = removal.artifacts.len(),
+                retention_days = keep.as_secs() / 86_400
+            );
+            // Best effort, warned of: an object left behind costs only its bytes.
+            state.artifacts.remove_shared(removal).await;
+        }
+        if (expired.len() as i64) < EXPIRED_PER_LOOK || state.shutdown.is_cancelled() {
             return;
         }
-    };
-    for removal in expired {
-        tracing::info!(
-            message = "Artifacts removed by the retention policy.",
-            deployment_id = %removal.deployment_id,
-            artifacts = removal.artifacts.len(),
-            retention_days = keep.as_secs() / 86_400
-        );
-        // Best effort, warned of: an object left behind costs only its bytes.
-        state.artifacts.remove_shared(&removal).await;
     }
 }
 

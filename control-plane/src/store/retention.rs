@@ -51,28 +51,56 @@ pub fn expire_artifacts(
             Ok((row.get(0)?, row.get(1)?))
         })?
         .collect::<Result<_, _>>()?;
-    let mut removed = Vec::with_capacity(expired.len());
-    for (deployment_id, environment_id) in expired {
-        tx.execute_deferred(
-            "UPDATE deployments SET artifacts_removed_at = ?1 WHERE id = ?2",
-            params![now, deployment_id],
-        )?;
-        let artifacts = tx
-            .prepare(
-                "SELECT a.job_id, a.name FROM jobs j JOIN artifacts a ON a.job_id = j.id
-                 WHERE j.deployment_id = ?1 ORDER BY a.job_id, a.name",
-            )?
-            .query_map([&deployment_id], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        removed.push(RemovedArtifacts {
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The whole look in one update and one read: it holds the store's write lock.
+    let ids: Vec<&dyn crate::sql::ToSql> = expired
+        .iter()
+        .map(|(id, _)| id as &dyn crate::sql::ToSql)
+        .collect();
+    let placeholders = (1..=ids.len())
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // `now` bound after the ids: written into the text, each look would be a
+    // statement of its own for the connection to prepare and keep.
+    let mut marking = ids.clone();
+    marking.push(&now);
+    tx.execute_deferred(
+        &format!(
+            "UPDATE deployments SET artifacts_removed_at = ?{} WHERE id IN ({placeholders})",
+            ids.len() + 1
+        ),
+        &marking[..],
+    )?;
+    let mut artifacts: std::collections::HashMap<String, Vec<(String, String)>> =
+        Default::default();
+    tx.prepare(&format!(
+        "SELECT j.deployment_id, a.job_id, a.name FROM jobs j JOIN artifacts a ON a.job_id = j.id
+         WHERE j.deployment_id IN ({placeholders}) ORDER BY a.job_id, a.name"
+    ))?
+    .query_map(&ids[..], |row| {
+        Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+    })?
+    .try_for_each(|row| {
+        let (deployment_id, job_id, name) = row?;
+        artifacts
+            .entry(deployment_id)
+            .or_default()
+            .push((job_id, name));
+        Ok::<_, crate::sql::Error>(())
+    })?;
+    tx.commit()?;
+    Ok(expired
+        .into_iter()
+        .map(|(deployment_id, environment_id)| RemovedArtifacts {
+            artifacts: artifacts.remove(&deployment_id).unwrap_or_default(),
             deployment_id,
             environment_id,
             removed_at: now,
-            artifacts,
-        });
-    }
-    tx.commit()?;
-    Ok(removed)
+        })
+        .collect())
 }
 
 /// Deployments whose artifacts were marked removed at `since` (ms) or later,
