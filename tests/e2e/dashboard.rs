@@ -323,6 +323,43 @@ async fn issue_15_sign_in_then_read_and_filter_the_deployments_table() {
         waiting,
         format!("Not started: no agent that may build it is available: builder-1 claims no jobs: {reason}")
     );
+    // While it waits, the reason follows the fleet without a reload.
+    let fleet: kiln_protocol::AgentList = site
+        .admin
+        .get("/api/v1/agents")
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    let builder = fleet
+        .agents
+        .iter()
+        .find(|agent| agent.name == "builder-1")
+        .unwrap();
+    site.admin
+        .send_json(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/agents/{}", builder.id),
+            &serde_json::json!({"paused": true}),
+        )
+        .await
+        .expect_json::<kiln_protocol::AgentInfo>(StatusCode::OK)
+        .await;
+    browser
+        .until(
+            "the waiting reason to follow the pause",
+            Duration::from_secs(20),
+            "return document.querySelector('#summary .waiting')?.textContent.endsWith('builder-1 paused')",
+        )
+        .await;
+    site.admin
+        .send_json(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/agents/{}", builder.id),
+            &serde_json::json!({"paused": false}),
+        )
+        .await
+        .expect_json::<kiln_protocol::AgentInfo>(StatusCode::OK)
+        .await;
 
     // Unknown ids are a 404 page.
     browser.goto(&site.url("/deployments/dpl_nope")).await;

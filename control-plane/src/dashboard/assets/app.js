@@ -789,10 +789,14 @@
     const id = badge.dataset.deployment;
     let last = $(".badge", badge)?.dataset.status;
     const final = new Set(["live", "ready", "build_failed", "build_canceled", "deploy_failed", "awaiting_deployment"]);
+    let polls = 0;
     const poll = async () => {
       try {
         const status = await getJson(`/deployments/${id}/status`);
-        if (status.status !== last) {
+        polls += 1;
+        // While queued, why it waits follows the fleet (an agent comes back,
+        // is paused, frees up) without a change of status.
+        if (status.status !== last || (status.status === "queued" && polls % 3 === 0)) {
           last = status.status;
           await refreshSummary();
         }
