@@ -102,13 +102,19 @@ async fn remove_from_disk(state: &AppState, removal: &RemovedArtifacts) -> std::
         return Ok(());
     }
     state.artifacts.remove_local(&removal.deployment_id).await?;
-    remove_dir_if_there(
-        &Path::new(&state.config.data_dir)
-            .join("releases")
-            .join(&removal.environment_id)
-            .join(&removal.deployment_id),
-    )
-    .await
+    let environment_dir = Path::new(&state.config.data_dir)
+        .join("releases")
+        .join(&removal.environment_id);
+    let release_dir = environment_dir.join(&removal.deployment_id);
+    remove_dir_if_there(&release_dir).await?;
+    // A closed pull request's preview was live to the end: its `current` link
+    // would point at nothing, and its directory would stay behind empty.
+    let current = environment_dir.join("current");
+    if tokio::fs::read_link(&current).await.ok().as_deref() == Some(release_dir.as_path()) {
+        tokio::fs::remove_file(&current).await?;
+        let _ = tokio::fs::remove_dir(&environment_dir).await;
+    }
+    Ok(())
 }
 
 fn is_plain_id(id: &str) -> bool {

@@ -1086,11 +1086,18 @@ async fn log_lines_carry_their_timestamps_without_changing_the_log() {
     );
 }
 
-/// Builds commit `n` on `main` as an agent would, with one artifact, and
-/// deploys it; returns the deployment, live.
-async fn build_and_deploy(admin: &Api, agent: &Api, n: u32, artifact: &[u8]) -> Deployment {
-    let deployment = admin.push("main", &sha(n)).await.deployments.remove(0);
+/// Builds the queued `deployment` as an agent would, with one artifact, and
+/// deploys it (`by_hand`, or its environment deploys by itself); returns it,
+/// live.
+async fn build_and_deploy(
+    admin: &Api,
+    agent: &Api,
+    deployment: Deployment,
+    artifact: &[u8],
+    by_hand: bool,
+) -> Deployment {
     let job = agent.claim(5).await.unwrap();
+    assert_eq!(job.deployment_id, deployment.id);
     let upload = ticket(agent, &job.job_id, "backend.tar.gz", artifact).await;
     let reply = agent
         .send(
@@ -1105,7 +1112,9 @@ async fn build_and_deploy(admin: &Api, agent: &Api, n: u32, artifact: &[u8]) -> 
         .await
         .expect_json::<Deployment>(StatusCode::OK)
         .await;
-    admin.deploy(&deployment.id).await;
+    if by_hand {
+        admin.deploy(&deployment.id).await;
+    }
     admin.wait_for_status(&deployment.id, Live).await
 }
 
@@ -1130,7 +1139,8 @@ async fn retention_deletes_the_artifacts_of_deployments_no_longer_live_and_keeps
     admin
         .create_environment(&project, "Production", "main")
         .await;
-    let old = build_and_deploy(&admin, &agent, 1, b"old build").await;
+    let queued = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let old = build_and_deploy(&admin, &agent, queued, b"old build", true).await;
     let release = |id: &str| {
         dir.path()
             .join("releases")
@@ -1142,7 +1152,8 @@ async fn retention_deletes_the_artifacts_of_deployments_no_longer_live_and_keeps
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(admin.deployment(&old.id).await.artifacts_removed_at, None);
 
-    let new = build_and_deploy(&admin, &agent, 2, b"new build").await;
+    let queued = admin.push("main", &sha(2)).await.deployments.remove(0);
+    let new = build_and_deploy(&admin, &agent, queued, b"new build", true).await;
     assert_eq!(admin.deployment(&old.id).await.status, Ready);
     let deadline = Instant::now() + Duration::from_secs(20);
     let removed = loop {
@@ -1209,6 +1220,57 @@ async fn retention_deletes_the_artifacts_of_deployments_no_longer_live_and_keeps
         .join("current")
         .join("backend.tar.gz");
     assert_eq!(std::fs::read(current).unwrap(), b"new build");
+    // A closed pull request's preview stays live; it goes whole once closed
+    // for the retention, its `current` link and directory too.
+    let event = |action| PullRequestEvent {
+        repository: REPO.to_owned(),
+        number: 7,
+        action,
+        branch: "feature/cart".to_owned(),
+        sha: sha(7),
+        author: "Grace".to_owned(),
+        message: "Cart".to_owned(),
+        people: Default::default(),
+        base_branch: None,
+    };
+    let opened: EventOutcome = admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &event(PullRequestAction::Opened),
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    let preview = build_and_deploy(
+        &admin,
+        &agent,
+        opened.deployments[0].clone(),
+        b"preview build",
+        false,
+    )
+    .await;
+    let preview_dir = dir.path().join("releases").join(&preview.environment_id);
+    assert!(preview_dir.join("current/backend.tar.gz").exists());
+    admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &event(PullRequestAction::Closed),
+        )
+        .await
+        .expect_json::<EventOutcome>(StatusCode::CREATED)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while preview_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the closed preview's release is still on disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = admin.deployment(&preview.id).await;
+    assert_eq!(closed.status, Live);
+    assert!(closed.artifacts_removed_at.is_some());
+
     // A redeploy of the old one builds its commit again.
     let again = admin
         .post_json(
