@@ -456,6 +456,19 @@ async fn ticket(agent: &Api, job_id: &str, name: &str, data: &[u8]) -> ArtifactU
         .await
 }
 
+/// Stores `data` as job `job_id`'s artifact `name`, as an agent does.
+async fn upload_artifact(agent: &Api, job_id: &str, name: &str, data: &[u8]) {
+    let upload = ticket(agent, job_id, name, data).await;
+    let reply = agent
+        .send(
+            agent
+                .request(Method::PUT, &upload.upload_url)
+                .body(data.to_vec()),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+}
+
 #[tokio::test]
 async fn artifacts_are_verified_on_upload_and_served_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -955,15 +968,7 @@ async fn restart_on_the_same_data_dir_keeps_everything() {
         .expect_json::<LogAppendResponse>(StatusCode::OK)
         .await;
     let data = b"artifact bytes";
-    let upload = ticket(&agent, &job.job_id, "backend.tar.gz", data).await;
-    let reply = agent
-        .send(
-            agent
-                .request(Method::PUT, &upload.upload_url)
-                .body(data.to_vec()),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED);
+    upload_artifact(&agent, &job.job_id, "backend.tar.gz", data).await;
     agent
         .report(&job, &update(AwaitingDeployment))
         .await
@@ -1098,15 +1103,7 @@ async fn build_and_deploy(
 ) -> Deployment {
     let job = agent.claim(5).await.unwrap();
     assert_eq!(job.deployment_id, deployment.id);
-    let upload = ticket(agent, &job.job_id, "backend.tar.gz", artifact).await;
-    let reply = agent
-        .send(
-            agent
-                .request(Method::PUT, &upload.upload_url)
-                .body(artifact.to_vec()),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    upload_artifact(agent, &job.job_id, "backend.tar.gz", artifact).await;
     agent
         .report(&job, &update(AwaitingDeployment))
         .await

@@ -335,15 +335,7 @@ async fn issue_15_sign_in_then_read_and_filter_the_deployments_table() {
         .iter()
         .find(|agent| agent.name == "builder-1")
         .unwrap();
-    site.admin
-        .send_json(
-            reqwest::Method::PATCH,
-            &format!("/api/v1/agents/{}", builder.id),
-            &serde_json::json!({"paused": true}),
-        )
-        .await
-        .expect_json::<kiln_protocol::AgentInfo>(StatusCode::OK)
-        .await;
+    site.admin.set_paused(&builder.id, true).await;
     browser
         .until(
             "the waiting reason to follow the pause",
@@ -351,15 +343,7 @@ async fn issue_15_sign_in_then_read_and_filter_the_deployments_table() {
             "return document.querySelector('#summary .waiting')?.textContent.endsWith('builder-1 paused')",
         )
         .await;
-    site.admin
-        .send_json(
-            reqwest::Method::PATCH,
-            &format!("/api/v1/agents/{}", builder.id),
-            &serde_json::json!({"paused": false}),
-        )
-        .await
-        .expect_json::<kiln_protocol::AgentInfo>(StatusCode::OK)
-        .await;
+    site.admin.set_paused(&builder.id, false).await;
 
     // Unknown ids are a 404 page.
     browser.goto(&site.url("/deployments/dpl_nope")).await;

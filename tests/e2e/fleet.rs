@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kiln_protocol::{
     AgentList, AgentState, CreateProject, CreateRegistrationToken, DeploymentStatus::*, HostFacts,
     PullRequestAction, PullRequestEvent, RegisterAgentRequest, RegisterAgentResponse,
-    RegistrationTokenInfo, RegistrationTokenList, UpdateAgent,
+    RegistrationTokenInfo, RegistrationTokenList,
 };
 use reqwest::{Method, StatusCode};
 
@@ -180,15 +180,7 @@ async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
     assert!(one.last_contact_at.is_some());
 
     // Paused: claims are answered at once, and no job goes to it.
-    admin
-        .send_json(
-            Method::PATCH,
-            &format!("/api/v1/agents/{first_id}"),
-            &UpdateAgent { paused: Some(true) },
-        )
-        .await
-        .expect_json::<kiln_protocol::AgentInfo>(StatusCode::OK)
-        .await;
+    admin.set_paused(&first_id, true).await;
     let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
     let started = Instant::now();
     let paused = first

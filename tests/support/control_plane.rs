@@ -381,6 +381,20 @@ impl Api {
         .await
     }
 
+    /// Pauses or resumes agent `agent_id`, as an admin does.
+    pub async fn set_paused(&self, agent_id: &str, paused: bool) -> kiln_protocol::AgentInfo {
+        self.send_json(
+            Method::PATCH,
+            &format!("/api/v1/agents/{agent_id}"),
+            &kiln_protocol::UpdateAgent {
+                paused: Some(paused),
+            },
+        )
+        .await
+        .expect_json(StatusCode::OK)
+        .await
+    }
+
     pub async fn report(&self, job: &Job, update: &kiln_protocol::JobStatusUpdate) -> Reply {
         self.post_json(&format!("/api/v1/agent/jobs/{}/status", job.job_id), update)
             .await
