@@ -456,8 +456,14 @@ async fn ticket(agent: &Api, job_id: &str, name: &str, data: &[u8]) -> ArtifactU
         .await
 }
 
-/// Stores `data` as job `job_id`'s artifact `name`, as an agent does.
-async fn upload_artifact(agent: &Api, job_id: &str, name: &str, data: &[u8]) {
+/// Stores `data` as job `job_id`'s artifact `name`, as an agent does; returns
+/// the ticket it used.
+async fn upload_artifact(
+    agent: &Api,
+    job_id: &str,
+    name: &str,
+    data: &[u8],
+) -> ArtifactUploadTicket {
     let upload = ticket(agent, job_id, name, data).await;
     let reply = agent
         .send(
@@ -467,6 +473,7 @@ async fn upload_artifact(agent: &Api, job_id: &str, name: &str, data: &[u8]) {
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    upload
 }
 
 #[tokio::test]
@@ -508,15 +515,7 @@ async fn artifacts_are_verified_on_upload_and_served_back() {
         "refused uploads leave nothing behind"
     );
 
-    let good = ticket(&agent, &job.job_id, "backend.tar.gz", &artifact).await;
-    let reply = agent
-        .send(
-            agent
-                .request(Method::PUT, &good.upload_url)
-                .body(artifact.clone()),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let good = upload_artifact(&agent, &job.job_id, "backend.tar.gz", &artifact).await;
     // The URL is single-use, like a presigned URL that has been consumed.
     let again = agent
         .send(
