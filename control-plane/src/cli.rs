@@ -51,6 +51,10 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address to serve Prometheus `/metrics` on (the queue, the fleet), apart
+    /// from the API, e.g. `127.0.0.1:9464`. Off when unset.
+    #[arg(long, env = "KILN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Bearer token for user endpoints. Prefer the environment variable: flags show in `ps`.
     #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -332,6 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         options: Vec::new(),
     });
     config.allow_local_repositories = cli.allow_local_repositories;
+    config.metrics_listen = cli.metrics_listen;
     config.log_limit = cli.log_limit_bytes;
     config.connections = ConnectionLimits {
         max_connections: cli.max_connections.max(1),

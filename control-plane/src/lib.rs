@@ -24,6 +24,7 @@ mod hooks;
 mod http;
 mod log_index;
 mod logs;
+mod metrics;
 mod objects;
 mod pg_tls;
 mod replicas;
@@ -105,6 +106,8 @@ pub struct Config {
     /// its truncation notice); appends past it are refused.
     pub log_limit: u64,
     pub connections: ConnectionLimits,
+    /// Where `/metrics` is served, apart from the API; `None` serves none.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where people reach this server (`https://kiln.example.com`): links sent
     /// elsewhere point there, and an `https` one marks session cookies Secure.
     pub public_url: Option<String>,
@@ -140,6 +143,7 @@ impl Config {
             allow_local_repositories: false,
             log_limit: 100 << 20,
             connections: ConnectionLimits::default(),
+            metrics_listen: None,
             public_url: None,
             git_host_retry: Duration::from_secs(2),
         }
@@ -332,6 +336,19 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let metrics = match state.config.metrics_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address).await.map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!("cannot listen for metrics on {address}: {error}; is another server using it?"),
+                )
+            })?;
+            tracing::info!(message = "Serving metrics.", address = %address);
+            Some(tokio::spawn(metrics::serve(listener, state.clone())))
+        }
+        None => None,
+    };
     let listener_thread = replicas::start_listener(state.clone());
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let courier = tokio::spawn(git_hosts::outbox::run(state.clone()));
@@ -349,6 +366,9 @@ pub async fn serve(
     courier.abort();
     compactor.abort();
     retention.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     if let Some(thread) = listener_thread {
         // It sees the cancellation within a tick.
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

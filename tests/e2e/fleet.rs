@@ -440,3 +440,61 @@ async fn issue_17_replicas_elect_one_leader_and_wake_each_other() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn issue_17_metrics_show_the_queue_and_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let address: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let cp = ControlPlane::start_with(dir.path(), |config| {
+        config.metrics_listen = Some(address);
+    })
+    .await;
+    let admin = cp.admin();
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let scrape = || async {
+        let reply = reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+        crate::operate::parse_metrics(&reply.text().await.unwrap())
+    };
+
+    // On PostgreSQL the lone replica leads once its listener holds the lock.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cp.is_leader() {
+        assert!(Instant::now() < deadline, "the lone replica never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let empty = scrape().await;
+    assert_eq!(empty["kiln_server_deployments{status=\"queued\"}"], 0.0);
+    assert_eq!(empty["kiln_server_queue_oldest_seconds"], 0.0);
+    assert_eq!(empty["kiln_server_agents{state=\"idle\"}"], 0.0);
+    assert_eq!(empty["kiln_server_leader"], 1.0);
+
+    let (agent_id, agent) = agent_api(&cp, REGISTRATION_TOKEN, "builder-1", &[]).await;
+    // Heard from (an empty claim), then paused: a push waits in the queue.
+    assert_eq!(agent.claim(0).await, None);
+    admin.set_paused(&agent_id, true).await;
+    admin.push("main", &sha(1)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let waiting = scrape().await;
+    assert_eq!(waiting["kiln_server_deployments{status=\"queued\"}"], 1.0);
+    assert_eq!(waiting["kiln_server_agents{state=\"paused\"}"], 1.0);
+    let oldest = waiting["kiln_server_queue_oldest_seconds"];
+    assert!((1.0..30.0).contains(&oldest), "{oldest}");
+
+    admin.set_paused(&agent_id, false).await;
+    agent.claim(5).await.unwrap();
+    let building = scrape().await;
+    assert_eq!(building["kiln_server_deployments{status=\"queued\"}"], 0.0);
+    assert_eq!(
+        building["kiln_server_deployments{status=\"building\"}"],
+        1.0
+    );
+    assert_eq!(building["kiln_server_queue_oldest_seconds"], 0.0);
+    assert_eq!(building["kiln_server_agents{state=\"busy\"}"], 1.0);
+    assert_eq!(building["kiln_server_agents{state=\"paused\"}"], 0.0);
+}

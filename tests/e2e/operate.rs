@@ -9,7 +9,7 @@ use kiln_protocol::DeploymentStatus::{AwaitingDeployment, BuildFailed};
 use crate::agent::world;
 
 /// Prometheus text format: `name{labels} value` per sample line.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
+pub(crate) fn parse_metrics(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
         .map(|line| {
