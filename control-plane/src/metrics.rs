@@ -44,14 +44,10 @@ async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     let counts = state.db.call(store::fleet_counts).await?;
     // A registry per scrape: every number is read afresh from the store.
     let mut registry = Registry::with_prefix("kiln_server");
-    let deployments = Family::<StatusLabel, Gauge>::default();
-    for (status, count) in &counts.deployments {
-        deployments
-            .get_or_create(&StatusLabel {
-                status: status.as_str().to_owned(),
-            })
-            .set(*count);
-    }
+    let deployments = gauges(counts.deployments.iter().map(|(status, count)| {
+        let status = status.as_str().to_owned();
+        (StatusLabel { status }, *count)
+    }));
     registry.register(
         "deployments",
         "Deployments by status; `queued` is the queue's length",
@@ -64,14 +60,10 @@ async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
         "How long the oldest queued deployment has waited for an agent (0 with none)",
         oldest,
     );
-    let agents = Family::<StateLabel, Gauge>::default();
-    for (agent_state, count) in &counts.agents {
-        agents
-            .get_or_create(&StateLabel {
-                state: agent_state.as_str().to_owned(),
-            })
-            .set(*count);
-    }
+    let agents = gauges(counts.agents.iter().map(|(agent_state, count)| {
+        let state = agent_state.as_str().to_owned();
+        (StateLabel { state }, *count)
+    }));
     registry.register(
         "agents",
         "Agents not revoked, by state (offline: silent for two minutes)",
@@ -101,4 +93,16 @@ async fn scrape(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
         )],
         text,
     ))
+}
+
+/// One gauge per label set, set to its count.
+fn gauges<L>(counts: impl Iterator<Item = (L, i64)>) -> Family<L, Gauge>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Gauge>::default();
+    for (labels, count) in counts {
+        family.get_or_create(&labels).set(count);
+    }
+    family
 }
