@@ -4,8 +4,9 @@
 //! from the object store; every replica deletes its own disk's copies of what
 //! is marked, so one that was down catches up when it starts.
 
-use std::path::Path;
 use std::time::Duration;
+
+use kiln_protocol::validate;
 
 use crate::artifacts::remove_dir_if_there;
 use crate::store::{self, RemovedArtifacts};
@@ -98,11 +99,17 @@ async fn mark_expired(state: &AppState, keep: Duration) {
 /// This replica's copies of a removed deployment's artifacts and its release.
 async fn remove_from_disk(state: &AppState, removal: &RemovedArtifacts) -> std::io::Result<()> {
     // Ids the store made; anything else is no path to delete.
-    if !is_plain_id(&removal.deployment_id) || !is_plain_id(&removal.environment_id) {
+    let well_formed = validate::id(&removal.deployment_id, validate::prefix::DEPLOYMENT).and(
+        validate::id(&removal.environment_id, validate::prefix::ENVIRONMENT),
+    );
+    if let Err(why) = well_formed {
+        tracing::error!(message = "Not deleting expired artifacts under an id the store did not make.", %why);
         return Ok(());
     }
     state.artifacts.remove_local(&removal.deployment_id).await?;
-    let environment_dir = Path::new(&state.config.data_dir)
+    let environment_dir = state
+        .config
+        .data_dir
         .join("releases")
         .join(&removal.environment_id);
     let release_dir = environment_dir.join(&removal.deployment_id);
@@ -115,11 +122,4 @@ async fn remove_from_disk(state: &AppState, removal: &RemovedArtifacts) -> std::
         let _ = tokio::fs::remove_dir(&environment_dir).await;
     }
     Ok(())
-}
-
-fn is_plain_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
 }
