@@ -52,7 +52,7 @@ struct Cli {
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Address to serve Prometheus `/metrics` on (the queue, the fleet), apart
-    /// from the API, e.g. `127.0.0.1:9464`. Off when unset.
+    /// from the API, e.g. `127.0.0.1:9465`. Off when unset.
     #[arg(long, env = "KILN_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// Bearer token for user endpoints. Prefer the environment variable: flags show in `ps`.

@@ -208,8 +208,8 @@ pub fn connect(location: &Location) -> Result<Connection, DbError> {
 
 /// Connections a replica keeps to PostgreSQL by default: enough for a long
 /// transaction not to queue short ones, few enough that on a small database
-/// host the claims' transactions are not slowed by their own number (the claim
-/// benchmark's p99 halves from 8 to 4 on two cores).
+/// host the claims' transactions are not slowed by their own number (on two
+/// cores, 4 rather than 8 cut the claim benchmark's p99 by a third to a half).
 pub const POSTGRES_CONNECTIONS: usize = 4;
 
 #[derive(Clone)]
