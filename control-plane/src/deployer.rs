@@ -132,6 +132,22 @@ async fn hold(state: &AppState, deployment_id: &str) {
     }
 }
 
+/// The link in an environment's directory to its live release.
+pub(crate) const CURRENT_LINK: &str = "current";
+
+/// An environment's directory of releases, and deployment `deployment_id`'s
+/// release in it: `<data>/releases/<environment>/<deployment>/`. Deploys fill
+/// them; retention empties them.
+pub(crate) fn release_dirs(
+    data_dir: &Path,
+    environment_id: &str,
+    deployment_id: &str,
+) -> (PathBuf, PathBuf) {
+    let environment_dir = data_dir.join("releases").join(environment_id);
+    let release_dir = environment_dir.join(deployment_id);
+    (environment_dir, release_dir)
+}
+
 async fn promote(state: &AppState, deployment_id: &str) -> Result<(), DeployError> {
     let id = deployment_id.to_owned();
     let deployment: Deployment = state
@@ -139,12 +155,11 @@ async fn promote(state: &AppState, deployment_id: &str) -> Result<(), DeployErro
         .call(move |conn| store::get_deployment(conn, &id))
         .await
         .map_err(DeployError::Read)?;
-    let environment_dir = state
-        .config
-        .data_dir
-        .join("releases")
-        .join(&deployment.environment_id);
-    let release_dir = environment_dir.join(&deployment.id);
+    let (environment_dir, release_dir) = release_dirs(
+        &state.config.data_dir,
+        &deployment.environment_id,
+        &deployment.id,
+    );
     copy_artifacts(state, &deployment, &release_dir)
         .await
         .map_err(|source| DeployError::Promote {
@@ -289,7 +304,7 @@ async fn tail(mut stream: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
 }
 
 async fn point_current_at(environment_dir: &Path, release_dir: &Path) -> std::io::Result<()> {
-    let link = environment_dir.join("current");
+    let link = environment_dir.join(CURRENT_LINK);
     // Named after the release, so no two deploys ever share a staging link.
     let staged: PathBuf = environment_dir.join(format!(
         ".current.{}.new",

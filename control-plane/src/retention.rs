@@ -9,6 +9,7 @@ use std::time::Duration;
 use kiln_protocol::validate;
 
 use crate::artifacts::remove_dir_if_there;
+use crate::deployer::{release_dirs, CURRENT_LINK};
 use crate::store::{self, RemovedArtifacts};
 use crate::AppState;
 
@@ -107,16 +108,15 @@ async fn remove_from_disk(state: &AppState, removal: &RemovedArtifacts) -> std::
         return Ok(());
     }
     state.artifacts.remove_local(&removal.deployment_id).await?;
-    let environment_dir = state
-        .config
-        .data_dir
-        .join("releases")
-        .join(&removal.environment_id);
-    let release_dir = environment_dir.join(&removal.deployment_id);
+    let (environment_dir, release_dir) = release_dirs(
+        &state.config.data_dir,
+        &removal.environment_id,
+        &removal.deployment_id,
+    );
     remove_dir_if_there(&release_dir).await?;
     // A closed pull request's preview was live to the end: its `current` link
     // would point at nothing, and its directory would stay behind empty.
-    let current = environment_dir.join("current");
+    let current = environment_dir.join(CURRENT_LINK);
     if tokio::fs::read_link(&current).await.ok().as_deref() == Some(release_dir.as_path()) {
         tokio::fs::remove_file(&current).await?;
         let _ = tokio::fs::remove_dir(&environment_dir).await;
