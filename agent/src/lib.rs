@@ -4,6 +4,7 @@
 //! the benchmarks) is public: the rest is the binary's own, so dead code shows.
 
 mod backoff;
+mod beneath;
 mod cache;
 pub mod cli;
 mod client;

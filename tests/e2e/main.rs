@@ -13,6 +13,7 @@ mod faults;
 mod fleet;
 mod git_hosts;
 mod operate;
+mod review;
 mod sandbox;
 mod scan;
 mod trust;

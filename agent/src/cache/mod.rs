@@ -22,11 +22,12 @@ pub mod inputs;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::beneath;
 
 /// What an entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,22 +155,6 @@ fn random_name() -> String {
     hex::encode(bytes)
 }
 
-/// Runs `cp` (GNU coreutils, on every build host): it links or copies a tree of
-/// 100,000 files faster than anything written here would.
-fn cp(args: &[&str], from: &Path, to: &Path) -> io::Result<()> {
-    let output = Command::new("cp").args(args).arg(from).arg(to).output()?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "cp {} {} {}: {}",
-        args.join(" "),
-        from.display(),
-        to.display(),
-        String::from_utf8_lossy(&output.stderr).trim()
-    )))
-}
-
 /// Gives `path` (never following a link) to `uid` and, if given, `gid`.
 fn chown(path: &Path, uid: u32, gid: Option<u32>) -> io::Result<()> {
     nix::unistd::fchownat(
@@ -214,6 +199,15 @@ fn seal(dir: &Path, owner: Option<u32>) -> io::Result<(u64, u64)> {
         }
     }
     Ok((bytes, files))
+}
+
+/// A directory a build leaves for the cache: `path` under `root` (the build's
+/// directory, which the build cannot replace), kept at `rel` in the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub root: PathBuf,
+    pub path: PathBuf,
+    pub rel: PathBuf,
 }
 
 /// How a restore went.
@@ -304,41 +298,37 @@ impl Cache {
         self.build_uid != self.agent_uid || found.own_scope
     }
 
-    /// Restores `rel` of `found`'s data as `dest`, which must not exist yet: by
-    /// hard link when `link` is allowed and asked for, else by copy.
+    /// Restores `rel` of `found`'s data as `dest` under `root` (the build's
+    /// directory), which must not exist yet: by hard link when `link` is allowed
+    /// and asked for, else by copy. Every directory on the way is opened without
+    /// following a link, so a build that plants one (even while this runs) gets
+    /// an error, never a write outside `root`.
     pub fn restore_path(
         &self,
         found: &Found,
         rel: &Path,
+        root: &Path,
         dest: &Path,
         link: bool,
     ) -> io::Result<Restored> {
         let started = Instant::now();
         let linked = link && self.may_link(found);
-        if let Some(parent) = dest.parent() {
-            self.make_dirs(parent)?;
-        }
-        let from = found.data().join(rel);
-        let args: &[&str] = if linked {
-            &["-a", "-l", "--no-target-directory"]
-        } else {
-            &["-a", "--reflink=auto", "--no-target-directory"]
+        let owner = (self.agent_uid != self.build_uid).then_some(beneath::Owner {
+            uid: self.build_uid,
+            gid: self.build_gid,
+        });
+        let mode = beneath::CopyMode {
+            link_files: linked,
+            owner,
+            // A copy is the build's own: its files writable.
+            writable: !linked,
         };
-        cp(args, &from, dest)?;
+        beneath::copy_in(&found.data().join(rel), root, dest, mode)?;
         if !found.dir.join("meta.json").exists() {
-            let _ = std::fs::remove_dir_all(dest);
+            let _ = beneath::remove(root, dest);
             return Err(io::Error::other(
                 "the entry was evicted while it was restored",
             ));
-        }
-        if linked {
-            self.hand_dirs_over(&from, dest)?;
-        } else {
-            self.hand_copy_over(dest)?;
-        }
-        if self.agent_uid != self.build_uid && self.agent_uid == 0 {
-            // `dest` itself, made by cp.
-            let _ = chown(dest, self.build_uid, Some(self.build_gid));
         }
         Self::touch(found);
         Ok(Restored {
@@ -356,80 +346,14 @@ impl Cache {
             .and_then(|file| file.set_modified(SystemTime::now()));
     }
 
-    /// Creates `dir` and its missing parents as the build user's: the build
-    /// removes and recreates what is in them (`.next`).
-    fn make_dirs(&self, dir: &Path) -> io::Result<()> {
-        let mut missing = Vec::new();
-        let mut at = dir;
-        while std::fs::symlink_metadata(at).is_err() {
-            missing.push(at.to_owned());
-            match at.parent() {
-                Some(parent) => at = parent,
-                None => break,
-            }
-        }
-        std::fs::create_dir_all(dir)?;
-        if self.agent_uid != self.build_uid {
-            for made in missing {
-                chown(&made, self.build_uid, Some(self.build_gid))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A copy is the build's own: its files writable and, when the agent is
-    /// someone else, the build user's.
-    fn hand_copy_over(&self, dest: &Path) -> io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        for entry in walkdir::WalkDir::new(dest).follow_links(false) {
-            let entry = entry.map_err(io::Error::other)?;
-            if entry.file_type().is_symlink() {
-                continue;
-            }
-            if self.agent_uid != self.build_uid {
-                chown(entry.path(), self.build_uid, Some(self.build_gid))?;
-            }
-            if entry.file_type().is_file() {
-                let mode = entry
-                    .metadata()
-                    .map_err(io::Error::other)?
-                    .permissions()
-                    .mode();
-                std::fs::set_permissions(
-                    entry.path(),
-                    std::fs::Permissions::from_mode(mode | 0o200),
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives the directories restored from `data` into `dest` to the build user,
-    /// when the agent is someone else: builds create files in them (`.vite`,
-    /// `.cache`).
-    fn hand_dirs_over(&self, data: &Path, dest: &Path) -> io::Result<()> {
-        if self.agent_uid == self.build_uid {
-            return Ok(());
-        }
-        for entry in walkdir::WalkDir::new(data).follow_links(false).min_depth(1) {
-            let entry = entry.map_err(io::Error::other)?;
-            if !entry.file_type().is_dir() {
-                continue;
-            }
-            let rel = entry.path().strip_prefix(data).map_err(io::Error::other)?;
-            chown(&dest.join(rel), self.build_uid, Some(self.build_gid))?;
-        }
-        Ok(())
-    }
-
-    /// Publishes an entry made of `sources` (absolute paths moved in at their
-    /// relative paths) under the write scope. Returns `None` when one with this
+    /// Publishes an entry made of `sources` (directories under a build's root,
+    /// moved in without following a link at any level) under the write scope. Returns `None` when one with this
     /// key exists already (the first writer wins; the sources are left alone).
     pub fn publish(
         &self,
         slot: Slot<'_>,
         mut meta: Meta,
-        sources: &[(PathBuf, PathBuf)],
+        sources: &[Source],
     ) -> io::Result<Option<Meta>> {
         let Slot {
             project,
@@ -448,19 +372,12 @@ impl Cache {
         let data = tmp.join("data");
         std::fs::create_dir_all(&data)?;
         let made = (|| -> io::Result<()> {
-            for (source, rel) in sources {
-                let dest = data.join(rel);
+            for source in sources {
+                let dest = data.join(&source.rel);
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                match std::fs::rename(source, &dest) {
-                    Ok(()) => {}
-                    // Another file system: copy (the workspace goes anyway).
-                    Err(error) if error.raw_os_error() == Some(nix::libc::EXDEV) => {
-                        cp(&["-a", "--reflink=auto"], source, &dest)?
-                    }
-                    Err(error) => return Err(error),
-                }
+                beneath::move_out(&source.root, &source.path, &dest)?;
             }
             let owner = (self.agent_uid == 0).then_some(0);
             let (bytes, files) = seal(&data, owner)?;
@@ -533,7 +450,12 @@ impl Cache {
             label: "a secret".to_owned(),
             ..Default::default()
         };
-        let published = self.publish(slot, meta, &[(made.clone(), PathBuf::from("value"))]);
+        let source = Source {
+            root: tmp,
+            path: made.file_name().map(PathBuf::from).unwrap_or_default(),
+            rel: PathBuf::from("value"),
+        };
+        let published = self.publish(slot, meta, &[source]);
         let _ = std::fs::remove_file(&made);
         published?;
         let found = self
@@ -709,7 +631,11 @@ mod tests {
                     job_id: "job_1".into(),
                     ..Default::default()
                 },
-                &[(source, PathBuf::from("node_modules"))],
+                &[Source {
+                    root: source.parent().unwrap().to_owned(),
+                    path: PathBuf::from("node_modules"),
+                    rel: PathBuf::from("node_modules"),
+                }],
             )
             .unwrap()
     }
@@ -729,11 +655,13 @@ mod tests {
         let found = cache.find(slot("prj_1", &main, "k1"), false).unwrap();
         assert!(found.exact && found.own_scope);
         let dest = dir.path().join("restored");
+        std::fs::create_dir_all(&dest).unwrap();
         let restored = cache
             .restore_path(
                 &found,
                 Path::new("node_modules"),
-                &dest.join("node_modules"),
+                &dest,
+                Path::new("node_modules"),
                 true,
             )
             .unwrap();
@@ -759,11 +687,13 @@ mod tests {
         let found = cache.find(slot("prj_1", &preview, "k1"), false).unwrap();
         assert!(!found.own_scope);
         let dest = dir.path().join("preview");
+        std::fs::create_dir_all(&dest).unwrap();
         let restored = cache
             .restore_path(
                 &found,
                 Path::new("node_modules"),
-                &dest.join("node_modules"),
+                &dest,
+                Path::new("node_modules"),
                 true,
             )
             .unwrap();
@@ -866,11 +796,13 @@ mod tests {
         }
         // `a` was used last, so `b` is the least recent.
         let a = cache.find(slot("prj_1", &main, "a"), false).unwrap();
+        std::fs::create_dir_all(dir.path().join("use-a")).unwrap();
         cache
             .restore_path(
                 &a,
                 Path::new("node_modules"),
-                &dir.path().join("use-a").join("node_modules"),
+                &dir.path().join("use-a"),
+                Path::new("node_modules"),
                 true,
             )
             .unwrap();

@@ -6,18 +6,24 @@
 //! job publishes once it has reported). The system log says, per step, what was
 //! restored (key, size, time) or why not.
 
-use std::path::{Component as PathComponent, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kiln_protocol::Component;
 
 use super::artifact::Packed;
 use super::{Build, BuiltArtifact, Stop};
+use crate::beneath::{self, BeneathError};
 use crate::cache::inputs::{self, Key};
-use crate::cache::{Cache, Found, Kind, Meta, Scopes, Slot};
+use crate::cache::{Cache, Found, Kind, Meta, Scopes, Slot, Source};
 use crate::config::ByteSize;
 use crate::package_manager::{PackageManager, Provision};
 use crate::repo_fs::RepoFs;
+
+/// The checkout's directory in the build directory (the containers' `/kiln`).
+const CHECKOUT: &str = "src";
+/// `$HOME` of every step, in the build directory.
+const HOME: &str = "home";
 
 /// The variable Next.js reads its Server Actions key from.
 pub(super) const SERVER_ACTIONS_KEY: &str = "NEXT_SERVER_ACTIONS_ENCRYPTION_KEY";
@@ -47,15 +53,16 @@ pub struct CacheRequest {
 /// Where an entry's files come from, found when it is published.
 #[derive(Debug, Clone)]
 enum Sources {
-    /// Every `node_modules` under `install_dir` of the checkout `src`, except
-    /// under `exclude` (another install's directories).
+    /// Every `node_modules` under `install_dir` of the checkout (`src/` of the
+    /// build directory `root`), except under `exclude` (another install's
+    /// directories).
     NodeModules {
-        src: PathBuf,
+        root: PathBuf,
         install_dir: PathBuf,
         exclude: Vec<PathBuf>,
     },
-    /// One file or directory, to sit at `rel` in the entry.
-    One { path: PathBuf, rel: PathBuf },
+    /// One file or directory.
+    One(Source),
 }
 
 #[derive(Debug, Clone)]
@@ -79,14 +86,18 @@ pub struct Harvest {
 /// install's.
 const BUILD_LEFTOVERS: &[&str] = &[".cache", ".vite", ".astro", ".turbo"];
 
-fn node_modules_under(
-    src: &Path,
-    install_dir: &Path,
-    exclude: &[PathBuf],
-) -> Vec<(PathBuf, PathBuf)> {
-    let root = src.join(install_dir);
+/// The `node_modules` trees under `install_dir` of the checkout in `root` (the
+/// build directory), as sources; read after the build, when no container of it
+/// runs, and each moved later without following a link.
+fn node_modules_under(root: &Path, install_dir: &Path, exclude: &[PathBuf]) -> Vec<Source> {
+    let src = root.join(CHECKOUT);
+    // Not through a link the build left on the way.
+    if beneath::open_dir(root, &Path::new(CHECKOUT).join(install_dir)).is_err() {
+        return Vec::new();
+    }
+    let top = src.join(install_dir);
     let mut found = Vec::new();
-    let mut walker = walkdir::WalkDir::new(&root)
+    let mut walker = walkdir::WalkDir::new(&top)
         .follow_links(false)
         .max_depth(8)
         .into_iter();
@@ -94,7 +105,7 @@ fn node_modules_under(
         if !entry.file_type().is_dir() {
             continue;
         }
-        let Ok(rel) = entry.path().strip_prefix(src) else {
+        let Ok(rel) = entry.path().strip_prefix(&src) else {
             continue;
         };
         let name = entry.file_name();
@@ -107,7 +118,11 @@ fn node_modules_under(
             continue;
         }
         if name == "node_modules" {
-            found.push((entry.path().to_owned(), rel.to_owned()));
+            found.push(Source {
+                root: root.to_owned(),
+                path: Path::new(CHECKOUT).join(rel),
+                rel: rel.to_owned(),
+            });
             walker.skip_current_dir();
         }
     }
@@ -122,16 +137,23 @@ impl Harvest {
         for mut item in items {
             let sources = match &item.sources {
                 Sources::NodeModules {
-                    src,
+                    root,
                     install_dir,
                     exclude,
-                } => node_modules_under(src, install_dir, exclude),
-                Sources::One { path, rel } => vec![(path.clone(), rel.clone())],
+                } => node_modules_under(root, install_dir, exclude),
+                Sources::One(source) => vec![source.clone()],
             };
-            let sources: Vec<(PathBuf, PathBuf)> = sources
+            // What is there and reached without a link; a link the build
+            // planted (to a host directory) is left, and said.
+            let sources: Vec<Source> = sources
                 .into_iter()
-                .filter(|(path, _)| {
-                    std::fs::symlink_metadata(path).is_ok_and(|meta| !meta.file_type().is_symlink())
+                .filter(|source| match beneath::vacant(&source.root, &source.path) {
+                    Err(BeneathError::Exists { .. }) => true,
+                    Ok(()) => false,
+                    Err(error) => {
+                        lines.push(format!("Not caching {}: {error}.", item.meta.label));
+                        false
+                    }
                 })
                 .collect();
             if sources.is_empty() {
@@ -140,11 +162,11 @@ impl Harvest {
             if item.kind == Kind::Deps {
                 item.meta.paths = sources
                     .iter()
-                    .map(|(_, rel)| rel.display().to_string())
+                    .map(|source| source.rel.display().to_string())
                     .collect();
-                for (path, _) in &sources {
+                for source in &sources {
                     for leftover in BUILD_LEFTOVERS {
-                        let _ = std::fs::remove_dir_all(path.join(leftover));
+                        let _ = beneath::remove(&source.root, &source.path.join(leftover));
                     }
                 }
             }
@@ -177,38 +199,6 @@ impl Harvest {
         }
         lines
     }
-}
-
-/// Checks that `rel` under `base` can be written without following a link: every
-/// existing component is a real directory and the last does not exist yet.
-fn fresh_path(base: &Path, rel: &Path) -> Result<PathBuf, String> {
-    let mut path = base.to_owned();
-    let parts: Vec<_> = rel
-        .components()
-        .filter_map(|part| match part {
-            PathComponent::Normal(name) => Some(name),
-            _ => None,
-        })
-        .collect();
-    for (index, name) in parts.iter().enumerate() {
-        path.push(name);
-        match std::fs::symlink_metadata(&path) {
-            Err(_) => {}
-            Ok(meta) if index + 1 == parts.len() => {
-                let what = if meta.file_type().is_symlink() {
-                    "a link"
-                } else {
-                    "there already"
-                };
-                return Err(format!("{} is {what}", rel.display()));
-            }
-            Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => {
-                return Err(format!("{} is not a directory", path.display()));
-            }
-            Ok(_) => {}
-        }
-    }
-    Ok(path)
 }
 
 /// The inputs every key of one build shares, read once.
@@ -453,26 +443,25 @@ impl Build<'_> {
                 packed_files: Some(artifact.packed.files),
                 ..Default::default()
             },
-            sources: Sources::One {
+            sources: Sources::One(Source {
+                root: PathBuf::new(),
                 path: PathBuf::new(),
                 rel: PathBuf::from(artifact.name()),
-            },
+            }),
         };
         // A link of the packed file: the upload reads it, the entry keeps it.
-        let keep = self
-            .workspace
-            .root
-            .join("cache-output")
-            .join(artifact.name());
+        let keep_dir = self.workspace.root.join("cache-output");
+        let keep = keep_dir.join(artifact.name());
         let linked = keep
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| std::fs::hard_link(&artifact.packed.path, &keep));
         if linked.is_ok() {
-            pending.sources = Sources::One {
-                path: keep,
+            pending.sources = Sources::One(Source {
+                root: keep_dir,
+                path: PathBuf::from(artifact.name()),
                 rel: PathBuf::from(artifact.name()),
-            };
+            });
             crate::lock(&cache.pending).push(pending);
         }
     }
@@ -528,9 +517,9 @@ impl Build<'_> {
             ));
             return Ok(false);
         };
-        let src = self.workspace.src();
+        let root = self.workspace.build_dir();
         for rel in &found.meta.paths {
-            if let Err(why) = fresh_path(&src, Path::new(rel)) {
+            if let Err(why) = beneath::vacant(&root, &Path::new(CHECKOUT).join(rel)) {
                 self.system.line(format!(
                     "Build cache: node_modules not restored: {why}; installing."
                 ));
@@ -546,7 +535,8 @@ impl Build<'_> {
                 let restored = cache_store.restore_path(
                     &found_for_task,
                     Path::new(&rel),
-                    &src.join(&rel),
+                    &root,
+                    &Path::new(CHECKOUT).join(&rel),
                     true,
                 )?;
                 linked = Some(restored.linked);
@@ -572,7 +562,10 @@ impl Build<'_> {
             Err(error) => {
                 // What was half restored must not meet the install.
                 for rel in &found.meta.paths {
-                    let _ = std::fs::remove_dir_all(self.workspace.src().join(rel));
+                    let _ = beneath::remove(
+                        &self.workspace.build_dir(),
+                        &Path::new(CHECKOUT).join(rel),
+                    );
                 }
                 self.system.line(format!(
                     "Build cache: node_modules not restored: {error}; installing."
@@ -597,7 +590,7 @@ impl Build<'_> {
             key,
             format!("node_modules of {}", super::display_dir(install_dir)),
             Sources::NodeModules {
-                src: self.workspace.src(),
+                root: self.workspace.build_dir(),
                 install_dir: install_dir.to_owned(),
                 exclude,
             },
@@ -621,25 +614,26 @@ impl Build<'_> {
         key.text("manager", manager.slug())
             .text("lockfiles", &lockfiles);
         let key = key.finish();
-        let rel = PathBuf::from(store_dir(manager));
-        let home = self.workspace.build_dir().join("home");
+        let rel = Path::new(HOME).join(store_dir(manager));
+        let root = self.workspace.build_dir();
         let found = cache
             .request
             .cache
             .find(cache.slot(Kind::Store, &group, &key), true);
         let exact = found.as_ref().is_some_and(|found| found.exact);
         if let Some(found) = found {
-            match fresh_path(&home, &rel) {
+            match beneath::vacant(&root, &rel) {
                 Err(why) => self
                     .system
                     .line(format!("Build cache: store not restored: {why}.")),
-                Ok(dest) => {
+                Ok(()) => {
                     // npm appends to its index files: it gets a copy.
                     let link = !matches!(manager, PackageManager::Npm);
                     let store = cache.request.cache.clone();
                     let task_found = found.clone();
+                    let (root, dest) = (root.clone(), rel.clone());
                     let restored = tokio::task::spawn_blocking(move || {
-                        store.restore_path(&task_found, Path::new("store"), &dest, link)
+                        store.restore_path(&task_found, Path::new("store"), &root, &dest, link)
                     })
                     .await
                     .expect("restore task");
@@ -665,10 +659,11 @@ impl Build<'_> {
                 group,
                 key,
                 format!("the {} store", manager.slug()),
-                Sources::One {
-                    path: home.join(&rel),
+                Sources::One(Source {
+                    root,
+                    path: rel,
                     rel: PathBuf::from("store"),
-                },
+                }),
             );
         }
     }
@@ -685,10 +680,10 @@ impl Build<'_> {
         key.text("release", &provision.label())
             .text("command", &provision.command().join(" "));
         let key = key.finish();
-        let rel = PathBuf::from(provision.home_dir());
-        let home = self.workspace.build_dir().join("home");
+        let rel = Path::new(HOME).join(provision.home_dir());
+        let root = self.workspace.build_dir();
         // Provided already in this build (for the backend): the storefront uses it.
-        if std::fs::symlink_metadata(home.join(&rel)).is_ok_and(|meta| meta.is_dir()) {
+        if beneath::open_dir(&root, &rel).is_ok() {
             return true;
         }
         if let Some(found) = cache
@@ -696,11 +691,12 @@ impl Build<'_> {
             .cache
             .find(cache.slot(Kind::Store, group, &key), false)
         {
-            if let Ok(dest) = fresh_path(&home, &rel) {
+            if beneath::vacant(&root, &rel).is_ok() {
                 let store = cache.request.cache.clone();
                 let task_found = found.clone();
+                let (root, dest) = (root.clone(), rel.clone());
                 let restored = tokio::task::spawn_blocking(move || {
-                    store.restore_path(&task_found, Path::new("release"), &dest, true)
+                    store.restore_path(&task_found, Path::new("release"), &root, &dest, true)
                 })
                 .await
                 .expect("restore task");
@@ -720,10 +716,11 @@ impl Build<'_> {
             group.to_owned(),
             key,
             provision.label(),
-            Sources::One {
-                path: home.join(&rel),
+            Sources::One(Source {
+                root,
+                path: rel,
                 rel: PathBuf::from("release"),
-            },
+            }),
         );
         false
     }
@@ -781,22 +778,24 @@ impl Build<'_> {
         );
         let key = key.finish();
         let rel = app_dir.join(".next/cache");
-        let src = self.workspace.src();
+        let root = self.workspace.build_dir();
+        let in_root = Path::new(CHECKOUT).join(&rel);
         if let Some(found) = cache
             .request
             .cache
             .find(cache.slot(Kind::Framework, &group, &key), true)
         {
-            match fresh_path(&src, &rel) {
+            match beneath::vacant(&root, &in_root) {
                 Err(why) => self
                     .system
                     .line(format!("Build cache: .next/cache not restored: {why}.")),
-                Ok(dest) => {
+                Ok(()) => {
                     let store = cache.request.cache.clone();
                     let task_found = found.clone();
+                    let (root, dest) = (root.clone(), in_root.clone());
                     // Next rewrites its cache files: a copy, never links.
                     let restored = tokio::task::spawn_blocking(move || {
-                        store.restore_path(&task_found, Path::new("cache"), &dest, false)
+                        store.restore_path(&task_found, Path::new("cache"), &root, &dest, false)
                     })
                     .await
                     .expect("restore task");
@@ -820,10 +819,11 @@ impl Build<'_> {
             group,
             key,
             format!("{}", rel.display()),
-            Sources::One {
-                path: src.join(&rel),
+            Sources::One(Source {
+                root,
+                path: in_root,
                 rel: PathBuf::from("cache"),
-            },
+            }),
         );
     }
 }
@@ -831,20 +831,6 @@ impl Build<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn restores_never_write_through_a_link() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("apps/backend")).unwrap();
-        std::os::unix::fs::symlink("/etc", dir.path().join("apps/storefront")).unwrap();
-        assert!(fresh_path(dir.path(), Path::new("apps/backend/node_modules")).is_ok());
-        assert!(fresh_path(dir.path(), Path::new("apps/storefront/node_modules")).is_err());
-        std::fs::create_dir_all(dir.path().join("node_modules")).unwrap();
-        assert!(
-            fresh_path(dir.path(), Path::new("node_modules")).is_err(),
-            "there already"
-        );
-    }
 
     #[test]
     fn every_node_modules_under_an_install_but_not_another_s() {
@@ -855,14 +841,19 @@ mod tests {
             "storefront/node_modules/c",
             "node_modules/a/node_modules/d",
         ] {
-            std::fs::create_dir_all(dir.path().join(path)).unwrap();
+            std::fs::create_dir_all(dir.path().join(CHECKOUT).join(path)).unwrap();
         }
         let mut found: Vec<String> =
             node_modules_under(dir.path(), Path::new(""), &[PathBuf::from("storefront")])
                 .into_iter()
-                .map(|(_, rel)| rel.display().to_string())
+                .map(|source| source.rel.display().to_string())
                 .collect();
         found.sort();
         assert_eq!(found, ["node_modules", "packages/x/node_modules"]);
+        // Under an install directory reached through a link: nothing.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(host.path().join("node_modules/x")).unwrap();
+        std::os::unix::fs::symlink(host.path(), dir.path().join("src/linked")).unwrap();
+        assert!(node_modules_under(dir.path(), Path::new("linked"), &[]).is_empty());
     }
 }

@@ -162,6 +162,11 @@ struct Build<'a> {
     /// or not needed; `Some(false)`: it failed): the storefront, built beside
     /// the backend, installs only after it, often in the same workspace.
     backend_installed: tokio::sync::watch::Sender<Option<bool>>,
+    /// Which components may still have a container running (backend,
+    /// storefront). Their outputs are read (checked, scanned, packed) only once
+    /// none runs: a container beside them could swap a checked directory for a
+    /// link while the agent reads it.
+    containers: tokio::sync::watch::Sender<[bool; 2]>,
 }
 
 impl Pipeline {
@@ -184,6 +189,12 @@ impl Pipeline {
             system: logs.sink(LogStream::System),
             installed: Default::default(),
             backend_installed: tokio::sync::watch::Sender::new(None),
+            // One at a time, the storefront has none running while the backend
+            // reads its output, and the backend's are over before it starts.
+            containers: tokio::sync::watch::Sender::new([
+                true,
+                self.config.components_side_by_side,
+            ]),
         };
         let ran = tokio::select! {
             ran = build.run() => ran,
@@ -281,6 +292,7 @@ impl Build<'_> {
             let built = self
                 .backend(&plan, cache.as_ref(), storefront_dirs.as_ref())
                 .await;
+            self.containers_ended(Component::Backend);
             // Unless it said so already: its install failed, or it ended early.
             self.backend_installed.send_if_modified(|settled| {
                 let unsaid = settled.is_none();
@@ -292,8 +304,12 @@ impl Build<'_> {
             built
         };
         let storefront = async {
-            let detected = storefront?;
-            storefront::build(self, &plan, detected, cache.as_ref()).await
+            let built = match storefront {
+                Ok(detected) => storefront::build(self, &plan, detected, cache.as_ref()).await,
+                Err(stop) => Err(stop),
+            };
+            self.containers_ended(Component::Storefront);
+            built
         };
         let (backend, storefront) = if self.pipeline.config.components_side_by_side {
             tokio::join!(backend, storefront)
@@ -330,6 +346,38 @@ impl Build<'_> {
             Err(_) => false,
         };
         done
+    }
+
+    /// Says `component` runs no more containers in this build.
+    fn containers_ended(&self, component: Component) {
+        let index = match component {
+            Component::Backend => 0,
+            Component::Storefront => 1,
+        };
+        self.containers.send_if_modified(|running| {
+            let was = running[index];
+            running[index] = false;
+            was
+        });
+    }
+
+    /// Waits until no container of this build runs, so that what `component`
+    /// reads of the workspace can no longer change under it.
+    async fn until_no_container_runs(&self, component: Component) {
+        self.containers_ended(component);
+        let mut running = self.containers.subscribe();
+        if running.borrow().iter().any(|&one| one) {
+            self.system.line(format!(
+                "{}: its build is done; its output is read once the other component's containers have ended too.",
+                match component {
+                    Component::Backend => "Backend",
+                    Component::Storefront => "Storefront",
+                }
+            ));
+        }
+        let _ = running
+            .wait_for(|running| !running.iter().any(|&one| one))
+            .await;
     }
 
     /// Says the backend's install is done (or restored, or not needed).
@@ -532,6 +580,7 @@ impl Build<'_> {
         self.mark_installed(&plan.install_dir, &plan.install);
         self.settle_backend_install();
         run_steps(self, Component::Backend, std::slice::from_ref(build)).await?;
+        self.until_no_container_runs(Component::Backend).await;
 
         // The output Medusa deploys; its public folder is served to the world.
         let server =

@@ -172,6 +172,7 @@ pub(super) async fn build(
     );
     run_steps(build, Component::Storefront, &steps).await?;
     build.mark_installed(&install_dir, &found.install);
+    build.until_no_container_runs(Component::Storefront).await;
 
     let output_name = found.output_dir.as_deref().unwrap_or("dist");
     let output = match output_dir(build.workspace, &app_dir.join(output_name)) {

@@ -22,6 +22,11 @@
 //   KILN_FIXTURE_SERVER_ROOT_LINK=P  end with .medusa/server itself a symlink to P
 //   KILN_FIXTURE_FIFO=P    end with a FIFO at P (relative to the repository root)
 //   KILN_FIXTURE_FETCH=URL  try to reach URL; exit 13 if it cannot, 66 if it can
+//   KILN_FIXTURE_BIG_FIRST_MB=N  lead .medusa/server with an N MiB file of random
+//                          bytes (slow to pack) and end it with a folder zzz/
+//                          holding `ready`, for a racing storefront to swap
+//   KILN_FIXTURE_HOME_NPM_LINK=P  end with $HOME/.npm a symlink to P, as a build
+//                          that wants the cache harvest to take a host folder
 // A file `poison-node-modules` at the repository root makes the build try to
 // write into its installed node_modules (as a hostile pull request would, to
 // spoil a shared build cache) and print what happened.
@@ -179,6 +184,18 @@ async function main() {
   if (env.KILN_FIXTURE_SERVER_LINK) fs.symlinkSync(env.KILN_FIXTURE_SERVER_LINK, path.join(out, "passwd"))
   if (env.KILN_FIXTURE_LINK) fs.symlinkSync(env.KILN_FIXTURE_LINK, path.join(out, "public", "leak"))
   fs.writeFileSync(path.join(out, "printed.sha256"), printed.digest("hex") + "\n")
+  if (env.KILN_FIXTURE_BIG_FIRST_MB) {
+    const fd = fs.openSync(path.join(out, "aaa-big.bin"), "w")
+    for (let i = 0; i < Number(env.KILN_FIXTURE_BIG_FIRST_MB); i++) fs.writeSync(fd, crypto.randomBytes(1 << 20))
+    fs.closeSync(fd)
+    fs.mkdirSync(path.join(out, "zzz"))
+    fs.writeFileSync(path.join(out, "zzz", "ready"), "ready\n")
+  }
+  if (env.KILN_FIXTURE_HOME_NPM_LINK) {
+    const npm = path.join(env.HOME, ".npm")
+    fs.rmSync(npm, { recursive: true, force: true })
+    fs.symlinkSync(env.KILN_FIXTURE_HOME_NPM_LINK, npm)
+  }
   if (env.KILN_FIXTURE_SERVER_ROOT_LINK) {
     fs.rmSync(out, { recursive: true, force: true })
     fs.symlinkSync(env.KILN_FIXTURE_SERVER_ROOT_LINK, out)

@@ -3,6 +3,9 @@
 // leave out) and a page that shows the build-time environment it was given.
 // KILN_FIXTURE_STOREFRONT_EXIT=N fails the build with exit code N;
 // KILN_FIXTURE_STOREFRONT_OUTPUT_LINK=P makes .next a symlink to P.
+// KILN_FIXTURE_STOREFRONT_SWAP=P waits (up to 60 s) for the backend's output to
+// hold zzz/ready, then 2 s more (while the agent would be packing it), and swaps
+// zzz for a symlink to P, as a pull request racing the packer would.
 const fs = require("fs")
 const path = require("path")
 
@@ -37,5 +40,15 @@ fs.writeFileSync(path.join(out, "cache", "fetch-cache", "regions"), "[]\n")
 if (process.env.KILN_FIXTURE_STOREFRONT_OUTPUT_LINK) {
   fs.rmSync(out, { recursive: true, force: true })
   fs.symlinkSync(process.env.KILN_FIXTURE_STOREFRONT_OUTPUT_LINK, out)
+}
+if (process.env.KILN_FIXTURE_STOREFRONT_SWAP) {
+  const zzz = path.join("..", ".medusa", "server", "zzz")
+  const deadline = Date.now() + 60000
+  const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+  while (!fs.existsSync(path.join(zzz, "ready")) && Date.now() < deadline) pause(50)
+  pause(2000)
+  fs.renameSync(zzz, zzz + "-moved")
+  fs.symlinkSync(process.env.KILN_FIXTURE_STOREFRONT_SWAP, zzz)
+  console.log(`   swapped ${zzz} for a link to ${process.env.KILN_FIXTURE_STOREFRONT_SWAP}`)
 }
 console.log(" ✓ Compiled successfully")

@@ -1,0 +1,227 @@
+//! Issue 28: the second review's attacks, each performed with the real binaries
+//! (and the real Docker engine where a build runs), each shown refused with the
+//! host untouched, nothing leaked, and the server still answering an ordinary
+//! request within a second.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::DeploymentStatus::{self, *};
+
+use crate::agent::{world, world_with, World};
+use crate::support::*;
+
+/// An ordinary request answers, and within a second.
+pub(crate) async fn answers_within_a_second(base_url: &str) {
+    let started = Instant::now();
+    let reply = reqwest::Client::new()
+        .get(format!("{base_url}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the server still answers");
+    assert_eq!(reply.status(), reqwest::StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "an ordinary request took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Waits until the deployment has ended its build, however it ended.
+async fn built(world: &World, id: &str, agent: &AgentProcess) -> kiln_protocol::Deployment {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let deployment = world.admin.deployment(id).await;
+        if !matches!(deployment.status, Queued | Building) {
+            return deployment;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} never ended its build\nagent log:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the agent's log holds `needle`.
+async fn until_logged(agent: &AgentProcess, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never logged {needle:?}:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Everything under `dir`, never following a link.
+fn paths_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(at) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                pending.push(entry.path());
+            }
+            found.push(entry.path());
+        }
+    }
+    found
+}
+
+/// Every regular file under `dir`, with its content, lossily.
+fn contents_under(dir: &Path) -> Vec<(String, String)> {
+    paths_under(dir)
+        .into_iter()
+        .filter(|path| std::fs::symlink_metadata(path).is_ok_and(|meta| meta.is_file()))
+        .map(|path| {
+            let text = std::fs::read(&path).unwrap_or_default();
+            (
+                path.display().to_string(),
+                String::from_utf8_lossy(&text).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn issue_28_a_storefront_racing_the_backends_packer_gets_no_host_file_packed() {
+    let Some(world) = world_with(serde_json::json!([]), Some("storefront")).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let state = agent.dir.join("state");
+    let identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("agent.json")).unwrap()).unwrap();
+    let token = identity["token"].as_str().unwrap().to_owned();
+    // The backend's output leads with a file slow to pack and ends with zzz/;
+    // the storefront, built beside it, swaps zzz for a link to the agent's state
+    // while the packer would be reading the large file.
+    world
+        .admin
+        .set_variables(
+            &world.environment_id,
+            serde_json::json!([
+                {"name": "KILN_FIXTURE_BIG_FIRST_MB", "value": "48"},
+                {"name": "KILN_FIXTURE_STOREFRONT_SWAP", "value": state.display().to_string()},
+            ]),
+        )
+        .await;
+    let deployment = world.push(&world.repo.head()).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("cannot package .medusa/server: symlink zzz points outside"),
+        "{reason}"
+    );
+    assert!(failed.artifacts.is_empty(), "{:?}", failed.artifacts);
+    let storefront = world.log(&deployment.id, "storefront").await;
+    assert!(storefront.contains("swapped"), "the race ran: {storefront}");
+    let system = world.log(&deployment.id, "system").await;
+    assert!(
+        system.contains("Backend: its build is done; its output is read once the other component's containers have ended too."),
+        "{system}"
+    );
+    // Nothing of the agent's state left the host: no artifact, no log line.
+    for (_, text) in contents_under(&agent.dir.join("work")) {
+        assert!(!text.contains(&token), "the token reached the workspace");
+    }
+    assert!(!system.contains(&token));
+    answers_within_a_second(&world.cp.base_url()).await;
+}
+
+#[tokio::test]
+async fn issue_28_the_cache_harvest_never_takes_a_host_folder_a_build_linked() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    // A host folder only the agent can read, which the build links as ~/.npm.
+    let host = world.root_dir().join("host-npm");
+    std::fs::create_dir_all(host.join("_cacache")).unwrap();
+    std::fs::write(host.join("_cacache/host-secret"), "root-only host file").unwrap();
+    world
+        .admin
+        .set_variables(
+            &world.environment_id,
+            serde_json::json!([{"name": "KILN_FIXTURE_HOME_NPM_LINK", "value": host.display().to_string()}]),
+        )
+        .await;
+    let deployment = world.push(&world.repo.head()).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    until_logged(
+        &agent,
+        "Not caching the npm store: home/.npm is a symbolic link, and the agent never follows a link a build made.",
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(host.join("_cacache/host-secret")).unwrap(),
+        "root-only host file",
+        "the host folder is where it was"
+    );
+    for (path, text) in contents_under(&agent.dir.join("cache")) {
+        assert!(
+            !text.contains("root-only host file"),
+            "{path} is the host's"
+        );
+    }
+    answers_within_a_second(&world.cp.base_url()).await;
+}
+
+#[tokio::test]
+async fn issue_28_a_restore_never_writes_through_a_link_an_install_planted() {
+    let Some(world) = world_with(serde_json::json!([]), Some("storefront")).await else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    // A cold build leaves .next/cache for the next.
+    let cold = world.push(&world.repo.head()).await;
+    world.settle(&cold.id, AwaitingDeployment, &agent).await;
+    until_logged(&agent, "Cached storefront/.next/cache").await;
+
+    // The backend's install ends by putting a link to a host folder in place of
+    // the checkout; the storefront's restore of .next/cache comes after it.
+    // (Inside the container the same path is made on its /tmp and given the
+    // checkout, so npm finishes the install through the link.)
+    let host = world.root_dir().join("host-target");
+    std::fs::create_dir_all(&host).unwrap();
+    let sha = world.repo.commit("postinstall swaps the checkout", |dir| {
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap())
+                .unwrap();
+        manifest["scripts"]["postinstall"] = format!(
+            "mkdir -p {host} && cp -a /kiln/src/. {host}/ && mv /kiln/src /kiln/src-moved && ln -s {host} /kiln/src",
+            host = host.display()
+        )
+        .into();
+        std::fs::write(
+            dir.join("package.json"),
+            serde_json::to_string_pretty(&manifest).unwrap(),
+        )
+        .unwrap();
+    });
+    let attack = world.push(&sha).await;
+    let ended = built(&world, &attack.id, &agent).await;
+    let system = world.log(&attack.id, "system").await;
+    assert!(
+        system.contains("Build cache: .next/cache not restored: src is a symbolic link, and the agent never follows a link a build made."),
+        "{}: {system}",
+        ended.status
+    );
+    let written = paths_under(&host);
+    assert!(
+        written.is_empty(),
+        "the host folder was written: {written:?}"
+    );
+    assert_ne!(ended.status, DeploymentStatus::Live);
+    answers_within_a_second(&world.cp.base_url()).await;
+}
