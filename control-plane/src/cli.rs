@@ -110,6 +110,10 @@ struct Cli {
     /// whose agent clones from the same disk, as the quick start does).
     #[arg(long, env = "KILN_ALLOW_LOCAL_REPOSITORIES")]
     allow_local_repositories: bool,
+    /// Accept a git host API (`git_host.api_url`) on loopback, link-local or a
+    /// private network, such as a self-hosted Gitea beside the server.
+    #[arg(long, env = "KILN_ALLOW_PRIVATE_GIT_HOSTS")]
+    allow_private_git_hosts: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,7 +132,7 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AgentsCommand {
-    /// Lists agents: name, labels, version, state, last contact, running jobs, and
+    /// Lists agents: name, labels and where they came from, version, state, last contact, running jobs, and
     /// why one claims no jobs (its disk is low).
     List {
         /// `text` or `json` (the API's `GET /agents` form).
@@ -243,11 +247,12 @@ fn agents(
                             .map(|job| job.deployment_id.as_str())
                             .collect();
                         println!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             agent.id,
                             agent.name,
                             agent.state.as_str(),
                             agent.labels.join(","),
+                            agent.labels_from.as_deref().unwrap_or("-"),
                             agent.version.as_deref().unwrap_or("-"),
                             agent
                                 .last_contact_at
@@ -336,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         options: Vec::new(),
     });
     config.allow_local_repositories = cli.allow_local_repositories;
+    config.allow_private_git_hosts = cli.allow_private_git_hosts;
     config.metrics_listen = cli.metrics_listen;
     config.log_limit = cli.log_limit_bytes;
     config.connections = ConnectionLimits {

@@ -52,7 +52,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 12] = [
+const SCHEMA: [&str; 13] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -65,6 +65,7 @@ const SCHEMA: [&str; 12] = [
     include_str!("schema/010_log_compaction.sql"),
     include_str!("schema/011_agent_holding_back.sql"),
     include_str!("schema/012_artifact_retention.sql"),
+    include_str!("schema/013_registration_token_labels.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

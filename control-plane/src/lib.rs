@@ -102,6 +102,9 @@ pub struct Config {
     /// Accept `file://` and absolute-path repository URLs: the quick start's
     /// single machine, where the agent clones from the same disk.
     pub allow_local_repositories: bool,
+    /// Send statuses to a git host API on loopback or a private network (a
+    /// self-hosted Gitea beside the server; the tests' recording host).
+    pub allow_private_git_hosts: bool,
     /// Bytes kept per log stream of a job (the agent's `log_limit`, plus room for
     /// its truncation notice); appends past it are refused.
     pub log_limit: u64,
@@ -141,6 +144,7 @@ impl Config {
             deploy_timeout: Duration::from_secs(600),
             max_artifact_bytes: 10 * 1024 * 1024 * 1024,
             allow_local_repositories: false,
+            allow_private_git_hosts: false,
             log_limit: 100 << 20,
             connections: ConnectionLimits::default(),
             metrics_listen: None,
@@ -269,6 +273,7 @@ impl AppState {
     fn project_rules(&self) -> store::ProjectRules {
         store::ProjectRules {
             allow_local_repositories: self.config.allow_local_repositories,
+            allow_private_git_hosts: self.config.allow_private_git_hosts,
         }
     }
 

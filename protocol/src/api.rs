@@ -428,6 +428,10 @@ pub struct AgentInfo {
     /// its last claim: its disk is low). Added in v1.6.
     #[serde(default)]
     pub holding_back: Option<String>,
+    /// Where its labels came from: the registration token that granted them,
+    /// or the server's own. Added in v1.8.
+    #[serde(default)]
+    pub labels_from: Option<String>,
 }
 
 /// What an agent is doing, from its running jobs, `paused` and its last contact
@@ -483,6 +487,10 @@ pub struct CreateRegistrationToken {
     /// Stops working this many seconds from now.
     #[serde(default)]
     pub expires_in_seconds: Option<u64>,
+    /// The labels an agent registered with it may carry; it may carry no
+    /// others. Added in v1.8; a token made without them grants none.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// A registration token. `token` is in the answer to creating it only.
@@ -497,6 +505,9 @@ pub struct RegistrationTokenInfo {
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The labels it grants. Added in v1.8.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,6 +181,74 @@ pub fn api_url(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A git host's API URL, where the server sends statuses with the project's
+/// token: an `api_url` with no query or fragment (the server makes the whole
+/// path), and, unless `allow_private`, a host that is neither `localhost` nor
+/// an address of loopback, link-local, private or unspecified range. A name
+/// that resolves to such an address is refused when the server connects.
+pub fn git_host_api_url(value: &str, allow_private: bool) -> Result<(), String> {
+    api_url(value)?;
+    let refuse = |why: &str| Err(format!("{:?} {why}", shorten(value)));
+    if value.contains(['?', '#']) {
+        return refuse(
+            "has a query or fragment; give the API's base URL, e.g. https://api.github.com",
+        );
+    }
+    let rest = value.split_once("://").map_or(value, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if !allow_private && host_is_private(authority) {
+        return refuse("names a loopback, link-local or private host, which a git host's API is not; start the server with --allow-private-git-hosts to allow one");
+    }
+    Ok(())
+}
+
+/// Whether `authority` (`host`, `host:port`, `[v6]:port`) names this machine or
+/// its private network: `localhost`, or such an address literal.
+pub fn host_is_private(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| !is_public_ip(ip))
+}
+
+/// Whether `ip` is an address of the public internet: not loopback,
+/// link-local, private, shared (CGNAT), unspecified, broadcast or multicast.
+pub fn is_public_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_ip(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 /// A repository URL reduced to what names the repository, so that a git host's
 /// clone URL, SSH URL and web URL of one repository compare equal:
 /// `https://GitHub.com/acme/shop.git`, `git@github.com:acme/shop` and
@@ -491,6 +559,39 @@ mod tests {
         }
         assert_ne!(repository_key("https://github.com/acme/other"), key);
         assert_eq!(repository_key("file:///srv/Shop.git"), "file:///srv/shop");
+    }
+
+    #[test]
+    fn git_host_api_urls_name_a_public_host_and_no_query() {
+        assert!(git_host_api_url("https://api.github.com", false).is_ok());
+        assert!(git_host_api_url("https://gitlab.example.com/api/v4", false).is_ok());
+        for private in [
+            "http://127.0.0.1:3000/api/v1",
+            "http://localhost/api",
+            "http://[::1]:8080",
+            "http://169.254.169.254/latest",
+            "http://10.0.0.7",
+            "http://192.168.1.1:8443/x",
+            "http://172.20.0.1",
+            "http://[fd00::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://0.0.0.0/",
+        ] {
+            let error = git_host_api_url(private, false).unwrap_err();
+            assert!(
+                error.contains("--allow-private-git-hosts"),
+                "{private}: {error}"
+            );
+            assert!(git_host_api_url(private, true).is_ok(), "{private}");
+        }
+        for hostile in [
+            "https://api.github.com/x?y=1",
+            "https://api.github.com/#frag",
+        ] {
+            assert!(git_host_api_url(hostile, true)
+                .unwrap_err()
+                .contains("query or fragment"));
+        }
     }
 
     #[test]

@@ -76,6 +76,7 @@ async fn issue_17_registration_tokens_are_one_time_expiring_or_revoked() {
             name: Some("host 7".into()),
             one_time: true,
             expires_in_seconds: None,
+            labels: Vec::new(),
         },
     )
     .await;
@@ -497,4 +498,70 @@ async fn issue_17_metrics_show_the_queue_and_the_fleet() {
     assert_eq!(building["kiln_server_queue_oldest_seconds"], 0.0);
     assert_eq!(building["kiln_server_agents{state=\"busy\"}"], 1.0);
     assert_eq!(building["kiln_server_agents{state=\"paused\"}"], 0.0);
+}
+
+#[tokio::test]
+async fn issue_28_an_agent_carries_only_the_labels_its_registration_token_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    // A one-time token made for a preview host.
+    let preview = make_token(
+        &admin,
+        CreateRegistrationToken {
+            name: Some("preview host".into()),
+            one_time: true,
+            labels: vec!["preview".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(preview.labels, ["preview"]);
+    let secret = preview.token.clone().unwrap();
+    let refused = register(&cp, &secret, "sneaky", &["preview", "trusted"]).await;
+    let message = refused.expect_error(StatusCode::FORBIDDEN, "forbidden");
+    assert!(
+        message.contains(&format!(
+            "registration token {} grants the labels [preview], not trusted",
+            preview.id
+        )),
+        "{message}"
+    );
+    // The refusal spent nothing: the token still registers what it grants.
+    let (agent_id, _) = agent_api(&cp, &secret, "preview-1", &["preview"]).await;
+    // A token made without labels grants none.
+    let plain = make_token(&admin, CreateRegistrationToken::default()).await;
+    register(&cp, plain.token.as_deref().unwrap(), "plain", &["trusted"])
+        .await
+        .expect_error(StatusCode::FORBIDDEN, "forbidden");
+    // The server's own token is the operator's: any label.
+    let (boot_id, _) = agent_api(&cp, REGISTRATION_TOKEN, "trusted-1", &["trusted"]).await;
+    let listed = agents(&admin).await;
+    let from = |id: &str| {
+        listed
+            .agents
+            .iter()
+            .find(|agent| agent.id == id)
+            .and_then(|agent| agent.labels_from.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        from(&agent_id),
+        format!("registration token {}", preview.id)
+    );
+    assert!(from(&boot_id).contains("KILN_REGISTRATION_TOKEN"));
+    assert_eq!(listed.agents.len(), 2, "{listed:?}");
+    // `kiln-server agents` says the same.
+    let output = std::process::Command::new(SERVER)
+        .args(["agents", "list", "--data-dir"])
+        .arg(dir.path())
+        .envs(database_env(dir.path()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(&format!("preview\tregistration token {}", preview.id)),
+        "{text}"
+    );
+    crate::review::answers_within_a_second(&cp.base_url()).await;
 }

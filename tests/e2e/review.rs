@@ -225,3 +225,89 @@ async fn issue_28_a_restore_never_writes_through_a_link_an_install_planted() {
     assert_ne!(ended.status, DeploymentStatus::Live);
     answers_within_a_second(&world.cp.base_url()).await;
 }
+
+#[tokio::test]
+async fn issue_28_a_stored_token_never_follows_a_changed_url_and_private_hosts_are_refused() {
+    use kiln_protocol::{CreateProject, GitHostKind, GitHostSettings, Project};
+    use reqwest::{Method, StatusCode};
+    let dir = tempfile::tempdir().unwrap();
+    // As a server is by default: no git host on its own network.
+    let cp = ControlPlane::start_with(dir.path(), |config| {
+        config.allow_private_git_hosts = false;
+    })
+    .await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject {
+            repository_token: Some("repo-token-for-acme".into()),
+            git_host: Some(GitHostSettings {
+                kind: GitHostKind::Github,
+                api_url: "https://api.github.com".into(),
+                token: Some("host-token-for-github".into()),
+            }),
+            ..CreateProject::new("shop", "https://github.com/acme/shop.git")
+        })
+        .await;
+    let patch = |body: serde_json::Value| {
+        let admin = &admin;
+        let path = format!("/api/v1/projects/{}", project.id);
+        async move { admin.send_json(Method::PATCH, &path, &body).await }
+    };
+    // The host moves, the token does not follow.
+    for moved in [
+        serde_json::json!({"git_host": {"kind": "github", "api_url": "https://evil.example/api"}}),
+        serde_json::json!({"git_host": {"kind": "gitea", "api_url": "https://api.github.com"}}),
+    ] {
+        let message = patch(moved.clone())
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
+        assert!(message.contains("git_host.token"), "{moved}: {message}");
+    }
+    let message =
+        patch(serde_json::json!({"repository_url": "https://evil.example/acme/shop.git"}))
+            .await
+            .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
+    assert!(message.contains("repository_token"), "{message}");
+    // Nothing changed.
+    let kept: Project = admin
+        .get(&format!("/api/v1/projects/{}", project.id))
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    assert_eq!(kept.repository_url, "https://github.com/acme/shop.git");
+    assert_eq!(kept.git_host.unwrap().api_url, "https://api.github.com");
+    // With the token given again, or the same host, a change is fine.
+    patch(serde_json::json!({"repository_url": "https://github.com/acme/shop2.git", "repository_token": "new-repo-token"}))
+        .await
+        .expect_json::<Project>(StatusCode::OK)
+        .await;
+    patch(
+        serde_json::json!({"git_host": {"kind": "github", "api_url": "https://api.github.com/"}}),
+    )
+    .await
+    .expect_json::<Project>(StatusCode::OK)
+    .await;
+
+    // A host on this machine or its network, or a URL with a query or
+    // fragment that would steer the path: refused, naming the way out.
+    for (api_url, expected) in [
+        ("http://127.0.0.1:9/", "--allow-private-git-hosts"),
+        (
+            "http://169.254.169.254/latest/meta-data",
+            "--allow-private-git-hosts",
+        ),
+        ("http://localhost:8080", "--allow-private-git-hosts"),
+        ("http://[::1]/", "--allow-private-git-hosts"),
+        ("http://10.1.2.3/api", "--allow-private-git-hosts"),
+        ("https://api.github.com/x?y=", "query or fragment"),
+        ("https://api.github.com/#x", "query or fragment"),
+    ] {
+        let message = patch(
+            serde_json::json!({"git_host": {"kind": "github", "api_url": api_url, "token": "t"}}),
+        )
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
+        assert!(message.contains(expected), "{api_url}: {message}");
+    }
+    answers_within_a_second(&cp.base_url()).await;
+}

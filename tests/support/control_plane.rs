@@ -75,6 +75,8 @@ impl ControlPlane {
         config.reaper_interval = Duration::from_millis(100);
         // Fixture repositories are git directories on this disk.
         config.allow_local_repositories = true;
+        // The recording git host is on loopback.
+        config.allow_private_git_hosts = true;
         config.database_url = test_database(data_dir);
         tweak(&mut config);
         let state = AppState::open(config).expect("control plane opens its data dir");

@@ -108,6 +108,7 @@ impl ServerProcess {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--allow-local-repositories")
+            .arg("--allow-private-git-hosts")
             .envs(database_env(&self.data_dir))
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)

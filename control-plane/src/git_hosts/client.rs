@@ -62,6 +62,7 @@ pub enum Delivery {
 #[derive(Clone)]
 pub struct GitHostClient {
     http: reqwest::Client,
+    allow_private: bool,
 }
 
 /// Percent-encodes one path segment.
@@ -69,16 +70,60 @@ fn segment(text: &str) -> String {
     crate::http::percent_encode(text, b"")
 }
 
+/// Resolves a git host's name to its public addresses only: a name that
+/// points at this machine or its network (a rebinding trick, or a typo) is
+/// refused when the server connects, as an address literal is when it is set.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let found: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> = found
+                .into_iter()
+                .filter(|address| kiln_protocol::validate::is_public_ip(address.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address; start the server with --allow-private-git-hosts to send statuses to a host on its own network"
+                )
+                .into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What a refusal means for the person reading the delivery log.
+fn refusal_hint(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => ": the git host refused the token; give the project a token with the right to post statuses (git_host.token)",
+        404 => ": the git host knows no such repository or commit at git_host.api_url; check it and the repository URL",
+        422 => ": the git host refused the report's content",
+        _ => "; the server's log has the host's answer",
+    }
+}
+
+/// The most of a git host's answer read; the rest is not needed.
+const MAX_ANSWER: usize = 64 << 10;
+
 impl GitHostClient {
-    pub fn new() -> Self {
-        let http = reqwest::Client::builder()
+    /// `allow_private`: the server's `--allow-private-git-hosts`.
+    pub fn new(allow_private: bool) -> Self {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("kiln-server/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        GitHostClient { http }
+            .redirect(reqwest::redirect::Policy::none());
+        if !allow_private {
+            builder = builder.dns_resolver(std::sync::Arc::new(PublicAddressesOnly));
+        }
+        GitHostClient {
+            http: builder.build().unwrap_or_default(),
+            allow_private,
+        }
     }
 
     /// `{api}/repos/acme/shop` (GitHub, Gitea) or `{api}/projects/acme%2Fshop` (GitLab).
@@ -112,13 +157,31 @@ impl GitHostClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, body: serde_json::Value) -> Delivery {
-        let response = match request.json(&body).send().await {
+        let request = match request.json(&body).build() {
+            Ok(request) => request,
+            Err(error) => return Delivery::GiveUp(format!("cannot make the request: {error}")),
+        };
+        // A literal address is not resolved, so the resolver cannot refuse it;
+        // one stored before the rule was, is refused here.
+        let authority = request.url().authority().to_owned();
+        if !self.allow_private && kiln_protocol::validate::host_is_private(&authority) {
+            return Delivery::GiveUp(format!(
+                "git_host.api_url names {authority}, a loopback, link-local or private address; statuses are not sent there unless the server runs with --allow-private-git-hosts"
+            ));
+        }
+        let mut response = match self.http.execute(request).await {
             Ok(response) => response,
             Err(error) => return Delivery::Retry(format!("no answer: {error}")),
         };
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let said: String = text.chars().take(300).collect();
+        let mut bytes = Vec::new();
+        while bytes.len() < MAX_ANSWER {
+            match response.chunk().await {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         if status.is_success() {
             let id = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -132,7 +195,11 @@ impl GitHostClient {
                 id,
             };
         }
-        let answer = format!("{status}: {said}");
+        // The answer's body is the host's (or whoever answers at api_url):
+        // it goes to the operator's log, never to the dashboard's viewers.
+        let said: String = text.chars().take(300).collect();
+        tracing::warn!(message = "A git host refused a report.", %status, answer = %said);
+        let answer = format!("{status}{}", refusal_hint(status));
         if status.is_server_error()
             || status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT
@@ -203,11 +270,5 @@ impl GitHostClient {
             serde_json::json!({ "body": body }),
         )
         .await
-    }
-}
-
-impl Default for GitHostClient {
-    fn default() -> Self {
-        Self::new()
     }
 }

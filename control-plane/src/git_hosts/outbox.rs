@@ -19,7 +19,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub async fn run(state: AppState) {
-    let client = GitHostClient::new();
+    let client = GitHostClient::new(state.config.allow_private_git_hosts);
     let mut pruned = Instant::now();
     loop {
         if !state.replicas.is_leader() {

@@ -68,10 +68,26 @@ pub fn register_agent_with(
     auth: &RegistrationAuth,
 ) -> Result<String, ApiError> {
     let tx = conn.transaction()?;
+    // The server's own token is the operator's, and grants any label; a made
+    // token grants the labels it was made with, no others.
     let token_id = match auth {
         RegistrationAuth::Bootstrap => None,
         RegistrationAuth::Token { token_hash } => {
-            Some(super::registration_tokens::use_token(&tx, token_hash)?)
+            let usable = super::registration_tokens::use_token(&tx, token_hash)?;
+            let ungranted: Vec<&str> = labels
+                .iter()
+                .filter(|label| !usable.labels.contains(label))
+                .map(String::as_str)
+                .collect();
+            if !ungranted.is_empty() {
+                return Err(ApiError::Forbidden(format!(
+                    "registration token {} grants the labels [{}], not {}; register without them, or have an admin make a token that grants them (POST /api/v1/registration-tokens with \"labels\")",
+                    usable.id,
+                    usable.labels.join(", "),
+                    ungranted.join(", ")
+                )));
+            }
+            Some(usable.id)
         }
     };
     let id = new_id("agt");
@@ -190,6 +206,8 @@ pub struct AgentView {
     pub paused: bool,
     pub facts: Option<HostFacts>,
     pub holding_back: Option<String>,
+    /// The registration token that granted its labels; `None`: the server's own.
+    pub registration_token_id: Option<String>,
 }
 
 /// Two minutes without a call: an agent long-polls every 30 s.
@@ -228,6 +246,10 @@ impl AgentView {
             last_contact_at: self.last_seen_at.map(super::time),
             registered_at: super::time(self.created_at),
             holding_back: self.holding_back.clone(),
+            labels_from: Some(match &self.registration_token_id {
+                Some(id) => format!("registration token {id}"),
+                None => "the server's registration token (KILN_REGISTRATION_TOKEN)".to_owned(),
+            }),
         }
     }
 }
@@ -236,7 +258,8 @@ impl AgentView {
 pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
     let mut agents: Vec<AgentView> = conn
         .prepare(
-            "SELECT id, name, labels, version, created_at, last_seen_at, paused, facts, holding_back
+            "SELECT id, name, labels, version, created_at, last_seen_at, paused, facts, holding_back,
+                    registration_token_id
              FROM agents
              WHERE revoked_at IS NULL ORDER BY name, id",
         )?
@@ -254,6 +277,7 @@ pub fn list_agents(conn: &mut Connection) -> Result<Vec<AgentView>, ApiError> {
                     .get::<_, Option<String>>(7)?
                     .and_then(|text| serde_json::from_str(&text).ok()),
                 holding_back: row.get(8)?,
+                registration_token_id: row.get(9)?,
             })
         })?
         .collect::<Result<_, _>>()?;

@@ -70,7 +70,10 @@ impl ProjectFields<'_> {
             )?;
         }
         if let Some(host) = self.git_host {
-            check("git_host.api_url", validate::api_url(&host.api_url))?;
+            check(
+                "git_host.api_url",
+                validate::git_host_api_url(&host.api_url, rules.allow_private_git_hosts),
+            )?;
             if let Some(token) = &host.token {
                 check(
                     "git_host.token",
@@ -115,6 +118,9 @@ impl ProjectFields<'_> {
 pub struct ProjectRules {
     /// Accept `file://` and absolute-path repository URLs (`--allow-local-repositories`).
     pub allow_local_repositories: bool,
+    /// Accept a git host API on loopback or a private network
+    /// (`--allow-private-git-hosts`).
+    pub allow_private_git_hosts: bool,
 }
 
 pub(super) fn project_from_row(row: &Row) -> crate::sql::Result<Project> {
@@ -340,6 +346,7 @@ pub fn update_project(
     }
     .check(rules)?;
     let tx = conn.transaction()?;
+    token_follows_its_url(&tx, id, &update)?;
     // An unknown id updates nothing and is refused by the read below.
     let set = |column: &str, value: &dyn crate::sql::ToSql| {
         tx.execute(
@@ -369,7 +376,9 @@ pub fn update_project(
         set("preview_agent_labels", &to_json(labels))?;
     }
     if let Some(token) = &update.repository_token {
-        set("repository_token", token)?;
+        // "" builds without one.
+        let token = (!token.is_empty()).then_some(token.as_str());
+        set("repository_token", &token)?;
     }
     if let Some(submodules) = update.submodules {
         set("submodules", &submodules)?;
@@ -385,6 +394,56 @@ pub fn update_project(
     let project = get_project_in(&tx, id)?;
     tx.commit()?;
     Ok(project)
+}
+
+/// A stored token goes only where it was given for: an update that moves the
+/// repository or the git host elsewhere must give that token again.
+fn token_follows_its_url(
+    tx: &crate::sql::Transaction,
+    id: &str,
+    update: &UpdateProject,
+) -> Result<(), ApiError> {
+    let Some((url, has_token, kind, api_url, has_host_token)) = tx
+        .query_row(
+            "SELECT repository_url, repository_token IS NOT NULL AND repository_token <> '',
+                    git_host_kind, git_host_api_url, git_host_token IS NOT NULL
+             FROM projects WHERE id = ?1",
+            [id],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, bool>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, bool>(4)?,
+                ))
+            },
+        )
+        .optional()?
+    else {
+        return Ok(());
+    };
+    let moves_repository = update
+        .repository_url
+        .as_deref()
+        .is_some_and(|new| new.trim() != url);
+    if moves_repository && has_token && update.repository_token.is_none() {
+        return Err(ApiError::invalid_field(
+            "repository_token",
+            "is needed with a new repository_url: the stored token was given for the old URL and is never sent elsewhere; give the token for the new URL (or \"\" for none)",
+        ));
+    }
+    if let Some(host) = &update.git_host {
+        let moves_host = kind.as_deref() != Some(host.kind.as_str())
+            || api_url.as_deref() != Some(host.api_url.trim_end_matches('/'));
+        if moves_host && has_host_token && host.token.is_none() {
+            return Err(ApiError::invalid_field(
+                "git_host.token",
+                "is needed with a new git_host kind or api_url: the stored token was given for the old host and is never sent elsewhere; give the token for the new host",
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn list_projects(conn: &mut Connection) -> Result<Vec<Project>, ApiError> {

@@ -6,7 +6,7 @@
 use crate::sql::{params, Connection, OptionalExtension, Row, Transaction};
 use kiln_protocol::{validate, CreateRegistrationToken, RegistrationTokenInfo};
 
-use super::{check_name, new_id, now_ms, time};
+use super::{check_name, json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
 
 /// The longest a token may be made to last: a year.
@@ -22,6 +22,10 @@ fn info_from_row(row: &Row) -> crate::sql::Result<RegistrationTokenInfo> {
         revoked_at: row.get::<_, Option<i64>>("revoked_at")?.map(time),
         created_at: time(row.get("created_at")?),
         token: None,
+        labels: row
+            .get::<_, Option<String>>("labels")?
+            .map(|text| json_list(&text))
+            .unwrap_or_default(),
     })
 }
 
@@ -36,6 +40,7 @@ pub fn create_registration_token(
     if let Some(name) = &request.name {
         check_name("name", name, validate::MAX_NAME)?;
     }
+    super::projects::check_labels("labels", &request.labels)?;
     let expires_at = match request.expires_in_seconds {
         Some(0) => {
             return Err(ApiError::invalid_field(
@@ -56,15 +61,16 @@ pub fn create_registration_token(
     };
     let id = new_id("rtk");
     conn.execute(
-        "INSERT INTO registration_tokens (id, name, token_hash, one_time, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO registration_tokens (id, name, token_hash, one_time, expires_at, created_at, labels)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             id,
             request.name,
             token_hash,
             request.one_time,
             expires_at,
-            now_ms()
+            now_ms(),
+            to_json(&request.labels)
         ],
     )?;
     let mut info = conn.query_row(
@@ -103,14 +109,19 @@ pub fn revoke_registration_token(
     .ok_or_else(|| ApiError::not_found("registration token", id))
 }
 
+/// A registration token that registers agents now.
+pub(super) struct Usable {
+    pub id: String,
+    one_time: bool,
+    /// The labels it grants.
+    pub labels: Vec<String>,
+}
+
 /// Why a token does not register agents now, if it does not.
-fn refusal(
-    conn: &Connection,
-    token_hash: &str,
-) -> Result<Result<(String, bool), String>, ApiError> {
+fn refusal(conn: &Connection, token_hash: &str) -> Result<Result<Usable, String>, ApiError> {
     let found = conn
         .query_row(
-            "SELECT id, one_time, expires_at, used_at, revoked_at FROM registration_tokens WHERE token_hash = ?1",
+            "SELECT id, one_time, expires_at, used_at, revoked_at, labels FROM registration_tokens WHERE token_hash = ?1",
             [token_hash],
             |row| {
                 Ok((
@@ -119,11 +130,12 @@ fn refusal(
                     row.get::<_, Option<i64>>(2)?,
                     row.get::<_, Option<i64>>(3)?,
                     row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, one_time, expires_at, used_at, revoked_at)) = found else {
+    let Some((id, one_time, expires_at, used_at, revoked_at, labels)) = found else {
         return Ok(Err("registration token not recognised; use the one the server was started with (KILN_REGISTRATION_TOKEN) or one from POST /api/v1/registration-tokens".to_owned()));
     };
     if revoked_at.is_some() {
@@ -141,7 +153,11 @@ fn refusal(
             "registration token {id} was for one agent and has registered it; ask an admin for a new one"
         )));
     }
-    Ok(Ok((id, one_time)))
+    Ok(Ok(Usable {
+        id,
+        one_time,
+        labels: labels.map(|text| json_list(&text)).unwrap_or_default(),
+    }))
 }
 
 /// Whether a token registers agents now (checked before a body is read).
@@ -152,10 +168,11 @@ pub fn check_token(conn: &mut Connection, token_hash: &str) -> Result<(), ApiErr
 }
 
 /// Uses a token to register one agent: a one-time token is spent here, in the
-/// registration's transaction. Returns its id.
-pub(super) fn use_token(tx: &Transaction, token_hash: &str) -> Result<String, ApiError> {
-    let (id, one_time) = refusal(tx, token_hash)?.map_err(ApiError::Unauthorized)?;
-    if one_time {
+/// registration's transaction.
+pub(super) fn use_token(tx: &Transaction, token_hash: &str) -> Result<Usable, ApiError> {
+    let usable = refusal(tx, token_hash)?.map_err(ApiError::Unauthorized)?;
+    let id = &usable.id;
+    if usable.one_time {
         let spent = tx.execute(
             "UPDATE registration_tokens SET used_at = ?1 WHERE id = ?2 AND used_at IS NULL",
             params![now_ms(), id],
@@ -171,7 +188,7 @@ pub(super) fn use_token(tx: &Transaction, token_hash: &str) -> Result<String, Ap
             params![now_ms(), id],
         )?;
     }
-    Ok(id)
+    Ok(usable)
 }
 
 #[cfg(test)]
