@@ -63,12 +63,7 @@ async fn time_get(
 }
 
 async fn sign_in(client: &reqwest::Client, base: &str) -> String {
-    let response = client
-        .post(format!("{base}/login"))
-        .form(&[("username", "bench"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
+    let response = sign_in_over_http(client, base, "bench", PASSWORD, None).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     response.headers()["set-cookie"]
         .to_str()

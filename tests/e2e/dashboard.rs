@@ -646,12 +646,7 @@ async fn http_session(site: &Site, user: &str, page: &str) -> (reqwest::Client, 
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let response = client
-        .post(site.url("/login"))
-        .form(&[("username", user), ("password", PASSWORD), ("next", page)])
-        .send()
-        .await
-        .unwrap();
+    let response = sign_in_over_http(&client, &site.url(""), user, PASSWORD, Some(page)).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(response.headers()["location"], page);
     let cookie = response.headers()["set-cookie"]
@@ -804,20 +799,10 @@ async fn issue_15_sessions_csrf_and_sign_in_limits_over_http() {
     // Five failed sign-ins for one user and the sixth is refused, even with the
     // right password; another user from elsewhere is unaffected.
     for _ in 0..5 {
-        let failed = client
-            .post(site.url("/login"))
-            .form(&[("username", "ada"), ("password", "nope")])
-            .send()
-            .await
-            .unwrap();
+        let failed = sign_in_over_http(&client, &site.url(""), "ada", "nope", None).await;
         assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
     }
-    let limited = client
-        .post(site.url("/login"))
-        .form(&[("username", "ada"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
+    let limited = sign_in_over_http(&client, &site.url(""), "ada", PASSWORD, None).await;
     assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(limited
         .text()

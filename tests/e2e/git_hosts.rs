@@ -647,12 +647,8 @@ async fn issue_16_a_gitea_pull_request_gets_a_preview_and_one_comment_edited_in_
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let signed_in = client
-        .post(format!("{}/login", cp.base_url()))
-        .form(&[("username", "vic"), ("password", "a viewer's password")])
-        .send()
-        .await
-        .unwrap();
+    let signed_in =
+        sign_in_over_http(&client, &cp.base_url(), "vic", "a viewer's password", None).await;
     let cookie = signed_in.headers()["set-cookie"]
         .to_str()
         .unwrap()

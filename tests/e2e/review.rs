@@ -311,3 +311,149 @@ async fn issue_28_a_stored_token_never_follows_a_changed_url_and_private_hosts_a
     }
     answers_within_a_second(&cp.base_url()).await;
 }
+
+/// A control plane with one dashboard account, `ada`.
+async fn with_account(dir: &Path) -> ControlPlane {
+    let cp = ControlPlane::start(dir).await;
+    add_user(
+        Path::new(env!("CARGO_BIN_EXE_kiln-server-e2e")),
+        dir,
+        "ada",
+        "admin",
+        "ada's long password",
+    );
+    cp
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn issue_28_sign_in_counts_before_hashing_bounds_hashes_and_locks_out_only_the_guesser() {
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = with_account(dir.path()).await;
+    let base = cp.base_url();
+    let client = no_redirects();
+    // A burst of 41 attempts at once, the right password last: at most the
+    // limit is ever checked, so the right one is refused with the rest.
+    let mut burst = Vec::new();
+    for n in 0..41 {
+        let (client, base) = (client.clone(), base.clone());
+        let password = if n == 40 {
+            "ada's long password"
+        } else {
+            "guess"
+        };
+        burst.push(tokio::spawn(async move {
+            sign_in_over_http(&client, &base, "ada", password, None)
+                .await
+                .status()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for attempt in burst {
+        statuses.push(attempt.await.unwrap());
+    }
+    let checked = statuses
+        .iter()
+        .filter(|status| **status != StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(
+        checked <= 5,
+        "{checked} attempts were checked: {statuses:?}"
+    );
+    assert_ne!(statuses[40], StatusCode::SEE_OTHER, "{statuses:?}");
+    // The guesser is locked out; ada, from her own address, is not.
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let hers = sign_in_over_http(&from(3), &base, "ada", "ada's long password", None).await;
+    assert_eq!(hers.status(), StatusCode::SEE_OTHER);
+
+    // 64 sign-ins at once from 16 addresses: hashes run a few at a time, the
+    // rest wait or are told to come back, and the API keeps answering.
+    let mut flood = Vec::new();
+    for n in 0..64u8 {
+        let (client, base) = (from(10 + n % 16), base.clone());
+        flood.push(tokio::spawn(async move {
+            sign_in_over_http(&client, &base, &format!("user{n}"), "guess", None)
+                .await
+                .status()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    answers_within_a_second(&base).await;
+    for attempt in flood {
+        let status = attempt.await.unwrap();
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(&status),
+            "{status}"
+        );
+    }
+    answers_within_a_second(&base).await;
+}
+
+#[tokio::test]
+async fn issue_28_sign_in_needs_its_own_form_and_returns_only_to_this_site() {
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = with_account(dir.path()).await;
+    let base = cp.base_url();
+    let client = no_redirects();
+    // Another site's form: no cookie, or a token that is not the cookie's.
+    let forged = client
+        .post(format!("{base}/login"))
+        .form(&[("username", "ada"), ("password", "ada's long password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert!(forged.headers().get("location").is_none());
+    let (cookie, _) = sign_in_form(&client, &base).await;
+    let mismatched = client
+        .post(format!("{base}/login"))
+        .header("cookie", cookie)
+        .form(&[
+            ("username", "ada"),
+            ("password", "ada's long password"),
+            ("form_token", "not-the-cookie's"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatched.status(), StatusCode::FORBIDDEN);
+
+    // `next` as a browser would read it: a tab, newline or backslash that it
+    // drops or turns into `/` never leads off the site.
+    for hostile in [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\\evil.example",
+        "//evil.example",
+        "https://evil.example/",
+    ] {
+        let signed_in =
+            sign_in_over_http(&client, &base, "ada", "ada's long password", Some(hostile)).await;
+        assert_eq!(signed_in.status(), StatusCode::SEE_OTHER, "{hostile:?}");
+        assert_eq!(signed_in.headers()["location"], "/", "{hostile:?}");
+    }
+    let home = sign_in_over_http(
+        &client,
+        &base,
+        "ada",
+        "ada's long password",
+        Some("/agents"),
+    )
+    .await;
+    assert_eq!(home.headers()["location"], "/agents");
+    answers_within_a_second(&base).await;
+}

@@ -212,3 +212,46 @@ pub fn add_user(binary: &Path, data_dir: &Path, name: &str, role: &str, password
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Signs in to the dashboard over HTTP as a browser does: the form first (its
+/// token and the cookie that pairs with it), then the post. `client` must not
+/// follow redirects, so the answer's `Set-Cookie` and `Location` can be read.
+pub async fn sign_in_over_http(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+    next: Option<&str>,
+) -> reqwest::Response {
+    let (cookie, form_token) = sign_in_form(client, base).await;
+    let mut form = vec![
+        ("username", user),
+        ("password", password),
+        ("form_token", form_token.as_str()),
+    ];
+    form.extend(next.map(|next| ("next", next)));
+    client
+        .post(format!("{base}/login"))
+        .header("cookie", cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The sign-in form's cookie (`name=value`) and the token it carries.
+pub async fn sign_in_form(client: &reqwest::Client, base: &str) -> (String, String) {
+    let form = client.get(format!("{base}/login")).send().await.unwrap();
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let html = form.text().await.unwrap();
+    let marker = r#"name="form_token" value=""#;
+    let start = html.find(marker).expect("the form carries its token") + marker.len();
+    let token = html[start..].split('"').next().unwrap().to_owned();
+    (cookie, token)
+}

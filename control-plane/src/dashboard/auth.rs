@@ -24,8 +24,7 @@ use crate::AppState;
 pub const SESSION_COOKIE: &str = "kiln_session";
 /// How long a session lasts from sign-in.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Failed sign-ins allowed per user and per address within `FAILURE_WINDOW`.
-const FAILURES_ALLOWED: usize = 5;
+/// The window in which sign-in attempts are counted.
 const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -51,43 +50,131 @@ pub fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password("kiln-decoy-password").unwrap_or_default())
 }
 
-/// Failed sign-ins by user name and by address, in a sliding window.
-#[derive(Debug, Default)]
+/// Sign-in attempts by user name from one address, and by address, in a sliding
+/// window; and the bound on password hashes running at once.
+///
+/// An attempt is counted before its password is checked, so a burst of
+/// concurrent attempts cannot pass the limit while the hashes run; a success
+/// takes its own count back. No limit is kept per user name alone: a stranger
+/// failing from elsewhere never locks a user out.
+#[derive(Debug)]
 pub struct SignInLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    attempts: Mutex<Attempts>,
+    hashing: tokio::sync::Semaphore,
+}
+
+#[derive(Debug, Default)]
+struct Attempts {
+    by_key: HashMap<String, Vec<Instant>>,
+    pruned: Option<Instant>,
+}
+
+/// Attempts per user name from one address, and per address, in the window.
+const ATTEMPTS_PER_USER_AND_ADDRESS: usize = 5;
+const ATTEMPTS_PER_ADDRESS: usize = 20;
+/// How long a sign-in waits for a free hash before it is told to come back.
+const HASH_WAIT: Duration = Duration::from_secs(2);
+
+impl Default for SignInLimiter {
+    fn default() -> Self {
+        // Half the cores (at least one): argon2 takes a core and 19 MiB each,
+        // and the API must keep answering beside a flood of sign-ins.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        SignInLimiter {
+            attempts: Mutex::default(),
+            hashing: tokio::sync::Semaphore::new((cores / 2).max(1)),
+        }
+    }
+}
+
+/// Where an attempt comes from: an IPv6 address by its /64, which one host
+/// usually holds whole.
+fn address_key(address: Option<IpAddr>) -> String {
+    match address {
+        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("addr:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(IpAddr::V6(v6)) => format!(
+            "addr:{}",
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+        ),
+        Some(address) => format!("addr:{address}"),
+        None => "addr:unknown".to_owned(),
+    }
 }
 
 impl SignInLimiter {
-    fn keys(user: &str, address: Option<IpAddr>) -> Vec<String> {
-        let mut keys = vec![format!("user:{user}")];
-        keys.extend(address.map(|address| format!("addr:{address}")));
-        keys
+    fn keys(user: &str, address: Option<IpAddr>) -> [(String, usize); 2] {
+        let address = address_key(address);
+        [
+            (
+                format!("pair:{user}\n{address}"),
+                ATTEMPTS_PER_USER_AND_ADDRESS,
+            ),
+            (address, ATTEMPTS_PER_ADDRESS),
+        ]
     }
 
-    /// How long until another attempt is allowed, if the limit is reached.
-    pub fn blocked_for(&self, user: &str, address: Option<IpAddr>) -> Option<Duration> {
-        let mut failures = crate::lock(&self.failures);
+    /// Counts an attempt, before its password is checked; `Err(wait)` when the
+    /// limit is reached (and then nothing is counted).
+    pub fn begin(&self, user: &str, address: Option<IpAddr>) -> Result<(), Duration> {
+        let mut attempts = crate::lock(&self.attempts);
         let now = Instant::now();
-        Self::keys(user, address)
-            .into_iter()
-            .filter_map(|key| {
-                let times = failures.get_mut(&key)?;
+        // Expired keys go, so the map holds only the window's attempts.
+        if attempts
+            .pruned
+            .is_none_or(|at| now.duration_since(at) > Duration::from_secs(60))
+        {
+            attempts.pruned = Some(now);
+            attempts.by_key.retain(|_, times| {
                 times.retain(|at| now.duration_since(*at) < FAILURE_WINDOW);
-                (times.len() >= FAILURES_ALLOWED)
+                !times.is_empty()
+            });
+        }
+        let keys = Self::keys(user, address);
+        let wait = keys
+            .iter()
+            .filter_map(|(key, limit)| {
+                let times = attempts.by_key.get_mut(key)?;
+                times.retain(|at| now.duration_since(*at) < FAILURE_WINDOW);
+                (times.len() >= *limit)
                     .then(|| FAILURE_WINDOW.saturating_sub(now.duration_since(times[0])))
             })
-            .max()
+            .max();
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        for (key, _) in keys {
+            attempts.by_key.entry(key).or_default().push(now);
+        }
+        Ok(())
     }
 
-    pub fn failed(&self, user: &str, address: Option<IpAddr>) {
-        let mut failures = crate::lock(&self.failures);
-        for key in Self::keys(user, address) {
-            failures.entry(key).or_default().push(Instant::now());
+    /// A right password: its user's attempts from this address are forgotten,
+    /// and its own count from the address's.
+    pub fn succeeded(&self, user: &str, address: Option<IpAddr>) {
+        let mut attempts = crate::lock(&self.attempts);
+        let [(pair, _), (address, _)] = Self::keys(user, address);
+        attempts.by_key.remove(&pair);
+        if let Some(times) = attempts.by_key.get_mut(&address) {
+            times.pop();
         }
     }
 
-    pub fn succeeded(&self, user: &str) {
-        crate::lock(&self.failures).remove(&format!("user:{user}"));
+    /// A turn to hash a password, waiting a little for one; `None` when the
+    /// server is busy with others.
+    pub async fn hash_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(HASH_WAIT, self.hashing.acquire())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    #[cfg(test)]
+    fn keys_held(&self) -> usize {
+        crate::lock(&self.attempts).by_key.len()
     }
 }
 
@@ -125,14 +212,33 @@ pub fn session_cookie(token: &str, secure: bool, max_age: Duration) -> String {
     )
 }
 
-/// Where to go after signing in: a path on this site, never elsewhere.
+/// Where to go after signing in: a path on this site, never elsewhere. A
+/// browser drops tabs and newlines from a URL and reads `\\` as `/`, so a
+/// value holding any control character or backslash is refused whole, before
+/// `//` (another site) is looked for.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path
+                    .chars()
+                    .any(|c| c.is_control() || c == '\\' || c == ' ') =>
+        {
             path.to_owned()
         }
         _ => "/".to_owned(),
     }
+}
+
+/// The cookie that ties a sign-in form to the browser it was given to.
+pub const SIGN_IN_COOKIE: &str = "kiln_sign_in";
+
+pub fn sign_in_cookie(token: &str, secure: bool) -> String {
+    format!(
+        "{SIGN_IN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{}",
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 /// The address a request came from, when the connection told us (it does behind
@@ -237,8 +343,8 @@ pub fn url_encode(text: &str) -> String {
 }
 
 /// The sign-in page for a `Page`'s layout.
-pub fn sign_in_page(next: &str, problem: Option<&str>) -> Page {
-    pages::sign_in(next, problem)
+pub fn sign_in_page(next: &str, form_token: &str, problem: Option<&str>) -> Page {
+    pages::sign_in(next, form_token, problem)
 }
 
 #[cfg(test)]
@@ -255,24 +361,63 @@ mod tests {
     }
 
     #[test]
-    fn failed_sign_ins_are_limited_per_user_and_address() {
+    fn attempts_are_limited_per_user_and_address_and_per_address_never_per_user_alone() {
         let limiter = SignInLimiter::default();
         let here = Some("10.0.0.1".parse().unwrap());
-        for _ in 0..FAILURES_ALLOWED {
-            assert!(limiter.blocked_for("ada", here).is_none());
-            limiter.failed("ada", here);
+        for _ in 0..ATTEMPTS_PER_USER_AND_ADDRESS {
+            assert!(limiter.begin("ada", here).is_ok());
         }
-        assert!(limiter.blocked_for("ada", None).is_some(), "by user");
-        assert!(limiter.blocked_for("grace", here).is_some(), "by address");
-        assert!(limiter
-            .blocked_for("grace", Some("10.0.0.2".parse().unwrap()))
-            .is_none());
+        assert!(limiter.begin("ada", here).is_err(), "by user and address");
+        // Ada from her own address is not locked out by a stranger.
+        let hers = Some("10.0.0.2".parse().unwrap());
+        assert!(limiter.begin("ada", hers).is_ok());
+        limiter.succeeded("ada", hers);
+        // The stranger's address runs out across user names.
+        for n in 0..(ATTEMPTS_PER_ADDRESS - ATTEMPTS_PER_USER_AND_ADDRESS) {
+            assert!(limiter.begin(&format!("user{n}"), here).is_ok());
+        }
+        assert!(limiter.begin("grace", here).is_err(), "by address");
+        // An IPv6 host is one /64.
+        let v6 = |text: &str| Some(text.parse().unwrap());
+        for n in 0..ATTEMPTS_PER_USER_AND_ADDRESS {
+            assert!(limiter.begin("ada", v6(&format!("2001:db8::{n}"))).is_ok());
+        }
+        assert!(limiter.begin("ada", v6("2001:db8::ffff")).is_err());
+    }
+
+    #[test]
+    fn the_attempts_map_shrinks_once_the_window_has_passed() {
+        let limiter = SignInLimiter::default();
+        for n in 0..50 {
+            let _ = limiter.begin(&format!("u{n}"), Some("10.0.0.9".parse().unwrap()));
+        }
+        assert!(limiter.keys_held() > 1);
+        let long_ago = Instant::now()
+            .checked_sub(FAILURE_WINDOW + Duration::from_secs(120))
+            .unwrap();
+        {
+            let mut attempts = crate::lock(&limiter.attempts);
+            for times in attempts.by_key.values_mut() {
+                times.iter_mut().for_each(|at| *at = long_ago);
+            }
+            attempts.pruned = Some(long_ago);
+        }
+        let _ = limiter.begin("ada", None);
+        assert_eq!(limiter.keys_held(), 2, "only ada's own keys are left");
     }
 
     #[test]
     fn sign_in_only_returns_to_this_site() {
         assert_eq!(safe_next(Some("/deployments/dpl_1")), "/deployments/dpl_1");
-        for hostile in ["//evil.example/", "https://evil.example", "/\\evil.example"] {
+        for hostile in [
+            "//evil.example/",
+            "https://evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r/evil.example",
+            " //evil.example",
+        ] {
             assert_eq!(safe_next(Some(hostile)), "/", "{hostile}");
         }
         assert_eq!(safe_next(None), "/");

@@ -110,8 +110,36 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn sign_in_form(Query(query): Query<NextQuery>) -> Response {
-    auth::sign_in_page(&auth::safe_next(query.next.as_deref()), None).into_response()
+/// The sign-in form, with a fresh token that its cookie carries too: a form
+/// another site posts has the one but not the other (login CSRF).
+fn sign_in_form_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    next: &str,
+    problem: Option<&str>,
+    status: Option<StatusCode>,
+) -> Response {
+    let form_token = crate::routes::random_token();
+    let mut page = auth::sign_in_page(next, &form_token, problem);
+    if let Some(status) = status {
+        page.status = status;
+    }
+    let cookie = auth::sign_in_cookie(&form_token, auth::over_tls(state, headers));
+    ([(header::SET_COOKIE, cookie)], page).into_response()
+}
+
+async fn sign_in_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<NextQuery>,
+) -> Response {
+    sign_in_form_page(
+        &state,
+        &headers,
+        &auth::safe_next(query.next.as_deref()),
+        None,
+        None,
+    )
 }
 
 #[derive(Deserialize)]
@@ -120,6 +148,8 @@ struct SignInForm {
     password: String,
     #[serde(default)]
     next: Option<String>,
+    #[serde(default)]
+    form_token: String,
 }
 
 async fn sign_in(
@@ -129,18 +159,40 @@ async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> Response {
     let next = auth::safe_next(form.next.as_deref());
+    let cookie_token = auth::cookie(&headers, auth::SIGN_IN_COOKIE).unwrap_or_default();
+    let same_form = !form.form_token.is_empty()
+        && constant_time_eq(cookie_token.as_bytes(), form.form_token.as_bytes());
+    if !same_form {
+        return sign_in_form_page(
+            &state,
+            &headers,
+            &next,
+            Some("This sign-in form was not the one this browser was given (or it expired); sign in again here."),
+            Some(StatusCode::FORBIDDEN),
+        );
+    }
     let user = form.username.trim().to_owned();
-    if let Some(wait) = state.sign_ins.blocked_for(&user, address) {
-        let mut page = auth::sign_in_page(
+    if let Err(wait) = state.sign_ins.begin(&user, address) {
+        return sign_in_form_page(
+            &state,
+            &headers,
             &next,
             Some(&format!(
-                "Too many failed sign-ins for this user or from this address; try again in {} minute(s).",
+                "Too many sign-in attempts for this user from this address, or from this address; try again in {} minute(s).",
                 wait.as_secs().div_ceil(60)
             )),
+            Some(StatusCode::TOO_MANY_REQUESTS),
         );
-        page.status = StatusCode::TOO_MANY_REQUESTS;
-        return page.into_response();
     }
+    let Some(_turn) = state.sign_ins.hash_turn().await else {
+        return sign_in_form_page(
+            &state,
+            &headers,
+            &next,
+            Some("The server is busy checking other sign-ins; try again in a moment."),
+            Some(StatusCode::TOO_MANY_REQUESTS),
+        );
+    };
     let lookup = user.clone();
     let found = match state
         .db
@@ -165,12 +217,16 @@ async fn sign_in(
     .await
     .unwrap_or((None, false));
     let Some(user_row) = user_row.filter(|_| verified) else {
-        state.sign_ins.failed(&user, address);
         tracing::warn!(message = "A dashboard sign-in failed.", user = %validate_shown(&user), address = ?address);
-        return auth::sign_in_page(&next, Some("That user name and password do not match."))
-            .into_response();
+        return sign_in_form_page(
+            &state,
+            &headers,
+            &next,
+            Some("That user name and password do not match."),
+            Some(StatusCode::UNAUTHORIZED),
+        );
     };
-    state.sign_ins.succeeded(&user_row.name);
+    state.sign_ins.succeeded(&user, address);
     let token = crate::routes::random_token();
     let csrf = crate::routes::random_token();
     let hash = sha256_hex(token.as_bytes());
@@ -194,6 +250,11 @@ async fn sign_in(
         [(header::SET_COOKIE, cookie), (header::LOCATION, next)],
     )
         .into_response()
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 fn validate_shown(text: &str) -> String {

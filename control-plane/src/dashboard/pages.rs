@@ -112,7 +112,7 @@ pub fn not_found(session: Option<&Session>, what: &str) -> Response {
     .into_response()
 }
 
-pub fn sign_in(next: &str, problem: Option<&str>) -> Page {
+pub fn sign_in(next: &str, form_token: &str, problem: Option<&str>) -> Page {
     Page {
         title: "Sign in".into(),
         status: if problem.is_some() {
@@ -128,6 +128,7 @@ pub fn sign_in(next: &str, problem: Option<&str>) -> Page {
             }
             form.signin method="post" action="/login" {
                 input type="hidden" name="next" value=(next);
+                input type="hidden" name="form_token" value=(form_token);
                 label for="username" { "User name" }
                 input id="username" name="username" autocomplete="username" required autofocus;
                 label for="password" { "Password" }
