@@ -320,6 +320,10 @@ pub struct EventOutcome {
     /// Deployments the event canceled (a newer commit, a closed pull request).
     #[serde(default)]
     pub canceled: Vec<String>,
+    /// Why an environment the event matched queued nothing (a webhook's push
+    /// of a commit older than the live one). Added in v1.8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 /// One status a deployment passed through, and when.

@@ -808,7 +808,7 @@ async fn issue_15_sessions_csrf_and_sign_in_limits_over_http() {
         .text()
         .await
         .unwrap()
-        .contains("Too many failed sign-ins"));
+        .contains("Too many sign-in attempts"));
 }
 
 /// Reads Server-Sent Events from `response` until `stop` says so; returns the

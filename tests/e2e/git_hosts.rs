@@ -166,7 +166,9 @@ async fn issue_16_a_signed_github_push_builds_a_private_repository_and_reports_i
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
-    assert!(answer.to_string().contains("project shop"), "{answer}");
+    // Issue 28: the answer names no project.
+    assert!(!answer.to_string().contains("shop"), "{answer}");
+    let wrongly_signed = answer;
     let mut elsewhere = push.clone();
     for key in [
         "clone_url",
@@ -185,8 +187,10 @@ async fn issue_16_a_signed_github_push_builds_a_private_repository_and_reports_i
         &elsewhere,
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
-    assert!(answer.to_string().contains("someone/else"), "{answer}");
+    // The same answer for a repository no project builds: an unsigned caller
+    // cannot tell which repositories Kiln builds.
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert_eq!(answer, wrongly_signed);
     let listed: kiln_protocol::DeploymentList = admin
         .get("/api/v1/deployments")
         .await
@@ -673,4 +677,91 @@ async fn issue_16_a_gitea_pull_request_gets_a_preview_and_one_comment_edited_in_
         page.contains("Gitea status") && page.contains("live delivered (201 Created)"),
         "{page}"
     );
+}
+
+#[tokio::test]
+async fn issue_28_a_replayed_push_acts_once_and_never_takes_production_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let url = "https://github.com/acme/shop.git";
+    let project = admin
+        .create_project_with(CreateProject::new("shop", url))
+        .await;
+    let secret = project.webhook_secret.clone().unwrap();
+    let production = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let agent = cp.register_agent("builder", &[]).await;
+    let base = cp.base_url();
+    let push_of = |sha: &str, forced: bool| {
+        let mut push = fixture("github/push-new-branch.json");
+        push["ref"] = "refs/heads/main".into();
+        push["after"] = sha.into();
+        push["head_commit"]["id"] = sha.into();
+        push["repository"]["clone_url"] = url.into();
+        push["forced"] = forced.into();
+        push
+    };
+    // No delivery id: signed, but the id is not covered by the signature.
+    let headers = |body: &Value| {
+        vec![
+            ("x-github-event", "push".to_owned()),
+            (
+                "x-hub-signature-256",
+                sign(&secret, &serde_json::to_vec(body).unwrap()),
+            ),
+        ]
+    };
+    let old = push_of(&sha(1), false);
+    let (status, first) = deliver(&base, "github", &headers(&old), &old).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    // The same signed body, again, under new delivery ids or none: one deployment.
+    for delivery in [None, Some("a-new-id"), Some("another")] {
+        let mut with = headers(&old);
+        with.extend(delivery.map(|id| ("x-github-delivery", id.to_owned())));
+        let (status, again) = deliver(&base, "github", &with, &old).await;
+        assert_eq!((status, &again), (StatusCode::CREATED, &first));
+    }
+    let old_id = first["deployments"][0]["id"].as_str().unwrap().to_owned();
+    agent.build_next().await;
+    admin.deploy(&old_id).await;
+    admin.wait_for_status(&old_id, Live).await;
+
+    // A newer commit goes live.
+    let new = push_of(&sha(2), false);
+    let (status, answer) = deliver(&base, "github", &headers(&new), &new).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let new_id = answer["deployments"][0]["id"].as_str().unwrap().to_owned();
+    agent.build_next().await;
+    admin.deploy(&new_id).await;
+    admin.wait_for_status(&new_id, Live).await;
+
+    // The old push, replayed with a body changed only where it is not signed
+    // over (there is none), or pushed again as a new delivery of that commit:
+    // it never takes production back; a push the host marks forced may.
+    let mut replay = push_of(&sha(1), false);
+    replay["compare"] = "https://github.com/acme/shop/compare/replayed".into();
+    let (status, answer) = deliver(&base, "github", &headers(&replay), &replay).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("environment Production is live on a later deployment"),
+        "{answer}"
+    );
+    assert_eq!(
+        admin.deployment(&new_id).await.status,
+        Live,
+        "production stays where it was"
+    );
+    let forced = push_of(&sha(1), true);
+    let (status, answer) = deliver(&base, "github", &headers(&forced), &forced).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(
+        answer["deployments"][0]["environment_id"],
+        production.id.as_str()
+    );
+    crate::review::answers_within_a_second(&base).await;
 }

@@ -222,6 +222,14 @@ async fn receive(
         Host::Gitlab => gitlab::parse(&event, &body),
     }
     .map_err(|error| ApiError::InvalidBody(format!("{event} payload: {error}")))?;
+    // GitHub and Gitea mark a push that rewrote the branch; GitLab does not say.
+    let forced = host != Host::Gitlab
+        && serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|payload| payload["forced"] == serde_json::Value::Bool(true));
+    // The delivery id is not signed, and may be left out: the signed body's
+    // hash names a delivery too, so the same signed push acts once.
+    let mut deliveries: Vec<String> = delivery.into_iter().collect();
+    deliveries.push(format!("{}:body:{}", host.name(), sha256_hex(&body)));
     let mut keys: Vec<String> = parsed
         .repository_urls
         .iter()
@@ -231,7 +239,7 @@ async fn receive(
     keys.dedup();
     let (status, answer, replayed) = state
         .db
-        .call(move |conn| answer(conn, &parsed, &keys, &proof, &body, delivery.as_deref()))
+        .call(move |conn| answer(conn, &parsed, &keys, &proof, &body, &deliveries, forced))
         .await?;
     if !replayed {
         state.announce_queue_change();
@@ -248,18 +256,24 @@ fn answer(
     keys: &[String],
     proof: &Proof,
     body: &[u8],
-    delivery: Option<&str>,
+    deliveries: &[String],
+    forced: bool,
 ) -> Result<(u16, String, bool), ApiError> {
+    // One answer whether no project builds the repository or none's secret
+    // signed it: an unsigned caller learns nothing of which projects exist.
+    // The detail goes to the server's log.
+    let refused = || {
+        ApiError::Unauthorized(
+            "the webhook's signature matches the webhook secret of no project building this repository; set the project's webhook secret (shown when it was made, or anew with POST /api/v1/projects/{id}/webhook-secret) as the webhook's secret on the git host, and check the project's repository URL".to_owned(),
+        )
+    };
     let candidates = store::projects_with_secrets(conn, keys)?;
     if candidates.is_empty() {
-        return Err(ApiError::NotFound {
-            kind: "project for repository",
-            id: parsed
-                .repository_urls
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "(none named)".to_owned()),
-        });
+        tracing::warn!(
+            message = "A webhook named a repository no project builds.",
+            repository = %parsed.repository_urls.first().map(String::as_str).unwrap_or("(none named)")
+        );
+        return Err(refused());
     }
     let names: Vec<String> = candidates
         .iter()
@@ -275,12 +289,13 @@ fn answer(
         .map(|(project, _)| project)
         .collect();
     if verified.is_empty() {
-        return Err(ApiError::Unauthorized(format!(
-            "the webhook's signature does not match the webhook secret of project {}; copy the secret from the project's creation (or `POST /api/v1/projects/{{id}}/webhook-secret`) into the git host's webhook",
-            names.join(", ")
-        )));
+        tracing::warn!(
+            message = "A webhook's signature matched no project's secret.",
+            projects = %names.join(", ")
+        );
+        return Err(refused());
     }
-    if let Some(key) = delivery {
+    for key in deliveries {
         if let Some((status, answer)) = store::hook_answer(conn, key)? {
             return Ok((status, answer, true));
         }
@@ -298,12 +313,17 @@ fn answer(
         ),
         HookEvent::Ignored(reason) => (202, json!({ "ignored": reason })),
         HookEvent::Push(push) => {
-            let outcome = store::push_to(&tx, &verified, push)?;
+            let outcome = store::push_to(&tx, &verified, push, !forced)?;
             if outcome.deployments.is_empty() {
+                let ignored = if outcome.ignored.is_empty() {
+                    format!("no environment follows branch {}", push.branch)
+                } else {
+                    outcome.ignored.join("; ")
+                };
                 (
                     202,
                     json!({
-                        "ignored": format!("no environment follows branch {}", push.branch),
+                        "ignored": ignored,
                         "deployments": [],
                         "canceled": [],
                     }),
@@ -323,7 +343,7 @@ fn answer(
         }
     };
     let answer = answer.to_string();
-    if let Some(key) = delivery {
+    for key in deliveries {
         store::record_hook_answer(&tx, key, status, &answer)?;
     }
     tx.commit()?;

@@ -532,23 +532,28 @@ pub fn on_push(conn: &mut Connection, push: PushEvent) -> Result<EventOutcome, A
     // and reports go on beside it.
     let tx = conn.transaction_shared()?;
     let projects = projects_for_repository(&tx, &push.repository)?;
-    let outcome = push_to(&tx, &projects, &push)?;
+    // An admin's push may go back to an older commit on purpose.
+    let outcome = push_to(&tx, &projects, &push, false)?;
     tx.commit()?;
     Ok(outcome)
 }
 
 /// A push to `projects` (found by its repository, or verified by a webhook's
 /// signature): a deployment for each long-lived environment whose branch rule
-/// matches.
+/// matches. With `only_forward` (a webhook's push the host did not mark as
+/// forced), an environment is not taken back to a commit it had before its
+/// live one: a replayed delivery must not roll production back.
 pub(crate) fn push_to(
     tx: &Transaction,
     projects: &[Project],
     push: &PushEvent,
+    only_forward: bool,
 ) -> Result<EventOutcome, ApiError> {
     check_push(push)?;
     let mut outcome = EventOutcome {
         deployments: Vec::new(),
         canceled: Vec::new(),
+        ignored: Vec::new(),
     };
     for project in projects {
         let environments: Vec<Environment> = tx
@@ -561,6 +566,14 @@ pub(crate) fn push_to(
             .iter()
             .filter(|environment| branch_matches(&environment.branch, &push.branch))
         {
+            if only_forward && older_than_live(tx, &environment.id, &push.sha)? {
+                outcome.ignored.push(format!(
+                    "environment {} is live on a later deployment than commit {}; a push the git host did not mark as forced never takes it back (redeploy that deployment to go back on purpose)",
+                    environment.name,
+                    &push.sha[..push.sha.len().min(12)]
+                ));
+                continue;
+            }
             queue_deployment(
                 tx,
                 NewDeployment {
@@ -579,6 +592,22 @@ pub(crate) fn push_to(
         }
     }
     Ok(outcome)
+}
+
+/// Whether `environment` had `sha` built before its live deployment.
+fn older_than_live(tx: &Transaction, environment: &str, sha: &str) -> Result<bool, ApiError> {
+    let older = tx
+        .query_row(
+            "SELECT 1 FROM deployments earlier, deployments live
+             WHERE live.environment_id = ?1 AND live.status = 'live'
+               AND earlier.environment_id = ?1 AND earlier.commit_sha = ?2
+               AND earlier.created_at < live.created_at AND earlier.commit_sha <> live.commit_sha
+             LIMIT 1",
+            params![environment, sha],
+            |_| Ok(()),
+        )
+        .optional()?;
+    Ok(older.is_some())
 }
 
 pub fn on_pull_request(
@@ -604,6 +633,7 @@ pub(crate) fn pull_request_to(
     let mut outcome = EventOutcome {
         deployments: Vec::new(),
         canceled: Vec::new(),
+        ignored: Vec::new(),
     };
     for project in projects {
         let preview = tx
@@ -688,6 +718,7 @@ pub fn redeploy(
     let mut outcome = EventOutcome {
         deployments: Vec::new(),
         canceled: Vec::new(),
+        ignored: Vec::new(),
     };
     queue_deployment(
         &tx,
