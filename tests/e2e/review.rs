@@ -457,3 +457,56 @@ async fn issue_28_sign_in_needs_its_own_form_and_returns_only_to_this_site() {
     assert_eq!(home.headers()["location"], "/agents");
     answers_within_a_second(&base).await;
 }
+
+#[tokio::test]
+async fn issue_28_revoking_an_agent_voids_its_upload_urls_at_once() {
+    use kiln_protocol::{ArtifactDescriptor, ArtifactUploadTicket};
+    use reqwest::{Method, StatusCode};
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("lost-host", &[]).await;
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    let bytes = b"an artifact from a host that was lost".to_vec();
+    let path = format!("/api/v1/agent/jobs/{}/artifacts", job.job_id);
+    let descriptor = ArtifactDescriptor {
+        name: "backend.tar.gz".into(),
+        size: bytes.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+    };
+    let ticket = |_: &[u8]| agent.post_json(&path, &descriptor);
+    let handed: ArtifactUploadTicket = ticket(&bytes).await.expect_json(StatusCode::CREATED).await;
+    let agents: kiln_protocol::AgentList = admin
+        .get("/api/v1/agents")
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    let agent_id = agents.agents[0].id.clone();
+    admin
+        .send(admin.request(Method::DELETE, &format!("/api/v1/agents/{agent_id}")))
+        .await;
+    // The job still holds the deployment (its lease not yet reaped), but the
+    // URL it was given is void, and no new one is given.
+    let upload = agent
+        .send(
+            agent
+                .request(Method::PUT, &handed.upload_url)
+                .body(bytes.clone()),
+        )
+        .await;
+    let message = upload.expect_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert!(
+        message.contains("upload URL unknown or expired"),
+        "{message}"
+    );
+    assert_eq!(ticket(&bytes).await.status, StatusCode::UNAUTHORIZED);
+    let shown = admin.deployment(&deployment.id).await;
+    assert!(shown.artifacts.is_empty(), "{:?}", shown.artifacts);
+    answers_within_a_second(&cp.base_url()).await;
+}

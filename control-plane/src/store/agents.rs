@@ -342,6 +342,12 @@ pub fn revoke_agent(conn: &mut Connection, id: &str) -> Result<Vec<String>, ApiE
             params![deployment, id],
         )?;
     }
+    // Its upload URLs die with it, at once: a lost host must not hand in an
+    // artifact while its job still holds the deployment.
+    tx.execute(
+        "DELETE FROM upload_tickets WHERE job_id IN (SELECT id FROM jobs WHERE agent_id = ?1)",
+        [id],
+    )?;
     tx.commit()?;
     Ok(deployments)
 }

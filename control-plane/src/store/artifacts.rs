@@ -150,6 +150,20 @@ pub fn record_artifact(
     ticket: &UploadTicket,
 ) -> Result<(), ApiError> {
     let tx = conn.transaction()?;
+    // The ticket may have been revoked (with its agent) while its bytes came.
+    let valid = tx
+        .query_row(
+            "SELECT 1 FROM upload_tickets WHERE token_hash = ?1",
+            [token_hash],
+            |_| Ok(()),
+        )
+        .optional()?;
+    let stored_before = stored_artifact(&tx, &ticket.job_id, &ticket.descriptor.name)?;
+    if valid.is_none() && stored_before.as_ref() != Some(&ticket.descriptor) {
+        return Err(ApiError::Unauthorized(
+            "upload URL unknown or expired (its agent was revoked, or it was used); ask for a new one with POST /api/v1/agent/jobs/{job_id}/artifacts".to_owned(),
+        ));
+    }
     let inserted = tx.execute(
         "INSERT INTO artifacts (deployment_id, job_id, name, size, sha256, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (job_id, name) DO NOTHING",
