@@ -510,3 +510,73 @@ async fn issue_28_revoking_an_agent_voids_its_upload_urls_at_once() {
     assert!(shown.artifacts.is_empty(), "{:?}", shown.artifacts);
     answers_within_a_second(&cp.base_url()).await;
 }
+
+#[tokio::test]
+async fn issue_28_the_repository_token_follows_no_redirect() {
+    use kiln_protocol::CreateProject;
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = "repo-token-redirect-5d1a";
+    // Where the redirect leads: a host that records what it is sent.
+    let elsewhere = GitServer::start(&dir.path().join("elsewhere"), None).await;
+    let repo = FixtureRepo::new(&dir.path().join("work-tree"));
+    elsewhere.publish(&repo.dir, "shop.git");
+    let moved = GitServer::redirecting(
+        &dir.path().join("moved"),
+        &format!("http://{}", elsewhere.addr),
+    )
+    .await;
+    let url = moved.url("shop.git");
+
+    let cp = ControlPlane::start_with(&dir.path().join("server"), |config| {
+        config.allow_local_repositories = false;
+    })
+    .await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject {
+            repository_token: Some(token.into()),
+            ..CreateProject::new("shop", &url)
+        })
+        .await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let agent = AgentProcess::start(
+        std::path::Path::new(crate::agent::AGENT),
+        &cp.base_url(),
+        &dir.path().join("agent"),
+        image,
+        "allow_local_repositories = false",
+    )
+    .await;
+    let deployment = admin
+        .push_repo(&url, "main", &repo.head())
+        .await
+        .deployments
+        .remove(0);
+    let failed = admin
+        .wait_for_status_in(&deployment.id, &[BuildFailed, AwaitingDeployment])
+        .await;
+    assert_eq!(failed.status, BuildFailed, "{:?}", failed.reason);
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.contains("the repository URL redirects"),
+        "{reason}\n{}",
+        agent.log_text()
+    );
+    assert!(!moved.requests().is_empty(), "the first host was asked");
+    let leaked: Vec<_> = elsewhere
+        .requests()
+        .into_iter()
+        .filter(|request| request.authorization.is_some())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the token followed the redirect: {leaked:?}"
+    );
+    answers_within_a_second(&cp.base_url()).await;
+}

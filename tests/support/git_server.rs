@@ -30,6 +30,8 @@ struct Shared {
     root: PathBuf,
     token: Option<String>,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Answers every request with a redirect to the same path under this base.
+    redirect_to: Option<String>,
 }
 
 pub struct GitServer {
@@ -43,11 +45,22 @@ impl GitServer {
     /// Serves the bare repositories under `root`; with `token`, only to clients
     /// that present it.
     pub async fn start(root: &Path, token: Option<&str>) -> GitServer {
+        Self::serve(root, token, None).await
+    }
+
+    /// A host whose repositories moved: every request is redirected (302) to
+    /// the same path under `base`, as a renamed repository or a hostile host is.
+    pub async fn redirecting(root: &Path, base: &str) -> GitServer {
+        Self::serve(root, None, Some(base.to_owned())).await
+    }
+
+    async fn serve(root: &Path, token: Option<&str>, redirect_to: Option<String>) -> GitServer {
         std::fs::create_dir_all(root).unwrap();
         let shared = Shared {
             root: root.to_owned(),
             token: token.map(str::to_owned),
             requests: Arc::default(),
+            redirect_to,
         };
         let requests = shared.requests.clone();
         let app = axum::Router::new().fallback(handle).with_state(shared);
@@ -121,6 +134,15 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
     });
+    if let Some(base) = &shared.redirect_to {
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let location = format!("{base}{}{query}", parts.uri.path());
+        return (StatusCode::FOUND, [("location", location)]).into_response();
+    }
     if !authorized(&shared, &parts.headers) {
         return (
             StatusCode::UNAUTHORIZED,

@@ -9,8 +9,8 @@
 //!
 //! A repository token goes to git through `GIT_CONFIG_*` environment variables as
 //! an HTTP header bound to the repository's own URL (`http.<url>.extraHeader`), so
-//! a submodule or redirect elsewhere never receives it: never in argv (visible in
-//! `ps`), never in a file, never logged.
+//! a submodule elsewhere never receives it, and with a token no redirect is
+//! followed: never in argv (visible in `ps`), never in a file, never logged.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -33,6 +33,20 @@ pub enum CheckoutError {
     Git { step: &'static str, detail: String },
     #[error("clone canceled")]
     Canceled,
+}
+
+/// Whether git's error says the server answered with a redirect.
+fn redirected(stderr: &str) -> bool {
+    [
+        "error: 301",
+        "error: 302",
+        "error: 303",
+        "error: 307",
+        "error: 308",
+        "redirect",
+    ]
+    .iter()
+    .any(|sign| stderr.contains(sign))
 }
 
 /// A repository URL without any credentials in it, for messages.
@@ -66,9 +80,16 @@ impl Fetch<'_> {
             ("protocol.https.allow".to_owned(), "always".to_owned()),
             ("protocol.http.allow".to_owned(), "always".to_owned()),
             ("protocol.ssh.allow".to_owned(), "always".to_owned()),
-            // A credential bound to a URL must not follow a redirect elsewhere.
-            ("http.followRedirects".to_owned(), "initial".to_owned()),
         ];
+        // git sends the header to wherever a redirect leads, as the new base
+        // URL: with a token, no redirect is followed at all (git cannot tell
+        // one to another origin from one that stays); without one, the first.
+        let follow = if self.token.is_some() {
+            "false"
+        } else {
+            "initial"
+        };
+        settings.push(("http.followRedirects".to_owned(), follow.to_owned()));
         if self.allow_local {
             settings.push(("protocol.file.allow".to_owned(), "always".to_owned()));
         }
@@ -209,10 +230,11 @@ pub(crate) async fn checkout(
             ])
             .await?;
         if !full.success {
-            return Err(CheckoutError::FetchFailed {
-                repo,
-                detail: last_line(&full.stderr),
-            });
+            let mut detail = last_line(&full.stderr);
+            if fetch.token.is_some() && redirected(&full.stderr) {
+                detail.push_str("; the repository URL redirects, and with a repository token the agent follows no redirect (the token would go wherever it leads): set the project's repository_url to where the repository is now");
+            }
+            return Err(CheckoutError::FetchFailed { repo, detail });
         }
     }
     let present = git
