@@ -96,6 +96,11 @@ struct Cli {
     /// the open-files limit).
     #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Connections one client address may hold at once; half of
+    /// --max-connections unless set. Behind a reverse proxy every client is the
+    /// proxy's address: raise it there, and limit clients at the proxy.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS_PER_CLIENT")]
+    max_connections_per_client: Option<usize>,
     /// Seconds a client has to send a request's head; also the longest a kept-alive
     /// connection may sit idle.
     #[arg(long, env = "KILN_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
@@ -346,6 +351,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.log_limit = cli.log_limit_bytes;
     config.connections = ConnectionLimits {
         max_connections: cli.max_connections.max(1),
+        max_per_client: cli
+            .max_connections_per_client
+            .unwrap_or(cli.max_connections / 2)
+            .max(1),
         header_timeout: Duration::from_secs(cli.header_timeout_seconds.max(1)),
         body_timeout: Duration::from_secs(cli.body_timeout_seconds.max(1)),
     };

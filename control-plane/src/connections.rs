@@ -1,6 +1,8 @@
 //! Accepting connections with bounds a hostile client cannot stretch: at most
 //! `max_connections` at once (further ones wait in the kernel's backlog, so the
-//! server never runs out of file descriptors), a request head must arrive within
+//! server never runs out of file descriptors), at most `max_per_client` of them
+//! from one address (more are closed as they come, so one client cannot hold
+//! every slot), a request head must arrive within
 //! `header_timeout` (also the longest a kept-alive connection may sit idle), and
 //! a body that stalls for `body_timeout` between frames is cut off. Long-polls
 //! are unaffected: they hold a request whose head has arrived.
@@ -26,6 +28,8 @@ const SPARE_FILES: u64 = 32;
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// Connections one client address may hold at once.
+    pub max_per_client: usize,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -34,8 +38,36 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 1024,
+            max_per_client: 512,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Connections held per client address; a connection's count goes when it ends.
+#[derive(Debug, Default, Clone)]
+struct PerClient(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+impl PerClient {
+    /// Counts a connection from `client`, unless it holds `limit` already.
+    fn admit(&self, client: std::net::IpAddr, limit: usize) -> bool {
+        let mut held = crate::lock(&self.0);
+        let count = held.entry(client).or_default();
+        if *count >= limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release(&self, client: std::net::IpAddr) {
+        let mut held = crate::lock(&self.0);
+        if let Some(count) = held.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&client);
+            }
         }
     }
 }
@@ -81,6 +113,7 @@ pub async fn serve(
     ));
     let cap = connection_cap(limits.max_connections);
     let slots = Arc::new(Semaphore::new(cap));
+    let per_client = PerClient::default();
     let graceful = GracefulShutdown::new();
     tracing::debug!(message = "Accepting connections.", max_connections = cap);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -103,6 +136,12 @@ pub async fn serve(
                 continue;
             }
         };
+        if !per_client.admit(peer.ip(), limits.max_per_client.max(1)) {
+            // Closed at once: its slot goes back to everyone else.
+            tracing::debug!(message = "A client holds its share of connections; closing another.", client = %peer.ip());
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         // The peer's address, for limits that count per address (sign-in).
         let service = TowerToHyperService::new(tower::ServiceExt::map_request(
@@ -119,9 +158,11 @@ pub async fn serve(
             .header_read_timeout(limits.header_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
+        let per_client = per_client.clone();
         tokio::spawn(async move {
             // A client that goes away mid-request is not the server's error.
             let _ = connection.await;
+            per_client.release(peer.ip());
             drop(slot);
         });
     }

@@ -61,6 +61,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Gone(String),
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,6 +99,7 @@ impl ApiError {
             Self::ArtifactExists { .. } => (StatusCode::CONFLICT, codes::ARTIFACT_EXISTS),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE),
             Self::Gone(_) => (StatusCode::GONE, codes::GONE),
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, codes::TOO_MANY_REQUESTS),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
         }
     }

@@ -19,6 +19,7 @@ mod dashboard;
 mod db;
 mod deployer;
 mod error;
+mod follows;
 mod git_hosts;
 mod hooks;
 mod http;
@@ -117,6 +118,8 @@ pub struct Config {
     /// The first wait before a git host's refused report is sent again (it
     /// doubles each time, up to 10 minutes).
     pub git_host_retry: Duration,
+    /// Live log follows one client address may hold at once.
+    pub follows_per_client: usize,
 }
 
 impl Config {
@@ -150,6 +153,7 @@ impl Config {
             metrics_listen: None,
             public_url: None,
             git_host_retry: Duration::from_secs(2),
+            follows_per_client: 16,
         }
     }
 }
@@ -192,6 +196,8 @@ pub struct Inner {
     parked: [tokio::sync::watch::Sender<usize>; 3],
     /// Failed dashboard sign-ins, per user and per address.
     sign_ins: dashboard::SignInLimiter,
+    /// Live log follows, apart from agents' long-polls.
+    follows: follows::FollowSlots,
 }
 
 /// What a parked request waits for.
@@ -248,6 +254,10 @@ impl AppState {
             .as_ref()
             .map(objects::Objects::open)
             .transpose()?;
+        let (config_connections, follows_per_client) = (
+            config.connections.max_connections,
+            config.follows_per_client,
+        );
         let shared_logs = objects.clone().map(|objects| logs::SharedLogs {
             objects,
             db: db.clone(),
@@ -267,6 +277,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             parked: Default::default(),
             sign_ins: Default::default(),
+            follows: follows::FollowSlots::new(config_connections, follows_per_client),
         })))
     }
 

@@ -809,11 +809,12 @@ pub(crate) struct LogQuery {
 async fn read_log(
     State(state): State<AppState>,
     _: Admin,
+    peer: crate::http::PeerAddress,
     ApiPath((deployment_id, stream)): ApiPath<(String, LogStream)>,
     ApiQuery(query): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     check_offset(query.offset)?;
-    let body = log_body(&state, deployment_id, stream, query).await?;
+    let body = log_body(&state, deployment_id, stream, query, peer.0).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
@@ -823,7 +824,12 @@ pub(crate) async fn log_body(
     deployment_id: String,
     stream: LogStream,
     query: LogQuery,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Body, ApiError> {
+    let slot = match query.follow {
+        true => Some(state.follows.take(client)?),
+        false => None,
+    };
     let (id, job) = (deployment_id.clone(), query.job.clone());
     let job = state
         .db
@@ -838,6 +844,7 @@ pub(crate) async fn log_body(
         follow: query.follow,
         looked_after_end: false,
         stamper: query.timestamps.then(|| Stamper::new(Vec::new())),
+        _slot: slot,
     };
     Ok(Body::from_stream(futures::stream::unfold(
         reader,
@@ -862,6 +869,8 @@ struct LogReader {
     follow: bool,
     looked_after_end: bool,
     stamper: Option<Stamper>,
+    /// A follow's slot, held while its body is read.
+    _slot: Option<crate::follows::FollowSlot>,
 }
 
 impl LogReader {
@@ -898,7 +907,7 @@ impl LogReader {
             if !self.follow || self.looked_after_end {
                 return Ok(None);
             }
-            if self.ended().await? {
+            if log_ended(&self.state, &self.deployment_id, self.job_id.as_deref()).await? {
                 // One more read: bytes may have landed between the read and the check.
                 self.looked_after_end = true;
                 continue;
@@ -912,25 +921,28 @@ impl LogReader {
             }
         }
     }
+}
 
-    async fn ended(&self) -> Result<bool, ApiError> {
-        let Some(job_id) = self.job_id.clone() else {
-            // Never claimed: over only if the deployment ended without a build.
-            let id = self.deployment_id.clone();
-            let deployment = self
-                .state
-                .db
-                .call(move |conn| store::get_deployment(conn, &id))
-                .await?;
-            return Ok(!deployment.status.is_build_pending());
-        };
-        let job = self
-            .state
+/// Whether a deployment's log can grow no more: its job has ended, or, never
+/// claimed, the deployment ended without a build (canceled while queued).
+pub(crate) async fn log_ended(
+    state: &AppState,
+    deployment_id: &str,
+    job_id: Option<&str>,
+) -> Result<bool, ApiError> {
+    let Some(job_id) = job_id.map(str::to_owned) else {
+        let id = deployment_id.to_owned();
+        let deployment = state
             .db
-            .call(move |conn| store::get_job(conn, &job_id))
+            .call(move |conn| store::get_deployment(conn, &id))
             .await?;
-        Ok(job.finished)
-    }
+        return Ok(!deployment.status.is_build_pending());
+    };
+    let job = state
+        .db
+        .call(move |conn| store::get_job(conn, &job_id))
+        .await?;
+    Ok(job.finished)
 }
 
 async fn read_at(path: &std::path::Path, offset: u64) -> Result<Bytes, ApiError> {

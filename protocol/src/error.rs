@@ -47,6 +47,9 @@ pub mod codes {
     /// Added in v1.7: the server's retention policy removed what was asked for
     /// (410); a redeploy builds it again.
     pub const GONE: &str = "gone";
+    /// Added in v1.8: the client holds as many of a bounded thing (live log
+    /// follows) as it may (429); close one, or retry later.
+    pub const TOO_MANY_REQUESTS: &str = "too_many_requests";
     pub const INTERNAL: &str = "internal";
 }
 

@@ -580,3 +580,158 @@ async fn issue_28_the_repository_token_follows_no_redirect() {
     );
     answers_within_a_second(&cp.base_url()).await;
 }
+
+#[tokio::test]
+async fn issue_28_a_follow_of_a_deployment_canceled_before_its_build_ends() {
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = with_account(dir.path()).await;
+    let admin = cp.admin();
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    // No agent: the first push is canceled by the second while still queued.
+    let first = admin.push("main", &sha(1)).await.deployments.remove(0);
+    admin.push("main", &sha(2)).await;
+    admin.wait_for_status(&first.id, BuildCanceled).await;
+    let followed = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin.get(&format!(
+            "/api/v1/deployments/{}/logs/system?follow=true",
+            first.id
+        )),
+    )
+    .await
+    .expect("the API follow ends");
+    assert_eq!(followed.status, StatusCode::OK);
+    // The dashboard's live stream ends too, with `end`.
+    let client = no_redirects();
+    let signed_in =
+        sign_in_over_http(&client, &cp.base_url(), "ada", "ada's long password", None).await;
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let events = tokio::time::timeout(Duration::from_secs(10), async {
+        client
+            .get(format!(
+                "{}/deployments/{}/logs/system/events",
+                cp.base_url(),
+                first.id
+            ))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("the dashboard follow ends");
+    assert!(events.contains("event: end"), "{events}");
+    answers_within_a_second(&cp.base_url()).await;
+}
+
+#[tokio::test]
+async fn issue_28_one_viewer_holds_a_share_of_follows_and_one_client_a_share_of_connections() {
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("builder", &[]).await;
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    agent
+        .report(&job, &update(Building))
+        .await
+        .expect_json::<kiln_protocol::Deployment>(StatusCode::OK)
+        .await;
+    // One viewer opens 24 follows of a build that goes on: 16 are served, the
+    // rest told at once why not, and the agent's calls go on answering.
+    let client = reqwest::Client::new();
+    let mut follows = Vec::new();
+    for _ in 0..24 {
+        let response = client
+            .get(format!(
+                "{}/api/v1/deployments/{}/logs/system?follow=true",
+                cp.base_url(),
+                deployment.id
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        follows.push(response);
+    }
+    let statuses: Vec<StatusCode> = follows.iter().map(|response| response.status()).collect();
+    let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(served, 16, "{statuses:?}");
+    let refused = follows.pop().unwrap().text().await.unwrap();
+    assert!(
+        refused.contains("follows 16 live logs already"),
+        "{refused}"
+    );
+    let started = Instant::now();
+    agent
+        .report(&job, &update(Building))
+        .await
+        .expect_json::<kiln_protocol::Deployment>(StatusCode::OK)
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(follows);
+    answers_within_a_second(&cp.base_url()).await;
+
+    // A server of 10 connections, 4 per client: a client that holds idle and
+    // half-open connections gets 4, and everyone else is answered.
+    let server = ServerProcess::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_kiln-server-e2e")),
+        &dir.path().join("small"),
+        &[
+            "--max-connections",
+            "10",
+            "--max-connections-per-client",
+            "4",
+            "--header-timeout-seconds",
+            "30",
+        ],
+        None,
+    )
+    .await;
+    let mut held = Vec::new();
+    for i in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 2], 0).into()).unwrap();
+        let mut stream = socket
+            .connect(([127, 0, 0, 1], server.port).into())
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+        }
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut answered = 0;
+    for _ in 0..10 {
+        let reply = reqwest::Client::new()
+            .get(format!("{}/healthz", server.base_url()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if reply.is_ok_and(|reply| reply.status() == StatusCode::OK) {
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 10, "other clients' requests answered");
+    drop(held);
+}

@@ -241,23 +241,6 @@ pub fn sign_in_cookie(token: &str, secure: bool) -> String {
     )
 }
 
-/// The address a request came from, when the connection told us (it does behind
-/// `connections::serve`; a router driven directly has none).
-pub struct PeerAddress(pub Option<IpAddr>);
-
-impl<S: Send + Sync> FromRequestParts<S> for PeerAddress {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerAddress(
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .map(|info| info.0.ip()),
-        ))
-    }
-}
-
 /// A signed-in person: who, and the CSRF token their forms carry.
 #[derive(Debug, Clone)]
 pub struct Session {

@@ -63,7 +63,8 @@ pub async fn raw(
     Path((id, stream)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let stream = parse_stream(&stream)?;
-    let body = crate::routes::log_body(&state, id.clone(), stream, Default::default()).await?;
+    let body =
+        crate::routes::log_body(&state, id.clone(), stream, Default::default(), None).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
@@ -370,12 +371,14 @@ fn sendable(chunk: &[u8]) -> usize {
 pub async fn events(
     State(state): State<AppState>,
     _session: Session,
+    peer: crate::http::PeerAddress,
     Path((id, stream)): Path<(String, String)>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let stream = parse_stream(&stream)?;
     let offset = resume_offset(&headers, query.from);
+    let slot = state.follows.take(peer.0)?;
     let follower = Follower {
         state: state.clone(),
         deployment_id: id,
@@ -383,6 +386,7 @@ pub async fn events(
         stream,
         offset,
         ended: false,
+        _slot: slot,
     };
     let events = futures::stream::unfold(follower, |mut follower| async move {
         let event = follower.next_event().await?;
@@ -400,6 +404,8 @@ struct Follower {
     stream: LogStream,
     offset: u64,
     ended: bool,
+    /// Held while the follow lasts.
+    _slot: crate::follows::FollowSlot,
 }
 
 impl Follower {
@@ -422,6 +428,15 @@ impl Follower {
                     .ok()
                     .flatten(),
             };
+            if job.is_none()
+                && crate::routes::log_ended(&self.state, &self.deployment_id, None)
+                    .await
+                    .unwrap_or(false)
+            {
+                // Ended without a build (canceled while queued): no log comes.
+                self.ended = true;
+                return Some(Event::default().event("end").data(self.offset.to_string()));
+            }
             if let Some((job_id, _)) = &job {
                 self.job_id = Some(job_id.clone());
                 if let Err(error) = self.state.logs.pull(job_id, self.stream).await {

@@ -18,8 +18,9 @@ use axum::Router;
 use kiln_protocol::{DeploymentStatus, EnvironmentKind, UpdateEnvironment};
 use serde::Deserialize;
 
+use crate::http::PeerAddress;
+use auth::Session;
 pub use auth::{hash_password, SignInLimiter};
-use auth::{PeerAddress, Session};
 use pages::{DeploymentView, DeploymentsList, DeploymentsQuery};
 
 use crate::error::ApiError;
