@@ -18,6 +18,9 @@ const EVERY: u64 = 512;
 const READ: usize = 1 << 20;
 /// The longest line the viewer shows whole; longer ones are cut there.
 pub const MAX_LINE: usize = 64 << 10;
+/// The most bytes of lines one window holds: a window of long lines is
+/// shorter, so a reader never builds a huge answer.
+pub const MAX_WINDOW_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Marker {
@@ -198,8 +201,16 @@ impl LineIndex {
     }
 
     /// Reads `count` lines from line `first` of the log at `path` (indexed up to
-    /// now), each cut at `MAX_LINE` bytes.
-    pub fn window(&self, path: &Path, first: u64, count: u64) -> std::io::Result<Window> {
+    /// now), each cut at `MAX_LINE` bytes, holding at most `MAX_WINDOW_BYTES` of
+    /// them (and always one): the first lines of the range, or with `keep_end`
+    /// the last ones (a tail).
+    pub fn window(
+        &self,
+        path: &Path,
+        first: u64,
+        count: u64,
+        keep_end: bool,
+    ) -> std::io::Result<Window> {
         let mut file = match File::open(path) {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -217,8 +228,10 @@ impl LineIndex {
         let (total, partial) = self.total();
         let first = first.min(total);
         let count = count.min(total - first);
-        let mut lines = Vec::with_capacity(count as usize);
-        let mut offsets = Vec::with_capacity(count as usize);
+        let mut lines = std::collections::VecDeque::new();
+        let mut offsets = std::collections::VecDeque::new();
+        let mut held = 0usize;
+        let mut shown_first = first;
         if count > 0 {
             let checkpoint = (first / EVERY) as usize;
             let mut line = checkpoint as u64 * EVERY;
@@ -234,10 +247,18 @@ impl LineIndex {
                     break;
                 }
                 if line >= first {
-                    let shown = &current[..current.len().min(MAX_LINE)];
-                    let shown = shown.strip_suffix(b"\n").unwrap_or(shown);
-                    lines.push(String::from_utf8_lossy(shown).into_owned());
-                    offsets.push(offset);
+                    let shown = current.strip_suffix(b"\n").unwrap_or(&current);
+                    if !keep_end && held + shown.len() > MAX_WINDOW_BYTES && !lines.is_empty() {
+                        break;
+                    }
+                    held += shown.len();
+                    lines.push_back(String::from_utf8_lossy(shown).into_owned());
+                    offsets.push_back(offset);
+                    while keep_end && held > MAX_WINDOW_BYTES && lines.len() > 1 {
+                        held -= lines.pop_front().map_or(0, |line| line.len());
+                        offsets.pop_front();
+                        shown_first += 1;
+                    }
                 }
                 offset += read as u64;
                 line += 1;
@@ -247,9 +268,9 @@ impl LineIndex {
             total,
             size: self.scanned,
             partial,
-            first,
-            lines,
-            offsets,
+            first: shown_first,
+            lines: lines.into(),
+            offsets: offsets.into(),
         })
     }
 
@@ -362,8 +383,35 @@ impl LineIndex {
     }
 }
 
+/// Reads one line (through its `\n`) into `into`, keeping at most `MAX_LINE`
+/// bytes of it (and its `\n`): a line of any length costs `MAX_LINE` of memory.
+/// Returns the bytes the line took in the file.
 fn read_line(reader: &mut impl std::io::BufRead, into: &mut Vec<u8>) -> std::io::Result<usize> {
-    reader.read_until(b'\n', into)
+    let mut read = 0;
+    loop {
+        let buffer = match reader.fill_buf() {
+            Ok(buffer) => buffer,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        if buffer.is_empty() {
+            return Ok(read);
+        }
+        let (taken, done) = match memchr::memchr(b'\n', buffer) {
+            Some(at) => (at + 1, true),
+            None => (buffer.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(into.len());
+        into.extend_from_slice(&buffer[..taken.min(room)]);
+        if done && taken > room {
+            into.push(b'\n');
+        }
+        reader.consume(taken);
+        read += taken;
+        if done {
+            return Ok(read);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -379,12 +427,34 @@ mod tests {
     }
 
     #[test]
+    fn a_window_of_long_lines_holds_a_bounded_number_of_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        // 40 lines of 200 KiB: each shown cut at MAX_LINE.
+        let long = "x".repeat(200 << 10);
+        let text: String = (0..40).map(|n| format!("{n:02}{long}\n")).collect();
+        let index = index_of(dir.path(), text.as_bytes());
+        let head = index.window(&path, 0, 2000, false).unwrap();
+        let per_line = MAX_LINE;
+        assert_eq!(head.lines.len(), MAX_WINDOW_BYTES / per_line);
+        assert!(head.lines.iter().all(|line| line.len() == MAX_LINE));
+        assert_eq!((head.first, &head.lines[0][..2]), (0, "00"));
+        let tail = index.window(&path, 0, 40, true).unwrap();
+        assert_eq!(tail.lines.len(), MAX_WINDOW_BYTES / per_line);
+        assert_eq!(tail.first, 40 - tail.lines.len() as u64);
+        assert_eq!(&tail.lines.last().unwrap()[..2], "39");
+        // A line longer than the whole budget still comes, alone.
+        let one = index.window(&path, 7, 1, false).unwrap();
+        assert_eq!((one.first, one.lines.len()), (7, 1));
+    }
+
+    #[test]
     fn windows_of_lines_come_from_anywhere_in_a_growing_log() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let text: String = (0..5000).map(|n| format!("line {n}\n")).collect();
         let mut index = index_of(dir.path(), text.as_bytes());
-        let window = index.window(&path, 1234, 3).unwrap();
+        let window = index.window(&path, 1234, 3, false).unwrap();
         assert_eq!(window.lines, ["line 1234", "line 1235", "line 1236"]);
         assert_eq!((window.total, window.partial), (5000, false));
         // It grows, with a line in progress.
@@ -394,12 +464,12 @@ mod tests {
             .unwrap();
         std::io::Write::write_all(&mut file, b"line 5000\nhalf a li").unwrap();
         index.catch_up(&path).unwrap();
-        let tail = index.window(&path, 4999, 10).unwrap();
+        let tail = index.window(&path, 4999, 10, false).unwrap();
         assert_eq!(tail.lines, ["line 4999", "line 5000", "half a li"]);
         assert_eq!((tail.total, tail.partial), (5002, true));
         std::io::Write::write_all(&mut file, b"ne\nnext\n").unwrap();
         index.catch_up(&path).unwrap();
-        let tail = index.window(&path, 5001, 10).unwrap();
+        let tail = index.window(&path, 5001, 10, false).unwrap();
         assert_eq!(tail.lines, ["half a line", "next"]);
         assert_eq!(tail.total, 5003);
         let expected: Vec<u64> = std::iter::once(499).chain(4990..=4999).collect();
@@ -456,8 +526,8 @@ mod tests {
                 index.catch_up(&path).unwrap();
             }
             let whole = index_of(dir.path(), text.as_bytes());
-            let a = index.window(&path, first, 50).unwrap();
-            let b = whole.window(&path, first, 50).unwrap();
+            let a = index.window(&path, first, 50, false).unwrap();
+            let b = whole.window(&path, first, 50, false).unwrap();
             proptest::prop_assert_eq!((a.total, a.partial, &a.lines), (b.total, b.partial, &b.lines));
             let expected: Vec<&str> = text.split('\n').collect();
             let expected_total = if text.is_empty() { 0 } else if text.ends_with('\n') { expected.len() - 1 } else { expected.len() };

@@ -44,7 +44,13 @@ pub struct LogStore {
     pub appended: Notify,
     /// Where the logs really are when replicas share them.
     shared: Option<SharedLogs>,
+    /// Index reads (windows, searches, outlines) running at once: each holds
+    /// up to a window's bytes and a core, and the API must keep answering.
+    reads: tokio::sync::Semaphore,
 }
+
+/// Index reads served at once; more wait their turn.
+const READS_AT_ONCE: usize = 4;
 
 /// The object store and the database listing its chunks.
 #[derive(Clone)]
@@ -83,6 +89,7 @@ impl LogStore {
             indexes: Mutex::default(),
             appended: Notify::new(),
             shared: None,
+            reads: tokio::sync::Semaphore::new(READS_AT_ONCE),
         }
     }
 
@@ -278,6 +285,11 @@ impl LogStore {
         read: impl FnOnce(&LineIndex, &Path) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         self.pull(job_id, stream).await?;
+        let _turn = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable("the log store is closing".to_owned()))?;
         let index = {
             let mut indexes = crate::lock(&self.indexes);
             if indexes.len() >= INDEXES_KEPT {
@@ -308,11 +320,14 @@ impl LogStore {
         count: u64,
     ) -> Result<Window, ApiError> {
         self.with_index(job_id, stream, move |index, path| {
-            let first = match first {
-                Some(first) => first,
-                None => index.window(path, 0, 0)?.total.saturating_sub(count),
+            let (first, keep_end) = match first {
+                Some(first) => (first, false),
+                None => (
+                    index.window(path, 0, 0, false)?.total.saturating_sub(count),
+                    true,
+                ),
             };
-            index.window(path, first, count)
+            index.window(path, first, count, keep_end)
         })
         .await
     }

@@ -735,3 +735,91 @@ async fn issue_28_one_viewer_holds_a_share_of_follows_and_one_client_a_share_of_
     assert_eq!(answered, 10, "other clients' requests answered");
     drop(held);
 }
+
+/// A signed-in client's session cookie (`name=value`).
+async fn session_cookie(client: &reqwest::Client, base: &str) -> String {
+    let signed_in = sign_in_over_http(client, base, "ada", "ada's long password", None).await;
+    signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn issue_28_windows_of_long_lines_are_bounded_in_bytes_and_taken_a_few_at_a_time() {
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = with_account(dir.path()).await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("builder", &[]).await;
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    // 160 lines of 256 KiB: 40 MiB of log a build could print.
+    let line = format!("{}\n", "y".repeat(256 << 10));
+    let mut log = Vec::new();
+    for _ in 0..160 {
+        log.extend_from_slice(line.as_bytes());
+    }
+    let mut offset = 0u64;
+    for piece in log.chunks(1 << 20) {
+        let reply = agent
+            .append_log(&job.job_id, "backend", offset, piece.to_vec())
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        offset += piece.len() as u64;
+    }
+    let client = no_redirects();
+    let cookie = session_cookie(&client, &cp.base_url()).await;
+    // 12 windows of 2,000 lines at once.
+    let mut windows = Vec::new();
+    for _ in 0..12 {
+        let (client, cookie) = (client.clone(), cookie.clone());
+        let url = format!(
+            "{}/deployments/{}/logs/backend/lines?from=0&count=2000",
+            cp.base_url(),
+            deployment.id
+        );
+        windows.push(tokio::spawn(async move {
+            let reply = client
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), StatusCode::OK);
+            reply.bytes().await.unwrap().len()
+        }));
+    }
+    answers_within_a_second(&cp.base_url()).await;
+    for window in windows {
+        let bytes = window.await.unwrap();
+        assert!(bytes < 2 << 20, "a window of {bytes} bytes");
+    }
+    // Each answer is whole lines of the log from the first asked: the viewer
+    // asks on from where one ended.
+    let window: serde_json::Value = client
+        .get(format!(
+            "{}/deployments/{}/logs/backend/lines?from=3&count=2000",
+            cp.base_url(),
+            deployment.id
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(window["first"], 3);
+    assert_eq!(window["total"], 160);
+    let lines = window["lines"].as_array().unwrap();
+    assert!((1..=16).contains(&lines.len()), "{}", lines.len());
+    answers_within_a_second(&cp.base_url()).await;
+}

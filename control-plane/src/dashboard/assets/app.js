@@ -302,7 +302,13 @@
       if (this.pending.has(index)) return;
       this.pending.add(index);
       try {
-        const window = await getJson(`${this.base}/lines?from=${index * CHUNK}&count=${CHUNK}`);
+        // A window of long lines comes short (the server bounds its bytes):
+        // ask from the first line of the chunk not held yet.
+        let from = index * CHUNK;
+        const end = Math.min((index + 1) * CHUNK, Math.max(this.total, from + 1));
+        while (from < end && this.line(from)) from++;
+        if (from >= end) return;
+        const window = await getJson(`${this.base}/lines?from=${from}&count=${end - from}`);
         this.accept(window);
         this.render();
       } catch (error) {
