@@ -64,7 +64,9 @@ git -C "$DIR/repo" -c user.name=Kiln -c user.email=kiln@localhost commit -q -m "
 SHA=$(git -C "$DIR/repo" rev-parse HEAD)
 REPO=file://$DIR/repo
 
-export KILN_ADMIN_TOKEN=quickstart-admin-$RANDOM$RANDOM KILN_REGISTRATION_TOKEN=quickstart-registration-$RANDOM$RANDOM
+# 256 random bits each, from the kernel ($RANDOM has 15 bits and is guessable).
+random_token() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
+export KILN_ADMIN_TOKEN=$(random_token) KILN_REGISTRATION_TOKEN=$(random_token)
 say "Starting the control plane on $URL (data in $DIR/server)"
 "$BIN/kiln-server" --data-dir "$DIR/server" --listen "127.0.0.1:$PORT" --allow-local-repositories >"$DIR/server.log" 2>&1 &
 SERVER=$!

@@ -147,9 +147,45 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The most of a control plane's answer the agent reads: a job with its
+/// variables is far less; a server (or something posing as one) that sends
+/// more is refused, not buffered.
+const MAX_ANSWER: usize = 16 << 20;
+/// The most of an error's answer read.
+const MAX_ERROR_ANSWER: usize = 64 << 10;
+
+/// Reads an answer's body, at most `limit` bytes.
+async fn read_capped(
+    url: &str,
+    mut response: reqwest::Response,
+    limit: usize,
+    what: &'static str,
+) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(ClientError::Malformed {
+                what,
+                reason: format!("the answer is longer than {limit} bytes"),
+                job_id: None,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn decode_error(url: &str, response: reqwest::Response) -> ClientError {
     let status = response.status();
-    let body = response.bytes().await.unwrap_or_default();
+    // Past the cap, the start is enough to say what went wrong.
+    let mut response = response;
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_ANSWER - body.len())]);
+        if body.len() >= MAX_ERROR_ANSWER {
+            break;
+        }
+    }
     let (code, message, expected_offset) = match serde_json::from_slice::<ErrorEnvelope>(&body) {
         Ok(envelope) => (
             envelope.error.code,
@@ -248,7 +284,7 @@ impl Client {
         response: reqwest::Response,
         what: &'static str,
     ) -> Result<T, ClientError> {
-        let body = response.bytes().await.map_err(|e| unreachable(url, e))?;
+        let body = read_capped(url, response, MAX_ANSWER, what).await?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
             what,
             reason: e.to_string(),
@@ -287,7 +323,7 @@ impl Client {
             }
             return Ok(None);
         }
-        let body = response.bytes().await.map_err(|e| unreachable(&url, e))?;
+        let body = read_capped(&url, response, MAX_ANSWER, "job payload").await?;
         // Parse in two steps so a malformed job can still be failed by its id.
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {

@@ -343,7 +343,16 @@ impl AppState {
 /// The HTTP application, for embedding or testing: the API under `/api/v1`, the
 /// dashboard beside it.
 pub fn app(state: AppState) -> axum::Router {
-    routes::router(state.clone()).merge(dashboard::router(state))
+    // Every answer is what its content type says: a browser never sniffs a
+    // raw log (a build's output) into HTML.
+    routes::router(state.clone())
+        .merge(dashboard::router(state))
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                axum::http::HeaderValue::from_static("nosniff"),
+            ),
+        )
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish.

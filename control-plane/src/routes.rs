@@ -951,6 +951,11 @@ async fn read_at(path: &std::path::Path, offset: u64) -> Result<Bytes, ApiError>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Bytes::new()),
         Err(e) => return Err(e.into()),
     };
+    // Past the end there is nothing yet; a seek there may fail (past the file
+    // system's largest file) after the answer's status went out.
+    if offset >= file.metadata().await?.len() {
+        return Ok(Bytes::new());
+    }
     file.seek(std::io::SeekFrom::Start(offset)).await?;
     let mut buf = Vec::with_capacity(LOG_READ_CHUNK);
     (&mut file)

@@ -823,3 +823,86 @@ async fn issue_28_windows_of_long_lines_are_bounded_in_bytes_and_taken_a_few_at_
     assert!((1..=16).contains(&lines.len()), "{}", lines.len());
     answers_within_a_second(&cp.base_url()).await;
 }
+
+#[tokio::test]
+async fn issue_28_the_agent_reads_no_more_of_an_answer_than_a_job_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = HostileControlPlane::start().await;
+    let agent = AgentProcess::start_registered(
+        std::path::Path::new(crate::agent::AGENT),
+        &hostile.base_url(),
+        &dir.path().join("agent"),
+        "kiln/node:never-used",
+        "",
+    )
+    .await;
+    // A job of 40 MiB: a real one is a few KiB.
+    let mut job = crate::support::hostile::job(
+        "https://github.com/acme/shop.git",
+        "0123456789abcdef0123456789abcdef01234567",
+    );
+    job["message"] = "m".repeat(40 << 20).into();
+    hostile.hand_out(job);
+    until_logged(&agent, "the answer is longer than 16777216 bytes").await;
+    // Refused, not buffered: the agent is alive and still asking.
+    assert!(
+        agent.log_text().contains("job payload"),
+        "{}",
+        agent.log_text()
+    );
+}
+
+#[tokio::test]
+async fn issue_28_raw_logs_are_never_sniffed_and_far_offsets_answer_whole() {
+    use reqwest::StatusCode;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = with_account(dir.path()).await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("builder", &[]).await;
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    let html = b"<html><script>alert(document.cookie)</script>\n".to_vec();
+    agent.append_log(&job.job_id, "backend", 0, html).await;
+    let client = no_redirects();
+    let cookie = session_cookie(&client, &cp.base_url()).await;
+    let raw = client
+        .get(format!(
+            "{}/deployments/{}/logs/backend/raw",
+            cp.base_url(),
+            deployment.id
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::OK);
+    assert_eq!(raw.headers()["x-content-type-options"], "nosniff");
+    let api = admin
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/backend",
+            deployment.id
+        ))
+        .await;
+    assert_eq!(api.headers["x-content-type-options"], "nosniff");
+    // Offsets far past the end (and past the largest file a disk holds) are
+    // an empty answer, whole, not a connection dropped after its status.
+    for offset in [1u64 << 45, 1 << 50, (1 << 62) + 12345] {
+        let reply = client
+            .get(format!(
+                "{}/api/v1/deployments/{}/logs/backend?offset={offset}",
+                cp.base_url(),
+                deployment.id
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::OK, "{offset}");
+        assert_eq!(reply.bytes().await.expect("a whole answer").len(), 0);
+    }
+    answers_within_a_second(&cp.base_url()).await;
+}

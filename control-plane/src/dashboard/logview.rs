@@ -486,7 +486,12 @@ async fn read_at(path: &std::path::Path, offset: u64, limit: usize) -> Vec<u8> {
     let Ok(mut file) = tokio::fs::File::open(path).await else {
         return Vec::new();
     };
-    if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+    if file
+        .metadata()
+        .await
+        .map_or(true, |meta| offset >= meta.len())
+        || file.seek(std::io::SeekFrom::Start(offset)).await.is_err()
+    {
         return Vec::new();
     }
     let mut buffer = Vec::with_capacity(limit.min(EVENT_BYTES));
