@@ -765,3 +765,66 @@ async fn issue_28_a_replayed_push_acts_once_and_never_takes_production_back() {
     );
     crate::review::answers_within_a_second(&base).await;
 }
+
+#[tokio::test]
+async fn issue_28_what_a_git_host_answers_is_never_shown_to_viewers() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = StatusHost::start().await;
+    host.fail(true);
+    let cp = ControlPlane::start_with(dir.path(), |config| {
+        config.git_host_retry = Duration::from_millis(50);
+    })
+    .await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject {
+            git_host: git_host(GitHostKind::Github, &host),
+            ..CreateProject::new("shop", "https://github.com/acme/shop.git")
+        })
+        .await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = admin
+        .push_repo("https://github.com/acme/shop.git", "main", &sha(1))
+        .await
+        .deployments
+        .remove(0);
+    host.until("a refused report", |calls| calls.len() >= 2)
+        .await;
+    add_user(
+        Path::new(SERVER),
+        dir.path(),
+        "vic",
+        "viewer",
+        "a viewer's password",
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in =
+        sign_in_over_http(&client, &cp.base_url(), "vic", "a viewer's password", None).await;
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = client
+        .get(format!("{}/deployments/{}", cp.base_url(), deployment.id))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("500 Internal Server Error"), "{page}");
+    assert!(
+        !page.contains("the host is down for the test"),
+        "the host's own words reached a viewer: {page}"
+    );
+    crate::review::answers_within_a_second(&cp.base_url()).await;
+}
