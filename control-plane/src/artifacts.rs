@@ -236,3 +236,40 @@ pub(crate) async fn remove_dir_if_there(dir: &std::path::Path) -> std::io::Resul
         _ => Ok(()),
     }
 }
+
+/// A stored artifact's bytes, with its size and sha256 in the headers: the API's
+/// download and the dashboard's.
+pub(crate) async fn serve_artifact(
+    db: &crate::db::Db,
+    artifacts: &ArtifactStore,
+    deployment_id: String,
+    name: String,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let (id, artifact_name) = (deployment_id.clone(), name.clone());
+    let artifact = db
+        .call(move |conn| crate::store::artifact(conn, &id, &artifact_name))
+        .await?;
+    let path = artifacts
+        .local(&deployment_id, &artifact.job_id, &name)
+        .await?;
+    let file = tokio::fs::File::open(&path).await?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, artifact.descriptor.size.to_string()),
+            (
+                header::HeaderName::from_static(kiln_protocol::SHA256_HEADER),
+                artifact.descriptor.sha256.clone(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -52,7 +52,7 @@ struct PerClient(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr
 impl PerClient {
     /// Counts a connection from `client`, unless it holds `limit` already.
     fn admit(&self, client: std::net::IpAddr, limit: usize) -> bool {
-        let mut held = crate::lock(&self.0);
+        let mut held = crate::sync::lock(&self.0);
         let count = held.entry(client).or_default();
         if *count >= limit {
             return false;
@@ -62,7 +62,7 @@ impl PerClient {
     }
 
     fn release(&self, client: std::net::IpAddr) {
-        let mut held = crate::lock(&self.0);
+        let mut held = crate::sync::lock(&self.0);
         if let Some(count) = held.get_mut(&client) {
             *count -= 1;
             if *count == 0 {

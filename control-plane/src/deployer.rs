@@ -319,6 +319,23 @@ async fn point_current_at(environment_dir: &Path, release_dir: &Path) -> std::io
     tokio::fs::rename(&staged, &link).await
 }
 
+/// Starts the deploy of a built deployment: it goes `deploying` now, and runs in
+/// the background on this replica.
+pub(crate) async fn start_deploy(
+    state: &AppState,
+    id: String,
+) -> Result<kiln_protocol::Deployment, ApiError> {
+    let (deployment_id, deployer) = (id.clone(), state.replicas.id().to_owned());
+    let lease_ms = state.config.lease.as_millis() as i64;
+    let deployment = state
+        .db
+        .call(move |conn| store::begin_deploy(conn, &deployment_id, &deployer, lease_ms))
+        .await?;
+    state.announce_change();
+    tokio::spawn(run(state.clone(), id));
+    Ok(deployment)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

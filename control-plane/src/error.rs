@@ -115,18 +115,6 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
     }
 }
 
-impl From<crate::sql::Error> for ApiError {
-    fn from(error: crate::sql::Error) -> Self {
-        Self::Internal(format!("database: {error}"))
-    }
-}
-
-impl From<crate::db::DbError> for ApiError {
-    fn from(error: crate::db::DbError) -> Self {
-        Self::Internal(error.to_string())
-    }
-}
-
 impl From<std::io::Error> for ApiError {
     fn from(error: std::io::Error) -> Self {
         Self::Internal(format!("storage: {error}"))

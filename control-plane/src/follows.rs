@@ -33,7 +33,7 @@ pub struct FollowSlot {
 
 impl Drop for FollowSlot {
     fn drop(&mut self) {
-        let mut held = crate::lock(&self.held);
+        let mut held = crate::sync::lock(&self.held);
         held.total = held.total.saturating_sub(1);
         if let Some(count) = held.by_client.get_mut(&self.client) {
             *count -= 1;
@@ -55,7 +55,7 @@ impl FollowSlots {
     }
 
     pub fn take(&self, client: Option<IpAddr>) -> Result<FollowSlot, ApiError> {
-        let mut held = crate::lock(&self.held);
+        let mut held = crate::sync::lock(&self.held);
         let mine = held.by_client.get(&client).copied().unwrap_or(0);
         if mine >= self.per_client {
             return Err(ApiError::TooManyRequests(format!(

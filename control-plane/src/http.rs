@@ -6,9 +6,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
+pub(crate) use crate::secrets::{random_token, sha256_hex};
 use crate::store::{self, AgentRow};
 use crate::AppState;
 
@@ -95,10 +95,6 @@ pub fn percent_encode(text: &str, keep: &[u8]) -> String {
         }
     }
     encoded
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -257,4 +253,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddress {
                 .map(|info| info.0.ip()),
         ))
     }
+}
+
+/// Runs one store operation and answers with its value as JSON.
+pub(crate) async fn answer<T, F>(state: &AppState, operation: F) -> Result<axum::Json<T>, ApiError>
+where
+    T: serde::Serialize + Send + 'static,
+    F: FnOnce(&mut crate::db::sql::Connection) -> Result<T, ApiError> + Send + 'static,
+{
+    Ok(axum::Json(state.db.call(operation).await?))
 }

@@ -1,5 +1,5 @@
 //! Issue 16: git hosts. Signed webhooks in from GitHub, GitLab and Gitea
-//! (payloads from `control-plane/src/hooks/testdata`), commit statuses and
+//! (payloads from `control-plane/src/forge/hooks/testdata`), commit statuses and
 //! preview comments out to a recording stand-in of the host's API
 //! (`support/status_host.rs`), through the outbox: in order, retried while the
 //! host fails, and across a control-plane restart.
@@ -25,7 +25,7 @@ const PUBLIC_URL: &str = "https://kiln.example.com";
 
 fn fixture(path: &str) -> Value {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../control-plane/src/hooks/testdata")
+        .join("../control-plane/src/forge/hooks/testdata")
         .join(path);
     serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
 }

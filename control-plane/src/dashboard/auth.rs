@@ -16,7 +16,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::pages::{self, Page};
 use crate::http::sha256_hex;
 use crate::store::{self, Role, User};
 use crate::AppState;
@@ -120,7 +119,7 @@ impl SignInLimiter {
     /// Counts an attempt, before its password is checked; `Err(wait)` when the
     /// limit is reached (and then nothing is counted).
     pub fn begin(&self, user: &str, address: Option<IpAddr>) -> Result<(), Duration> {
-        let mut attempts = crate::lock(&self.attempts);
+        let mut attempts = crate::sync::lock(&self.attempts);
         let now = Instant::now();
         // Expired keys go, so the map holds only the window's attempts.
         if attempts
@@ -155,7 +154,7 @@ impl SignInLimiter {
     /// A right password: its user's attempts from this address are forgotten,
     /// and its own count from the address's.
     pub fn succeeded(&self, user: &str, address: Option<IpAddr>) {
-        let mut attempts = crate::lock(&self.attempts);
+        let mut attempts = crate::sync::lock(&self.attempts);
         let [(pair, _), (address, _)] = Self::keys(user, address);
         attempts.by_key.remove(&pair);
         if let Some(times) = attempts.by_key.get_mut(&address) {
@@ -174,7 +173,7 @@ impl SignInLimiter {
 
     #[cfg(test)]
     fn keys_held(&self) -> usize {
-        crate::lock(&self.attempts).by_key.len()
+        crate::sync::lock(&self.attempts).by_key.len()
     }
 }
 
@@ -276,16 +275,10 @@ impl Session {
     }
 }
 
-/// An action refused: a 403 page saying why.
+/// An action refused, and why: `pages` shows it as a 403 page.
 pub struct Refusal {
-    session: Session,
-    why: String,
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        pages::refused(&self.session, &self.why)
-    }
+    pub session: Session,
+    pub why: String,
 }
 
 impl FromRequestParts<AppState> for Session {
@@ -323,11 +316,6 @@ impl FromRequestParts<AppState> for Session {
 /// Percent-encodes a query value (keeping `/`, which reads better in `next=`).
 pub fn url_encode(text: &str) -> String {
     crate::http::percent_encode(text, b"/")
-}
-
-/// The sign-in page for a `Page`'s layout.
-pub fn sign_in_page(next: &str, form_token: &str, problem: Option<&str>) -> Page {
-    pages::sign_in(next, form_token, problem)
 }
 
 #[cfg(test)]
@@ -379,7 +367,7 @@ mod tests {
             .checked_sub(FAILURE_WINDOW + Duration::from_secs(120))
             .unwrap();
         {
-            let mut attempts = crate::lock(&limiter.attempts);
+            let mut attempts = crate::sync::lock(&limiter.attempts);
             for times in attempts.by_key.values_mut() {
                 times.iter_mut().for_each(|at| *at = long_ago);
             }

@@ -64,7 +64,7 @@ pub async fn raw(
 ) -> Result<Response, ApiError> {
     let stream = parse_stream(&stream)?;
     let body =
-        crate::routes::log_body(&state, id.clone(), stream, Default::default(), None).await?;
+        crate::logs::read::log_body(&state, id.clone(), stream, Default::default(), None).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
@@ -429,7 +429,7 @@ impl Follower {
                     .flatten(),
             };
             if job.is_none()
-                && crate::routes::log_ended(&self.state, &self.deployment_id, None)
+                && crate::logs::read::log_ended(&self.state, &self.deployment_id, None)
                     .await
                     .unwrap_or(false)
             {

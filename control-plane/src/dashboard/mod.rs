@@ -67,6 +67,10 @@ pub fn router(state: AppState) -> Router {
         .route("/static/app.js", get(script))
         .route("/static/app.css", get(stylesheet))
         .fallback(unknown_page)
+        // Sign-in attempts are the dashboard's own business.
+        .layer(axum::Extension(std::sync::Arc::new(
+            SignInLimiter::default(),
+        )))
         .with_state(state)
 }
 
@@ -120,8 +124,8 @@ fn sign_in_form_page(
     problem: Option<&str>,
     status: Option<StatusCode>,
 ) -> Response {
-    let form_token = crate::routes::random_token();
-    let mut page = auth::sign_in_page(next, &form_token, problem);
+    let form_token = crate::http::random_token();
+    let mut page = pages::sign_in(next, &form_token, problem);
     if let Some(status) = status {
         page.status = status;
     }
@@ -155,6 +159,7 @@ struct SignInForm {
 
 async fn sign_in(
     State(state): State<AppState>,
+    axum::Extension(sign_ins): axum::Extension<std::sync::Arc<SignInLimiter>>,
     PeerAddress(address): PeerAddress,
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
@@ -173,7 +178,7 @@ async fn sign_in(
         );
     }
     let user = form.username.trim().to_owned();
-    if let Err(wait) = state.sign_ins.begin(&user, address) {
+    if let Err(wait) = sign_ins.begin(&user, address) {
         return sign_in_form_page(
             &state,
             &headers,
@@ -185,7 +190,7 @@ async fn sign_in(
             Some(StatusCode::TOO_MANY_REQUESTS),
         );
     }
-    let Some(_turn) = state.sign_ins.hash_turn().await else {
+    let Some(_turn) = sign_ins.hash_turn().await else {
         return sign_in_form_page(
             &state,
             &headers,
@@ -227,9 +232,9 @@ async fn sign_in(
             Some(StatusCode::UNAUTHORIZED),
         );
     };
-    state.sign_ins.succeeded(&user, address);
-    let token = crate::routes::random_token();
-    let csrf = crate::routes::random_token();
+    sign_ins.succeeded(&user, address);
+    let token = crate::http::random_token();
+    let csrf = crate::http::random_token();
     let hash = sha256_hex(token.as_bytes());
     let expires = store::now_ms() + auth::SESSION_LIFETIME.as_millis() as i64;
     let name = user_row.name.clone();
@@ -611,7 +616,7 @@ async fn deploy(
 ) -> Response {
     let run = async {
         tracing::info!(message = "Deploy from the dashboard.", deployment_id = %id, by = %session.user.name);
-        crate::routes::start_deploy(&state, id.clone()).await?;
+        crate::deployer::start_deploy(&state, id.clone()).await?;
         Ok(id.clone())
     };
     act(&state, &session, &form.csrf, "deploy", run).await
@@ -670,7 +675,7 @@ async fn artifact(
     session: Session,
     Path((id, name)): Path<(String, String)>,
 ) -> Response {
-    match crate::routes::serve_artifact(&state, id, name).await {
+    match crate::artifacts::serve_artifact(&state.db, &state.artifacts, id, name).await {
         Ok(response) => response,
         Err(error) => page_error(Some(&session), error),
     }

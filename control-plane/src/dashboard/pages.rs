@@ -83,6 +83,12 @@ impl IntoResponse for Page {
 }
 
 /// A 403 page saying why.
+impl IntoResponse for super::auth::Refusal {
+    fn into_response(self) -> Response {
+        refused(&self.session, &self.why)
+    }
+}
+
 pub fn refused(session: &Session, why: &str) -> Response {
     let mut page = Page::new(
         "Not allowed",

@@ -1,14 +1,14 @@
 //! Agents: registration (only the token's hash is kept), lookup by token, what
 //! they say of their hosts, pausing and revoking.
 
-use crate::sql::{params, Connection, OptionalExtension};
+use crate::db::sql::{params, Connection, OptionalExtension};
 
 use kiln_protocol::{
     validate, AgentInfo, AgentState, Deployment, DeploymentStatus, EnvironmentKind, HostFacts,
     RunningJobInfo,
 };
 
-use super::{check_name, json_list, new_id, now_ms, to_json};
+use super::values::{check_name, json_list, new_id, now_ms, to_json};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
@@ -175,7 +175,7 @@ pub fn record_holding_back(
     reason: Option<&str>,
 ) -> Result<(), ApiError> {
     if let Some(reason) = reason {
-        super::check_name("holding_back", reason, MAX_HOLDING_BACK)?;
+        super::values::check_name("holding_back", reason, MAX_HOLDING_BACK)?;
     }
     if agent.holding_back.as_deref() != reason {
         conn.execute(
@@ -243,8 +243,8 @@ impl AgentView {
                     deployment_id: job.deployment_id.clone(),
                 })
                 .collect(),
-            last_contact_at: self.last_seen_at.map(super::time),
-            registered_at: super::time(self.created_at),
+            last_contact_at: self.last_seen_at.map(super::values::time),
+            registered_at: super::values::time(self.created_at),
             holding_back: self.holding_back.clone(),
             labels_from: Some(match &self.registration_token_id {
                 Some(id) => format!("registration token {id}"),
@@ -383,7 +383,7 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
     }
     let able: Vec<&AgentView> = agents
         .iter()
-        .filter(|agent| super::jobs::carries_all(&agent.labels, &required))
+        .filter(|agent| carries_all(&agent.labels, &required))
         .collect();
     if able.is_empty() {
         return Ok(Some(format!(
@@ -440,6 +440,12 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
         )));
     }
     Ok(None)
+}
+
+/// Whether an agent with `labels` may take a job that requires `required`: it
+/// carries every one. The claim's rule, and the waiting reason's.
+pub(super) fn carries_all(labels: &[String], required: &[String]) -> bool {
+    required.iter().all(|label| labels.contains(label))
 }
 
 #[cfg(test)]

@@ -1,31 +1,11 @@
 //! Artifacts and their upload tickets, and which job's logs a reader sees.
 
-use crate::sql::{params, Connection, OptionalExtension, Row};
+use crate::db::sql::{params, Connection, OptionalExtension};
 use kiln_protocol::{ArtifactDescriptor, DeploymentStatus, StoredArtifact};
 
-use super::deployments::get_deployment_in;
-use super::jobs::{job_in, owned_job, JobRow};
-use super::{now_ms, time};
+use super::rows::{get_deployment_in, job_in, owned_job, JobRow};
+use super::values::now_ms;
 use crate::error::ApiError;
-
-/// The artifacts of the job that currently holds (or last held) deployment `?1`.
-pub(super) const ARTIFACTS_OF: &str =
-    "SELECT a.name, a.size, a.sha256, a.job_id, a.created_at FROM artifacts a
-     WHERE a.deployment_id = ?1
-       AND a.job_id = (SELECT j.id FROM jobs j WHERE j.deployment_id = ?1 ORDER BY j.attempt DESC LIMIT 1)
-     ORDER BY a.name";
-
-pub(super) fn artifact_from_row(row: &Row) -> Result<StoredArtifact, crate::sql::Error> {
-    Ok(StoredArtifact {
-        descriptor: ArtifactDescriptor {
-            name: row.get(0)?,
-            size: row.get::<_, i64>(1)? as u64,
-            sha256: row.get(2)?,
-        },
-        job_id: row.get(3)?,
-        created_at: time(row.get(4)?),
-    })
-}
 
 pub fn artifact(
     conn: &mut Connection,

@@ -2,95 +2,17 @@
 //! redeploy (canceling older builds of the environment), every status change
 //! through `set_status`, and the listing.
 
-use crate::sql::{params, Connection, OptionalExtension, Params, Row, Transaction};
+use crate::db::sql::{params, Connection, OptionalExtension, Transaction};
 use kiln_protocol::{
-    check_transition, validate, ComponentStatus, Deployment, DeploymentStatus, Environment,
-    EventOutcome, EventPeople, Project, PullRequestAction, PullRequestEvent, PushEvent, Transition,
+    validate, ComponentStatus, Deployment, DeploymentStatus, Environment, EventOutcome,
+    EventPeople, Project, PullRequestAction, PullRequestEvent, PushEvent,
 };
 
-use super::artifacts::{artifact_from_row, ARTIFACTS_OF};
+use super::lifecycle::{finish_current_job, record_transition, set_status, settle_components};
 use super::projects::{branch_matches, environment_from_row, get_environment_in, project_from_row};
-use super::{
-    check, check_name, new_id, normalize_repository, now_ms, parse_component, parse_status, time,
-};
+use super::rows::{deployment_from_row, get_deployment_in, with_history};
+use super::values::{check, check_name, new_id, normalize_repository, now_ms, parse_status};
 use crate::error::ApiError;
-
-pub(super) fn deployment_from_row(row: &Row) -> crate::sql::Result<Deployment> {
-    let detail: Option<String> = row.get("detail")?;
-    Ok(Deployment {
-        id: row.get("id")?,
-        project_id: row.get("project_id")?,
-        environment_id: row.get("environment_id")?,
-        commit_sha: row.get("commit_sha")?,
-        branch: row.get("branch")?,
-        author: row.get("author")?,
-        author_avatar: row.get("author_avatar")?,
-        author_login: row.get("author_login")?,
-        pusher: row.get("pusher")?,
-        use_cache: row.get("use_cache")?,
-        message: row.get("message")?,
-        status: parse_status(&row.get::<_, String>("status")?)?,
-        backend_status: parse_component(&row.get::<_, String>("backend_status")?),
-        storefront_status: parse_component(&row.get::<_, String>("storefront_status")?),
-        reason: row.get("reason")?,
-        detail: detail.and_then(|text| serde_json::from_str(&text).ok()),
-        redeploy_of: row.get("redeploy_of")?,
-        attempts: row.get("attempts")?,
-        current_job_id: row.get("current_job_id")?,
-        agent_id: row.get("agent_id")?,
-        created_at: time(row.get("created_at")?),
-        updated_at: time(row.get("updated_at")?),
-        transitions: Vec::new(),
-        artifacts: Vec::new(),
-        artifacts_removed_at: row.get::<_, Option<i64>>("artifacts_removed_at")?.map(time),
-        waiting_for: None,
-    })
-}
-
-pub(super) fn with_history(
-    conn: &Connection,
-    mut deployment: Deployment,
-) -> Result<Deployment, ApiError> {
-    // Both in one round trip (with any deferred writes before them).
-    let [transitions, artifacts] = conn.query_together([
-        (
-            "SELECT status, at, reason FROM transitions WHERE deployment_id = ?1 ORDER BY seq",
-            [&deployment.id].values(),
-        ),
-        (ARTIFACTS_OF, [&deployment.id].values()),
-    ])?;
-    deployment.transitions = transitions
-        .iter()
-        .map(|row| {
-            Ok(Transition {
-                status: parse_status(&row.get::<_, String>(0)?)?,
-                at: time(row.get(1)?),
-                reason: row.get(2)?,
-            })
-        })
-        .collect::<Result<_, crate::sql::Error>>()?;
-    deployment.artifacts = artifacts
-        .iter()
-        .map(artifact_from_row)
-        .collect::<Result<_, _>>()?;
-    Ok(deployment)
-}
-
-pub(super) fn get_deployment_in(conn: &Connection, id: &str) -> Result<Deployment, ApiError> {
-    with_history(conn, deployment_row_in(conn, id)?)
-}
-
-/// The deployment without its transitions and artifacts (left empty): one
-/// query, for the agents' hot paths.
-pub(super) fn deployment_row_in(conn: &Connection, id: &str) -> Result<Deployment, ApiError> {
-    conn.query_row(
-        "SELECT * FROM deployments WHERE id = ?1",
-        [id],
-        deployment_from_row,
-    )
-    .optional()?
-    .ok_or_else(|| ApiError::not_found("deployment", id))
-}
 
 pub fn get_deployment(conn: &mut Connection, id: &str) -> Result<Deployment, ApiError> {
     get_deployment_in(conn, id)
@@ -237,94 +159,6 @@ pub fn cancel_deployment(
     let deployment = get_deployment_in(&tx, id)?;
     tx.commit()?;
     Ok(deployment)
-}
-
-/// Moves a deployment from `from` to `to`, or refuses with both statuses named.
-pub(super) fn set_status(
-    tx: &Transaction,
-    deployment_id: &str,
-    from: DeploymentStatus,
-    to: DeploymentStatus,
-    reason: Option<&str>,
-) -> Result<(), ApiError> {
-    allowed(deployment_id, from, to)?;
-    let now = now_ms();
-    let changed = tx.execute(
-        "UPDATE deployments SET status = ?1, reason = ?2, updated_at = ?3 WHERE id = ?4 AND status = ?5",
-        params![to.as_str(), reason, now, deployment_id, from.as_str()],
-    )?;
-    if changed != 1 {
-        return Err(changed_meanwhile(deployment_id));
-    }
-    let reports = super::outbox::reports_to(tx, deployment_id)?;
-    record_transition(tx, reports.as_ref(), deployment_id, to, reason, now)
-}
-
-/// Refuses a move the lifecycle does not allow.
-pub(super) fn allowed(
-    deployment_id: &str,
-    from: DeploymentStatus,
-    to: DeploymentStatus,
-) -> Result<(), ApiError> {
-    check_transition(from, to).map_err(|_| ApiError::IllegalTransition {
-        deployment_id: deployment_id.to_owned(),
-        from,
-        to,
-    })
-}
-
-/// A status update that found the deployment no longer in the status it read.
-pub(super) fn changed_meanwhile(deployment_id: &str) -> ApiError {
-    ApiError::Conflict(format!(
-        "deployment {deployment_id} changed status while this request ran; retry"
-    ))
-}
-
-/// What follows a deployment's move to `to` (made by the caller at `now`): its
-/// history, and the reports to its git host (`outbox::reports_to`, or what the
-/// caller read of it).
-pub(super) fn record_transition(
-    tx: &Transaction,
-    reports: Option<&super::outbox::ReportsTo>,
-    deployment_id: &str,
-    to: DeploymentStatus,
-    reason: Option<&str>,
-    now: i64,
-) -> Result<(), ApiError> {
-    tx.execute_deferred(
-        "INSERT INTO transitions (deployment_id, status, at, reason) VALUES (?1, ?2, ?3, ?4)",
-        params![deployment_id, to.as_str(), now, reason],
-    )?;
-    super::outbox::enqueue(tx, reports, deployment_id, to, reason)
-}
-
-/// Components still pending or building take `to` when the build ends early.
-pub(super) fn settle_components(
-    tx: &Transaction,
-    deployment_id: &str,
-    to: ComponentStatus,
-) -> Result<(), ApiError> {
-    tx.execute(
-        "UPDATE deployments SET
-           backend_status = CASE WHEN backend_status IN ('pending', 'building') THEN ?1 ELSE backend_status END,
-           storefront_status = CASE WHEN storefront_status IN ('pending', 'building') THEN ?1 ELSE storefront_status END
-         WHERE id = ?2",
-        params![to.as_str(), deployment_id],
-    )?;
-    Ok(())
-}
-
-pub(super) fn finish_current_job(tx: &Transaction, deployment_id: &str) -> Result<(), ApiError> {
-    tx.execute(
-        "UPDATE jobs SET finished_at = ?1
-         WHERE finished_at IS NULL AND id = (SELECT current_job_id FROM deployments WHERE id = ?2)",
-        params![now_ms(), deployment_id],
-    )?;
-    tx.execute(
-        "UPDATE deployments SET lease_expires_at = NULL WHERE id = ?1",
-        [deployment_id],
-    )?;
-    Ok(())
 }
 
 pub(super) fn cancel_build(

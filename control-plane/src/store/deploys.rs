@@ -1,11 +1,12 @@
 //! The deploy step's records: `awaiting_deployment → deploying → live` (the
 //! previous live one becoming `ready`) or `deploy_failed`.
 
-use crate::sql::{params, Connection, OptionalExtension};
+use crate::db::sql::{params, Connection, OptionalExtension};
 use kiln_protocol::{Deployment, DeploymentStatus};
 
-use super::deployments::{get_deployment_in, set_status};
-use super::now_ms;
+use super::lifecycle::set_status;
+use super::rows::get_deployment_in;
+use super::values::now_ms;
 use crate::error::ApiError;
 
 /// Gives a deploy to a replica, held until a time.

@@ -1,10 +1,11 @@
 //! The fleet and its queue in numbers, for `/metrics`: read from the store, so
 //! every replica's scrape gives the same answer.
 
-use crate::sql::{Connection, OptionalExtension};
+use crate::db::sql::{Connection, OptionalExtension};
 use kiln_protocol::{AgentState, DeploymentStatus};
 
-use super::{list_agents, now_ms, parse_status};
+use super::list_agents;
+use super::values::{now_ms, parse_status};
 use crate::error::ApiError;
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -86,7 +87,7 @@ mod tests {
         crate::store::set_paused(&mut conn, &paused.id, true).unwrap();
         conn.execute(
             "UPDATE agents SET last_seen_at = ?1, holding_back = 'disk low' WHERE id = ?2",
-            crate::sql::params![now_ms(), paused.id],
+            crate::db::sql::params![now_ms(), paused.id],
         )
         .unwrap();
         push(&mut conn, "main", 1);

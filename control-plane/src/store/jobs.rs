@@ -1,20 +1,22 @@
 //! Jobs: a claim of a queued deployment by an agent, the lease its watch renews,
 //! the agent's status reports, and leases that expire.
 
-use crate::sql::{params, Connection, OptionalExtension, Params, Row, Transaction};
+use crate::db::sql::{params, Connection, OptionalExtension, Params, Row, Transaction};
 use kiln_protocol::{
     ComponentStatus, Deployment, DeploymentStatus, Job, JobCache, JobControl, JobDirective,
     JobLimits, JobStatusUpdate,
 };
 
-use super::agents::AgentRow;
-use super::deployments::{
-    allowed, changed_meanwhile, deployment_from_row, finish_current_job, record_transition,
-    set_status, settle_components, with_history,
+use super::agents::{carries_all, AgentRow};
+use super::lifecycle::{
+    allowed, changed_meanwhile, finish_current_job, record_transition, set_status,
+    settle_components,
 };
 use super::outbox::ReportsTo;
 use super::projects::{project_from_row, variable_from_row, VARIABLES_IN};
-use super::{json_list, new_id, now_ms, time, to_json};
+pub use super::rows::JobRow;
+use super::rows::{deployment_from_row, job_in, owned_job, with_history};
+use super::values::{json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
 
 /// Policy the store needs from the server's configuration.
@@ -31,12 +33,6 @@ pub struct JobPolicy {
 /// tests, so paging is exercised.
 const CLAIM_PAGE: i64 = if cfg!(test) { 2 } else { 16 };
 const CLAIM_PAGE_MAX: i64 = 1024;
-
-/// Whether an agent with `labels` may take a job that requires `required`: it
-/// carries every one. The claim's rule, and the waiting reason's.
-pub(super) fn carries_all(labels: &[String], required: &[String]) -> bool {
-    required.iter().all(|label| labels.contains(label))
-}
 
 /// Hands the oldest queued deployment this agent's labels allow to the agent.
 pub fn claim(
@@ -134,7 +130,7 @@ pub fn claim(
             params![deployment.project_id, now - DROPPED_SCOPES_FOR_MS].values(),
         ),
     ])?;
-    let row = projects.first().ok_or(crate::sql::Error::NoRows)?;
+    let row = projects.first().ok_or(crate::db::sql::Error::NoRows)?;
     let (project, repository_token): (_, Option<String>) =
         (project_from_row(row)?, row.get("repository_token")?);
     let env = variables
@@ -216,9 +212,9 @@ fn take_first(
          ORDER BY seq LIMIT 1{}",
         tx.for_update_skip_locked()
     );
-    let values: Vec<&dyn crate::sql::ToSql> = seqs
+    let values: Vec<&dyn crate::db::sql::ToSql> = seqs
         .iter()
-        .map(|seq| seq as &dyn crate::sql::ToSql)
+        .map(|seq| seq as &dyn crate::db::sql::ToSql)
         .collect();
     let Some(deployment) = tx
         .query_row(&sql, &values[..], deployment_from_row)
@@ -281,7 +277,7 @@ fn cache_scopes(
     let dropped_scopes = dropped
         .iter()
         .map(|row| Ok(format!("pr:{}", row.get::<_, i64>(0)?)))
-        .collect::<Result<Vec<_>, crate::sql::Error>>()?;
+        .collect::<Result<Vec<_>, crate::db::sql::Error>>()?;
     Ok(JobCache {
         enabled: deployment.use_cache,
         scope,
@@ -290,48 +286,8 @@ fn cache_scopes(
     })
 }
 
-#[derive(Debug, Clone)]
-pub struct JobRow {
-    pub id: String,
-    pub deployment_id: String,
-    pub agent_id: String,
-    pub finished: bool,
-}
-
-pub(super) fn job_in(conn: &Connection, job_id: &str) -> Result<JobRow, ApiError> {
-    conn.query_row(
-        "SELECT id, deployment_id, agent_id, finished_at IS NOT NULL FROM jobs WHERE id = ?1",
-        [job_id],
-        |row| {
-            Ok(JobRow {
-                id: row.get(0)?,
-                deployment_id: row.get(1)?,
-                agent_id: row.get(2)?,
-                finished: row.get(3)?,
-            })
-        },
-    )
-    .optional()?
-    .ok_or_else(|| ApiError::not_found("job", job_id))
-}
-
 pub fn get_job(conn: &mut Connection, job_id: &str) -> Result<JobRow, ApiError> {
     job_in(conn, job_id)
-}
-
-/// The job, if it belongs to this agent.
-pub(super) fn owned_job(
-    conn: &Connection,
-    agent_id: &str,
-    job_id: &str,
-) -> Result<JobRow, ApiError> {
-    let job = job_in(conn, job_id)?;
-    if job.agent_id != agent_id {
-        return Err(ApiError::Forbidden(format!(
-            "job {job_id} belongs to another agent"
-        )));
-    }
-    Ok(job)
 }
 
 pub fn owned_job_for(
@@ -395,13 +351,9 @@ pub fn watch(
 /// shared transaction.
 fn locked_deployment(tx: &Transaction, deployment_id: &str) -> Result<Deployment, ApiError> {
     let sql = format!("SELECT * FROM deployments WHERE id = ?1{}", tx.for_update());
-    tx.query_row(
-        &sql,
-        [deployment_id],
-        super::deployments::deployment_from_row,
-    )
-    .optional()?
-    .ok_or_else(|| ApiError::not_found("deployment", deployment_id))
+    tx.query_row(&sql, [deployment_id], deployment_from_row)
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("deployment", deployment_id))
 }
 
 /// What a status update did, for the caller's follow-up work.
@@ -441,7 +393,7 @@ pub fn report_status(
     );
     let (deployment, job_agent, auto_deploy, reports) = tx
         .query_row(&sql, [job_id], |row| {
-            let deployment = super::deployments::deployment_from_row(row)?;
+            let deployment = deployment_from_row(row)?;
             let reports = if row.get("project_has_git_host")? {
                 Some(ReportsTo {
                     project_id: deployment.project_id.clone(),
@@ -522,7 +474,7 @@ pub fn report_status(
                 deployment.id,
                 deployment.status.as_str()
             ],
-            super::deployments::deployment_from_row,
+            deployment_from_row,
         )
         .optional()?
         .ok_or_else(|| changed_meanwhile(&deployment.id))?;
@@ -605,7 +557,7 @@ pub fn expire_leases(conn: &mut Connection, policy: JobPolicy) -> Result<Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::deployments::get_deployment_in;
+    use crate::store::rows::get_deployment_in;
     use crate::store::testing::{
         agent, claim_one, push, queue_in_new_environments, shared_shop, shop, POLICY,
     };

@@ -3,9 +3,9 @@
 
 use kiln_protocol::LogStream;
 
-use super::{now_ms, to_json};
+use super::values::{now_ms, to_json};
+use crate::db::sql::{params, Connection};
 use crate::error::ApiError;
-use crate::sql::{params, Connection};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogChunk {

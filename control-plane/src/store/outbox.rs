@@ -1,13 +1,13 @@
 //! What goes out to git hosts, and what came in from them: the outbox of commit
 //! statuses and preview comments (queued in the same transaction as the status
 //! change they report, so none is lost to a crash; delivered in order per commit
-//! and context by `git_hosts::outbox`), the one comment each preview keeps
+//! and context by `forge::outbox`), the one comment each preview keeps
 //! editing, and the webhook deliveries already answered.
 
-use crate::sql::{params, Connection, OptionalExtension, Transaction};
+use crate::db::sql::{params, Connection, OptionalExtension, Transaction};
 use kiln_protocol::DeploymentStatus;
 
-use super::{now_ms, parse_status};
+use super::values::{now_ms, parse_status};
 use crate::error::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Projects, their environments (a branch rule each; previews per pull request)
 //! and environments' build variables.
 
-use crate::sql::{params, Connection, OptionalExtension, Row};
+use crate::db::sql::{params, Connection, OptionalExtension, Row};
 use kiln_protocol::{
     validate, CreateEnvironment, CreateProject, EnvVar, Environment, EnvironmentKind, GitHostKind,
     GitHostSettings, GitHostView, Project, SecretScanSettings, UpdateEnvironment, UpdateProject,
@@ -10,7 +10,7 @@ use kiln_protocol::{
 
 use globset::Glob;
 
-use super::{check, check_name, json_list, new_id, now_ms, time, to_json};
+use super::values::{check, check_name, json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
 
 /// The settings every project must get right, whether created or updated.
@@ -123,7 +123,7 @@ pub struct ProjectRules {
     pub allow_private_git_hosts: bool,
 }
 
-pub(super) fn project_from_row(row: &Row) -> crate::sql::Result<Project> {
+pub(super) fn project_from_row(row: &Row) -> crate::db::sql::Result<Project> {
     Ok(Project {
         id: row.get("id")?,
         name: row.get("name")?,
@@ -148,7 +148,7 @@ pub(super) fn project_from_row(row: &Row) -> crate::sql::Result<Project> {
 }
 
 /// A project row's git host: kind, API URL and token.
-fn git_host_of(row: &Row) -> crate::sql::Result<Option<(GitHostKind, String, Option<String>)>> {
+fn git_host_of(row: &Row) -> crate::db::sql::Result<Option<(GitHostKind, String, Option<String>)>> {
     let kind: Option<String> = row.get("git_host_kind")?;
     let Some(kind) = kind.and_then(|kind| kind.parse::<GitHostKind>().ok()) else {
         return Ok(None);
@@ -348,7 +348,7 @@ pub fn update_project(
     let tx = conn.transaction()?;
     token_follows_its_url(&tx, id, &update)?;
     // An unknown id updates nothing and is refused by the read below.
-    let set = |column: &str, value: &dyn crate::sql::ToSql| {
+    let set = |column: &str, value: &dyn crate::db::sql::ToSql| {
         tx.execute(
             &format!("UPDATE projects SET {column} = ?1 WHERE id = ?2"),
             params![value, id],
@@ -399,7 +399,7 @@ pub fn update_project(
 /// A stored token goes only where it was given for: an update that moves the
 /// repository or the git host elsewhere must give that token again.
 fn token_follows_its_url(
-    tx: &crate::sql::Transaction,
+    tx: &crate::db::sql::Transaction,
     id: &str,
     update: &UpdateProject,
 ) -> Result<(), ApiError> {
@@ -454,7 +454,7 @@ pub fn list_projects(conn: &mut Connection) -> Result<Vec<Project>, ApiError> {
     Ok(projects)
 }
 
-pub(super) fn environment_from_row(row: &Row) -> crate::sql::Result<Environment> {
+pub(super) fn environment_from_row(row: &Row) -> crate::db::sql::Result<Environment> {
     let kind: String = row.get("kind")?;
     Ok(Environment {
         id: row.get("id")?,
@@ -636,7 +636,7 @@ pub fn set_variables(
 pub(super) const VARIABLES_IN: &str =
     "SELECT name, value, secret FROM variables WHERE environment_id = ?1 ORDER BY name";
 
-pub(super) fn variable_from_row(row: &Row) -> Result<EnvVar, crate::sql::Error> {
+pub(super) fn variable_from_row(row: &Row) -> Result<EnvVar, crate::db::sql::Error> {
     Ok(EnvVar {
         name: row.get(0)?,
         value: row.get(1)?,

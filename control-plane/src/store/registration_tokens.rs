@@ -3,16 +3,16 @@
 //! kept; the token is shown once, in the answer to making it. The server's
 //! bootstrap token (`KILN_REGISTRATION_TOKEN`) stays beside them.
 
-use crate::sql::{params, Connection, OptionalExtension, Row, Transaction};
+use crate::db::sql::{params, Connection, OptionalExtension, Row, Transaction};
 use kiln_protocol::{validate, CreateRegistrationToken, RegistrationTokenInfo};
 
-use super::{check_name, json_list, new_id, now_ms, time, to_json};
+use super::values::{check_name, json_list, new_id, now_ms, time, to_json};
 use crate::error::ApiError;
 
 /// The longest a token may be made to last: a year.
 const MAX_LIFETIME_SECONDS: u64 = 366 * 24 * 3600;
 
-fn info_from_row(row: &Row) -> crate::sql::Result<RegistrationTokenInfo> {
+fn info_from_row(row: &Row) -> crate::db::sql::Result<RegistrationTokenInfo> {
     Ok(RegistrationTokenInfo {
         id: row.get("id")?,
         name: row.get("name")?,
@@ -209,7 +209,7 @@ mod tests {
             conn,
             "builder",
             &[],
-            &crate::store::new_id("h"),
+            &crate::store::values::new_id("h"),
             None,
             &RegistrationAuth::Token {
                 token_hash: format!("hash-{token}"),

@@ -2,9 +2,9 @@
 //! deployments have kept their artifacts long enough, and which removals each
 //! replica has still to carry out on its own disk.
 
-use crate::sql::{params, Connection};
+use crate::db::sql::{params, Connection};
 
-use super::now_ms;
+use super::values::now_ms;
 use crate::error::ApiError;
 
 /// Statuses a deployment ends in without being live: its artifacts serve no
@@ -55,9 +55,9 @@ pub fn expire_artifacts(
         return Ok(Vec::new());
     }
     // The whole look in one update and one read: it holds the store's write lock.
-    let ids: Vec<&dyn crate::sql::ToSql> = expired
+    let ids: Vec<&dyn crate::db::sql::ToSql> = expired
         .iter()
-        .map(|(id, _)| id as &dyn crate::sql::ToSql)
+        .map(|(id, _)| id as &dyn crate::db::sql::ToSql)
         .collect();
     let placeholders = (1..=ids.len())
         .map(|n| format!("?{n}"))
@@ -89,7 +89,7 @@ pub fn expire_artifacts(
             .entry(deployment_id)
             .or_default()
             .push((job_id, name));
-        Ok::<_, crate::sql::Error>(())
+        Ok::<_, crate::db::sql::Error>(())
     })?;
     tx.commit()?;
     Ok(expired

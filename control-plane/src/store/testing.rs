@@ -1,7 +1,7 @@
 //! Fixtures for the store's unit tests: an in-memory database with a project, an
 //! environment and an agent, and the calls a push and a claim make.
 
-use crate::sql::Connection;
+use crate::db::sql::Connection;
 use kiln_protocol::{CreateEnvironment, CreateProject, Deployment, Job, PushEvent};
 
 use super::{
@@ -86,7 +86,7 @@ pub(super) fn push(conn: &mut Connection, branch: &str, n: u8) -> Vec<Deployment
 
 pub(super) fn agent(conn: &mut Connection, labels: &[&str]) -> AgentRow {
     let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
-    let hash = format!("hash-{}", super::new_id("t"));
+    let hash = format!("hash-{}", super::values::new_id("t"));
     let id = register_agent(conn, "builder", &labels, &hash).unwrap();
     AgentRow {
         id,

@@ -3,9 +3,9 @@
 //! Passwords are stored as argon2id hashes and session tokens as sha256; neither is
 //! ever stored as given.
 
-use crate::sql::{params, Connection, OptionalExtension};
+use crate::db::sql::{params, Connection, OptionalExtension};
 
-use super::{check_name, now_ms};
+use super::values::{check_name, now_ms};
 use crate::error::ApiError;
 use kiln_protocol::validate;
 
@@ -53,9 +53,9 @@ pub struct SessionRow {
     pub csrf: String,
 }
 
-fn user_from(name: String, role: String, created_at: i64) -> crate::sql::Result<User> {
+fn user_from(name: String, role: String, created_at: i64) -> crate::db::sql::Result<User> {
     let role = Role::parse(&role)
-        .ok_or_else(|| crate::sql::Error::invalid(1, format!("unknown role {role:?}")))?;
+        .ok_or_else(|| crate::db::sql::Error::invalid(1, format!("unknown role {role:?}")))?;
     Ok(User {
         name,
         role,

@@ -10,6 +10,9 @@
 //! and a `log_chunks` row, recorded before the agent hears "ok"; the local file
 //! is then this replica's copy, brought up to date (`pull`) before every read.
 
+pub mod index;
+pub(crate) mod read;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,7 +26,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
-use crate::log_index::{LineIndex, Section, Window};
+use index::{LineIndex, Section, Window};
 
 type StreamKey = (String, LogStream);
 
@@ -291,7 +294,7 @@ impl LogStore {
             .await
             .map_err(|_| ApiError::Unavailable("the log store is closing".to_owned()))?;
         let index = {
-            let mut indexes = crate::lock(&self.indexes);
+            let mut indexes = crate::sync::lock(&self.indexes);
             if indexes.len() >= INDEXES_KEPT {
                 indexes.clear();
             }
@@ -302,7 +305,7 @@ impl LogStore {
         };
         let path = self.path(job_id, stream);
         let result = tokio::task::spawn_blocking(move || {
-            let mut index = crate::lock(&index);
+            let mut index = crate::sync::lock(&index);
             index.catch_up(&path)?;
             read(&index, &path)
         })
@@ -369,7 +372,7 @@ impl LogStore {
     }
 
     fn lock_for(&self, job_id: &str, stream: LogStream) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = crate::lock(&self.locks);
+        let mut locks = crate::sync::lock(&self.locks);
         locks
             .entry((job_id.to_owned(), stream))
             .or_default()

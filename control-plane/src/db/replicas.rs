@@ -9,12 +9,14 @@
 //! On SQLite the one process is both.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fallible_iterator::FallibleIterator;
+use tokio_util::sync::CancellationToken;
 
-use crate::sql::WRITE_LOCK;
-use crate::AppState;
+use crate::db::sql::WRITE_LOCK;
+use crate::db::Db;
 
 const CHANNEL: &str = "kiln_wake";
 const LEADER_LOCK: i64 = WRITE_LOCK + 1;
@@ -108,22 +110,20 @@ impl Replicas {
 }
 
 /// Tells the other replicas; this one's own waiters were woken by the caller.
-pub fn broadcast(state: &AppState, wake: Wake) {
-    if state.db.postgres_url().is_none() {
+pub fn broadcast(db: &Db, replicas: &Arc<Replicas>, wake: Wake) {
+    if db.postgres_url().is_none() {
         return;
     }
-    if state.replicas.unsent[wake.index()].swap(true, Ordering::SeqCst) {
+    if replicas.unsent[wake.index()].swap(true, Ordering::SeqCst) {
         return;
     }
-    let state = state.clone();
+    let (db, replicas) = (db.clone(), replicas.clone());
     tokio::spawn(async move {
-        let payload = format!("{}:{}", wake.as_str(), state.replicas.sender);
-        let waker = state.clone();
-        let sent = state
-            .db
+        let payload = format!("{}:{}", wake.as_str(), replicas.sender);
+        let sent = db
             .call(move |conn| {
                 // From here on, a change needs a notification of its own.
-                waker.replicas.unsent[wake.index()].store(false, Ordering::SeqCst);
+                replicas.unsent[wake.index()].store(false, Ordering::SeqCst);
                 conn.execute("SELECT pg_notify(?1, ?2)", [CHANNEL, payload.as_str()])
                     .map_err(crate::ApiError::from)
             })
@@ -137,35 +137,46 @@ pub fn broadcast(state: &AppState, wake: Wake) {
 #[derive(Debug, thiserror::Error)]
 enum ListenError {
     #[error(transparent)]
-    Tls(#[from] crate::pg_tls::TlsSetupError),
+    Tls(#[from] crate::db::pg_tls::TlsSetupError),
     #[error(transparent)]
     Postgres(#[from] postgres::Error),
 }
 
-/// Starts the listener thread of a PostgreSQL replica (none on SQLite). It
-/// reconnects after errors and ends when the server shuts down.
-pub fn start_listener(state: AppState) -> Option<std::thread::JoinHandle<()>> {
-    let url = state.db.postgres_url()?.to_owned();
+/// Starts the listener thread of a PostgreSQL replica (none on SQLite): it
+/// hands each other replica's wake-up to `wake_local`, takes the lead when it
+/// can, reconnects after errors and ends with `shutdown`.
+pub fn start_listener(
+    db: &Db,
+    replicas: Arc<Replicas>,
+    shutdown: CancellationToken,
+    wake_local: impl Fn(Wake) + Send + 'static,
+) -> Option<std::thread::JoinHandle<()>> {
+    let url = db.postgres_url()?.to_owned();
     Some(std::thread::spawn(move || {
-        while !state.shutdown.is_cancelled() {
-            if let Err(error) = listen(&state, &url) {
-                state.replicas.set_leader(false);
+        while !shutdown.is_cancelled() {
+            if let Err(error) = listen(&replicas, &shutdown, &wake_local, &url) {
+                replicas.set_leader(false);
                 tracing::warn!(message = "Lost the PostgreSQL listener; reconnecting.", error = %error);
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
-        state.replicas.set_leader(false);
+        replicas.set_leader(false);
     }))
 }
 
-fn listen(state: &AppState, url: &str) -> Result<(), ListenError> {
-    let (config, tls) = crate::pg_tls::connection(url)?;
+fn listen(
+    replicas: &Replicas,
+    shutdown: &CancellationToken,
+    wake_local: &impl Fn(Wake),
+    url: &str,
+) -> Result<(), ListenError> {
+    let (config, tls) = crate::db::pg_tls::connection(url)?;
     let mut client = postgres::Config::from(config).connect(tls)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-    while !state.shutdown.is_cancelled() {
-        if !state.replicas.is_leader() {
+    while !shutdown.is_cancelled() {
+        if !replicas.is_leader() {
             let row = client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])?;
-            state.replicas.set_leader(row.get(0));
+            replicas.set_leader(row.get(0));
         }
         let mut notifications = client.notifications();
         let mut arrived = notifications.timeout_iter(TICK);
@@ -174,14 +185,14 @@ fn listen(state: &AppState, url: &str) -> Result<(), ListenError> {
                 .payload()
                 .split_once(':')
                 .unwrap_or((notification.payload(), ""));
-            if sender == state.replicas.sender {
+            if sender == replicas.sender {
                 continue;
             }
             let wake = Wake::ALL
                 .into_iter()
                 .find(|wake| wake.as_str() == kind)
                 .unwrap_or(Wake::Changes);
-            state.wake_local(wake);
+            wake_local(wake);
         }
     }
     Ok(())

@@ -12,7 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite_migration::{Migrations, M};
 
-use crate::sql::{self, Connection};
+pub(crate) mod pg_tls;
+pub(crate) mod replicas;
+pub(crate) mod sql;
+
+use sql::Connection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -158,7 +162,7 @@ pub(crate) fn in_memory() -> Connection {
 #[cfg(test)]
 fn test_postgres() -> Option<Location> {
     let url = std::env::var("KILN_TEST_DATABASE_URL").ok()?;
-    let schema = crate::store::new_id("test");
+    let schema = format!("test_{}", uuid::Uuid::now_v7().simple());
     let (admin_url, create) = (url.clone(), format!("CREATE SCHEMA {schema}"));
     // A plain thread: the synchronous client may not start inside a runtime.
     std::thread::spawn(move || {
@@ -221,7 +225,7 @@ impl Drop for Pool {
         // A PostgreSQL client owns a runtime, which may not be dropped inside
         // the server's: let a plain thread close them.
         if let Pool::Postgres { idle, .. } = self {
-            let idle = std::mem::take(&mut *crate::lock(idle));
+            let idle = std::mem::take(&mut *crate::sync::lock(idle));
             if !idle.is_empty() {
                 std::thread::spawn(move || drop(idle));
             }
@@ -286,22 +290,29 @@ impl Db {
             ),
         };
         tokio::task::spawn_blocking(move || match &*pool {
-            Pool::Sqlite(conn) => f(&mut crate::lock(conn)),
+            Pool::Sqlite(conn) => f(&mut crate::sync::lock(conn)),
             Pool::Postgres { url, idle, .. } => {
-                let pooled = crate::lock(idle).pop();
+                let pooled = crate::sync::lock(idle).pop();
                 let mut conn = match pooled {
                     Some(conn) => conn,
                     None => connect_postgres(url)?,
                 };
                 let result = f(&mut conn);
                 if !conn.is_broken() {
-                    crate::lock(idle).push(conn);
+                    crate::sync::lock(idle).push(conn);
                 }
                 result
             }
         })
         .await
         .expect("database task panicked")
+    }
+}
+
+/// A database that cannot be reached or opened, as the API answers it.
+impl From<DbError> for crate::error::ApiError {
+    fn from(error: DbError) -> Self {
+        Self::Internal(error.to_string())
     }
 }
 

@@ -1,8 +1,11 @@
-//! Talking back to git hosts: commit statuses and the preview's comment on
-//! GitHub, GitLab and Gitea/Forgejo (`client.rs`), sent from the outbox by a
-//! background task (`outbox.rs`) that never holds up a build or a webhook.
+//! The git hosts, both ways: webhooks in (`hooks/`, with each host's payloads
+//! read in `hooks/github.rs` and `hooks/gitlab.rs`), and commit statuses and
+//! the preview's comment out to GitHub, GitLab and Gitea/Forgejo (`client.rs`),
+//! sent from the outbox by a background task (`outbox.rs`) that never holds up
+//! a build or a webhook.
 
 mod client;
+pub mod hooks;
 pub mod outbox;
 
 pub use client::{CommitState, Delivery, GitHostClient, StatusReport};

@@ -6,7 +6,7 @@
 use kiln_protocol::{EventPeople, PullRequestAction, PullRequestEvent, PushEvent};
 use serde::Deserialize;
 
-use super::{branch_of, is_zero_sha, parse_json, HookError, HookEvent, Parsed};
+use super::event::{branch_of, is_zero_sha, parse_json, HookError, HookEvent, Parsed};
 
 #[derive(Debug, Deserialize, Default)]
 struct User {

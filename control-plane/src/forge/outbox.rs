@@ -109,7 +109,7 @@ struct Report {
 }
 
 fn read_report(
-    conn: &mut crate::sql::Connection,
+    conn: &mut crate::db::sql::Connection,
     item: &OutboxItem,
 ) -> Result<Result<Report, String>, ApiError> {
     let Some(host) = store::git_host_access(conn, &item.project_id)? else {

@@ -48,7 +48,7 @@ pub enum Error {
     #[error("starting the PostgreSQL connection's runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
-    Tls(#[from] crate::pg_tls::TlsSetupError),
+    Tls(#[from] crate::db::pg_tls::TlsSetupError),
 }
 
 /// The server's own words (`db error` alone says nothing).
@@ -228,8 +228,8 @@ array_params!(1, 2, 3, 4, 5, 6, 7, 8);
 
 /// `params![a, b]`: positional parameters of mixed types.
 macro_rules! params {
-    () => { &[] as &[&dyn $crate::sql::ToSql] };
-    ($($param:expr),+ $(,)?) => { &[$(&$param as &dyn $crate::sql::ToSql),+] as &[&dyn $crate::sql::ToSql] };
+    () => { &[] as &[&dyn $crate::db::sql::ToSql] };
+    ($($param:expr),+ $(,)?) => { &[$(&$param as &dyn $crate::db::sql::ToSql),+] as &[&dyn $crate::db::sql::ToSql] };
 }
 pub(crate) use params;
 
@@ -337,7 +337,7 @@ impl Connection {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let (config, tls) = crate::pg_tls::connection(url)?;
+        let (config, tls) = crate::db::pg_tls::connection(url)?;
         let (client, connection) = runtime.block_on(config.connect(tls))?;
         // Runs only while a call blocks on the runtime: that is when it is needed.
         runtime.spawn(connection);
@@ -836,6 +836,13 @@ impl postgres_types::ToSql for PgParam {
     }
 
     postgres_types::to_sql_checked!();
+}
+
+/// A database failure, as the API answers it.
+impl From<Error> for crate::error::ApiError {
+    fn from(error: Error) -> Self {
+        Self::Internal(format!("database: {error}"))
+    }
 }
 
 #[cfg(test)]

@@ -410,10 +410,10 @@ mod tests {
         }
     }
 
-    fn session_is_encrypted(url: &str) -> Result<bool, crate::sql::Error> {
-        crate::sql::Connection::connect_postgres(url)?.query_row(
+    fn session_is_encrypted(url: &str) -> Result<bool, crate::db::sql::Error> {
+        crate::db::sql::Connection::connect_postgres(url)?.query_row(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            crate::sql::params![],
+            crate::db::sql::params![],
             |row| row.get(0),
         )
     }

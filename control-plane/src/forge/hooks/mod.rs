@@ -9,14 +9,17 @@
 //! and queues nothing. The handler only writes to the database: it answers in
 //! milliseconds, well within GitHub's 10 s.
 
+mod event;
 mod github;
 mod gitlab;
+
+use event::{HookEvent, Parsed};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
-use kiln_protocol::{PullRequestAction, PullRequestEvent, PushEvent};
+use kiln_protocol::PullRequestAction;
 use serde_json::json;
 use sha2::Sha256;
 
@@ -24,47 +27,6 @@ use crate::error::ApiError;
 use crate::http::{sha256_hex, ApiBytes};
 use crate::store;
 use crate::AppState;
-
-/// What a delivery asks Kiln to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookEvent {
-    Push(PushEvent),
-    PullRequest(PullRequestEvent),
-    /// Answered 202 with the reason (a tag, a deleted branch, another event).
-    Ignored(String),
-    Ping,
-}
-
-/// A payload read: the repository's URLs as the host gave them, and the event.
-#[derive(Debug)]
-pub struct Parsed {
-    pub repository_urls: Vec<String>,
-    pub event: HookEvent,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HookError {
-    #[error("{0}")]
-    Payload(String),
-}
-
-/// A payload read as `T`; what is not the JSON a webhook sends is refused.
-fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, HookError> {
-    serde_json::from_slice(body)
-        .map_err(|error| HookError::Payload(format!("not the JSON a webhook sends: {error}")))
-}
-
-/// `main` from `refs/heads/main`; `None` for tags and other refs.
-fn branch_of(reference: &str) -> Option<&str> {
-    reference
-        .strip_prefix("refs/heads/")
-        .filter(|branch| !branch.is_empty())
-}
-
-/// `0000…`: what hosts send as the new commit of a deleted branch.
-fn is_zero_sha(sha: &str) -> bool {
-    !sha.is_empty() && sha.bytes().all(|b| b == b'0')
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Host {
@@ -251,7 +213,7 @@ async fn receive(
 /// Finds the projects whose secret signed the delivery and acts on it once;
 /// returns the status, the JSON answer and whether it was a redelivery.
 fn answer(
-    conn: &mut crate::sql::Connection,
+    conn: &mut crate::db::sql::Connection,
     parsed: &Parsed,
     keys: &[String],
     proof: &Proof,
@@ -352,6 +314,7 @@ fn answer(
 
 #[cfg(test)]
 mod tests {
+    use super::event::{branch_of, is_zero_sha};
     use super::*;
 
     #[test]
