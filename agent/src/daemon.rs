@@ -6,12 +6,12 @@
 //! Shutdown: the first signal stops claiming and gives running builds
 //! `shutdown_grace`; then (or at a second signal) they are canceled and reported.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::{Job, LogStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use kiln_protocol::LogStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -20,9 +20,10 @@ use crate::backoff::Backoff;
 use crate::client::{Client, ClientError};
 use crate::config::AgentConfig;
 use crate::executor::{ExecError, Executor};
-use crate::job::{failed_update, JobGuard, LOG_DRAIN_LIMIT};
+use crate::job::{failed_update, JobRun, LOG_DRAIN_LIMIT};
 use crate::logs::{JobLogs, LogOptions};
 use crate::pipeline::{Pipeline, Workspace};
+use crate::running::Running;
 use crate::state::StateDir;
 
 const CLAIM_WAIT: Duration = Duration::from_secs(30);
@@ -51,58 +52,6 @@ pub struct Daemon {
     pub cache: Arc<crate::cache::Cache>,
 }
 
-/// The jobs whose task is alive, shared by the claim loop, the sweeper and the jobs.
-#[derive(Default)]
-pub(crate) struct Running {
-    /// The newest job of each environment, and its cancel: a newer job for the
-    /// same environment cancels the older one at once, even before the control
-    /// plane says so.
-    by_environment: Mutex<HashMap<String, (String, CancellationToken)>>,
-    /// Every job whose task is alive (also a canceled one still winding down).
-    in_flight: Mutex<HashSet<String>>,
-}
-
-impl Running {
-    /// Records a claimed job, canceling an older one of its environment; the guard
-    /// undoes this when the job's task ends.
-    fn start(
-        self: &Arc<Self>,
-        job: &Job,
-        cancel: CancellationToken,
-        slot: OwnedSemaphorePermit,
-    ) -> JobGuard {
-        let older = crate::lock(&self.by_environment)
-            .insert(job.environment_id.clone(), (job.job_id.clone(), cancel));
-        if let Some((older, previous)) = older {
-            info!(message = "A newer job for the same environment cancels the older build.", older_job = %older, job_id = %job.job_id);
-            previous.cancel();
-        }
-        crate::lock(&self.in_flight).insert(job.job_id.clone());
-        JobGuard {
-            running: self.clone(),
-            job_id: job.job_id.clone(),
-            environment_id: job.environment_id.clone(),
-            _slot: slot,
-        }
-    }
-
-    /// Forgets a job whose task has ended (called by its `JobGuard`).
-    pub(crate) fn finished(&self, job_id: &str, environment_id: &str) {
-        crate::lock(&self.in_flight).remove(job_id);
-        let mut by_environment = crate::lock(&self.by_environment);
-        if by_environment
-            .get(environment_id)
-            .is_some_and(|(id, _)| id == job_id)
-        {
-            by_environment.remove(environment_id);
-        }
-    }
-
-    fn in_flight(&self) -> HashSet<String> {
-        crate::lock(&self.in_flight).clone()
-    }
-}
-
 impl Daemon {
     pub async fn run(
         self: Arc<Self>,
@@ -114,6 +63,14 @@ impl Daemon {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let running: Arc<Running> = Arc::default();
+        let job_run = Arc::new(JobRun {
+            client: self.client.clone(),
+            pipeline: self.pipeline.clone(),
+            config: self.config.clone(),
+            state: self.state.clone(),
+            cache: self.cache.clone(),
+            agent_id: self.agent_id.clone(),
+        });
         let sweeper = {
             let (daemon, running, stop) = (self.clone(), running.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -177,7 +134,7 @@ impl Daemon {
                     let guard = running.start(&job, cancel.clone(), slot);
                     let claimed_at = std::time::Instant::now();
                     tracker.spawn(crate::job::run(
-                        self.clone(),
+                        job_run.clone(),
                         job,
                         cancel,
                         claimed_at,

@@ -1,8 +1,8 @@
 //! One claimed job's life: spool its logs and ship them, watch it for a cancel
 //! (renewing the lease), report `building`, run the pipeline, upload what it
-//! built, drain the logs, report the final status, and clean up. A `JobGuard`
-//! gives back the job's slot and its entries in the daemon's maps when the task
-//! ends, on every path.
+//! built, drain the logs, report the final status, and clean up. A job is a
+//! `JobRun`, holding only what one job needs; the `JobGuard` it is handed
+//! (`crate::running`) gives back its slot and entries when the task ends.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,16 +12,18 @@ use kiln_protocol::{
     ArtifactDescriptor, Component, ComponentStatus, DeploymentStatus, Job, JobDirective,
     JobStatusUpdate, LogStream,
 };
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::backoff::Backoff;
 use crate::client::{retry_transient, Client, ClientError, GaveUp};
-use crate::daemon::{Daemon, Running};
+use crate::config::AgentConfig;
 use crate::logs::{JobLogs, LogOptions};
+use crate::pipeline::Pipeline;
 use crate::pipeline::{BuildOutcome, BuildRequest, BuiltArtifact, Source, Workspace};
+use crate::running::JobGuard;
 use crate::state::SpooledJob;
+use crate::state::StateDir;
 
 /// Short next to the lease (60 s by default), so a watch lost to a network drop is
 /// renewed well before the lease runs out.
@@ -32,20 +34,6 @@ const RETRY_LIMIT: Duration = Duration::from_secs(600);
 /// How long a finished job waits for its logs to reach a control plane that is away;
 /// after that the spool stays on disk and is delivered by the next start.
 pub(crate) const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(120);
-
-/// Held by a running job's task; dropping it frees the slot and forgets the job.
-pub(crate) struct JobGuard {
-    pub(crate) running: Arc<Running>,
-    pub(crate) job_id: String,
-    pub(crate) environment_id: String,
-    pub(crate) _slot: OwnedSemaphorePermit,
-}
-
-impl Drop for JobGuard {
-    fn drop(&mut self) {
-        self.running.finished(&self.job_id, &self.environment_id);
-    }
-}
 
 /// A job the agent will not touch: a field is not what the protocol allows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -92,9 +80,20 @@ pub(crate) fn failed_update(reason: String) -> JobStatusUpdate {
     failed
 }
 
+/// What one job needs of the agent, and nothing else of the daemon: its
+/// client, pipeline, configuration, state directory, build cache and id.
+pub(crate) struct JobRun {
+    pub client: Client,
+    pub pipeline: Arc<Pipeline>,
+    pub config: Arc<AgentConfig>,
+    pub state: StateDir,
+    pub cache: Arc<crate::cache::Cache>,
+    pub agent_id: String,
+}
+
 /// Runs `job` to its end; `guard` goes when it does.
 pub(crate) async fn run(
-    daemon: Arc<Daemon>,
+    job_run: Arc<JobRun>,
     job: Job,
     cancel: CancellationToken,
     claimed_at: Instant,
@@ -103,12 +102,12 @@ pub(crate) async fn run(
     let span = tracing::info_span!("job", job_id = %job.job_id, deployment_id = %job.deployment_id, commit = %job.commit_sha);
     async move {
         let metrics = crate::metrics::metrics();
-        if let Err(invalid) = check_job(&job, daemon.config.allow_local_repositories) {
+        if let Err(invalid) = check_job(&job, job_run.config.allow_local_repositories) {
             warn!(message = "Refusing a job the control plane sent.", error = %invalid);
             metrics.finished("failed");
             // A job whose own id is malformed cannot be answered about.
             if invalid.0.field != "job_id" {
-                let _ = daemon
+                let _ = job_run
                     .client
                     .report(&job.job_id, &failed_update(invalid.to_string()))
                     .await;
@@ -125,7 +124,9 @@ pub(crate) async fn run(
                 let _ = canceled_at.set(Instant::now());
             })
         };
-        daemon.run_job(&job, cancel, claimed_at, &canceled_at).await;
+        job_run
+            .run_job(&job, cancel, claimed_at, &canceled_at)
+            .await;
         cancel_clock.abort();
         metrics.jobs_running.dec();
         drop(guard);
@@ -134,7 +135,7 @@ pub(crate) async fn run(
     .await
 }
 
-impl Daemon {
+impl JobRun {
     async fn run_job(
         &self,
         job: &Job,

@@ -25,6 +25,7 @@ mod pipeline;
 /// The artifact packer, public for the benchmarks.
 pub use pipeline::artifact;
 mod repo_fs;
+mod running;
 mod scan;
 mod state;
 
