@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{CreateProject, Deployment, DeploymentStatus, DeploymentStatus::*};
+use kiln_protocol::{CreateProject, DeploymentStatus::*};
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
@@ -15,22 +15,10 @@ use crate::support::*;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
 
-pub(crate) struct World {
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-    pub(crate) cp: ControlPlane,
-    pub(crate) admin: Api,
-    pub(crate) repo: FixtureRepo,
-    pub(crate) docker: bollard::Docker,
-    image: &'static str,
-    project_id: String,
-    pub(crate) environment_id: String,
-}
-
 /// A control plane with one project (the fixture repo) and a Production
 /// environment on `main` carrying `variables`; `None` when Docker is absent.
 pub(crate) async fn world(variables: serde_json::Value) -> Option<World> {
-    world_with(variables, None).await
+    World::new(Path::new(AGENT), variables, None).await
 }
 
 /// Like `world`, with the project's storefront path set.
@@ -38,113 +26,7 @@ pub(crate) async fn world_with(
     variables: serde_json::Value,
     storefront_path: Option<&str>,
 ) -> Option<World> {
-    let docker = docker().await?;
-    let image = build_image().await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_owned();
-    let repo = FixtureRepo::new(&root);
-    let cp = ControlPlane::start(&root.join("server")).await;
-    let admin = cp.admin();
-    let project = admin
-        .create_project_with(CreateProject {
-            storefront_path: storefront_path.map(str::to_owned),
-            ..CreateProject::new("shop", &repo.url)
-        })
-        .await;
-    let environment = admin
-        .create_environment(&project, "Production", "main")
-        .await;
-    admin.set_variables(&environment.id, variables).await;
-    Some(World {
-        _dir: dir,
-        root,
-        cp,
-        admin,
-        repo,
-        docker,
-        image,
-        project_id: project.id,
-        environment_id: environment.id,
-    })
-}
-
-impl World {
-    pub(crate) fn root_dir(&self) -> &Path {
-        &self.root
-    }
-
-    pub(crate) async fn agent(&self, name: &str, extra: &str) -> AgentProcess {
-        AgentProcess::start(
-            Path::new(AGENT),
-            &self.cp.base_url(),
-            &self.root.join(name),
-            self.image,
-            extra,
-        )
-        .await
-    }
-
-    pub(crate) async fn push(&self, sha: &str) -> Deployment {
-        let outcome = self.admin.push_repo(&self.repo.url, "main", sha).await;
-        outcome
-            .deployments
-            .into_iter()
-            .next()
-            .expect("one deployment queued")
-    }
-
-    /// Waits for `status`; fails at once (with the agent's log) if the deployment
-    /// settles elsewhere.
-    pub(crate) async fn settle(
-        &self,
-        id: &str,
-        status: DeploymentStatus,
-        agent: &AgentProcess,
-    ) -> Deployment {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let deployment = self.admin.deployment(id).await;
-            if deployment.status == status {
-                return deployment;
-            }
-            let settled_elsewhere = deployment.status != Queued && deployment.status != Building;
-            if settled_elsewhere || Instant::now() > deadline {
-                panic!(
-                    "deployment {id} is {} (reason {:?}), expected {status}\nsystem log:\n{}\nagent log:\n{}",
-                    deployment.status,
-                    deployment.reason,
-                    self.log(id, "system").await,
-                    agent.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub(crate) async fn log(&self, id: &str, stream: &str) -> String {
-        self.admin
-            .get(&format!("/api/v1/deployments/{id}/logs/{stream}"))
-            .await
-            .text()
-    }
-
-    async fn wait_until_building(&self, id: &str) -> Deployment {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let deployment = self.admin.deployment(id).await;
-            if deployment.status == Building
-                && self.log(id, "backend").await.contains("still compiling")
-            {
-                return deployment;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "deployment {id} never got into its build: {:?}",
-                deployment.status
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    World::new(Path::new(AGENT), variables, storefront_path).await
 }
 
 fn untar(bytes: &[u8]) -> Vec<(String, String)> {

@@ -651,15 +651,7 @@ async fn issue_16_a_gitea_pull_request_gets_a_preview_and_one_comment_edited_in_
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let signed_in =
-        sign_in_over_http(&client, &cp.base_url(), "vic", "a viewer's password", None).await;
-    let cookie = signed_in.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = dashboard_session(&client, &cp.base_url(), "vic", "a viewer's password").await;
     let page = client
         .get(format!(
             "{}/deployments/{}",
@@ -803,15 +795,7 @@ async fn issue_28_what_a_git_host_answers_is_never_shown_to_viewers() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let signed_in =
-        sign_in_over_http(&client, &cp.base_url(), "vic", "a viewer's password", None).await;
-    let cookie = signed_in.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = dashboard_session(&client, &cp.base_url(), "vic", "a viewer's password").await;
     let page = client
         .get(format!("{}/deployments/{}", cp.base_url(), deployment.id))
         .header("cookie", cookie)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use kiln_protocol::DeploymentStatus::{AwaitingDeployment, BuildFailed};
 
 use crate::agent::world;
+use crate::support::free_port;
 
 /// Prometheus text format: `name{labels} value` per sample line.
 pub(crate) fn parse_metrics(text: &str) -> HashMap<String, f64> {
@@ -20,14 +21,6 @@ pub(crate) fn parse_metrics(text: &str) -> HashMap<String, f64> {
             )
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

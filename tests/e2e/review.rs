@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::DeploymentStatus::{self, *};
 
-use crate::agent::{world, world_with, World};
+use crate::agent::{world, world_with};
 use crate::support::*;
 
 /// An ordinary request answers, and within a second.
@@ -312,6 +312,23 @@ async fn issue_28_a_stored_token_never_follows_a_changed_url_and_private_hosts_a
     answers_within_a_second(&cp.base_url()).await;
 }
 
+/// A `shop` project with a Production environment whose first push an agent
+/// named `agent_name` has claimed: that agent, the deployment and its job.
+async fn claimed_build(
+    cp: &ControlPlane,
+    agent_name: &str,
+) -> (Api, kiln_protocol::Deployment, kiln_protocol::Job) {
+    let admin = cp.admin();
+    let agent = cp.register_agent(agent_name, &[]).await;
+    let project = admin.create_project("shop").await;
+    admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    (agent, deployment, job)
+}
+
 /// A control plane with one dashboard account, `ada`.
 async fn with_account(dir: &Path) -> ControlPlane {
     let cp = ControlPlane::start(dir).await;
@@ -466,13 +483,7 @@ async fn issue_28_revoking_an_agent_voids_its_upload_urls_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path()).await;
     let admin = cp.admin();
-    let agent = cp.register_agent("lost-host", &[]).await;
-    let project = admin.create_project("shop").await;
-    admin
-        .create_environment(&project, "Production", "main")
-        .await;
-    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
-    let job = agent.claim(5).await.unwrap();
+    let (agent, deployment, job) = claimed_build(&cp, "lost-host").await;
     let bytes = b"an artifact from a host that was lost".to_vec();
     let path = format!("/api/v1/agent/jobs/{}/artifacts", job.job_id);
     let descriptor = ArtifactDescriptor {
@@ -607,15 +618,7 @@ async fn issue_28_a_follow_of_a_deployment_canceled_before_its_build_ends() {
     assert_eq!(followed.status, StatusCode::OK);
     // The dashboard's live stream ends too, with `end`.
     let client = no_redirects();
-    let signed_in =
-        sign_in_over_http(&client, &cp.base_url(), "ada", "ada's long password", None).await;
-    let cookie = signed_in.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = session_cookie(&client, &cp.base_url()).await;
     let events = tokio::time::timeout(Duration::from_secs(10), async {
         client
             .get(format!(
@@ -642,14 +645,7 @@ async fn issue_28_one_viewer_holds_a_share_of_follows_and_one_client_a_share_of_
     use reqwest::StatusCode;
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path()).await;
-    let admin = cp.admin();
-    let agent = cp.register_agent("builder", &[]).await;
-    let project = admin.create_project("shop").await;
-    admin
-        .create_environment(&project, "Production", "main")
-        .await;
-    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
-    let job = agent.claim(5).await.unwrap();
+    let (agent, deployment, job) = claimed_build(&cp, "builder").await;
     agent
         .report(&job, &update(Building))
         .await
@@ -736,16 +732,9 @@ async fn issue_28_one_viewer_holds_a_share_of_follows_and_one_client_a_share_of_
     drop(held);
 }
 
-/// A signed-in client's session cookie (`name=value`).
+/// Ada's session cookie (`name=value`), signed in over HTTP.
 async fn session_cookie(client: &reqwest::Client, base: &str) -> String {
-    let signed_in = sign_in_over_http(client, base, "ada", "ada's long password", None).await;
-    signed_in.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+    dashboard_session(client, base, "ada", "ada's long password").await
 }
 
 #[tokio::test]
@@ -753,14 +742,7 @@ async fn issue_28_windows_of_long_lines_are_bounded_in_bytes_and_taken_a_few_at_
     use reqwest::StatusCode;
     let dir = tempfile::tempdir().unwrap();
     let cp = with_account(dir.path()).await;
-    let admin = cp.admin();
-    let agent = cp.register_agent("builder", &[]).await;
-    let project = admin.create_project("shop").await;
-    admin
-        .create_environment(&project, "Production", "main")
-        .await;
-    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
-    let job = agent.claim(5).await.unwrap();
+    let (agent, deployment, job) = claimed_build(&cp, "builder").await;
     // 160 lines of 256 KiB: 40 MiB of log a build could print.
     let line = format!("{}\n", "y".repeat(256 << 10));
     let mut log = Vec::new();
@@ -858,13 +840,7 @@ async fn issue_28_raw_logs_are_never_sniffed_and_far_offsets_answer_whole() {
     let dir = tempfile::tempdir().unwrap();
     let cp = with_account(dir.path()).await;
     let admin = cp.admin();
-    let agent = cp.register_agent("builder", &[]).await;
-    let project = admin.create_project("shop").await;
-    admin
-        .create_environment(&project, "Production", "main")
-        .await;
-    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
-    let job = agent.claim(5).await.unwrap();
+    let (agent, deployment, job) = claimed_build(&cp, "builder").await;
     let html = b"<html><script>alert(document.cookie)</script>\n".to_vec();
     agent.append_log(&job.job_id, "backend", 0, html).await;
     let client = no_redirects();

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use kiln_protocol::DeploymentStatus::{AwaitingDeployment, BuildFailed};
 
-use crate::agent::{world, World};
+use crate::agent::world;
 use crate::support::*;
 use kiln_agent::testing::SmallDisk;
 

@@ -15,7 +15,7 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::agent::{world, world_with, World, AGENT};
+use crate::agent::{world, world_with, AGENT};
 use crate::support::*;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_kiln-server-e2e");

@@ -14,6 +14,7 @@ pub mod s3;
 pub mod server;
 pub mod status_host;
 pub mod store_api;
+pub mod world;
 
 pub use agent::*;
 pub use browser::*;
@@ -27,3 +28,4 @@ pub use s3::*;
 pub use server::*;
 pub use status_host::*;
 pub use store_api::*;
+pub use world::World;

@@ -255,3 +255,21 @@ pub async fn sign_in_form(client: &reqwest::Client, base: &str) -> (String, Stri
     let token = html[start..].split('"').next().unwrap().to_owned();
     (cookie, token)
 }
+
+/// Signs `user` in over HTTP and returns the session cookie (`name=value`) a
+/// browser would send back.
+pub async fn dashboard_session(
+    client: &reqwest::Client,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let signed_in = sign_in_over_http(client, base, user, password, None).await;
+    signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}

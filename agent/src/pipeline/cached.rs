@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use kiln_protocol::Component;
 
 use super::artifact::Packed;
-use super::{Build, BuiltArtifact, Stop};
+use super::{Build, BuiltArtifact};
 use crate::beneath::{self, BeneathError};
 use crate::cache::inputs::{self, Key};
 use crate::cache::{Cache, Found, Kind, Meta, Scopes, Slot, Source};
@@ -21,23 +21,9 @@ use crate::package_manager::{PackageManager, Provision};
 use crate::repo_fs::RepoFs;
 
 /// The checkout's directory in the build directory (the containers' `/kiln`).
-const CHECKOUT: &str = "src";
+pub(super) const CHECKOUT: &str = "src";
 /// `$HOME` of every step, in the build directory.
-const HOME: &str = "home";
-
-/// The variable Next.js reads its Server Actions key from.
-pub(super) const SERVER_ACTIONS_KEY: &str = "NEXT_SERVER_ACTIONS_ENCRYPTION_KEY";
-/// How long Next.js keeps its key in `.next/cache`; the agent does the same.
-const SERVER_ACTIONS_KEY_DAYS: i64 = 14;
-
-/// A key as Next.js makes one: 256 random bits for AES-GCM, in base64.
-fn new_server_actions_key() -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
+pub(super) const HOME: &str = "home";
 
 /// What a job asks of the cache.
 #[derive(Debug, Clone)]
@@ -52,7 +38,7 @@ pub struct CacheRequest {
 
 /// Where an entry's files come from, found when it is published.
 #[derive(Debug, Clone)]
-enum Sources {
+pub(super) enum Sources {
     /// Every `node_modules` under `install_dir` of the checkout (`src/` of the
     /// build directory `root`), except under `exclude` (another install's
     /// directories).
@@ -211,7 +197,7 @@ pub(super) struct BuildCache {
 }
 
 /// What a restore found, for the log.
-fn origin(found: &Found, scopes: &Scopes) -> String {
+pub(super) fn origin(found: &Found, scopes: &Scopes) -> String {
     let whose = if found.own_scope {
         format!("{}'s", scopes.write)
     } else {
@@ -229,7 +215,7 @@ fn origin(found: &Found, scopes: &Scopes) -> String {
 }
 
 impl BuildCache {
-    fn slot<'a>(&'a self, kind: Kind, group: &'a str, key: &'a str) -> Slot<'a> {
+    pub(super) fn slot<'a>(&'a self, kind: Kind, group: &'a str, key: &'a str) -> Slot<'a> {
         Slot {
             project: &self.request.project,
             scopes: &self.request.scopes,
@@ -239,7 +225,14 @@ impl BuildCache {
         }
     }
 
-    fn keep(&self, kind: Kind, group: String, key: String, label: String, sources: Sources) {
+    pub(super) fn keep(
+        &self,
+        kind: Kind,
+        group: String,
+        key: String,
+        label: String,
+        sources: Sources,
+    ) {
         crate::lock(&self.pending).push(Pending {
             kind,
             group,
@@ -259,22 +252,10 @@ impl BuildCache {
         }
     }
 
-    fn key(&self, kind: &str) -> Key {
+    pub(super) fn key(&self, kind: &str) -> Key {
         let mut key = Key::new(kind);
         key.text("image", &self.image_id);
         key
-    }
-}
-
-/// The `$HOME` directory (under the build's `home/`) where a package manager
-/// keeps what it downloads.
-fn store_dir(manager: &PackageManager) -> &'static str {
-    match manager {
-        PackageManager::Npm => ".npm/_cacache",
-        PackageManager::YarnClassic => ".cache/yarn",
-        PackageManager::YarnBerry { .. } => ".yarn/berry/cache",
-        PackageManager::Pnpm => ".local/share/pnpm/store",
-        PackageManager::Bun => ".bun/install/cache",
     }
 }
 
@@ -491,340 +472,9 @@ impl Build<'_> {
         Some(key.finish())
     }
 
-    fn lockfiles_of(&self, install_dir: &Path) -> Option<String> {
+    pub(super) fn lockfiles_of(&self, install_dir: &Path) -> Option<String> {
         let fs = RepoFs::new(&self.workspace.src()).ok()?;
         inputs::lockfiles(&fs, install_dir)
-    }
-
-    /// Restores an install's `node_modules` trees; `Ok(true)` when the install
-    /// need not run.
-    pub(super) async fn restore_deps(
-        &self,
-        cache: &BuildCache,
-        install_dir: &Path,
-        key: &str,
-    ) -> Result<bool, Stop> {
-        let group = install_dir.display().to_string();
-        let Some(found) = cache
-            .request
-            .cache
-            .find(cache.slot(Kind::Deps, &group, key), false)
-        else {
-            self.system.line(format!(
-                "Build cache: no node_modules for {} with key {} yet; installing.",
-                super::display_dir(install_dir),
-                &key[..12]
-            ));
-            return Ok(false);
-        };
-        let root = self.workspace.build_dir();
-        for rel in &found.meta.paths {
-            if let Err(why) = beneath::vacant(&root, &Path::new(CHECKOUT).join(rel)) {
-                self.system.line(format!(
-                    "Build cache: node_modules not restored: {why}; installing."
-                ));
-                return Ok(false);
-            }
-        }
-        let cache_store = cache.request.cache.clone();
-        let (paths, found_for_task) = (found.meta.paths.clone(), found.clone());
-        let started = std::time::Instant::now();
-        let restored = tokio::task::spawn_blocking(move || {
-            let mut linked = None;
-            for rel in paths {
-                let restored = cache_store.restore_path(
-                    &found_for_task,
-                    Path::new(&rel),
-                    &root,
-                    &Path::new(CHECKOUT).join(&rel),
-                    true,
-                )?;
-                linked = Some(restored.linked);
-            }
-            Ok::<_, std::io::Error>(linked)
-        })
-        .await
-        .expect("restore task");
-        match restored {
-            Ok(Some(linked)) => {
-                self.system.line(format!(
-                    "Restored node_modules of {} from {} ({}, {} files, {} in {:.1}s); the install is skipped.",
-                    super::display_dir(install_dir),
-                    origin(&found, &cache.request.scopes),
-                    ByteSize(found.meta.bytes),
-                    found.meta.files,
-                    if linked { "linked" } else { "copied" },
-                    started.elapsed().as_secs_f64()
-                ));
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(error) => {
-                // What was half restored must not meet the install.
-                for rel in &found.meta.paths {
-                    let _ = beneath::remove(
-                        &self.workspace.build_dir(),
-                        &Path::new(CHECKOUT).join(rel),
-                    );
-                }
-                self.system.line(format!(
-                    "Build cache: node_modules not restored: {error}; installing."
-                ));
-                Ok(false)
-            }
-        }
-    }
-
-    /// After an install: keeps its `node_modules` trees (all of them under the
-    /// install directory, less `exclude`) for the next build with this key.
-    pub(super) fn keep_deps(
-        &self,
-        cache: &BuildCache,
-        install_dir: &Path,
-        key: String,
-        exclude: Vec<PathBuf>,
-    ) {
-        cache.keep(
-            Kind::Deps,
-            install_dir.display().to_string(),
-            key,
-            format!("node_modules of {}", super::display_dir(install_dir)),
-            Sources::NodeModules {
-                root: self.workspace.build_dir(),
-                install_dir: install_dir.to_owned(),
-                exclude,
-            },
-        );
-    }
-
-    /// Before an install that will run: the package manager's store (this
-    /// lockfile's, else the newest), so it downloads only what changed; kept
-    /// again after.
-    pub(super) async fn restore_store(
-        &self,
-        cache: &BuildCache,
-        install_dir: &Path,
-        manager: &PackageManager,
-    ) {
-        let Some(lockfiles) = self.lockfiles_of(install_dir) else {
-            return;
-        };
-        let group = format!("store:{}", manager.slug());
-        let mut key = cache.key("store");
-        key.text("manager", manager.slug())
-            .text("lockfiles", &lockfiles);
-        let key = key.finish();
-        let rel = Path::new(HOME).join(store_dir(manager));
-        let root = self.workspace.build_dir();
-        let found = cache
-            .request
-            .cache
-            .find(cache.slot(Kind::Store, &group, &key), true);
-        let exact = found.as_ref().is_some_and(|found| found.exact);
-        if let Some(found) = found {
-            match beneath::vacant(&root, &rel) {
-                Err(why) => self
-                    .system
-                    .line(format!("Build cache: store not restored: {why}.")),
-                Ok(()) => {
-                    // npm appends to its index files: it gets a copy.
-                    let link = !matches!(manager, PackageManager::Npm);
-                    let store = cache.request.cache.clone();
-                    let task_found = found.clone();
-                    let (root, dest) = (root.clone(), rel.clone());
-                    let restored = tokio::task::spawn_blocking(move || {
-                        store.restore_path(&task_found, Path::new("store"), &root, &dest, link)
-                    })
-                    .await
-                    .expect("restore task");
-                    match restored {
-                        Ok(restored) => self.system.line(format!(
-                            "Restored the {} store from {} ({}, {} in {:.1}s).",
-                            manager.slug(),
-                            origin(&found, &cache.request.scopes),
-                            ByteSize(found.meta.bytes),
-                            if restored.linked { "linked" } else { "copied" },
-                            restored.took.as_secs_f64()
-                        )),
-                        Err(error) => self
-                            .system
-                            .line(format!("Build cache: store not restored: {error}.")),
-                    }
-                }
-            }
-        }
-        if !exact {
-            cache.keep(
-                Kind::Store,
-                group,
-                key,
-                format!("the {} store", manager.slug()),
-                Sources::One(Source {
-                    root,
-                    path: rel,
-                    rel: PathBuf::from("store"),
-                }),
-            );
-        }
-    }
-
-    /// The package manager release a build provides, from the cache; `true`
-    /// when the provisioning step need not run.
-    pub(super) async fn restore_provision(
-        &self,
-        cache: &BuildCache,
-        provision: &Provision,
-    ) -> bool {
-        let group = "provision";
-        let mut key = cache.key("provision");
-        key.text("release", &provision.label())
-            .text("command", &provision.command().join(" "));
-        let key = key.finish();
-        let rel = Path::new(HOME).join(provision.home_dir());
-        let root = self.workspace.build_dir();
-        // Provided already in this build (for the backend): the storefront uses it.
-        if beneath::open_dir(&root, &rel).is_ok() {
-            return true;
-        }
-        if let Some(found) = cache
-            .request
-            .cache
-            .find(cache.slot(Kind::Store, group, &key), false)
-        {
-            if beneath::vacant(&root, &rel).is_ok() {
-                let store = cache.request.cache.clone();
-                let task_found = found.clone();
-                let (root, dest) = (root.clone(), rel.clone());
-                let restored = tokio::task::spawn_blocking(move || {
-                    store.restore_path(&task_found, Path::new("release"), &root, &dest, true)
-                })
-                .await
-                .expect("restore task");
-                if let Ok(restored) = restored {
-                    self.system.line(format!(
-                        "Restored {} from {} in {:.1}s; it is not fetched again.",
-                        provision.label(),
-                        origin(&found, &cache.request.scopes),
-                        restored.took.as_secs_f64()
-                    ));
-                    return true;
-                }
-            }
-        }
-        cache.keep(
-            Kind::Store,
-            group.to_owned(),
-            key,
-            provision.label(),
-            Sources::One(Source {
-                root,
-                path: rel,
-                rel: PathBuf::from("release"),
-            }),
-        );
-        false
-    }
-
-    /// The Server Actions key for a Next.js storefront's build, kept for this
-    /// build's own scope; `None` when the project sets one itself.
-    ///
-    /// Outside Docker, Next.js keeps its key in `.next/cache` for 14 days. In a
-    /// container, where every build runs, it makes a new one each build, and as
-    /// that key also salts its webpack cache, a restored `.next/cache` would
-    /// never be used. A preview never gets its base branch's key: it is a secret
-    /// (it decrypts the values Server Actions carry), so each scope has its own.
-    pub(super) fn server_actions_key(&self, cache: &BuildCache) -> Option<String> {
-        if self
-            .request
-            .env
-            .iter()
-            .any(|var| var.name == SERVER_ACTIONS_KEY)
-        {
-            return None;
-        }
-        let period = (crate::cache::unix_days() / SERVER_ACTIONS_KEY_DAYS).to_string();
-        let slot = cache.slot(Kind::Secret, "next-server-actions", &period);
-        match cache.request.cache.own_secret(slot, new_server_actions_key) {
-            Ok(key) => {
-                self.logs.mask_also(&key);
-                self.system.line(format!(
-                    "Next.js: {SERVER_ACTIONS_KEY} is {}'s own, kept by the agent for {SERVER_ACTIONS_KEY_DAYS} days, so .next/cache stays valid from one build to the next.",
-                    cache.request.scopes.write
-                ));
-                Some(key)
-            }
-            Err(error) => {
-                self.system.line(format!(
-                    "Build cache: no {SERVER_ACTIONS_KEY} kept ({error}); Next.js makes one for this build, and cannot reuse .next/cache."
-                ));
-                None
-            }
-        }
-    }
-
-    /// Next.js's own cache (`.next/cache`) before its build, copied from the
-    /// storefront's newest; kept again after.
-    pub(super) async fn restore_framework_cache(
-        &self,
-        cache: &BuildCache,
-        app_dir: &Path,
-        install_dir: &Path,
-    ) {
-        let group = format!("next:{}", app_dir.display());
-        let mut key = cache.key("framework");
-        key.text("app", &app_dir.display().to_string()).text(
-            "lockfiles",
-            &self.lockfiles_of(install_dir).unwrap_or_default(),
-        );
-        let key = key.finish();
-        let rel = app_dir.join(".next/cache");
-        let root = self.workspace.build_dir();
-        let in_root = Path::new(CHECKOUT).join(&rel);
-        if let Some(found) = cache
-            .request
-            .cache
-            .find(cache.slot(Kind::Framework, &group, &key), true)
-        {
-            match beneath::vacant(&root, &in_root) {
-                Err(why) => self
-                    .system
-                    .line(format!("Build cache: .next/cache not restored: {why}.")),
-                Ok(()) => {
-                    let store = cache.request.cache.clone();
-                    let task_found = found.clone();
-                    let (root, dest) = (root.clone(), in_root.clone());
-                    // Next rewrites its cache files: a copy, never links.
-                    let restored = tokio::task::spawn_blocking(move || {
-                        store.restore_path(&task_found, Path::new("cache"), &root, &dest, false)
-                    })
-                    .await
-                    .expect("restore task");
-                    match restored {
-                        Ok(restored) => self.system.line(format!(
-                            "Restored {} from {} ({}, copied in {:.1}s).",
-                            rel.display(),
-                            origin(&found, &cache.request.scopes),
-                            ByteSize(found.meta.bytes),
-                            restored.took.as_secs_f64()
-                        )),
-                        Err(error) => self
-                            .system
-                            .line(format!("Build cache: .next/cache not restored: {error}.")),
-                    }
-                }
-            }
-        }
-        cache.keep(
-            Kind::Framework,
-            group,
-            key,
-            format!("{}", rel.display()),
-            Sources::One(Source {
-                root,
-                path: in_root,
-                rel: PathBuf::from("cache"),
-            }),
-        );
     }
 }
 

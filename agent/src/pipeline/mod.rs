@@ -1,16 +1,18 @@
 //! Turns a `BuildRequest` into a `BuildOutcome`: the source (a git checkout or a
-//! local copy), then the backend (plan, install and build in containers, the
-//! `.medusa/server` check, the secret scan of its `public/`, packing), then the
-//! storefront (`storefront.rs`). Reaches Docker only through `Executor`; talks to
-//! no control plane (the job reports and uploads).
+//! local copy), then the backend (`backend.rs`) and the storefront
+//! (`storefront.rs`) side by side, each restoring its install from the cache
+//! through one shared step (`restore.rs`). Reaches Docker only through
+//! `Executor`; talks to no control plane (the job reports and uploads).
 //!
 //! Every stage returns `Result<_, Stop>`, so a failure or a cancel travels up with
 //! `?` and becomes the outcome in one place, `Pipeline::build`.
 
 pub mod artifact;
+mod backend;
 mod cached;
 pub(crate) mod checkout;
 pub(crate) mod plan;
+mod restore;
 mod scan;
 mod steps;
 mod storefront;
@@ -28,9 +30,7 @@ use crate::config::AgentConfig;
 use crate::executor::Executor;
 use crate::logs::{JobLogs, LogSink};
 use artifact::Packed;
-use cached::BuildCache;
 pub use cached::{CacheRequest, Harvest};
-use steps::{run_steps, PlannedStep, StepKind};
 pub use workspace::Workspace;
 
 /// Where the code to build comes from.
@@ -447,172 +447,6 @@ impl Build<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Reads the backend's plan from the checkout and says it in the log.
-    fn plan_backend(&self) -> Result<plan::BackendPlan, Stop> {
-        let (system, src) = (&self.system, self.workspace.src());
-        let plan = crate::repo_fs::RepoFs::new(&src)
-            .map_err(|error| error.to_string())
-            .and_then(|fs| {
-                plan::plan_backend(&fs, &self.request.backend_path).map_err(|e| e.to_string())
-            })
-            .map_err(|reason| fail(Component::Backend, reason))?;
-        for reason in &plan.reasons {
-            system.line(format!("Backend: {reason}"));
-        }
-        for warning in &plan.warnings {
-            system.line(format!("Warning ({}): {}", warning.code, warning.message));
-        }
-        system.line(format!(
-            "Backend in {}: {} ({}), install `{}` in {}, build `{}`.",
-            display_dir(&plan.app_dir),
-            plan.manager.slug(),
-            if plan.frozen {
-                "frozen lockfile"
-            } else {
-                "no lockfile"
-            },
-            plan.install.join(" "),
-            display_dir(&plan.install_dir),
-            plan.build.join(" "),
-        ));
-        Ok(plan)
-    }
-
-    /// Installs and builds the backend, checks and scans `.medusa/server`, and
-    /// packs it; or, with the cache, reuses an earlier build's output when its
-    /// inputs are the same, and restores its install. `storefront` is the
-    /// storefront's app and install directories, if it has one.
-    async fn backend(
-        &self,
-        plan: &plan::BackendPlan,
-        cache: Option<&BuildCache>,
-        storefront: Option<&(PathBuf, PathBuf)>,
-    ) -> Result<BuiltArtifact, Stop> {
-        let config = &self.pipeline.config;
-        let output_key = match cache {
-            Some(cache) => {
-                let exclude = storefront.map(|(app, _)| app.as_path());
-                let release = plan
-                    .provision
-                    .as_ref()
-                    .map(|p| p.label())
-                    .unwrap_or_default();
-                let install = plan.install.join(" ");
-                let build = plan.build.join(" ");
-                let dir = plan.app_dir.display().to_string();
-                self.output_key(
-                    cache,
-                    Component::Backend,
-                    exclude,
-                    &[&dir, &install, &build, &release],
-                )
-                .await
-            }
-            None => None,
-        };
-        if let (Some(cache), Some(key)) = (cache, &output_key) {
-            if let Some(artifact) = self.reuse_output(cache, Component::Backend, key).await {
-                self.settle_backend_install();
-                self.request
-                    .progress(Component::Backend, ComponentStatus::Succeeded);
-                return Ok(artifact);
-            }
-        }
-        let mut install = Some(PlannedStep {
-            kind: StepKind::Install,
-            command: plan.install.clone(),
-            dir: plan.install_dir.clone(),
-            network: config.install_network,
-            bin_dir: None,
-            shown: None,
-            env: Vec::new(),
-        });
-        let mut provided = false;
-        if let Some(cache) = cache {
-            if let Some(provision) = &plan.provision {
-                provided = self.restore_provision(cache, provision).await;
-            }
-            match self.deps_key(
-                cache,
-                &plan.install_dir,
-                &plan.manager,
-                plan.provision.as_ref(),
-            ) {
-                Some(key) => {
-                    if self.restore_deps(cache, &plan.install_dir, &key).await? {
-                        install = None;
-                    } else {
-                        self.restore_store(cache, &plan.install_dir, &plan.manager)
-                            .await;
-                        // Another install's trees are not this one's.
-                        let exclude = storefront
-                            .map(|(_, install_dir)| install_dir.clone())
-                            .filter(|dir| dir != &plan.install_dir)
-                            .into_iter()
-                            .collect();
-                        self.keep_deps(cache, &plan.install_dir, key, exclude);
-                    }
-                }
-                None => self
-                    .system
-                    .line("Build cache: no lockfile, so node_modules are not cached."),
-            }
-        }
-        let steps = PlannedStep::with_manager(
-            plan.provision.as_ref(),
-            provided,
-            install,
-            PlannedStep {
-                kind: StepKind::Build,
-                command: plan.build.clone(),
-                dir: plan.app_dir.clone(),
-                network: config.build_network,
-                bin_dir: None,
-                shown: None,
-                env: Vec::new(),
-            },
-        );
-        // The build step is last: the storefront may install once the rest ran.
-        let (build, before) = steps.split_last().expect("a build step");
-        run_steps(self, Component::Backend, before).await?;
-        self.mark_installed(&plan.install_dir, &plan.install);
-        self.settle_backend_install();
-        run_steps(self, Component::Backend, std::slice::from_ref(build)).await?;
-        self.until_no_container_runs(Component::Backend).await;
-
-        // The output Medusa deploys; its public folder is served to the world.
-        let server =
-            match workspace::output_dir(self.workspace, &plan.app_dir.join(".medusa/server")) {
-                Ok(server) => server,
-                Err(workspace::OutputError::Missing { .. }) => {
-                    return Err(fail(
-                        Component::Backend,
-                        "medusa build produced no .medusa/server",
-                    ))
-                }
-                Err(error) => {
-                    return Err(fail(
-                        Component::Backend,
-                        format!("cannot package .medusa/server: {error}"),
-                    ))
-                }
-            };
-        scan::scan_public(self, &plan.app_dir.join(".medusa/server/public")).await?;
-        let packed = self
-            .pack(Component::Backend, ".medusa/server", server, &[])
-            .await?;
-        self.request
-            .progress(Component::Backend, ComponentStatus::Succeeded);
-        let artifact = BuiltArtifact {
-            component: Component::Backend,
-            packed,
-        };
-        if let (Some(cache), Some(key)) = (cache, output_key) {
-            self.keep_output(cache, &artifact, key);
-        }
-        Ok(artifact)
     }
 
     /// Packs `dir` (leaving out the top-level `skip` entries) as the component's

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use kiln_protocol::{Component, ComponentStatus};
 
-use super::cached::{BuildCache, SERVER_ACTIONS_KEY};
+use super::cached::BuildCache;
 use super::plan::BackendPlan;
+use super::restore::SERVER_ACTIONS_KEY;
 use super::steps::{image_node_version, run_steps, PlannedStep, StepKind};
 use super::workspace::{output_dir, OutputError};
 use super::{fail, Build, BuiltArtifact, Stop};
@@ -121,32 +122,20 @@ pub(super) async fn build(
     };
     let mut provided = false;
     if let Some(cache) = cache {
-        if let Some(provision) = &found.provision {
-            provided = build.restore_provision(cache, provision).await;
-        }
-        if install.is_some() {
-            let manager = crate::package_manager::PackageManager::from_slug(found.package_manager);
-            match manager.and_then(|manager| {
-                build
-                    .deps_key(cache, &install_dir, &manager, found.provision.as_ref())
-                    .map(|key| (manager, key))
-            }) {
-                Some((manager, key)) => {
-                    if build.restore_deps(cache, &install_dir, &key).await? {
-                        install = None;
-                    } else {
-                        build.restore_store(cache, &install_dir, &manager).await;
-                        let exclude = (backend.install_dir != install_dir)
-                            .then(|| backend.install_dir.clone())
-                            .into_iter()
-                            .collect();
-                        build.keep_deps(cache, &install_dir, key, exclude);
-                    }
-                }
-                None => system.line(
-                    "Build cache: no lockfile, so the storefront's node_modules are not cached.",
-                ),
-            }
+        let manager = crate::package_manager::PackageManager::from_slug(found.package_manager);
+        let inputs = super::restore::InstallInputs {
+            dir: &install_dir,
+            manager: manager.as_ref(),
+            provision: found.provision.as_ref(),
+            other_dir: Some(&backend.install_dir),
+            whose: "the storefront's ",
+        };
+        let (release, needed) = build
+            .restore_install(cache, inputs, install.is_some())
+            .await?;
+        provided = release;
+        if !needed {
+            install = None;
         }
         if found.framework == Framework::Nextjs {
             build

@@ -9,6 +9,7 @@
 mod auth;
 mod logview;
 mod pages;
+mod pieces;
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};

@@ -1,0 +1,165 @@
+//! The backend, planned from the checkout (`plan.rs`, the `medusa build` rule)
+//! and built: its install (with the cache, the one step both components share:
+//! `Build::restore_install`), `medusa build`, then once no container of the job
+//! runs, the `.medusa/server` check, the secret scan of its `public/`, and the
+//! pack; or, with the cache, an earlier build's output reused.
+
+use std::path::PathBuf;
+
+use kiln_protocol::{Component, ComponentStatus};
+
+use super::cached::BuildCache;
+use super::steps::{run_steps, PlannedStep, StepKind};
+use super::{display_dir, fail, plan, restore, scan, workspace, Build, BuiltArtifact, Stop};
+
+impl Build<'_> {
+    /// Reads the backend's plan from the checkout and says it in the log.
+    pub(super) fn plan_backend(&self) -> Result<plan::BackendPlan, Stop> {
+        let (system, src) = (&self.system, self.workspace.src());
+        let plan = crate::repo_fs::RepoFs::new(&src)
+            .map_err(|error| error.to_string())
+            .and_then(|fs| {
+                plan::plan_backend(&fs, &self.request.backend_path).map_err(|e| e.to_string())
+            })
+            .map_err(|reason| fail(Component::Backend, reason))?;
+        for reason in &plan.reasons {
+            system.line(format!("Backend: {reason}"));
+        }
+        for warning in &plan.warnings {
+            system.line(format!("Warning ({}): {}", warning.code, warning.message));
+        }
+        system.line(format!(
+            "Backend in {}: {} ({}), install `{}` in {}, build `{}`.",
+            display_dir(&plan.app_dir),
+            plan.manager.slug(),
+            if plan.frozen {
+                "frozen lockfile"
+            } else {
+                "no lockfile"
+            },
+            plan.install.join(" "),
+            display_dir(&plan.install_dir),
+            plan.build.join(" "),
+        ));
+        Ok(plan)
+    }
+
+    /// Installs and builds the backend, checks and scans `.medusa/server`, and
+    /// packs it; or, with the cache, reuses an earlier build's output when its
+    /// inputs are the same, and restores its install. `storefront` is the
+    /// storefront's app and install directories, if it has one.
+    pub(super) async fn backend(
+        &self,
+        plan: &plan::BackendPlan,
+        cache: Option<&BuildCache>,
+        storefront: Option<&(PathBuf, PathBuf)>,
+    ) -> Result<BuiltArtifact, Stop> {
+        let config = &self.pipeline.config;
+        let output_key = match cache {
+            Some(cache) => {
+                let exclude = storefront.map(|(app, _)| app.as_path());
+                let release = plan
+                    .provision
+                    .as_ref()
+                    .map(|p| p.label())
+                    .unwrap_or_default();
+                let install = plan.install.join(" ");
+                let build = plan.build.join(" ");
+                let dir = plan.app_dir.display().to_string();
+                self.output_key(
+                    cache,
+                    Component::Backend,
+                    exclude,
+                    &[&dir, &install, &build, &release],
+                )
+                .await
+            }
+            None => None,
+        };
+        if let (Some(cache), Some(key)) = (cache, &output_key) {
+            if let Some(artifact) = self.reuse_output(cache, Component::Backend, key).await {
+                self.settle_backend_install();
+                self.request
+                    .progress(Component::Backend, ComponentStatus::Succeeded);
+                return Ok(artifact);
+            }
+        }
+        let mut install = Some(PlannedStep {
+            kind: StepKind::Install,
+            command: plan.install.clone(),
+            dir: plan.install_dir.clone(),
+            network: config.install_network,
+            bin_dir: None,
+            shown: None,
+            env: Vec::new(),
+        });
+        let mut provided = false;
+        if let Some(cache) = cache {
+            let inputs = restore::InstallInputs {
+                dir: &plan.install_dir,
+                manager: Some(&plan.manager),
+                provision: plan.provision.as_ref(),
+                other_dir: storefront.map(|(_, install_dir)| install_dir.as_path()),
+                whose: "",
+            };
+            let (release, needed) = self.restore_install(cache, inputs, true).await?;
+            provided = release;
+            if !needed {
+                install = None;
+            }
+        }
+        let steps = PlannedStep::with_manager(
+            plan.provision.as_ref(),
+            provided,
+            install,
+            PlannedStep {
+                kind: StepKind::Build,
+                command: plan.build.clone(),
+                dir: plan.app_dir.clone(),
+                network: config.build_network,
+                bin_dir: None,
+                shown: None,
+                env: Vec::new(),
+            },
+        );
+        // The build step is last: the storefront may install once the rest ran.
+        let (build, before) = steps.split_last().expect("a build step");
+        run_steps(self, Component::Backend, before).await?;
+        self.mark_installed(&plan.install_dir, &plan.install);
+        self.settle_backend_install();
+        run_steps(self, Component::Backend, std::slice::from_ref(build)).await?;
+        self.until_no_container_runs(Component::Backend).await;
+
+        // The output Medusa deploys; its public folder is served to the world.
+        let server =
+            match workspace::output_dir(self.workspace, &plan.app_dir.join(".medusa/server")) {
+                Ok(server) => server,
+                Err(workspace::OutputError::Missing { .. }) => {
+                    return Err(fail(
+                        Component::Backend,
+                        "medusa build produced no .medusa/server",
+                    ))
+                }
+                Err(error) => {
+                    return Err(fail(
+                        Component::Backend,
+                        format!("cannot package .medusa/server: {error}"),
+                    ))
+                }
+            };
+        scan::scan_public(self, &plan.app_dir.join(".medusa/server/public")).await?;
+        let packed = self
+            .pack(Component::Backend, ".medusa/server", server, &[])
+            .await?;
+        self.request
+            .progress(Component::Backend, ComponentStatus::Succeeded);
+        let artifact = BuiltArtifact {
+            component: Component::Backend,
+            packed,
+        };
+        if let (Some(cache), Some(key)) = (cache, output_key) {
+            self.keep_output(cache, &artifact, key);
+        }
+        Ok(artifact)
+    }
+}

@@ -1,0 +1,207 @@
+//! The pieces pages are made of: a status as icon, words and colour, commit
+//! and time texts, links to the git host, and the deployments table.
+
+use chrono::{DateTime, Utc};
+use kiln_protocol::{ComponentStatus, Deployment, DeploymentStatus, Environment, EnvironmentKind};
+use maud::{html, Markup};
+
+pub(super) fn status_class(status: DeploymentStatus) -> &'static str {
+    use DeploymentStatus::*;
+    match status {
+        Live => "ok",
+        AwaitingDeployment | Ready => "done",
+        Queued | Building | Deploying => "busy",
+        BuildFailed | DeployFailed => "bad",
+        BuildCanceled => "off",
+    }
+}
+
+pub(super) fn status_icon(status: DeploymentStatus) -> &'static str {
+    use DeploymentStatus::*;
+    match status {
+        Live => "●",
+        AwaitingDeployment | Ready => "◆",
+        Queued => "○",
+        Building | Deploying => "◐",
+        BuildFailed | DeployFailed => "✕",
+        BuildCanceled => "⊘",
+    }
+}
+
+/// A deployment's status: icon and words, coloured.
+pub fn status_badge(status: DeploymentStatus) -> Markup {
+    html! {
+        span class={"badge " (status_class(status))} data-status=(status.as_str()) {
+            span aria-hidden="true" { (status_icon(status)) } " " (status.label())
+        }
+    }
+}
+
+pub(super) fn component_badge(name: &str, status: ComponentStatus) -> Markup {
+    let class = match status {
+        ComponentStatus::Succeeded => "ok",
+        ComponentStatus::Failed => "bad",
+        ComponentStatus::Building => "busy",
+        ComponentStatus::Canceled | ComponentStatus::Skipped => "off",
+        ComponentStatus::Pending => "done",
+    };
+    html! {
+        span class={"badge small " (class)} title=(format!("{name}: {}", status.label())) {
+            (name) ": " (status.label())
+        }
+    }
+}
+
+pub fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+pub fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or_default()
+}
+
+pub(super) fn when(at: DateTime<Utc>) -> Markup {
+    html! {
+        time datetime=(at.to_rfc3339()) title=(at.format("%Y-%m-%d %H:%M:%S UTC")) { (at.format("%Y-%m-%d %H:%M")) }
+    }
+}
+
+pub(super) fn when_millis(millis: i64) -> Markup {
+    match DateTime::from_timestamp_millis(millis) {
+        Some(at) => when(at),
+        None => html! { "—" },
+    }
+}
+
+/// `1m 23s`.
+pub fn span_text(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s}s"),
+        (h, m, _) => format!("{h}h {m}m"),
+    }
+}
+
+/// How long the build took (or has taken so far): from `building` to the end of
+/// the build.
+pub fn build_duration(deployment: &Deployment) -> Option<String> {
+    use DeploymentStatus::*;
+    let started = deployment
+        .transitions
+        .iter()
+        .find(|t| t.status == Building)?
+        .at;
+    let ended = deployment
+        .transitions
+        .iter()
+        .find(|t| {
+            matches!(t.status, AwaitingDeployment | BuildFailed | BuildCanceled) && t.at >= started
+        })
+        .map(|t| t.at)
+        .unwrap_or_else(|| {
+            if deployment.status == Building {
+                Utc::now()
+            } else {
+                deployment.updated_at
+            }
+        });
+    Some(span_text((ended - started).num_seconds()))
+}
+
+/// The web page of a commit, where the repository's host is one Kiln knows the
+/// shape of (GitHub, GitLab, Gitea/Forgejo and their self-hosted kin).
+pub fn commit_url(repository_url: &str, sha: &str) -> Option<String> {
+    let url = repository_url.trim().trim_end_matches('/');
+    let url = url.strip_suffix(".git").unwrap_or(url);
+    let web = if let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    {
+        let rest = rest
+            .rsplit_once('@')
+            .map_or(rest, |(_, host_path)| host_path);
+        format!("https://{rest}")
+    } else if let Some((user_host, path)) = url.split_once(':') {
+        let host = user_host.rsplit('@').next()?;
+        if host.contains('/') || path.starts_with("//") {
+            return None;
+        }
+        format!("https://{host}/{}", path.trim_start_matches('/'))
+    } else {
+        return None;
+    };
+    let host = web.trim_start_matches("https://").split('/').next()?;
+    if host.contains("127.0.0.1") || host.starts_with("localhost") {
+        return None;
+    }
+    let separator = if host.contains("gitlab") {
+        "/-/commit/"
+    } else {
+        "/commit/"
+    };
+    Some(format!("{web}{separator}{sha}"))
+}
+
+pub(super) fn environment_kind(environment: &Environment) -> Markup {
+    html! {
+        @match environment.kind {
+            EnvironmentKind::LongLived => span.kind { "Long-lived" },
+            EnvironmentKind::Preview => span.kind.preview {
+                "Preview" @if let Some(number) = environment.pull_request { " · PR #" (number) }
+            },
+        }
+    }
+}
+
+/// The deployments table of the project and environment pages.
+pub fn deployments_table(deployments: &[Deployment], environments: &[Environment]) -> Markup {
+    let environment_name = |id: &str| {
+        environments
+            .iter()
+            .find(|environment| environment.id == id)
+            .map_or("(removed)", |environment| environment.name.as_str())
+    };
+    html! {
+        @if deployments.is_empty() {
+            p.empty { "No deployments match." }
+        } @else {
+            table.deployments {
+                caption.visually-hidden { "Deployments, newest first" }
+                thead { tr {
+                    th scope="col" { "Commit" }
+                    th scope="col" { "Status" }
+                    th scope="col" { "Backend · Storefront" }
+                    th scope="col" { "Branch" }
+                    th scope="col" { "Environment" }
+                    th scope="col" { "Author" }
+                    th scope="col" { "Created" }
+                    th scope="col" { "Duration" }
+                } }
+                tbody {
+                    @for deployment in deployments {
+                        tr data-deployment=(deployment.id) {
+                            td {
+                                a href={"/deployments/" (deployment.id)} {
+                                    code { (short_sha(&deployment.commit_sha)) }
+                                    " " (first_line(&deployment.message))
+                                }
+                            }
+                            td { (status_badge(deployment.status)) }
+                            td.components {
+                                (component_badge("Backend", deployment.backend_status))
+                                " "
+                                (component_badge("Storefront", deployment.storefront_status))
+                            }
+                            td { code { (deployment.branch) } }
+                            td { a href={"/environments/" (deployment.environment_id)} { (environment_name(&deployment.environment_id)) } }
+                            td { (deployment.author) }
+                            td { (when(deployment.created_at)) }
+                            td { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
