@@ -233,7 +233,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     telemetry.clone(),
                 ));
             }
-            // STOPPING=1 goes out at the first signal, when the drain begins.
+            // READY, the status line and the watchdog; STOPPING=1 goes out from
+            // `forward_signals` at the first signal, when the drain begins.
             tokio::spawn(crate::metrics::notify_systemd(shutdown.clone()));
             match daemon.run(shutdown, abort).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
@@ -292,10 +293,13 @@ async fn forward_signals(shutdown: CancellationToken, abort: CancellationToken) 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("can handle SIGTERM");
     let mut int = signal(SignalKind::interrupt()).expect("can handle SIGINT");
-    for token in [shutdown, abort] {
+    for (first, token) in [(true, shutdown), (false, abort)] {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+        }
+        if first {
+            crate::metrics::notify_stopping();
         }
         token.cancel();
     }
@@ -527,9 +531,55 @@ fn detect(
     if format != "text" && format != "json" {
         bail!("--format {format:?} is invalid; use text or json");
     }
+    // The backend as the build plans it: a repository that is a backend alone
+    // is described, with "no storefront" said as the fact it is.
+    let backend_plan = crate::repo_fs::RepoFs::new(dir)
+        .map_err(|error| error.to_string())
+        .and_then(|fs| {
+            crate::pipeline::plan::plan_backend(&fs, backend.unwrap_or("."))
+                .map_err(|error| error.to_string())
+        });
+    let backend_json = match &backend_plan {
+        Ok(plan) => serde_json::json!({
+            "app_dir": display_path(&plan.app_dir),
+            "package_manager": plan.manager.slug(),
+            "install": plan.install.join(" "),
+            "install_dir": display_path(&plan.install_dir),
+            "build": plan.build.join(" "),
+        }),
+        Err(error) => serde_json::json!({"error": error}),
+    };
+    let backend_only = matches!(
+        crate::detect::detect(dir, backend, storefront),
+        Err(crate::detect::DetectError::NoStorefrontFound)
+    ) && storefront.is_none()
+        && backend_plan.is_ok();
+    if backend_only {
+        if format == "json" {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "backend": backend_json,
+                    "storefront": null,
+                }))?
+            );
+        } else {
+            print_backend(&backend_plan);
+            println!(
+                "no storefront: this repository is a backend alone, and the build builds it alone"
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let result = crate::detect::detect(dir, backend, storefront);
     match (&result, format) {
-        (Ok(found), "json") => println!("{}", serde_json::to_string_pretty(found)?),
+        (Ok(found), "json") => {
+            let mut shown = serde_json::to_value(found)?;
+            if let Some(object) = shown.as_object_mut() {
+                object.insert("backend".to_owned(), backend_json);
+            }
+            println!("{}", serde_json::to_string_pretty(&shown)?)
+        }
         (Err(error), "json") => println!(
             "{}",
             serde_json::to_string_pretty(
@@ -537,6 +587,7 @@ fn detect(
             )?
         ),
         (Ok(found), _) => {
+            print_backend(&backend_plan);
             for reason in &found.reasons {
                 println!("{reason}");
             }
@@ -560,6 +611,30 @@ fn detect(
     } else {
         ExitCode::from(2)
     })
+}
+
+/// The backend's plan in one line, as the build's system log says it.
+fn print_backend(plan: &Result<crate::pipeline::plan::BackendPlan, String>) {
+    match plan {
+        Ok(plan) => println!(
+            "backend in {}: {}, install `{}` in {}, build `{}`",
+            display_path(&plan.app_dir),
+            plan.manager.slug(),
+            plan.install.join(" "),
+            display_path(&plan.install_dir),
+            plan.build.join(" ")
+        ),
+        Err(error) => println!("backend: {error}"),
+    }
+}
+
+/// A path inside the repository; the root is `.`.
+fn display_path(path: &std::path::Path) -> String {
+    if path.as_os_str().is_empty() {
+        ".".to_owned()
+    } else {
+        path.display().to_string()
+    }
 }
 
 /// The Docker engine's version, if one answers (for the host facts).

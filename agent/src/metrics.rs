@@ -334,10 +334,20 @@ fn watchdog_interval() -> Option<Duration> {
     }
 }
 
+/// Tells systemd the agent is stopping: called from the signal path itself, at
+/// the first signal, so a drain that ends quickly (and the runtime with it)
+/// cannot lose it. Does nothing outside systemd.
+pub fn notify_stopping() {
+    if std::env::var_os(crate::env_vars::NOTIFY_SOCKET).is_some() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    }
+}
+
 /// Tells systemd the agent is ready, keeps its status line current, and pings the
 /// watchdog only while the claim loop turns and the control plane answers, so a
-/// wedged agent is restarted. Says STOPPING when `stop` (the first signal) comes.
-/// Does nothing outside systemd.
+/// wedged agent is restarted; ends when `stop` (the first signal) comes, whose
+/// STOPPING the signal path sends (`notify_stopping`). Does nothing outside
+/// systemd.
 pub async fn notify_systemd(stop: CancellationToken) {
     if std::env::var_os(crate::env_vars::NOTIFY_SOCKET).is_none() {
         return;
@@ -357,10 +367,7 @@ pub async fn notify_systemd(stop: CancellationToken) {
         let _ = sd_notify::notify(false, &states);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-                return;
-            }
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -664,3 +664,33 @@ async fn secret_in_the_public_folder_fails_the_build_with_the_finding_in_the_log
     assert!(system.contains("mode is `warn`"), "{system}");
     assert!(!system.contains(value));
 }
+
+#[test]
+fn issue_30_detect_describes_a_backend_alone_and_says_it_has_no_storefront() {
+    // medusa-starter-default's shape: a backend at the root, nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medusa-shop");
+    for name in ["package.json", "package-lock.json", "medusa-config.js"] {
+        std::fs::copy(example.join(name), dir.path().join(name)).unwrap();
+    }
+    let detect = |format: &str| {
+        std::process::Command::new(AGENT)
+            .args(["detect", "--format", format])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let text = detect("text");
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(text.status.success(), "{shown}");
+    assert!(
+        shown.contains("backend in .: npm, install `npm ci` in ., build `npm run build`"),
+        "{shown}"
+    );
+    assert!(shown.contains("no storefront"), "{shown}");
+    let json = detect("json");
+    assert!(json.status.success());
+    let described: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(described["backend"]["build"], "npm run build");
+    assert_eq!(described["storefront"], serde_json::Value::Null);
+}
