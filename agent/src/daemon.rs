@@ -130,6 +130,7 @@ impl Daemon {
             match claimed {
                 Ok(Some(job)) => {
                     backoff.reset();
+                    info!(message = "Job claimed.", job_id = %job.job_id, deployment_id = %job.deployment_id);
                     let cancel = builds.child_token();
                     let guard = running.start(&job, cancel.clone(), slot);
                     let claimed_at = std::time::Instant::now();

@@ -124,25 +124,66 @@ pub(crate) async fn run(
                 let _ = canceled_at.set(Instant::now());
             })
         };
-        job_run
+        let ended = job_run
             .run_job(&job, cancel, claimed_at, &canceled_at)
             .await;
         cancel_clock.abort();
         metrics.jobs_running.dec();
+        // The slot goes as soon as the build has reported and its containers
+        // are gone: a newer commit waiting for it need not wait for a large
+        // workspace to be removed, which this task then does.
         drop(guard);
+        if let Some(ended) = ended {
+            job_run.clean_up(&job.job_id, ended).await;
+        }
     }
     .instrument(span)
     .await
 }
 
+/// How a job that ran ended, for its clean-up once its slot is free.
+struct Ended {
+    status: DeploymentStatus,
+    /// Its logs reached the control plane (else its spool stays).
+    delivered: bool,
+}
+
 impl JobRun {
+    /// Removes the job's workspace (unless it is a failed build the operator
+    /// keeps) and forgets its spool once its logs were delivered.
+    async fn clean_up(&self, job_id: &str, ended: Ended) {
+        let workspace = Workspace::new(&self.config.work_dir, job_id);
+        let keep =
+            self.config.keep_failed_workspaces && ended.status == DeploymentStatus::BuildFailed;
+        let started = Instant::now();
+        if keep {
+            info!(message = "Keeping the failed job's workspace.", path = %workspace.root.display());
+        } else {
+            match tokio::fs::remove_dir_all(&workspace.root).await {
+                Ok(()) => {
+                    info!(
+                        message = "Workspace removed.",
+                        took_ms = started.elapsed().as_millis() as u64
+                    )
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    warn!(message = "Could not remove the workspace.", path = %workspace.root.display(), %error)
+                }
+            }
+        }
+        if ended.delivered {
+            self.state.forget_job(job_id);
+        }
+    }
+
     async fn run_job(
         &self,
         job: &Job,
         cancel: CancellationToken,
         claimed_at: Instant,
         canceled_at: &OnceLock<Instant>,
-    ) {
+    ) -> Option<Ended> {
         let (spool, logs) = match self.open_spool(job) {
             Ok(opened) => opened,
             Err(error) => {
@@ -150,7 +191,7 @@ impl JobRun {
                     .client
                     .report(&job.job_id, &failed_update(error.to_string()))
                     .await;
-                return;
+                return None;
             }
         };
         logs.sink(LogStream::System).line(format!(
@@ -263,19 +304,10 @@ impl JobRun {
                 info!(message = "Build cache.", %line);
             }
         }
-        let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
-        let keep =
-            self.config.keep_failed_workspaces && last.status == DeploymentStatus::BuildFailed;
-        if keep {
-            info!(message = "Keeping the failed job's workspace.", path = %workspace.root.display());
-        } else if let Err(error) = tokio::fs::remove_dir_all(&workspace.root).await {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                warn!(message = "Could not remove the workspace.", path = %workspace.root.display(), %error);
-            }
-        }
-        if delivered {
-            self.state.forget_job(&job.job_id);
-        }
+        Some(Ended {
+            status: last.status,
+            delivered,
+        })
     }
 
     /// Records the job in the state dir and opens its log spool (masking the job's

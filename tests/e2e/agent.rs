@@ -694,3 +694,52 @@ fn issue_30_detect_describes_a_backend_alone_and_says_it_has_no_storefront() {
     assert_eq!(described["backend"]["build"], "npm run build");
     assert_eq!(described["storefront"], serde_json::Value::Null);
 }
+
+#[tokio::test]
+async fn issue_30_a_canceled_builds_slot_is_free_before_its_workspace_is_removed() {
+    // A build that leaves a large node_modules, then goes on building.
+    let Some(world) = world(serde_json::json!([
+        {"name": "KILN_FIXTURE_FILES", "value": "30000"},
+        {"name": "KILN_FIXTURE_SLEEP", "value": "120"},
+    ]))
+    .await
+    else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let first = world.push(&world.repo.head()).await;
+    let building = world.wait_until_building(&first.id).await;
+    let old_job = building.current_job_id.unwrap();
+    assert!(world
+        .log(&first.id, "backend")
+        .await
+        .contains("wrote 30000 files"));
+    let newer = world.repo.commit("newer", |_| {});
+    let second = world.push(&newer).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = agent.log_text();
+        let removed = log
+            .lines()
+            .any(|line| line.contains("Workspace removed.") && line.contains(&old_job));
+        let claimed = log
+            .lines()
+            .any(|line| line.contains("Job claimed.") && line.contains(&second.id));
+        if removed && claimed {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The newer commit was claimed before the old workspace was gone: with one
+    // build slot, the slot went before the removal.
+    let claimed = log
+        .lines()
+        .position(|line| line.contains("Job claimed.") && line.contains(&second.id))
+        .expect("the newer job was claimed");
+    let removed = log
+        .lines()
+        .position(|line| line.contains("Workspace removed.") && line.contains(&old_job))
+        .unwrap();
+    assert!(claimed < removed, "{log}");
+}

@@ -25,6 +25,8 @@
 //   KILN_FIXTURE_BIG_FIRST_MB=N  lead .medusa/server with an N MiB file of random
 //                          bytes (slow to pack) and end it with a folder zzz/
 //                          holding `ready`, for a racing storefront to swap
+//   KILN_FIXTURE_FILES=N   first write N small files under node_modules/.fixture,
+//                          as a large install leaves (slow to remove)
 //   KILN_FIXTURE_HOME_NPM_LINK=P  end with $HOME/.npm a symlink to P, as a build
 //                          that wants the cache harvest to take a host folder
 // A file `poison-node-modules` at the repository root makes the build try to
@@ -87,6 +89,14 @@ async function main() {
       writeAll(`${secret.slice(half)} :split\n`)
       writeAll(`base64: ${Buffer.from(secret).toString("base64")}\n`)
     }
+  }
+  if (env.KILN_FIXTURE_FILES) {
+    const dir = path.join("node_modules", ".fixture")
+    for (let i = 0; i < Number(env.KILN_FIXTURE_FILES); i++) {
+      if (i % 1000 === 0) fs.mkdirSync(path.join(dir, String(i / 1000)), { recursive: true })
+      fs.writeFileSync(path.join(dir, String(Math.floor(i / 1000)), `f${i}.js`), "module.exports = 1\n")
+    }
+    console.log(`info:    wrote ${env.KILN_FIXTURE_FILES} files`)
   }
   const delay = Number(env.KILN_FIXTURE_LINE_DELAY_MS || 0)
   for (let i = 0; i < Number(env.KILN_FIXTURE_LINES || 0); i++) {
