@@ -439,7 +439,29 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
             "waiting for a free agent: every agent that may build it is running a build; {queue}"
         )));
     }
-    Ok(None)
+    // An able agent is free: it claims this at its next ask, within seconds.
+    // Said all the same, so a queue that does not move is never unexplained.
+    let now = now_ms();
+    let mut idle: Vec<String> = unavailable
+        .iter()
+        .filter(|(agent, why)| why.is_none() && agent.running.is_empty())
+        .take(NAMED_IN_WAIT)
+        .map(|(agent, _)| match agent.last_seen_at {
+            Some(seen) => format!(
+                "{} (last heard from {} s ago)",
+                agent.name,
+                (now - seen).max(0) / 1000
+            ),
+            None => agent.name.clone(),
+        })
+        .collect();
+    if able.len() > NAMED_IN_WAIT {
+        idle.push(format!("and {} more", able.len() - NAMED_IN_WAIT));
+    }
+    Ok(Some(format!(
+        "waiting for a free agent to ask for it: {}; an agent asks at least every 30 s, so if this lasts, read that agent's log",
+        idle.join(", ")
+    )))
 }
 
 /// Whether an agent with `labels` may take a job that requires `required`: it
@@ -575,11 +597,13 @@ mod tests {
             .unwrap()
             .unwrap();
         record_holding_back(&mut conn, &agent, None).unwrap();
-        assert_eq!(
-            get_deployment_explained(&mut conn, &queued.id)
-                .unwrap()
-                .waiting_for,
-            None
+        // Free and asking: said all the same (issue 30: never unexplained).
+        assert!(
+            waiting(&mut conn).starts_with(
+                "waiting for a free agent to ask for it: builder (last heard from 0 s ago)"
+            ),
+            "{}",
+            waiting(&mut conn)
         );
 
         // Busy with that build, while another environment's waits.
