@@ -452,14 +452,10 @@ impl Follower {
                     let data = serde_json::json!({"offset": start, "text": text}).to_string();
                     return Some(Event::default().id(self.offset.to_string()).data(data));
                 }
-                let finished = {
-                    let id = job_id.clone();
-                    self.state
-                        .db
-                        .call(move |conn| store::get_job(conn, &id))
+                let finished =
+                    crate::logs::read::log_ended(&self.state, &self.deployment_id, Some(job_id))
                         .await
-                        .is_ok_and(|job| job.finished)
-                };
+                        .unwrap_or(false);
                 if finished {
                     // One more look: bytes may have landed between the read and this.
                     let again = read_at(&path, self.offset, 1).await;
