@@ -45,33 +45,6 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Connections held per client address; a connection's count goes when it ends.
-#[derive(Debug, Default, Clone)]
-struct PerClient(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
-
-impl PerClient {
-    /// Counts a connection from `client`, unless it holds `limit` already.
-    fn admit(&self, client: std::net::IpAddr, limit: usize) -> bool {
-        let mut held = crate::sync::lock(&self.0);
-        let count = held.entry(client).or_default();
-        if *count >= limit {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn release(&self, client: std::net::IpAddr) {
-        let mut held = crate::sync::lock(&self.0);
-        if let Some(count) = held.get_mut(&client) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&client);
-            }
-        }
-    }
-}
-
 /// Connections the kernel queues before `serve` accepts them (capped by
 /// `net.core.somaxconn`). The usual 128 overflows when hundreds of agents
 /// reconnect at once, after a restart or a replica's death; each dropped
@@ -113,7 +86,9 @@ pub async fn serve(
     ));
     let cap = connection_cap(limits.max_connections);
     let slots = Arc::new(Semaphore::new(cap));
-    let per_client = PerClient::default();
+    // Connections held per client address; a connection's count goes when it
+    // ends. The semaphore above bounds them all.
+    let per_client: Arc<crate::sync::Counts<std::net::IpAddr>> = Arc::default();
     let graceful = GracefulShutdown::new();
     tracing::debug!(message = "Accepting connections.", max_connections = cap);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -136,7 +111,10 @@ pub async fn serve(
                 continue;
             }
         };
-        if !per_client.admit(peer.ip(), limits.max_per_client.max(1)) {
+        if per_client
+            .take(&peer.ip(), limits.max_per_client.max(1), usize::MAX)
+            .is_err()
+        {
             // Closed at once: its slot goes back to everyone else.
             tracing::debug!(message = "A client holds its share of connections; closing another.", client = %peer.ip());
             drop(stream);
@@ -162,7 +140,7 @@ pub async fn serve(
         tokio::spawn(async move {
             // A client that goes away mid-request is not the server's error.
             let _ = connection.await;
-            per_client.release(peer.ip());
+            per_client.give_back(&peer.ip());
             drop(slot);
         });
     }

@@ -5,42 +5,29 @@
 //! agents, webhooks or other viewers. A follow that gets no slot is told so at
 //! once (429), rather than waiting.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::ApiError;
+use crate::sync::{Counts, Full};
 
 #[derive(Debug)]
 pub struct FollowSlots {
     total: usize,
     per_client: usize,
-    held: Arc<Mutex<Held>>,
-}
-
-#[derive(Debug, Default)]
-struct Held {
-    total: usize,
-    by_client: HashMap<Option<IpAddr>, usize>,
+    held: Arc<Counts<Option<IpAddr>>>,
 }
 
 /// One follow's slot, given back when the follow ends (its body is dropped).
 #[derive(Debug)]
 pub struct FollowSlot {
-    held: Arc<Mutex<Held>>,
+    held: Arc<Counts<Option<IpAddr>>>,
     client: Option<IpAddr>,
 }
 
 impl Drop for FollowSlot {
     fn drop(&mut self) {
-        let mut held = crate::sync::lock(&self.held);
-        held.total = held.total.saturating_sub(1);
-        if let Some(count) = held.by_client.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                held.by_client.remove(&self.client);
-            }
-        }
+        self.held.give_back(&self.client);
     }
 }
 
@@ -55,25 +42,18 @@ impl FollowSlots {
     }
 
     pub fn take(&self, client: Option<IpAddr>) -> Result<FollowSlot, ApiError> {
-        let mut held = crate::sync::lock(&self.held);
-        let mine = held.by_client.get(&client).copied().unwrap_or(0);
-        if mine >= self.per_client {
-            return Err(ApiError::TooManyRequests(format!(
+        match self.held.take(&client, self.per_client, self.total) {
+            Ok(()) => Ok(FollowSlot {
+                held: self.held.clone(),
+                client,
+            }),
+            Err(Full::Key(mine)) => Err(ApiError::TooManyRequests(format!(
                 "this address follows {mine} live logs already, the most one client may; close a log view (or a `?follow=true` request) and try again"
-            )));
+            ))),
+            Err(Full::All(all)) => Err(ApiError::TooManyRequests(format!(
+                "the server follows {all} live logs, the most it keeps open beside its agents; try again shortly, or read the log without follow"
+            ))),
         }
-        if held.total >= self.total {
-            return Err(ApiError::TooManyRequests(format!(
-                "the server follows {} live logs, the most it keeps open beside its agents; try again shortly, or read the log without follow",
-                held.total
-            )));
-        }
-        held.total += 1;
-        *held.by_client.entry(client).or_default() += 1;
-        Ok(FollowSlot {
-            held: self.held.clone(),
-            client,
-        })
     }
 }
 

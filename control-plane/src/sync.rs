@@ -1,4 +1,5 @@
-//! The one way this crate takes a lock.
+//! The one way this crate takes a lock, and counts of holdings per key under
+//! one (connections and live follows per client address).
 
 /// Locks a mutex, taking over a poisoned one: every value behind these locks is
 /// left consistent between statements (database writes run in transactions), so a
@@ -7,4 +8,60 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Holdings counted per key (a client's address), each key within a limit and
+/// all of them within another, taken and given back under one lock.
+#[derive(Debug)]
+pub(crate) struct Counts<K> {
+    held: std::sync::Mutex<(usize, std::collections::HashMap<K, usize>)>,
+}
+
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts {
+            held: std::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Why a holding was refused, with how many are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Full {
+    /// The key holds its limit.
+    Key(usize),
+    /// All keys together hold the limit of all.
+    All(usize),
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
+    /// Counts one more for `key`, unless it holds `per_key` already or all
+    /// hold `in_all`; then nothing is counted.
+    pub(crate) fn take(&self, key: &K, per_key: usize, in_all: usize) -> Result<(), Full> {
+        let mut held = lock(&self.held);
+        let (all, by_key) = &mut *held;
+        let mine = by_key.get(key).copied().unwrap_or(0);
+        if mine >= per_key {
+            return Err(Full::Key(mine));
+        }
+        if *all >= in_all {
+            return Err(Full::All(*all));
+        }
+        *all += 1;
+        *by_key.entry(key.clone()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Gives back one holding of `key`; a key holding none is forgotten.
+    pub(crate) fn give_back(&self, key: &K) {
+        let mut held = lock(&self.held);
+        let (all, by_key) = &mut *held;
+        *all = all.saturating_sub(1);
+        if let Some(count) = by_key.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                by_key.remove(key);
+            }
+        }
+    }
 }
