@@ -442,11 +442,15 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
     // An able agent is free: it claims this at its next ask, within seconds.
     // Said all the same, so a queue that does not move is never unexplained.
     let now = now_ms();
-    let mut idle: Vec<String> = unavailable
+    let idle: Vec<&AgentView> = unavailable
         .iter()
         .filter(|(agent, why)| why.is_none() && agent.running.is_empty())
+        .map(|(agent, _)| *agent)
+        .collect();
+    let mut named: Vec<String> = idle
+        .iter()
         .take(NAMED_IN_WAIT)
-        .map(|(agent, _)| match agent.last_seen_at {
+        .map(|agent| match agent.last_seen_at {
             Some(seen) => format!(
                 "{} (last heard from {} s ago)",
                 agent.name,
@@ -455,12 +459,12 @@ fn why_waiting(conn: &mut Connection, deployment: &Deployment) -> Result<Option<
             None => agent.name.clone(),
         })
         .collect();
-    if able.len() > NAMED_IN_WAIT {
-        idle.push(format!("and {} more", able.len() - NAMED_IN_WAIT));
+    if idle.len() > NAMED_IN_WAIT {
+        named.push(format!("and {} more", idle.len() - NAMED_IN_WAIT));
     }
     Ok(Some(format!(
         "waiting for a free agent to ask for it: {}; an agent asks at least every 30 s, so if this lasts, read that agent's log",
-        idle.join(", ")
+        named.join(", ")
     )))
 }
 
