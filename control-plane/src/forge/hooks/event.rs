@@ -7,7 +7,12 @@ use kiln_protocol::{PullRequestEvent, PushEvent};
 /// What a delivery asks Kiln to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookEvent {
-    Push(PushEvent),
+    /// `forced`: the host marked it as rewriting the branch (GitHub and Gitea
+    /// say so; GitLab does not), so it may take an environment back.
+    Push {
+        push: PushEvent,
+        forced: bool,
+    },
     PullRequest(PullRequestEvent),
     /// Answered 202 with the reason (a tag, a deleted branch, another event).
     Ignored(String),

@@ -39,6 +39,8 @@ struct Push {
     after: Option<String>,
     #[serde(default)]
     deleted: bool,
+    #[serde(default)]
+    forced: bool,
     head_commit: Option<Commit>,
     #[serde(default)]
     commits: Vec<Commit>,
@@ -158,21 +160,24 @@ fn push(payload: Push) -> Result<Parsed, HookError> {
         .pusher
         .and_then(|pusher| pusher.login.or(pusher.username).or(pusher.name));
     Ok(Parsed {
-        event: HookEvent::Push(PushEvent {
-            repository,
-            branch: branch.to_owned(),
-            sha: after,
-            author: author
-                .name
-                .or_else(|| login.clone())
-                .unwrap_or_else(|| "unknown".to_owned()),
-            message: head.message.unwrap_or_default(),
-            people: EventPeople {
-                author_login: login,
-                author_avatar: avatar,
-                pusher,
+        event: HookEvent::Push {
+            forced: payload.forced,
+            push: PushEvent {
+                repository,
+                branch: branch.to_owned(),
+                sha: after,
+                author: author
+                    .name
+                    .or_else(|| login.clone())
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                message: head.message.unwrap_or_default(),
+                people: EventPeople {
+                    author_login: login,
+                    author_avatar: avatar,
+                    pusher,
+                },
             },
-        }),
+        },
         repository_urls,
     })
 }
@@ -263,7 +268,7 @@ mod tests {
         assert!(parsed
             .repository_urls
             .contains(&"git@github.com:Codertocat/Hello-World.git".to_owned()));
-        let HookEvent::Push(push) = parsed.event else {
+        let HookEvent::Push { push, .. } = parsed.event else {
             panic!("{:?}", parsed.event)
         };
         assert_eq!(push.branch, "master");

@@ -150,21 +150,24 @@ fn push(payload: Push) -> Result<Parsed, HookError> {
     // The pusher's login and picture are the author's when the emails agree.
     let same_person = author.email.is_some() && author.email == payload.user_email;
     Ok(Parsed {
-        event: HookEvent::Push(PushEvent {
-            repository,
-            branch: branch.to_owned(),
-            sha,
-            author: author
-                .name
-                .or_else(|| payload.user_name.clone())
-                .unwrap_or_else(|| "unknown".to_owned()),
-            message: head.message.unwrap_or_default(),
-            people: EventPeople {
-                author_login: payload.user_username.clone().filter(|_| same_person),
-                author_avatar: payload.user_avatar.filter(|_| same_person),
-                pusher: payload.user_username,
+        event: HookEvent::Push {
+            forced: false,
+            push: PushEvent {
+                repository,
+                branch: branch.to_owned(),
+                sha,
+                author: author
+                    .name
+                    .or_else(|| payload.user_name.clone())
+                    .unwrap_or_else(|| "unknown".to_owned()),
+                message: head.message.unwrap_or_default(),
+                people: EventPeople {
+                    author_login: payload.user_username.clone().filter(|_| same_person),
+                    author_avatar: payload.user_avatar.filter(|_| same_person),
+                    pusher: payload.user_username,
+                },
             },
-        }),
+        },
         repository_urls,
     })
 }
@@ -243,7 +246,7 @@ mod tests {
         assert!(parsed
             .repository_urls
             .contains(&"git@example.com:mike/diaspora.git".to_owned()));
-        let HookEvent::Push(push) = parsed.event else {
+        let HookEvent::Push { push, .. } = parsed.event else {
             panic!("{:?}", parsed.event)
         };
         assert_eq!(push.branch, "new-feature");

@@ -184,10 +184,6 @@ async fn receive(
         Host::Gitlab => gitlab::parse(&event, &body),
     }
     .map_err(|error| ApiError::InvalidBody(format!("{event} payload: {error}")))?;
-    // GitHub and Gitea mark a push that rewrote the branch; GitLab does not say.
-    let forced = host != Host::Gitlab
-        && serde_json::from_slice::<serde_json::Value>(&body)
-            .is_ok_and(|payload| payload["forced"] == serde_json::Value::Bool(true));
     // The delivery id is not signed, and may be left out: the signed body's
     // hash names a delivery too, so the same signed push acts once.
     let mut deliveries: Vec<String> = delivery.into_iter().collect();
@@ -201,7 +197,7 @@ async fn receive(
     keys.dedup();
     let (status, answer, replayed) = state
         .db
-        .call(move |conn| answer(conn, &parsed, &keys, &proof, &body, &deliveries, forced))
+        .call(move |conn| answer(conn, &parsed, &keys, &proof, &body, &deliveries))
         .await?;
     if !replayed {
         state.announce_queue_change();
@@ -219,7 +215,6 @@ fn answer(
     proof: &Proof,
     body: &[u8],
     deliveries: &[String],
-    forced: bool,
 ) -> Result<(u16, String, bool), ApiError> {
     // One answer whether no project builds the repository or none's secret
     // signed it: an unsigned caller learns nothing of which projects exist.
@@ -265,7 +260,7 @@ fn answer(
     // A push locks the rows it changes (as `store::on_push`); a pull request
     // opens and closes environments, so it runs alone.
     let tx = match parsed.event {
-        HookEvent::Push(_) => conn.transaction_shared()?,
+        HookEvent::Push { .. } => conn.transaction_shared()?,
         _ => conn.transaction()?,
     };
     let (status, answer) = match &parsed.event {
@@ -274,7 +269,7 @@ fn answer(
             json!({ "message": format!("Kiln is listening for project {}", names.join(", ")) }),
         ),
         HookEvent::Ignored(reason) => (202, json!({ "ignored": reason })),
-        HookEvent::Push(push) => {
+        HookEvent::Push { push, forced } => {
             let outcome = store::push_to(&tx, &verified, push, !forced)?;
             if outcome.deployments.is_empty() {
                 let ignored = if outcome.ignored.is_empty() {
@@ -374,7 +369,7 @@ mod tests {
     #[test]
     fn gitea_payloads_read_like_githubs() {
         let push = include_bytes!("testdata/gitea/push.json");
-        let HookEvent::Push(push) = github::parse("push", push, true).unwrap().event else {
+        let HookEvent::Push { push, .. } = github::parse("push", push, true).unwrap().event else {
             panic!("a push")
         };
         assert_eq!(push.branch, "develop");
