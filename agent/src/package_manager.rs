@@ -91,7 +91,7 @@ impl PackageManager {
     }
 
     /// Runs a binary from the project's dependencies (`next build`, `astro build`).
-    pub fn exec(&self, command: &[&str]) -> Vec<String> {
+    pub fn exec(&self, command: &[impl AsRef<str>]) -> Vec<String> {
         let mut words: Vec<String> = match self {
             PackageManager::Npm => vec!["npx".into(), "--no-install".into()],
             PackageManager::YarnClassic | PackageManager::YarnBerry { yarn_path: None } => {
@@ -103,7 +103,7 @@ impl PackageManager {
             PackageManager::Pnpm => vec!["pnpm".into(), "exec".into()],
             PackageManager::Bun => vec!["bunx".into()],
         };
-        words.extend(command.iter().map(|w| w.to_string()));
+        words.extend(command.iter().map(|w| w.as_ref().to_owned()));
         words
     }
 }

@@ -669,7 +669,7 @@ async fn secret_in_the_public_folder_fails_the_build_with_the_finding_in_the_log
 fn issue_30_detect_describes_a_backend_alone_and_says_it_has_no_storefront() {
     // medusa-starter-default's shape: a backend at the root, nothing else.
     let dir = tempfile::tempdir().unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medusa-shop");
+    let example = example_shop();
     for name in ["package.json", "package-lock.json", "medusa-config.js"] {
         std::fs::copy(example.join(name), dir.path().join(name)).unwrap();
     }
@@ -693,6 +693,50 @@ fn issue_30_detect_describes_a_backend_alone_and_says_it_has_no_storefront() {
     let described: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(described["backend"]["build"], "npm run build");
     assert_eq!(described["storefront"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn issue_30_sibling_backend_and_storefront_folders_build_with_no_paths_set() {
+    // Medusa's B2B starter's shape: `backend/` and `storefront/`, each with its
+    // own lockfile, and no package.json at the root; the project sets no paths.
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let siblings = world.repo.commit("Siblings", |dir| {
+        let backend = dir.join("backend");
+        std::fs::create_dir(&backend).unwrap();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name();
+            if name != ".git" && name != "backend" {
+                std::fs::rename(dir.join(&name), backend.join(&name)).unwrap();
+            }
+        }
+        copy_dir(
+            &example_shop().join("storefront"),
+            &dir.join("storefront"),
+            &[],
+        );
+    });
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&siblings).await;
+    let built = world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    let names: Vec<&str> = built
+        .artifacts
+        .iter()
+        .map(|a| a.descriptor.name.as_str())
+        .collect();
+    assert_eq!(names, ["backend.tar.gz", "storefront.tar.gz"]);
+    let system = world.log(&deployment.id, "system").await;
+    assert!(
+        system.contains("Medusa, file `medusa-config.js` in backend/package.json"),
+        "{system}"
+    );
+    assert!(
+        system.contains("nextjs: dependency `next` in storefront/package.json"),
+        "{system}"
+    );
 }
 
 #[tokio::test]

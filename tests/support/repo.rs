@@ -28,14 +28,19 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies `from` into `to`, less its node_modules, `.medusa` and the top-level
+/// entries named in `skip`.
+pub fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
+        if skip.iter().any(|name| entry.file_name() == *name) {
+            continue;
+        }
         let dest = to.join(entry.file_name());
         if entry.file_type().unwrap().is_dir() {
             if entry.file_name() != "node_modules" && entry.file_name() != ".medusa" {
-                copy_dir(&entry.path(), &dest);
+                copy_dir(&entry.path(), &dest, &[]);
             }
         } else {
             std::fs::copy(entry.path(), dest).unwrap();
@@ -43,19 +48,31 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `examples/medusa-shop`: a backend at the root, a storefront in `storefront/`.
+pub fn example_shop() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medusa-shop")
+}
+
 impl FixtureRepo {
-    /// A repository of `examples/medusa-shop`.
+    /// A repository of `examples/medusa-shop`'s backend alone: a top-level
+    /// `storefront/` would be found and built beside it.
     pub fn new(root: &Path) -> FixtureRepo {
-        Self::of(
-            root,
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/medusa-shop"),
-        )
+        Self::of_except(root, &example_shop(), &["storefront"])
+    }
+
+    /// A repository of all of `examples/medusa-shop`.
+    pub fn with_storefront(root: &Path) -> FixtureRepo {
+        Self::of(root, &example_shop())
     }
 
     /// A repository of any project directory (without its node_modules and .medusa).
     pub fn of(root: &Path, project: &Path) -> FixtureRepo {
+        Self::of_except(root, project, &[])
+    }
+
+    fn of_except(root: &Path, project: &Path, skip: &[&str]) -> FixtureRepo {
         let dir = root.join("repo");
-        copy_dir(project, &dir);
+        copy_dir(project, &dir, skip);
         git(&dir, &["init", "-q", "-b", "main"]);
         git(&dir, &["add", "-A"]);
         git(&dir, &["commit", "-q", "-m", "Initial shop"]);

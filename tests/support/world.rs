@@ -37,7 +37,10 @@ impl World {
         let image = build_image().await;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
-        let repo = FixtureRepo::new(&root);
+        let repo = match storefront_path {
+            Some(_) => FixtureRepo::with_storefront(&root),
+            None => FixtureRepo::new(&root),
+        };
         let cp = ControlPlane::start(&root.join("server")).await;
         let admin = cp.admin();
         let project = admin

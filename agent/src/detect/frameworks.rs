@@ -310,9 +310,18 @@ const FRONTEND_SIGNS: &[&str] = &[
 ];
 
 /// Whether a package looks like a web frontend (for saying "no framework Kiln
-/// knows" rather than "no storefront").
+/// knows" rather than "no storefront"): it is named one, depends on a UI
+/// library, or is an app with a `build` script. A library (an entry point for
+/// other packages, or a package under `packages/`) is not an app.
 pub(super) fn looks_like_frontend(dir: &Path, package: &Value) -> bool {
-    named_storefront(dir, package) || dependencies(package).any(|dep| FRONTEND_SIGNS.contains(&dep))
+    let library = ["main", "module", "exports", "types", "bin"]
+        .iter()
+        .any(|entry| package.get(entry).is_some())
+        || dir.starts_with("packages");
+    let built_app = !library && package.pointer("/scripts/build").is_some();
+    named_storefront(dir, package)
+        || built_app
+        || dependencies(package).any(|dep| FRONTEND_SIGNS.contains(&dep))
 }
 
 /// A storefront by its name: the folder or the package says so.

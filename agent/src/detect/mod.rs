@@ -26,7 +26,7 @@ pub use node_version::NodeRequirement;
 use crate::package_manager::{self, PackageManagerError, Warning, LOCKFILES};
 use crate::repo_fs::{join, shown, RepoFs, RepoFsError};
 use frameworks::{dependencies, framework_of};
-use workspace::{child_dirs, has_package, storefront_siblings, workspace_dirs};
+use workspace::{child_dirs, has_package, workspace_dirs};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DetectError {
@@ -34,7 +34,7 @@ pub enum DetectError {
     NoPackageJson { dir: String },
     #[error("{dir} uses no storefront framework Kiln knows ({known}); storefronts are built with their framework's own command")]
     NoFrameworkDetected { dir: String, known: String },
-    #[error("no storefront found (looked at the root, `<name>-storefront` folders and workspaces); set the project's storefront path if there is one")]
+    #[error("no storefront found (looked at the root, its top-level folders and the workspace packages); set the project's storefront path if there is one")]
     NoStorefrontFound,
     #[error("two or more storefronts ({candidates}); set the project's storefront path to the one to build")]
     AmbiguousStorefront { candidates: String },
@@ -86,11 +86,14 @@ pub struct Backend {
 pub struct Detection {
     pub app_dir: String,
     pub install_dir: String,
+    /// Where the build command runs: the app, or the root for an Nx app.
+    pub build_dir: String,
     pub framework: Framework,
     /// The framework's command, e.g. `next build`.
     pub build_command: String,
     /// The same, run through the package manager (`npx --no-install next build`).
     pub exec_command: Vec<String>,
+    /// Relative to `build_dir`.
     pub output_dir: Option<String>,
     pub package_manager: &'static str,
     pub install_command: String,
@@ -274,7 +277,7 @@ fn find_storefront(
     reasons: &mut Vec<String>,
 ) -> Result<App, DetectError> {
     let dirs = root_and(
-        storefront_siblings(fs)
+        child_dirs(fs)
             .into_iter()
             .chain(workspace_dirs(fs, root_package)?),
     );
@@ -423,16 +426,36 @@ pub(crate) fn detect_in(
             }
         }
     }
-    let output = output_dir::output_dir(fs, framework, &app_dir, &mut reasons, &mut warnings)?;
+    // An Nx app (a project.json, no package.json) is built by Nx at the root.
+    let (build_dir, command, output) = if manifest.ends_with("project.json") {
+        let nx = workspace::nx_build(fs, &app_dir)?;
+        reasons.push(format!(
+            "build `nx build {}` at {}; output {}: {}",
+            nx.project,
+            shown(&detected.install_dir),
+            nx.output,
+            nx.reason
+        ));
+        let command = vec!["nx".to_owned(), "build".to_owned(), nx.project];
+        (detected.install_dir.clone(), command, nx.output)
+    } else {
+        let output = output_dir::output_dir(fs, framework, &app_dir, &mut reasons, &mut warnings)?;
+        let command = framework.command(fs, &app_dir);
+        (
+            app_dir.clone(),
+            command.iter().map(|w| w.to_string()).collect(),
+            output,
+        )
+    };
     let node_requirement = node_version::node_requirement(fs, &app_dir, &package, &mut reasons)?;
-    let command = framework.command(fs, &app_dir);
     let frozen = detected.lockfile.is_some();
     Ok(Detection {
         app_dir: shown(&app_dir),
         install_dir: shown(&detected.install_dir),
+        build_dir: shown(&build_dir),
         framework,
         build_command: command.join(" "),
-        exec_command: detected.manager.exec(command),
+        exec_command: detected.manager.exec(&command),
         output_dir: Some(output),
         package_manager: detected.manager.slug(),
         install_command: detected.manager.install_command(frozen).join(" "),
@@ -1011,6 +1034,60 @@ mod tests {
     }
 
     #[test]
+    fn sibling_backend_and_storefront_folders_with_no_root_package_are_found() {
+        let dir = tree(&[
+            (
+                "backend/package.json",
+                r#"{"name": "backend", "packageManager": "yarn@4.9.2", "dependencies": {"@medusajs/medusa": "2"}}"#,
+            ),
+            ("backend/yarn.lock", "__metadata:\n  version: 8\n"),
+            (
+                "storefront/package.json",
+                r#"{"name": "storefront", "packageManager": "pnpm@9.15.0", "dependencies": {"next": "15", "react": "19"}}"#,
+            ),
+            ("storefront/pnpm-lock.yaml", "lockfileVersion: '9.0'\n"),
+        ]);
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(
+            (found.app_dir.as_str(), found.install_dir.as_str()),
+            ("storefront", "storefront")
+        );
+        assert_eq!(found.framework, Framework::Nextjs);
+        assert_eq!(found.package_manager, "pnpm");
+        assert_eq!(found.backend.unwrap().dir, "backend");
+    }
+
+    #[test]
+    fn an_app_with_a_build_script_and_no_known_framework_says_so() {
+        let dir = tree(&[
+            (
+                "package.json",
+                r#"{"name": "shop", "dependencies": {"@medusajs/medusa": "2"}}"#,
+            ),
+            ("package-lock.json", "{}"),
+            (
+                "web/package.json",
+                r#"{"name": "web", "scripts": {"build": "parcel build index.html"}}"#,
+            ),
+            // A library with a build script is built for other packages.
+            (
+                "packages/ui/package.json",
+                r#"{"name": "ui", "scripts": {"build": "tsc"}}"#,
+            ),
+        ]);
+        let err = detect(dir.path(), None, None).unwrap_err();
+        assert_eq!(err.code(), "no_framework_detected");
+        assert!(
+            err.to_string()
+                .starts_with("web uses no storefront framework"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir.path().join("web")).unwrap();
+        let err = detect(dir.path(), None, None).unwrap_err();
+        assert_eq!(err.code(), "no_storefront_found");
+    }
+
+    #[test]
     fn nx_apps_without_a_package_json_are_found_by_their_project() {
         let dir = tree(&[
             (
@@ -1035,5 +1112,33 @@ mod tests {
             "{:?}",
             found.reasons
         );
+        assert_eq!(
+            (found.build_dir.as_str(), found.build_command.as_str()),
+            (".", "nx build storefront")
+        );
+        assert_eq!(
+            found.exec_command,
+            ["npx", "--no-install", "nx", "build", "storefront"]
+        );
+        assert_eq!(found.output_dir.as_deref(), Some("dist/apps/storefront"));
+
+        std::fs::write(
+            dir.path().join("apps/storefront/project.json"),
+            r#"{"name": "shop-web", "targets": {"build": {"executor": "@nx/next:build",
+                "options": {"outputPath": "{workspaceRoot}/dist/shop-web"}}}}"#,
+        )
+        .unwrap();
+        let found = detect(dir.path(), None, None).unwrap();
+        assert_eq!(found.build_command, "nx build shop-web");
+        assert_eq!(found.output_dir.as_deref(), Some("dist/shop-web"));
+
+        std::fs::write(
+            dir.path().join("apps/storefront/project.json"),
+            r#"{"name": "--help", "targets": {"build": {"executor": "@nx/next:build",
+                "options": {"outputPath": "../../etc"}}}}"#,
+        )
+        .unwrap();
+        let err = detect(dir.path(), None, None).unwrap_err();
+        assert_eq!(err.code(), "unsafe_output_dir");
     }
 }

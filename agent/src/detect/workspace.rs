@@ -1,13 +1,16 @@
 //! Where a repository's packages are: workspace members (package.json
 //! `workspaces`, `pnpm-workspace.yaml`, and the conventional `apps/*` and
-//! `packages/*`), top-level folders, and create-medusa-app's `<name>-storefront`.
+//! `packages/*`), and top-level folders (create-medusa-app's `<name>-storefront`,
+//! the `backend/` + `storefront/` siblings of shops with no root package).
 //! Paths are relative to the checkout.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::repo_fs::{join, RepoFs, RepoFsError, CONFIG_LIMIT};
+use crate::repo_fs::{
+    is_inside_relative, join, shown, RepoFs, RepoFsError, CONFIG_LIMIT, JSON_LIMIT,
+};
 
 /// Member directories (each with a package.json), sorted.
 pub(super) fn workspace_dirs(
@@ -73,17 +76,6 @@ pub(super) fn child_dirs(fs: &RepoFs) -> Vec<PathBuf> {
         .collect()
 }
 
-/// `<name>-storefront` folders, as older create-medusa-app made beside `<name>`.
-pub(super) fn storefront_siblings(fs: &RepoFs) -> Vec<PathBuf> {
-    child_dirs(fs)
-        .into_iter()
-        .filter(|dir| {
-            dir.file_name()
-                .is_some_and(|name| name.to_string_lossy().ends_with("-storefront"))
-        })
-        .collect()
-}
-
 /// Nx apps: `apps/*` folders with a `project.json` and no `package.json` of their
 /// own (their dependencies are the root's).
 pub(super) fn nx_apps(fs: &RepoFs) -> Vec<PathBuf> {
@@ -94,4 +86,65 @@ pub(super) fn nx_apps(fs: &RepoFs) -> Vec<PathBuf> {
         .into_iter()
         .filter(|dir| fs.is_file(&join(dir, Path::new("project.json"))) && !has_package(fs, dir))
         .collect()
+}
+
+/// How Nx builds an app of an integrated repository: `nx build <project>` at
+/// the workspace root, writing to the project's `outputPath` (relative to the
+/// root), by default `dist/apps/<folder>`.
+pub(super) struct NxBuild {
+    pub project: String,
+    pub output: String,
+    /// Why that output: "set in apps/web/project.json" or "Nx's default".
+    pub reason: String,
+}
+
+pub(super) fn nx_build(fs: &RepoFs, dir: &Path) -> Result<NxBuild, super::DetectError> {
+    let manifest = join(dir, Path::new("project.json"));
+    let project: Value = fs
+        .read(&manifest, JSON_LIMIT)?
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
+    let folder = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // An argument to nx: a name that reads as an option is not one.
+    let project_name = project
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|name| {
+            !name.starts_with('-')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@/_.-".contains(c))
+        })
+        .unwrap_or(&folder)
+        .to_owned();
+    let configured = project
+        .pointer("/targets/build/options/outputPath")
+        .and_then(Value::as_str)
+        .map(|path| {
+            path.replace("{workspaceRoot}/", "")
+                .trim_start_matches("./")
+                .to_owned()
+        });
+    match configured {
+        Some(output) if output.is_empty() || !is_inside_relative(Path::new(&output)) => {
+            Err(super::DetectError::UnsafeOutputDir {
+                dir: shown(dir),
+                output,
+                file: "project.json".to_owned(),
+            })
+        }
+        Some(output) => Ok(NxBuild {
+            project: project_name,
+            output,
+            reason: format!("set in {}", shown(&manifest)),
+        }),
+        None => Ok(NxBuild {
+            project: project_name,
+            output: format!("dist/apps/{folder}"),
+            reason: "Nx's default".to_owned(),
+        }),
+    }
 }

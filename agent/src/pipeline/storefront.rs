@@ -44,6 +44,7 @@ pub(super) async fn build(
     // As the backend's plan writes them: the root is the empty path.
     let app_dir = repo_path(&found.app_dir);
     let install_dir = repo_path(&found.install_dir);
+    let build_dir = repo_path(&found.build_dir);
     let server_actions_key = match cache {
         Some(cache) if found.framework == Framework::Nextjs => build.server_actions_key(cache),
         _ => None,
@@ -150,7 +151,7 @@ pub(super) async fn build(
         PlannedStep {
             kind: StepKind::Build,
             command: found.exec_command.clone(),
-            dir: app_dir.clone(),
+            dir: build_dir.clone(),
             network: config.build_network,
             bin_dir: None,
             shown: None,
@@ -164,7 +165,7 @@ pub(super) async fn build(
     build.until_no_container_runs(Component::Storefront).await;
 
     let output_name = found.output_dir.as_deref().unwrap_or("dist");
-    let output = match output_dir(build.workspace, &app_dir.join(output_name)) {
+    let output = match output_dir(build.workspace, &build_dir.join(output_name)) {
         Ok(output) => output,
         Err(OutputError::Missing { .. }) => {
             return Err(fail(
