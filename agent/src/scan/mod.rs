@@ -786,6 +786,29 @@ mod tests {
             ("basic-auth-header", key("Authorization: Basic ", "YWRtaW46UThtWjJrUDR2WDduUjF0")),
             ("generic-secret-assignment", key("config={client_secret:\"", "aB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xY\"}")),
             ("generic-secret-assignment", key("PASSWORD=\"", "Zx9-Qw3+Er5TyU7i\"")),
+            (
+                "generic-secret-assignment",
+                "{\"smtp\":{\"host\":\"smtp.mailgun.org\",\"port\":587,\"auth\":{\"user\":\"postmaster@shop.io\",\"pass\":\"Xq7Lm2Pz9Rt4Vw8Y\"}}}".to_owned(),
+            ),
+            (
+                "generic-secret-assignment",
+                "{\n  \"smtp\": {\n    \"user\": \"orders@shop.io\",\n    \"pass\": \"k9#Tq2!vLm7$Wz4x\"\n  }\n}".to_owned(),
+            ),
+            (
+                "generic-secret-assignment",
+                "JSON.parse('{\\\"smtp\\\":{\\\"pass\\\":\\\"Xq7Lm2Pz9Rt4Vw8Y\\\"}}')".to_owned(),
+            ),
+            (
+                "generic-secret-assignment",
+                "{\"smtp\":{\"pass\":\"b7e1c2d94f3a6e8b0c5d7f9a1e3b5c7d-8f2a4c6e-1b3d5f7a\"}}".to_owned(),
+            ),
+            (
+                "generic-secret-assignment",
+                "{\"smtp\":{\"user\":\"orders@shop.io\",\"pass\":\"qwzx mnbv lkjh poiu\"}}".to_owned(),
+            ),
+            ("generic-secret-assignment", key("{\"smtp_pass\":\"", "Xq7Lm2Pz9Rt4Vw8Y\"}")),
+            ("generic-secret-assignment", key("SMTP_PASS=\"", "Xq7Lm2Pz9Rt4Vw8Y\"")),
+            ("generic-secret-assignment", key("{smtpPass:\"", "Xq7Lm2Pz9Rt4Vw8Y\"}")),
         ];
         for (rule, text) in cases {
             let found = rules_found(&text);

@@ -353,13 +353,16 @@ pub static RULES: &[Rule] = &[
         what: "password, secret, API key or token with a high-entropy value",
         // Without their first letter, so one keyword serves `password` and `Password`.
         keywords: &[
-            "assword", "ASSWORD", "asswd", "ASSWD", "pass", "PASS", "ecret", "ECRET", "pi_key",
-            "piKey", "PI_KEY", "pikey", "PIKEY", "pi-key", "oken", "OKEN",
+            "assword", "ASSWORD", "asswd", "ASSWD", "pass", "Pass", "PASS", "ecret", "ECRET",
+            "pi_key", "piKey", "PI_KEY", "pikey", "PIKEY", "pi-key", "oken", "OKEN",
         ],
         look_back: 2,
         look_ahead: 320,
-        // `pass` only as a whole key: nodemailer's `auth: {user, pass}`.
-        pattern: r#"(?i)(?:password|passwd|\bpass\b|secret|api[_-]?key|token)[A-Za-z0-9_-]{0,30}\\?["'`]?\s*(?:[:=]|:=|=>)\s*\\?["'`]([^\s"'`\\]{12,256})\\?["'`]"#,
+        // `pass` as a whole key (nodemailer's `auth: {user, pass}`) or the end
+        // of one (`smtp_pass`, `SMTP_PASS`, `smtpPass`), not `bypass`. A value
+        // is a generated credential, or Google's app password (`abcd efgh ijkl
+        // mnop`), which mail settings carry with its spaces.
+        pattern: r#"(?i)(?:password|passwd|\bpass\b|_pass\b|(?-i:[a-z0-9]Pass\b)|secret|api[_-]?key|token)[A-Za-z0-9_-]{0,30}\\?["'`]?\s*(?:[:=]|:=|=>)\s*\\?["'`]((?-i:[a-z]{4} [a-z]{4} [a-z]{4} [a-z]{4})|[^\s"'`\\]{12,256})\\?["'`]"#,
         secret_group: 1,
         shown_prefix: 0,
         check: high_entropy_value,
@@ -577,6 +580,9 @@ fn is_uuid(value: &[u8]) -> bool {
 /// high entropy, several kinds of character, and not an id, path or URL.
 fn high_entropy_value(candidate: &Candidate, _: &[u8]) -> bool {
     let value = candidate.secret;
+    if is_app_password(value) {
+        return true;
+    }
     // Publishable keys (Medusa's `pk_` + hex, Stripe's `pk_live_…`) are public by
     // design: storefronts send them in `x-publishable-api-key`.
     if value.starts_with(b"pk_")
@@ -609,6 +615,14 @@ fn high_entropy_value(candidate: &Candidate, _: &[u8]) -> bool {
         && !value.contains(&b'.') // dotted paths, file names, hosts, i18n keys
         && !value.starts_with(b"/")
         && !value.contains(&b':')
+}
+
+/// Google's app password as shown to be copied: four groups of four letters.
+fn is_app_password(value: &[u8]) -> bool {
+    value.len() == 19
+        && value.chunks(5).all(|group| {
+            group[..4].iter().all(u8::is_ascii_lowercase) && group.get(4).is_none_or(|b| *b == b' ')
+        })
 }
 
 #[cfg(test)]
