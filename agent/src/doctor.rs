@@ -54,6 +54,26 @@ pub async fn run(config: &AgentConfig) -> bool {
             Err(error) => Verdict::Fail(error.to_string()),
         };
         results.push(("build image", verdict));
+        // Another major is needed only by a repository that asks for it.
+        let mut present = Vec::new();
+        let mut missing = Vec::new();
+        for (major, image) in &config.node_images.0 {
+            match docker.has_image(image).await {
+                Ok(true) => present.push(format!("{major}={image}")),
+                _ => missing.push(format!(
+                    "{major}={image} (sandbox-images/build-local.sh --node {major}, or `docker pull` it)"
+                )),
+            }
+        }
+        let verdict = if missing.is_empty() {
+            Verdict::Ok(format!("present: {}", present.join(", ")))
+        } else {
+            Verdict::Warn(format!(
+                "not on this host: {}; a component that asks for that Node fails before installing",
+                missing.join(", ")
+            ))
+        };
+        results.push(("node images", verdict));
     }
 
     if let (Ok(docker), true) = (docker, image_present) {

@@ -39,6 +39,8 @@ pub const KILN_CONCURRENCY: &str = "KILN_CONCURRENCY";
 pub const KILN_LABELS: &str = "KILN_LABELS";
 /// `build_image`: the image builds run in (never pulled).
 pub const KILN_BUILD_IMAGE: &str = "KILN_BUILD_IMAGE";
+/// `node_images`: the build image per Node major (`20=kiln/node:20,22=kiln/node:22`).
+pub const KILN_NODE_IMAGES: &str = "KILN_NODE_IMAGES";
 /// `memory`: memory (and swap) per build container.
 pub const KILN_MEMORY: &str = "KILN_MEMORY";
 /// `cpus`: CPUs per build container.

@@ -485,13 +485,12 @@ async fn storefront_builds_beside_the_backend_as_a_second_artifact() {
         "the job's environment reached the build"
     );
     let storefront = world.log(&deployment.id, "storefront").await;
-    assert!(
-        storefront.contains("Compiled successfully") && storefront.contains("satisfies >=20"),
-        "{storefront}"
-    );
+    assert!(storefront.contains("Compiled successfully"), "{storefront}");
     let system = world.log(&deployment.id, "system").await;
     assert!(
-        system.contains("nextjs: dependency `next` in storefront/package.json"),
+        system.contains("nextjs: dependency `next` in storefront/package.json")
+            && system.contains("Storefront: builds with Node 20.")
+            && system.contains(">=20 (engines.node in storefront/package.json) asks for it."),
         "{system}"
     );
 }
@@ -736,6 +735,69 @@ async fn issue_30_sibling_backend_and_storefront_folders_build_with_no_paths_set
     assert!(
         system.contains("nextjs: dependency `next` in storefront/package.json"),
         "{system}"
+    );
+}
+
+#[tokio::test]
+async fn issue_30_each_component_builds_with_the_node_its_repository_asks_for() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let node_22 = node_image(22).await;
+    let ask = |range: &'static str| {
+        move |dir: &Path| {
+            let path = dir.join("package.json");
+            let mut package: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            package["engines"]["node"] = range.into();
+            std::fs::write(&path, package.to_string()).unwrap();
+        }
+    };
+    let agent = world
+        .agent(
+            "agent",
+            &format!(
+                "node_images = {{ \"20\" = {:?}, \"22\" = {node_22:?} }}",
+                world.image
+            ),
+        )
+        .await;
+
+    // Node 22, as engines.node asks.
+    let on_22 = world.repo.commit("Node 22", ask("22.x"));
+    let deployment = world.push(&on_22).await;
+    world
+        .settle(&deployment.id, AwaitingDeployment, &agent)
+        .await;
+    let system = world.log(&deployment.id, "system").await;
+    assert!(
+        system.contains("Backend: builds with Node 22.")
+            && system.contains(&format!(
+                "of {node_22}: 22.x (engines.node in package.json) asks for it."
+            )),
+        "{system}"
+    );
+    let backend = world.log(&deployment.id, "backend").await;
+    assert!(backend.contains("Starting build on Node v22."), "{backend}");
+
+    // A range no image has fails before anything installs, saying what to do.
+    let on_24 = world.repo.commit("Node 24", ask(">=24"));
+    let deployment = world.push(&on_24).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    let reason = failed.reason.unwrap();
+    for said in [
+        "node_version_unavailable",
+        ">=24 (engines.node in package.json)",
+        &format!("{} (Node 20)", world.image),
+        &format!("{node_22} (Node 22)"),
+        "build-local.sh --node 24",
+        "or change engines.node",
+    ] {
+        assert!(reason.contains(said), "{said:?} in {reason}");
+    }
+    assert!(
+        world.log(&deployment.id, "backend").await.is_empty(),
+        "nothing was installed"
     );
 }
 

@@ -60,6 +60,31 @@ pub async fn build_image() -> &'static str {
     IMAGE
 }
 
+/// `kiln/node:<major>`, assembled once per test run by `build-local.sh --node`
+/// from Node's official binary in npm's registry.
+pub async fn node_image(major: u32) -> String {
+    static BUILT: tokio::sync::Mutex<Vec<u32>> = tokio::sync::Mutex::const_new(Vec::new());
+    let mut built = BUILT.lock().await;
+    let image = format!("kiln/node:{major}");
+    if !built.contains(&major) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sandbox-images/build-local.sh");
+        let output = tokio::process::Command::new("bash")
+            .arg(&script)
+            .args(["--node", &major.to_string()])
+            .output()
+            .await
+            .expect("bash runs");
+        assert!(
+            output.status.success(),
+            "build-local.sh --node {major} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        built.push(major);
+    }
+    image
+}
+
 /// Containers (running or not) labelled with this job.
 pub async fn containers_of_job(docker: &Docker, job_id: &str) -> Vec<String> {
     let filters = HashMap::from([("label", vec![format!("kiln.job={job_id}")])]);

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use frameworks::Framework;
+pub(crate) use node_version::node_requirement;
 pub use node_version::NodeRequirement;
 
 use crate::package_manager::{self, PackageManagerError, Warning, LOCKFILES};

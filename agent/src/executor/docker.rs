@@ -22,8 +22,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ExecError, Executor, Leftover, Step, StepOutcome, CAPTURE_LIMIT, CA_BUNDLE_MOUNT, LABEL_AGENT,
-    LABEL_JOB, LABEL_STEP, WORKSPACE_MOUNT,
+    ExecError, Executor, ImageFacts, Leftover, Step, StepOutcome, CAPTURE_LIMIT, CA_BUNDLE_MOUNT,
+    LABEL_AGENT, LABEL_JOB, LABEL_STEP, WORKSPACE_MOUNT,
 };
 use crate::logs::LogSink;
 
@@ -433,13 +433,27 @@ impl Executor for DockerExecutor {
         self.server_version().await
     }
 
-    async fn image_id(&self, image: &str) -> Result<String, ExecError> {
-        let inspected = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(|error| docker_error("inspect the build image", error))?;
-        Ok(inspected.id.unwrap_or_else(|| image.to_owned()))
+    async fn inspect_image(&self, image: &str) -> Result<ImageFacts, ExecError> {
+        let inspected = match self.docker.inspect_image(image).await {
+            Ok(inspected) => inspected,
+            Err(error) if is_not_found(&error) => {
+                return Err(ExecError::ImageMissing {
+                    image: image.to_owned(),
+                })
+            }
+            Err(error) => return Err(docker_error("inspect the build image", error)),
+        };
+        // Node's official images and build-local.sh's say their Node here.
+        let node_version = inspected
+            .config
+            .and_then(|config| config.env)
+            .into_iter()
+            .flatten()
+            .find_map(|var| var.strip_prefix("NODE_VERSION=").map(str::to_owned));
+        Ok(ImageFacts {
+            id: inspected.id.unwrap_or_else(|| image.to_owned()),
+            node_version,
+        })
     }
 
     async fn leftovers(&self, agent_id: &str) -> Result<Vec<Leftover>, ExecError> {

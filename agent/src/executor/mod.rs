@@ -100,6 +100,15 @@ pub struct Leftover {
     pub job_id: Option<String>,
 }
 
+/// A build image as Docker describes it.
+#[derive(Debug, Clone)]
+pub struct ImageFacts {
+    /// `sha256:…`.
+    pub id: String,
+    /// Its `NODE_VERSION` variable (`22.23.5`), which Node's own images set.
+    pub node_version: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("Docker is unreachable: {reason}; is dockerd running, and is this user in the docker group?")]
@@ -139,8 +148,9 @@ pub trait Executor: Send + Sync {
     /// Force-removes a container.
     async fn remove(&self, container_id: &str) -> Result<(), ExecError>;
 
-    /// The id of the image builds run in (`sha256:…`): cache keys change with it.
-    async fn image_id(&self, image: &str) -> Result<String, ExecError>;
+    /// What the pipeline needs of a build image: its id (cache keys change with
+    /// it) and the Node it says it has.
+    async fn inspect_image(&self, image: &str) -> Result<ImageFacts, ExecError>;
 
     /// `Docker 26.1.5 (API 1.45)`, for the host facts.
     async fn engine_version(&self) -> Result<String, ExecError>;

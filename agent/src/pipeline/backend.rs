@@ -100,7 +100,7 @@ impl Build<'_> {
                 manager: Some(&plan.manager),
                 provision: plan.provision.as_ref(),
                 other_dir: storefront.map(|(_, install_dir)| install_dir.as_path()),
-                whose: "",
+                component: Component::Backend,
             };
             let (release, needed) = self.restore_install(cache, inputs, true).await?;
             provided = release;

@@ -190,7 +190,8 @@ impl Harvest {
 /// The inputs every key of one build shares, read once.
 pub(super) struct BuildCache {
     pub request: CacheRequest,
-    image_id: String,
+    /// The image of each component (backend, storefront).
+    image_ids: [String; 2],
     env: String,
     manifests: String,
     pending: Mutex<Vec<Pending>>,
@@ -252,9 +253,10 @@ impl BuildCache {
         }
     }
 
-    pub(super) fn key(&self, kind: &str) -> Key {
+    /// A key of `kind` for what `component` builds, in its image.
+    pub(super) fn key(&self, kind: &str, component: Component) -> Key {
         let mut key = Key::new(kind);
-        key.text("image", &self.image_id);
+        key.text("image", &self.image_ids[super::index(component)]);
         key
     }
 }
@@ -266,14 +268,14 @@ impl Build<'_> {
             self.system.line("Build cache: off for this build.");
             return None;
         };
-        let image = &self.pipeline.config.build_image;
-        let image_id = match self.pipeline.executor.image_id(image).await {
-            Ok(id) => id,
-            Err(error) => {
-                self.system.line(format!("Build cache: not used: {error}"));
-                return None;
-            }
-        };
+        // Each component's keys name the image it builds in (chosen by now).
+        let image_ids = [Component::Backend, Component::Storefront].map(|component| {
+            self.nodes[super::index(component)]
+                .get()
+                .or(self.nodes[super::index(Component::Backend)].get())
+                .map(|choice| choice.image_id.clone())
+                .unwrap_or_default()
+        });
         let src = self.workspace.src();
         let dropped = request.dropped.clone();
         let cache = request.cache.clone();
@@ -309,16 +311,22 @@ impl Build<'_> {
         } else {
             format!(", then {}", request.scopes.read.join(", "))
         };
+        let short = |id: &str| id[..id.len().min(19)].to_owned();
+        let images = match &image_ids {
+            [backend, storefront] if backend == storefront => format!("image {}", short(backend)),
+            [backend, storefront] => format!(
+                "images {} (backend), {} (storefront)",
+                short(backend),
+                short(storefront)
+            ),
+        };
         self.system.line(format!(
-            "Build cache: scope {} (reads {}{reads}; writes only {}); image {}.",
-            request.scopes.write,
-            request.scopes.write,
-            request.scopes.write,
-            &image_id[..image_id.len().min(19)]
+            "Build cache: scope {} (reads {}{reads}; writes only {}); {images}.",
+            request.scopes.write, request.scopes.write, request.scopes.write,
         ));
         Some(BuildCache {
             request,
-            image_id,
+            image_ids,
             env: env.finish(),
             manifests,
             pending: Mutex::default(),
@@ -350,7 +358,7 @@ impl Build<'_> {
                 return None;
             }
         };
-        let mut key = cache.key("output");
+        let mut key = cache.key("output", component);
         key.text("component", component.as_str())
             .text("kiln", env!("CARGO_PKG_VERSION"))
             .text("env", &cache.env)
@@ -456,10 +464,11 @@ impl Build<'_> {
         install_dir: &Path,
         manager: &PackageManager,
         provision: Option<&Provision>,
+        component: Component,
     ) -> Option<String> {
         let fs = RepoFs::new(&self.workspace.src()).ok()?;
         let lockfiles = inputs::lockfiles(&fs, install_dir)?;
-        let mut key = cache.key("deps");
+        let mut key = cache.key("deps", component);
         key.text("manager", manager.slug())
             .text(
                 "release",

@@ -11,6 +11,7 @@ pub mod artifact;
 mod backend;
 mod cached;
 pub(crate) mod checkout;
+mod node;
 pub(crate) mod plan;
 mod restore;
 mod scan;
@@ -167,6 +168,8 @@ struct Build<'a> {
     /// none runs: a container beside them could swap a checked directory for a
     /// link while the agent reads it.
     containers: tokio::sync::watch::Sender<[bool; 2]>,
+    /// The image each component builds in (backend, storefront), once chosen.
+    nodes: [std::sync::OnceLock<node::NodeChoice>; 2],
 }
 
 impl Pipeline {
@@ -195,6 +198,7 @@ impl Pipeline {
                 true,
                 self.config.components_side_by_side,
             ]),
+            nodes: Default::default(),
         };
         let ran = tokio::select! {
             ran = build.run() => ran,
@@ -247,6 +251,14 @@ impl Pipeline {
     }
 }
 
+/// A component's place in the per-component arrays of a build.
+fn index(component: Component) -> usize {
+    match component {
+        Component::Backend => 0,
+        Component::Storefront => 1,
+    }
+}
+
 impl Build<'_> {
     async fn run(&self) -> Result<(Vec<BuiltArtifact>, Option<Harvest>), Stop> {
         self.workspace.prepare().map_err(|error| {
@@ -275,6 +287,32 @@ impl Build<'_> {
         let storefront = match storefront::detect(self, &plan.app_dir).await {
             Err(Stop::Canceled) => return Err(Stop::Canceled),
             detected => detected,
+        };
+        // Each component's Node, before anything installs.
+        let backend_node = self
+            .choose_node(
+                Component::Backend,
+                &plan.app_dir,
+                plan.node_requirement.as_ref(),
+            )
+            .await?;
+        let _ = self.nodes[index(Component::Backend)].set(backend_node);
+        let storefront = match storefront {
+            Ok(Some(found)) => {
+                let dir = storefront::repo_path(&found.app_dir);
+                match self
+                    .choose_node(Component::Storefront, &dir, found.node_requirement.as_ref())
+                    .await
+                {
+                    Ok(choice) => {
+                        let _ = self.nodes[index(Component::Storefront)].set(choice);
+                        Ok(Some(found))
+                    }
+                    Err(Stop::Canceled) => return Err(Stop::Canceled),
+                    Err(stop) => Err(stop),
+                }
+            }
+            other => other,
         };
         let storefront_dirs = match &storefront {
             Ok(Some(found)) => Some((
@@ -348,12 +386,17 @@ impl Build<'_> {
         done
     }
 
+    /// The image `component` builds in: its choice, or `build_image` before one.
+    fn node_image(&self, component: Component) -> &str {
+        self.nodes[index(component)]
+            .get()
+            .map(|choice| choice.image.as_str())
+            .unwrap_or(&self.pipeline.config.build_image)
+    }
+
     /// Says `component` runs no more containers in this build.
     fn containers_ended(&self, component: Component) {
-        let index = match component {
-            Component::Backend => 0,
-            Component::Storefront => 1,
-        };
+        let index = index(component);
         self.containers.send_if_modified(|running| {
             let was = running[index];
             running[index] = false;
@@ -369,10 +412,7 @@ impl Build<'_> {
         if running.borrow().iter().any(|&one| one) {
             self.system.line(format!(
                 "{}: its build is done; its output is read once the other component's containers have ended too.",
-                match component {
-                    Component::Backend => "Backend",
-                    Component::Storefront => "Storefront",
-                }
+                node::title(component)
             ));
         }
         let _ = running

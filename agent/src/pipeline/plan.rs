@@ -52,6 +52,8 @@ pub struct BackendPlan {
     pub warnings: Vec<Warning>,
     /// Why this directory is the backend.
     pub reasons: Vec<String>,
+    /// The Node version it asks for, if any.
+    pub node_requirement: Option<crate::detect::NodeRequirement>,
 }
 
 /// Whether `script` runs `medusa build`, directly or through other scripts
@@ -112,6 +114,7 @@ pub fn plan_backend(fs: &RepoFs, backend_path: &str) -> Result<BackendPlan, Plan
     let root_package = fs.package_json(Path::new(""))?;
     let detected = package_manager::for_app(fs, &app_dir, &package, root_package.as_ref())?;
     let frozen = detected.lockfile.is_some();
+    let node_requirement = crate::detect::node_requirement(fs, &app_dir, &package, &mut reasons)?;
     Ok(BackendPlan {
         app_dir,
         install_dir: detected.install_dir,
@@ -122,6 +125,7 @@ pub fn plan_backend(fs: &RepoFs, backend_path: &str) -> Result<BackendPlan, Plan
         manager: detected.manager,
         warnings: detected.warnings,
         reasons,
+        node_requirement,
     })
 }
 

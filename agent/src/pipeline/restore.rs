@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use kiln_protocol::Component;
+
 use super::cached::{origin, BuildCache, Sources, CHECKOUT, HOME};
 use super::{Build, Stop};
 use crate::beneath;
@@ -48,8 +50,8 @@ pub(super) struct InstallInputs<'a> {
     pub provision: Option<&'a Provision>,
     /// The other component's install directory: its trees are not this one's.
     pub other_dir: Option<&'a Path>,
-    /// Whose `node_modules` the log names: `""` or `"the storefront's "`.
-    pub whose: &'static str,
+    /// Whose install it is: its cache keys name that component's image.
+    pub component: Component,
 }
 
 impl Build<'_> {
@@ -65,27 +67,40 @@ impl Build<'_> {
         needed: bool,
     ) -> Result<(bool, bool), Stop> {
         let provided = match install.provision {
-            Some(provision) => self.restore_provision(cache, provision).await,
+            Some(provision) => {
+                self.restore_provision(cache, provision, install.component)
+                    .await
+            }
             None => false,
         };
         if !needed {
             return Ok((provided, false));
         }
         let keyed = install.manager.and_then(|manager| {
-            self.deps_key(cache, install.dir, manager, install.provision)
-                .map(|key| (manager, key))
+            self.deps_key(
+                cache,
+                install.dir,
+                manager,
+                install.provision,
+                install.component,
+            )
+            .map(|key| (manager, key))
         });
         let Some((manager, key)) = keyed else {
             self.system.line(format!(
                 "Build cache: no lockfile, so {}node_modules are not cached.",
-                install.whose
+                match install.component {
+                    Component::Backend => "",
+                    Component::Storefront => "the storefront's ",
+                }
             ));
             return Ok((provided, true));
         };
         if self.restore_deps(cache, install.dir, &key).await? {
             return Ok((provided, false));
         }
-        self.restore_store(cache, install.dir, manager).await;
+        self.restore_store(cache, install.dir, manager, install.component)
+            .await;
         let exclude = install
             .other_dir
             .filter(|other| *other != install.dir)
@@ -205,12 +220,13 @@ impl Build<'_> {
         cache: &BuildCache,
         install_dir: &Path,
         manager: &PackageManager,
+        component: Component,
     ) {
         let Some(lockfiles) = self.lockfiles_of(install_dir) else {
             return;
         };
         let group = format!("store:{}", manager.slug());
-        let mut key = cache.key("store");
+        let mut key = cache.key("store", component);
         key.text("manager", manager.slug())
             .text("lockfiles", &lockfiles);
         let key = key.finish();
@@ -274,9 +290,10 @@ impl Build<'_> {
         &self,
         cache: &BuildCache,
         provision: &Provision,
+        component: Component,
     ) -> bool {
         let group = "provision";
-        let mut key = cache.key("provision");
+        let mut key = cache.key("provision", component);
         key.text("release", &provision.label())
             .text("command", &provision.command().join(" "));
         let key = key.finish();
@@ -371,7 +388,7 @@ impl Build<'_> {
         install_dir: &Path,
     ) {
         let group = format!("next:{}", app_dir.display());
-        let mut key = cache.key("framework");
+        let mut key = cache.key("framework", Component::Storefront);
         key.text("app", &app_dir.display().to_string()).text(
             "lockfiles",
             &self.lockfiles_of(install_dir).unwrap_or_default(),

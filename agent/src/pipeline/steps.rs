@@ -206,62 +206,10 @@ fn diagnose(output: &str, network: Network) -> Option<String> {
     None
 }
 
-/// The build image's Node version, as `node --version` prints it in a container
-/// started like any step (no network), for `component`'s checks.
-pub(super) async fn image_node_version(
-    build: &Build<'_>,
-    component: Component,
-    dir: &Path,
-) -> Result<node_semver::Version, Stop> {
-    let step = build.step(
-        &PlannedStep {
-            kind: StepKind::NodeVersion,
-            command: vec!["node".to_owned(), "--version".to_owned()],
-            dir: dir.to_owned(),
-            network: Network::None,
-            bin_dir: None,
-            shown: None,
-            env: Vec::new(),
-        },
-        component,
-    );
-    let captured = build
-        .pipeline
-        .executor
-        .capture(step, build.cancel.clone())
-        .await;
-    let printed = match captured {
-        Ok((StepOutcome::Exited(0), output)) => String::from_utf8_lossy(&output).into_owned(),
-        Ok((StepOutcome::Canceled, _)) => return Err(Stop::Canceled),
-        Ok((outcome, output)) => {
-            return Err(fail(
-                component,
-                format!(
-                    "`node --version` failed in the build image {} ({outcome:?}): {}; is node on its PATH?",
-                    build.pipeline.config.build_image,
-                    String::from_utf8_lossy(&output).trim()
-                ),
-            ))
-        }
-        Err(error) => return Err(fail(component, error.to_string())),
-    };
-    let text = printed.trim().trim_start_matches('v');
-    text.parse().map_err(|_| {
-        fail(
-            component,
-            format!(
-                "the build image {} printed {:?} for `node --version`, which is not a version",
-                build.pipeline.config.build_image,
-                printed.trim()
-            ),
-        )
-    })
-}
-
 impl Build<'_> {
     /// The container for a planned step: the workspace mounted, the job's
     /// environment, the operator's limits, and whatever time the job has left.
-    fn step(&self, planned: &PlannedStep, component: Component) -> Step {
+    pub(super) fn step(&self, planned: &PlannedStep, component: Component) -> Step {
         let config = &self.pipeline.config;
         let mount = Path::new(WORKSPACE_MOUNT);
         let path = match &planned.bin_dir {
@@ -300,7 +248,7 @@ impl Build<'_> {
             name,
             agent_id: self.pipeline.agent_id.clone(),
             job_id: self.request.job_id.clone(),
-            image: config.build_image.clone(),
+            image: self.node_image(component).to_owned(),
             command: planned.command.clone(),
             working_dir: mount.join("src").join(&planned.dir).display().to_string(),
             workspace: self.workspace.build_dir(),

@@ -1,6 +1,5 @@
 //! The storefront, beside the backend: detected (the project's storefront path, or
-//! the single frontend app in the repository), its Node version checked against
-//! the build image, installed, built with its framework's own command (a custom
+//! the single frontend app in the repository), installed, built with its framework's own command (a custom
 //! build script is not used), and its output directory packed.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +9,7 @@ use kiln_protocol::{Component, ComponentStatus};
 use super::cached::BuildCache;
 use super::plan::BackendPlan;
 use super::restore::SERVER_ACTIONS_KEY;
-use super::steps::{image_node_version, run_steps, PlannedStep, StepKind};
+use super::steps::{run_steps, PlannedStep, StepKind};
 use super::workspace::{output_dir, OutputError};
 use super::{fail, Build, BuiltArtifact, Stop};
 use crate::detect::{self, DetectError, Detection, Framework};
@@ -82,19 +81,6 @@ pub(super) async fn build(
             return Ok(Some(artifact));
         }
     }
-    if let Some(wanted) = &found.node_requirement {
-        let have = image_node_version(build, Component::Storefront, &app_dir).await?;
-        wanted
-            .judge(&have)
-            .map_err(|reason| fail(Component::Storefront, reason))?;
-        // Beside the storefront's output: it is a fact of its build environment.
-        build
-            .logs
-            .sink(Component::Storefront.log_stream())
-            .line(format!(
-                "Node {have} in the build image satisfies {wanted}."
-            ));
-    }
     let config = &build.pipeline.config;
     // One install at a time: the backend's may be this one, and otherwise they
     // would share the package manager's release and the host's bandwidth.
@@ -102,8 +88,10 @@ pub(super) async fn build(
         system.line("Storefront: not built, as the backend's install failed.");
         return Err(Stop::Canceled);
     }
-    let installed =
-        build.installed(&install_dir, &found.install) && found.provision == backend.provision;
+    // The same install at the same place, with the same package manager and Node.
+    let installed = build.installed(&install_dir, &found.install)
+        && found.provision == backend.provision
+        && build.node_image(Component::Storefront) == build.node_image(Component::Backend);
     let mut install = if installed {
         system.line(format!(
             "Storefront: the install in {} the backend ran covers it.",
@@ -129,7 +117,7 @@ pub(super) async fn build(
             manager: manager.as_ref(),
             provision: found.provision.as_ref(),
             other_dir: Some(&backend.install_dir),
-            whose: "the storefront's ",
+            component: Component::Storefront,
         };
         let (release, needed) = build
             .restore_install(cache, inputs, install.is_some())

@@ -69,7 +69,7 @@ async function main() {
     process.exit(1)
   }
   const env = process.env
-  console.log("info:    Starting build...")
+  console.log(`info:    Starting build on Node ${process.version}...`)
   if (fs.existsSync("poison-node-modules")) {
     const target = path.join("node_modules", ".package-lock.json")
     try {
