@@ -195,7 +195,7 @@ async fn out_of_memory_build_says_so() {
     let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
     assert_eq!(
         failed.reason.as_deref(),
-        Some("`npm run build` (build) ran out of memory (limit 256 MiB)")
+        Some("`npm run build` (build) ran out of memory (limit 256 MiB); raise the agent's `memory` setting (KILN_MEMORY) or make the build use less")
     );
 }
 
@@ -799,6 +799,49 @@ async fn issue_30_each_component_builds_with_the_node_its_repository_asks_for() 
         world.log(&deployment.id, "backend").await.is_empty(),
         "nothing was installed"
     );
+}
+
+#[tokio::test]
+async fn issue_30_failures_say_the_fix_first_and_the_line_that_shows_the_cause() {
+    // A Medusa config that throws at load for a variable the build lacks.
+    let Some(world) = world(serde_json::json!([
+        {"name": "KILN_FIXTURE_PRINT", "value": "error:   Environment variable for DATABASE_URL is not set"},
+        {"name": "KILN_FIXTURE_EXIT", "value": "1"},
+    ]))
+    .await
+    else {
+        return;
+    };
+    let agent = world.agent("agent", "").await;
+    let deployment = world.push(&world.repo.head()).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    let reason = failed.reason.unwrap();
+    assert!(
+        reason.starts_with("the build needs the variable DATABASE_URL, which its environment does not have; add DATABASE_URL to the environment's variables")
+            && reason.contains("(`npm run build` (build) exited with code 1; the log says: ")
+            && reason.ends_with("error:   Environment variable for DATABASE_URL is not set)"),
+        "{reason}"
+    );
+
+    // `medusa build` that finishes without the admin (medusajs/medusa#12245).
+    world
+        .admin
+        .set_variables(
+            &world.environment_id,
+            serde_json::json!([{"name": "KILN_FIXTURE_NO_ADMIN", "value": "1"}]),
+        )
+        .await;
+    let again = world.repo.commit("No admin", |_| {});
+    let deployment = world.push(&again).await;
+    let failed = world.settle(&deployment.id, BuildFailed, &agent).await;
+    let reason = failed.reason.unwrap();
+    assert!(
+        reason.starts_with("admin_missing: `medusa build` finished without the admin")
+            && reason.contains("medusajs/medusa#12245")
+            && reason.contains("admin: { disable: true }"),
+        "{reason}"
+    );
+    assert!(failed.artifacts.is_empty());
 }
 
 #[tokio::test]

@@ -98,7 +98,7 @@ async fn hostile_builds_are_stopped_with_the_limit_named_and_the_agent_goes_on()
     .await;
     assert_eq!(
         reason,
-        "`npm run build` (build) ran out of memory (limit 256 MiB)"
+        "`npm run build` (build) ran out of memory (limit 256 MiB); raise the agent's `memory` setting (KILN_MEMORY) or make the build use less"
     );
 
     let (reason, _) = attack(

@@ -4,7 +4,7 @@
 //! runs, the `.medusa/server` check, the secret scan of its `public/`, and the
 //! pack; or, with the cache, an earlier build's output reused.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_protocol::{Component, ComponentStatus};
 
@@ -147,6 +147,7 @@ impl Build<'_> {
                     ))
                 }
             };
+        self.check_admin(&plan.app_dir)?;
         scan::scan_public(self, &plan.app_dir.join(".medusa/server/public")).await?;
         let packed = self
             .pack(Component::Backend, ".medusa/server", server, &[])
@@ -162,4 +163,43 @@ impl Build<'_> {
         }
         Ok(artifact)
     }
+
+    /// `medusa build` can finish without the admin (medusajs/medusa#12245);
+    /// `medusa start` then fails. Unless the config turns the admin off, that
+    /// fails the build here, with what to look at.
+    fn check_admin(&self, app_dir: &Path) -> Result<(), Stop> {
+        let index = self
+            .workspace
+            .src()
+            .join(app_dir)
+            .join(".medusa/server/public/admin/index.html");
+        // No container runs now: what is there stays there.
+        if std::fs::symlink_metadata(&index).is_ok_and(|meta| meta.is_file()) {
+            return Ok(());
+        }
+        let config = crate::repo_fs::RepoFs::new(&self.workspace.src())
+            .ok()
+            .and_then(|fs| {
+                ["ts", "js", "mjs", "cjs"].iter().find_map(|ext| {
+                    let file = app_dir.join(format!("medusa-config.{ext}"));
+                    fs.read(&file, crate::repo_fs::CONFIG_LIMIT).ok().flatten()
+                })
+            })
+            .unwrap_or_default();
+        if ADMIN_DISABLED.is_match(&config) {
+            self.system
+                .line("Backend: no admin in .medusa/server, as medusa-config turns it off.");
+            return Ok(());
+        }
+        Err(fail(
+            Component::Backend,
+            "admin_missing: `medusa build` finished without the admin (.medusa/server/public/admin/index.html is missing), so `medusa start` would fail with \"Could not find index.html in the admin build directory\" (medusajs/medusa#12245); look for the admin build's errors in the backend log, and check that @medusajs/* packages share one version; if the admin is meant to be off, set `admin: { disable: true }` in medusa-config",
+        ))
+    }
 }
+
+/// `admin: { …, disable: true }` (or read from the environment) in medusa-config.
+static ADMIN_DISABLED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"(?s)admin\s*:\s*\{[^}]*?disable\s*:\s*(?:true|process\.env|!)")
+        .expect("admin disable pattern")
+});

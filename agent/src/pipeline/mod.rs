@@ -11,6 +11,7 @@ pub mod artifact;
 mod backend;
 mod cached;
 pub(crate) mod checkout;
+mod diagnose;
 mod node;
 pub(crate) mod plan;
 mod restore;
@@ -392,6 +393,11 @@ impl Build<'_> {
             .get()
             .map(|choice| choice.image.as_str())
             .unwrap_or(&self.pipeline.config.build_image)
+    }
+
+    /// The Node version `component` builds with, when its image says it.
+    fn node_version(&self, component: Component) -> Option<&str> {
+        self.nodes[index(component)].get()?.version.as_deref()
     }
 
     /// Says `component` runs no more containers in this build.

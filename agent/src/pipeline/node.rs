@@ -21,6 +21,8 @@ pub(super) struct NodeChoice {
     pub image: String,
     /// `sha256:…`: the component's cache keys change with it.
     pub image_id: String,
+    /// Its Node version (`22.23.5`), when known.
+    pub version: Option<String>,
 }
 
 /// `Backend` or `Storefront`, to begin a line of the system log.
@@ -75,6 +77,7 @@ impl Build<'_> {
             return Ok(NodeChoice {
                 image: default.clone(),
                 image_id: facts.id,
+                version: facts.node_version,
             });
         };
         let mut candidates = vec![default.clone()];
@@ -112,6 +115,7 @@ impl Build<'_> {
                 return Ok(NodeChoice {
                     image,
                     image_id: facts.id,
+                    version: Some(version.to_string()),
                 });
             }
             seen.push(format!("{image} (Node {version})"));

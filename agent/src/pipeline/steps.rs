@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::Component;
 
+use super::diagnose::{diagnose, Diagnosis, StepContext};
 use super::{fail, seconds, Build, Stop};
 use crate::config::{Network, Span};
 use crate::executor::{Limits, Step, StepOutcome, WORKSPACE_MOUNT};
@@ -138,13 +139,25 @@ pub(super) async fn run_steps(
             }
             Ok(StepOutcome::Exited(code)) => {
                 let output = sink.tail_since(printed_from, 64 << 10);
-                match diagnose(&String::from_utf8_lossy(&output), planned.network) {
-                    Some(what) => format!("`{shown}` ({name}) exited with code {code}: {what}"),
-                    None => format!("`{shown}` ({name}) exited with code {code}"),
+                let context = build.step_context(planned, component);
+                let exited = format!("`{shown}` ({name}) exited with code {code}");
+                match diagnose(&String::from_utf8_lossy(&output), &context) {
+                    // The fix first: a commit status shows the first 140 characters.
+                    Some(Diagnosis {
+                        fix,
+                        line: Some(line),
+                    }) => format!("{fix} ({exited}; the log says: {line})"),
+                    Some(Diagnosis { fix, line: None }) => format!("{fix} ({exited})"),
+                    // SIGKILL from inside: the memory limit, most often.
+                    None if code == 137 => format!(
+                        "{exited}, killed (SIGKILL), most often by the memory limit ({}); raise the agent's `memory` setting (KILN_MEMORY) or make the build use less",
+                        config.memory
+                    ),
+                    None => exited,
                 }
             }
             Ok(StepOutcome::OutOfMemory) => format!(
-                "`{shown}` ({name}) ran out of memory (limit {})",
+                "`{shown}` ({name}) ran out of memory (limit {}); raise the agent's `memory` setting (KILN_MEMORY) or make the build use less",
                 config.memory
             ),
             Ok(StepOutcome::TimedOut(limit)) if limit == config.step_timeout => format!(
@@ -173,40 +186,30 @@ pub(super) async fn run_steps(
     Ok(())
 }
 
-/// Failures whose output says plainly what they are, and what fixes them.
-const KNOWN_FAILURES: &[(&[&str], &str)] = &[
-    (
-        &["No compatible signature found in package metadata", "Cannot find matching keyid"],
-        "corepack in the build image could not verify the package manager's signature (the registry, or a proxy before it, serves none, or corepack's keys are out of date); call the package manager directly in scripts (Kiln provides the release package.json's packageManager names, on PATH) rather than through corepack, or use a build image with a newer corepack",
-    ),
-    (
-        &["SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "unable to get local issuer certificate"],
-        "TLS to the package registry failed on a certificate the build does not trust (a TLS-inspecting proxy?); set the agent's extra_ca_certs to the host's CA bundle",
-    ),
-    (
-        &["can only install packages when your package.json and package-lock.json", "ERR_PNPM_OUTDATED_LOCKFILE", "The lockfile would have been modified by this install", "Your lockfile needs to be updated"],
-        "package.json and the lockfile disagree; run the install locally and commit the updated lockfile",
-    ),
-];
-
-/// What a failed step's output says went wrong, where it says so plainly.
-fn diagnose(output: &str, network: Network) -> Option<String> {
-    if let Some((_, what)) = KNOWN_FAILURES
-        .iter()
-        .find(|(signs, _)| signs.iter().any(|sign| output.contains(sign)))
-    {
-        return Some((*what).to_owned());
-    }
-    let offline = ["EAI_AGAIN", "ENOTFOUND", "getaddrinfo", "ENETUNREACH"];
-    if network == Network::None && offline.iter().any(|sign| output.contains(sign)) {
-        return Some(
-            "the step reached for the network but runs with none (install_network or build_network = \"none\"); set it to \"bridge\"".to_owned(),
-        );
-    }
-    None
-}
-
 impl Build<'_> {
+    /// What a failed step's diagnosis knows besides its output.
+    fn step_context<'s>(&'s self, planned: &PlannedStep, component: Component) -> StepContext<'s> {
+        // A provided release's binaries are at `<PROVISION_ROOT>/<name@version>/…`.
+        let release = planned
+            .bin_dir
+            .as_deref()
+            .and_then(|dir| dir.strip_prefix(crate::package_manager::PROVISION_ROOT))
+            .and_then(|rest| rest.trim_start_matches('/').split('/').next())
+            .map(str::to_owned);
+        StepContext {
+            network: planned.network,
+            release,
+            node: self.node_version(component),
+            variables: self
+                .request
+                .env
+                .iter()
+                .map(|var| var.name.as_str())
+                .collect(),
+            memory: self.pipeline.config.memory.to_string(),
+        }
+    }
+
     /// The container for a planned step: the workspace mounted, the job's
     /// environment, the operator's limits, and whatever time the job has left.
     pub(super) fn step(&self, planned: &PlannedStep, component: Component) -> Step {
@@ -260,32 +263,5 @@ impl Build<'_> {
             timeout: remaining.min(config.step_timeout),
             stop_grace: config.cancel_grace,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_that_say_what_they_are_are_named_with_their_fix() {
-        let corepack =
-            "Error: No compatible signature found in package metadata\n    at verifySignature";
-        assert!(diagnose(corepack, Network::Bridge)
-            .unwrap()
-            .contains("corepack"));
-        let tls = "npm error code SELF_SIGNED_CERT_IN_CHAIN";
-        assert!(diagnose(tls, Network::Bridge)
-            .unwrap()
-            .contains("extra_ca_certs"));
-        let offline = "npm error request to https://registry.npmjs.org/x failed, reason: getaddrinfo EAI_AGAIN";
-        assert!(diagnose(offline, Network::None)
-            .unwrap()
-            .contains("\"bridge\""));
-        assert_eq!(diagnose(offline, Network::Bridge), None);
-        assert_eq!(
-            diagnose("error TS2304: Cannot find name 'x'", Network::Bridge),
-            None
-        );
     }
 }

@@ -27,6 +27,8 @@
 //                          holding `ready`, for a racing storefront to swap
 //   KILN_FIXTURE_FILES=N   first write N small files under node_modules/.fixture,
 //                          as a large install leaves (slow to remove)
+//   KILN_FIXTURE_NO_ADMIN=1  finish without public/admin/index.html, as
+//                          medusajs/medusa#12245's builds did
 //   KILN_FIXTURE_HOME_NPM_LINK=P  end with $HOME/.npm a symlink to P, as a build
 //                          that wants the cache harvest to take a host folder
 // A file `poison-node-modules` at the repository root makes the build try to
@@ -185,7 +187,7 @@ async function main() {
     fs.mkdirSync(path.join(out, path.dirname(file)), { recursive: true })
     fs.copyFileSync(file, path.join(out, file))
   }
-  fs.writeFileSync(path.join(out, "public", "admin", "index.html"), "<!doctype html><div id=medusa></div><script src=assets/index.js></script>\n")
+  if (!env.KILN_FIXTURE_NO_ADMIN) fs.writeFileSync(path.join(out, "public", "admin", "index.html"), "<!doctype html><div id=medusa></div><script src=assets/index.js></script>\n")
   fs.writeFileSync(path.join(out, "public", "admin", "assets", "index.js"), "console.log('admin')\n")
   if (env.KILN_FIXTURE_LEAK_ENV) {
     const value = JSON.stringify(env[env.KILN_FIXTURE_LEAK_ENV] || "")
