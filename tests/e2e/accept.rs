@@ -10,6 +10,11 @@
 //!   through Kiln with no backend or storefront path set; its storefront asks a
 //!   stand-in Store API at build time. Runs with `KILN_ACCEPT_MONOREPO=1` (CI sets
 //!   it) or `KILN_ACCEPT_MEDUSA=1`.
+//! - Medusa's B2B starter's shape: the backend in `backend/` asking for Node 22,
+//!   the Next.js storefront in `storefront/`, each with its own npm lockfile, and
+//!   no package.json at the root (`tests/accept/medusa-siblings` holds the
+//!   storefront's own package.json and lockfile). Runs with `KILN_ACCEPT_SIBLINGS=1` (CI sets it) or
+//!   `KILN_ACCEPT_MEDUSA=1`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -131,6 +136,7 @@ async fn build_through_kiln(
     dir: &Path,
     repo: &FixtureRepo,
     variables: serde_json::Value,
+    agent_settings: &str,
 ) -> (Deployment, ControlPlane, AgentProcess) {
     let image = build_image().await;
     let cp = ControlPlane::start(&dir.join("server")).await;
@@ -147,7 +153,7 @@ async fn build_through_kiln(
         .await;
     admin.set_variables(&environment.id, variables).await;
     let extra = format!(
-        "install_network = \"bridge\"\nbuild_network = \"host\"\nextra_ca_certs = {:?}\nmemory = \"6GiB\"\njob_timeout = \"30m\"",
+        "install_network = \"bridge\"\nbuild_network = \"host\"\nextra_ca_certs = {:?}\nmemory = \"6GiB\"\njob_timeout = \"30m\"\n{agent_settings}",
         ca_bundle()
     );
     let agent = AgentProcess::start(
@@ -193,12 +199,20 @@ async fn push_and_build(
             DeploymentStatus::AwaitingDeployment => break deployment,
             DeploymentStatus::Queued | DeploymentStatus::Building => {}
             other => panic!(
-                "deployment ended {other}: {:?}\n{}\n{}",
+                "deployment ended {other}: {:?}\n{}\nstorefront log (its end):\n{}\n{}",
                 deployment.reason,
                 admin
                     .get(&format!("/api/v1/deployments/{id}/logs/system"))
                     .await
                     .text(),
+                {
+                    let log = admin
+                        .get(&format!("/api/v1/deployments/{id}/logs/storefront"))
+                        .await
+                        .text();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                },
                 agent.log_text()
             ),
         }
@@ -275,7 +289,7 @@ async fn real_medusa_backend_builds_like_by_hand() {
         &accept_dir("medusa-backend"),
     );
     let (deployment, cp, _agent) =
-        build_through_kiln(dir.path(), &repo, serde_json::json!([])).await;
+        build_through_kiln(dir.path(), &repo, serde_json::json!([]), "").await;
     let built = artifact_files(&cp, &deployment.id, "backend.tar.gz").await;
     assert_eq!(built.len(), expected.len(), "file counts differ");
     assert_eq!(
@@ -372,7 +386,7 @@ async fn real_medusa_backend_on_yarn_berry_with_yarn_path_builds_like_by_hand() 
     );
     let repo = FixtureRepo::of(&dir.path().join("agent-repo"), &project);
     let (deployment, cp, _agent) =
-        build_through_kiln(dir.path(), &repo, serde_json::json!([])).await;
+        build_through_kiln(dir.path(), &repo, serde_json::json!([]), "").await;
     let system = cp
         .admin()
         .get(&format!(
@@ -408,6 +422,7 @@ async fn issue_14_the_official_pnpm_monorepo_starter_builds_backend_and_storefro
             {"name": "MEDUSA_BACKEND_URL", "value": format!("http://127.0.0.1:{port}")},
             {"name": "NEXT_PUBLIC_MEDUSA_PUBLISHABLE_KEY", "value": format!("pk_{}", "0a1b2c3d".repeat(8))},
         ]),
+        "",
     )
     .await;
     let system = cp
@@ -505,4 +520,77 @@ async fn system_log(cp: &ControlPlane, id: &str) -> String {
         .get(&format!("/api/v1/deployments/{id}/logs/system"))
         .await
         .text()
+}
+
+#[tokio::test]
+async fn issue_30_sibling_folders_with_a_backend_on_node_22_build_with_no_paths_set() {
+    if !opted_in("KILN_ACCEPT_SIBLINGS") && !opted_in("KILN_ACCEPT_MEDUSA") {
+        eprintln!("skip: set KILN_ACCEPT_SIBLINGS=1 to build real backend/ + storefront/ siblings from the npm registry");
+        return;
+    }
+    let docker = docker().await.expect("the acceptance test needs Docker");
+    let node_22 = node_image(22).await;
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("siblings");
+    copy_dir(&accept_dir("medusa-backend"), &project.join("backend"), &[]);
+    copy_dir(
+        &accept_dir("medusa-monorepo").join("apps/storefront"),
+        &project.join("storefront"),
+        &[],
+    );
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(
+            accept_dir("medusa-siblings").join("storefront").join(file),
+            project.join("storefront").join(file),
+        )
+        .unwrap();
+    }
+    let backend_package = project.join("backend/package.json");
+    let mut package: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&backend_package).unwrap()).unwrap();
+    package["engines"]["node"] = "22.x".into();
+    std::fs::write(
+        &backend_package,
+        serde_json::to_string_pretty(&package).unwrap(),
+    )
+    .unwrap();
+    let repo = FixtureRepo::of(&dir.path().join("repo"), &project);
+    let (port, _store) = stand_in_store_api().await;
+    let (deployment, cp, _agent) = build_through_kiln(
+        dir.path(),
+        &repo,
+        serde_json::json!([
+            {"name": "MEDUSA_BACKEND_URL", "value": format!("http://127.0.0.1:{port}")},
+            {"name": "NEXT_PUBLIC_MEDUSA_PUBLISHABLE_KEY", "value": format!("pk_{}", "0a1b2c3d".repeat(8))},
+        ]),
+        &format!(
+            "node_images = {{ \"20\" = {:?}, \"22\" = {node_22:?} }}",
+            build_image().await
+        ),
+    )
+    .await;
+    let system = system_log(&cp, &deployment.id).await;
+    for expected in [
+        "Backend: backend: Medusa, dependency `@medusajs/framework` in backend/package.json",
+        "Backend: builds with Node 22.",
+        "22.x (engines.node in backend/package.json) asks for it.",
+        "Storefront: builds with Node 20.",
+        "Storefront: nextjs: dependency `next` in storefront/package.json",
+        "Running `npm ci` (install).",
+        "Running `npx --no-install next build` (storefront: build).",
+    ] {
+        assert!(system.contains(expected), "{expected:?} not in:\n{system}");
+    }
+    let backend = artifact_files(&cp, &deployment.id, "backend.tar.gz").await;
+    assert!(backend.contains(&"public/admin/index.html".to_owned()));
+    let storefront = artifact_files(&cp, &deployment.id, "storefront.tar.gz").await;
+    assert!(
+        storefront.contains(&"BUILD_ID".to_owned()),
+        "{storefront:?}"
+    );
+    assert!(
+        containers_of_job(&docker, deployment.current_job_id.as_deref().unwrap())
+            .await
+            .is_empty()
+    );
 }
