@@ -18,7 +18,7 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder, WaitContainerOptions,
 };
 use bollard::Docker;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -122,6 +122,9 @@ async fn watch_limits(pids_events: Option<String>, step: &Step) -> StepOutcome {
         }
     }
 }
+
+/// The most output written to a log at once when the agent is behind.
+const OUTPUT_BATCH: usize = 1 << 20;
 
 /// Where a container's output goes: a job's log, or memory (bounded) for the facts
 /// the pipeline asks the image.
@@ -322,18 +325,36 @@ impl DockerExecutor {
         let sink = output;
         let pump = tokio::spawn(async move {
             let mut stream = attached.output;
+            let mut batch = Vec::new();
+            let mut broken = false;
             while let Some(frame) = stream.next().await {
-                match frame {
-                    Ok(
-                        LogOutput::StdOut { message }
-                        | LogOutput::StdErr { message }
-                        | LogOutput::Console { message },
-                    ) => sink.write(&message),
-                    Ok(LogOutput::StdIn { .. }) => {}
-                    Err(error) => {
-                        tracing::warn!(message = "Container output stream broke off.", %error);
-                        break;
+                // A frame is one write of the build; when the agent falls behind,
+                // the frames already here go to the log in one write, so a
+                // flooding build costs the agent per batch, not per line. A frame
+                // arriving alone is written at once.
+                let mut next = Some(frame);
+                while let Some(frame) = next.take() {
+                    match frame {
+                        Ok(
+                            LogOutput::StdOut { message }
+                            | LogOutput::StdErr { message }
+                            | LogOutput::Console { message },
+                        ) => batch.extend_from_slice(&message),
+                        Ok(LogOutput::StdIn { .. }) => {}
+                        Err(error) => {
+                            tracing::warn!(message = "Container output stream broke off.", %error);
+                            broken = true;
+                            break;
+                        }
                     }
+                    if batch.len() < OUTPUT_BATCH {
+                        next = stream.next().now_or_never().flatten();
+                    }
+                }
+                sink.write(&batch);
+                batch.clear();
+                if broken {
+                    break;
                 }
             }
             sink.flush();
