@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{ArtifactDescriptor, EnvVar, SecretScanSettings};
+use crate::agent::{ArtifactDescriptor, SecretScanSettings};
 use crate::status::{ComponentStatus, DeploymentStatus};
 
 fn root_path() -> String {
@@ -234,7 +234,35 @@ pub struct Environment {
 /// `PUT /api/v1/environments/{environment_id}/variables`: replaces the whole set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetVariables {
-    pub variables: Vec<EnvVar>,
+    pub variables: Vec<VariableInput>,
+}
+
+/// A variable as it is set: where it reaches (the build, the running release's
+/// containers, both by default) and whether its value is secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariableInput {
+    pub name: String,
+    pub value: String,
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default = "yes")]
+    pub build: bool,
+    #[serde(default = "yes")]
+    pub runtime: bool,
+}
+
+impl std::fmt::Debug for VariableInput {
+    // A secret must not leak through a `{:?}` in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = if self.secret { "***" } else { &self.value };
+        f.debug_struct("VariableInput")
+            .field("name", &self.name)
+            .field("value", &value)
+            .field("secret", &self.secret)
+            .field("build", &self.build)
+            .field("runtime", &self.runtime)
+            .finish()
+    }
 }
 
 /// A variable as the API shows it: secret values are never sent back.
@@ -244,6 +272,10 @@ pub struct VariableView {
     #[serde(default)]
     pub value: Option<String>,
     pub secret: bool,
+    #[serde(default = "yes")]
+    pub build: bool,
+    #[serde(default = "yes")]
+    pub runtime: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,7 +56,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 13] = [
+const SCHEMA: [&str; 14] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -70,6 +70,7 @@ const SCHEMA: [&str; 13] = [
     include_str!("schema/011_agent_holding_back.sql"),
     include_str!("schema/012_artifact_retention.sql"),
     include_str!("schema/013_registration_token_labels.sql"),
+    include_str!("schema/014_variable_reach.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -5,7 +5,7 @@ use crate::db::sql::{params, Connection, OptionalExtension, Row};
 use kiln_protocol::{
     validate, CreateEnvironment, CreateProject, EnvVar, Environment, EnvironmentKind, GitHostKind,
     GitHostSettings, GitHostView, Project, SecretScanSettings, UpdateEnvironment, UpdateProject,
-    VariableView,
+    VariableInput, VariableView,
 };
 
 use globset::Glob;
@@ -585,10 +585,15 @@ pub fn update_environment(
     Ok(environment)
 }
 
+/// Names Kiln sets itself in a release's containers: the server and the
+/// worker are told apart by `MEDUSA_WORKER_MODE`, listen on `PORT`, and run
+/// with `NODE_ENV=production`.
+pub const RESERVED_VARIABLES: &[&str] = &["MEDUSA_WORKER_MODE", "PORT", "NODE_ENV"];
+
 pub fn set_variables(
     conn: &mut Connection,
     environment_id: &str,
-    variables: Vec<EnvVar>,
+    variables: Vec<VariableInput>,
 ) -> Result<Vec<VariableView>, ApiError> {
     if variables.len() > validate::MAX_VARIABLES {
         return Err(ApiError::invalid_field(
@@ -605,6 +610,16 @@ pub fn set_variables(
             &format!("variables[{index}].name"),
             validate::variable_name(&variable.name),
         )?;
+        if RESERVED_VARIABLES.contains(&variable.name.as_str()) {
+            return Err(ApiError::invalid_field(
+                &format!("variables[{index}].name"),
+                format!(
+                    "{} is set by Kiln itself ({} are reserved: Kiln sets them for the server, the worker and the build); remove it",
+                    variable.name,
+                    RESERVED_VARIABLES.join(", ")
+                ),
+            ));
+        }
         if variable.value.len() > validate::MAX_VARIABLE_VALUE || variable.value.contains('\0') {
             return Err(ApiError::invalid_field(
                 &format!("variables[{index}].value"),
@@ -623,18 +638,26 @@ pub fn set_variables(
     )?;
     for variable in &variables {
         tx.execute(
-            "INSERT INTO variables (environment_id, name, value, secret) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (environment_id, name) DO UPDATE SET value = excluded.value, secret = excluded.secret",
-            params![environment_id, variable.name, variable.value, variable.secret],
+            "INSERT INTO variables (environment_id, name, value, secret, build, runtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (environment_id, name) DO UPDATE SET value = excluded.value, secret = excluded.secret,
+                 build = excluded.build, runtime = excluded.runtime",
+            params![
+                environment_id,
+                variable.name,
+                variable.value,
+                variable.secret,
+                variable.build,
+                variable.runtime
+            ],
         )?;
     }
     tx.commit()?;
     list_variables(conn, environment_id)
 }
 
-/// The variables of environment `?1`, by name.
+/// The build variables of environment `?1`, by name: what its jobs carry.
 pub(super) const VARIABLES_IN: &str =
-    "SELECT name, value, secret FROM variables WHERE environment_id = ?1 ORDER BY name";
+    "SELECT name, value, secret FROM variables WHERE environment_id = ?1 AND build = 1 ORDER BY name";
 
 pub(super) fn variable_from_row(row: &Row) -> Result<EnvVar, crate::db::sql::Error> {
     Ok(EnvVar {
@@ -644,13 +667,24 @@ pub(super) fn variable_from_row(row: &Row) -> Result<EnvVar, crate::db::sql::Err
     })
 }
 
+/// Every variable of an environment, with where it reaches.
 pub(super) fn variables_in(
     conn: &Connection,
     environment_id: &str,
-) -> Result<Vec<EnvVar>, ApiError> {
+) -> Result<Vec<VariableInput>, ApiError> {
     let variables = conn
-        .prepare(VARIABLES_IN)?
-        .query_map([environment_id], variable_from_row)?
+        .prepare(
+            "SELECT name, value, secret, build, runtime FROM variables WHERE environment_id = ?1 ORDER BY name",
+        )?
+        .query_map([environment_id], |row| {
+            Ok(VariableInput {
+                name: row.get(0)?,
+                value: row.get(1)?,
+                secret: row.get(2)?,
+                build: row.get(3)?,
+                runtime: row.get(4)?,
+            })
+        })?
         .collect::<Result<_, _>>()?;
     Ok(variables)
 }
@@ -666,6 +700,8 @@ pub fn list_variables(
             value: (!variable.secret).then_some(variable.value),
             name: variable.name,
             secret: variable.secret,
+            build: variable.build,
+            runtime: variable.runtime,
         })
         .collect())
 }
@@ -764,10 +800,12 @@ mod tests {
     #[test]
     fn variables_replace_the_set_and_secrets_are_never_shown() {
         let (mut conn, _, environment_id) = shop(&[]);
-        let var = |name: &str, secret: bool| EnvVar {
+        let var = |name: &str, secret: bool| VariableInput {
             name: name.into(),
             value: format!("value of {name}"),
             secret,
+            build: true,
+            runtime: true,
         };
         let shown = set_variables(
             &mut conn,
@@ -786,6 +824,31 @@ mod tests {
         );
         let error = set_variables(&mut conn, &environment_id, vec![var("1X", false)]).unwrap_err();
         assert!(error.to_string().contains("variables[0].name"), "{error}");
+        for reserved in RESERVED_VARIABLES {
+            let error = set_variables(&mut conn, &environment_id, vec![var("A", false), var(reserved, false)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("variables[1].name") && error.contains("set by Kiln itself"),
+                "{error}"
+            );
+        }
+        // A runtime-only variable stays out of the build.
+        let runtime_only = VariableInput {
+            build: false,
+            ..var("DATABASE_URL", true)
+        };
+        let shown =
+            set_variables(&mut conn, &environment_id, vec![var("A", false), runtime_only]).unwrap();
+        assert_eq!((shown[1].build, shown[1].runtime), (false, true));
+        let built: Vec<String> = conn
+            .prepare(VARIABLES_IN)
+            .unwrap()
+            .query_map([&environment_id], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(built, ["A"]);
         set_variables(&mut conn, &environment_id, vec![]).unwrap();
         assert!(list_variables(&mut conn, &environment_id)
             .unwrap()
