@@ -13,6 +13,7 @@ fn root_path() -> String {
 
 /// `POST /api/v1/projects`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateProject {
     pub name: String,
     pub repository_url: String,
@@ -69,6 +70,7 @@ impl CreateProject {
 /// `PATCH /api/v1/projects/{project_id}`; applies from the next claimed job on.
 /// Added in v1.2 (`secret_scan`); the other fields in v1.3.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateProject {
     #[serde(default)]
     pub secret_scan: Option<SecretScanSettings>,
@@ -137,6 +139,7 @@ impl std::str::FromStr for GitHostKind {
 
 /// `git_host` of a project, as set: the token is write-only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GitHostSettings {
     pub kind: GitHostKind,
     /// The host's API base URL: `https://api.github.com`,
@@ -200,6 +203,7 @@ pub enum EnvironmentKind {
 
 /// `POST /api/v1/projects/{project_id}/environments`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateEnvironment {
     pub name: String,
     /// A branch name or a glob such as `release/*`.
@@ -211,6 +215,7 @@ pub struct CreateEnvironment {
 
 /// `PATCH /api/v1/environments/{environment_id}`; applies from the next push on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateEnvironment {
     #[serde(default)]
     pub branch: Option<String>,
@@ -233,6 +238,7 @@ pub struct Environment {
 
 /// `PUT /api/v1/environments/{environment_id}/variables`: replaces the whole set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetVariables {
     pub variables: Vec<VariableInput>,
 }
@@ -240,6 +246,7 @@ pub struct SetVariables {
 /// A variable as it is set: where it reaches (the build, the running release's
 /// containers, both by default) and whether its value is secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VariableInput {
     pub name: String,
     pub value: String,
@@ -339,6 +346,7 @@ pub struct PullRequestEvent {
 
 /// `POST /api/v1/deployments/{id}/redeploy`; the body is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RedeployRequest {
     /// `false` builds everything afresh, using no cache entry. Added in v1.4.
     #[serde(default)]
@@ -505,6 +513,7 @@ pub struct AgentList {
 
 /// `PATCH /api/v1/agents/{id}`. Added in v1.4.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
     /// A paused agent finishes what it runs and claims nothing new.
     #[serde(default)]
@@ -513,6 +522,7 @@ pub struct UpdateAgent {
 
 /// `POST /api/v1/registration-tokens`. Added in v1.4.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateRegistrationToken {
     /// What it is for, e.g. `build host 7`.
     #[serde(default)]

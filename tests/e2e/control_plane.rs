@@ -856,6 +856,25 @@ async fn bad_input_gets_400_unknown_ids_404_illegal_transitions_409() {
     let env = admin
         .create_environment(&project, "Production", "main")
         .await;
+    // Issue 32: a misspelt setting is a 400 naming it, not a 200 that ignores it.
+    let message = admin
+        .send_json(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/environments/{}", env.id),
+            &serde_json::json!({"autodeploy": true}),
+        )
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
+    assert!(message.contains("unknown field `autodeploy`"), "{message}");
+    let message = admin
+        .send_json(
+            reqwest::Method::PUT,
+            &format!("/api/v1/environments/{}/variables", env.id),
+            &serde_json::json!({"variables": [{"name": "A", "value": "b", "secrte": true}]}),
+        )
+        .await
+        .expect_error(StatusCode::BAD_REQUEST, "invalid_body");
+    assert!(message.contains("unknown field `secrte`"), "{message}");
     let message = admin
         .post_raw(
             "/api/v1/events/push",

@@ -825,9 +825,13 @@ mod tests {
         let error = set_variables(&mut conn, &environment_id, vec![var("1X", false)]).unwrap_err();
         assert!(error.to_string().contains("variables[0].name"), "{error}");
         for reserved in RESERVED_VARIABLES {
-            let error = set_variables(&mut conn, &environment_id, vec![var("A", false), var(reserved, false)])
-                .unwrap_err()
-                .to_string();
+            let error = set_variables(
+                &mut conn,
+                &environment_id,
+                vec![var("A", false), var(reserved, false)],
+            )
+            .unwrap_err()
+            .to_string();
             assert!(
                 error.contains("variables[1].name") && error.contains("set by Kiln itself"),
                 "{error}"
@@ -838,8 +842,12 @@ mod tests {
             build: false,
             ..var("DATABASE_URL", true)
         };
-        let shown =
-            set_variables(&mut conn, &environment_id, vec![var("A", false), runtime_only]).unwrap();
+        let shown = set_variables(
+            &mut conn,
+            &environment_id,
+            vec![var("A", false), runtime_only],
+        )
+        .unwrap();
         assert_eq!((shown[1].build, shown[1].runtime), (false, true));
         let built: Vec<String> = conn
             .prepare(VARIABLES_IN)
