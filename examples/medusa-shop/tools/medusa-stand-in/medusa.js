@@ -108,10 +108,13 @@ async function main() {
   if (env.KILN_FIXTURE_FLOOD_MB) {
     const perLine = line(0).length
     const total = Math.floor((Number(env.KILN_FIXTURE_FLOOD_MB) << 20) / perLine)
+    // Through process.stdout, as build tools print: Node makes a pipe blocking,
+    // so the flood goes as fast as its reader takes it, with no backoff sleeps.
     for (let i = 0; i < total; ) {
       let batch = ""
       for (let j = 0; j < 8192 && i < total; j++, i++) batch += line(i)
-      emit(batch)
+      printed.update(batch)
+      process.stdout.write(batch)
     }
   }
   for (let i = 1; i <= Number(env.KILN_FIXTURE_SLEEP || 0); i++) {
