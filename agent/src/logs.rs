@@ -84,8 +84,9 @@ struct Spool {
 
 struct SpoolWriter {
     file: File,
-    /// The spool's last bytes (up to `2 * RECENT`), starting at `recent_start`.
-    recent: Vec<u8>,
+    /// The spool's last bytes (up to `2 * RECENT`), starting at `recent_start`;
+    /// a ring, so dropping the oldest moves nothing.
+    recent: std::collections::VecDeque<u8>,
     recent_start: u64,
     times: File,
     marks: Vec<(u64, i64)>,
@@ -106,7 +107,7 @@ impl SpoolWriter {
     /// Keeps what was just written in memory, dropping the oldest beyond `RECENT`
     /// (in steps, so the copy is amortised) but never bytes the file lacks.
     fn remember(&mut self, bytes: &[u8]) {
-        self.recent.extend_from_slice(bytes);
+        self.recent.extend(bytes);
         if self.recent.len() > 2 * RECENT {
             let mut cut = (self.recent.len() - RECENT) as u64;
             if let Some(from) = self.unspooled_from {
@@ -128,8 +129,13 @@ impl SpoolWriter {
             return false;
         }
         self.last_try = std::time::Instant::now();
-        let backlog = &self.recent[(from - self.recent_start) as usize..];
-        if append_or_cut(&mut self.file, from, backlog).is_err() {
+        let backlog = self
+            .recent_bytes(
+                from,
+                (self.recent_start + self.recent.len() as u64 - from) as usize,
+            )
+            .unwrap_or_default();
+        if append_or_cut(&mut self.file, from, &backlog).is_err() {
             return false;
         }
         self.unspooled_from = None;
@@ -139,7 +145,19 @@ impl SpoolWriter {
     /// `size` bytes from `offset`, if all of them are still in memory.
     fn recent_bytes(&self, offset: u64, size: usize) -> Option<Vec<u8>> {
         let from = usize::try_from(offset.checked_sub(self.recent_start)?).ok()?;
-        self.recent.get(from..from + size).map(<[u8]>::to_vec)
+        if from + size > self.recent.len() {
+            return None;
+        }
+        let (front, back) = self.recent.as_slices();
+        let mut bytes = Vec::with_capacity(size);
+        let end = from + size;
+        if from < front.len() {
+            bytes.extend_from_slice(&front[from..end.min(front.len())]);
+        }
+        if end > front.len() {
+            bytes.extend_from_slice(&back[from.saturating_sub(front.len())..end - front.len()]);
+        }
+        Some(bytes)
     }
 }
 
@@ -329,7 +347,7 @@ impl JobLogs {
                 writer: Mutex::new(SpoolWriter {
                     file,
                     // A reopened spool ships its older bytes from the file.
-                    recent: Vec::new(),
+                    recent: Default::default(),
                     recent_start: len,
                     marks: read_marks(&times_path),
                     times: open(&times_path)?,

@@ -331,7 +331,8 @@ impl DockerExecutor {
                 // A frame is one write of the build; when the agent falls behind,
                 // the frames already here go to the log in one write, so a
                 // flooding build costs the agent per batch, not per line. A frame
-                // arriving alone is written at once.
+                // arriving alone is written at once, uncopied.
+                let mut alone: Option<bytes::Bytes> = None;
                 let mut next = Some(frame);
                 while let Some(frame) = next.take() {
                     match frame {
@@ -339,7 +340,13 @@ impl DockerExecutor {
                             LogOutput::StdOut { message }
                             | LogOutput::StdErr { message }
                             | LogOutput::Console { message },
-                        ) => batch.extend_from_slice(&message),
+                        ) => match alone.take() {
+                            None if batch.is_empty() => alone = Some(message),
+                            first => {
+                                batch.extend_from_slice(&first.unwrap_or_default());
+                                batch.extend_from_slice(&message);
+                            }
+                        },
                         Ok(LogOutput::StdIn { .. }) => {}
                         Err(error) => {
                             tracing::warn!(message = "Container output stream broke off.", %error);
@@ -347,12 +354,18 @@ impl DockerExecutor {
                             break;
                         }
                     }
-                    if batch.len() < OUTPUT_BATCH {
+                    let held = batch.len() + alone.as_ref().map_or(0, |message| message.len());
+                    if held < OUTPUT_BATCH {
                         next = stream.next().now_or_never().flatten();
                     }
                 }
-                sink.write(&batch);
-                batch.clear();
+                match alone {
+                    Some(message) => sink.write(&message),
+                    None => {
+                        sink.write(&batch);
+                        batch.clear();
+                    }
+                }
                 if broken {
                     break;
                 }
