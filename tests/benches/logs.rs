@@ -22,7 +22,7 @@ use kiln_tests::support::*;
 const AGENT: &str = env!("CARGO_BIN_EXE_kiln-agent-e2e");
 const FLOOD_MIB: u64 = 200;
 /// Rounds of (the agent's build step, the floor) for the paired ratio.
-const PAIRED_ROUNDS: usize = 5;
+const PAIRED_ROUNDS: usize = 9;
 
 fn docker_cli(args: &[&str]) -> String {
     let output = Command::new("docker").args(args).output().unwrap();
@@ -35,7 +35,7 @@ fn docker_cli(args: &[&str]) -> String {
 }
 
 /// `docker run` arguments for the flooding build step, as the agent runs it.
-fn flood_args(image: &str, mounted: &str) -> Vec<String> {
+fn flood_args(image: &str, mounted: &str, flood_mib: u64) -> Vec<String> {
     [
         "--network",
         "none",
@@ -44,14 +44,19 @@ fn flood_args(image: &str, mounted: &str) -> Vec<String> {
         "-e",
         "HOME=/tmp",
         "-e",
-        &format!("KILN_FIXTURE_FLOOD_MB={FLOOD_MIB}"),
+        "CI=true",
+        "-e",
+        "npm_config_update_notifier=false",
+        "-e",
+        &format!("KILN_FIXTURE_FLOOD_MB={flood_mib}"),
         "-v",
         mounted,
         "-w",
         "/kiln/src",
         image,
-        "node",
-        "tools/medusa-stand-in/medusa.js",
+        // The agent's command, npm's own start-up included.
+        "npm",
+        "run",
         "build",
     ]
     .iter()
@@ -64,7 +69,7 @@ fn flood_args(image: &str, mounted: &str) -> Vec<String> {
 fn by_hand(image: &str, source: &Path) -> (Duration, Duration) {
     let mounted = format!("{}:/kiln/src", source.display());
     let mut args = vec!["run".to_owned(), "-d".to_owned()];
-    args.extend(flood_args(image, &mounted));
+    args.extend(flood_args(image, &mounted, FLOOD_MIB));
     let started = Instant::now();
     let id = docker_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     docker_cli(&["wait", &id]);
@@ -82,10 +87,17 @@ fn by_hand(image: &str, source: &Path) -> (Duration, Duration) {
     (run, logs)
 }
 
-/// The floor: the same step with no engine log, its output attached and thrown
-/// away by the docker CLI. Nothing can deliver the output faster than this.
-fn by_hand_unlogged(image: &str, source: &Path) -> Duration {
+/// The floor: the same step in the same sandbox as the agent's (its init, its
+/// limits at the agent's defaults, no capabilities, a read-only root with a
+/// tmpfs /tmp), with no engine log, its output attached and thrown away by the
+/// docker CLI. Nothing can deliver the output faster than this; the sandbox's
+/// own start-up cost is in the floor too, so the ratio is the logging path's.
+fn by_hand_unlogged(image: &str, source: &Path, flood_mib: u64) -> Duration {
     let mounted = format!("{}:/kiln/src", source.display());
+    // As the agent caps it: never above its own hard limit.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let open_files = hard.min(65536);
     let started = Instant::now();
     let status = Command::new("docker")
         .args([
@@ -97,8 +109,28 @@ fn by_hand_unlogged(image: &str, source: &Path) -> Duration {
             "stdout",
             "-a",
             "stderr",
+            "--init",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--read-only",
+            "--tmpfs",
+            "/tmp:rw,nosuid,nodev,exec,size=1g",
+            "--memory",
+            "4g",
+            "--memory-swap",
+            "4g",
+            "--cpus",
+            "2",
+            "--pids-limit",
+            "1024",
+            "--ulimit",
+            "fsize=10737418240:10737418240",
         ])
-        .args(flood_args(image, &mounted))
+        .arg("--ulimit")
+        .arg(format!("nofile={open_files}:{open_files}"))
+        .args(flood_args(image, &mounted, flood_mib))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -170,18 +202,21 @@ async fn agent_build_step(admin: &Api, repo: &FixtureRepo, round: usize) -> f64 
     build_step_of(&system)
 }
 
-/// The build step's seconds in a system log: container created → exited → removed.
+/// The build step's seconds in a system log, from the millisecond stamps of the
+/// lines that start it and say it finished (container created → exited →
+/// removed); the "finished in" text itself is rounded to a tenth.
 fn build_step_of(system: &str) -> f64 {
-    system
-        .lines()
-        .find_map(|line| line.split("`npm run build` (build) finished in ").nth(1))
-        .and_then(|rest| {
-            rest.trim_end_matches('.')
-                .trim_end_matches('s')
-                .parse()
-                .ok()
-        })
-        .expect("the system log times the build step")
+    let stamp_of = |sign: &str| {
+        system
+            .lines()
+            .find(|line| line.contains(sign))
+            .and_then(|line| line.get(1..25))
+            .and_then(|stamp| chrono::DateTime::parse_from_rfc3339(stamp).ok())
+            .expect("the system log times the build step")
+    };
+    let started = stamp_of("Running `npm run build` (build).");
+    let finished = stamp_of("`npm run build` (build) finished in ");
+    (finished - started).num_milliseconds() as f64 / 1000.0
 }
 
 #[tokio::main]
@@ -198,7 +233,7 @@ async fn main() {
     })
     .await;
     let admin = cp.admin();
-    admin
+    let (_, environment) = admin
         .repo_project(
             "flood",
             &repo.url,
@@ -287,15 +322,25 @@ async fn main() {
         .status()
         .unwrap();
     let (run, logs) = by_hand(image, &source);
-    let floor = by_hand_unlogged(image, &source).as_secs_f64();
+    let floor = by_hand_unlogged(image, &source, FLOOD_MIB).as_secs_f64();
     // The floor itself varies by a tenth from one run to the next: the ratio is
     // also taken over rounds that each run the agent's build step, then the
     // floor, and the median of those pairs is reported.
     let mut paired = Vec::new();
     for round in 1..=PAIRED_ROUNDS {
         let through = agent_build_step(&admin, &repo, round).await;
-        let floor = by_hand_unlogged(image, &source).as_secs_f64();
+        let floor = by_hand_unlogged(image, &source, FLOOD_MIB).as_secs_f64();
         paired.push((through, floor));
+    }
+    // What a step costs with no output at all: the fixed part of the ratio.
+    admin
+        .set_variables(&environment.id, serde_json::json!([]))
+        .await;
+    let mut empty = Vec::new();
+    for round in 1..=3 {
+        let through = agent_build_step(&admin, &repo, PAIRED_ROUNDS + round).await;
+        let floor = by_hand_unlogged(image, &source, 0).as_secs_f64();
+        empty.push((through, floor));
     }
     drop(agent);
     let mut ratios: Vec<f64> = paired.iter().map(|(agent, floor)| agent / floor).collect();
@@ -363,6 +408,14 @@ async fn main() {
         "  agent / the floor, paired rounds       : {median_ratio:.2}× median of {} ({})",
         paired.len(),
         paired
+            .iter()
+            .map(|(agent, floor)| format!("{agent:.2}/{floor:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  an empty step, agent vs the floor      : {}",
+        empty
             .iter()
             .map(|(agent, floor)| format!("{agent:.2}/{floor:.2} s"))
             .collect::<Vec<_>>()

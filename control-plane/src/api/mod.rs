@@ -21,7 +21,7 @@ use crate::AppState;
 const BODY_LIMIT: usize = 64 << 10;
 /// A status report carries the secret scan's findings.
 const STATUS_LIMIT: usize = 1 << 20;
-/// A log append: the agent sends at most `SHIP_CHUNK` (256 KiB); room to grow.
+/// A log append: the agent sends at most `SHIP_CHUNK` (1 MiB); room to grow.
 pub(crate) const LOG_APPEND_LIMIT: usize = 4 << 20;
 /// A project's allowlists may hold a thousand entries.
 const PROJECT_LIMIT: usize = 2 << 20;
