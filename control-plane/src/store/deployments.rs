@@ -389,6 +389,7 @@ pub(crate) fn push_to(
         canceled: Vec::new(),
         ignored: Vec::new(),
     };
+    let skip = skip_marker(&push.message);
     for project in projects {
         let environments: Vec<Environment> = tx
             .prepare(
@@ -400,6 +401,14 @@ pub(crate) fn push_to(
             .iter()
             .filter(|environment| branch_matches(&environment.branch, &push.branch))
         {
+            if let Some(marker) = skip {
+                outcome.ignored.push(format!(
+                    "environment {}: commit {} asks not to be built ({marker} in its message); nothing is queued or canceled (push without it, or redeploy, to build)",
+                    environment.name,
+                    &push.sha[..push.sha.len().min(12)]
+                ));
+                continue;
+            }
             if only_forward && older_than_live(tx, &environment.id, &push.sha)? {
                 outcome.ignored.push(format!(
                     "environment {} is live on a later deployment than commit {}; a push the git host did not mark as forced never takes it back (redeploy that deployment to go back on purpose)",
@@ -426,6 +435,16 @@ pub(crate) fn push_to(
         }
     }
     Ok(outcome)
+}
+
+/// The marker in a head commit's message that asks for no build, as GitHub,
+/// GitLab and Vercel read it: `[skip ci]`, `[ci skip]`, or Kiln's own
+/// `[kiln skip]`, in any case.
+fn skip_marker(message: &str) -> Option<&'static str> {
+    let message = message.to_ascii_lowercase();
+    ["[skip ci]", "[ci skip]", "[kiln skip]"]
+        .into_iter()
+        .find(|marker| message.contains(marker))
 }
 
 /// Whether `environment` had `sha` built before its live deployment.
@@ -599,6 +618,54 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_head_commit_that_says_skip_ci_queues_and_cancels_nothing() {
+        let (mut conn, _, _) = shop(&[]);
+        let building = push(&mut conn, "main", 1);
+        let skip = |conn: &mut Connection, message: &str, n: u8| {
+            on_push(
+                conn,
+                PushEvent {
+                    repository: REPO.into(),
+                    branch: "main".into(),
+                    sha: sha(n),
+                    author: "Ada".into(),
+                    message: message.into(),
+                    people: Default::default(),
+                },
+            )
+            .unwrap()
+        };
+        for (n, message) in [
+            (2, "Fix typo [skip ci]"),
+            (3, "Docs\n\n[Kiln Skip]"),
+            (4, "[CI SKIP] bump"),
+        ] {
+            let outcome = skip(&mut conn, message, n);
+            assert!(
+                outcome.deployments.is_empty() && outcome.canceled.is_empty(),
+                "{message}"
+            );
+            assert!(
+                outcome.ignored[0].starts_with("environment Production: commit ")
+                    && outcome.ignored[0].contains("asks not to be built"),
+                "{:?}",
+                outcome.ignored
+            );
+        }
+        assert_eq!(
+            get_deployment(&mut conn, &building[0].id).unwrap().status,
+            Queued
+        );
+        // Words without the brackets are a message, not a marker.
+        assert_eq!(
+            skip(&mut conn, "skip ci checks for docs", 5)
+                .deployments
+                .len(),
+            1
+        );
     }
 
     #[test]
