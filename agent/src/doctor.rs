@@ -77,7 +77,8 @@ pub async fn run(config: &AgentConfig) -> bool {
     }
 
     if let (Ok(docker), true) = (docker, image_present) {
-        results.extend(sandbox(config, docker).await);
+        results.extend(sandbox(config, &docker).await);
+        results.push(("registry", registry(config, &docker).await));
     }
 
     let git = tokio::process::Command::new("git")
@@ -141,39 +142,48 @@ const PROBE: &str = "echo uid=$(id -u):$(id -g); \
 /// Starts a throwaway container exactly as builds are started and checks, from the
 /// inside, that the sandbox holds: the build uid, seccomp, no capabilities,
 /// no-new-privileges, the memory and pids cgroup limits, a read-only root.
-async fn sandbox(config: &AgentConfig, docker: DockerExecutor) -> Vec<(&'static str, Verdict)> {
-    use crate::executor::{Executor, Limits, Step, StepOutcome};
+/// Runs `command` in a throwaway container of the build image, as a build step
+/// runs (the build user, the limits), on `network` and with `ca_bundle`;
+/// returns how it ended and what it printed, or why it could not run.
+async fn probe(
+    config: &AgentConfig,
+    docker: &DockerExecutor,
+    name: &str,
+    command: &str,
+    network: crate::config::Network,
+    ca_bundle: Option<std::path::PathBuf>,
+) -> Result<(crate::executor::StepOutcome, String), String> {
+    use crate::executor::{Executor, Limits, Step};
     use kiln_protocol::LogStream;
-    let fail = |text: String| vec![("sandbox", Verdict::Fail(text))];
     let scratch = config
         .work_dir
-        .join(format!("doctor-{}", std::process::id()));
+        .join(format!("doctor-{name}-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(scratch.clone());
-    if let Err(error) = std::fs::create_dir_all(scratch.join("logs")) {
-        return fail(format!("cannot create {}: {error}", scratch.display()));
-    }
+    std::fs::create_dir_all(scratch.join("logs"))
+        .map_err(|error| format!("cannot create {}: {error}", scratch.display()))?;
     let _ = nix::unistd::chown(
         &scratch,
         Some(nix::unistd::Uid::from_raw(config.build_user.uid)),
         Some(nix::unistd::Gid::from_raw(config.build_user.gid)),
     );
-    let logs = match crate::logs::JobLogs::open(&scratch.join("logs"), &Default::default()) {
-        Ok(logs) => logs,
-        Err(error) => return fail(format!("cannot write in {}: {error}", scratch.display())),
-    };
+    let logs = crate::logs::JobLogs::open(&scratch.join("logs"), &Default::default())
+        .map_err(|error| format!("cannot write in {}: {error}", scratch.display()))?;
     let step = Step {
-        name: "doctor".to_owned(),
+        name: name.to_owned(),
         agent_id: "doctor".to_owned(),
         job_id: format!("doctor-{}", std::process::id()),
         image: config.build_image.clone(),
-        command: vec!["sh".into(), "-c".into(), PROBE.into()],
+        command: vec!["sh".into(), "-c".into(), command.into()],
         working_dir: crate::executor::WORKSPACE_MOUNT.to_owned(),
         workspace: scratch.clone(),
-        env: Vec::new(),
-        network: crate::config::Network::None,
+        env: vec![
+            ("HOME".to_owned(), "/tmp".to_owned()),
+            ("npm_config_update_notifier".to_owned(), "false".to_owned()),
+        ],
+        network,
         limits: Limits::from_config(config),
         user: config.build_user,
-        ca_bundle: None,
+        ca_bundle,
         timeout: Duration::from_secs(60),
         stop_grace: Duration::from_secs(1),
     };
@@ -186,17 +196,86 @@ async fn sandbox(config: &AgentConfig, docker: DockerExecutor) -> Vec<(&'static 
         )
         .await;
     sink.flush();
-    match outcome {
-        Ok(StepOutcome::Exited(0)) => {}
-        Ok(other) => {
+    let outcome = outcome.map_err(|error| error.to_string())?;
+    let text = std::fs::read_to_string(scratch.join("logs/backend.log")).unwrap_or_default();
+    Ok((outcome, text))
+}
+
+async fn sandbox(config: &AgentConfig, docker: &DockerExecutor) -> Vec<(&'static str, Verdict)> {
+    let fail = |text: String| vec![("sandbox", Verdict::Fail(text))];
+    let text = match probe(
+        config,
+        docker,
+        "sandbox",
+        PROBE,
+        crate::config::Network::None,
+        None,
+    )
+    .await
+    {
+        Ok((crate::executor::StepOutcome::Exited(0), text)) => text,
+        Ok((other, _)) => {
             return fail(format!(
                 "the probe container did not finish cleanly: {other:?}"
             ))
         }
-        Err(error) => return fail(error.to_string()),
-    }
-    let text = std::fs::read_to_string(scratch.join("logs/backend.log")).unwrap_or_default();
+        Err(error) => return fail(error),
+    };
     judge_sandbox(&text, config)
+}
+
+/// Whether npm's registry answers from a build container as an install step
+/// reaches it: through `install_network`, trusting `extra_ca_certs`. Without
+/// this check, a missing CA bundle shows only mid-build.
+async fn registry(config: &AgentConfig, docker: &DockerExecutor) -> Verdict {
+    let network = config.install_network;
+    if network == crate::config::Network::None {
+        return Verdict::Warn(
+            "install_network is \"none\": installs reach no registry, so only a restored build cache can install; set it to \"bridge\"".to_owned(),
+        );
+    }
+    let trusted = config
+        .extra_ca_certs
+        .as_ref()
+        .map_or("the image's own CA certificates".to_owned(), |path| {
+            format!("extra_ca_certs {}", path.display())
+        });
+    match probe(
+        config,
+        docker,
+        "registry",
+        "npm ping",
+        network,
+        config.extra_ca_certs.clone(),
+    )
+    .await
+    {
+        Ok((crate::executor::StepOutcome::Exited(0), _)) => Verdict::Ok(format!(
+            "npm's registry answers through install_network \"{}\", trusting {trusted}",
+            network.docker_mode()
+        )),
+        Ok((outcome, text)) => {
+            let said: Vec<&str> = text.lines().rev().take(3).collect();
+            let hint = if [
+                "SELF_SIGNED_CERT_IN_CHAIN",
+                "UNABLE_TO_GET_ISSUER_CERT",
+                "unable to get local issuer",
+            ]
+            .iter()
+            .any(|sign| text.contains(sign))
+            {
+                "TLS to the registry is intercepted by a certificate the build does not trust; set extra_ca_certs to the host's CA bundle"
+            } else {
+                "check install_network, the host's DNS and proxy, and extra_ca_certs"
+            };
+            Verdict::Fail(format!(
+                "`npm ping` from a build container ended {outcome:?} (install_network \"{}\", trusting {trusted}): {}; {hint}",
+                network.docker_mode(),
+                said.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ))
+        }
+        Err(error) => Verdict::Fail(error),
+    }
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

@@ -156,6 +156,27 @@ async fn metrics_health_and_json_logs_tell_the_operator_what_happened() {
     ] {
         assert!(report.contains(line), "{line:?} not in\n{report}");
     }
+    // Issue 32: the package registry, from a build container as an install
+    // reaches it. This agent installs with no network: said, not failed.
+    assert!(
+        report
+            .lines()
+            .any(|line| line.starts_with("warn") && line.contains("install_network is \"none\"")),
+        "{report}"
+    );
+    let doctor = tokio::process::Command::new(crate::agent::AGENT)
+        .args(["--config", agent.config.to_str().unwrap(), "doctor"])
+        .env("KILN_INSTALL_NETWORK", "bridge")
+        .env("KILN_EXTRA_CA_CERTS", "/etc/ssl/certs/ca-certificates.crt")
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report.lines().any(|line| line.starts_with("ok")
+            && line.contains("npm's registry answers through install_network \"bridge\", trusting extra_ca_certs /etc/ssl/certs/ca-certificates.crt")),
+        "{report}"
+    );
 }
 
 #[tokio::test]
