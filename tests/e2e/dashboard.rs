@@ -274,6 +274,17 @@ async fn issue_15_sign_in_then_read_and_filter_the_deployments_table() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0].text().await.unwrap().contains(&wanted_sha[..7]));
 
+    // Issue 32: a status the link names that is none is said, not ignored.
+    browser
+        .goto(&site.url(&format!("{wanted}?status=bogus")))
+        .await;
+    let problem = browser.text("p.problem").await;
+    assert!(
+        problem.contains("“bogus” is not a deployment status, so no status filter is applied"),
+        "{problem}"
+    );
+    assert!(browser.text(".count").await.contains("1–50 of 63"));
+
     // The project's environment cards.
     browser
         .goto(&site.url(&format!("/projects/{}", site.project.id)))

@@ -363,11 +363,22 @@ async fn project_deployments(
     Query(query): Query<DeploymentsQuery>,
 ) -> Response {
     let page = query.page.unwrap_or(0).min(100_000);
+    // A status the link names that is none: said on the page, not ignored.
+    let asked = non_empty(&query.status);
+    let status = asked
+        .as_deref()
+        .and_then(|status| status.parse::<DeploymentStatus>().ok());
+    let problem = match (&asked, status) {
+        (Some(asked), None) => Some(format!(
+            "“{asked}” is not a deployment status, so no status filter is applied; choose one from the list."
+        )),
+        _ => None,
+    };
     let filter = DeploymentFilter {
         project_id: Some(id.clone()),
         environment_id: non_empty(&query.environment),
         branch: non_empty(&query.branch),
-        status: non_empty(&query.status).and_then(|status| status.parse::<DeploymentStatus>().ok()),
+        status,
         commit_prefix: non_empty(&query.q),
         limit: PER_PAGE,
         offset: page * PER_PAGE,
@@ -395,6 +406,7 @@ async fn project_deployments(
                 total,
                 page,
                 per_page: PER_PAGE,
+                problem: problem.as_deref(),
             },
         )
         .into_response(),

@@ -251,6 +251,8 @@ pub struct DeploymentsList<'a> {
     pub total: u64,
     pub page: u32,
     pub per_page: u32,
+    /// What in the query could not be applied, and why.
+    pub problem: Option<&'a str>,
 }
 
 pub fn project_deployments(session: &Session, project: &Project, list: DeploymentsList) -> Page {
@@ -268,6 +270,7 @@ pub fn project_deployments(session: &Session, project: &Project, list: Deploymen
                 a href={"/projects/" (project.id)} { "Environments" }
                 a aria-current="page" href={"/projects/" (project.id) "/deployments"} { "Deployments" }
             }
+            @if let Some(problem) = list.problem { p.problem role="alert" { (problem) } }
             form.filters method="get" role="search" {
                 label { "Environment "
                     select name="environment" {
