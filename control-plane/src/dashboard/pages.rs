@@ -532,7 +532,7 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                                                         a href={"/deployments/" (deployment.id) "/artifacts/" (artifact.descriptor.name)} download { (artifact.descriptor.name) }
                                                     }
                                                 }
-                                                td { (artifact.descriptor.size) " bytes" }
+                                                td title={(artifact.descriptor.size) " bytes"} { (crate::store::bytes_text(artifact.descriptor.size)) }
                                                 td { code.sha256 { (artifact.descriptor.sha256) } }
                                             }
                                         }
@@ -695,7 +695,7 @@ mod tests {
             "author": "Ada", "message": "m", "status": "ready", "backend_status": "succeeded",
             "storefront_status": "skipped", "attempts": 1,
             "created_at": "2026-11-01T10:00:00Z", "updated_at": "2026-11-01T10:05:00Z",
-            "artifacts": [{"name": "backend.tar.gz", "size": 5, "sha256": "ab", "job_id": "job_1",
+            "artifacts": [{"name": "backend.tar.gz", "size": 2_621_440, "sha256": "ab", "job_id": "job_1",
                            "created_at": "2026-11-01T10:04:00Z"}],
         }))
         .unwrap();
@@ -729,6 +729,8 @@ mod tests {
         let link = "href=\"/deployments/dpl_1/artifacts/backend.tar.gz\"";
         let kept = render(&deployment);
         assert!(kept.contains(link) && !kept.contains("retention"), "{kept}");
+        // Sizes for people, the exact count on hover.
+        assert!(kept.contains("title=\"2621440 bytes\">2.5 MiB<"), "{kept}");
 
         deployment.artifacts_removed_at = Some("2026-12-01T10:05:00Z".parse().unwrap());
         let removed = render(&deployment);
