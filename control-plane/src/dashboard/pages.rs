@@ -357,6 +357,9 @@ pub fn environment_settings(
                         "A preview environment follows its pull request's branch ("
                         code { (environment.branch) } "); its branch cannot be changed."
                     },
+                    EnvironmentKind::LongLived if session.user.role < crate::store::Role::Admin => p {
+                        "Branch " code { (environment.branch) } ". Changing the deployment rules needs the admin role; you are a " (session.user.role) "."
+                    },
                     EnvironmentKind::LongLived => form.rules method="post" action={"/environments/" (environment.id) "/settings"} {
                         input type="hidden" name="csrf" value=(session.csrf);
                         label for="branch" { "Branch (a name or a glob such as " code { "release/*" } ")" }
@@ -381,6 +384,12 @@ pub struct DeploymentView<'a> {
 }
 
 fn action_form(session: &Session, deployment: &Deployment, action: &str, label: &str) -> Markup {
+    // A button its user may not press is not shown; the server refuses it anyway.
+    if session.user.role < crate::store::Role::Deployer {
+        return html! {
+            span.hint.role-needed { (label) " needs the deployer role; you are a " (session.user.role) "." }
+        };
+    }
     html! {
         form.action method="post" action={"/deployments/" (deployment.id) "/" (action)} {
             input type="hidden" name="csrf" value=(session.csrf);
@@ -731,6 +740,12 @@ mod tests {
         assert!(kept.contains(link) && !kept.contains("retention"), "{kept}");
         // Sizes for people, the exact count on hover.
         assert!(kept.contains("title=\"2621440 bytes\">2.5 MiB<"), "{kept}");
+        // A viewer gets no Redeploy button, but why.
+        assert!(
+            !kept.contains("class=\"redeploy\"")
+                && kept.contains("Redeploy needs the deployer role; you are a viewer."),
+            "{kept}"
+        );
 
         deployment.artifacts_removed_at = Some("2026-12-01T10:05:00Z".parse().unwrap());
         let removed = render(&deployment);
