@@ -198,6 +198,8 @@ async fn stale_workspaces_are_swept_at_start_and_reported() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Issue 32: a log file, not a terminal, gets no colour codes.
+    assert!(!agent.log_text().contains('\x1b'), "{}", agent.log_text());
     assert!(!dir.join("work/job_from_a_crash").exists());
     let log = agent.log_text();
     // 3 MiB of file plus directory blocks.
