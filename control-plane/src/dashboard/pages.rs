@@ -296,8 +296,8 @@ pub fn project_deployments(session: &Session, project: &Project, list: Deploymen
                         }
                     }
                 }
-                label { "Commit "
-                    input type="search" name="q" placeholder="sha" value=[query.q.as_deref()];
+                label { "Search "
+                    input type="search" name="q" placeholder="sha, message or author" value=[query.q.as_deref()];
                 }
                 button type="submit" { "Filter" }
             }

@@ -25,7 +25,8 @@ pub struct DeploymentFilter {
     pub environment_id: Option<String>,
     pub branch: Option<String>,
     pub status: Option<DeploymentStatus>,
-    /// A commit id's beginning (`q=` in the dashboard).
+    /// The dashboard's search (`q=`): a commit id's beginning, or words of the
+    /// commit message or the author's name, in any case.
     pub commit_prefix: Option<String>,
     pub limit: u32,
     pub offset: u32,
@@ -36,7 +37,9 @@ const FILTERED: &str = "FROM deployments
        AND (CAST(?2 AS TEXT) IS NULL OR environment_id = ?2)
        AND (CAST(?3 AS TEXT) IS NULL OR branch = ?3)
        AND (CAST(?4 AS TEXT) IS NULL OR status = ?4)
-       AND (CAST(?5 AS TEXT) IS NULL OR commit_sha LIKE CAST(?5 AS TEXT) || '%')";
+       AND (CAST(?5 AS TEXT) IS NULL OR commit_sha LIKE CAST(?5 AS TEXT) || '%' ESCAPE '\\'
+            OR LOWER(message) LIKE '%' || CAST(?5 AS TEXT) || '%' ESCAPE '\\'
+            OR LOWER(author) LIKE '%' || CAST(?5 AS TEXT) || '%' ESCAPE '\\')";
 
 impl DeploymentFilter {
     fn params(&self) -> [Option<String>; 5] {
@@ -45,10 +48,14 @@ impl DeploymentFilter {
             self.environment_id.clone(),
             self.branch.clone(),
             self.status.map(|status| status.as_str().to_owned()),
-            // LIKE's wildcards have no place in a commit id.
-            self.commit_prefix
-                .as_ref()
-                .map(|prefix| prefix.replace(['%', '_'], "").to_ascii_lowercase()),
+            // Searched for as written: LIKE's wildcards are escaped.
+            self.commit_prefix.as_ref().map(|query| {
+                query
+                    .to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            }),
         ]
     }
 }
@@ -618,6 +625,32 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_search_finds_sha_prefixes_messages_and_authors_in_any_case() {
+        let (mut conn, project_id, _) = shop(&[]);
+        for n in 1..=3 {
+            push(&mut conn, "main", n);
+        }
+        let found = |conn: &mut Connection, query: &str| {
+            count_deployments(
+                conn,
+                &DeploymentFilter {
+                    project_id: Some(project_id.clone()),
+                    commit_prefix: Some(query.to_owned()),
+                    limit: 50,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(found(&mut conn, &sha(2)[..8]), 1);
+        assert_eq!(found(&mut conn, "COMMIT 3"), 1);
+        assert_eq!(found(&mut conn, "ada"), 3);
+        // Wildcards are searched for, not obeyed.
+        assert_eq!(found(&mut conn, "%"), 0);
+        assert_eq!(found(&mut conn, "commit_"), 0);
     }
 
     #[test]
