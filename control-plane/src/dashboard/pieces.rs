@@ -20,10 +20,13 @@ pub(super) fn status_icon(status: DeploymentStatus) -> &'static str {
     use DeploymentStatus::*;
     match status {
         Live => "●",
-        AwaitingDeployment | Ready => "◆",
+        AwaitingDeployment => "◆",
+        Ready => "◇",
         Queued => "○",
-        Building | Deploying => "◐",
-        BuildFailed | DeployFailed => "✕",
+        Building => "◐",
+        Deploying => "◑",
+        BuildFailed => "✕",
+        DeployFailed => "⚠",
         BuildCanceled => "⊘",
     }
 }
@@ -202,6 +205,32 @@ pub fn deployments_table(deployments: &[Deployment], environments: &[Environment
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_status_has_its_own_icon_and_colour() {
+        let icons: std::collections::HashSet<&str> = DeploymentStatus::ALL
+            .iter()
+            .map(|s| status_icon(*s))
+            .collect();
+        assert_eq!(icons.len(), DeploymentStatus::ALL.len());
+        // Live and canceled are the only ones of their class; the rest are told
+        // apart by a rule of their own.
+        let css = include_str!("assets/app.css");
+        for status in DeploymentStatus::ALL {
+            let own_rule = css.contains(&format!(".badge[data-status={}]", status.as_str()));
+            let alone_in_class = DeploymentStatus::ALL
+                .iter()
+                .filter(|other| status_class(**other) == status_class(status))
+                .count()
+                == 1;
+            assert!(own_rule || alone_in_class, "{status:?} shares a colour");
         }
     }
 }
