@@ -424,6 +424,57 @@ async fn issue_15_a_viewer_is_refused_a_deploy_and_a_deployer_is_not() {
     browser.close().await;
 }
 
+#[tokio::test]
+async fn issue_32_a_build_older_than_live_is_superseded_and_deploying_it_asks_first() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let older = site.build("main", &sha(1), AwaitingDeployment).await;
+    let newer = site.build("main", &sha(2), AwaitingDeployment).await;
+    site.admin.deploy(&newer.id).await;
+    site.admin.wait_for_status(&newer.id, Live).await;
+
+    let browser = signed_in(&site.cp.base_url(), "dee").await;
+    browser
+        .goto(&site.url(&format!("/deployments/{}", older.id)))
+        .await;
+    let superseded = browser.text("p.superseded").await;
+    assert!(
+        superseded.contains("Superseded: deployment")
+            && superseded.contains(&sha(2)[..7])
+            && superseded.contains("back to an older commit"),
+        "{superseded}"
+    );
+    // A form posted without the tick is refused, and nothing moves.
+    let refusal = browser
+        .run(
+            &format!(
+                "const body = new URLSearchParams({{csrf: document.querySelector('input[name=csrf]').value}}); \
+                 return fetch('/deployments/{}/deploy', {{method: 'POST', body}}).then((answer) => answer.text())",
+                older.id
+            ),
+            vec![],
+        )
+        .await;
+    let refusal = refusal.as_str().unwrap_or_default().to_owned();
+    assert!(
+        refusal.contains("is live and newer than this one"),
+        "{refusal}"
+    );
+    assert_eq!(site.admin.deployment(&newer.id).await.status, Live);
+    // Ticked, it deploys.
+    browser
+        .find("input[name=older]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.click_to_load("button.deploy").await;
+    site.admin.wait_for_status(&older.id, Live).await;
+    browser.close().await;
+}
+
 /// A backend log of `lines` lines: coloured, with GitLab sections, the needle
 /// `kiln-needle-42` on lines 1235 and `lines - 10` (1-based), and a failure last.
 fn big_log(lines: usize) -> Vec<u8> {

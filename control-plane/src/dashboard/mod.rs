@@ -549,21 +549,32 @@ async fn deployment(
                 },
             )?;
             let delivery = store::last_delivery(conn, &deployment.id)?;
-            Ok::<_, ApiError>((deployment, project, environment, siblings, delivery))
+            let live_newer = store::live_newer_than(conn, &deployment)?;
+            Ok::<_, ApiError>((
+                deployment,
+                project,
+                environment,
+                siblings,
+                delivery,
+                live_newer,
+            ))
         })
         .await;
     match found {
-        Ok((deployment, project, environment, siblings, delivery)) => pages::deployment(
-            &session,
-            DeploymentView {
-                deployment: &deployment,
-                project: &project,
-                environment: environment.as_ref(),
-                siblings: &siblings,
-                delivery: delivery.as_ref(),
-            },
-        )
-        .into_response(),
+        Ok((deployment, project, environment, siblings, delivery, live_newer)) => {
+            pages::deployment(
+                &session,
+                DeploymentView {
+                    deployment: &deployment,
+                    project: &project,
+                    environment: environment.as_ref(),
+                    siblings: &siblings,
+                    delivery: delivery.as_ref(),
+                    live_newer: live_newer.as_ref(),
+                },
+            )
+            .into_response()
+        }
         Err(error) => page_error(Some(&session), error),
     }
 }
@@ -617,13 +628,38 @@ async fn act(
     }
 }
 
+#[derive(Deserialize)]
+struct DeployForm {
+    #[serde(default)]
+    csrf: String,
+    /// `yes` when the deployer ticked that an older commit is meant.
+    #[serde(default)]
+    older: Option<String>,
+}
+
 async fn deploy(
     State(state): State<AppState>,
     session: Session,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<DeployForm>,
 ) -> Response {
+    let meant_older = form.older.as_deref() == Some("yes");
     let run = async {
+        // One click must not silently take an environment back to an older commit.
+        let asked = id.clone();
+        let live_newer = state
+            .db
+            .call(move |conn| {
+                let deployment = store::get_deployment(conn, &asked)?;
+                store::live_newer_than(conn, &deployment)
+            })
+            .await?;
+        if let (Some(live), false) = (live_newer, meant_older) {
+            return Err(ApiError::Conflict(format!(
+                "deployment {} is live and newer than this one; tick \"take it back to this older commit\" to deploy this one anyway",
+                live.id
+            )));
+        }
         tracing::info!(message = "Deploy from the dashboard.", deployment_id = %id, by = %session.user.name);
         crate::deployer::start_deploy(&state, id.clone()).await?;
         Ok(id.clone())

@@ -381,9 +381,23 @@ pub struct DeploymentView<'a> {
     pub siblings: &'a [Deployment],
     /// The last commit status sent to the git host about it.
     pub delivery: Option<&'a DeliveryView>,
+    /// The environment's live deployment, when it is newer than this one.
+    pub live_newer: Option<&'a Deployment>,
 }
 
 fn action_form(session: &Session, deployment: &Deployment, action: &str, label: &str) -> Markup {
+    action_form_asking(session, deployment, action, label, false)
+}
+
+/// The form of an action; `older` asks the deployer to confirm that an older
+/// commit than the live one is meant.
+fn action_form_asking(
+    session: &Session,
+    deployment: &Deployment,
+    action: &str,
+    label: &str,
+    older: bool,
+) -> Markup {
     // A button its user may not press is not shown; the server refuses it anyway.
     if session.user.role < crate::store::Role::Deployer {
         return html! {
@@ -393,6 +407,13 @@ fn action_form(session: &Session, deployment: &Deployment, action: &str, label: 
     html! {
         form.action method="post" action={"/deployments/" (deployment.id) "/" (action)} {
             input type="hidden" name="csrf" value=(session.csrf);
+            @if older {
+                label.older {
+                    input type="checkbox" name="older" value="yes" required;
+                    " take it back to this older commit"
+                }
+                " "
+            }
             button type="submit" class=(action) { (label) }
             @if action == "redeploy" {
                 " "
@@ -412,6 +433,7 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
         environment,
         siblings,
         delivery,
+        live_newer,
     } = view;
     let environment_name = environment.map_or("(removed environment)", |e| e.name.as_str());
     let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
@@ -468,9 +490,15 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                         div.statusbar {
                             span id="deployment-status" data-deployment=(deployment.id) { (status_badge(deployment.status)) }
                             @match deployment.status {
-                                DeploymentStatus::AwaitingDeployment => (action_form(session, deployment, "deploy", "Deploy")),
+                                DeploymentStatus::AwaitingDeployment => (action_form_asking(session, deployment, "deploy", "Deploy", live_newer.is_some())),
                                 DeploymentStatus::Queued | DeploymentStatus::Building => (action_form(session, deployment, "cancel", "Cancel")),
                                 _ => (action_form(session, deployment, "redeploy", "Redeploy")),
+                            }
+                        }
+                        @if let (DeploymentStatus::AwaitingDeployment, Some(live)) = (deployment.status, live_newer) {
+                            p.superseded role="status" {
+                                "Superseded: deployment " a href={"/deployments/" (live.id)} { (short_sha(&live.commit_sha)) }
+                                ", newer, is live. Deploying this one takes " (environment_name) " back to an older commit."
                             }
                         }
                         @if let Some(reason) = &deployment.reason {
@@ -730,6 +758,7 @@ mod tests {
                     environment: None,
                     siblings: &[],
                     delivery: None,
+                    live_newer: None,
                 },
             )
             .body

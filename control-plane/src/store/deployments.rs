@@ -106,6 +106,21 @@ pub fn deployment_branches(
     Ok(branches)
 }
 
+/// The environment's live deployment when it is newer than `deployment`:
+/// deploying `deployment` would take the environment back to an older commit.
+pub fn live_newer_than(
+    conn: &mut Connection,
+    deployment: &Deployment,
+) -> Result<Option<Deployment>, ApiError> {
+    Ok(
+        current_deployment(conn, &deployment.environment_id)?.filter(|live| {
+            live.status == DeploymentStatus::Live
+                && live.id != deployment.id
+                && live.created_at > deployment.created_at
+        }),
+    )
+}
+
 /// An environment's live deployment, else its newest.
 pub fn current_deployment(
     conn: &mut Connection,
