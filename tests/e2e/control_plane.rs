@@ -1235,8 +1235,9 @@ async fn retention_deletes_the_artifacts_of_deployments_no_longer_live_and_keeps
         .join("current")
         .join("backend.tar.gz");
     assert_eq!(std::fs::read(current).unwrap(), b"new build");
-    // A closed pull request's preview stays live; it goes whole once closed
-    // for the retention, its `current` link and directory too.
+    // A closed pull request's preview is live no more (issue 32: nothing serves
+    // it); it goes whole once closed for the retention, its `current` link and
+    // directory too.
     let event = |action| PullRequestEvent {
         repository: REPO.to_owned(),
         number: 7,
@@ -1283,7 +1284,11 @@ async fn retention_deletes_the_artifacts_of_deployments_no_longer_live_and_keeps
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let closed = admin.deployment(&preview.id).await;
-    assert_eq!(closed.status, Live);
+    assert_eq!(closed.status, Ready);
+    assert_eq!(
+        closed.reason.as_deref(),
+        Some("pull request #7 was closed and its preview environment removed")
+    );
     assert!(closed.artifacts_removed_at.is_some());
 
     // A redeploy of the old one builds its commit again.

@@ -159,12 +159,7 @@ pub(super) fn environment_kind(environment: &Environment) -> Markup {
 
 /// The deployments table of the project and environment pages.
 pub fn deployments_table(deployments: &[Deployment], environments: &[Environment]) -> Markup {
-    let environment_name = |id: &str| {
-        environments
-            .iter()
-            .find(|environment| environment.id == id)
-            .map_or("(removed)", |environment| environment.name.as_str())
-    };
+    let environment_of = |id: &str| environments.iter().find(|environment| environment.id == id);
     html! {
         @if deployments.is_empty() {
             p.empty { "No deployments match." }
@@ -197,7 +192,13 @@ pub fn deployments_table(deployments: &[Deployment], environments: &[Environment
                                 (component_badge("Storefront", deployment.storefront_status))
                             }
                             td { code { (deployment.branch) } }
-                            td { a href={"/environments/" (deployment.environment_id)} { (environment_name(&deployment.environment_id)) } }
+                            td {
+                                // A removed environment (a closed pull request's) has no page.
+                                @match environment_of(&deployment.environment_id) {
+                                    Some(environment) => a href={"/environments/" (environment.id)} { (environment.name) },
+                                    None => span.removed { "(removed)" },
+                                }
+                            }
                             td { (deployment.author) }
                             td { (when(deployment.created_at)) }
                             td { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
@@ -212,6 +213,24 @@ pub fn deployments_table(deployments: &[Deployment], environments: &[Environment
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_environment_is_named_but_not_linked() {
+        let deployment: Deployment = serde_json::from_value(serde_json::json!({
+            "id": "dpl_1", "project_id": "prj_1", "environment_id": "env_gone",
+            "commit_sha": "0123456789abcdef0123456789abcdef01234567", "branch": "feature/cart",
+            "author": "Grace", "message": "Cart", "status": "ready", "backend_status": "succeeded",
+            "storefront_status": "skipped", "attempts": 1,
+            "created_at": "2026-11-01T10:00:00Z", "updated_at": "2026-11-01T10:05:00Z",
+        }))
+        .unwrap();
+        let html = deployments_table(&[deployment], &[]).into_string();
+        assert!(
+            html.contains("<span class=\"removed\">(removed)</span>"),
+            "{html}"
+        );
+        assert!(!html.contains("/environments/env_gone"), "{html}");
+    }
 
     #[test]
     fn each_status_has_its_own_icon_and_colour() {

@@ -529,6 +529,26 @@ pub(crate) fn pull_request_to(
                     )?;
                     outcome.canceled.push(pending);
                 }
+                // Nothing serves a removed preview: its live deployment says so.
+                let live: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM deployments WHERE environment_id = ?1 AND status = 'live'",
+                        [&preview.id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(live) = live {
+                    super::lifecycle::set_status(
+                        tx,
+                        &live,
+                        DeploymentStatus::Live,
+                        DeploymentStatus::Ready,
+                        Some(&format!(
+                            "pull request #{} was closed and its preview environment removed",
+                            event.number
+                        )),
+                    )?;
+                }
                 tx.execute(
                     "UPDATE environments SET removed_at = ?1 WHERE id = ?2",
                     params![now_ms(), preview.id],

@@ -222,6 +222,53 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_pull_requests_live_preview_is_no_longer_live() {
+        let (mut conn, _, _) = shop(&[]);
+        let event = |action| kiln_protocol::PullRequestEvent {
+            repository: crate::store::testing::REPO.into(),
+            number: 9,
+            action,
+            branch: "feature/cart".into(),
+            sha: crate::store::testing::sha(1),
+            author: "Grace".into(),
+            message: "Cart".into(),
+            people: Default::default(),
+            base_branch: Some("main".into()),
+        };
+        let opened = crate::store::on_pull_request(
+            &mut conn,
+            event(kiln_protocol::PullRequestAction::Opened),
+        )
+        .unwrap();
+        let preview = opened.deployments[0].id.clone();
+        let builder = agent(&mut conn, &[]);
+        let job = claim_one(&mut conn, &builder);
+        crate::store::report_status(
+            &mut conn,
+            &builder.id,
+            &job.job_id,
+            JobStatusUpdate {
+                status: AwaitingDeployment,
+                backend: None,
+                storefront: None,
+                reason: None,
+                detail: None,
+            },
+        )
+        .unwrap();
+        begin_deploy(&mut conn, &preview, "replica-a", LEASE).unwrap();
+        finish_deploy(&mut conn, &preview, "replica-a", None).unwrap();
+        crate::store::on_pull_request(&mut conn, event(kiln_protocol::PullRequestAction::Closed))
+            .unwrap();
+        let closed = crate::store::get_deployment(&mut conn, &preview).unwrap();
+        assert_eq!(closed.status, Ready);
+        assert_eq!(
+            closed.reason.as_deref(),
+            Some("pull request #9 was closed and its preview environment removed")
+        );
+    }
+
+    #[test]
     fn a_failed_deploy_keeps_the_live_one() {
         let (mut conn, _, _) = shop(&[]);
         let live = built(&mut conn, 1);
