@@ -1139,12 +1139,19 @@ async fn issue_15_live_follow_deploy_redeploy_switch_and_rules_with_the_real_age
         ))
         .await;
     browser.fill("#branch", "release").await;
+    // Issue 32: auto-deploy is on the page, off until ticked.
+    let auto_deploy = browser.find("input[name=auto_deploy]").await;
+    assert_eq!(
+        auto_deploy.prop("checked").await.unwrap().as_deref(),
+        Some("false")
+    );
+    auto_deploy.click().await.unwrap();
     browser
         .click_to_load("form.rules button[type=submit]")
         .await;
     let notice = browser.text(".notice").await;
     assert!(
-        notice.contains("the next push to release deploys here"),
+        notice.contains("the next push to release builds here and deploys when the build succeeds"),
         "{notice}"
     );
     browser.screenshot("deployment-rules").await;
@@ -1154,7 +1161,10 @@ async fn issue_15_live_follow_deploy_redeploy_switch_and_rules_with_the_real_age
         .await
         .expect_json(StatusCode::OK)
         .await;
-    assert_eq!(environment.branch, "release");
+    assert_eq!(
+        (environment.branch.as_str(), environment.auto_deploy),
+        ("release", true)
+    );
     let on_main = world
         .admin
         .push_repo(&world.repo.url, "main", &sha(77))
@@ -1172,8 +1182,9 @@ async fn issue_15_live_follow_deploy_redeploy_switch_and_rules_with_the_real_age
         ))
         .await;
     browser.screenshot("deployment").await;
+    // Auto-deploy: the build goes live with no click.
     world
-        .settle(&on_release.deployments[0].id, AwaitingDeployment, &agent)
+        .settle(&on_release.deployments[0].id, Live, &agent)
         .await;
     browser.close().await;
 }

@@ -105,7 +105,10 @@ impl World {
             if deployment.status == status {
                 return deployment;
             }
-            let settled_elsewhere = deployment.status != Queued && deployment.status != Building;
+            // On the way to live (auto-deploy), a build passes through these too.
+            let on_the_way = matches!(deployment.status, Queued | Building)
+                || (status == Live && matches!(deployment.status, AwaitingDeployment | Deploying));
+            let settled_elsewhere = !on_the_way;
             if settled_elsewhere || Instant::now() > deadline {
                 panic!(
                     "deployment {id} is {} (reason {:?}), expected {status}\nsystem log:\n{}\nagent log:\n{}",

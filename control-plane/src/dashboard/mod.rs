@@ -478,6 +478,9 @@ struct SettingsForm {
     #[serde(default)]
     csrf: String,
     branch: String,
+    /// `on` when "Deploy each successful build" is ticked (absent when not).
+    #[serde(default)]
+    auto_deploy: Option<String>,
 }
 
 async fn save_environment_settings(
@@ -493,6 +496,7 @@ async fn save_environment_settings(
         return refused.into_response();
     }
     let branch = form.branch.trim().to_owned();
+    let auto_deploy = form.auto_deploy.as_deref() == Some("on");
     let environment_id = id.clone();
     let saved = state
         .db
@@ -508,18 +512,25 @@ async fn save_environment_settings(
                 &environment_id,
                 UpdateEnvironment {
                     branch: Some(branch),
-                    auto_deploy: None,
+                    auto_deploy: Some(auto_deploy),
                 },
             )
         })
         .await;
     match saved {
         Ok(environment) => {
-            tracing::info!(message = "Deployment rule changed.", environment_id = %environment.id, branch = %environment.branch, by = %session.user.name);
-            let notice = format!(
-                "Saved: the next push to {} deploys here.",
-                environment.branch
-            );
+            tracing::info!(message = "Deployment rule changed.", environment_id = %environment.id, branch = %environment.branch, auto_deploy = environment.auto_deploy, by = %session.user.name);
+            let notice = if environment.auto_deploy {
+                format!(
+                    "Saved: the next push to {} builds here and deploys when the build succeeds.",
+                    environment.branch
+                )
+            } else {
+                format!(
+                    "Saved: the next push to {} builds here; its build waits for Deploy.",
+                    environment.branch
+                )
+            };
             settings_page(&state, &session, id, Some(&notice)).await
         }
         Err(error @ (ApiError::InvalidBody(_) | ApiError::Conflict(_))) => {

@@ -358,12 +358,18 @@ pub fn environment_settings(
                         code { (environment.branch) } "); its branch cannot be changed."
                     },
                     EnvironmentKind::LongLived if session.user.role < crate::store::Role::Admin => p {
-                        "Branch " code { (environment.branch) } ". Changing the deployment rules needs the admin role; you are a " (session.user.role) "."
+                        "Branch " code { (environment.branch) } "; auto-deploy "
+                        (if environment.auto_deploy { "on" } else { "off" })
+                        ". Changing the deployment rules needs the admin role; you are a " (session.user.role) "."
                     },
                     EnvironmentKind::LongLived => form.rules method="post" action={"/environments/" (environment.id) "/settings"} {
                         input type="hidden" name="csrf" value=(session.csrf);
                         label for="branch" { "Branch (a name or a glob such as " code { "release/*" } ")" }
                         input id="branch" name="branch" value=(environment.branch) required;
+                        label.auto-deploy {
+                            input type="checkbox" name="auto_deploy" checked[environment.auto_deploy];
+                            " Deploy each successful build (auto-deploy); otherwise a build waits at Awaiting deployment for Deploy"
+                        }
                         p.hint { "Takes effect for the next push." }
                         button type="submit" { "Save" }
                     },
