@@ -35,15 +35,16 @@ pub fn expire_artifacts(
 ) -> Result<Vec<RemovedArtifacts>, ApiError> {
     let tx = conn.transaction()?;
     let now = now_ms();
-    // A closed pull request's preview keeps its last deployment `live`: its
-    // environment's removal is when that one ended.
+    // A closed pull request's preview ends with its environment's removal,
+    // whatever its last deployment says (`ready` since the close, or
+    // `awaiting_deployment`).
     let expired: Vec<(String, String)> = tx
         .prepare(&format!(
             "SELECT d.id, d.environment_id FROM deployments d
              LEFT JOIN environments e ON e.id = d.environment_id
              WHERE d.artifacts_removed_at IS NULL
                AND ((d.status IN {ENDED} AND d.updated_at < ?1)
-                    OR (d.status IN ('live', 'awaiting_deployment')
+                    OR (d.status IN ('live', 'ready', 'awaiting_deployment')
                         AND (e.id IS NULL OR e.removed_at < ?1)))
              ORDER BY d.seq LIMIT ?2"
         ))?
@@ -184,8 +185,8 @@ mod tests {
         // One that ended after the cutoff keeps them.
         let recent = push(&mut conn, "main", 20)[0].id.clone();
         ended(&mut conn, &recent, "ready", 5_000);
-        // A closed pull request's preview stays live, recently changed; its
-        // environment's removal before the cutoff counts.
+        // A closed pull request's live preview turns ready at the close, which
+        // is recent; its environment's removal before the cutoff counts.
         let preview = pull_request(&mut conn, 7, PullRequestAction::Opened).unwrap();
         ended(&mut conn, &preview.id, "live", 5_000);
         pull_request(&mut conn, 7, PullRequestAction::Closed);
