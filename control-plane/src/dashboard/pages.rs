@@ -786,7 +786,7 @@ mod tests {
         let removed = render(&deployment);
         assert!(!removed.contains(link), "{removed}");
         assert!(
-            removed.contains("2026-12-01 10:05")
+            removed.contains("2026-12-01 10:05:00 UTC")
                 && removed.contains("retention policy")
                 && removed.contains("backend.tar.gz"),
             "{removed}"

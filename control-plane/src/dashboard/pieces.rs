@@ -65,7 +65,21 @@ pub fn first_line(message: &str) -> &str {
 
 pub(super) fn when(at: DateTime<Utc>) -> Markup {
     html! {
-        time datetime=(at.to_rfc3339()) title=(at.format("%Y-%m-%d %H:%M:%S UTC")) { (at.format("%Y-%m-%d %H:%M")) }
+        time datetime=(at.to_rfc3339()) title=(at.format("%Y-%m-%d %H:%M:%S UTC")) { (ago(at, Utc::now())) }
+    }
+}
+
+/// How long before `now` a moment was, for people ("3 min ago"); a week or
+/// more back, the date itself. The exact time is the element's title.
+pub(super) fn ago(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let seconds = (now - at).num_seconds();
+    match seconds {
+        ..60 => "just now".to_owned(),
+        60..3_600 => format!("{} min ago", seconds / 60),
+        3_600..86_400 => format!("{} h ago", seconds / 3_600),
+        86_400..172_800 => "yesterday".to_owned(),
+        172_800..604_800 => format!("{} days ago", seconds / 86_400),
+        _ => at.format("%Y-%m-%d %H:%M").to_string(),
     }
 }
 
@@ -230,6 +244,20 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("/environments/env_gone"), "{html}");
+    }
+
+    #[test]
+    fn times_read_as_how_long_ago_then_as_dates() {
+        let now: DateTime<Utc> = "2026-12-07T12:00:00Z".parse().unwrap();
+        let before = |seconds: i64| ago(now - chrono::Duration::seconds(seconds), now);
+        assert_eq!(before(20), "just now");
+        assert_eq!(before(3 * 60 + 5), "3 min ago");
+        assert_eq!(before(5 * 3_600), "5 h ago");
+        assert_eq!(before(30 * 3_600), "yesterday");
+        assert_eq!(before(3 * 86_400), "3 days ago");
+        assert_eq!(before(9 * 86_400), "2026-11-28 12:00");
+        // A clock a little behind the server's is not "in the future".
+        assert_eq!(ago(now + chrono::Duration::seconds(5), now), "just now");
     }
 
     #[test]
