@@ -475,6 +475,31 @@ async fn issue_32_a_build_older_than_live_is_superseded_and_deploying_it_asks_fi
     browser.close().await;
 }
 
+#[tokio::test]
+async fn issue_32_the_build_time_counts_on_while_it_builds() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let (building, _job) = site.start_build("main", &sha(3)).await;
+    let browser = signed_in(&site.cp.base_url(), "vic").await;
+    browser
+        .goto(&site.url(&format!("/deployments/{}", building.id)))
+        .await;
+    let first = browser.text("dd.build-time").await;
+    let later = browser
+        .until(
+            "the build time counting on",
+            Duration::from_secs(5),
+            &format!(
+                "const shown = document.querySelector('dd.build-time').textContent.trim(); return shown !== {first:?} && shown"
+            ),
+        )
+        .await;
+    assert!(later.as_str().unwrap().ends_with('s'), "{later}");
+    browser.close().await;
+}
+
 /// A backend log of `lines` lines: coloured, with GitLab sections, the needle
 /// `kiln-needle-42` on lines 1235 and `lines - 10` (1-based), and a failure last.
 fn big_log(lines: usize) -> Vec<u8> {

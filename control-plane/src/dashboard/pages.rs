@@ -535,7 +535,12 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                                 (component_badge("Storefront", deployment.storefront_status))
                             }
                             dt { "Created" } dd { (when(deployment.created_at)) }
-                            dt { "Build time" } dd { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
+                            dt { "Build time" }
+                            // While it builds, the page counts on from when it began.
+                            dd.build-time
+                                data-started=[building_since(deployment)]
+                                data-now=[building_since(deployment).map(|_| chrono::Utc::now().timestamp_millis())]
+                            { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
                             @if let (Some(delivery), Some(host)) = (delivery, &project.git_host) {
                         dt { (host.kind.label()) " status" }
                         dd.delivery { (delivery_text(delivery)) }

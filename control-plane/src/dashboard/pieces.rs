@@ -126,6 +126,18 @@ pub fn build_duration(deployment: &Deployment) -> Option<String> {
     Some(span_text((ended - started).num_seconds()))
 }
 
+/// When a deployment that is building began (milliseconds), for a clock that ticks.
+pub fn building_since(deployment: &Deployment) -> Option<i64> {
+    if deployment.status != DeploymentStatus::Building {
+        return None;
+    }
+    deployment
+        .transitions
+        .iter()
+        .find(|t| t.status == DeploymentStatus::Building)
+        .map(|t| t.at.timestamp_millis())
+}
+
 /// The web page of a commit, where the repository's host is one Kiln knows the
 /// shape of (GitHub, GitLab, Gitea/Forgejo and their self-hosted kin).
 pub fn commit_url(repository_url: &str, sha: &str) -> Option<String> {

@@ -775,6 +775,18 @@
     return status ? "backend" : null;
   }
 
+  // "Build time" counts on while the deployment builds. The server's clock
+  // decides: the page says its time when it was made.
+  function tickBuildTime() {
+    setInterval(() => {
+      for (const dd of $$("dd.build-time[data-started]")) {
+        if (dd.dataset.skew === undefined) dd.dataset.skew = String(Number(dd.dataset.now) - Date.now());
+        const now = Date.now() + Number(dd.dataset.skew);
+        dd.textContent = formatDuration(now - Number(dd.dataset.started));
+      }
+    }, 1000);
+  }
+
   async function refreshSummary() {
     const summary = $("#summary");
     if (!summary) return;
@@ -861,6 +873,7 @@
   function start() {
     document.documentElement.classList.add("js");
     deploymentPage();
+    tickBuildTime();
     liveTables();
     window.kiln = { viewers, plainText };
   }
