@@ -84,15 +84,12 @@ impl Build<'_> {
                 return Ok(artifact);
             }
         }
-        let mut install = Some(PlannedStep {
-            kind: StepKind::Install,
-            command: plan.install.clone(),
-            dir: plan.install_dir.clone(),
-            network: config.install_network,
-            bin_dir: None,
-            shown: None,
-            env: Vec::new(),
-        });
+        let mut install = Some(PlannedStep::new(
+            StepKind::Install,
+            plan.install.clone(),
+            plan.install_dir.clone(),
+            config.install_network,
+        ));
         let mut provided = false;
         if let Some(cache) = cache {
             let inputs = restore::InstallInputs {
@@ -112,15 +109,12 @@ impl Build<'_> {
             plan.provision.as_ref(),
             provided,
             install,
-            PlannedStep {
-                kind: StepKind::Build,
-                command: plan.build.clone(),
-                dir: plan.app_dir.clone(),
-                network: config.build_network,
-                bin_dir: None,
-                shown: None,
-                env: Vec::new(),
-            },
+            PlannedStep::new(
+                StepKind::Build,
+                plan.build.clone(),
+                plan.app_dir.clone(),
+                config.build_network,
+            ),
         );
         // The build step is last: the storefront may install once the rest ran.
         let (build, before) = steps.split_last().expect("a build step");

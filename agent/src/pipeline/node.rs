@@ -153,15 +153,12 @@ impl Build<'_> {
         image: &str,
     ) -> Result<Version, Stop> {
         let mut step = self.step(
-            &PlannedStep {
-                kind: StepKind::NodeVersion,
-                command: vec!["node".to_owned(), "--version".to_owned()],
-                dir: dir.to_owned(),
-                network: Network::None,
-                bin_dir: None,
-                shown: None,
-                env: Vec::new(),
-            },
+            &PlannedStep::new(
+                StepKind::NodeVersion,
+                vec!["node".to_owned(), "--version".to_owned()],
+                dir.to_owned(),
+                Network::None,
+            ),
             component,
         );
         step.image = image.to_owned();

@@ -57,6 +57,25 @@ pub(super) struct PlannedStep {
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl PlannedStep {
+    /// A step of `kind` running `command` in `dir` on `network`, under its own
+    /// command's name, with the job's variables alone.
+    pub(super) fn new(
+        kind: StepKind,
+        command: Vec<String>,
+        dir: PathBuf,
+        network: Network,
+    ) -> Self {
+        PlannedStep {
+            kind,
+            command,
+            dir,
+            network,
+            bin_dir: None,
+            shown: None,
+            env: Vec::new(),
+        }
+    }
+
     /// The provisioning step (unless the release is `provided` already, from the
     /// build cache), install and build for a package manager `provision`, with
     /// its release first on `PATH` for all three.

@@ -99,15 +99,12 @@ pub(super) async fn build(
         ));
         None
     } else {
-        Some(PlannedStep {
-            kind: StepKind::Install,
-            command: found.install.clone(),
-            dir: install_dir.clone(),
-            network: config.install_network,
-            bin_dir: None,
-            shown: None,
-            env: Vec::new(),
-        })
+        Some(PlannedStep::new(
+            StepKind::Install,
+            found.install.clone(),
+            install_dir.clone(),
+            config.install_network,
+        ))
     };
     let mut provided = false;
     if let Some(cache) = cache {
@@ -137,15 +134,15 @@ pub(super) async fn build(
         provided,
         install,
         PlannedStep {
-            kind: StepKind::Build,
-            command: found.exec_command.clone(),
-            dir: build_dir.clone(),
-            network: config.build_network,
-            bin_dir: None,
-            shown: None,
             env: server_actions_key
                 .map(|key| vec![(SERVER_ACTIONS_KEY.to_owned(), key)])
                 .unwrap_or_default(),
+            ..PlannedStep::new(
+                StepKind::Build,
+                found.exec_command.clone(),
+                build_dir.clone(),
+                config.build_network,
+            )
         },
     );
     run_steps(build, Component::Storefront, &steps).await?;

@@ -537,9 +537,10 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                             dt { "Created" } dd { (when(deployment.created_at)) }
                             dt { "Build time" }
                             // While it builds, the page counts on from when it began.
+                            @let started = building_since(deployment);
                             dd.build-time
-                                data-started=[building_since(deployment)]
-                                data-now=[building_since(deployment).map(|_| chrono::Utc::now().timestamp_millis())]
+                                data-started=[started]
+                                data-now=[started.map(|_| chrono::Utc::now().timestamp_millis())]
                             { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
                             @if let (Some(delivery), Some(host)) = (delivery, &project.git_host) {
                         dt { (host.kind.label()) " status" }

@@ -168,6 +168,12 @@ mod tests {
     /// Pushes commit `n` and builds it to `awaiting_deployment`.
     fn built(conn: &mut Connection, n: u8) -> String {
         let deployment = push(conn, "main", n).remove(0);
+        build_queued(conn);
+        deployment.id
+    }
+
+    /// Builds the oldest queued deployment to `awaiting_deployment`.
+    fn build_queued(conn: &mut Connection) {
         let builder = agent(conn, &[]);
         let job = claim_one(conn, &builder);
         crate::store::report_status(
@@ -183,7 +189,6 @@ mod tests {
             },
         )
         .unwrap();
-        deployment.id
     }
 
     #[test]
@@ -241,21 +246,7 @@ mod tests {
         )
         .unwrap();
         let preview = opened.deployments[0].id.clone();
-        let builder = agent(&mut conn, &[]);
-        let job = claim_one(&mut conn, &builder);
-        crate::store::report_status(
-            &mut conn,
-            &builder.id,
-            &job.job_id,
-            JobStatusUpdate {
-                status: AwaitingDeployment,
-                backend: None,
-                storefront: None,
-                reason: None,
-                detail: None,
-            },
-        )
-        .unwrap();
+        build_queued(&mut conn);
         begin_deploy(&mut conn, &preview, "replica-a", LEASE).unwrap();
         finish_deploy(&mut conn, &preview, "replica-a", None).unwrap();
         crate::store::on_pull_request(&mut conn, event(kiln_protocol::PullRequestAction::Closed))
