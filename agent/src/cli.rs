@@ -381,6 +381,7 @@ async fn build_locally(config: Arc<AgentConfig>, local: LocalBuild) -> anyhow::R
         secret_scan: Default::default(),
         timeout: config.job_timeout,
         progress: None,
+        release_image: false,
     };
     let cancel = CancellationToken::new();
     let ctrl_c = cancel.clone();

@@ -298,6 +298,7 @@ impl Client {
         wait: Duration,
         facts: Option<kiln_protocol::HostFacts>,
         holding_back: Option<String>,
+        roles: &[kiln_protocol::Role],
     ) -> Result<Option<Job>, ClientError> {
         let url = self.url("/agent/jobs/claim");
         let request = self
@@ -308,6 +309,7 @@ impl Client {
                 wait_seconds: Some(wait.as_secs()),
                 facts,
                 holding_back,
+                roles: roles.to_vec(),
             });
         let response = self.send(&url, request).await?;
         if response.status() == StatusCode::NO_CONTENT {
@@ -413,6 +415,51 @@ impl Client {
             .json(descriptor);
         let response = self.send(&url, request).await?;
         Self::decode(&url, response, "upload ticket").await
+    }
+
+    /// Streams a deploy job's release image (`url`, relative to the control
+    /// plane) to `out`; refused unless its size and sha256 are as the job says.
+    pub async fn download(
+        &self,
+        release: &kiln_protocol::ReleaseImage,
+        out: &Path,
+    ) -> Result<(), ClientError> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let url = format!("{}{}", self.base, release.url);
+        let request = self.http.get(&url);
+        let mut response = self.send(&url, request).await?;
+        if !response.status().is_success() {
+            return Err(decode_error(&url, response).await);
+        }
+        let write_error = |source| ClientError::ReadFile {
+            path: out.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(out).await.map_err(write_error)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&url, e))? {
+            size += chunk.len() as u64;
+            if size > release.size {
+                break;
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(write_error)?;
+        }
+        file.flush().await.map_err(write_error)?;
+        let sha256 = hex::encode(hasher.finalize());
+        if size != release.size || sha256 != release.sha256 {
+            return Err(ClientError::Malformed {
+                what: "release image",
+                reason: format!(
+                    "{} came as {size} bytes with sha256 {sha256}; the job says {} bytes with sha256 {}",
+                    release.name, release.size, release.sha256
+                ),
+                job_id: None,
+            });
+        }
+        Ok(())
     }
 
     /// Streams a file to an upload URL, with its length and sha256 in the headers.

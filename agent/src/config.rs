@@ -417,6 +417,14 @@ partial_config! {
     cache_limit: ByteSize = env_vars::KILN_CACHE_LIMIT, parse = "from_str_or_number";
     /// Free disk under work_dir below which the agent claims no jobs (0: always claim)
     min_free_disk: ByteSize = env_vars::KILN_MIN_FREE_DISK, parse = "from_str_or_number";
+    /// What the agent takes jobs for: build, deploy, or both (default: build)
+    roles: List = env_vars::KILN_ROLES, parse = "from_str_or_number";
+    /// The admin API of the Caddy a deploy host programs (default http://127.0.0.1:2019)
+    caddy_admin_url: String = env_vars::KILN_CADDY_ADMIN_URL;
+    /// The address of the Caddy server the deploy host manages (default :80)
+    caddy_listen: String = env_vars::KILN_CADDY_LISTEN;
+    /// Network of a release's containers: bridge (ports published on 127.0.0.1) or host
+    deploy_network: Network = env_vars::KILN_DEPLOY_NETWORK, parse = "from_str_or_number";
 }
 
 /// The resolved configuration the agent runs with.
@@ -454,6 +462,10 @@ pub struct AgentConfig {
     pub cache_dir: PathBuf,
     pub cache_limit: ByteSize,
     pub min_free_disk: ByteSize,
+    pub roles: Vec<kiln_protocol::Role>,
+    pub caddy_admin_url: String,
+    pub caddy_listen: String,
+    pub deploy_network: Network,
 }
 
 pub const DEFAULT_IMAGE: &str = "kiln/node:20";
@@ -567,7 +579,38 @@ impl PartialConfig {
         let cache_dir = self
             .cache_dir
             .unwrap_or_else(|| work_dir.parent().unwrap_or(Path::new("/")).join("cache"));
+        let roles = match self.roles {
+            Some(List(roles)) if !roles.is_empty() => roles
+                .iter()
+                .map(|role| kiln_protocol::Role::parse(role))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "roles",
+                    reason,
+                })?,
+            _ => vec![kiln_protocol::Role::Build],
+        };
+        let deploy_network = self.deploy_network.unwrap_or(Network::Bridge);
+        if deploy_network == Network::None {
+            return Err(ConfigError::Invalid {
+                key: "deploy_network",
+                reason: "a release must be reachable: use bridge or host".to_owned(),
+            });
+        }
+        let caddy_admin_url = self
+            .caddy_admin_url
+            .unwrap_or_else(|| "http://127.0.0.1:2019".to_owned());
+        if !caddy_admin_url.starts_with("http://") {
+            return Err(ConfigError::Invalid {
+                key: "caddy_admin_url",
+                reason: format!("{caddy_admin_url:?} must be an http:// URL (Caddy's admin API listens on loopback)"),
+            });
+        }
         Ok(AgentConfig {
+            roles,
+            caddy_admin_url: caddy_admin_url.trim_end_matches('/').to_owned(),
+            caddy_listen: self.caddy_listen.unwrap_or_else(|| ":80".to_owned()),
+            deploy_network,
             control_plane_url: self
                 .control_plane_url
                 .map(|url| url.trim_end_matches('/').to_owned()),

@@ -123,7 +123,7 @@ impl Daemon {
                 crate::facts::collect(&self.config.work_dir, docker_version.clone())
             });
             let claimed = tokio::select! {
-                claimed = self.client.claim(CLAIM_WAIT, facts, holding_back) => claimed,
+                claimed = self.client.claim(CLAIM_WAIT, facts, holding_back, &self.config.roles) => claimed,
                 _ = shutdown.cancelled() => break None,
             };
             crate::metrics::metrics().loop_turned();

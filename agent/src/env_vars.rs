@@ -77,3 +77,11 @@ pub const KILN_BUILD_USER: &str = "KILN_BUILD_USER";
 pub const KILN_ALLOW_LOCAL_REPOSITORIES: &str = "KILN_ALLOW_LOCAL_REPOSITORIES";
 /// `log_limit`: bytes kept per log stream of a job.
 pub const KILN_LOG_LIMIT: &str = "KILN_LOG_LIMIT";
+/// `roles`: what the agent takes jobs for (`build`, `deploy`, or both).
+pub const KILN_ROLES: &str = "KILN_ROLES";
+/// `caddy_admin_url`: the admin API of the Caddy a deploy host programs.
+pub const KILN_CADDY_ADMIN_URL: &str = "KILN_CADDY_ADMIN_URL";
+/// `caddy_listen`: the address of the Caddy server the deploy host manages.
+pub const KILN_CADDY_LISTEN: &str = "KILN_CADDY_LISTEN";
+/// `deploy_network`: the network of a release's containers (`bridge` or `host`).
+pub const KILN_DEPLOY_NETWORK: &str = "KILN_DEPLOY_NETWORK";

@@ -220,54 +220,76 @@ impl JobRun {
             .in_current_span(),
         );
 
-        let mut started = update(DeploymentStatus::Building, None);
-        started.backend = Some(ComponentStatus::Building);
-        started.storefront = Some(if job.storefront_path.is_some() {
-            ComponentStatus::Pending
-        } else {
-            ComponentStatus::Skipped
-        });
-        self.report(&job.job_id, &started).await;
-        crate::metrics::metrics()
-            .claim_latency
-            .observe(claimed_at.elapsed().as_secs_f64());
-
-        let outcome = self.build(job, &logs, &cancel).await;
-
         let mut harvest = None;
-        let last = match outcome {
-            BuildOutcome::Built {
-                artifacts,
-                harvest: built,
-            } => match self.upload_all(&job.job_id, &artifacts, &logs).await {
-                Ok(()) => {
-                    harvest = built;
-                    built_update(&artifacts)
+        let last = if let Some(deploy) = &job.deploy {
+            let run = crate::deploy::DeployRun {
+                config: &self.config,
+                client: &self.client,
+                job,
+                deploy,
+                log: logs.sink(LogStream::Deploy),
+                cancel: &cancel,
+                spool_dir: self.config.work_dir.join(&job.job_id),
+            };
+            match run.run().await {
+                Ok(()) => update(DeploymentStatus::Live, None),
+                Err(reason) => {
+                    logs.sink(LogStream::Deploy)
+                        .line(format!("Deploy failed: {reason}"));
+                    update(DeploymentStatus::DeployFailed, Some(reason))
                 }
-                Err(error) => failed_update(error.to_string()),
-            },
-            BuildOutcome::Failed(failure) => {
-                let mut failed = failed_update(failure.to_string());
-                failed.detail = failure.detail;
-                if failure.component == Component::Storefront {
-                    failed.backend = Some(ComponentStatus::Succeeded);
-                    failed.storefront = Some(ComponentStatus::Failed);
-                }
-                failed
             }
-            BuildOutcome::Canceled => {
-                let reason = crate::lock(&cancel_reason).clone().unwrap_or_else(|| {
-                    "the agent was stopped before the build finished".to_owned()
-                });
-                let mut canceled = update(DeploymentStatus::BuildCanceled, Some(reason));
-                canceled.backend = Some(ComponentStatus::Canceled);
-                canceled
+        } else {
+            let mut started = update(DeploymentStatus::Building, None);
+            started.backend = Some(ComponentStatus::Building);
+            started.storefront = Some(if job.storefront_path.is_some() {
+                ComponentStatus::Pending
+            } else {
+                ComponentStatus::Skipped
+            });
+            self.report(&job.job_id, &started).await;
+            crate::metrics::metrics()
+                .claim_latency
+                .observe(claimed_at.elapsed().as_secs_f64());
+
+            let outcome = self.build(job, &logs, &cancel).await;
+
+            match outcome {
+                BuildOutcome::Built {
+                    artifacts,
+                    harvest: built,
+                } => match self.upload_all(&job.job_id, &artifacts, &logs).await {
+                    Ok(()) => {
+                        harvest = built;
+                        built_update(&artifacts)
+                    }
+                    Err(error) => failed_update(error.to_string()),
+                },
+                BuildOutcome::Failed(failure) => {
+                    let mut failed = failed_update(failure.to_string());
+                    failed.detail = failure.detail;
+                    if failure.component == Component::Storefront {
+                        failed.backend = Some(ComponentStatus::Succeeded);
+                        failed.storefront = Some(ComponentStatus::Failed);
+                    }
+                    failed
+                }
+                BuildOutcome::Canceled => {
+                    let reason = crate::lock(&cancel_reason).clone().unwrap_or_else(|| {
+                        "the agent was stopped before the build finished".to_owned()
+                    });
+                    let mut canceled = update(DeploymentStatus::BuildCanceled, Some(reason));
+                    canceled.backend = Some(ComponentStatus::Canceled);
+                    canceled
+                }
             }
         };
         info!(message = "Build ended.", status = %last.status, reason = ?last.reason);
         let metrics = crate::metrics::metrics();
         match last.status {
-            DeploymentStatus::AwaitingDeployment => metrics.finished("succeeded"),
+            DeploymentStatus::AwaitingDeployment | DeploymentStatus::Live => {
+                metrics.finished("succeeded")
+            }
             DeploymentStatus::BuildCanceled => {
                 metrics.finished("canceled");
                 if let Some(at) = canceled_at.get() {
@@ -372,6 +394,7 @@ impl JobRun {
             timeout,
             progress: Some(progress),
             cache: self.cache_request(job),
+            release_image: job.release_image,
         };
         let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
         let outcome = self

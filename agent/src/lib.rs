@@ -6,10 +6,12 @@
 mod backoff;
 mod beneath;
 mod cache;
+mod caddy;
 pub mod cli;
 mod client;
 mod config;
 mod daemon;
+mod deploy;
 mod detect;
 mod disk;
 mod doctor;

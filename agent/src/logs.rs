@@ -307,6 +307,7 @@ fn echo(stream: LogStream, data: &[u8]) {
         LogStream::System => "",
         LogStream::Backend => "backend | ",
         LogStream::Storefront => "storefront | ",
+        LogStream::Deploy => "deploy | ",
     };
     let text = String::from_utf8_lossy(data);
     let mut out = std::io::stdout().lock();

@@ -327,12 +327,18 @@ pub(crate) async fn start_deploy(
 ) -> Result<kiln_protocol::Deployment, ApiError> {
     let (deployment_id, deployer) = (id.clone(), state.replicas.id().to_owned());
     let lease_ms = state.config.lease.as_millis() as i64;
-    let deployment = state
+    let (deployment, runner) = state
         .db
         .call(move |conn| store::begin_deploy(conn, &deployment_id, &deployer, lease_ms))
         .await?;
-    state.announce_change();
-    tokio::spawn(run(state.clone(), id));
+    match runner {
+        store::DeployRunner::Replica => {
+            state.announce_change();
+            tokio::spawn(run(state.clone(), id));
+        }
+        // A deploy host claims it.
+        store::DeployRunner::Agent => state.announce_queue_change(),
+    }
     Ok(deployment)
 }
 

@@ -59,6 +59,10 @@ pub struct ClaimRequest {
     /// control planes ignore it and may still hand the agent a job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holding_back: Option<String>,
+    /// What the agent takes jobs for. Added in v1.7; empty (older agents) means
+    /// builds only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<crate::deploy::Role>,
 }
 
 /// A build an agent has claimed: everything it needs, nothing it must look up.
@@ -100,6 +104,14 @@ pub struct Job {
     /// planes omit it, and the agent then keeps to a scope of the job's branch.
     #[serde(default)]
     pub cache: Option<JobCache>,
+    /// Set on a deploy job (an agent with the deploy role): run this release
+    /// instead of building. Added in v1.7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployJob>,
+    /// Also make the backend's release image: its environment deploys to
+    /// agents. Added in v1.7.
+    #[serde(default)]
+    pub release_image: bool,
 }
 
 /// The build cache's trust scopes for one job, as GitHub Actions scopes caches:
@@ -259,6 +271,40 @@ pub struct ArtifactUploadTicket {
     /// Absolute, or relative to the control plane's base URL.
     pub upload_url: String,
     pub expires_at: DateTime<Utc>,
+}
+
+/// Whether a deploy job brings a new release in or rolls back to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployAction {
+    /// Migrations, then the cutover.
+    Deploy,
+    /// The cutover alone: a release that ran before, no migrations.
+    Rollback,
+}
+
+/// A release image the deploy host loads: an artifact of the deployment's build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseImage {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Where the agent downloads it (relative to the control plane's base URL).
+    pub url: String,
+}
+
+/// What a deploy host needs to put a deployment live. Sent in `Job::deploy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployJob {
+    pub action: DeployAction,
+    pub environment_name: String,
+    pub settings: crate::deploy::DeploySettings,
+    pub backend: ReleaseImage,
+    /// The runtime variables (`"runtime": true`).
+    #[serde(default)]
+    pub runtime_env: Vec<EnvVar>,
+    /// Release images kept per environment on the host, for rollbacks.
+    pub releases_kept: u32,
 }
 
 #[cfg(test)]

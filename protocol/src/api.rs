@@ -221,6 +221,9 @@ pub struct UpdateEnvironment {
     pub branch: Option<String>,
     #[serde(default)]
     pub auto_deploy: Option<bool>,
+    /// Deploys go to an agent with the deploy role (`crate::deploy`). Added in v1.7.
+    #[serde(default)]
+    pub deploy: Option<crate::deploy::DeploySettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +237,9 @@ pub struct Environment {
     pub pull_request: Option<u64>,
     pub auto_deploy: bool,
     pub created_at: DateTime<Utc>,
+    /// Set when an agent with the deploy role runs its deploys. Added in v1.7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<crate::deploy::DeploySettings>,
 }
 
 /// `PUT /api/v1/environments/{environment_id}/variables`: replaces the whole set.

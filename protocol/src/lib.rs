@@ -7,12 +7,14 @@
 
 pub mod agent;
 pub mod api;
+pub mod deploy;
 pub mod error;
 pub mod status;
 pub mod validate;
 
 pub use agent::*;
 pub use api::*;
+pub use deploy::*;
 pub use error::*;
 pub use status::*;
 

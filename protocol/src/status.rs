@@ -228,16 +228,19 @@ pub enum LogStream {
     System,
     Backend,
     Storefront,
+    /// A deploy job's steps: load, migrate, start, health, switch.
+    Deploy,
 }
 
 impl LogStream {
-    pub const ALL: [LogStream; 3] = [Self::System, Self::Backend, Self::Storefront];
+    pub const ALL: [LogStream; 4] = [Self::System, Self::Backend, Self::Storefront, Self::Deploy];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::System => "system",
             Self::Backend => "backend",
             Self::Storefront => "storefront",
+            Self::Deploy => "deploy",
         }
     }
 }
@@ -249,7 +252,7 @@ impl fmt::Display for LogStream {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown log stream {value:?}; expected system, backend or storefront")]
+#[error("unknown log stream {value:?}; expected system, backend, storefront or deploy")]
 pub struct UnknownLogStream {
     pub value: String,
 }

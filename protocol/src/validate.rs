@@ -442,6 +442,52 @@ pub fn job(job: &crate::Job, allow_local_repositories: bool) -> Result<(), Inval
     }
     field("attempt", within(u64::from(job.attempt), 1000))?;
     field("lease_seconds", within(job.lease_seconds, 86_400))?;
+    if let Some(deploy) = &job.deploy {
+        // Its values reach Caddy's config, Docker and a URL the agent fetches.
+        field("deploy.settings", deploy.settings.check())?;
+        let release = &deploy.backend;
+        let own = format!("/api/v1/agent/jobs/{}/artifacts/", job.job_id);
+        let url = if release.url.starts_with(&own)
+            && release.url[own.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            Ok(())
+        } else {
+            Err(format!("must be {own}<name>, the job's own download"))
+        };
+        field("deploy.backend.url", url)?;
+        let digest = if release.sha256.len() == 64
+            && release.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            Ok(())
+        } else {
+            Err("is not a sha256 in hex".to_owned())
+        };
+        field("deploy.backend.sha256", digest)?;
+        field(
+            "deploy.environment_name",
+            text(&deploy.environment_name, MAX_NAME, false),
+        )?;
+        field(
+            "deploy.runtime_env",
+            at_most(deploy.runtime_env.len(), MAX_VARIABLES),
+        )?;
+        for (index, var) in deploy.runtime_env.iter().enumerate() {
+            field(
+                &format!("deploy.runtime_env[{index}].name"),
+                variable_name(&var.name),
+            )?;
+            let value = if var.value.len() > MAX_VARIABLE_VALUE || var.value.contains('\0') {
+                Err(format!(
+                    "is longer than {MAX_VARIABLE_VALUE} bytes or holds a NUL"
+                ))
+            } else {
+                Ok(())
+            };
+            field(&format!("deploy.runtime_env[{index}].value"), value)?;
+        }
+    }
     Ok(())
 }
 

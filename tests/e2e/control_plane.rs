@@ -328,6 +328,7 @@ async fn branch_rule_change_applies_to_the_next_push() {
             &UpdateEnvironment {
                 branch: Some("release/*".to_owned()),
                 auto_deploy: None,
+                deploy: None,
             },
         )
         .await

@@ -305,6 +305,7 @@ async fn issue_15_sign_in_then_read_and_filter_the_deployments_table() {
                 wait_seconds: Some(0),
                 facts: None,
                 holding_back: Some(reason.to_owned()),
+                roles: Vec::new(),
             },
         )
         .await;

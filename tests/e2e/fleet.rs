@@ -191,6 +191,7 @@ async fn issue_17_agents_are_listed_paused_resumed_and_revoked() {
                 wait_seconds: Some(10),
                 facts: None,
                 holding_back: None,
+                roles: Vec::new(),
             },
         )
         .await;
@@ -270,6 +271,7 @@ async fn claim_holding_back(agent: &Api, reason: &str) -> Reply {
                 wait_seconds: Some(10),
                 facts: None,
                 holding_back: Some(reason.to_owned()),
+                roles: Vec::new(),
             },
         )
         .await

@@ -9,6 +9,7 @@ mod agent;
 mod cache;
 mod control_plane;
 mod dashboard;
+mod deploy;
 mod faults;
 mod fleet;
 mod git_hosts;

@@ -350,6 +350,7 @@ impl Api {
                     wait_seconds: Some(wait_seconds),
                     facts: None,
                     holding_back: None,
+                    roles: Vec::new(),
                 },
             )
             .await;

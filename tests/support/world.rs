@@ -107,7 +107,8 @@ impl World {
             }
             // On the way to live (auto-deploy), a build passes through these too.
             let on_the_way = matches!(deployment.status, Queued | Building)
-                || (status == Live && matches!(deployment.status, AwaitingDeployment | Deploying));
+                || (matches!(status, Live | DeployFailed)
+                    && matches!(deployment.status, AwaitingDeployment | Deploying));
             let settled_elsewhere = !on_the_way;
             if settled_elsewhere || Instant::now() > deadline {
                 panic!(

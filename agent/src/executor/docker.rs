@@ -29,10 +29,10 @@ use crate::logs::LogSink;
 
 #[derive(Debug, Clone)]
 pub struct DockerExecutor {
-    docker: Docker,
+    pub(super) docker: Docker,
 }
 
-fn docker_error(action: &'static str, error: BollardError) -> ExecError {
+pub(super) fn docker_error(action: &'static str, error: BollardError) -> ExecError {
     crate::metrics::metrics().docker_failed(&format!("{action}: {error}"));
     match error {
         BollardError::DockerResponseServerError { message, .. } => ExecError::Docker {
@@ -51,7 +51,7 @@ fn docker_error(action: &'static str, error: BollardError) -> ExecError {
     }
 }
 
-fn is_not_found(error: &BollardError) -> bool {
+pub(super) fn is_not_found(error: &BollardError) -> bool {
     matches!(
         error,
         BollardError::DockerResponseServerError {
@@ -514,6 +514,26 @@ impl Executor for DockerExecutor {
                 })
             })
             .collect())
+    }
+
+    async fn assemble_image(&self, assembly: &super::ImageAssembly) -> Result<String, ExecError> {
+        self.assemble(assembly).await
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool, ExecError> {
+        self.has_image(image).await
+    }
+
+    async fn save_image(
+        &self,
+        image: &str,
+        out: &std::path::Path,
+    ) -> Result<(u64, String), ExecError> {
+        DockerExecutor::save_image(self, image, out).await
+    }
+
+    async fn untag_image(&self, image: &str) -> Result<(), ExecError> {
+        DockerExecutor::untag_image(self, image).await
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), ExecError> {

@@ -4,6 +4,7 @@
 //! `dyn Executor`; only `docker.rs` knows about bollard.
 
 pub mod docker;
+pub mod release;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -100,6 +101,18 @@ pub struct Leftover {
     pub job_id: Option<String>,
 }
 
+/// An image made of `base` and layers, each a tar.gz unpacked at `RELEASE_DIR`.
+#[derive(Debug, Clone)]
+pub struct ImageAssembly {
+    pub base: String,
+    pub layers: Vec<std::path::PathBuf>,
+    /// The command; `None` keeps the base's.
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    /// `repository:tag`.
+    pub tag: String,
+}
+
 /// A build image as Docker describes it.
 #[derive(Debug, Clone)]
 pub struct ImageFacts {
@@ -154,4 +167,19 @@ pub trait Executor: Send + Sync {
 
     /// `Docker 26.1.5 (API 1.45)`, for the host facts.
     async fn engine_version(&self) -> Result<String, ExecError>;
+
+    /// Makes an image of layers with no command run in it; its id.
+    async fn assemble_image(&self, assembly: &ImageAssembly) -> Result<String, ExecError>;
+
+    async fn image_exists(&self, image: &str) -> Result<bool, ExecError>;
+
+    /// `docker save` into `out`: its size and sha256.
+    async fn save_image(
+        &self,
+        image: &str,
+        out: &std::path::Path,
+    ) -> Result<(u64, String), ExecError>;
+
+    /// Removes an image's name.
+    async fn untag_image(&self, image: &str) -> Result<(), ExecError>;
 }

@@ -85,6 +85,22 @@ pub fn pack(dir: &Path, out: &Path) -> Result<Packed, PackError> {
 /// Packs `dir` into `out`, leaving out the top-level entries named in `skip`
 /// (e.g. Next.js's `cache`, which is for the next build, not for deploying).
 pub fn pack_except(dir: &Path, out: &Path, skip: &[&str]) -> Result<Packed, PackError> {
+    pack_top_level(dir, out, |name| {
+        !skip.iter().any(|skipped| name == *skipped)
+    })
+}
+
+/// Packs only the top-level entries of `dir` named in `keep` (a release
+/// image's dependency layer: `node_modules`).
+pub fn pack_only(dir: &Path, out: &Path, keep: &[&str]) -> Result<Packed, PackError> {
+    pack_top_level(dir, out, |name| keep.iter().any(|kept| name == *kept))
+}
+
+fn pack_top_level(
+    dir: &Path,
+    out: &Path,
+    include: impl Fn(&std::ffi::OsStr) -> bool,
+) -> Result<Packed, PackError> {
     let io_err = |path: &Path| {
         let path = path.display().to_string();
         move |source| PackError::Io { path, source }
@@ -108,9 +124,7 @@ pub fn pack_except(dir: &Path, out: &Path, skip: &[&str]) -> Result<Packed, Pack
         .sort_by_file_name()
         .min_depth(1)
         .into_iter()
-        .filter_entry(|entry| {
-            !(entry.depth() == 1 && skip.iter().any(|name| entry.file_name() == *name))
-        });
+        .filter_entry(|entry| entry.depth() != 1 || include(entry.file_name()));
     for entry in walker {
         let entry = entry.map_err(|e| PackError::Io {
             path: e

@@ -149,6 +149,7 @@ impl Build<'_> {
         self.request
             .progress(Component::Backend, ComponentStatus::Succeeded);
         let artifact = BuiltArtifact {
+            release: false,
             component: Component::Backend,
             packed,
         };

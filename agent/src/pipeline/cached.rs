@@ -409,6 +409,7 @@ impl Build<'_> {
             found.meta.bytes,
         ));
         Some(BuiltArtifact {
+            release: false,
             component,
             packed: Packed {
                 path: out,

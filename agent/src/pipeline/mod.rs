@@ -14,6 +14,7 @@ pub(crate) mod checkout;
 mod diagnose;
 mod node;
 pub(crate) mod plan;
+mod release;
 mod restore;
 mod scan;
 mod steps;
@@ -62,6 +63,8 @@ pub struct BuildRequest {
     pub progress: Option<tokio::sync::mpsc::UnboundedSender<(Component, ComponentStatus)>>,
     /// The build cache and this build's scopes; `None` builds without it.
     pub cache: Option<CacheRequest>,
+    /// Also make the backend's release image (its environment deploys to agents).
+    pub release_image: bool,
 }
 
 impl BuildRequest {
@@ -76,12 +79,18 @@ impl BuildRequest {
 #[derive(Debug, Clone)]
 pub struct BuiltArtifact {
     pub component: Component,
+    /// The component's release image (`release.rs`), not its build output.
+    pub release: bool,
     pub packed: Packed,
 }
 
 impl BuiltArtifact {
     pub fn name(&self) -> &'static str {
-        self.component.artifact_name()
+        if self.release {
+            kiln_protocol::BACKEND_RELEASE
+        } else {
+            self.component.artifact_name()
+        }
     }
 }
 
@@ -372,8 +381,15 @@ impl Build<'_> {
             (Err(Stop::Canceled), _) | (_, Err(Stop::Canceled)) => return Err(Stop::Canceled),
             (Ok(backend), Ok(storefront)) => (backend, storefront),
         };
+        // Once no container of the build runs.
+        let release = if self.request.release_image {
+            Some(self.release_image(&backend.packed).await?)
+        } else {
+            None
+        };
         let mut artifacts = vec![backend];
         artifacts.extend(storefront);
+        artifacts.extend(release);
         Ok((artifacts, cache.map(|cache| cache.harvest())))
     }
 
@@ -393,6 +409,14 @@ impl Build<'_> {
             .get()
             .map(|choice| choice.image.as_str())
             .unwrap_or(&self.pipeline.config.build_image)
+    }
+
+    /// The id of the image `component` builds in ("" before one is chosen).
+    fn image_id(&self, component: Component) -> String {
+        self.nodes[index(component)]
+            .get()
+            .map(|choice| choice.image_id.clone())
+            .unwrap_or_default()
     }
 
     /// The Node version `component` builds with, when its image says it.

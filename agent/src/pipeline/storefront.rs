@@ -179,6 +179,7 @@ pub(super) async fn build(
         .await?;
     request.progress(Component::Storefront, ComponentStatus::Succeeded);
     let artifact = BuiltArtifact {
+        release: false,
         component: Component::Storefront,
         packed,
     };

@@ -43,6 +43,14 @@ impl Workspace {
     /// When the agent runs as root, builds run as `build_user`: the tree they write
     /// must be theirs. `artifacts/` stays the agent's.
     pub(super) fn hand_over(&self, user: UidGid) -> std::io::Result<()> {
+        hand_over_tree(&self.build_dir(), user)
+    }
+}
+
+/// Gives `dir` and everything under it to `user` (links themselves, never
+/// what they point to), when the agent is not `user` already.
+pub(super) fn hand_over_tree(dir: &Path, user: UidGid) -> std::io::Result<()> {
+    {
         let me = nix::unistd::getuid().as_raw();
         if me == user.uid {
             return Ok(());
@@ -51,7 +59,7 @@ impl Workspace {
             Some(nix::unistd::Uid::from_raw(user.uid)),
             Some(nix::unistd::Gid::from_raw(user.gid)),
         );
-        for entry in walkdir::WalkDir::new(self.build_dir()).follow_links(false) {
+        for entry in walkdir::WalkDir::new(dir).follow_links(false) {
             let entry = entry.map_err(std::io::Error::other)?;
             nix::unistd::fchownat(
                 nix::fcntl::AT_FDCWD,

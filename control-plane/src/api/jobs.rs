@@ -73,9 +73,14 @@ pub(super) async fn claim_job(
         queued.as_mut().enable();
         let policy = state.job_policy();
         let claimer = agent.clone();
+        let roles = if request.roles.is_empty() {
+            vec![kiln_protocol::Role::Build]
+        } else {
+            request.roles.clone()
+        };
         let job = state
             .db
-            .call(move |conn| store::claim(conn, &claimer, policy))
+            .call(move |conn| store::claim_for_roles(conn, &claimer, &roles, policy))
             .await?;
         if let Some(job) = job {
             tracing::info!(message = "Job claimed.", job_id = %job.job_id, deployment_id = %job.deployment_id, agent_id = %agent.id);
@@ -90,6 +95,21 @@ pub(super) async fn claim_job(
             _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
     }
+}
+
+/// `GET /agent/jobs/{job_id}/artifacts/{name}`: a deploy job's release image,
+/// for the deploy host that holds the job, and for it alone.
+pub(super) async fn download_release(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    ApiPath((job_id, name)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let agent_id = agent.id.clone();
+    let deployment_id = state
+        .db
+        .call(move |conn| store::release_download(conn, &agent_id, &job_id))
+        .await?;
+    crate::artifacts::serve_artifact(&state.db, &state.artifacts, deployment_id, name).await
 }
 
 pub(super) async fn watch_job(

@@ -66,6 +66,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/agent/jobs/{job_id}/artifacts", post(jobs::request_upload))
         .route(
+            "/agent/jobs/{job_id}/artifacts/{name}",
+            get(jobs::download_release),
+        )
+        .route(
             "/uploads/{token}",
             put(jobs::receive_upload).layer(DefaultBodyLimit::disable()),
         )

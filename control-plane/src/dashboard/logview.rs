@@ -40,7 +40,7 @@ async fn job_of(state: &AppState, deployment_id: &str) -> Result<Option<(String,
     let id = deployment_id.to_owned();
     let job = state
         .db
-        .call(move |conn| store::job_for_logs(conn, &id, None))
+        .call(move |conn| store::job_for_logs(conn, &id, None, LogStream::System))
         .await?;
     match job {
         Some(job) => Ok(Some((job.id, job.finished))),

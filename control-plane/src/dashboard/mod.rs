@@ -513,6 +513,7 @@ async fn save_environment_settings(
                 UpdateEnvironment {
                     branch: Some(branch),
                     auto_deploy: Some(auto_deploy),
+                    deploy: None,
                 },
             )
         })

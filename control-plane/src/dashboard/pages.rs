@@ -635,6 +635,7 @@ fn stream_title(stream: LogStream) -> &'static str {
         LogStream::System => "System",
         LogStream::Backend => "Backend",
         LogStream::Storefront => "Storefront",
+        LogStream::Deploy => "Deploy",
     }
 }
 

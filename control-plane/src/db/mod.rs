@@ -56,7 +56,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 14] = [
+const SCHEMA: [&str; 15] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -71,6 +71,7 @@ const SCHEMA: [&str; 14] = [
     include_str!("schema/012_artifact_retention.sql"),
     include_str!("schema/013_registration_token_labels.sql"),
     include_str!("schema/014_variable_reach.sql"),
+    include_str!("schema/015_agent_deploys.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

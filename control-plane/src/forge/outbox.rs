@@ -141,7 +141,7 @@ fn read_report(
         } else {
             LogStream::System
         };
-        store::job_for_logs(conn, &item.deployment_id, None)?.map(|job| (job.id, stream))
+        store::job_for_logs(conn, &item.deployment_id, None, stream)?.map(|job| (job.id, stream))
     } else {
         None
     };

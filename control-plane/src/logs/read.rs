@@ -46,7 +46,7 @@ pub(crate) async fn log_body(
     let (id, job) = (deployment_id.clone(), query.job.clone());
     let job = state
         .db
-        .call(move |conn| store::job_for_logs(conn, &id, job.as_deref()))
+        .call(move |conn| store::job_for_logs(conn, &id, job.as_deref(), stream))
         .await?;
     let reader = LogReader {
         state: state.clone(),
@@ -94,11 +94,11 @@ impl LogReader {
             let mut changed = pin!(self.state.changes.notified());
             changed.as_mut().enable();
             if self.job_id.is_none() {
-                let id = self.deployment_id.clone();
+                let (id, stream) = (self.deployment_id.clone(), self.stream);
                 self.job_id = self
                     .state
                     .db
-                    .call(move |conn| store::job_for_logs(conn, &id, None))
+                    .call(move |conn| store::job_for_logs(conn, &id, None, stream))
                     .await?
                     .map(|job| job.id);
             }

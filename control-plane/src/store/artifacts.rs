@@ -175,11 +175,14 @@ pub fn record_artifact(
     Ok(())
 }
 
-/// The job whose logs a reader sees: the one named, or the deployment's latest.
+/// The job whose logs a reader sees: the one named, or the deployment's latest
+/// that writes `stream` (the deploy stream is a deploy job's, the others a
+/// build's).
 pub fn job_for_logs(
     conn: &mut Connection,
     deployment_id: &str,
     job_id: Option<&str>,
+    stream: kiln_protocol::LogStream,
 ) -> Result<Option<JobRow>, ApiError> {
     get_deployment_in(conn, deployment_id)?;
     if let Some(job_id) = job_id {
@@ -194,8 +197,15 @@ pub fn job_for_logs(
     }
     let latest: Option<String> = conn
         .query_row(
-            "SELECT id FROM jobs WHERE deployment_id = ?1 ORDER BY attempt DESC LIMIT 1",
-            [deployment_id],
+            "SELECT id FROM jobs WHERE deployment_id = ?1 AND kind = ?2 ORDER BY attempt DESC LIMIT 1",
+            params![
+                deployment_id,
+                if stream == kiln_protocol::LogStream::Deploy {
+                    "deploy"
+                } else {
+                    "build"
+                }
+            ],
             |row| row.get(0),
         )
         .optional()?;
@@ -261,9 +271,14 @@ mod tests {
             artifact(&mut conn, &deployment.id, "storefront.tar.gz"),
             Err(ApiError::NotFound { .. })
         ));
-        let logs = job_for_logs(&mut conn, &deployment.id, None)
-            .unwrap()
-            .unwrap();
+        let logs = job_for_logs(
+            &mut conn,
+            &deployment.id,
+            None,
+            kiln_protocol::LogStream::System,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(logs.id, job.job_id);
     }
 

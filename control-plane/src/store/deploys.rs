@@ -1,10 +1,12 @@
 //! The deploy step's records: `awaiting_deployment → deploying → live` (the
 //! previous live one becoming `ready`) or `deploy_failed`.
 
-use crate::db::sql::{params, Connection, OptionalExtension};
-use kiln_protocol::{Deployment, DeploymentStatus};
+use crate::db::sql::{params, Connection};
+use kiln_protocol::{DeployAction, Deployment, DeploymentStatus};
 
-use super::lifecycle::set_status;
+use super::agent_deploys::{deploy_settings_for, queue_agent_deploy};
+
+use super::lifecycle::{set_status, settle_deploy};
 use super::rows::get_deployment_in;
 use super::values::now_ms;
 use crate::error::ApiError;
@@ -12,27 +14,46 @@ use crate::error::ApiError;
 /// Gives a deploy to a replica, held until a time.
 const HOLD: &str = "UPDATE deployments SET deployer = ?1, lease_expires_at = ?2 WHERE id = ?3";
 
-/// Moves a deployment to `deploying`, its deploy run by `deployer` (a replica),
-/// which holds it for `lease_ms` and renews it while the step runs.
+/// How a begun deploy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployRunner {
+    /// This replica runs the deploy step (the hook, the release link).
+    Replica,
+    /// It waits for an agent with the deploy role to claim it.
+    Agent,
+}
+
+/// Moves a deployment to `deploying`. Where its environment has deploy
+/// settings, an agent with the deploy role runs it; otherwise `deployer` (a
+/// replica), which holds it for `lease_ms` and renews it while the step runs.
 pub fn begin_deploy(
     conn: &mut Connection,
     id: &str,
     deployer: &str,
     lease_ms: i64,
-) -> Result<Deployment, ApiError> {
+) -> Result<(Deployment, DeployRunner), ApiError> {
     let tx = conn.transaction()?;
     let deployment = get_deployment_in(&tx, id)?;
-    set_status(
-        &tx,
-        id,
-        deployment.status,
-        DeploymentStatus::Deploying,
-        None,
-    )?;
-    tx.execute(HOLD, params![deployer, now_ms() + lease_ms, id])?;
+    let runner = match deploy_settings_for(&tx, &deployment)? {
+        Some(settings) => {
+            queue_agent_deploy(&tx, &deployment, &settings, DeployAction::Deploy)?;
+            DeployRunner::Agent
+        }
+        None => {
+            set_status(
+                &tx,
+                id,
+                deployment.status,
+                DeploymentStatus::Deploying,
+                None,
+            )?;
+            tx.execute(HOLD, params![deployer, now_ms() + lease_ms, id])?;
+            DeployRunner::Replica
+        }
+    };
     let deployment = get_deployment_in(&tx, id)?;
     tx.commit()?;
-    Ok(deployment)
+    Ok((deployment, runner))
 }
 
 /// Extends `deployer`'s hold on a deploy it runs; false when the deploy is no
@@ -61,7 +82,8 @@ pub fn take_over_deploys(
     every_other: bool,
 ) -> Result<Vec<String>, ApiError> {
     const ORPHANED: &str = "SELECT id FROM deployments
-         WHERE status = 'deploying' AND (deployer IS NULL OR deployer <> ?1)
+         WHERE status = 'deploying' AND deploy_settings IS NULL
+           AND (deployer IS NULL OR deployer <> ?1)
            AND (lease_expires_at IS NULL OR lease_expires_at < ?2)
          ORDER BY seq";
     let now = now_ms();
@@ -122,36 +144,7 @@ pub fn finish_deploy(
             "deployment {id}'s deploy was taken over by another replica after this one stopped renewing it; that replica records its end"
         )));
     }
-    match failure {
-        None => {
-            let previous: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM deployments WHERE environment_id = ?1 AND status = 'live'",
-                    [&deployment.environment_id],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if let Some(previous) = previous {
-                set_status(
-                    &tx,
-                    &previous,
-                    DeploymentStatus::Live,
-                    DeploymentStatus::Ready,
-                    Some(&format!("replaced by deployment {id}")),
-                )?;
-            }
-            set_status(&tx, id, deployment.status, DeploymentStatus::Live, None)?;
-        }
-        Some(reason) => {
-            set_status(
-                &tx,
-                id,
-                deployment.status,
-                DeploymentStatus::DeployFailed,
-                Some(reason),
-            )?;
-        }
-    }
+    settle_deploy(&tx, &deployment, failure)?;
     let deployment = get_deployment_in(&tx, id)?;
     tx.commit()?;
     Ok(deployment)
@@ -198,6 +191,7 @@ mod tests {
         assert_eq!(
             begin_deploy(&mut conn, &first, "replica-a", LEASE)
                 .unwrap()
+                .0
                 .status,
             Deploying
         );

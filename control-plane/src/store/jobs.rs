@@ -4,9 +4,13 @@
 use crate::db::sql::{params, Connection, OptionalExtension, Params, Row, Transaction};
 use kiln_protocol::{
     ComponentStatus, Deployment, DeploymentStatus, Job, JobCache, JobControl, JobDirective,
-    JobLimits, JobStatusUpdate,
+    JobLimits, JobStatusUpdate, Role,
 };
 
+use super::agent_deploys::{
+    claim_deploy, deploy_settings_for, expire_deploy_leases, is_deploy_job, report_deploy,
+    EXPIRED_DEPLOYS,
+};
 use super::agents::{carries_all, AgentRow};
 use super::lifecycle::{
     allowed, changed_meanwhile, finish_current_job, record_transition, set_status,
@@ -35,13 +39,34 @@ const CLAIM_PAGE: i64 = if cfg!(test) { 2 } else { 16 };
 const CLAIM_PAGE_MAX: i64 = 1024;
 
 /// Hands the oldest queued deployment this agent's labels allow to the agent.
+#[cfg(test)]
 pub fn claim(
     conn: &mut Connection,
     agent: &AgentRow,
     policy: JobPolicy,
 ) -> Result<Option<Job>, ApiError> {
+    claim_for_roles(conn, agent, &[Role::Build], policy)
+}
+
+/// Hands the agent a job of one of its roles: a deploy waiting for a deploy
+/// host first (a shop waits on it), then the oldest build its labels allow.
+pub fn claim_for_roles(
+    conn: &mut Connection,
+    agent: &AgentRow,
+    roles: &[Role],
+    policy: JobPolicy,
+) -> Result<Option<Job>, ApiError> {
     let tx = conn.transaction_shared()?;
     if agent.paused {
+        return Ok(None);
+    }
+    if roles.contains(&Role::Deploy) {
+        if let Some(job) = claim_deploy(&tx, agent, policy.lease_ms, policy.job_timeout_seconds)? {
+            tx.commit()?;
+            return Ok(Some(job));
+        }
+    }
+    if !roles.contains(&Role::Build) {
         return Ok(None);
     }
     // An agent gets only jobs whose every required label it carries: the
@@ -152,6 +177,8 @@ pub fn claim(
         now,
     )?;
     let cache = cache_scopes(&deployment, environment, &dropped)?;
+    // A release image only where an agent will run it.
+    let release_image = deploy_settings_for(&tx, &deployment)?.is_some();
     tx.commit()?;
     Ok(Some(Job {
         job_id,
@@ -175,6 +202,8 @@ pub fn claim(
         secret_scan: project.secret_scan,
         submodules: project.submodules,
         cache: Some(cache),
+        deploy: None,
+        release_image,
     }))
 }
 
@@ -320,7 +349,10 @@ pub fn watch(
             JobDirective::Cancel,
             Some("the lease expired and the deployment was handed out again".to_owned()),
         )
-    } else if deployment.status == DeploymentStatus::Building {
+    } else if matches!(
+        deployment.status,
+        DeploymentStatus::Building | DeploymentStatus::Deploying
+    ) {
         if renew {
             lease_expires_at = now_ms() + policy.lease_ms;
             tx.execute(
@@ -370,6 +402,23 @@ pub fn report_status(
     update: JobStatusUpdate,
 ) -> Result<StatusApplied, ApiError> {
     use DeploymentStatus::*;
+    {
+        let tx = conn.transaction()?;
+        if is_deploy_job(&tx, job_id)? {
+            let deployment = report_deploy(
+                &tx,
+                agent_id,
+                job_id,
+                update.status,
+                update.reason.as_deref(),
+            )?;
+            tx.commit()?;
+            return Ok(StatusApplied {
+                deployment,
+                start_deploy: false,
+            });
+        }
+    }
     if !matches!(
         update.status,
         Building | AwaitingDeployment | BuildFailed | BuildCanceled
@@ -509,15 +558,17 @@ pub fn expire_leases(conn: &mut Connection, policy: JobPolicy) -> Result<Vec<Str
     let now = now_ms();
     // A look without the store-wide lock first: the reaper runs every second,
     // and taking the lock each time would stall every claim and report.
-    if conn.query_all(EXPIRED, [now])?.is_empty() {
+    if conn.query_all(EXPIRED, [now])?.is_empty()
+        && conn.query_all(EXPIRED_DEPLOYS, [now])?.is_empty()
+    {
         return Ok(Vec::new());
     }
     let tx = conn.transaction()?;
+    let mut touched = expire_deploy_leases(&tx, now)?;
     let expired: Vec<(String, u32)> = tx
         .prepare(EXPIRED)?
         .query_map([now], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let mut touched = Vec::new();
     for (id, attempts) in expired {
         finish_current_job(&tx, &id)?;
         if attempts < policy.max_attempts {

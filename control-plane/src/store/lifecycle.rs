@@ -2,10 +2,10 @@
 //! asking `kiln_protocol::check_transition`, recording the transition and
 //! queuing what the git host is told, in the change's own transaction.
 
-use kiln_protocol::{check_transition, ComponentStatus, DeploymentStatus};
+use kiln_protocol::{check_transition, ComponentStatus, Deployment, DeploymentStatus};
 
 use super::values::now_ms;
-use crate::db::sql::{params, Transaction};
+use crate::db::sql::{params, OptionalExtension, Transaction};
 use crate::error::ApiError;
 
 /// Moves a deployment from `from` to `to`, or refuses with both statuses named.
@@ -96,6 +96,47 @@ pub(super) fn finish_current_job(tx: &Transaction, deployment_id: &str) -> Resul
     Ok(())
 }
 
+/// A deploy's end: live (the previous live deployment becomes ready) or
+/// deploy_failed with the reason.
+pub(super) fn settle_deploy(
+    tx: &Transaction,
+    deployment: &Deployment,
+    failure: Option<&str>,
+) -> Result<(), ApiError> {
+    let id = &deployment.id;
+    match failure {
+        None => {
+            let previous: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM deployments WHERE environment_id = ?1 AND status = 'live'",
+                    [&deployment.environment_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(previous) = previous {
+                set_status(
+                    tx,
+                    &previous,
+                    DeploymentStatus::Live,
+                    DeploymentStatus::Ready,
+                    Some(&format!("replaced by deployment {id}")),
+                )?;
+            }
+            set_status(tx, id, deployment.status, DeploymentStatus::Live, None)?;
+        }
+        Some(reason) => {
+            set_status(
+                tx,
+                id,
+                deployment.status,
+                DeploymentStatus::DeployFailed,
+                Some(reason),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     /// The invariant, held over the store's own sources (less their tests):
@@ -143,7 +184,7 @@ mod tests {
         assert_eq!(
             writers,
             [
-                "jobs.rs::claim",
+                "jobs.rs::claim_for_roles",
                 "jobs.rs::report_status",
                 "lifecycle.rs::set_status"
             ]

@@ -6,6 +6,7 @@
 //! records the transition. No HTTP and no async here: handlers call these through
 //! `Db::call`.
 
+mod agent_deploys;
 mod agents;
 mod artifacts;
 mod deployments;
@@ -22,6 +23,7 @@ mod rows;
 mod users;
 pub(crate) mod values;
 
+pub use agent_deploys::release_download;
 pub use agents::*;
 pub use artifacts::*;
 pub use deployments::*;

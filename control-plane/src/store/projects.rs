@@ -469,6 +469,9 @@ pub(super) fn environment_from_row(row: &Row) -> crate::db::sql::Result<Environm
         pull_request: row.get::<_, Option<i64>>("pull_request")?.map(|n| n as u64),
         auto_deploy: row.get("auto_deploy")?,
         created_at: time(row.get("created_at")?),
+        deploy: row
+            .get::<_, Option<String>>("deploy")?
+            .and_then(|json| serde_json::from_str(&json).ok()),
     })
 }
 
@@ -578,6 +581,15 @@ pub fn update_environment(
         tx.execute(
             "UPDATE environments SET auto_deploy = ?1 WHERE id = ?2",
             params![auto_deploy, id],
+        )?;
+    }
+    if let Some(deploy) = &update.deploy {
+        deploy
+            .check()
+            .map_err(|why| ApiError::invalid_field("deploy", why))?;
+        tx.execute(
+            "UPDATE environments SET deploy = ?1 WHERE id = ?2",
+            params![to_json(deploy), id],
         )?;
     }
     let environment = get_environment_in(&tx, id)?;
@@ -782,6 +794,7 @@ mod tests {
             UpdateEnvironment {
                 branch: Some("trunk".into()),
                 auto_deploy: Some(true),
+                deploy: None,
             },
         )
         .unwrap();

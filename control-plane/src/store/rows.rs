@@ -125,11 +125,13 @@ pub(super) fn deployment_row_in(conn: &Connection, id: &str) -> Result<Deploymen
     .ok_or_else(|| ApiError::not_found("deployment", id))
 }
 
-/// The artifacts of the job that currently holds (or last held) deployment `?1`.
+/// The artifacts of the build job that last held deployment `?1` (deploy
+/// jobs make none).
 pub(super) const ARTIFACTS_OF: &str =
     "SELECT a.name, a.size, a.sha256, a.job_id, a.created_at FROM artifacts a
      WHERE a.deployment_id = ?1
-       AND a.job_id = (SELECT j.id FROM jobs j WHERE j.deployment_id = ?1 ORDER BY j.attempt DESC LIMIT 1)
+       AND a.job_id = (SELECT j.id FROM jobs j WHERE j.deployment_id = ?1 AND j.kind = 'build'
+                       ORDER BY j.attempt DESC LIMIT 1)
      ORDER BY a.name";
 
 pub(super) fn artifact_from_row(row: &Row) -> Result<StoredArtifact, crate::db::sql::Error> {

@@ -34,6 +34,15 @@
 // A file `poison-node-modules` at the repository root makes the build try to
 // write into its installed node_modules (as a hostile pull request would, to
 // spoil a shared build cache) and print what happened.
+// `medusa start` and `medusa db:migrate` behave like Medusa's for a deploy:
+//   start       listens on PORT (9000): /health answers OK, /app the admin,
+//               /store/products 400 without a publishable key, /version the
+//               build's src/version.txt; one JSON line a request. With
+//               MEDUSA_WORKER_MODE=worker it serves nothing and stays up. A file
+//               src/exit-at-start makes it fail at once, as a broken release does.
+//   db:migrate  records the migration in DATABASE_URL's PostgreSQL (table
+//               kiln_fixture_migrations) over the wire protocol (trust, password
+//               or md5 sign-in); src/migration-fails makes it fail.
 // Numbered lines start with "fixture-line "; their sha256 is written to
 // .medusa/server/printed.sha256, so tests can check the stored log against it.
 const crypto = require("crypto")
@@ -66,8 +75,10 @@ function emit(text) {
 
 async function main() {
   const [command] = process.argv.slice(2)
+  if (command === "start") return start()
+  if (command === "db:migrate") return migrate()
   if (command !== "build") {
-    console.error(`medusa stand-in: only "build" is supported, not ${JSON.stringify(command)}`)
+    console.error(`medusa stand-in: only "build", "start" and "db:migrate" are supported, not ${JSON.stringify(command)}`)
     process.exit(1)
   }
   const env = process.env
@@ -185,7 +196,11 @@ async function main() {
   fs.mkdirSync(path.join(out, "public", "admin", "assets"), { recursive: true })
   fs.copyFileSync("medusa-config.js", path.join(out, "medusa-config.js"))
   const pkg = JSON.parse(fs.readFileSync("package.json", "utf8"))
-  fs.writeFileSync(path.join(out, "package.json"), JSON.stringify({ name: pkg.name, version: pkg.version, scripts: { start: "medusa start" } }, null, 2))
+  // As Medusa's: the project's dependencies and lockfile, for a production install.
+  fs.writeFileSync(path.join(out, "package.json"), JSON.stringify({ name: pkg.name, version: pkg.version, scripts: { start: "medusa start" }, dependencies: pkg.dependencies || {} }, null, 2))
+  if (fs.existsSync("package-lock.json")) fs.copyFileSync("package-lock.json", path.join(out, "package-lock.json"))
+  // The stand-in is a `file:` dependency: the production install needs it there.
+  if (fs.existsSync(path.join("tools", "medusa-stand-in"))) fs.cpSync(path.join("tools", "medusa-stand-in"), path.join(out, "tools", "medusa-stand-in"), { recursive: true })
   for (const file of walk("src")) {
     fs.mkdirSync(path.join(out, path.dirname(file)), { recursive: true })
     fs.copyFileSync(file, path.join(out, file))
@@ -224,6 +239,106 @@ async function main() {
   console.log("info:    Frontend build completed successfully")
 }
 
+function log(level, message, extra) {
+  console.log(JSON.stringify({ level, message, timestamp: new Date().toISOString(), ...extra }))
+}
+
+function start() {
+  if (fs.existsSync(path.join("src", "exit-at-start"))) {
+    log("error", "Error starting server: cannot load src/exit-at-start (a release that cannot start)")
+    process.exit(1)
+  }
+  if (process.env.MEDUSA_WORKER_MODE === "worker") {
+    log("info", "Worker started: running scheduled jobs and subscribers")
+    setInterval(() => {}, 1 << 30)
+    return
+  }
+  const version = fs.existsSync(path.join("src", "version.txt")) ? fs.readFileSync(path.join("src", "version.txt"), "utf8").trim() : "none"
+  const admin = path.join("public", "admin", "index.html")
+  const server = require("http").createServer((request, response) => {
+    const started = Date.now()
+    const url = new URL(request.url, "http://localhost")
+    const answer = (status, type, body) => {
+      response.writeHead(status, { "content-type": type })
+      response.end(body)
+      log("http", `${request.method} ${url.pathname} ${status}`, { method: request.method, path: url.pathname, status, duration: Date.now() - started })
+    }
+    if (url.pathname === "/health") answer(200, "text/plain", "OK")
+    else if (url.pathname === "/version") answer(200, "text/plain", version)
+    else if (url.pathname === "/app" || url.pathname.startsWith("/app/")) answer(200, "text/html", fs.readFileSync(admin))
+    else if (url.pathname.startsWith("/store/")) answer(400, "application/json", JSON.stringify({ type: "not_allowed", message: "Publishable API key required in the request header: x-publishable-api-key. You can manage your keys in settings in the dashboard." }))
+    else answer(404, "application/json", JSON.stringify({ type: "not_found", message: `Cannot ${request.method} ${url.pathname}` }))
+  })
+  const port = Number(process.env.PORT || 9000)
+  server.listen(port, () => log("info", `Server is ready on port: ${port} (worker mode: ${process.env.MEDUSA_WORKER_MODE || "shared"})`))
+  process.on("SIGTERM", () => server.close(() => process.exit(0)))
+}
+
+async function migrate() {
+  if (fs.existsSync(path.join("src", "migration-fails"))) {
+    log("error", "Migration failed: relation \"product\" already exists")
+    process.exit(1)
+  }
+  if (!process.env.DATABASE_URL) {
+    log("error", "Environment variable for DATABASE_URL is not set")
+    process.exit(1)
+  }
+  const version = fs.existsSync(path.join("src", "version.txt")) ? fs.readFileSync(path.join("src", "version.txt"), "utf8").trim() : "none"
+  const quoted = version.replace(/'/g, "''")
+  await query(process.env.DATABASE_URL, `CREATE TABLE IF NOT EXISTS kiln_fixture_migrations (release TEXT, applied_at TIMESTAMPTZ DEFAULT now()); INSERT INTO kiln_fixture_migrations (release) VALUES ('${quoted}')`)
+  log("info", `Migrations applied (release ${version})`)
+}
+
+// Just enough of PostgreSQL's wire protocol for one simple query.
+function query(databaseUrl, sql) {
+  const url = new URL(databaseUrl)
+  const user = decodeURIComponent(url.username || "postgres")
+  const password = decodeURIComponent(url.password || "")
+  const database = decodeURIComponent(url.pathname.slice(1) || user)
+  const message = (type, body) => {
+    const head = Buffer.alloc(type ? 5 : 4)
+    if (type) head.write(type)
+    head.writeInt32BE(body.length + 4, type ? 1 : 0)
+    return Buffer.concat([head, body])
+  }
+  const cstring = (text) => Buffer.from(text + "\0")
+  return new Promise((resolve, reject) => {
+    const socket = require("net").connect(Number(url.port || 5432), url.hostname)
+    let pending = Buffer.alloc(0)
+    socket.on("error", (error) => reject(new Error(`cannot reach the database at ${url.hostname}:${url.port}: ${error.message}`)))
+    socket.on("connect", () => {
+      const version = Buffer.alloc(4)
+      version.writeInt32BE(196608)
+      socket.write(message("", Buffer.concat([version, cstring("user"), cstring(user), cstring("database"), cstring(database), Buffer.from([0])])))
+    })
+    socket.on("data", (data) => {
+      pending = Buffer.concat([pending, data])
+      while (pending.length >= 5 && pending.length >= 1 + pending.readInt32BE(1)) {
+        const type = String.fromCharCode(pending[0])
+        const body = pending.subarray(5, 1 + pending.readInt32BE(1))
+        pending = pending.subarray(1 + pending.readInt32BE(1))
+        if (type === "R") {
+          const kind = body.readInt32BE(0)
+          const md5 = (text) => crypto.createHash("md5").update(text).digest("hex")
+          if (kind === 3) socket.write(message("p", cstring(password)))
+          else if (kind === 5) socket.write(message("p", cstring("md5" + md5(md5(password + user) + body.subarray(4, 8).toString("binary")))))
+          else if (kind !== 0) return reject(new Error(`the stand-in cannot sign in with method ${kind}; use trust, password or md5`))
+        } else if (type === "E") {
+          socket.end()
+          return reject(new Error(body.toString().split("\0").find((field) => field.startsWith("M"))?.slice(1)))
+        } else if (type === "Z") {
+          if (sql === null) {
+            socket.end(message("X", Buffer.alloc(0)))
+            return resolve()
+          }
+          socket.write(message("Q", cstring(sql)))
+          sql = null
+        }
+      }
+    })
+  })
+}
+
 // The build runs in the backend's directory; the checkout is the nearest parent
 // with a .git.
 function repositoryRoot() {
@@ -240,4 +355,7 @@ function* walk(dir) {
   }
 }
 
-main()
+main().catch((error) => {
+  log("error", error.message)
+  process.exit(1)
+})

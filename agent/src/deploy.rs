@@ -1,0 +1,397 @@
+//! A deploy job on a deploy host: the release image loaded, the migrations run
+//! once, the new server (and worker) started and health-checked, Caddy
+//! switched to it through its admin API, the previous release stopped after a
+//! grace period. Every step is a line of the deployment's `deploy` log.
+//!
+//! A failure before the switch removes the new containers: the previous
+//! release keeps serving.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::{DeployAction, DeployJob, Job};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::config::{AgentConfig, Network};
+use crate::executor::release::{ServiceSpec, ServiceState};
+use crate::executor::{DockerExecutor, Limits};
+use crate::logs::LogSink;
+
+/// The port a release's server listens on inside its container.
+const SERVER_PORT: u16 = 9000;
+/// How long the old release keeps its containers after the switch, for the
+/// requests in flight.
+const DRAIN: Duration = Duration::from_secs(2);
+/// Time an old container gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a failed container's output a reason quotes.
+const OUTPUT_QUOTED: usize = 20;
+
+const LABEL_ENVIRONMENT: &str = "kiln.environment";
+const LABEL_DEPLOYMENT: &str = "kiln.deployment";
+
+/// The Caddy server a deploy host manages.
+const CADDY_SERVER: &str = "kiln";
+
+pub(crate) struct DeployRun<'a> {
+    pub config: &'a AgentConfig,
+    pub client: &'a Client,
+    pub job: &'a Job,
+    pub deploy: &'a DeployJob,
+    pub log: LogSink,
+    pub cancel: &'a CancellationToken,
+    pub spool_dir: std::path::PathBuf,
+}
+
+impl DeployRun<'_> {
+    /// Runs the deploy; the reason it failed.
+    pub async fn run(&self) -> Result<(), String> {
+        let started = Instant::now();
+        let docker = DockerExecutor::connect()
+            .await
+            .map_err(|error| error.to_string())?;
+        let image = self.release_image(&docker).await?;
+        if self.deploy.action == DeployAction::Deploy {
+            self.migrate(&docker, &image).await?;
+        } else {
+            self.log
+                .line("Rollback: no migrations run (the database stays as it is).");
+        }
+        let port = self.start(&docker, &image).await?;
+        self.switch(port).await?;
+        self.stop_previous(&docker).await;
+        self.log.line(format!(
+            "Live in {:.1}s: {} → 127.0.0.1:{port}.",
+            started.elapsed().as_secs_f64(),
+            self.deploy
+                .settings
+                .backend_hostname
+                .as_deref()
+                .unwrap_or_default(),
+        ));
+        Ok(())
+    }
+
+    fn image_name(&self) -> String {
+        format!(
+            "kiln-release/{}:{}",
+            self.job.environment_id, self.job.deployment_id
+        )
+    }
+
+    fn container(&self, service: &str) -> String {
+        format!(
+            "kiln-{}-{}-{service}",
+            self.job.environment_id, self.job.deployment_id
+        )
+    }
+
+    /// The release image on this host: kept from before, or downloaded
+    /// (size and sha256 checked) and loaded.
+    async fn release_image(&self, docker: &DockerExecutor) -> Result<String, String> {
+        let name = self.image_name();
+        if docker.has_image(&name).await.unwrap_or(false) {
+            self.log
+                .line(format!("Release image {name} is on this host already."));
+            return Ok(name);
+        }
+        let release = &self.deploy.backend;
+        let started = Instant::now();
+        std::fs::create_dir_all(&self.spool_dir).map_err(|e| e.to_string())?;
+        let archive = self.spool_dir.join(format!("{}.tar", self.job.job_id));
+        let downloaded = self.client.download(release, &archive).await;
+        let loaded = match downloaded {
+            Ok(()) => docker.load_image(&archive).await.map_err(|e| e.to_string()),
+            Err(error) => Err(format!("cannot download the release image: {error}")),
+        };
+        let _ = std::fs::remove_file(&archive);
+        let loaded = loaded?;
+        let Some(loaded_name) = loaded.first() else {
+            return Err(format!(
+                "the release image {} named no image when loaded; build the deployment again",
+                release.name
+            ));
+        };
+        docker
+            .tag_image(loaded_name, &name)
+            .await
+            .map_err(|e| e.to_string())?;
+        if loaded_name != &name {
+            let _ = docker.untag_image(loaded_name).await;
+        }
+        self.log.line(format!(
+            "Loaded release image {name} ({} bytes, sha256 {}) in {:.1}s.",
+            release.size,
+            release.sha256,
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(name)
+    }
+
+    fn service(
+        &self,
+        image: &str,
+        service: &str,
+        env: Vec<String>,
+        port: Option<u16>,
+    ) -> ServiceSpec {
+        let mut labels = HashMap::from([
+            (
+                LABEL_ENVIRONMENT.to_owned(),
+                self.job.environment_id.clone(),
+            ),
+            (LABEL_DEPLOYMENT.to_owned(), self.job.deployment_id.clone()),
+        ]);
+        labels.insert("kiln.service".to_owned(), service.to_owned());
+        let mut all: Vec<String> = self
+            .deploy
+            .runtime_env
+            .iter()
+            .map(|var| format!("{}={}", var.name, var.value))
+            .collect();
+        all.push("NODE_ENV=production".to_owned());
+        all.extend(env);
+        ServiceSpec {
+            name: self.container(service),
+            image: image.to_owned(),
+            cmd: None,
+            env: all,
+            labels,
+            network: self.config.deploy_network,
+            port,
+            limits: Limits::from_config(self.config),
+            user: self.config.build_user,
+        }
+    }
+
+    /// `medusa db:migrate`, once, in a one-off container with the runtime
+    /// variables; a failure switches nothing.
+    async fn migrate(&self, docker: &DockerExecutor, image: &str) -> Result<(), String> {
+        let started = Instant::now();
+        let mut spec = self.service(image, "migrate", Vec::new(), None);
+        spec.cmd = Some(vec![
+            "/app/node_modules/.bin/medusa".to_owned(),
+            "db:migrate".to_owned(),
+        ]);
+        self.log.line("Running `medusa db:migrate`.");
+        docker
+            .start_service(&spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let code = loop {
+            match docker.service_state(&spec.name).await {
+                Ok(ServiceState::Running) => {}
+                Ok(ServiceState::Exited(code)) => break code,
+                Ok(ServiceState::Gone) => break -1,
+                Err(error) => return Err(error.to_string()),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = self.cancel.cancelled() => {
+                    let _ = docker.remove_service(&spec.name, Duration::ZERO).await;
+                    return Err("the deploy was canceled during the migrations".to_owned());
+                }
+            }
+        };
+        let output = docker.service_output(&spec.name, 200).await;
+        self.log.write(output.as_bytes());
+        let _ = docker.remove_service(&spec.name, Duration::ZERO).await;
+        if code != 0 {
+            return Err(format!(
+                "the migrations failed (`medusa db:migrate` exited with code {code}); nothing was switched and the previous release keeps serving. Its last lines: {}",
+                last_lines(&output)
+            ));
+        }
+        self.log.line(format!(
+            "Migrations done in {:.1}s.",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// Starts the server (and the worker), and waits for the server's health
+    /// check; on failure the new containers go.
+    async fn start(&self, docker: &DockerExecutor, image: &str) -> Result<u16, String> {
+        let settings = &self.deploy.settings;
+        let inside = match self.config.deploy_network {
+            Network::Host => free_port().map_err(|e| format!("cannot find a free port: {e}"))?,
+            _ => SERVER_PORT,
+        };
+        let mode = if settings.worker { "server" } else { "shared" };
+        let server = self.service(
+            image,
+            "server",
+            vec![
+                format!("PORT={inside}"),
+                format!("MEDUSA_WORKER_MODE={mode}"),
+            ],
+            Some(inside),
+        );
+        let mut started: Vec<String> = vec![server.name.clone()];
+        let result = async {
+            let port = docker
+                .start_service(&server)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the server's port was not published")?;
+            self.log.line(format!(
+                "Started the server ({}) on 127.0.0.1:{port}.",
+                server.name
+            ));
+            if settings.worker {
+                let worker = self.service(
+                    image,
+                    "worker",
+                    vec![
+                        "MEDUSA_WORKER_MODE=worker".to_owned(),
+                        "DISABLE_MEDUSA_ADMIN=true".to_owned(),
+                        format!("PORT={}", free_port().unwrap_or(SERVER_PORT + 1)),
+                    ],
+                    None,
+                );
+                started.push(worker.name.clone());
+                docker
+                    .start_service(&worker)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.log
+                    .line(format!("Started the worker ({}).", worker.name));
+            }
+            self.health_check(docker, &server.name, port).await?;
+            Ok(port)
+        }
+        .await;
+        if result.is_err() {
+            for name in &started {
+                let _ = docker.remove_service(name, Duration::ZERO).await;
+            }
+        }
+        result
+    }
+
+    async fn health_check(
+        &self,
+        docker: &DockerExecutor,
+        name: &str,
+        port: u16,
+    ) -> Result<(), String> {
+        let settings = &self.deploy.settings;
+        let url = format!("http://127.0.0.1:{port}{}", settings.health_path);
+        let timeout = Duration::from_secs(settings.health_timeout_seconds);
+        let deadline = Instant::now() + timeout;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        self.log.line(format!(
+            "Health check: GET {} until 200 (at most {}s).",
+            settings.health_path, settings.health_timeout_seconds
+        ));
+        loop {
+            let last_answer = match http.get(&url).send().await {
+                Ok(response) if response.status().is_success() => {
+                    self.log
+                        .line(format!("Health check passed: {}.", response.status()));
+                    return Ok(());
+                }
+                Ok(response) => format!("it answered {}", response.status()),
+                Err(error) => format!("no answer ({error})"),
+            };
+            if let Ok(ServiceState::Exited(code)) = docker.service_state(name).await {
+                let output = docker.service_output(name, 200).await;
+                self.log.write(output.as_bytes());
+                return Err(format!(
+                    "the new server exited with code {code} before its health check (GET {}) passed; nothing was switched and the previous release keeps serving. Its last lines: {}",
+                    settings.health_path,
+                    last_lines(&output)
+                ));
+            }
+            if Instant::now() >= deadline {
+                let output = docker.service_output(name, 200).await;
+                self.log.write(output.as_bytes());
+                return Err(format!(
+                    "the new server's health check (GET {}) did not pass within {}s ({last_answer}); nothing was switched and the previous release keeps serving. Raise deploy.health_timeout_seconds if it starts slowly. Its last lines: {}",
+                    settings.health_path,
+                    settings.health_timeout_seconds,
+                    last_lines(&output)
+                ));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.cancel.cancelled() => return Err("the deploy was canceled during the health check".to_owned()),
+            }
+        }
+    }
+
+    /// Routes the backend hostname to the new server.
+    async fn switch(&self, port: u16) -> Result<(), String> {
+        let hostname = self
+            .deploy
+            .settings
+            .backend_hostname
+            .as_deref()
+            .ok_or("the deploy settings name no backend_hostname")?;
+        let caddy = crate::caddy::Caddy::new(&self.config.caddy_admin_url);
+        caddy
+            .ensure_server(CADDY_SERVER, &self.config.caddy_listen)
+            .await?;
+        let id = format!("kiln-{}-backend", self.job.environment_id);
+        caddy
+            .upsert_route(CADDY_SERVER, &id, hostname, &format!("127.0.0.1:{port}"))
+            .await?;
+        self.log.line(format!(
+            "Caddy ({}): {hostname} now goes to 127.0.0.1:{port}.",
+            self.config.caddy_admin_url
+        ));
+        Ok(())
+    }
+
+    /// Stops the environment's other releases once their requests in flight
+    /// have had time to finish.
+    async fn stop_previous(&self, docker: &DockerExecutor) {
+        let Ok(containers) = docker
+            .services_labelled(LABEL_ENVIRONMENT, &self.job.environment_id)
+            .await
+        else {
+            return;
+        };
+        let previous: Vec<String> = containers
+            .into_iter()
+            .filter(|(_, labels)| labels.get(LABEL_DEPLOYMENT) != Some(&self.job.deployment_id))
+            .map(|(name, _)| name)
+            .collect();
+        if previous.is_empty() {
+            return;
+        }
+        tokio::time::sleep(DRAIN).await;
+        for name in previous {
+            match docker.remove_service(&name, STOP_GRACE).await {
+                Ok(()) => self.log.line(format!("Stopped the previous {name}.")),
+                Err(error) => self.log.line(format!("Could not stop {name}: {error}")),
+            }
+        }
+    }
+}
+
+/// The last lines of a container's output, for a reason.
+fn last_lines(output: &str) -> String {
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let from = lines.len().saturating_sub(OUTPUT_QUOTED);
+    let quoted = lines[from..].join(" | ");
+    if quoted.is_empty() {
+        "(none)".to_owned()
+    } else {
+        quoted
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

@@ -1,0 +1,418 @@
+//! Release images and the containers that run them, on the Docker engine.
+//!
+//! An image is assembled with no command run in it: each layer is a tar.gz the
+//! agent made (`pack`), unpacked into a created, never started container and
+//! committed. Its services run with the build sandbox's limits (no
+//! capabilities, no new privileges, memory, CPUs, pids), publishing their port
+//! on loopback only.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, HostConfig, HostConfigLogConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptions,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::docker::{docker_error, DockerExecutor};
+use super::{ExecError, ImageAssembly, Limits, LABEL_AGENT};
+use crate::config::{Network, UidGid};
+
+/// Where a release's files live in its image.
+pub const RELEASE_DIR: &str = "/app";
+
+/// A long-running container of a release: the server, the worker.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub network: Network,
+    /// The port the service listens on inside; published on 127.0.0.1 (bridge).
+    pub port: Option<u16>,
+    pub limits: Limits,
+    pub user: UidGid,
+}
+
+/// What a stopped or running service says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceState {
+    Running,
+    Exited(i64),
+    Gone,
+}
+
+impl DockerExecutor {
+    /// Assembles the image, returning its id; a layer is one commit.
+    pub async fn assemble(&self, assembly: &ImageAssembly) -> Result<String, ExecError> {
+        let mut image = assembly.base.clone();
+        let (repo, tag) = assembly
+            .tag
+            .rsplit_once(':')
+            .unwrap_or((assembly.tag.as_str(), "latest"));
+        for (index, layer) in assembly.layers.iter().enumerate() {
+            let last = index + 1 == assembly.layers.len();
+            let created = self
+                .docker
+                .create_container(
+                    None::<bollard::query_parameters::CreateContainerOptions>,
+                    ContainerCreateBody {
+                        image: Some(image.clone()),
+                        cmd: Some(vec!["/nonexistent".to_owned()]),
+                        // Docker makes the working directory at create: the
+                        // layer is unpacked into it.
+                        working_dir: Some(RELEASE_DIR.to_owned()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| docker_error("create a container to assemble an image in", e))?;
+            let result = self
+                .fill_and_commit(&created.id, layer, last, assembly, repo, tag)
+                .await;
+            let _ = self
+                .docker
+                .remove_container(
+                    &created.id,
+                    Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+                )
+                .await;
+            image = result?;
+        }
+        Ok(image)
+    }
+
+    async fn fill_and_commit(
+        &self,
+        container: &str,
+        layer: &Path,
+        last: bool,
+        assembly: &ImageAssembly,
+        repo: &str,
+        tag: &str,
+    ) -> Result<String, ExecError> {
+        let file = tokio::fs::File::open(layer)
+            .await
+            .map_err(|e| ExecError::Docker {
+                action: "read an image layer",
+                reason: format!("{}: {e}", layer.display()),
+            })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        // Docker makes the folder, and unpacks a gzipped archive itself.
+        self.docker
+            .upload_to_container(
+                container,
+                Some(
+                    UploadToContainerOptionsBuilder::new()
+                        .path(RELEASE_DIR)
+                        .no_overwrite_dir_non_dir("true")
+                        .build(),
+                ),
+                bollard::body_try_stream(stream),
+            )
+            .await
+            .map_err(|e| docker_error("copy a layer into an image", e))?;
+        let config = ContainerConfig {
+            cmd: assembly.cmd.clone().filter(|_| last),
+            env: Some(assembly.env.clone()).filter(|env| last && !env.is_empty()),
+            working_dir: Some(RELEASE_DIR.to_owned()),
+            ..Default::default()
+        };
+        let mut options = CommitContainerOptionsBuilder::new()
+            .container(container)
+            .pause(false);
+        if last {
+            options = options.repo(repo).tag(tag);
+        }
+        let committed = self
+            .docker
+            .commit_container(options.build(), config)
+            .await
+            .map_err(|e| docker_error("commit an image layer", e))?;
+        Ok(committed.id)
+    }
+
+    /// Gives `image` another name.
+    pub async fn tag_image(&self, image: &str, tag: &str) -> Result<(), ExecError> {
+        let (repo, tag) = tag.rsplit_once(':').unwrap_or((tag, "latest"));
+        self.docker
+            .tag_image(
+                image,
+                Some(
+                    bollard::query_parameters::TagImageOptionsBuilder::new()
+                        .repo(repo)
+                        .tag(tag)
+                        .build(),
+                ),
+            )
+            .await
+            .map_err(|e| docker_error("tag an image", e))
+    }
+
+    /// Removes an image name (its layers stay while another name uses them).
+    pub async fn untag_image(&self, image: &str) -> Result<(), ExecError> {
+        match self
+            .docker
+            .remove_image(
+                image,
+                Some(RemoveImageOptionsBuilder::new().noprune(false).build()),
+                None,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if super::docker::is_not_found(&error) => Ok(()),
+            Err(error) => Err(docker_error("remove an image", error)),
+        }
+    }
+
+    /// Writes `image` as an archive (`docker save`); its size and sha256.
+    pub async fn save_image(&self, image: &str, out: &Path) -> Result<(u64, String), ExecError> {
+        let io = |e: std::io::Error| ExecError::Docker {
+            action: "write an image archive",
+            reason: format!("{}: {e}", out.display()),
+        };
+        let mut file = tokio::fs::File::create(out).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut stream = self.docker.export_image(image);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| docker_error("save an image", e))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.sync_all().await.map_err(io)?;
+        Ok((size, hex::encode(hasher.finalize())))
+    }
+
+    /// Loads an image archive (`docker load`); the names it brought.
+    pub async fn load_image(&self, archive: &Path) -> Result<Vec<String>, ExecError> {
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| ExecError::Docker {
+                action: "read an image archive",
+                reason: format!("{}: {e}", archive.display()),
+            })?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        let mut progress = self.docker.import_image(
+            ImportImageOptions {
+                quiet: true,
+                ..Default::default()
+            },
+            bollard::body_try_stream(stream),
+            None,
+        );
+        let mut loaded = Vec::new();
+        while let Some(message) = progress.next().await {
+            let message = message.map_err(|e| docker_error("load an image", e))?;
+            if let Some(error) = message.error_detail.and_then(|detail| detail.message) {
+                return Err(ExecError::Docker {
+                    action: "load an image",
+                    reason: error,
+                });
+            }
+            if let Some(name) = message
+                .stream
+                .as_deref()
+                .and_then(|line| line.trim().strip_prefix("Loaded image: "))
+            {
+                loaded.push(name.to_owned());
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Starts a service; the host port its `port` is published on (or, on the
+    /// host network, `port` itself).
+    pub async fn start_service(&self, spec: &ServiceSpec) -> Result<Option<u16>, ExecError> {
+        let _ = self.remove_service(&spec.name, Duration::ZERO).await;
+        let memory = spec.limits.memory_bytes as i64;
+        let port_key = spec.port.map(|port| format!("{port}/tcp"));
+        let mut labels = spec.labels.clone();
+        labels.insert(LABEL_AGENT.to_owned(), "service".to_owned());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.cmd.clone(),
+            env: Some(spec.env.clone()),
+            user: Some(format!("{}:{}", spec.user.uid, spec.user.gid)),
+            labels: Some(labels),
+            exposed_ports: port_key
+                .clone()
+                .filter(|_| spec.network == Network::Bridge)
+                .map(|key| HashMap::from([(key, HashMap::new())])),
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network.docker_mode().to_owned()),
+                port_bindings: port_key
+                    .filter(|_| spec.network == Network::Bridge)
+                    .map(|key| {
+                        HashMap::from([(
+                            key,
+                            Some(vec![PortBinding {
+                                host_ip: Some("127.0.0.1".to_owned()),
+                                host_port: Some(String::new()),
+                            }]),
+                        )])
+                    }),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                nano_cpus: Some((spec.limits.cpus * 1e9) as i64),
+                pids_limit: Some(spec.limits.pids),
+                init: Some(true),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                // Kept small: the last lines say why a release would not start.
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".to_owned()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_owned(), "10m".to_owned()),
+                        ("max-file".to_owned(), "2".to_owned()),
+                    ])),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::new()
+                        .name(&spec.name)
+                        .build(),
+                ),
+                body,
+            )
+            .await
+            .map_err(|e| docker_error("create a release container", e))?;
+        self.docker
+            .start_container(&spec.name, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| docker_error("start a release container", e))?;
+        if spec.network != Network::Bridge {
+            return Ok(spec.port);
+        }
+        let inspected = self
+            .docker
+            .inspect_container(
+                &spec.name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|e| docker_error("inspect a release container", e))?;
+        let published = inspected
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .and_then(|ports| ports.get(&format!("{}/tcp", spec.port?)).cloned().flatten())
+            .and_then(|bindings| bindings.into_iter().find_map(|b| b.host_port))
+            .and_then(|port| port.parse().ok());
+        Ok(published)
+    }
+
+    /// Whether a service runs, ended (with its exit code), or is gone.
+    pub async fn service_state(&self, name: &str) -> Result<ServiceState, ExecError> {
+        match self
+            .docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(inspected) => {
+                let state = inspected.state.unwrap_or_default();
+                if state.running == Some(true) {
+                    Ok(ServiceState::Running)
+                } else {
+                    Ok(ServiceState::Exited(state.exit_code.unwrap_or(-1)))
+                }
+            }
+            Err(error) if super::docker::is_not_found(&error) => Ok(ServiceState::Gone),
+            Err(error) => Err(docker_error("inspect a release container", error)),
+        }
+    }
+
+    /// The last `lines` lines a service printed.
+    pub async fn service_output(&self, name: &str, lines: usize) -> String {
+        let mut stream = self.docker.logs(
+            name,
+            Some(
+                LogsOptionsBuilder::new()
+                    .stdout(true)
+                    .stderr(true)
+                    .tail(&lines.to_string())
+                    .build(),
+            ),
+        );
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        text
+    }
+
+    /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a service.
+    pub async fn remove_service(&self, name: &str, grace: Duration) -> Result<(), ExecError> {
+        if !grace.is_zero() {
+            let _ = self
+                .docker
+                .stop_container(
+                    name,
+                    Some(
+                        StopContainerOptionsBuilder::new()
+                            .t(grace.as_secs().max(1) as i32)
+                            .build(),
+                    ),
+                )
+                .await;
+        }
+        match self
+            .docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(error) if super::docker::is_not_found(&error) => Ok(()),
+            Err(error) => Err(docker_error("remove a release container", error)),
+        }
+    }
+
+    /// Names and labels of the services with label `key=value`.
+    pub async fn services_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<(String, HashMap<String, String>)>, ExecError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{key}={value}")])]);
+        let containers = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| docker_error("list release containers", e))?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|container| {
+                let name = container.names?.first()?.trim_start_matches('/').to_owned();
+                Some((name, container.labels.unwrap_or_default()))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,217 @@
+//! The backend's release image, made once the build's containers have ended:
+//! the node image the backend built with, a layer of its production
+//! dependencies, and a layer of `.medusa/server` (the packed artifact itself),
+//! with `medusa start` as the command.
+//!
+//! The dependencies install (as Medusa's deployment guide does) in a sandboxed
+//! container on a copy of the artifact under the job's own `release/` folder,
+//! which no build container sees. Their layer is an image named by what it is
+//! made of (the node image, `package.json`, the lockfile), so a code-only change
+//! reuses it, and the deploy host already holds it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use kiln_protocol::{Component, BACKEND_RELEASE};
+use sha2::{Digest, Sha256};
+
+use super::artifact::{pack_only, Packed};
+use super::steps::{PlannedStep, StepKind};
+use super::{fail, seconds, Build, BuiltArtifact, Stop};
+use crate::executor::{ImageAssembly, StepOutcome, WORKSPACE_MOUNT};
+
+/// The production install in `.medusa/server`: from npm's lockfile when Medusa
+/// copied one, else resolved (Medusa copies yarn's and pnpm's lockfiles too,
+/// which npm does not read).
+const PRODUCTION_INSTALL: &str = "if [ -f package-lock.json ]; then npm ci --omit=dev; else npm install --omit=dev --no-package-lock; fi";
+
+/// The repository of the dependency layers this host has made.
+const DEPS_REPOSITORY: &str = "kiln-release-deps";
+
+impl Build<'_> {
+    /// Makes the backend's release image from its packed `.medusa/server` and
+    /// saves it as an artifact.
+    pub(super) async fn release_image(&self, server: &Packed) -> Result<BuiltArtifact, Stop> {
+        let started = Instant::now();
+        let executor = &self.pipeline.executor;
+        let base = self.node_image(Component::Backend).to_owned();
+        let dir = self.workspace.root.join("release");
+        let app = dir.join("backend");
+        let archive = server.path.clone();
+        let unpack_to = app.clone();
+        tokio::task::spawn_blocking(move || unpack(&archive, &unpack_to))
+            .await
+            .expect("unpack task")
+            .map_err(|error| {
+                fail(
+                    Component::Backend,
+                    format!("cannot unpack .medusa/server for its release image: {error}"),
+                )
+            })?;
+        let deps_tag = format!(
+            "{DEPS_REPOSITORY}:{}",
+            deps_key(&self.image_id(Component::Backend), &app)
+        );
+        let reused = executor.image_exists(&deps_tag).await.unwrap_or(false);
+        if reused {
+            self.system.line(format!(
+                "Release image: production dependencies unchanged; reusing {deps_tag}."
+            ));
+        } else {
+            self.install_production(&dir).await?;
+            let layer = self.workspace.artifacts().join("release-deps.tar.gz");
+            let (from, to) = (app.clone(), layer.clone());
+            tokio::task::spawn_blocking(move || pack_only(&from, &to, &["node_modules"]))
+                .await
+                .expect("pack task")
+                .map_err(|error| {
+                    fail(
+                        Component::Backend,
+                        format!("cannot pack the production dependencies: {error}"),
+                    )
+                })?;
+            executor
+                .assemble_image(&ImageAssembly {
+                    base: base.clone(),
+                    layers: vec![layer],
+                    cmd: None,
+                    env: Vec::new(),
+                    tag: deps_tag.clone(),
+                })
+                .await
+                .map_err(|error| fail(Component::Backend, error.to_string()))?;
+        }
+        let release_tag = format!("kiln-release-backend:{}", self.request.job_id);
+        executor
+            .assemble_image(&ImageAssembly {
+                base: deps_tag,
+                layers: vec![server.path.clone()],
+                cmd: Some(vec![
+                    format!(
+                        "{}/node_modules/.bin/medusa",
+                        crate::executor::release::RELEASE_DIR
+                    ),
+                    "start".to_owned(),
+                ]),
+                env: vec!["NODE_ENV=production".to_owned()],
+                tag: release_tag.clone(),
+            })
+            .await
+            .map_err(|error| fail(Component::Backend, error.to_string()))?;
+        let out = self.workspace.artifacts().join(BACKEND_RELEASE);
+        let saved = executor.save_image(&release_tag, &out).await;
+        // The deploy host loads it from the artifact; this host keeps only the
+        // dependency layer.
+        let _ = executor.untag_image(&release_tag).await;
+        let (size, sha256) = saved.map_err(|error| fail(Component::Backend, error.to_string()))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        self.system.line(format!(
+            "Release image {release_tag} on {base}: {size} bytes, sha256 {sha256} in {}.",
+            seconds(started)
+        ));
+        Ok(BuiltArtifact {
+            component: Component::Backend,
+            release: true,
+            packed: Packed {
+                path: out,
+                size,
+                sha256,
+                files: 0,
+            },
+        })
+    }
+
+    /// Runs the production install in `dir/backend`, `dir` mounted alone.
+    async fn install_production(&self, dir: &Path) -> Result<(), Stop> {
+        let config = &self.pipeline.config;
+        crate::pipeline::workspace::hand_over_tree(dir, config.build_user).map_err(|error| {
+            fail(
+                Component::Backend,
+                format!(
+                    "cannot give the release folder to uid {}: {error}",
+                    config.build_user.uid
+                ),
+            )
+        })?;
+        let planned = PlannedStep::new(
+            StepKind::Install,
+            vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                PRODUCTION_INSTALL.to_owned(),
+            ],
+            ".".into(),
+            config.install_network,
+        );
+        let mut step = self.step(&planned, Component::Backend);
+        step.name = "release-install".to_owned();
+        step.workspace = dir.to_owned();
+        step.working_dir = format!("{WORKSPACE_MOUNT}/backend");
+        for (name, value) in step.env.iter_mut() {
+            if name == "HOME" || name == "npm_config_cache" {
+                *value = format!("{WORKSPACE_MOUNT}/home");
+            }
+        }
+        std::fs::create_dir_all(dir.join("home"))
+            .and_then(|()| {
+                crate::pipeline::workspace::hand_over_tree(&dir.join("home"), config.build_user)
+            })
+            .map_err(|error| {
+                fail(
+                    Component::Backend,
+                    format!("cannot prepare the release folder: {error}"),
+                )
+            })?;
+        self.system.line(format!(
+            "Running `{PRODUCTION_INSTALL}` (release image: production dependencies)."
+        ));
+        let sink = self.logs.sink(Component::Backend.log_stream());
+        match self
+            .pipeline
+            .executor
+            .run(step, sink, self.cancel.clone())
+            .await
+        {
+            Ok(StepOutcome::Exited(0)) => Ok(()),
+            Ok(StepOutcome::Canceled) => Err(Stop::Canceled),
+            Ok(outcome) => Err(fail(
+                Component::Backend,
+                format!(
+                    "the production install of .medusa/server for the release image failed ({outcome:?}); the backend log shows why. It installs `dependencies` of package.json with the lockfile medusa build copied"
+                ),
+            )),
+            Err(error) => Err(fail(Component::Backend, error.to_string())),
+        }
+    }
+}
+
+/// Unpacks the agent's own archive into a fresh folder.
+fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
+    if into.exists() {
+        std::fs::remove_dir_all(into)?;
+    }
+    std::fs::create_dir_all(into)?;
+    let file = std::fs::File::open(archive)?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    tar.set_preserve_permissions(true);
+    tar.unpack(into)
+}
+
+/// What the dependency layer is made of: the base image, `package.json` and
+/// the lockfiles.
+fn deps_key(image_id: &str, app: &Path) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(image_id.as_bytes());
+    hasher.update(PRODUCTION_INSTALL.as_bytes());
+    for name in [
+        "package.json",
+        "package-lock.json",
+        "yarn.lock",
+        "pnpm-lock.yaml",
+    ] {
+        hasher.update(name.as_bytes());
+        hasher.update(std::fs::read(app.join(name)).unwrap_or_default());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..12])
+}

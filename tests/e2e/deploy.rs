@@ -1,0 +1,288 @@
+//! Issue 31: a push ends in a running shop. An agent with the deploy role
+//! loads the release image, runs the migrations against a real PostgreSQL,
+//! starts the server, health-checks it and switches a real Caddy to it.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use kiln_protocol::DeploymentStatus::*;
+use reqwest::Method;
+
+use super::agent::world;
+use kiln_tests::support::free_port;
+
+/// A real Caddy with its admin API and Kiln's listener on free ports.
+struct CaddyProcess {
+    child: Child,
+    admin: String,
+    listen: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl CaddyProcess {
+    fn start() -> CaddyProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("caddy.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({"admin": {"listen": admin}}).to_string(),
+        )
+        .unwrap();
+        let child = Command::new("caddy")
+            .args(["run", "--config", config.to_str().unwrap()])
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("caddy is installed (.ci/run installs it)");
+        CaddyProcess {
+            child,
+            admin: format!("http://{admin}"),
+            listen: free_port(),
+            _dir: dir,
+        }
+    }
+
+    /// GET `path` through Caddy as `host`: status and body.
+    async fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}{path}", self.listen))
+            .header("host", host)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    }
+}
+
+impl Drop for CaddyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway PostgreSQL on a loopback TCP port (trust sign-in), run by the
+/// unprivileged `postgres` user, as `.ci/postgres` runs the tests' own.
+struct Postgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let user = "postgres";
+        let _ = Command::new("useradd")
+            .args(["--system", "--no-create-home", user])
+            .output();
+        let run = |args: &[&str]| {
+            let output = Command::new("runuser")
+                .args(["-u", user, "--"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        Command::new("chown")
+            .args([user, dir.path().to_str().unwrap()])
+            .status()
+            .unwrap();
+        let data = dir.path().join("data");
+        let port = free_port().to_string();
+        run(&[
+            "initdb",
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "kiln",
+            "--auth=trust",
+        ]);
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}",
+            dir.path().display()
+        );
+        run(&[
+            "pg_ctl",
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            dir.path().join("log").to_str().unwrap(),
+            "-w",
+            "-o",
+            &options,
+            "start",
+        ]);
+        let socket = dir.path().to_str().unwrap().to_owned();
+        run(&["createdb", "-h", &socket, "-p", &port, "-U", "kiln", "shop"]);
+        Postgres {
+            url: format!("postgres://kiln@127.0.0.1:{port}/shop"),
+            dir,
+        }
+    }
+
+    /// The releases the stand-in's `db:migrate` recorded, in order.
+    fn migrations(&self) -> Vec<String> {
+        tokio::task::block_in_place(|| {
+            let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+            client
+                .query(
+                    "SELECT release FROM kiln_fixture_migrations ORDER BY applied_at",
+                    &[],
+                )
+                .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+                .unwrap_or_default()
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", "pg_ctl", "-D"])
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+const HOST: &str = "api.shop.test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue_31_a_push_ends_live_behind_caddy_and_a_server_that_cannot_start_keeps_the_old_one() {
+    let postgres = Postgres::start();
+    let variables =
+        serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
+    let Some(world) = world(variables).await else {
+        return;
+    };
+    let caddy = CaddyProcess::start();
+    let reply = world
+        .admin
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/environments/{}", world.environment_id),
+            &serde_json::json!({
+                "auto_deploy": true,
+                "deploy": {"agent_labels": ["edge"], "backend_hostname": HOST, "health_timeout_seconds": 30}
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // A hostname that would inject Caddy config is refused, naming the field.
+    let refused = world
+        .admin
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/environments/{}", world.environment_id),
+            &serde_json::json!({"deploy": {"backend_hostname": "x\"},{\"handler\":\"static_response"}}),
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(
+        refused.text().contains("backend_hostname"),
+        "{}",
+        refused.text()
+    );
+
+    let agent = world
+        .agent(
+            "agent",
+            &format!(
+                "roles = [\"build\", \"deploy\"]\nlabels = [\"edge\"]\ncaddy_admin_url = \"{}\"\ncaddy_listen = \"127.0.0.1:{}\"\ndeploy_network = \"host\"\n",
+                caddy.admin, caddy.listen
+            ),
+        )
+        .await;
+
+    // The first push: built with a release image, migrated, live behind Caddy.
+    let first_sha = world.repo.commit("release one", |dir| {
+        std::fs::write(dir.join("src/version.txt"), "one\n").unwrap();
+    });
+    let first = world.push(&first_sha).await;
+    let live = world.settle(&first.id, Live, &agent).await;
+    assert!(
+        live.artifacts
+            .iter()
+            .any(|artifact| artifact.descriptor.name == kiln_protocol::BACKEND_RELEASE),
+        "{:?}",
+        live.artifacts
+    );
+    let deploy_log = world.log(&first.id, "deploy").await;
+    for step in [
+        "Loaded release image",
+        "medusa db:migrate",
+        "Health check passed",
+        "Caddy",
+    ] {
+        assert!(deploy_log.contains(step), "{step} missing:\n{deploy_log}");
+    }
+    assert_eq!(
+        caddy.get(HOST, "/version").await,
+        Some((200, "one".to_owned()))
+    );
+    assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
+    assert_eq!(postgres.migrations(), ["one"]);
+
+    // A commit whose server exits at start: deploy_failed with its output;
+    // the first release still answers.
+    let broken_sha = world.repo.commit("cannot start", |dir| {
+        std::fs::write(dir.join("src/version.txt"), "broken\n").unwrap();
+        std::fs::write(dir.join("src/exit-at-start"), "").unwrap();
+    });
+    let broken = world.push(&broken_sha).await;
+    let failed = world.settle(&broken.id, DeployFailed, &agent).await;
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.contains("exited with code") && reason.contains("src/exit-at-start"),
+        "{reason}"
+    );
+    assert_eq!(
+        caddy.get(HOST, "/version").await,
+        Some((200, "one".to_owned()))
+    );
+
+    // The next good push switches over; the first becomes ready.
+    let third_sha = world.repo.commit("release three", |dir| {
+        std::fs::remove_file(dir.join("src/exit-at-start")).unwrap();
+        std::fs::write(dir.join("src/version.txt"), "three\n").unwrap();
+    });
+    let third = world.push(&third_sha).await;
+    world.settle(&third.id, Live, &agent).await;
+    assert_eq!(
+        caddy.get(HOST, "/version").await,
+        Some((200, "three".to_owned()))
+    );
+    assert_eq!(world.admin.deployment(&first.id).await.status, Ready);
+    // Its own release's layer of dependencies was reused.
+    let system = world.log(&third.id, "system").await;
+    assert!(
+        system.contains("production dependencies unchanged"),
+        "{system}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while world
+        .docker
+        .inspect_container(
+            &format!("kiln-{}-{}-server", world.environment_id, first.id),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first release's server still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(agent);
+}
