@@ -445,6 +445,8 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
     let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
     let streams: Vec<LogStream> = LogStream::ALL
         .into_iter()
+        // The deploy stream is a deploy job's; the page shows the build's.
+        .filter(|stream| *stream != LogStream::Deploy)
         .filter(|stream| {
             *stream != LogStream::Storefront
                 || deployment.storefront_status != ComponentStatus::Skipped
