@@ -94,11 +94,14 @@ async fn backend_builds_to_awaiting_deployment_with_its_artifact() {
         files,
         [
             "medusa-config.js",
+            "package-lock.json",
             "package.json",
             "printed.sha256",
             "public/admin/assets/index.js",
             "public/admin/index.html",
-            "src/api/health/route.js"
+            "src/api/health/route.js",
+            "tools/medusa-stand-in/medusa.js",
+            "tools/medusa-stand-in/package.json"
         ]
     );
 
