@@ -61,6 +61,7 @@ impl DeployRun<'_> {
         let port = self.start(&docker, &image).await?;
         self.switch(port).await?;
         self.stop_previous(&docker).await;
+        self.prune_releases(&docker).await;
         self.log.line(format!(
             "Live in {:.1}s: {} → 127.0.0.1:{port}.",
             started.elapsed().as_secs_f64(),
@@ -73,11 +74,30 @@ impl DeployRun<'_> {
         Ok(())
     }
 
+    fn image_repository(&self) -> String {
+        format!("kiln-release/{}", self.job.environment_id)
+    }
+
     fn image_name(&self) -> String {
-        format!(
-            "kiln-release/{}:{}",
-            self.job.environment_id, self.job.deployment_id
-        )
+        format!("{}:{}", self.image_repository(), self.job.deployment_id)
+    }
+
+    /// Keeps the release images of the environment's last `releases_kept`
+    /// deploys on this host (the live one among them), for rollbacks.
+    async fn prune_releases(&self, docker: &DockerExecutor) {
+        let Ok(tags) = docker.tags_of(&self.image_repository()).await else {
+            return;
+        };
+        let live = self.image_name();
+        let kept = self.deploy.releases_kept.max(1) as usize;
+        let older = tags.into_iter().filter(|tag| *tag != live).skip(kept - 1);
+        for tag in older {
+            if docker.untag_image(&tag).await.is_ok() {
+                self.log.line(format!(
+                    "Removed release image {tag}: this host keeps the last {kept}."
+                ));
+            }
+        }
     }
 
     fn container(&self, service: &str) -> String {

@@ -129,6 +129,8 @@ pub fn check_transition(
             | (AwaitingDeployment, Deploying)
             | (Deploying, Live | DeployFailed)
             | (Live, Ready)
+            // A rollback: a release that was live runs again, unbuilt.
+            | (Ready, Deploying)
     );
     if legal {
         Ok(())
@@ -289,9 +291,10 @@ mod tests {
     }
 
     #[test]
-    fn ready_is_final_because_redeploy_makes_a_new_deployment() {
+    fn ready_goes_back_only_through_a_rollback_deploy() {
         assert!(check_transition(Ready, Live).is_err());
-        assert!(Ready.is_final());
+        assert!(check_transition(Ready, Building).is_err());
+        assert!(check_transition(Ready, Deploying).is_ok());
     }
 
     #[test]
@@ -299,7 +302,7 @@ mod tests {
         for status in [BuildCanceled, BuildFailed, DeployFailed] {
             assert!(status.is_final(), "{status} should be final");
         }
-        for status in [Queued, Building, AwaitingDeployment, Deploying, Live] {
+        for status in [Queued, Building, AwaitingDeployment, Deploying, Live, Ready] {
             assert!(!status.is_final(), "{status} should not be final");
         }
     }

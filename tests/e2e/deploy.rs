@@ -157,7 +157,8 @@ impl Drop for Postgres {
 const HOST: &str = "api.shop.test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn issue_31_a_push_ends_live_behind_caddy_and_a_server_that_cannot_start_keeps_the_old_one() {
+async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_and_rolls_back_with_no_build(
+) {
     let postgres = Postgres::start();
     let variables =
         serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
@@ -255,11 +256,25 @@ async fn issue_31_a_push_ends_live_behind_caddy_and_a_server_that_cannot_start_k
         std::fs::remove_file(dir.join("src/exit-at-start")).unwrap();
         std::fs::write(dir.join("src/version.txt"), "three\n").unwrap();
     });
+    // A steady load through Caddy across the switch: no request fails.
+    let load = Load::start(caddy.listen);
     let third = world.push(&third_sha).await;
     world.settle(&third.id, Live, &agent).await;
     assert_eq!(
         caddy.get(HOST, "/version").await,
         Some((200, "three".to_owned()))
+    );
+    let (sent, failed, versions) = load.stop().await;
+    assert!(sent > 50, "only {sent} requests were sent");
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "{} of {sent} requests failed",
+        failed.len()
+    );
+    assert!(
+        versions.contains("one") && versions.contains("three"),
+        "{versions:?}"
     );
     assert_eq!(world.admin.deployment(&first.id).await.status, Ready);
     // Its own release's layer of dependencies was reused.
@@ -284,5 +299,88 @@ async fn issue_31_a_push_ends_live_behind_caddy_and_a_server_that_cannot_start_k
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Roll back to the first: no build, no migrations, the kept image.
+    let rollback = world
+        .admin
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/deployments/{}/rollback", first.id),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(rollback.status, 202, "{}", rollback.text());
+    let answer: serde_json::Value = serde_json::from_str(&rollback.text()).unwrap();
+    assert_eq!(answer["migrations_ahead"], serde_json::json!([third.id]));
+    world.settle(&first.id, Live, &agent).await;
+    assert_eq!(
+        caddy.get(HOST, "/version").await,
+        Some((200, "one".to_owned()))
+    );
+    assert_eq!(world.admin.deployment(&third.id).await.status, Ready);
+    let deploy_log = world.log(&first.id, "deploy").await;
+    assert!(
+        deploy_log.contains("on this host already") && deploy_log.contains("no migrations run"),
+        "{deploy_log}"
+    );
+    assert_eq!(postgres.migrations(), ["one", "broken", "three"]);
+    // The rollback built nothing: the first deployment's build log is its one clone.
+    let system = world.log(&first.id, "system").await;
+    assert_eq!(system.matches("Cloning").count(), 1, "{system}");
+    // A deployment that is live is not rolled back to.
+    let again = world
+        .admin
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/deployments/{}/rollback", first.id),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.text());
     drop(agent);
+}
+
+/// GET /version through Caddy every 20 ms until stopped: how many were sent,
+/// the failures, and the versions that answered.
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>, std::collections::BTreeSet<String>)>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut sent, mut failed, mut versions) =
+                (0, Vec::new(), std::collections::BTreeSet::new());
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => return (sent, failed, versions),
+                }
+                sent += 1;
+                let answer = client
+                    .get(format!("http://127.0.0.1:{port}/version"))
+                    .header("host", HOST)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(response) if response.status() == 200 => {
+                        versions.insert(response.text().await.unwrap_or_default());
+                    }
+                    Ok(response) => failed.push(format!("status {}", response.status())),
+                    Err(error) => failed.push(error.to_string()),
+                }
+            }
+        });
+        Load { stop, task }
+    }
+
+    async fn stop(self) -> (usize, Vec<String>, std::collections::BTreeSet<String>) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
 }

@@ -390,6 +390,26 @@ impl DockerExecutor {
         }
     }
 
+    /// The tags of repository `repo` on this host, newest first.
+    pub async fn tags_of(&self, repo: &str) -> Result<Vec<String>, ExecError> {
+        let filters = HashMap::from([("reference".to_owned(), vec![format!("{repo}:*")])]);
+        let mut images = self
+            .docker
+            .list_images(Some(
+                bollard::query_parameters::ListImagesOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| docker_error("list release images", e))?;
+        images.sort_by_key(|image| std::cmp::Reverse(image.created));
+        Ok(images
+            .into_iter()
+            .flat_map(|image| image.repo_tags)
+            .filter(|tag| tag.starts_with(&format!("{repo}:")))
+            .collect())
+    }
+
     /// Names and labels of the services with label `key=value`.
     pub async fn services_labelled(
         &self,

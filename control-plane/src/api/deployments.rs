@@ -78,6 +78,22 @@ pub(super) async fn deploy(
     Ok((StatusCode::ACCEPTED, Json(deployment)))
 }
 
+/// `POST /deployments/{id}/rollback`: a release that was live runs again,
+/// with no build and no migrations; the answer names the newer deployments
+/// whose migrations stay applied (`migrations_ahead`).
+pub(super) async fn rollback(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let started = state
+        .db
+        .call(move |conn| store::begin_rollback(conn, &id))
+        .await?;
+    state.announce_queue_change();
+    Ok((StatusCode::ACCEPTED, Json(started)))
+}
+
 pub(super) async fn cancel(
     State(state): State<AppState>,
     _: Admin,

@@ -137,6 +137,10 @@ pub fn router(state: AppState) -> Router {
             post(deployments::deploy),
         )
         .route(
+            "/deployments/{deployment_id}/rollback",
+            post(deployments::rollback),
+        )
+        .route(
             "/deployments/{deployment_id}/logs/{stream}",
             get(deployments::read_log),
         )

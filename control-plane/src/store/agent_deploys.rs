@@ -102,6 +102,56 @@ pub(super) fn queue_agent_deploy(
     Ok(())
 }
 
+/// What a rollback began, and what it cannot undo.
+#[derive(Debug, serde::Serialize)]
+pub struct RollbackStarted {
+    pub deployment: Deployment,
+    /// Deployments of the environment after this one that ran migrations
+    /// (newest first): their database changes stay.
+    pub migrations_ahead: Vec<String>,
+}
+
+/// Puts a deployment that was live before (now `ready`) live again through
+/// the deploy steps, with no build and no migrations. Refused, with the
+/// reason, where that cannot be done.
+pub fn begin_rollback(conn: &mut Connection, id: &str) -> Result<RollbackStarted, ApiError> {
+    let tx = conn.transaction()?;
+    let deployment = get_deployment_in(&tx, id)?;
+    if deployment.status != DeploymentStatus::Ready {
+        return Err(ApiError::Conflict(format!(
+            "deployment {id} is {}; only a deployment that was live and was replaced (ready) can be rolled back to",
+            deployment.status
+        )));
+    }
+    let Some(settings) = deploy_settings_for(&tx, &deployment)? else {
+        return Err(ApiError::Conflict(format!(
+            "deployment {id}'s environment does not deploy to agents, so there is no release to start again; redeploy it to build and deploy it anew"
+        )));
+    };
+    if let Some(removed_at) = deployment.artifacts_removed_at {
+        return Err(ApiError::Gone(format!(
+            "the release image of deployment {id} was deleted on {} by the server's retention policy (--artifact-retention-days); redeploy it to build it again",
+            removed_at.format("%Y-%m-%d %H:%M UTC")
+        )));
+    }
+    let migrations_ahead: Vec<String> = tx
+        .prepare(
+            "SELECT d.id FROM deployments d, deployments me
+             WHERE me.id = ?1 AND d.environment_id = me.environment_id AND d.seq > me.seq
+               AND d.deploy_action = 'deploy' AND d.status IN ('live', 'ready')
+             ORDER BY d.seq DESC",
+        )?
+        .query_map([id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    queue_agent_deploy(&tx, &deployment, &settings, DeployAction::Rollback)?;
+    let deployment = get_deployment_in(&tx, id)?;
+    tx.commit()?;
+    Ok(RollbackStarted {
+        deployment,
+        migrations_ahead,
+    })
+}
+
 /// Hands the deploy host the oldest deploy waiting for an agent it may run:
 /// the agent carries every label of the settings, and no other deploy of the
 /// environment is in flight (they share its containers and its route).
@@ -529,6 +579,65 @@ mod tests {
         let lost = get_deployment_in(&conn, &second).unwrap();
         assert_eq!(lost.status, DeploymentStatus::DeployFailed);
         assert!(lost.reason.unwrap().contains("stopped renewing"));
+    }
+
+    /// Deploys commit `n` through `host` to live.
+    fn live(conn: &mut Connection, host: &AgentRow, n: u8) -> String {
+        let id = deploying(conn, n, true).unwrap();
+        let job = claim_as(conn, host, &[Role::Deploy]).unwrap();
+        report_status(
+            conn,
+            &host.id,
+            &job.job_id,
+            report(DeploymentStatus::Live, None),
+        )
+        .unwrap();
+        id
+    }
+
+    #[test]
+    fn a_rollback_runs_a_replaced_release_again_with_no_build_and_names_the_migrations_ahead() {
+        let (mut conn, _, environment_id) = shop(&[]);
+        deploy_to_agents(&mut conn, &environment_id);
+        let host = agent(&mut conn, &["edge"]);
+        let first = live(&mut conn, &host, 1);
+        let second = live(&mut conn, &host, 2);
+        let refused = begin_rollback(&mut conn, &second).unwrap_err().to_string();
+        assert!(refused.contains("is live"), "{refused}");
+
+        let started = begin_rollback(&mut conn, &first).unwrap();
+        assert_eq!(started.deployment.status, DeploymentStatus::Deploying);
+        assert_eq!(started.migrations_ahead, vec![second.clone()]);
+        let job = claim_as(&mut conn, &host, &[Role::Deploy]).unwrap();
+        assert_eq!(job.deploy.as_ref().unwrap().action, DeployAction::Rollback);
+        assert_eq!(job.deployment_id, first);
+        report_status(
+            &mut conn,
+            &host.id,
+            &job.job_id,
+            report(DeploymentStatus::Live, None),
+        )
+        .unwrap();
+        assert_eq!(
+            get_deployment_in(&conn, &first).unwrap().status,
+            DeploymentStatus::Live
+        );
+        assert_eq!(
+            get_deployment_in(&conn, &second).unwrap().status,
+            DeploymentStatus::Ready
+        );
+        // No build was queued for it.
+        assert!(claim_as(&mut conn, &host, &[Role::Build]).is_none());
+    }
+
+    #[test]
+    fn a_rollback_where_nothing_runs_releases_is_refused_with_the_fix() {
+        let (mut conn, _, _) = shop(&[]);
+        let deployment = push(&mut conn, "main", 1).remove(0);
+        let error = begin_rollback(&mut conn, &deployment.id)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("only a deployment that was live"), "{error}");
     }
 
     #[test]
