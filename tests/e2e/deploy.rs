@@ -337,6 +337,41 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         )
         .await;
     assert_eq!(again.status, 409, "{}", again.text());
+
+    // From the dashboard: the live links, and "Roll back to this" on the
+    // replaced third deployment.
+    if kiln_tests::support::browser_available() {
+        let server = std::path::Path::new(env!("CARGO_BIN_EXE_kiln-server-e2e"));
+        kiln_tests::support::add_user(
+            server,
+            &world.root_dir().join("server"),
+            "ada",
+            "admin",
+            "correct horse battery",
+        );
+        let site = world.cp.base_url();
+        let browser = kiln_tests::support::Browser::start().await;
+        browser.goto(&format!("{site}/login")).await;
+        browser.sign_in("ada", "correct horse battery").await;
+        browser
+            .goto(&format!("{site}/projects/{}", world.project_id))
+            .await;
+        let admin_link = browser.find(".live-links a[href$='/app']").await;
+        assert_eq!(
+            admin_link.attr("href").await.unwrap().as_deref(),
+            Some("//api.shop.test/app")
+        );
+        browser
+            .goto(&format!("{site}/deployments/{}", third.id))
+            .await;
+        browser.click_to_load("button.rollback").await;
+        world.settle(&third.id, Live, &agent).await;
+        assert_eq!(
+            caddy.get(HOST, "/version").await,
+            Some((200, "three".to_owned()))
+        );
+        browser.close().await;
+    }
     drop(agent);
 }
 
@@ -351,7 +386,15 @@ impl Load {
     fn start(port: u16) -> Load {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            // A connection per request. Caddy applies a config change by
+            // starting its servers anew, closing keep-alive connections that
+            // sit idle: a browser (or Go's client) sends its request again on
+            // a new one, hyper's does not, so a pooled client here would
+            // count Caddy's reload rather than the cutover.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
             let (mut sent, mut failed, mut versions) =
                 (0, Vec::new(), std::collections::BTreeSet::new());
             let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -372,7 +415,7 @@ impl Load {
                         versions.insert(response.text().await.unwrap_or_default());
                     }
                     Ok(response) => failed.push(format!("status {}", response.status())),
-                    Err(error) => failed.push(error.to_string()),
+                    Err(error) => failed.push(format!("{error:?}")),
                 }
             }
         });

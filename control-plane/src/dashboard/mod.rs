@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}", get(deployment))
         .route("/deployments/{id}/deploy", post(deploy))
         .route("/deployments/{id}/redeploy", post(redeploy))
+        .route("/deployments/{id}/rollback", post(rollback))
         .route("/deployments/{id}/cancel", post(cancel))
         .route("/deployments/{id}/status", get(deployment_status))
         .route("/deployments/{id}/artifacts/{name}", get(artifact))
@@ -562,18 +563,24 @@ async fn deployment(
             )?;
             let delivery = store::last_delivery(conn, &deployment.id)?;
             let live_newer = store::live_newer_than(conn, &deployment)?;
+            let deploys_to_agents = environment.as_ref().is_some_and(|e| e.deploy.is_some());
+            let rollback = (deployment.status == kiln_protocol::DeploymentStatus::Ready
+                && deploys_to_agents
+                && deployment.artifacts_removed_at.is_none())
+            .then(|| store::migrations_ahead(conn, &deployment.id))
+            .transpose()?;
             Ok::<_, ApiError>((
                 deployment,
                 project,
                 environment,
                 siblings,
                 delivery,
-                live_newer,
+                (live_newer, rollback),
             ))
         })
         .await;
     match found {
-        Ok((deployment, project, environment, siblings, delivery, live_newer)) => {
+        Ok((deployment, project, environment, siblings, delivery, (live_newer, rollback))) => {
             pages::deployment(
                 &session,
                 DeploymentView {
@@ -583,6 +590,7 @@ async fn deployment(
                     siblings: &siblings,
                     delivery: delivery.as_ref(),
                     live_newer: live_newer.as_ref(),
+                    rollback: rollback.as_deref(),
                 },
             )
             .into_response()
@@ -677,6 +685,30 @@ async fn deploy(
         Ok(id.clone())
     };
     act(&state, &session, &form.csrf, "deploy", run).await
+}
+
+#[derive(Deserialize)]
+struct RollbackForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<RollbackForm>,
+) -> Response {
+    let run = async {
+        let asked = id.clone();
+        tracing::info!(message = "Rollback from the dashboard.", deployment_id = %id, by = %session.user.name);
+        state
+            .db
+            .call(move |conn| store::begin_rollback(conn, &asked))
+            .await?;
+        Ok(id.clone())
+    };
+    act(&state, &session, &form.csrf, "roll back", run).await
 }
 
 #[derive(Deserialize)]

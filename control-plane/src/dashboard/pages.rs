@@ -200,6 +200,7 @@ pub fn project(
                                     code { (short_sha(&deployment.commit_sha)) } " " (first_line(&deployment.message))
                                 }
                             }
+                            @if deployment.status == DeploymentStatus::Live { (live_links(environment)) }
                         } @else {
                             p.empty { "No deployment yet." }
                         }
@@ -389,6 +390,26 @@ pub struct DeploymentView<'a> {
     pub delivery: Option<&'a DeliveryView>,
     /// The environment's live deployment, when it is newer than this one.
     pub live_newer: Option<&'a Deployment>,
+    /// Set when this deployment can be rolled back to: the newer deployments
+    /// whose migrations a rollback leaves applied.
+    pub rollback: Option<&'a [String]>,
+}
+
+/// Links to what a live environment serves, where its deploys run on agents.
+fn live_links(environment: &Environment) -> Markup {
+    let Some(deploy) = &environment.deploy else {
+        return html! {};
+    };
+    html! {
+        p.live-links {
+            @if let Some(host) = &deploy.storefront_hostname {
+                a href={"//" (host) "/"} rel="noopener noreferrer" { "Visit storefront ↗" } " "
+            }
+            @if let Some(host) = &deploy.backend_hostname {
+                a href={"//" (host) "/app"} rel="noopener noreferrer" { "Open admin at /app ↗" }
+            }
+        }
+    }
 }
 
 fn action_form(session: &Session, deployment: &Deployment, action: &str, label: &str) -> Markup {
@@ -440,6 +461,7 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
         siblings,
         delivery,
         live_newer,
+        rollback,
     } = view;
     let environment_name = environment.map_or("(removed environment)", |e| e.name.as_str());
     let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
@@ -502,6 +524,20 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                                 DeploymentStatus::Queued | DeploymentStatus::Building => (action_form(session, deployment, "cancel", "Cancel")),
                                 _ => (action_form(session, deployment, "redeploy", "Redeploy")),
                             }
+                            @if rollback.is_some() { (action_form(session, deployment, "rollback", "Roll back to this")) }
+                        }
+                        @if let Some(ahead) = rollback.filter(|ahead| !ahead.is_empty()) {
+                            p.migrations-ahead role="note" {
+                                "Rolling back starts this release again with no build and no migrations; the database keeps the migrations of "
+                                @for (n, id) in ahead.iter().enumerate() {
+                                    @if n > 0 { ", " }
+                                    a href={"/deployments/" (id)} { (id) }
+                                }
+                                "."
+                            }
+                        }
+                        @if deployment.status == DeploymentStatus::Live {
+                            @if let Some(environment) = environment { (live_links(environment)) }
                         }
                         @if let (DeploymentStatus::AwaitingDeployment, Some(live)) = (deployment.status, live_newer) {
                             p.superseded role="status" {
@@ -774,6 +810,7 @@ mod tests {
                     siblings: &[],
                     delivery: None,
                     live_newer: None,
+                    rollback: None,
                 },
             )
             .body

@@ -134,15 +134,7 @@ pub fn begin_rollback(conn: &mut Connection, id: &str) -> Result<RollbackStarted
             removed_at.format("%Y-%m-%d %H:%M UTC")
         )));
     }
-    let migrations_ahead: Vec<String> = tx
-        .prepare(
-            "SELECT d.id FROM deployments d, deployments me
-             WHERE me.id = ?1 AND d.environment_id = me.environment_id AND d.seq > me.seq
-               AND d.deploy_action = 'deploy' AND d.status IN ('live', 'ready')
-             ORDER BY d.seq DESC",
-        )?
-        .query_map([id], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
+    let migrations_ahead = migrations_ahead_in(&tx, id)?;
     queue_agent_deploy(&tx, &deployment, &settings, DeployAction::Rollback)?;
     let deployment = get_deployment_in(&tx, id)?;
     tx.commit()?;
@@ -150,6 +142,24 @@ pub fn begin_rollback(conn: &mut Connection, id: &str) -> Result<RollbackStarted
         deployment,
         migrations_ahead,
     })
+}
+
+/// The environment's deployments after `id` whose deploy ran migrations
+/// (they went live), newest first: a rollback to `id` leaves their changes.
+pub fn migrations_ahead(conn: &mut Connection, id: &str) -> Result<Vec<String>, ApiError> {
+    migrations_ahead_in(conn, id)
+}
+
+fn migrations_ahead_in(conn: &Connection, id: &str) -> Result<Vec<String>, ApiError> {
+    Ok(conn
+        .prepare(
+            "SELECT d.id FROM deployments d, deployments me
+             WHERE me.id = ?1 AND d.environment_id = me.environment_id AND d.seq > me.seq
+               AND d.deploy_action = 'deploy' AND d.status IN ('live', 'ready')
+             ORDER BY d.seq DESC",
+        )?
+        .query_map([id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?)
 }
 
 /// Hands the deploy host the oldest deploy waiting for an agent it may run:
