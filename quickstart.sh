@@ -79,7 +79,8 @@ curl -sf "$URL/healthz" >/dev/null || { tail -n 20 "$DIR/server.log" >&2; die "t
 api() { curl -sS -H "Authorization: Bearer $KILN_ADMIN_TOKEN" -H 'content-type: application/json' "$@"; }
 PROJECT=$(api -X POST "$URL/api/v1/projects" \
     -d "{\"name\": \"medusa-shop\", \"repository_url\": \"$REPO\", \"storefront_path\": \"storefront\"}" | field id)
-ENV=$(api -X POST "$URL/api/v1/projects/$PROJECT/environments" -d '{"name": "Production", "branch": "main"}' | field id)
+ENV=$(api -X POST "$URL/api/v1/projects/$PROJECT/environments" -d '{"name": "Production", "branch": "main", "auto_deploy": false}' | field id)
+# Auto-deploy is on by default; off here, to show the Deploy step on its own.
 say "Project $PROJECT, environment Production ($ENV) on branch main"
 
 cat >"$DIR/agent.toml" <<TOML

@@ -208,9 +208,14 @@ pub struct CreateEnvironment {
     pub name: String,
     /// A branch name or a glob such as `release/*`.
     pub branch: String,
-    /// Deploy as soon as the build reaches `awaiting_deployment`.
-    #[serde(default)]
+    /// Deploy as soon as the build reaches `awaiting_deployment`. On by
+    /// default, as on Medusa Cloud (v1.7; before, off).
+    #[serde(default = "on")]
     pub auto_deploy: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 /// `PATCH /api/v1/environments/{environment_id}`; applies from the next push on.
