@@ -31,6 +31,8 @@ const OUTPUT_QUOTED: usize = 20;
 const LABEL_ENVIRONMENT: &str = "kiln.environment";
 const LABEL_DEPLOYMENT: &str = "kiln.deployment";
 
+const WORKER_MODE_MISSING: &str = "deploy.worker is true, but this release's medusa-config does not read MEDUSA_WORKER_MODE, so the server and the worker would both run scheduled jobs and subscribers; nothing was started. Add to projectConfig in medusa-config: `workerMode: process.env.MEDUSA_WORKER_MODE as \"shared\" | \"worker\" | \"server\"` and to the admin block `disable: process.env.DISABLE_MEDUSA_ADMIN === \"true\"`, then push; or set deploy.worker to false";
+
 /// The Caddy server a deploy host manages.
 const CADDY_SERVER: &str = "kiln";
 
@@ -52,6 +54,7 @@ impl DeployRun<'_> {
             .await
             .map_err(|error| error.to_string())?;
         let image = self.release_image(&docker).await?;
+        self.check_worker_split(&docker, &image).await?;
         if self.deploy.action == DeployAction::Deploy {
             self.migrate(&docker, &image).await?;
         } else {
@@ -183,6 +186,26 @@ impl DeployRun<'_> {
             limits: Limits::from_config(self.config),
             user: self.config.build_user,
         }
+    }
+
+    /// A worker beside the server only where the config tells them apart:
+    /// else both would run the scheduled jobs.
+    async fn check_worker_split(&self, docker: &DockerExecutor, image: &str) -> Result<(), String> {
+        if !self.deploy.settings.worker {
+            return Ok(());
+        }
+        let labels = docker
+            .image_labels(image)
+            .await
+            .map_err(|e| e.to_string())?;
+        if labels
+            .get(crate::pipeline::LABEL_READS_WORKER_MODE)
+            .map(String::as_str)
+            == Some("true")
+        {
+            return Ok(());
+        }
+        Err(WORKER_MODE_MISSING.to_owned())
     }
 
     /// `medusa db:migrate`, once, in a one-off container with the runtime

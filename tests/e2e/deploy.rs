@@ -427,3 +427,77 @@ impl Load {
         self.task.await.unwrap()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue_31_a_worker_runs_beside_the_server_only_where_the_config_tells_them_apart() {
+    let postgres = Postgres::start();
+    let variables =
+        serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
+    let Some(world) = world(variables).await else {
+        return;
+    };
+    let caddy = CaddyProcess::start();
+    let reply = world
+        .admin
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/environments/{}", world.environment_id),
+            &serde_json::json!({
+                "auto_deploy": true,
+                "deploy": {"backend_hostname": HOST, "worker": true, "health_timeout_seconds": 30}
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let agent = world
+        .agent(
+            "agent",
+            &format!(
+                "roles = [\"build\", \"deploy\"]\ncaddy_admin_url = \"{}\"\ncaddy_listen = \"127.0.0.1:{}\"\ndeploy_network = \"host\"\n",
+                caddy.admin, caddy.listen
+            ),
+        )
+        .await;
+
+    // The example's config does not read MEDUSA_WORKER_MODE: refused, with
+    // the lines to add, before anything ran.
+    let first = world.push(&world.repo.head()).await;
+    let refused = world.settle(&first.id, DeployFailed, &agent).await;
+    let reason = refused.reason.unwrap_or_default();
+    assert!(
+        reason.contains("workerMode: process.env.MEDUSA_WORKER_MODE"),
+        "{reason}"
+    );
+    assert_eq!(postgres.migrations(), Vec::<String>::new());
+
+    let sha = world.repo.commit("read the worker mode", |dir| {
+        let config = std::fs::read_to_string(dir.join("medusa-config.js")).unwrap();
+        let config = config.replace(
+            "projectConfig: {",
+            "projectConfig: {\n    workerMode: process.env.MEDUSA_WORKER_MODE,",
+        );
+        std::fs::write(dir.join("medusa-config.js"), config).unwrap();
+    });
+    let second = world.push(&sha).await;
+    world.settle(&second.id, Live, &agent).await;
+    assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
+    let worker = world
+        .docker
+        .inspect_container(
+            &format!("kiln-{}-{}-worker", world.environment_id, second.id),
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .expect("the worker container");
+    assert_eq!(worker.state.and_then(|state| state.running), Some(true));
+    let env = worker
+        .config
+        .and_then(|config| config.env)
+        .unwrap_or_default();
+    assert!(
+        env.contains(&"MEDUSA_WORKER_MODE=worker".to_owned())
+            && env.contains(&"DISABLE_MEDUSA_ADMIN=true".to_owned()),
+        "{env:?}"
+    );
+    drop(agent);
+}

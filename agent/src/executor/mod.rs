@@ -111,6 +111,8 @@ pub struct ImageAssembly {
     pub env: Vec<String>,
     /// `repository:tag`.
     pub tag: String,
+    /// Labels of the image (the last layer's commit).
+    pub labels: Vec<(String, String)>,
 }
 
 /// A build image as Docker describes it.

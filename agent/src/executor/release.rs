@@ -127,6 +127,7 @@ impl DockerExecutor {
             cmd: assembly.cmd.clone().filter(|_| last),
             env: Some(assembly.env.clone()).filter(|env| last && !env.is_empty()),
             working_dir: Some(RELEASE_DIR.to_owned()),
+            labels: Some(assembly.labels.iter().cloned().collect()).filter(|_| last),
             ..Default::default()
         };
         let mut options = CommitContainerOptionsBuilder::new()
@@ -141,6 +142,19 @@ impl DockerExecutor {
             .await
             .map_err(|e| docker_error("commit an image layer", e))?;
         Ok(committed.id)
+    }
+
+    /// The labels of an image.
+    pub async fn image_labels(&self, image: &str) -> Result<HashMap<String, String>, ExecError> {
+        let inspected = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| docker_error("inspect a release image", e))?;
+        Ok(inspected
+            .config
+            .and_then(|config| config.labels)
+            .unwrap_or_default())
     }
 
     /// Gives `image` another name.

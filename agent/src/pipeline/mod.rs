@@ -34,6 +34,7 @@ use crate::executor::Executor;
 use crate::logs::{JobLogs, LogSink};
 use artifact::Packed;
 pub use cached::{CacheRequest, Harvest};
+pub use release::LABEL_READS_WORKER_MODE;
 pub use workspace::Workspace;
 
 /// Where the code to build comes from.

@@ -25,6 +25,10 @@ use crate::executor::{ImageAssembly, StepOutcome, WORKSPACE_MOUNT};
 /// which npm does not read).
 const PRODUCTION_INSTALL: &str = "if [ -f package-lock.json ]; then npm ci --omit=dev; else npm install --omit=dev --no-package-lock; fi";
 
+/// On a release image: whether its `medusa-config` reads
+/// `MEDUSA_WORKER_MODE`, so that a server and a worker can be told apart.
+pub const LABEL_READS_WORKER_MODE: &str = "kiln.reads-worker-mode";
+
 /// The repository of the dependency layers this host has made.
 const DEPS_REPOSITORY: &str = "kiln-release-deps";
 
@@ -77,6 +81,7 @@ impl Build<'_> {
                     cmd: None,
                     env: Vec::new(),
                     tag: deps_tag.clone(),
+                    labels: Vec::new(),
                 })
                 .await
                 .map_err(|error| fail(Component::Backend, error.to_string()))?;
@@ -95,6 +100,10 @@ impl Build<'_> {
                 ]),
                 env: vec!["NODE_ENV=production".to_owned()],
                 tag: release_tag.clone(),
+                labels: vec![(
+                    LABEL_READS_WORKER_MODE.to_owned(),
+                    reads_worker_mode(&app).to_string(),
+                )],
             })
             .await
             .map_err(|error| fail(Component::Backend, error.to_string()))?;
@@ -183,6 +192,19 @@ impl Build<'_> {
             Err(error) => Err(fail(Component::Backend, error.to_string())),
         }
     }
+}
+
+/// Whether the compiled config in `app` reads `MEDUSA_WORKER_MODE`.
+fn reads_worker_mode(app: &Path) -> bool {
+    [
+        "medusa-config.js",
+        "medusa-config.ts",
+        "medusa-config.mjs",
+        "medusa-config.cjs",
+    ]
+    .iter()
+    .filter_map(|name| std::fs::read(app.join(name)).ok())
+    .any(|text| String::from_utf8_lossy(&text).contains("MEDUSA_WORKER_MODE"))
 }
 
 /// Unpacks the agent's own archive into a fresh folder.
