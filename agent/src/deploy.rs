@@ -174,6 +174,10 @@ impl DeployRun<'_> {
             .map(|var| format!("{}={}", var.name, var.value))
             .collect();
         all.push("NODE_ENV=production".to_owned());
+        // Writable and the service's own: Medusa's CLI keeps its settings
+        // under HOME.
+        all.push("HOME=/tmp".to_owned());
+        all.push("MEDUSA_DISABLE_TELEMETRY=true".to_owned());
         all.extend(env);
         ServiceSpec {
             name: self.container(service),

@@ -594,3 +594,130 @@ async fn issue_30_sibling_folders_with_a_backend_on_node_22_build_with_no_paths_
             .is_empty()
     );
 }
+
+/// Issue 31: Medusa's starter, built and deployed through Kiln to a deploy
+/// host with a real PostgreSQL and a real Caddy: `/health` answers 200 through
+/// Caddy by hostname, `/app` serves the admin, and `/store/products` answers as
+/// Medusa does without a publishable key. Runs with `KILN_ACCEPT_DEPLOY=1`
+/// (CI sets it) or `KILN_ACCEPT_MEDUSA=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue_31_the_real_medusa_starter_deploys_live_behind_caddy() {
+    if !opted_in("KILN_ACCEPT_DEPLOY") && !opted_in("KILN_ACCEPT_MEDUSA") {
+        eprintln!("skip: set KILN_ACCEPT_DEPLOY=1 to build and deploy a real Medusa backend");
+        return;
+    }
+    docker().await.expect("the acceptance test needs Docker");
+    let postgres = Postgres::start();
+    let caddy = CaddyProcess::start();
+    let host = "api.medusa.test";
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::of(&dir.path().join("repo"), &accept_dir("medusa-backend"));
+    let cp = ControlPlane::start(&dir.path().join("server")).await;
+    let admin = cp.admin();
+    let project = admin
+        .create_project_with(CreateProject::new("medusa", &repo.url))
+        .await;
+    let environment = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let _containers = ReleaseContainers {
+        environment_id: environment.id.clone(),
+    };
+    admin
+        .set_variables(
+            &environment.id,
+            serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true, "build": false}]),
+        )
+        .await;
+    let reply = admin
+        .send_json(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/environments/{}", environment.id),
+            &serde_json::json!({
+                "auto_deploy": true,
+                "deploy": {"backend_hostname": host, "health_timeout_seconds": 300}
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let extra = format!(
+        "install_network = \"bridge\"\nbuild_network = \"host\"\nextra_ca_certs = {:?}\nmemory = \"6GiB\"\njob_timeout = \"30m\"\nroles = [\"build\", \"deploy\"]\ncaddy_admin_url = {:?}\ncaddy_listen = \"127.0.0.1:{}\"\ndeploy_network = \"host\"\n",
+        ca_bundle(),
+        caddy.admin,
+        caddy.listen
+    );
+    let agent = AgentProcess::start(
+        Path::new(AGENT),
+        &cp.base_url(),
+        &dir.path().join("agent"),
+        build_image().await,
+        &extra,
+    )
+    .await;
+    let pushed = Instant::now();
+    let outcome: kiln_protocol::EventOutcome = admin
+        .post_json(
+            "/api/v1/events/push",
+            &PushEvent {
+                repository: repo.url.clone(),
+                branch: "main".into(),
+                sha: repo.head(),
+                author: "Ada".into(),
+                message: "accept deploy".into(),
+                people: Default::default(),
+            },
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    let id = outcome.deployments[0].id.clone();
+    loop {
+        let deployment = admin.deployment(&id).await;
+        match deployment.status {
+            DeploymentStatus::Live => break,
+            DeploymentStatus::Queued
+            | DeploymentStatus::Building
+            | DeploymentStatus::AwaitingDeployment
+            | DeploymentStatus::Deploying => {}
+            other => panic!(
+                "deployment ended {other}: {:?}\n{}\n{}\n{}",
+                deployment.reason,
+                system_log(&cp, &id).await,
+                admin
+                    .get(&format!("/api/v1/deployments/{id}/logs/deploy"))
+                    .await
+                    .text(),
+                agent.log_text()
+            ),
+        }
+        assert!(
+            pushed.elapsed() < Duration::from_secs(1800),
+            "push to live took over 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let deploy_log = admin
+        .get(&format!("/api/v1/deployments/{id}/logs/deploy"))
+        .await
+        .text();
+    eprintln!(
+        "push to live {:.1?}\nsystem log:\n{}\ndeploy log:\n{deploy_log}",
+        pushed.elapsed(),
+        system_log(&cp, &id).await
+    );
+    let (status, body) = caddy.get(host, "/health").await.expect("an answer");
+    assert_eq!((status, body.as_str()), (200, "OK"));
+    let (status, admin_page) = caddy.get(host, "/app/").await.expect("an answer");
+    assert_eq!(status, 200, "{admin_page}");
+    assert!(
+        admin_page.to_lowercase().contains("<!doctype html"),
+        "{admin_page}"
+    );
+    let (status, products) = caddy.get(host, "/store/products").await.expect("an answer");
+    assert_eq!(status, 400, "{products}");
+    assert!(
+        products.contains("Publishable API key required"),
+        "{products}"
+    );
+    assert!(postgres.tables() > 50, "the migrations made too few tables");
+}

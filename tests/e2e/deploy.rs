@@ -2,157 +2,13 @@
 //! loads the release image, runs the migrations against a real PostgreSQL,
 //! starts the server, health-checks it and switches a real Caddy to it.
 
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use kiln_protocol::DeploymentStatus::*;
 use reqwest::Method;
 
 use super::agent::world;
-use kiln_tests::support::free_port;
-
-/// A real Caddy with its admin API and Kiln's listener on free ports.
-struct CaddyProcess {
-    child: Child,
-    admin: String,
-    listen: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl CaddyProcess {
-    fn start() -> CaddyProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let admin = format!("127.0.0.1:{}", free_port());
-        let config = dir.path().join("caddy.json");
-        std::fs::write(
-            &config,
-            serde_json::json!({"admin": {"listen": admin}}).to_string(),
-        )
-        .unwrap();
-        let child = Command::new("caddy")
-            .args(["run", "--config", config.to_str().unwrap()])
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("caddy is installed (.ci/run installs it)");
-        CaddyProcess {
-            child,
-            admin: format!("http://{admin}"),
-            listen: free_port(),
-            _dir: dir,
-        }
-    }
-
-    /// GET `path` through Caddy as `host`: status and body.
-    async fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{}{path}", self.listen))
-            .header("host", host)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        Some((response.status().as_u16(), response.text().await.ok()?))
-    }
-}
-
-impl Drop for CaddyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A throwaway PostgreSQL on a loopback TCP port (trust sign-in), run by the
-/// unprivileged `postgres` user, as `.ci/postgres` runs the tests' own.
-struct Postgres {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let dir = tempfile::tempdir().unwrap();
-        let user = "postgres";
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", user])
-            .output();
-        let run = |args: &[&str]| {
-            let output = Command::new("runuser")
-                .args(["-u", user, "--"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
-        Command::new("chown")
-            .args([user, dir.path().to_str().unwrap()])
-            .status()
-            .unwrap();
-        let data = dir.path().join("data");
-        let port = free_port().to_string();
-        run(&[
-            "initdb",
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "kiln",
-            "--auth=trust",
-        ]);
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}",
-            dir.path().display()
-        );
-        run(&[
-            "pg_ctl",
-            "-D",
-            data.to_str().unwrap(),
-            "-l",
-            dir.path().join("log").to_str().unwrap(),
-            "-w",
-            "-o",
-            &options,
-            "start",
-        ]);
-        let socket = dir.path().to_str().unwrap().to_owned();
-        run(&["createdb", "-h", &socket, "-p", &port, "-U", "kiln", "shop"]);
-        Postgres {
-            url: format!("postgres://kiln@127.0.0.1:{port}/shop"),
-            dir,
-        }
-    }
-
-    /// The releases the stand-in's `db:migrate` recorded, in order.
-    fn migrations(&self) -> Vec<String> {
-        tokio::task::block_in_place(|| {
-            let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
-            client
-                .query(
-                    "SELECT release FROM kiln_fixture_migrations ORDER BY applied_at",
-                    &[],
-                )
-                .map(|rows| rows.iter().map(|row| row.get(0)).collect())
-                .unwrap_or_default()
-        })
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--", "pg_ctl", "-D"])
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
+use kiln_tests::support::{CaddyProcess, Postgres};
 
 const HOST: &str = "api.shop.test";
 
@@ -164,6 +20,9 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
     let Some(world) = world(variables).await else {
         return;
+    };
+    let _containers = kiln_tests::support::ReleaseContainers {
+        environment_id: world.environment_id.clone(),
     };
     let caddy = CaddyProcess::start();
     let reply = world
@@ -435,6 +294,9 @@ async fn issue_31_a_worker_runs_beside_the_server_only_where_the_config_tells_th
         serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
     let Some(world) = world(variables).await else {
         return;
+    };
+    let _containers = kiln_tests::support::ReleaseContainers {
+        environment_id: world.environment_id.clone(),
     };
     let caddy = CaddyProcess::start();
     let reply = world

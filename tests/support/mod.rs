@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod browser;
 pub mod control_plane;
+pub mod deploy_host;
 pub mod docker;
 pub mod git_server;
 pub mod hostile;
@@ -19,6 +20,7 @@ pub mod world;
 pub use agent::*;
 pub use browser::*;
 pub use control_plane::*;
+pub use deploy_host::*;
 pub use docker::*;
 pub use git_server::*;
 pub use hostile::HostileControlPlane;

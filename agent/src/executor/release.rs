@@ -286,6 +286,10 @@ impl DockerExecutor {
                 init: Some(true),
                 cap_drop: Some(vec!["ALL".to_owned()]),
                 security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_owned(),
+                    "rw,nosuid,nodev,size=512m".to_owned(),
+                )])),
                 // Kept small: the last lines say why a release would not start.
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".to_owned()),

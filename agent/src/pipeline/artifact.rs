@@ -90,17 +90,46 @@ pub fn pack_except(dir: &Path, out: &Path, skip: &[&str]) -> Result<Packed, Pack
     })
 }
 
-/// Packs only the top-level entries of `dir` named in `keep` (a release
-/// image's dependency layer: `node_modules`).
-pub fn pack_only(dir: &Path, out: &Path, keep: &[&str]) -> Result<Packed, PackError> {
-    pack_top_level(dir, out, |name| keep.iter().any(|kept| name == *kept))
-}
-
 fn pack_top_level(
     dir: &Path,
     out: &Path,
     include: impl Fn(&std::ffi::OsStr) -> bool,
 ) -> Result<Packed, PackError> {
+    let (hashing, files) = pack_into(
+        dir,
+        out,
+        include,
+        |hashing| GzEncoder::new(hashing, Compression::default()),
+        |encoder| encoder.finish(),
+    )?;
+    finish(out, hashing, files)
+}
+
+/// Packs only the top-level entries of `dir` named in `keep` as a plain tar:
+/// a release image's dependency layer, which goes to the local engine at
+/// once, where gzip would cost more than it saves.
+pub fn pack_only(dir: &Path, out: &Path, keep: &[&str]) -> Result<Packed, PackError> {
+    let (hashing, files) = pack_into(
+        dir,
+        out,
+        |name| keep.iter().any(|kept| name == *kept),
+        |hashing| hashing,
+        Ok,
+    )?;
+    finish(out, hashing, files)
+}
+
+type Sink = Hashing<BufWriter<File>>;
+
+/// Walks `dir` into a tar written through `wrap` (gzip or none); `unwrap`
+/// ends that writer and gives back the hashing one, with the files packed.
+fn pack_into<W: Write>(
+    dir: &Path,
+    out: &Path,
+    include: impl Fn(&std::ffi::OsStr) -> bool,
+    wrap: impl FnOnce(Sink) -> W,
+    unwrap: impl FnOnce(W) -> io::Result<Sink>,
+) -> Result<(Sink, u64), PackError> {
     let io_err = |path: &Path| {
         let path = path.display().to_string();
         move |source| PackError::Io { path, source }
@@ -116,7 +145,7 @@ fn pack_top_level(
         hasher: Sha256::new(),
         written: 0,
     };
-    let mut builder = tar::Builder::new(GzEncoder::new(hashing, Compression::default()));
+    let mut builder = tar::Builder::new(wrap(hashing));
     builder.follow_symlinks(false);
     let mut files = 0;
     let walker = WalkDir::new(dir)
@@ -157,14 +186,22 @@ fn pack_top_level(
             files += 1;
         }
     }
-    let encoder = builder.into_inner().map_err(io_err(out))?;
-    let mut hashing = encoder.finish().map_err(io_err(out))?;
-    hashing.flush().map_err(io_err(out))?;
-    let file = hashing.inner.into_inner().map_err(|e| PackError::Io {
+    let writer = builder.into_inner().map_err(io_err(out))?;
+    let hashing = unwrap(writer).map_err(io_err(out))?;
+    Ok((hashing, files))
+}
+
+fn finish(out: &Path, mut hashing: Sink, files: u64) -> Result<Packed, PackError> {
+    let io_err = |source| PackError::Io {
         path: out.display().to_string(),
-        source: e.into_error(),
-    })?;
-    file.sync_all().map_err(io_err(out))?;
+        source,
+    };
+    hashing.flush().map_err(io_err)?;
+    let file = hashing
+        .inner
+        .into_inner()
+        .map_err(|e| io_err(e.into_error()))?;
+    file.sync_all().map_err(io_err)?;
     Ok(Packed {
         path: out.to_owned(),
         size: hashing.written,

@@ -63,7 +63,7 @@ impl Build<'_> {
             ));
         } else {
             self.install_production(&dir).await?;
-            let layer = self.workspace.artifacts().join("release-deps.tar.gz");
+            let layer = self.workspace.artifacts().join("release-deps.tar");
             let (from, to) = (app.clone(), layer.clone());
             tokio::task::spawn_blocking(move || pack_only(&from, &to, &["node_modules"]))
                 .await
@@ -74,17 +74,18 @@ impl Build<'_> {
                         format!("cannot pack the production dependencies: {error}"),
                     )
                 })?;
-            executor
+            let assembled = executor
                 .assemble_image(&ImageAssembly {
                     base: base.clone(),
-                    layers: vec![layer],
+                    layers: vec![layer.clone()],
                     cmd: None,
                     env: Vec::new(),
                     tag: deps_tag.clone(),
                     labels: Vec::new(),
                 })
-                .await
-                .map_err(|error| fail(Component::Backend, error.to_string()))?;
+                .await;
+            let _ = std::fs::remove_file(&layer);
+            assembled.map_err(|error| fail(Component::Backend, error.to_string()))?;
         }
         let release_tag = format!("kiln-release-backend:{}", self.request.job_id);
         executor
