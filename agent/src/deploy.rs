@@ -30,6 +30,7 @@ const OUTPUT_QUOTED: usize = 20;
 
 const LABEL_ENVIRONMENT: &str = "kiln.environment";
 const LABEL_DEPLOYMENT: &str = "kiln.deployment";
+const LABEL_DEPLOY_JOB: &str = "kiln.deploy-job";
 
 const WORKER_MODE_MISSING: &str = "deploy.worker is true, but this release's medusa-config does not read MEDUSA_WORKER_MODE, so the server and the worker would both run scheduled jobs and subscribers; nothing was started. Add to projectConfig in medusa-config: `workerMode: process.env.MEDUSA_WORKER_MODE as \"shared\" | \"worker\" | \"server\"` and to the admin block `disable: process.env.DISABLE_MEDUSA_ADMIN === \"true\"`, then push; or set deploy.worker to false";
 
@@ -103,11 +104,10 @@ impl DeployRun<'_> {
         }
     }
 
+    /// A name of this deploy job's own: a rollback to a release whose old
+    /// containers are still stopping never shares their names.
     fn container(&self, service: &str) -> String {
-        format!(
-            "kiln-{}-{}-{service}",
-            self.job.environment_id, self.job.deployment_id
-        )
+        format!("kiln-{}-{service}", self.job.job_id)
     }
 
     /// The release image on this host: kept from before, or downloaded
@@ -165,6 +165,7 @@ impl DeployRun<'_> {
                 self.job.environment_id.clone(),
             ),
             (LABEL_DEPLOYMENT.to_owned(), self.job.deployment_id.clone()),
+            (LABEL_DEPLOY_JOB.to_owned(), self.job.job_id.clone()),
         ]);
         labels.insert("kiln.service".to_owned(), service.to_owned());
         let mut all: Vec<String> = self
@@ -406,19 +407,32 @@ impl DeployRun<'_> {
         };
         let previous: Vec<String> = containers
             .into_iter()
-            .filter(|(_, labels)| labels.get(LABEL_DEPLOYMENT) != Some(&self.job.deployment_id))
+            .filter(|(_, labels)| labels.get(LABEL_DEPLOY_JOB) != Some(&self.job.job_id))
             .map(|(name, _)| name)
             .collect();
         if previous.is_empty() {
             return;
         }
-        tokio::time::sleep(DRAIN).await;
-        for name in previous {
-            match docker.remove_service(&name, STOP_GRACE).await {
-                Ok(()) => self.log.line(format!("Stopped the previous {name}.")),
-                Err(error) => self.log.line(format!("Could not stop {name}: {error}")),
+        self.log.line(format!(
+            "The previous release ({}) stops in {}s, once its requests in flight are done.",
+            previous.join(", "),
+            DRAIN.as_secs()
+        ));
+        // The deploy is live now; what is left is the old release's.
+        let docker = docker.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN).await;
+            for name in previous {
+                match docker.remove_service(&name, STOP_GRACE).await {
+                    Ok(()) => {
+                        tracing::info!(message = "Stopped a previous release.", container = %name)
+                    }
+                    Err(error) => {
+                        tracing::warn!(message = "Could not stop a previous release.", container = %name, %error)
+                    }
+                }
             }
-        }
+        });
     }
 }
 

@@ -10,6 +10,33 @@ use reqwest::Method;
 use super::agent::world;
 use kiln_tests::support::{CaddyProcess, Postgres};
 
+/// The names of deployment `deployment_id`'s containers running `service`.
+async fn release_containers(
+    docker: &bollard::Docker,
+    deployment_id: &str,
+    service: &str,
+) -> Vec<String> {
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![
+            format!("kiln.deployment={deployment_id}"),
+            format!("kiln.service={service}"),
+        ],
+    )]);
+    docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|container| container.id)
+        .collect()
+}
+
 const HOST: &str = "api.shop.test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -143,14 +170,9 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         "{system}"
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while world
-        .docker
-        .inspect_container(
-            &format!("kiln-{}-{}-server", world.environment_id, first.id),
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
+    while !release_containers(&world.docker, &first.id, "server")
         .await
-        .is_ok()
+        .is_empty()
     {
         assert!(
             Instant::now() < deadline,
@@ -343,10 +365,12 @@ async fn issue_31_a_worker_runs_beside_the_server_only_where_the_config_tells_th
     let second = world.push(&sha).await;
     world.settle(&second.id, Live, &agent).await;
     assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
+    let workers = release_containers(&world.docker, &second.id, "worker").await;
+    assert_eq!(workers.len(), 1, "{workers:?}");
     let worker = world
         .docker
         .inspect_container(
-            &format!("kiln-{}-{}-worker", world.environment_id, second.id),
+            &workers[0],
             None::<bollard::query_parameters::InspectContainerOptions>,
         )
         .await

@@ -112,10 +112,11 @@ impl World {
             let settled_elsewhere = !on_the_way;
             if settled_elsewhere || Instant::now() > deadline {
                 panic!(
-                    "deployment {id} is {} (reason {:?}), expected {status}\nsystem log:\n{}\nagent log:\n{}",
+                    "deployment {id} is {} (reason {:?}), expected {status}\nsystem log:\n{}\ndeploy log:\n{}\nagent log:\n{}",
                     deployment.status,
                     deployment.reason,
                     self.log(id, "system").await,
+                    self.log(id, "deploy").await,
                     agent.log_text()
                 );
             }
