@@ -382,6 +382,7 @@ async fn build_locally(config: Arc<AgentConfig>, local: LocalBuild) -> anyhow::R
         timeout: config.job_timeout,
         progress: None,
         release_image: false,
+        release_reference: None,
     };
     let cancel = CancellationToken::new();
     let ctrl_c = cancel.clone();

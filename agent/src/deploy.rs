@@ -121,6 +121,28 @@ impl DeployRun<'_> {
         }
         let release = &self.deploy.backend;
         let started = Instant::now();
+        if let Some(reference) = &release.reference {
+            match docker.pull(reference).await {
+                Ok(stats) => {
+                    docker
+                        .tag_image(reference, &name)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let _ = docker.untag_image(reference).await;
+                    self.log.line(format!(
+                        "Pulled release image {reference} in {:.1}s: {} layer(s), {} bytes; {} layer(s) were on this host.",
+                        started.elapsed().as_secs_f64(),
+                        stats.layers_pulled,
+                        stats.bytes,
+                        stats.layers_present
+                    ));
+                    return Ok(name);
+                }
+                Err(error) => self.log.line(format!(
+                    "Could not pull {reference} ({error}); loading the release image from its artifact instead."
+                )),
+            }
+        }
         std::fs::create_dir_all(&self.spool_dir).map_err(|e| e.to_string())?;
         let archive = self.spool_dir.join(format!("{}.tar", self.job.job_id));
         let downloaded = self.client.download(release, &archive).await;

@@ -395,6 +395,7 @@ impl JobRun {
             progress: Some(progress),
             cache: self.cache_request(job),
             release_image: job.release_image,
+            release_reference: job.release_reference.clone(),
         };
         let workspace = Workspace::new(&self.config.work_dir, &job.job_id);
         let outcome = self

@@ -89,6 +89,10 @@ struct Cli {
     /// Shell command run on deploy (KILN_RELEASE_DIR etc. in its environment).
     #[arg(long, env = "KILN_DEPLOY_HOOK")]
     deploy_hook: Option<String>,
+    /// OCI registry release images are pushed to and deploy hosts pull from
+    /// (host[:port][/path]); without one, deploy hosts load the artifact.
+    #[arg(long, env = "KILN_REGISTRY")]
+    registry: Option<String>,
     /// `text` or `json`.
     #[arg(long, env = "KILN_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -339,6 +343,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.artifact_retention = (cli.artifact_retention_days > 0)
         .then(|| Duration::from_secs(u64::from(cli.artifact_retention_days) * 86_400));
     config.deploy_hook = cli.deploy_hook;
+    config.registry = cli
+        .registry
+        .as_deref()
+        .map(kiln_protocol::registry_prefix)
+        .transpose()
+        .map_err(|why| anyhow::anyhow!("--registry: {why}"))?;
     config.database_url = cli.database_url;
     config.database_connections = cli.database_connections as usize;
     config.object_store = cli.object_store_url.map(|url| crate::ObjectStoreConfig {

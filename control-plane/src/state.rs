@@ -56,6 +56,8 @@ pub struct Config {
     pub max_attempts: u32,
     /// Shell command run by the deploy step; non-zero exit is `deploy_failed`.
     pub deploy_hook: Option<String>,
+    /// Where release images go (`host[:port][/path]`), for deploy hosts to pull.
+    pub registry: Option<String>,
     pub deploy_timeout: Duration,
     pub max_artifact_bytes: u64,
     /// Accept `file://` and absolute-path repository URLs: the quick start's
@@ -102,6 +104,7 @@ impl Config {
             retention_interval: Duration::from_secs(600),
             max_attempts: 2,
             deploy_hook: None,
+            registry: None,
             deploy_timeout: Duration::from_secs(600),
             max_artifact_bytes: 10 * 1024 * 1024 * 1024,
             allow_local_repositories: false,

@@ -112,6 +112,10 @@ pub struct Job {
     /// agents. Added in v1.7.
     #[serde(default)]
     pub release_image: bool,
+    /// Where to push the release image too (`registry/repository:tag`), when
+    /// the control plane has a registry. Added in v1.7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_reference: Option<String>,
 }
 
 /// The build cache's trust scopes for one job, as GitHub Actions scopes caches:
@@ -291,6 +295,10 @@ pub struct ReleaseImage {
     pub sha256: String,
     /// Where the agent downloads it (relative to the control plane's base URL).
     pub url: String,
+    /// Where the agent pulls it from instead, when the control plane has a
+    /// registry (`registry/repository:tag`). Added in v1.7.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
 }
 
 /// What a deploy host needs to put a deployment live. Sent in `Job::deploy`.

@@ -140,6 +140,50 @@ pub fn hostname_check(hostname: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A registry as `--registry` takes it (`127.0.0.1:5000`,
+/// `registry.example.com/kiln`, an `http://` or `https://` prefix allowed):
+/// the host and path an image reference starts with.
+pub fn registry_prefix(registry: &str) -> Result<String, String> {
+    let bare = registry
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let well_formed = !bare.is_empty()
+        && bare.len() <= 200
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_:/".contains(&b))
+        && !bare.contains("//");
+    if well_formed {
+        Ok(bare.to_owned())
+    } else {
+        Err(format!(
+            "{registry:?} is not a registry; give host[:port][/path], such as 127.0.0.1:5000 or registry.example.com/kiln"
+        ))
+    }
+}
+
+/// The reference a deployment's backend release image has in `registry`.
+pub fn release_reference(registry: &str, project_id: &str, deployment_id: &str) -> String {
+    format!("{registry}/kiln-release/{project_id}:{deployment_id}")
+}
+
+/// A reference as the agent accepts one from a job: lowercase registry,
+/// repository and tag characters only.
+pub fn reference_check(reference: &str) -> Result<(), String> {
+    let well_formed = reference.len() <= 400
+        && reference.contains(':')
+        && reference
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:/".contains(&b))
+        && !reference.starts_with('-');
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!("{reference:?} is not an image reference"))
+    }
+}
+
 /// An absolute path of URL-safe characters, with no query and no way up.
 pub fn health_path_check(path: &str) -> Result<(), String> {
     let fix = "use an absolute path such as /health";
@@ -199,6 +243,33 @@ mod tests {
         let mut settings = settings();
         settings.health_timeout_seconds = 0;
         assert!(settings.check().is_err());
+    }
+
+    #[test]
+    fn registries_and_references_are_checked() {
+        assert_eq!(
+            registry_prefix("http://127.0.0.1:5000/").unwrap(),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(
+            registry_prefix("registry.example.com/kiln").unwrap(),
+            "registry.example.com/kiln"
+        );
+        for bad in [
+            "",
+            "Registry.example.com",
+            "host:5000/a b",
+            "a//b",
+            "-x; rm -rf /",
+        ] {
+            assert!(registry_prefix(bad).is_err(), "{bad}");
+        }
+        let reference = release_reference("127.0.0.1:5000", "prj_1", "dpl_2");
+        assert_eq!(reference, "127.0.0.1:5000/kiln-release/prj_1:dpl_2");
+        reference_check(&reference).unwrap();
+        for bad in ["--help", "no-tag", "a b:c", "X:y"] {
+            assert!(reference_check(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

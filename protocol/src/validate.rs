@@ -442,6 +442,12 @@ pub fn job(job: &crate::Job, allow_local_repositories: bool) -> Result<(), Inval
     }
     field("attempt", within(u64::from(job.attempt), 1000))?;
     field("lease_seconds", within(job.lease_seconds, 86_400))?;
+    if let Some(reference) = &job.release_reference {
+        field(
+            "release_reference",
+            crate::deploy::reference_check(reference),
+        )?;
+    }
     if let Some(deploy) = &job.deploy {
         // Its values reach Caddy's config, Docker and a URL the agent fetches.
         field("deploy.settings", deploy.settings.check())?;
@@ -465,6 +471,12 @@ pub fn job(job: &crate::Job, allow_local_repositories: bool) -> Result<(), Inval
             Err("is not a sha256 in hex".to_owned())
         };
         field("deploy.backend.sha256", digest)?;
+        if let Some(reference) = &release.reference {
+            field(
+                "deploy.backend.reference",
+                crate::deploy::reference_check(reference),
+            )?;
+        }
         field(
             "deploy.environment_name",
             text(&deploy.environment_name, MAX_NAME, false),

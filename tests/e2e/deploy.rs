@@ -387,3 +387,85 @@ async fn issue_31_a_worker_runs_beside_the_server_only_where_the_config_tells_th
     );
     drop(agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue_31_with_a_registry_release_images_are_pushed_and_a_code_only_deploy_pulls_one_layer()
+{
+    let postgres = Postgres::start();
+    let registry = kiln_tests::support::Registry::start().await;
+    let variables =
+        serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
+    let address = registry.address.clone();
+    let Some(world) = kiln_tests::support::World::new_with(
+        std::path::Path::new(super::agent::AGENT),
+        variables,
+        None,
+        |config| config.registry = Some(address),
+    )
+    .await
+    else {
+        return;
+    };
+    let _containers = kiln_tests::support::ReleaseContainers {
+        environment_id: world.environment_id.clone(),
+    };
+    let caddy = CaddyProcess::start();
+    let reply = world
+        .admin
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/environments/{}", world.environment_id),
+            &serde_json::json!({
+                "auto_deploy": true,
+                "deploy": {"backend_hostname": HOST, "health_timeout_seconds": 30}
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let agent = world
+        .agent(
+            "agent",
+            &format!(
+                "roles = [\"build\", \"deploy\"]\ncaddy_admin_url = \"{}\"\ncaddy_listen = \"127.0.0.1:{}\"\ndeploy_network = \"host\"\n",
+                caddy.admin, caddy.listen
+            ),
+        )
+        .await;
+    let mut pulled = Vec::new();
+    for version in ["one", "two"] {
+        let sha = world.repo.commit(version, |dir| {
+            std::fs::write(dir.join("src/version.txt"), version).unwrap();
+        });
+        let deployment = world.push(&sha).await;
+        world.settle(&deployment.id, Live, &agent).await;
+        assert_eq!(
+            caddy.get(HOST, "/version").await,
+            Some((200, version.to_owned()))
+        );
+        let reference = format!(
+            "{}/kiln-release/{}:{}",
+            registry.address, world.project_id, deployment.id
+        );
+        let system = world.log(&deployment.id, "system").await;
+        assert!(
+            system.contains(&format!("Pushed the release image to {reference}")),
+            "{system}"
+        );
+        let tags = registry
+            .get(&format!("/v2/kiln-release/{}/tags/list", world.project_id))
+            .await
+            .unwrap_or_default();
+        assert!(tags.contains(&deployment.id), "{tags}");
+        let deploy_log = world.log(&deployment.id, "deploy").await;
+        let line = deploy_log
+            .lines()
+            .find(|line| line.contains(&format!("Pulled release image {reference}")))
+            .unwrap_or_else(|| panic!("no pull in:\n{deploy_log}"))
+            .to_owned();
+        pulled.push(line);
+    }
+    // The code-only change: one layer (the code) travels; the dependencies
+    // and the Node image were on the host.
+    assert!(pulled[1].contains(": 1 layer(s)"), "{pulled:?}");
+    drop(agent);
+}

@@ -190,3 +190,64 @@ impl Drop for ReleaseContainers {
         }
     }
 }
+
+/// A real OCI registry on a loopback port (Debian's `docker-registry`), which
+/// the Docker engine speaks plain HTTP to, as to any registry on 127.0.0.0/8.
+pub struct Registry {
+    child: Child,
+    pub address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub async fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let address = format!("127.0.0.1:{}", free_port());
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry is installed (.ci/run installs it)");
+        let registry = Registry {
+            child,
+            address,
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if registry.get("/v2/").await.is_some() {
+                return registry;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("docker-registry did not answer on {}", registry.address);
+    }
+
+    /// GET `path` of the registry's API: the body of a 200.
+    pub async fn get(&self, path: &str) -> Option<String> {
+        let response = reqwest::get(format!("http://{}{path}", self.address))
+            .await
+            .ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        response.text().await.ok()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

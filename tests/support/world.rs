@@ -33,6 +33,16 @@ impl World {
         variables: serde_json::Value,
         storefront_path: Option<&str>,
     ) -> Option<World> {
+        World::new_with(agent_binary, variables, storefront_path, |_| {}).await
+    }
+
+    /// Like `new`, with the control plane's configuration changed by `tweak`.
+    pub async fn new_with(
+        agent_binary: &Path,
+        variables: serde_json::Value,
+        storefront_path: Option<&str>,
+        tweak: impl FnOnce(&mut kiln_control_plane::Config),
+    ) -> Option<World> {
         let docker = docker().await?;
         let image = build_image().await;
         let dir = tempfile::tempdir().unwrap();
@@ -41,7 +51,7 @@ impl World {
             Some(_) => FixtureRepo::with_storefront(&root),
             None => FixtureRepo::new(&root),
         };
-        let cp = ControlPlane::start(&root.join("server")).await;
+        let cp = ControlPlane::start_with(&root.join("server"), tweak).await;
         let admin = cp.admin();
         let project = admin
             .create_project_with(CreateProject {

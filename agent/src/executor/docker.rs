@@ -536,6 +536,13 @@ impl Executor for DockerExecutor {
         DockerExecutor::untag_image(self, image).await
     }
 
+    async fn push_image(&self, image: &str, reference: &str) -> Result<(), ExecError> {
+        self.tag_image(image, reference).await?;
+        let pushed = self.push(reference).await;
+        let _ = DockerExecutor::untag_image(self, reference).await;
+        pushed
+    }
+
     async fn remove(&self, container_id: &str) -> Result<(), ExecError> {
         match self
             .docker

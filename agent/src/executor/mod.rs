@@ -184,4 +184,7 @@ pub trait Executor: Send + Sync {
 
     /// Removes an image's name.
     async fn untag_image(&self, image: &str) -> Result<(), ExecError>;
+
+    /// Names `image` `reference` too and pushes it to its registry.
+    async fn push_image(&self, image: &str, reference: &str) -> Result<(), ExecError>;
 }

@@ -45,6 +45,15 @@ pub struct ServiceSpec {
     pub user: UidGid,
 }
 
+/// What a pull moved: the layers it fetched (and their compressed bytes), and
+/// those the host had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullStats {
+    pub layers_pulled: usize,
+    pub layers_present: usize,
+    pub bytes: u64,
+}
+
 /// What a stopped or running service says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceState {
@@ -189,6 +198,80 @@ impl DockerExecutor {
             Err(error) if super::docker::is_not_found(&error) => Ok(()),
             Err(error) => Err(docker_error("remove an image", error)),
         }
+    }
+
+    /// Pushes `image` (`registry/repository:tag`) to its registry.
+    pub async fn push(&self, image: &str) -> Result<(), ExecError> {
+        let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+        let mut progress = self.docker.push_image(
+            name,
+            Some(bollard::query_parameters::PushImageOptions {
+                tag: Some(tag.to_owned()),
+                platform: None,
+            }),
+            None,
+        );
+        while let Some(message) = progress.next().await {
+            let message = message.map_err(|e| docker_error("push a release image", e))?;
+            if let Some(error) = message.error_detail.and_then(|detail| detail.message) {
+                return Err(ExecError::Docker {
+                    action: "push a release image",
+                    reason: error,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls `image` (`registry/repository:tag`): only the layers this host
+    /// lacks travel, and the answer says how many and how large.
+    pub async fn pull(&self, image: &str) -> Result<PullStats, ExecError> {
+        let (name, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
+        let mut progress = self.docker.create_image(
+            Some(bollard::query_parameters::CreateImageOptions {
+                from_image: Some(name.to_owned()),
+                tag: Some(tag.to_owned()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        let mut present = std::collections::BTreeSet::new();
+        let mut pulled: HashMap<String, i64> = HashMap::new();
+        while let Some(message) = progress.next().await {
+            let message = message.map_err(|e| docker_error("pull a release image", e))?;
+            if let Some(error) = message.error_detail.and_then(|detail| detail.message) {
+                return Err(ExecError::Docker {
+                    action: "pull a release image",
+                    reason: error,
+                });
+            }
+            let (Some(layer), Some(status)) = (message.id, message.status) else {
+                continue;
+            };
+            match status.as_str() {
+                "Already exists" => {
+                    present.insert(layer);
+                }
+                "Downloading" => {
+                    let total = message
+                        .progress_detail
+                        .and_then(|detail| detail.total)
+                        .unwrap_or(0);
+                    let entry = pulled.entry(layer).or_default();
+                    *entry = (*entry).max(total);
+                }
+                "Pull complete" | "Download complete" => {
+                    pulled.entry(layer).or_default();
+                }
+                _ => {}
+            }
+        }
+        Ok(PullStats {
+            layers_pulled: pulled.len(),
+            layers_present: present.len(),
+            bytes: pulled.values().map(|&bytes| bytes.max(0) as u64).sum(),
+        })
     }
 
     /// Writes `image` as an archive (`docker save`); its size and sha256.

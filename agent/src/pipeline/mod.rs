@@ -66,6 +66,8 @@ pub struct BuildRequest {
     pub cache: Option<CacheRequest>,
     /// Also make the backend's release image (its environment deploys to agents).
     pub release_image: bool,
+    /// And push it there (`registry/repository:tag`).
+    pub release_reference: Option<String>,
 }
 
 impl BuildRequest {

@@ -108,6 +108,20 @@ impl Build<'_> {
             })
             .await
             .map_err(|error| fail(Component::Backend, error.to_string()))?;
+        if let Some(reference) = &self.request.release_reference {
+            let pushing = Instant::now();
+            if let Err(error) = executor.push_image(&release_tag, reference).await {
+                let _ = executor.untag_image(&release_tag).await;
+                return Err(fail(
+                    Component::Backend,
+                    format!("cannot push the release image to {reference}: {error}; check that the control plane's --registry answers from this build host"),
+                ));
+            }
+            self.system.line(format!(
+                "Pushed the release image to {reference} in {}.",
+                seconds(pushing)
+            ));
+        }
         let out = self.workspace.artifacts().join(BACKEND_RELEASE);
         let saved = executor.save_image(&release_tag, &out).await;
         // The deploy host loads it from the artifact; this host keeps only the

@@ -82,7 +82,16 @@ pub(super) async fn claim_job(
             .db
             .call(move |conn| store::claim_for_roles(conn, &claimer, &roles, policy))
             .await?;
-        if let Some(job) = job {
+        if let Some(mut job) = job {
+            if let Some(registry) = &state.config.registry {
+                let reference =
+                    kiln_protocol::release_reference(registry, &job.project_id, &job.deployment_id);
+                match &mut job.deploy {
+                    Some(deploy) => deploy.backend.reference = Some(reference),
+                    None if job.release_image => job.release_reference = Some(reference),
+                    None => {}
+                }
+            }
             tracing::info!(message = "Job claimed.", job_id = %job.job_id, deployment_id = %job.deployment_id, agent_id = %agent.id);
             state.announce_change();
             return Ok(Json(job).into_response());

@@ -34,13 +34,17 @@ fn parse_stream(stream: &str) -> Result<LogStream, ApiError> {
         .map_err(|error| ApiError::InvalidParameter(error.to_string()))
 }
 
-/// The job whose logs the deployment shows (its latest), if any claimed it, and
-/// whether it has ended.
-async fn job_of(state: &AppState, deployment_id: &str) -> Result<Option<(String, bool)>, ApiError> {
+/// The job whose `stream` the deployment shows (its latest build, or deploy
+/// for the deploy stream), if any claimed it, and whether it has ended.
+async fn job_of(
+    state: &AppState,
+    deployment_id: &str,
+    stream: LogStream,
+) -> Result<Option<(String, bool)>, ApiError> {
     let id = deployment_id.to_owned();
     let job = state
         .db
-        .call(move |conn| store::job_for_logs(conn, &id, None, LogStream::System))
+        .call(move |conn| store::job_for_logs(conn, &id, None, stream))
         .await?;
     match job {
         Some(job) => Ok(Some((job.id, job.finished))),
@@ -105,7 +109,7 @@ pub async fn lines(
     Query(query): Query<LinesQuery>,
 ) -> Result<Json<Lines>, ApiError> {
     let stream = parse_stream(&stream)?;
-    let Some((job_id, ended)) = job_of(&state, &id).await? else {
+    let Some((job_id, ended)) = job_of(&state, &id, stream).await? else {
         return Ok(Json(Lines {
             total: 0,
             size: 0,
@@ -165,7 +169,7 @@ pub async fn search(
             "q must be 1 to 1000 characters".to_owned(),
         ));
     }
-    let Some((job_id, _)) = job_of(&state, &id).await? else {
+    let Some((job_id, _)) = job_of(&state, &id, stream).await? else {
         return Ok(Json(serde_json::json!({"matches": [], "truncated": false})));
     };
     let (matches, truncated) = state
@@ -259,7 +263,7 @@ pub async fn outline(
     Path((id, stream)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let stream = parse_stream(&stream)?;
-    let Some((job_id, _)) = job_of(&state, &id).await? else {
+    let Some((job_id, _)) = job_of(&state, &id, stream).await? else {
         return Ok(Json(serde_json::json!({"sections": []})));
     };
     // The system log is short: the agent's own lines.
@@ -423,7 +427,7 @@ impl Follower {
             changed.as_mut().enable();
             let job = match &self.job_id {
                 Some(job) => Some((job.clone(), false)),
-                None => job_of(&self.state, &self.deployment_id)
+                None => job_of(&self.state, &self.deployment_id, self.stream)
                     .await
                     .ok()
                     .flatten(),

@@ -6,6 +6,7 @@
 //! Everything here answers people in a browser; `/api/v1` keeps its bearer
 //! tokens and its JSON errors.
 
+mod actions;
 mod auth;
 mod logview;
 mod pages;
@@ -13,7 +14,7 @@ mod pieces;
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use kiln_protocol::{DeploymentStatus, EnvironmentKind, UpdateEnvironment};
@@ -45,10 +46,10 @@ pub fn router(state: AppState) -> Router {
             get(environment_settings).post(save_environment_settings),
         )
         .route("/deployments/{id}", get(deployment))
-        .route("/deployments/{id}/deploy", post(deploy))
-        .route("/deployments/{id}/redeploy", post(redeploy))
-        .route("/deployments/{id}/rollback", post(rollback))
-        .route("/deployments/{id}/cancel", post(cancel))
+        .route("/deployments/{id}/deploy", post(actions::deploy))
+        .route("/deployments/{id}/redeploy", post(actions::redeploy))
+        .route("/deployments/{id}/rollback", post(actions::rollback))
+        .route("/deployments/{id}/cancel", post(actions::cancel))
         .route("/deployments/{id}/status", get(deployment_status))
         .route("/deployments/{id}/artifacts/{name}", get(artifact))
         .route("/deployments/{id}/logs/{stream}/raw", get(logview::raw))
@@ -266,7 +267,7 @@ fn validate_shown(text: &str) -> String {
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
+pub(super) struct CsrfForm {
     #[serde(default)]
     csrf: String,
 }
@@ -569,32 +570,41 @@ async fn deployment(
                 && deployment.artifacts_removed_at.is_none())
             .then(|| store::migrations_ahead(conn, &deployment.id))
             .transpose()?;
+            let deployed_by_agent =
+                store::job_for_logs(conn, &deployment.id, None, kiln_protocol::LogStream::Deploy)?
+                    .is_some();
             Ok::<_, ApiError>((
                 deployment,
                 project,
                 environment,
                 siblings,
                 delivery,
-                (live_newer, rollback),
+                (live_newer, rollback, deployed_by_agent),
             ))
         })
         .await;
     match found {
-        Ok((deployment, project, environment, siblings, delivery, (live_newer, rollback))) => {
-            pages::deployment(
-                &session,
-                DeploymentView {
-                    deployment: &deployment,
-                    project: &project,
-                    environment: environment.as_ref(),
-                    siblings: &siblings,
-                    delivery: delivery.as_ref(),
-                    live_newer: live_newer.as_ref(),
-                    rollback: rollback.as_deref(),
-                },
-            )
-            .into_response()
-        }
+        Ok((
+            deployment,
+            project,
+            environment,
+            siblings,
+            delivery,
+            (live_newer, rollback, deployed_by_agent),
+        )) => pages::deployment(
+            &session,
+            DeploymentView {
+                deployment: &deployment,
+                project: &project,
+                environment: environment.as_ref(),
+                siblings: &siblings,
+                delivery: delivery.as_ref(),
+                live_newer: live_newer.as_ref(),
+                rollback: rollback.as_deref(),
+                deployed_by_agent,
+            },
+        )
+        .into_response(),
         Err(error) => page_error(Some(&session), error),
     }
 }
@@ -620,143 +630,6 @@ async fn deployment_status(
         .into_response(),
         Err(error) => error.into_response(),
     }
-}
-
-/// Runs a deployer's action on a deployment and shows where it led.
-async fn act(
-    state: &AppState,
-    session: &Session,
-    csrf: &str,
-    action: &str,
-    run: impl std::future::Future<Output = Result<String, ApiError>>,
-) -> Response {
-    if let Err(refused) = session
-        .check_csrf(csrf)
-        .and_then(|()| session.require(Role::Deployer, action))
-    {
-        return refused.into_response();
-    }
-    match run.await {
-        Ok(shown) => {
-            state.announce_queue_change();
-            Redirect::to(&format!("/deployments/{shown}")).into_response()
-        }
-        Err(ApiError::NotFound { kind, id }) => {
-            pages::not_found(Some(session), &format!("{kind} {id}"))
-        }
-        Err(error) => pages::refused(session, &format!("Could not {action}: {error}")),
-    }
-}
-
-#[derive(Deserialize)]
-struct DeployForm {
-    #[serde(default)]
-    csrf: String,
-    /// `yes` when the deployer ticked that an older commit is meant.
-    #[serde(default)]
-    older: Option<String>,
-}
-
-async fn deploy(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    Form(form): Form<DeployForm>,
-) -> Response {
-    let meant_older = form.older.as_deref() == Some("yes");
-    let run = async {
-        // One click must not silently take an environment back to an older commit.
-        let asked = id.clone();
-        let live_newer = state
-            .db
-            .call(move |conn| {
-                let deployment = store::get_deployment(conn, &asked)?;
-                store::live_newer_than(conn, &deployment)
-            })
-            .await?;
-        if let (Some(live), false) = (live_newer, meant_older) {
-            return Err(ApiError::Conflict(format!(
-                "deployment {} is live and newer than this one; tick \"take it back to this older commit\" to deploy this one anyway",
-                live.id
-            )));
-        }
-        tracing::info!(message = "Deploy from the dashboard.", deployment_id = %id, by = %session.user.name);
-        crate::deployer::start_deploy(&state, id.clone()).await?;
-        Ok(id.clone())
-    };
-    act(&state, &session, &form.csrf, "deploy", run).await
-}
-
-#[derive(Deserialize)]
-struct RollbackForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-async fn rollback(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    Form(form): Form<RollbackForm>,
-) -> Response {
-    let run = async {
-        let asked = id.clone();
-        tracing::info!(message = "Rollback from the dashboard.", deployment_id = %id, by = %session.user.name);
-        state
-            .db
-            .call(move |conn| store::begin_rollback(conn, &asked))
-            .await?;
-        Ok(id.clone())
-    };
-    act(&state, &session, &form.csrf, "roll back", run).await
-}
-
-#[derive(Deserialize)]
-struct RedeployForm {
-    #[serde(default)]
-    csrf: String,
-    /// `off` when "without cache" is ticked.
-    #[serde(default)]
-    cache: Option<String>,
-}
-
-async fn redeploy(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    Form(form): Form<RedeployForm>,
-) -> Response {
-    let original = id.clone();
-    let use_cache = form.cache.as_deref() != Some("off");
-    let run = async {
-        let outcome = state
-            .db
-            .call(move |conn| store::redeploy(conn, &original, use_cache))
-            .await?;
-        tracing::info!(message = "Redeploy from the dashboard.", deployment_id = %id, by = %session.user.name);
-        Ok(outcome
-            .deployments
-            .first()
-            .map_or(id.clone(), |deployment| deployment.id.clone()))
-    };
-    act(&state, &session, &form.csrf, "redeploy", run).await
-}
-
-async fn cancel(
-    State(state): State<AppState>,
-    session: Session,
-    Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    let (target, by) = (id.clone(), session.user.name.clone());
-    let run = async {
-        state
-            .db
-            .call(move |conn| store::cancel_deployment(conn, &target, &by))
-            .await?;
-        Ok(id.clone())
-    };
-    act(&state, &session, &form.csrf, "cancel a build", run).await
 }
 
 async fn artifact(

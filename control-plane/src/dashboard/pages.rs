@@ -393,6 +393,8 @@ pub struct DeploymentView<'a> {
     /// Set when this deployment can be rolled back to: the newer deployments
     /// whose migrations a rollback leaves applied.
     pub rollback: Option<&'a [String]>,
+    /// Whether a deploy host ran a deploy of it (its deploy log).
+    pub deployed_by_agent: bool,
 }
 
 /// Links to what a live environment serves, where its deploys run on agents.
@@ -462,13 +464,14 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
         delivery,
         live_newer,
         rollback,
+        deployed_by_agent,
     } = view;
     let environment_name = environment.map_or("(removed environment)", |e| e.name.as_str());
     let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
     let streams: Vec<LogStream> = LogStream::ALL
         .into_iter()
-        // The deploy stream is a deploy job's; the page shows the build's.
-        .filter(|stream| *stream != LogStream::Deploy)
+        // The deploy stream is a deploy job's: shown once one ran.
+        .filter(|stream| *stream != LogStream::Deploy || deployed_by_agent)
         .filter(|stream| {
             *stream != LogStream::Storefront
                 || deployment.storefront_status != ComponentStatus::Skipped
@@ -811,6 +814,7 @@ mod tests {
                     delivery: None,
                     live_newer: None,
                     rollback: None,
+                    deployed_by_agent: false,
                 },
             )
             .body

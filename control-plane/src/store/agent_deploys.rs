@@ -278,6 +278,8 @@ fn deploy_job(
         size: release.descriptor.size,
         sha256: release.descriptor.sha256.clone(),
         url: format!("/api/v1/agent/jobs/{job_id}/artifacts/{BACKEND_RELEASE}"),
+        // The server adds the registry's, when it has one.
+        reference: None,
     };
     Ok(Job {
         job_id,
@@ -319,6 +321,7 @@ fn deploy_job(
             releases_kept: RELEASES_KEPT,
         }),
         release_image: false,
+        release_reference: None,
     })
 }
 

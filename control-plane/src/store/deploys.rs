@@ -34,6 +34,15 @@ pub fn begin_deploy(
 ) -> Result<(Deployment, DeployRunner), ApiError> {
     let tx = conn.transaction()?;
     let deployment = get_deployment_in(&tx, id)?;
+    // Deploy takes a build in; a release that ran before comes back by a
+    // rollback (`begin_rollback`), not by this.
+    if deployment.status != DeploymentStatus::AwaitingDeployment {
+        return Err(ApiError::IllegalTransition {
+            deployment_id: id.to_owned(),
+            from: deployment.status,
+            to: DeploymentStatus::Deploying,
+        });
+    }
     let runner = match deploy_settings_for(&tx, &deployment)? {
         Some(settings) => {
             queue_agent_deploy(&tx, &deployment, &settings, DeployAction::Deploy)?;

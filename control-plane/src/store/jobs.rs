@@ -204,6 +204,8 @@ pub fn claim_for_roles(
         cache: Some(cache),
         deploy: None,
         release_image,
+        // The server adds the registry's, when it has one.
+        release_reference: None,
     }))
 }
 
