@@ -50,6 +50,11 @@ pub(crate) struct DeployRun<'a> {
 impl DeployRun<'_> {
     /// Runs the deploy; the reason it failed.
     pub async fn run(&self) -> Result<(), String> {
+        may_deploy(
+            self.config,
+            &self.deploy.settings,
+            &self.deploy.environment_name,
+        )?;
         let started = Instant::now();
         let docker = DockerExecutor::connect()
             .await
@@ -458,6 +463,33 @@ impl DeployRun<'_> {
     }
 }
 
+/// Refuses a deploy job this agent was not set up to run: without the deploy
+/// role, or for an environment whose labels it does not carry all of. The
+/// control plane hands out no such job; one that comes anyway is refused.
+fn may_deploy(
+    config: &AgentConfig,
+    settings: &kiln_protocol::DeploySettings,
+    environment: &str,
+) -> Result<(), String> {
+    if !config.roles.contains(&kiln_protocol::Role::Deploy) {
+        return Err(format!(
+            "this agent does not deploy (its roles are {:?}); give roles = [\"deploy\"] to an agent meant to run {environment}",
+            config.roles.iter().map(|role| role.as_str()).collect::<Vec<_>>()
+        ));
+    }
+    let missing: Vec<&String> = settings
+        .agent_labels
+        .iter()
+        .filter(|label| !config.labels.contains(label))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "this agent may not deploy {environment}: it lacks the labels {missing:?} that the environment's deploy.agent_labels require"
+        ));
+    }
+    settings.check()
+}
+
 /// The last lines of a container's output, for a reason.
 fn last_lines(output: &str) -> String {
     let lines: Vec<&str> = output
@@ -477,4 +509,42 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(roles: &str, labels: &str) -> AgentConfig {
+        crate::config::PartialConfig::from_env(|name| match name {
+            "KILN_ROLES" => Some(roles.to_owned()),
+            "KILN_LABELS" => Some(labels.to_owned()),
+            _ => None,
+        })
+        .unwrap()
+        .resolve()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_deploy_job_for_an_environment_the_agent_may_not_deploy_is_refused() {
+        let settings: kiln_protocol::DeploySettings = serde_json::from_str(
+            r#"{"agent_labels": ["edge"], "backend_hostname": "api.shop.example"}"#,
+        )
+        .unwrap();
+        let builder = may_deploy(&config("build", "edge"), &settings, "Production").unwrap_err();
+        assert!(builder.contains("does not deploy"), "{builder}");
+        let elsewhere =
+            may_deploy(&config("deploy", "other"), &settings, "Production").unwrap_err();
+        assert!(elsewhere.contains("\"edge\""), "{elsewhere}");
+        may_deploy(
+            &config("build,deploy", "edge,other"),
+            &settings,
+            "Production",
+        )
+        .unwrap();
+        let mut injected = settings.clone();
+        injected.health_path = "/health\"}]".to_owned();
+        assert!(may_deploy(&config("deploy", "edge"), &injected, "Production").is_err());
+    }
 }

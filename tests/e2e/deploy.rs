@@ -376,6 +376,27 @@ async fn issue_31_a_worker_runs_beside_the_server_only_where_the_config_tells_th
         .await
         .expect("the worker container");
     assert_eq!(worker.state.and_then(|state| state.running), Some(true));
+    // A release runs in the build sandbox's limits, never as root.
+    let host = worker.host_config.clone().unwrap_or_default();
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert!(host
+        .security_opt
+        .unwrap_or_default()
+        .contains(&"no-new-privileges".to_owned()));
+    assert!(host.memory.unwrap_or(0) > 0 && host.pids_limit.unwrap_or(0) > 0);
+    assert!(
+        host.binds.unwrap_or_default().is_empty(),
+        "no host folder is mounted"
+    );
+    let user = worker
+        .config
+        .as_ref()
+        .and_then(|config| config.user.clone());
+    assert!(
+        user.as_deref()
+            .is_some_and(|user| !user.is_empty() && !user.starts_with("0")),
+        "{user:?}"
+    );
     let env = worker
         .config
         .and_then(|config| config.env)
