@@ -169,11 +169,15 @@ async fn by_hand(image: &str, database_url: &str) -> f64 {
 #[tokio::main]
 async fn main() {
     let postgres = Postgres::start();
+    let registry = Registry::start().await;
     let variables =
         serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
-    let world = World::new(Path::new(AGENT), variables, None)
-        .await
-        .expect("the deploy benchmark needs Docker");
+    let address = registry.address.clone();
+    let world = World::new_with(Path::new(AGENT), variables, None, |config| {
+        config.registry = Some(address)
+    })
+    .await
+    .expect("the deploy benchmark needs Docker");
     let _containers = ReleaseContainers {
         environment_id: world.environment_id.clone(),
     };
@@ -200,6 +204,13 @@ async fn main() {
     set_auto_deploy(&world, true).await;
     let (first, cold) = push_version(&world, "v0", DeploymentStatus::Live).await;
     println!("cold push → live: {cold:.2} s");
+    if std::env::var_os("KILN_BENCH_DEBUG").is_some() {
+        println!(
+            "{}\n{}",
+            world.log(&first, "system").await,
+            world.log(&first, "deploy").await
+        );
+    }
 
     let (mut to_live, mut built_only) = (Vec::new(), Vec::new());
     let (mut sent, mut failed) = (0, 0);
