@@ -51,6 +51,13 @@ impl Caddy {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Whether the admin API answers: what `doctor` reports.
+    pub async fn answers(&self) -> Result<(), String> {
+        self.call(reqwest::Method::GET, "/config/", None)
+            .await
+            .map(drop)
+    }
+
     /// Makes `apps.http.servers.<name>` listen on `listen` if it is not there,
     /// creating the levels above it that are missing. Kiln's server does no
     /// automatic HTTPS: TLS is the operator's choice of listener.

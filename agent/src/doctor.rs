@@ -7,6 +7,7 @@ use crate::config::AgentConfig;
 use crate::executor::DockerExecutor;
 use crate::state::StateDir;
 
+#[derive(Debug)]
 enum Verdict {
     Ok(String),
     Warn(String),
@@ -122,6 +123,9 @@ pub async fn run(config: &AgentConfig) -> bool {
         },
     ));
 
+    if config.roles.contains(&kiln_protocol::Role::Deploy) {
+        results.push(("caddy", caddy(config).await));
+    }
     results.push(("control plane", control_plane(config).await));
     for (check, verdict) in &results {
         print(check, verdict);
@@ -357,6 +361,20 @@ fn judge_sandbox(probe: &str, config: &AgentConfig) -> Vec<(&'static str, Verdic
     results
 }
 
+/// A deploy host switches releases through Caddy's admin API.
+async fn caddy(config: &AgentConfig) -> Verdict {
+    match crate::caddy::Caddy::new(&config.caddy_admin_url)
+        .answers()
+        .await
+    {
+        Ok(()) => Verdict::Ok(format!(
+            "the admin API answers at {}; releases are served on {}",
+            config.caddy_admin_url, config.caddy_listen
+        )),
+        Err(error) => Verdict::Fail(error),
+    }
+}
+
 async fn control_plane(config: &AgentConfig) -> Verdict {
     let identity = match StateDir::new(&config.state_dir).load_identity() {
         Ok(identity) => identity,
@@ -388,6 +406,28 @@ async fn control_plane(config: &AgentConfig) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_deploy_host_without_caddy_is_told_what_to_start() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = crate::config::PartialConfig {
+            caddy_admin_url: Some(format!("http://127.0.0.1:{port}")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        match caddy(&config).await {
+            Verdict::Fail(why) => assert!(
+                why.contains("is Caddy running") && why.contains("caddy_admin_url"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn config() -> AgentConfig {
         crate::config::PartialConfig {
