@@ -203,6 +203,24 @@ impl DockerExecutor {
         ))
     }
 
+    /// Every container, running or not, with `label` (`key=value`).
+    pub(super) async fn labelled(
+        &self,
+        label: &str,
+        action: &'static str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, ExecError> {
+        let filters = HashMap::from([("label", vec![label.to_owned()])]);
+        self.docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| docker_error(action, e))
+    }
+
     pub async fn has_image(&self, image: &str) -> Result<bool, ExecError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
@@ -491,17 +509,9 @@ impl Executor for DockerExecutor {
     }
 
     async fn leftovers(&self, agent_id: &str) -> Result<Vec<Leftover>, ExecError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_AGENT}={agent_id}")])]);
         let containers = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| docker_error("list containers", e))?;
+            .labelled(&format!("{LABEL_AGENT}={agent_id}"), "list containers")
+            .await?;
         Ok(containers
             .into_iter()
             .filter_map(|container| {

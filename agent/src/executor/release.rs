@@ -15,9 +15,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, ImportImageOptions,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, StartContainerOptions, StopContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -517,17 +516,9 @@ impl DockerExecutor {
         key: &str,
         value: &str,
     ) -> Result<Vec<(String, HashMap<String, String>)>, ExecError> {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{key}={value}")])]);
         let containers = self
-            .docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| docker_error("list release containers", e))?;
+            .labelled(&format!("{key}={value}"), "list release containers")
+            .await?;
         Ok(containers
             .into_iter()
             .filter_map(|container| {

@@ -52,10 +52,13 @@ impl Build<'_> {
                     format!("cannot unpack .medusa/server for its release image: {error}"),
                 )
             })?;
+        // Read while only the agent has touched the unpacked copy: the
+        // production install below runs the dependencies' scripts in it.
         let deps_tag = format!(
             "{DEPS_REPOSITORY}:{}",
             deps_key(&self.image_id(Component::Backend), &app)
         );
+        let worker_mode = reads_worker_mode(&app);
         let reused = executor.image_exists(&deps_tag).await.unwrap_or(false);
         if reused {
             self.system.line(format!(
@@ -101,10 +104,7 @@ impl Build<'_> {
                 ]),
                 env: vec!["NODE_ENV=production".to_owned()],
                 tag: release_tag.clone(),
-                labels: vec![(
-                    LABEL_READS_WORKER_MODE.to_owned(),
-                    reads_worker_mode(&app).to_string(),
-                )],
+                labels: vec![(LABEL_READS_WORKER_MODE.to_owned(), worker_mode.to_string())],
             })
             .await
             .map_err(|error| fail(Component::Backend, error.to_string()))?;
