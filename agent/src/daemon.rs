@@ -20,8 +20,8 @@ use crate::backoff::Backoff;
 use crate::client::{Client, ClientError};
 use crate::config::AgentConfig;
 use crate::executor::{ExecError, Executor};
-use crate::job::{failed_update, JobRun, LOG_DRAIN_LIMIT};
-use crate::logs::{JobLogs, LogOptions};
+use crate::job::{failed_update, JobRun};
+use crate::logs::{JobLogs, LogOptions, LOG_DRAIN_LIMIT};
 use crate::pipeline::{Pipeline, Workspace};
 use crate::running::Running;
 use crate::state::StateDir;
@@ -59,6 +59,10 @@ impl Daemon {
         abort: CancellationToken,
     ) -> Result<(), DaemonError> {
         self.recover().await;
+        let runtime_logs = self.runtime_logs().await;
+        if let Some(runtime_logs) = &runtime_logs {
+            runtime_logs.resume().await;
+        }
         let builds = CancellationToken::new();
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
@@ -70,6 +74,7 @@ impl Daemon {
             state: self.state.clone(),
             cache: self.cache.clone(),
             agent_id: self.agent_id.clone(),
+            runtime_logs: runtime_logs.clone(),
         });
         let sweeper = {
             let (daemon, running, stop) = (self.clone(), running.clone(), shutdown.clone());
@@ -193,9 +198,31 @@ impl Daemon {
                 tracker.wait().await;
             }
         }
+        if let Some(runtime_logs) = &runtime_logs {
+            runtime_logs.shut_down(Duration::from_secs(5)).await;
+        }
         match fatal {
             Some(error) => Err(error),
             None => Ok(()),
+        }
+    }
+
+    /// On a deploy host, the follows of the live releases' output.
+    async fn runtime_logs(&self) -> Option<Arc<crate::runtime_logs::RuntimeLogs>> {
+        if !self.config.roles.contains(&kiln_protocol::Role::Deploy) {
+            return None;
+        }
+        match crate::executor::DockerExecutor::connect().await {
+            Ok(docker) => Some(crate::runtime_logs::RuntimeLogs::new(
+                self.client.clone(),
+                docker,
+                self.state.runtime_root(),
+                self.config.log_limit.0,
+            )),
+            Err(error) => {
+                warn!(message = "Cannot reach Docker to follow the live releases' output.", %error);
+                None
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use crate::config::{AgentConfig, Network};
 use crate::executor::release::{ServiceSpec, ServiceState};
 use crate::executor::{DockerExecutor, Limits};
 use crate::logs::LogSink;
+use crate::runtime_logs::{Followed, LABEL_DEPLOY_JOB, LABEL_SERVICE};
 
 /// The port a release's server listens on inside its container.
 const SERVER_PORT: u16 = 9000;
@@ -30,7 +31,6 @@ const OUTPUT_QUOTED: usize = 20;
 
 const LABEL_ENVIRONMENT: &str = "kiln.environment";
 const LABEL_DEPLOYMENT: &str = "kiln.deployment";
-const LABEL_DEPLOY_JOB: &str = "kiln.deploy-job";
 
 const WORKER_MODE_MISSING: &str = "deploy.worker is true, but this release's medusa-config does not read MEDUSA_WORKER_MODE, so the server and the worker would both run scheduled jobs and subscribers; nothing was started. Add to projectConfig in medusa-config: `workerMode: process.env.MEDUSA_WORKER_MODE as \"shared\" | \"worker\" | \"server\"` and to the admin block `disable: process.env.DISABLE_MEDUSA_ADMIN === \"true\"`, then push; or set deploy.worker to false";
 
@@ -48,8 +48,9 @@ pub(crate) struct DeployRun<'a> {
 }
 
 impl DeployRun<'_> {
-    /// Runs the deploy; the reason it failed.
-    pub async fn run(&self) -> Result<(), String> {
+    /// Runs the deploy: the containers now live, whose output is the
+    /// runtime log; else the reason it failed.
+    pub async fn run(&self) -> Result<Vec<Followed>, String> {
         may_deploy(
             self.config,
             &self.deploy.settings,
@@ -67,7 +68,7 @@ impl DeployRun<'_> {
             self.log
                 .line("Rollback: no migrations run (the database stays as it is).");
         }
-        let port = self.start(&docker, &image).await?;
+        let (port, live) = self.start(&docker, &image).await?;
         self.switch(port).await?;
         self.stop_previous(&docker).await;
         self.prune_releases(&docker).await;
@@ -80,7 +81,7 @@ impl DeployRun<'_> {
                 .as_deref()
                 .unwrap_or_default(),
         ));
-        Ok(())
+        Ok(live)
     }
 
     fn image_repository(&self) -> String {
@@ -194,7 +195,7 @@ impl DeployRun<'_> {
             (LABEL_DEPLOYMENT.to_owned(), self.job.deployment_id.clone()),
             (LABEL_DEPLOY_JOB.to_owned(), self.job.job_id.clone()),
         ]);
-        labels.insert("kiln.service".to_owned(), service.to_owned());
+        labels.insert(LABEL_SERVICE.to_owned(), service.to_owned());
         let mut all: Vec<String> = self
             .deploy
             .runtime_env
@@ -287,7 +288,11 @@ impl DeployRun<'_> {
 
     /// Starts the server (and the worker), and waits for the server's health
     /// check; on failure the new containers go.
-    async fn start(&self, docker: &DockerExecutor, image: &str) -> Result<u16, String> {
+    async fn start(
+        &self,
+        docker: &DockerExecutor,
+        image: &str,
+    ) -> Result<(u16, Vec<Followed>), String> {
         let settings = &self.deploy.settings;
         let inside = match self.config.deploy_network {
             Network::Host => free_port().map_err(|e| format!("cannot find a free port: {e}"))?,
@@ -303,7 +308,10 @@ impl DeployRun<'_> {
             ],
             Some(inside),
         );
-        let mut started: Vec<String> = vec![server.name.clone()];
+        let mut started = vec![Followed {
+            service: "server".to_owned(),
+            container: server.name.clone(),
+        }];
         let result = async {
             let port = docker
                 .start_service(&server)
@@ -325,7 +333,10 @@ impl DeployRun<'_> {
                     ],
                     None,
                 );
-                started.push(worker.name.clone());
+                started.push(Followed {
+                    service: "worker".to_owned(),
+                    container: worker.name.clone(),
+                });
                 docker
                     .start_service(&worker)
                     .await
@@ -338,11 +349,13 @@ impl DeployRun<'_> {
         }
         .await;
         if result.is_err() {
-            for name in &started {
-                let _ = docker.remove_service(name, Duration::ZERO).await;
+            for followed in &started {
+                let _ = docker
+                    .remove_service(&followed.container, Duration::ZERO)
+                    .await;
             }
         }
-        result
+        result.map(|port| (port, started))
     }
 
     async fn health_check(

@@ -18,7 +18,7 @@ use tracing::{info, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::client::{retry_transient, Client, ClientError, GaveUp};
 use crate::config::AgentConfig;
-use crate::logs::{JobLogs, LogOptions};
+use crate::logs::{JobLogs, LogOptions, LOG_DRAIN_LIMIT};
 use crate::pipeline::Pipeline;
 use crate::pipeline::{BuildOutcome, BuildRequest, BuiltArtifact, Source, Workspace};
 use crate::running::JobGuard;
@@ -31,9 +31,6 @@ const WATCH_WAIT: Duration = Duration::from_secs(15);
 /// How long uploads and status reports keep retrying while the control plane is
 /// away (restarting, unreachable) before the job gives up on them.
 const RETRY_LIMIT: Duration = Duration::from_secs(600);
-/// How long a finished job waits for its logs to reach a control plane that is away;
-/// after that the spool stays on disk and is delivered by the next start.
-pub(crate) const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
 /// A job the agent will not touch: a field is not what the protocol allows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,6 +70,15 @@ fn update(status: DeploymentStatus, reason: Option<String>) -> JobStatusUpdate {
     }
 }
 
+/// The values of the variables marked secret: masked in every log.
+fn secret_values(variables: &[kiln_protocol::EnvVar]) -> Vec<String> {
+    variables
+        .iter()
+        .filter(|var| var.secret)
+        .map(|var| var.value.clone())
+        .collect()
+}
+
 /// `build_failed` with the backend failed: a job that never got to build.
 pub(crate) fn failed_update(reason: String) -> JobStatusUpdate {
     let mut failed = update(DeploymentStatus::BuildFailed, Some(reason));
@@ -89,6 +95,8 @@ pub(crate) struct JobRun {
     pub state: StateDir,
     pub cache: Arc<crate::cache::Cache>,
     pub agent_id: String,
+    /// A deploy host's follows of its live releases' output.
+    pub runtime_logs: Option<Arc<crate::runtime_logs::RuntimeLogs>>,
 }
 
 /// Runs `job` to its end; `guard` goes when it does.
@@ -232,7 +240,12 @@ impl JobRun {
                 spool_dir: self.config.work_dir.join(&job.job_id),
             };
             match run.run().await {
-                Ok(()) => update(DeploymentStatus::Live, None),
+                Ok(live) => {
+                    if let Some(runtime_logs) = &self.runtime_logs {
+                        runtime_logs.follow(&job.job_id, live, secret_values(&deploy.runtime_env));
+                    }
+                    update(DeploymentStatus::Live, None)
+                }
                 Err(reason) => {
                     logs.sink(LogStream::Deploy)
                         .line(format!("Deploy failed: {reason}"));
@@ -339,12 +352,10 @@ impl JobRun {
             job_id: job.job_id.clone(),
             deployment_id: job.deployment_id.clone(),
         })?;
-        let mut secrets: Vec<String> = job
-            .env
-            .iter()
-            .filter(|var| var.secret)
-            .map(|var| var.value.clone())
-            .collect();
+        let mut secrets = secret_values(&job.env);
+        if let Some(deploy) = &job.deploy {
+            secrets.extend(secret_values(&deploy.runtime_env));
+        }
         secrets.extend(job.repository_token.clone());
         let options = LogOptions {
             secrets,

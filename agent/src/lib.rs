@@ -28,6 +28,7 @@ mod pipeline;
 pub use pipeline::artifact;
 mod repo_fs;
 mod running;
+mod runtime_logs;
 mod scan;
 mod state;
 

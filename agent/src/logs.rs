@@ -34,6 +34,9 @@ use crate::client::{Appended, Client, ClientError};
 use crate::config::ByteSize;
 use crate::mask::Masker;
 
+/// How long finished logs wait to reach a control plane that is away; after
+/// that the spool stays on disk and is delivered by the next start.
+pub(crate) const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(120);
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(250);
 pub const SHIP_CHUNK: u64 = 1024 * 1024;
 /// The spool's newest bytes kept in memory too, so shipping a chunk the build has
@@ -308,6 +311,7 @@ fn echo(stream: LogStream, data: &[u8]) {
         LogStream::Backend => "backend | ",
         LogStream::Storefront => "storefront | ",
         LogStream::Deploy => "deploy | ",
+        LogStream::Runtime => "runtime | ",
     };
     let text = String::from_utf8_lossy(data);
     let mut out = std::io::stdout().lock();

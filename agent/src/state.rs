@@ -67,6 +67,12 @@ impl StateDir {
         self.root.join("spool")
     }
 
+    /// The spools of live releases' output, apart from the jobs' own: they
+    /// outlive the deploy job and are no leftover of a lost one.
+    pub fn runtime_root(&self) -> PathBuf {
+        self.root.join("runtime")
+    }
+
     pub fn spool_dir(&self, job_id: &str) -> PathBuf {
         self.spool_root().join(job_id)
     }

@@ -232,10 +232,24 @@ pub enum LogStream {
     Storefront,
     /// A deploy job's steps: load, migrate, start, health, switch.
     Deploy,
+    /// The live release's output (server, worker, storefront), each line
+    /// prefixed with its service; on the deploy job that started them.
+    Runtime,
 }
 
 impl LogStream {
-    pub const ALL: [LogStream; 4] = [Self::System, Self::Backend, Self::Storefront, Self::Deploy];
+    pub const ALL: [LogStream; 5] = [
+        Self::System,
+        Self::Backend,
+        Self::Storefront,
+        Self::Deploy,
+        Self::Runtime,
+    ];
+
+    /// Whether the stream is a deploy job's rather than a build's.
+    pub fn of_deploy_job(self) -> bool {
+        matches!(self, Self::Deploy | Self::Runtime)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -243,6 +257,7 @@ impl LogStream {
             Self::Backend => "backend",
             Self::Storefront => "storefront",
             Self::Deploy => "deploy",
+            Self::Runtime => "runtime",
         }
     }
 }
@@ -254,7 +269,7 @@ impl fmt::Display for LogStream {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown log stream {value:?}; expected system, backend, storefront or deploy")]
+#[error("unknown log stream {value:?}; expected system, backend, storefront, deploy or runtime")]
 pub struct UnknownLogStream {
     pub value: String,
 }

@@ -119,6 +119,35 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
     assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
     assert_eq!(postgres.migrations(), ["one"]);
 
+    // The runtime log: the live server's output, each line after its
+    // service, followed as it comes.
+    let (followed, follow) = follow_log(
+        &world.admin,
+        format!("/api/v1/deployments/{}/logs/runtime?follow=true", first.id),
+    );
+    assert_eq!(
+        caddy.get(HOST, "/runtime-probe").await.map(|(s, _)| s),
+        Some(404)
+    );
+    until_contains(
+        &followed,
+        "server | {\"level\":\"http\",\"message\":\"GET /runtime-probe 404\"",
+    )
+    .await;
+    // Output the release prints while its agent is away is not lost.
+    let mut agent = agent;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(
+        caddy
+            .get(HOST, "/while-the-agent-was-away")
+            .await
+            .map(|(s, _)| s),
+        Some(404)
+    );
+    agent.spawn();
+    until_contains(&followed, "GET /while-the-agent-was-away 404").await;
+
     // A commit whose server exits at start: deploy_failed with its output;
     // the first release still answers.
     let broken_sha = world.repo.commit("cannot start", |dir| {
@@ -163,6 +192,20 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         "{versions:?}"
     );
     assert_eq!(world.admin.deployment(&first.id).await.status, Ready);
+    // Replaced, the first release's runtime log ends, whole.
+    tokio::time::timeout(Duration::from_secs(60), follow)
+        .await
+        .expect("the runtime follow ends once the release is replaced")
+        .unwrap();
+    let runtime = followed.lock().unwrap().clone();
+    assert!(
+        runtime.contains("server | {\"level\":\"info\",\"message\":\"Server is ready on port"),
+        "{runtime}"
+    );
+    assert!(
+        runtime.lines().all(|line| line.starts_with("server | ")),
+        "{runtime}"
+    );
     // Its own release's layer of dependencies was reused.
     let system = world.log(&third.id, "system").await;
     assert!(
@@ -242,6 +285,17 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
             admin_link.attr("href").await.unwrap().as_deref(),
             Some("//api.shop.test/app")
         );
+        // The live deployment's Runtime tab follows its server.
+        browser
+            .goto(&format!("{site}/deployments/{}#runtime", first.id))
+            .await;
+        browser
+            .until(
+                "the Runtime tab shows the live server's output",
+                Duration::from_secs(30),
+                "const s = document.querySelector('#log-runtime'); return !!s && s.dataset.ended === 'false' && s.textContent.includes('server | ') && s.textContent.includes('Server is ready')",
+            )
+            .await;
         browser
             .goto(&format!("{site}/deployments/{}", third.id))
             .await;
@@ -254,6 +308,45 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         browser.close().await;
     }
     drop(agent);
+}
+
+/// A followed log, read into a shared text as it comes; the task ends with
+/// the body.
+fn follow_log(
+    api: &kiln_tests::support::Api,
+    path: String,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let request = api.request(Method::GET, &path);
+    let into = text.clone();
+    let task = tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    });
+    (text, task)
+}
+
+/// Waits for `needle` in a followed log.
+async fn until_contains(text: &std::sync::Mutex<String>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text.lock().unwrap().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle} never came; the log:\n{}",
+            text.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// GET /version through Caddy every 20 ms until stopped: how many were sent,

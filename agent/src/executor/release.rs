@@ -461,6 +461,32 @@ impl DockerExecutor {
         text
     }
 
+    /// What a service prints from `since` (Unix seconds; 0 for all of it)
+    /// on, as it prints it, until the container stops.
+    pub fn follow_output(
+        &self,
+        name: &str,
+        since: i64,
+    ) -> impl futures::Stream<Item = Result<bytes::Bytes, ExecError>> + use<> {
+        self.docker
+            .logs(
+                name,
+                Some(
+                    LogsOptionsBuilder::new()
+                        .stdout(true)
+                        .stderr(true)
+                        .follow(true)
+                        .since(since.clamp(0, i32::MAX as i64) as i32)
+                        .build(),
+                ),
+            )
+            .map(|chunk| {
+                chunk
+                    .map(|output| output.into_bytes())
+                    .map_err(|e| docker_error("follow a release container's output", e))
+            })
+    }
+
     /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a service.
     pub async fn remove_service(&self, name: &str, grace: Duration) -> Result<(), ExecError> {
         if !grace.is_zero() {

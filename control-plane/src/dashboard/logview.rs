@@ -47,6 +47,12 @@ async fn job_of(
         .call(move |conn| store::job_for_logs(conn, &id, None, stream))
         .await?;
     match job {
+        // The runtime stream goes on after its job, while the release is live.
+        Some(job) if stream == LogStream::Runtime => {
+            let ended =
+                crate::logs::read::log_ended(state, deployment_id, Some(&job.id), stream).await?;
+            Ok(Some((job.id, ended)))
+        }
         Some(job) => Ok(Some((job.id, job.finished))),
         None => {
             // Never claimed: the logs are empty; ended once the build will not come.
@@ -433,7 +439,7 @@ impl Follower {
                     .flatten(),
             };
             if job.is_none()
-                && crate::logs::read::log_ended(&self.state, &self.deployment_id, None)
+                && crate::logs::read::log_ended(&self.state, &self.deployment_id, None, self.stream)
                     .await
                     .unwrap_or(false)
             {
@@ -456,10 +462,14 @@ impl Follower {
                     let data = serde_json::json!({"offset": start, "text": text}).to_string();
                     return Some(Event::default().id(self.offset.to_string()).data(data));
                 }
-                let finished =
-                    crate::logs::read::log_ended(&self.state, &self.deployment_id, Some(job_id))
-                        .await
-                        .unwrap_or(false);
+                let finished = crate::logs::read::log_ended(
+                    &self.state,
+                    &self.deployment_id,
+                    Some(job_id),
+                    self.stream,
+                )
+                .await
+                .unwrap_or(false);
                 if finished {
                     // One more look: bytes may have landed between the read and this.
                     let again = read_at(&path, self.offset, 1).await;

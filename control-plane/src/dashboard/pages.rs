@@ -470,8 +470,8 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
     let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
     let streams: Vec<LogStream> = LogStream::ALL
         .into_iter()
-        // The deploy stream is a deploy job's: shown once one ran.
-        .filter(|stream| *stream != LogStream::Deploy || deployed_by_agent)
+        // The deploy and runtime streams are a deploy job's: shown once one ran.
+        .filter(|stream| !stream.of_deploy_job() || deployed_by_agent)
         .filter(|stream| {
             *stream != LogStream::Storefront
                 || deployment.storefront_status != ComponentStatus::Skipped
@@ -677,6 +677,7 @@ fn stream_title(stream: LogStream) -> &'static str {
         LogStream::Backend => "Backend",
         LogStream::Storefront => "Storefront",
         LogStream::Deploy => "Deploy",
+        LogStream::Runtime => "Runtime",
     }
 }
 

@@ -120,7 +120,14 @@ impl LogReader {
             if !self.follow || self.looked_after_end {
                 return Ok(None);
             }
-            if log_ended(&self.state, &self.deployment_id, self.job_id.as_deref()).await? {
+            if log_ended(
+                &self.state,
+                &self.deployment_id,
+                self.job_id.as_deref(),
+                self.stream,
+            )
+            .await?
+            {
                 // One more read: bytes may have landed between the read and the check.
                 self.looked_after_end = true;
                 continue;
@@ -137,12 +144,27 @@ impl LogReader {
 }
 
 /// Whether a deployment's log can grow no more: its job has ended, or, never
-/// claimed, the deployment ended without a build (canceled while queued).
+/// claimed, the deployment ended without a build (canceled while queued). The
+/// runtime stream grows while the deployment is live, after its job ended.
 pub(crate) async fn log_ended(
     state: &AppState,
     deployment_id: &str,
     job_id: Option<&str>,
+    stream: LogStream,
 ) -> Result<bool, ApiError> {
+    if stream == LogStream::Runtime {
+        let id = deployment_id.to_owned();
+        let deployment = state
+            .db
+            .call(move |conn| store::get_deployment(conn, &id))
+            .await?;
+        if matches!(
+            deployment.status,
+            kiln_protocol::DeploymentStatus::Live | kiln_protocol::DeploymentStatus::Deploying
+        ) {
+            return Ok(false);
+        }
+    }
     let Some(job_id) = job_id.map(str::to_owned) else {
         let id = deployment_id.to_owned();
         let deployment = state

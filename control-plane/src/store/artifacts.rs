@@ -200,7 +200,7 @@ pub fn job_for_logs(
             "SELECT id FROM jobs WHERE deployment_id = ?1 AND kind = ?2 ORDER BY attempt DESC LIMIT 1",
             params![
                 deployment_id,
-                if stream == kiln_protocol::LogStream::Deploy {
+                if stream.of_deploy_job() {
                     "deploy"
                 } else {
                     "build"

@@ -169,7 +169,7 @@
   const KEEP_CHUNKS = 400; // chunks cached before the least recently used go
   const OVERSCAN = 40; // rows rendered beyond each edge of the viewport
   const MAX_SCROLL_PX = 8_000_000; // below every browser's element height limit
-  const ANCHOR = /^#(system|backend|storefront)-L(\d+)(?:-L?(\d+))?$/;
+  const ANCHOR = /^#(system|backend|storefront|deploy|runtime)-L(\d+)(?:-L?(\d+))?$/;
 
   class LogViewer {
     constructor(section) {
@@ -762,7 +762,7 @@
     const hash = location.hash.slice(1);
     const anchor = ANCHOR.exec(location.hash);
     if (anchor) return anchor[1];
-    if (["system", "backend", "storefront"].includes(hash)) return hash;
+    if ($$("nav.streams a").some((tab) => tab.dataset.stream === hash)) return hash;
     return null;
   }
 
