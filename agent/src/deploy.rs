@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kiln_protocol::{DeployAction, DeployJob, Job};
+use kiln_protocol::{Component, DeployAction, DeployJob, Job, ReleaseImage};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
@@ -21,6 +21,8 @@ use crate::runtime_logs::{Followed, LABEL_DEPLOY_JOB, LABEL_SERVICE};
 
 /// The port a release's server listens on inside its container.
 const SERVER_PORT: u16 = 9000;
+/// The port a release's storefront listens on inside its container.
+const STOREFRONT_PORT: u16 = 3000;
 /// How long the old release keeps its containers after the switch, for the
 /// requests in flight.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -36,6 +38,21 @@ const WORKER_MODE_MISSING: &str = "deploy.worker is true, but this release's med
 
 /// The Caddy server a deploy host manages.
 const CADDY_SERVER: &str = "kiln";
+
+/// The host ports the new release answers on.
+struct Ports {
+    backend: u16,
+    storefront: Option<u16>,
+}
+
+/// What a service's health check asks for.
+struct Health<'a> {
+    service: &'static str,
+    path: &'a str,
+    healthy: fn(reqwest::StatusCode) -> bool,
+    /// The answer waited for, in words.
+    wanted: &'static str,
+}
 
 pub(crate) struct DeployRun<'a> {
     pub config: &'a AgentConfig,
@@ -60,7 +77,16 @@ impl DeployRun<'_> {
         let docker = DockerExecutor::connect()
             .await
             .map_err(|error| error.to_string())?;
-        let image = self.release_image(&docker).await?;
+        let image = self
+            .release_image(&docker, Component::Backend, &self.deploy.backend)
+            .await?;
+        let storefront_image = match self.storefront_release() {
+            Some(release) => Some(
+                self.release_image(&docker, Component::Storefront, release)
+                    .await?,
+            ),
+            None => None,
+        };
         self.check_worker_split(&docker, &image).await?;
         if self.deploy.action == DeployAction::Deploy {
             self.migrate(&docker, &image).await?;
@@ -68,44 +94,68 @@ impl DeployRun<'_> {
             self.log
                 .line("Rollback: no migrations run (the database stays as it is).");
         }
-        let (port, live) = self.start(&docker, &image).await?;
-        self.switch(port).await?;
+        let (ports, live) = self
+            .start(&docker, &image, storefront_image.as_deref())
+            .await?;
+        self.switch(&ports).await?;
         self.stop_previous(&docker).await;
         self.prune_releases(&docker).await;
-        self.log.line(format!(
-            "Live in {:.1}s: {} → 127.0.0.1:{port}.",
-            started.elapsed().as_secs_f64(),
-            self.deploy
-                .settings
-                .backend_hostname
-                .as_deref()
-                .unwrap_or_default(),
-        ));
+        self.log
+            .line(format!("Live in {:.1}s.", started.elapsed().as_secs_f64()));
         Ok(live)
     }
 
-    fn image_repository(&self) -> String {
-        format!("kiln-release/{}", self.job.environment_id)
+    /// The storefront's release, where there is one and a hostname to route
+    /// to it; the deploy log says why not otherwise.
+    fn storefront_release(&self) -> Option<&ReleaseImage> {
+        let hostname = self.deploy.settings.storefront_hostname.as_deref();
+        match (&self.deploy.storefront, hostname) {
+            (Some(release), Some(_)) => Some(release),
+            (Some(_), None) => {
+                self.log.line("The storefront has a release image, but deploy.storefront_hostname is not set: it is not started. Set it to run and route the storefront.");
+                None
+            }
+            (None, Some(hostname)) => {
+                self.log.line(format!("No storefront release image in this deployment ({hostname} is not switched): the build's system log says why."));
+                None
+            }
+            (None, None) => None,
+        }
     }
 
-    fn image_name(&self) -> String {
-        format!("{}:{}", self.image_repository(), self.job.deployment_id)
+    fn image_repository(&self, component: Component) -> String {
+        match component {
+            Component::Backend => format!("kiln-release/{}", self.job.environment_id),
+            Component::Storefront => {
+                format!("kiln-release-storefront/{}", self.job.environment_id)
+            }
+        }
+    }
+
+    fn image_name(&self, component: Component) -> String {
+        format!(
+            "{}:{}",
+            self.image_repository(component),
+            self.job.deployment_id
+        )
     }
 
     /// Keeps the release images of the environment's last `releases_kept`
     /// deploys on this host (the live one among them), for rollbacks.
     async fn prune_releases(&self, docker: &DockerExecutor) {
-        let Ok(tags) = docker.tags_of(&self.image_repository()).await else {
-            return;
-        };
-        let live = self.image_name();
-        let kept = self.deploy.releases_kept.max(1) as usize;
-        let older = tags.into_iter().filter(|tag| *tag != live).skip(kept - 1);
-        for tag in older {
-            if docker.untag_image(&tag).await.is_ok() {
-                self.log.line(format!(
-                    "Removed release image {tag}: this host keeps the last {kept}."
-                ));
+        for component in [Component::Backend, Component::Storefront] {
+            let Ok(tags) = docker.tags_of(&self.image_repository(component)).await else {
+                continue;
+            };
+            let live = self.image_name(component);
+            let kept = self.deploy.releases_kept.max(1) as usize;
+            let older = tags.into_iter().filter(|tag| *tag != live).skip(kept - 1);
+            for tag in older {
+                if docker.untag_image(&tag).await.is_ok() {
+                    self.log.line(format!(
+                        "Removed release image {tag}: this host keeps the last {kept}."
+                    ));
+                }
             }
         }
     }
@@ -118,14 +168,18 @@ impl DeployRun<'_> {
 
     /// The release image on this host: kept from before, or downloaded
     /// (size and sha256 checked) and loaded.
-    async fn release_image(&self, docker: &DockerExecutor) -> Result<String, String> {
-        let name = self.image_name();
+    async fn release_image(
+        &self,
+        docker: &DockerExecutor,
+        component: Component,
+        release: &ReleaseImage,
+    ) -> Result<String, String> {
+        let name = self.image_name(component);
         if docker.has_image(&name).await.unwrap_or(false) {
             self.log
                 .line(format!("Release image {name} is on this host already."));
             return Ok(name);
         }
-        let release = &self.deploy.backend;
         let started = Instant::now();
         if let Some(reference) = &release.reference {
             match docker.pull(reference).await {
@@ -150,7 +204,9 @@ impl DeployRun<'_> {
             }
         }
         std::fs::create_dir_all(&self.spool_dir).map_err(|e| e.to_string())?;
-        let archive = self.spool_dir.join(format!("{}.tar", self.job.job_id));
+        let archive = self
+            .spool_dir
+            .join(format!("{}-{component}.tar", self.job.job_id));
         let downloaded = self.client.download(release, &archive).await;
         let loaded = match downloaded {
             Ok(()) => docker.load_image(&archive).await.map_err(|e| e.to_string()),
@@ -286,18 +342,38 @@ impl DeployRun<'_> {
         Ok(())
     }
 
-    /// Starts the server (and the worker), and waits for the server's health
-    /// check; on failure the new containers go.
+    /// Starts the server (and the worker), waits for the server's health
+    /// check, then starts the storefront and waits for it to answer; on a
+    /// failure the new containers go.
     async fn start(
         &self,
         docker: &DockerExecutor,
         image: &str,
-    ) -> Result<(u16, Vec<Followed>), String> {
+        storefront_image: Option<&str>,
+    ) -> Result<(Ports, Vec<Followed>), String> {
+        let mut started = Vec::new();
+        let result = self
+            .start_services(docker, image, storefront_image, &mut started)
+            .await;
+        if result.is_err() {
+            for followed in &started {
+                let _ = docker
+                    .remove_service(&followed.container, Duration::ZERO)
+                    .await;
+            }
+        }
+        result.map(|ports| (ports, started))
+    }
+
+    async fn start_services(
+        &self,
+        docker: &DockerExecutor,
+        image: &str,
+        storefront_image: Option<&str>,
+        started: &mut Vec<Followed>,
+    ) -> Result<Ports, String> {
         let settings = &self.deploy.settings;
-        let inside = match self.config.deploy_network {
-            Network::Host => free_port().map_err(|e| format!("cannot find a free port: {e}"))?,
-            _ => SERVER_PORT,
-        };
+        let inside = self.inside_port(SERVER_PORT)?;
         let mode = if settings.worker { "server" } else { "shared" };
         let server = self.service(
             image,
@@ -308,54 +384,100 @@ impl DeployRun<'_> {
             ],
             Some(inside),
         );
-        let mut started = vec![Followed {
-            service: "server".to_owned(),
-            container: server.name.clone(),
-        }];
-        let result = async {
-            let port = docker
-                .start_service(&server)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the server's port was not published")?;
-            self.log.line(format!(
-                "Started the server ({}) on 127.0.0.1:{port}.",
-                server.name
-            ));
-            if settings.worker {
-                let worker = self.service(
-                    image,
-                    "worker",
-                    vec![
-                        "MEDUSA_WORKER_MODE=worker".to_owned(),
-                        "DISABLE_MEDUSA_ADMIN=true".to_owned(),
-                        format!("PORT={}", free_port().unwrap_or(SERVER_PORT + 1)),
-                    ],
-                    None,
-                );
-                started.push(Followed {
-                    service: "worker".to_owned(),
-                    container: worker.name.clone(),
-                });
-                docker
-                    .start_service(&worker)
-                    .await
-                    .map_err(|e| e.to_string())?;
+        let backend = self.start_service(docker, &server, started).await?;
+        if settings.worker {
+            let worker = self.service(
+                image,
+                "worker",
+                vec![
+                    "MEDUSA_WORKER_MODE=worker".to_owned(),
+                    "DISABLE_MEDUSA_ADMIN=true".to_owned(),
+                    format!("PORT={}", free_port().unwrap_or(SERVER_PORT + 1)),
+                ],
+                None,
+            );
+            self.start_service(docker, &worker, started).await?;
+        }
+        let health = Health {
+            service: "server",
+            path: &settings.health_path,
+            healthy: |status| status.is_success(),
+            wanted: "200",
+        };
+        self.health_check(docker, &server.name, backend, &health)
+            .await?;
+        let Some(storefront_image) = storefront_image else {
+            return Ok(Ports {
+                backend,
+                storefront: None,
+            });
+        };
+        let inside = self.inside_port(STOREFRONT_PORT)?;
+        let storefront = self.service(
+            storefront_image,
+            "storefront",
+            // Next.js's standalone server listens on HOSTNAME.
+            vec![format!("PORT={inside}"), "HOSTNAME=0.0.0.0".to_owned()],
+            Some(inside),
+        );
+        let port = self.start_service(docker, &storefront, started).await?;
+        // A storefront may redirect / (to a region) or answer 404 there: any
+        // answer but a server error means it serves.
+        let health = Health {
+            service: "storefront",
+            path: "/",
+            healthy: |status| !status.is_server_error(),
+            wanted: "an answer below 500",
+        };
+        self.health_check(docker, &storefront.name, port, &health)
+            .await?;
+        Ok(Ports {
+            backend,
+            storefront: Some(port),
+        })
+    }
+
+    /// The port a service listens on inside its container: its own on a
+    /// bridge network, a free one of the host's on the host network.
+    fn inside_port(&self, bridged: u16) -> Result<u16, String> {
+        match self.config.deploy_network {
+            Network::Host => free_port().map_err(|e| format!("cannot find a free port: {e}")),
+            _ => Ok(bridged),
+        }
+    }
+
+    /// Starts one service, counted among the new containers; the host port
+    /// it answers on, if it publishes one.
+    async fn start_service(
+        &self,
+        docker: &DockerExecutor,
+        spec: &ServiceSpec,
+        started: &mut Vec<Followed>,
+    ) -> Result<u16, String> {
+        let service = spec.labels.get(LABEL_SERVICE).cloned().unwrap_or_default();
+        started.push(Followed {
+            service: service.clone(),
+            container: spec.name.clone(),
+        });
+        let port = docker
+            .start_service(spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        match port {
+            Some(port) => {
+                self.log.line(format!(
+                    "Started the {service} ({}) on 127.0.0.1:{port}.",
+                    spec.name
+                ));
+                Ok(port)
+            }
+            None if spec.port.is_none() => {
                 self.log
-                    .line(format!("Started the worker ({}).", worker.name));
+                    .line(format!("Started the {service} ({}).", spec.name));
+                Ok(0)
             }
-            self.health_check(docker, &server.name, port).await?;
-            Ok(port)
+            None => Err(format!("the {service}'s port was not published")),
         }
-        .await;
-        if result.is_err() {
-            for followed in &started {
-                let _ = docker
-                    .remove_service(&followed.container, Duration::ZERO)
-                    .await;
-            }
-        }
-        result.map(|port| (port, started))
     }
 
     async fn health_check(
@@ -363,23 +485,26 @@ impl DeployRun<'_> {
         docker: &DockerExecutor,
         name: &str,
         port: u16,
+        health: &Health<'_>,
     ) -> Result<(), String> {
         let settings = &self.deploy.settings;
-        let url = format!("http://127.0.0.1:{port}{}", settings.health_path);
+        let (service, path) = (health.service, health.path);
+        let url = format!("http://127.0.0.1:{port}{path}");
         let timeout = Duration::from_secs(settings.health_timeout_seconds);
         let deadline = Instant::now() + timeout;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
         self.log.line(format!(
-            "Health check: GET {} until 200 (at most {}s).",
-            settings.health_path, settings.health_timeout_seconds
+            "Health check of the {service}: GET {path} until {} (at most {}s).",
+            health.wanted, settings.health_timeout_seconds
         ));
         loop {
             let last_answer = match http.get(&url).send().await {
-                Ok(response) if response.status().is_success() => {
+                Ok(response) if (health.healthy)(response.status()) => {
                     self.log
                         .line(format!("Health check passed: {}.", response.status()));
                     return Ok(());
@@ -391,8 +516,7 @@ impl DeployRun<'_> {
                 let output = docker.service_output(name, 200).await;
                 self.log.write(output.as_bytes());
                 return Err(format!(
-                    "the new server exited with code {code} before its health check (GET {}) passed; nothing was switched and the previous release keeps serving. Its last lines: {}",
-                    settings.health_path,
+                    "the new {service} ({name}) exited with code {code} before its health check (GET {path}) passed; nothing was switched and the previous release keeps serving. Its last lines: {}",
                     last_lines(&output)
                 ));
             }
@@ -400,8 +524,7 @@ impl DeployRun<'_> {
                 let output = docker.service_output(name, 200).await;
                 self.log.write(output.as_bytes());
                 return Err(format!(
-                    "the new server's health check (GET {}) did not pass within {}s ({last_answer}); nothing was switched and the previous release keeps serving. Raise deploy.health_timeout_seconds if it starts slowly. Its last lines: {}",
-                    settings.health_path,
+                    "the new {service}'s health check (GET {path}) did not pass within {}s ({last_answer}); nothing was switched and the previous release keeps serving. Raise deploy.health_timeout_seconds if it starts slowly. Its last lines: {}",
                     settings.health_timeout_seconds,
                     last_lines(&output)
                 ));
@@ -413,11 +536,11 @@ impl DeployRun<'_> {
         }
     }
 
-    /// Routes the backend hostname to the new server.
-    async fn switch(&self, port: u16) -> Result<(), String> {
-        let hostname = self
-            .deploy
-            .settings
+    /// Routes the hostnames to the new containers: the backend's, then the
+    /// storefront's.
+    async fn switch(&self, ports: &Ports) -> Result<(), String> {
+        let settings = &self.deploy.settings;
+        let hostname = settings
             .backend_hostname
             .as_deref()
             .ok_or("the deploy settings name no backend_hostname")?;
@@ -425,14 +548,20 @@ impl DeployRun<'_> {
         caddy
             .ensure_server(CADDY_SERVER, &self.config.caddy_listen)
             .await?;
-        let id = format!("kiln-{}-backend", self.job.environment_id);
-        caddy
-            .upsert_route(CADDY_SERVER, &id, hostname, &format!("127.0.0.1:{port}"))
-            .await?;
-        self.log.line(format!(
-            "Caddy ({}): {hostname} now goes to 127.0.0.1:{port}.",
-            self.config.caddy_admin_url
-        ));
+        let mut routes = vec![("backend", hostname, ports.backend)];
+        if let (Some(port), Some(hostname)) = (ports.storefront, &settings.storefront_hostname) {
+            routes.push(("storefront", hostname, port));
+        }
+        for (component, hostname, port) in routes {
+            let id = format!("kiln-{}-{component}", self.job.environment_id);
+            caddy
+                .upsert_route(CADDY_SERVER, &id, hostname, &format!("127.0.0.1:{port}"))
+                .await?;
+            self.log.line(format!(
+                "Caddy ({}): {hostname} now goes to 127.0.0.1:{port}.",
+                self.config.caddy_admin_url
+            ));
+        }
         Ok(())
     }
 

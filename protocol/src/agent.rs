@@ -308,6 +308,10 @@ pub struct DeployJob {
     pub environment_name: String,
     pub settings: crate::deploy::DeploySettings,
     pub backend: ReleaseImage,
+    /// The storefront's release image (a Next.js storefront the build could
+    /// make one for), started and routed where `storefront_hostname` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storefront: Option<ReleaseImage>,
     /// The runtime variables (`"runtime": true`).
     #[serde(default)]
     pub runtime_env: Vec<EnvVar>,

@@ -32,6 +32,7 @@ impl Role {
 
 /// The release image of a component, one artifact of its build.
 pub const BACKEND_RELEASE: &str = "backend-release.tar";
+pub const STOREFRONT_RELEASE: &str = "storefront-release.tar";
 
 /// `"deploy"` of `PATCH /api/v1/environments/{id}`: the environment's deploys
 /// go to an agent with the deploy role and these labels, which runs the release
@@ -166,6 +167,12 @@ pub fn registry_prefix(registry: &str) -> Result<String, String> {
 /// The reference a deployment's backend release image has in `registry`.
 pub fn release_reference(registry: &str, project_id: &str, deployment_id: &str) -> String {
     format!("{registry}/kiln-release/{project_id}:{deployment_id}")
+}
+
+/// The reference of the storefront's release image beside the backend's:
+/// the same repository, its tag suffixed.
+pub fn storefront_reference(backend_reference: &str) -> String {
+    format!("{backend_reference}-storefront")
 }
 
 /// A reference as the agent accepts one from a job: lowercase registry,

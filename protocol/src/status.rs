@@ -147,6 +147,12 @@ pub enum Component {
     Storefront,
 }
 
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Component {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -355,6 +355,39 @@ impl std::fmt::Display for Invalid {
     }
 }
 
+/// A deploy job's release image: the job's own download, a sha256, a
+/// well-formed reference.
+fn release_image(job_id: &str, name: &str, release: &crate::ReleaseImage) -> Result<(), Invalid> {
+    let field = |part: &str, checked: Result<(), String>| {
+        checked.map_err(|reason| Invalid {
+            field: format!("{name}.{part}"),
+            reason,
+        })
+    };
+    let own = format!("/api/v1/agent/jobs/{job_id}/artifacts/");
+    let url = if release.url.starts_with(&own)
+        && release.url[own.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!("must be {own}<name>, the job's own download"))
+    };
+    field("url", url)?;
+    let digest =
+        if release.sha256.len() == 64 && release.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err("is not a sha256 in hex".to_owned())
+        };
+    field("sha256", digest)?;
+    if let Some(reference) = &release.reference {
+        field("reference", crate::deploy::reference_check(reference))?;
+    }
+    Ok(())
+}
+
 /// Every field of a job, as an agent must check it before the job touches its
 /// disk or runs git: ids in the control plane's format (they name directories),
 /// paths inside the repository, a repository URL git cannot mistake for an
@@ -451,31 +484,9 @@ pub fn job(job: &crate::Job, allow_local_repositories: bool) -> Result<(), Inval
     if let Some(deploy) = &job.deploy {
         // Its values reach Caddy's config, Docker and a URL the agent fetches.
         field("deploy.settings", deploy.settings.check())?;
-        let release = &deploy.backend;
-        let own = format!("/api/v1/agent/jobs/{}/artifacts/", job.job_id);
-        let url = if release.url.starts_with(&own)
-            && release.url[own.len()..]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            Ok(())
-        } else {
-            Err(format!("must be {own}<name>, the job's own download"))
-        };
-        field("deploy.backend.url", url)?;
-        let digest = if release.sha256.len() == 64
-            && release.sha256.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            Ok(())
-        } else {
-            Err("is not a sha256 in hex".to_owned())
-        };
-        field("deploy.backend.sha256", digest)?;
-        if let Some(reference) = &release.reference {
-            field(
-                "deploy.backend.reference",
-                crate::deploy::reference_check(reference),
-            )?;
+        release_image(&job.job_id, "deploy.backend", &deploy.backend)?;
+        if let Some(storefront) = &deploy.storefront {
+            release_image(&job.job_id, "deploy.storefront", storefront)?;
         }
         field(
             "deploy.environment_name",

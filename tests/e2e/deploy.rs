@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kiln_protocol::DeploymentStatus::*;
 use reqwest::Method;
 
-use super::agent::world;
+use super::agent::{world, world_with};
 use kiln_tests::support::{CaddyProcess, Postgres};
 
 /// The names of deployment `deployment_id`'s containers running `service`.
@@ -38,6 +38,7 @@ async fn release_containers(
 }
 
 const HOST: &str = "api.shop.test";
+const STOREFRONT_HOST: &str = "shop.test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_and_rolls_back_with_no_build(
@@ -45,7 +46,7 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
     let postgres = Postgres::start();
     let variables =
         serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]);
-    let Some(world) = world(variables).await else {
+    let Some(world) = world_with(variables, Some("storefront")).await else {
         return;
     };
     let _containers = kiln_tests::support::ReleaseContainers {
@@ -59,7 +60,7 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
             &format!("/api/v1/environments/{}", world.environment_id),
             &serde_json::json!({
                 "auto_deploy": true,
-                "deploy": {"agent_labels": ["edge"], "backend_hostname": HOST, "health_timeout_seconds": 30}
+                "deploy": {"agent_labels": ["edge"], "backend_hostname": HOST, "storefront_hostname": STOREFRONT_HOST, "health_timeout_seconds": 30}
             }),
         )
         .await;
@@ -118,13 +119,25 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
     );
     assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
     assert_eq!(postgres.migrations(), ["one"]);
+    // The storefront runs `next start` from its own release image, on its
+    // own hostname.
+    let (status, page) = caddy.get(STOREFRONT_HOST, "/").await.unwrap();
+    assert_eq!((status, page.contains("Store on")), (200, true), "{page}");
+    assert!(
+        live.artifacts
+            .iter()
+            .any(|artifact| artifact.descriptor.name == kiln_protocol::STOREFRONT_RELEASE),
+        "{:?}",
+        live.artifacts
+    );
 
     // The runtime log: the live server's output, each line after its
     // service, followed as it comes.
-    let (followed, follow) = follow_log(
-        &world.admin,
-        format!("/api/v1/deployments/{}/logs/runtime?follow=true", first.id),
-    );
+    let (followed, follow) = follow_log(format!(
+        "{}/api/v1/deployments/{}/logs/runtime?follow=true",
+        world.cp.base_url(),
+        first.id
+    ));
     assert_eq!(
         caddy.get(HOST, "/runtime-probe").await.map(|(s, _)| s),
         Some(404)
@@ -202,8 +215,11 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         runtime.contains("server | {\"level\":\"info\",\"message\":\"Server is ready on port"),
         "{runtime}"
     );
+    assert!(runtime.contains("storefront |  ✓ Ready"), "{runtime}");
     assert!(
-        runtime.lines().all(|line| line.starts_with("server | ")),
+        runtime
+            .lines()
+            .all(|line| line.starts_with("server | ") || line.starts_with("storefront | ")),
         "{runtime}"
     );
     // Its own release's layer of dependencies was reused.
@@ -242,6 +258,16 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         Some((200, "one".to_owned()))
     );
     assert_eq!(world.admin.deployment(&third.id).await.status, Ready);
+    assert_eq!(
+        caddy.get(STOREFRONT_HOST, "/").await.map(|(s, _)| s),
+        Some(200)
+    );
+    assert_eq!(
+        release_containers(&world.docker, &first.id, "storefront")
+            .await
+            .len(),
+        1
+    );
     let deploy_log = world.log(&first.id, "deploy").await;
     assert!(
         deploy_log.contains("on this host already") && deploy_log.contains("no migrations run"),
@@ -310,18 +336,20 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
     drop(agent);
 }
 
-/// A followed log, read into a shared text as it comes; the task ends with
-/// the body.
+/// A followed log (an admin's), read into a shared text as it comes; the
+/// task ends with the body.
 fn follow_log(
-    api: &kiln_tests::support::Api,
-    path: String,
+    url: String,
 ) -> (
     std::sync::Arc<std::sync::Mutex<String>>,
     tokio::task::JoinHandle<()>,
 ) {
     use futures::StreamExt;
     let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let request = api.request(Method::GET, &path);
+    // No time limit: it lasts as long as the release does.
+    let request = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(kiln_tests::support::ADMIN_TOKEN);
     let into = text.clone();
     let task = tokio::spawn(async move {
         let response = request.send().await.unwrap();

@@ -19,6 +19,7 @@ mod restore;
 mod scan;
 mod steps;
 mod storefront;
+mod storefront_release;
 mod workspace;
 
 use std::fmt;
@@ -90,7 +91,10 @@ pub struct BuiltArtifact {
 impl BuiltArtifact {
     pub fn name(&self) -> &'static str {
         if self.release {
-            kiln_protocol::BACKEND_RELEASE
+            match self.component {
+                Component::Backend => kiln_protocol::BACKEND_RELEASE,
+                Component::Storefront => kiln_protocol::STOREFRONT_RELEASE,
+            }
         } else {
             self.component.artifact_name()
         }
@@ -327,6 +331,10 @@ impl Build<'_> {
             }
             other => other,
         };
+        let storefront_shape = match &storefront {
+            Ok(Some(found)) => Some(storefront_release::StorefrontShape::of(found)),
+            _ => None,
+        };
         let storefront_dirs = match &storefront {
             Ok(Some(found)) => Some((
                 storefront::repo_path(&found.app_dir),
@@ -385,14 +393,19 @@ impl Build<'_> {
             (Ok(backend), Ok(storefront)) => (backend, storefront),
         };
         // Once no container of the build runs.
-        let release = if self.request.release_image {
-            Some(self.release_image(&backend.packed).await?)
-        } else {
-            None
-        };
+        let mut releases = Vec::new();
+        if self.request.release_image {
+            releases.push(self.release_image(&backend.packed).await?);
+            if let (Some(shape), Some(storefront)) = (&storefront_shape, &storefront) {
+                releases.extend(
+                    self.storefront_release_image(shape, &storefront.packed)
+                        .await?,
+                );
+            }
+        }
         let mut artifacts = vec![backend];
         artifacts.extend(storefront);
-        artifacts.extend(release);
+        artifacts.extend(releases);
         Ok((artifacts, cache.map(|cache| cache.harvest())))
     }
 

@@ -9,10 +9,10 @@
 //! made of (the node image, `package.json`, the lockfile), so a code-only change
 //! reuses it, and the deploy host already holds it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_protocol::{Component, BACKEND_RELEASE};
+use kiln_protocol::Component;
 use sha2::{Digest, Sha256};
 
 use super::artifact::{pack_only, Packed};
@@ -54,42 +54,10 @@ impl Build<'_> {
             })?;
         // Read while only the agent has touched the unpacked copy: the
         // production install below runs the dependencies' scripts in it.
-        let deps_tag = format!(
-            "{DEPS_REPOSITORY}:{}",
-            deps_key(&self.image_id(Component::Backend), &app)
-        );
         let worker_mode = reads_worker_mode(&app);
-        let reused = executor.image_exists(&deps_tag).await.unwrap_or(false);
-        if reused {
-            self.system.line(format!(
-                "Release image: production dependencies unchanged; reusing {deps_tag}."
-            ));
-        } else {
-            self.install_production(&dir).await?;
-            let layer = self.workspace.artifacts().join("release-deps.tar");
-            let (from, to) = (app.clone(), layer.clone());
-            tokio::task::spawn_blocking(move || pack_only(&from, &to, &["node_modules"]))
-                .await
-                .expect("pack task")
-                .map_err(|error| {
-                    fail(
-                        Component::Backend,
-                        format!("cannot pack the production dependencies: {error}"),
-                    )
-                })?;
-            let assembled = executor
-                .assemble_image(&ImageAssembly {
-                    base: base.clone(),
-                    layers: vec![layer.clone()],
-                    cmd: None,
-                    env: Vec::new(),
-                    tag: deps_tag.clone(),
-                    labels: Vec::new(),
-                })
-                .await;
-            let _ = std::fs::remove_file(&layer);
-            assembled.map_err(|error| fail(Component::Backend, error.to_string()))?;
-        }
+        let deps_tag = self
+            .dependency_image(Component::Backend, &dir, "backend", &base)
+            .await?;
         let release_tag = format!("kiln-release-backend:{}", self.request.job_id);
         executor
             .assemble_image(&ImageAssembly {
@@ -108,49 +76,132 @@ impl Build<'_> {
             })
             .await
             .map_err(|error| fail(Component::Backend, error.to_string()))?;
-        if let Some(reference) = &self.request.release_reference {
+        let reference = self.request.release_reference.clone();
+        let built = self
+            .deliver_release(Component::Backend, &release_tag, reference)
+            .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let built = built?;
+        self.system.line(format!(
+            "Release image {release_tag} on {base}: {} bytes, sha256 {} in {}.",
+            built.packed.size,
+            built.packed.sha256,
+            seconds(started)
+        ));
+        Ok(built)
+    }
+
+    /// The production dependencies of `dir/<app>` as an image on `base`,
+    /// named by what they are made of and so reused while that is unchanged.
+    /// Read before the install runs the dependencies' scripts in the copy.
+    pub(super) async fn dependency_image(
+        &self,
+        component: Component,
+        dir: &Path,
+        app: &str,
+        base: &str,
+    ) -> Result<String, Stop> {
+        let executor = &self.pipeline.executor;
+        let deps_tag = format!(
+            "{DEPS_REPOSITORY}:{}",
+            deps_key(&self.image_id(component), &dir.join(app))
+        );
+        if executor.image_exists(&deps_tag).await.unwrap_or(false) {
+            self.system.line(format!(
+                "Release image: {component} production dependencies unchanged; reusing {deps_tag}."
+            ));
+            return Ok(deps_tag);
+        }
+        self.install_production(component, dir, app).await?;
+        let layer = self
+            .workspace
+            .artifacts()
+            .join(format!("release-deps-{component}.tar"));
+        let (from, to) = (dir.join(app), layer.clone());
+        tokio::task::spawn_blocking(move || pack_only(&from, &to, &["node_modules"]))
+            .await
+            .expect("pack task")
+            .map_err(|error| {
+                fail(
+                    component,
+                    format!("cannot pack the production dependencies: {error}"),
+                )
+            })?;
+        let assembled = executor
+            .assemble_image(&ImageAssembly {
+                base: base.to_owned(),
+                layers: vec![layer.clone()],
+                cmd: None,
+                env: Vec::new(),
+                tag: deps_tag.clone(),
+                labels: Vec::new(),
+            })
+            .await;
+        let _ = std::fs::remove_file(&layer);
+        assembled.map_err(|error| fail(component, error.to_string()))?;
+        Ok(deps_tag)
+    }
+
+    /// Pushes an assembled release image (where the control plane has a
+    /// registry) and saves it as the component's release artifact; this host
+    /// keeps only its dependency layer.
+    pub(super) async fn deliver_release(
+        &self,
+        component: Component,
+        release_tag: &str,
+        reference: Option<String>,
+    ) -> Result<BuiltArtifact, Stop> {
+        let executor = &self.pipeline.executor;
+        if let Some(reference) = &reference {
             let pushing = Instant::now();
-            if let Err(error) = executor.push_image(&release_tag, reference).await {
-                let _ = executor.untag_image(&release_tag).await;
+            if let Err(error) = executor.push_image(release_tag, reference).await {
+                let _ = executor.untag_image(release_tag).await;
                 return Err(fail(
-                    Component::Backend,
+                    component,
                     format!("cannot push the release image to {reference}: {error}; check that the control plane's --registry answers from this build host"),
                 ));
             }
             self.system.line(format!(
-                "Pushed the release image to {reference} in {}.",
+                "Pushed the {component} release image to {reference} in {}.",
                 seconds(pushing)
             ));
         }
-        let out = self.workspace.artifacts().join(BACKEND_RELEASE);
-        let saved = executor.save_image(&release_tag, &out).await;
-        // The deploy host loads it from the artifact; this host keeps only the
-        // dependency layer.
-        let _ = executor.untag_image(&release_tag).await;
-        let (size, sha256) = saved.map_err(|error| fail(Component::Backend, error.to_string()))?;
-        let _ = std::fs::remove_dir_all(&dir);
-        self.system.line(format!(
-            "Release image {release_tag} on {base}: {size} bytes, sha256 {sha256} in {}.",
-            seconds(started)
-        ));
-        Ok(BuiltArtifact {
-            component: Component::Backend,
+        let artifact = BuiltArtifact {
+            component,
             release: true,
+            packed: Packed {
+                path: PathBuf::new(),
+                size: 0,
+                sha256: String::new(),
+                files: 0,
+            },
+        };
+        let out = self.workspace.artifacts().join(artifact.name());
+        let saved = executor.save_image(release_tag, &out).await;
+        let _ = executor.untag_image(release_tag).await;
+        let (size, sha256) = saved.map_err(|error| fail(component, error.to_string()))?;
+        Ok(BuiltArtifact {
             packed: Packed {
                 path: out,
                 size,
                 sha256,
                 files: 0,
             },
+            ..artifact
         })
     }
 
-    /// Runs the production install in `dir/backend`, `dir` mounted alone.
-    async fn install_production(&self, dir: &Path) -> Result<(), Stop> {
+    /// Runs the production install in `dir/<app>`, `dir` mounted alone.
+    async fn install_production(
+        &self,
+        component: Component,
+        dir: &Path,
+        app: &str,
+    ) -> Result<(), Stop> {
         let config = &self.pipeline.config;
         crate::pipeline::workspace::hand_over_tree(dir, config.build_user).map_err(|error| {
             fail(
-                Component::Backend,
+                component,
                 format!(
                     "cannot give the release folder to uid {}: {error}",
                     config.build_user.uid
@@ -167,10 +218,10 @@ impl Build<'_> {
             ".".into(),
             config.install_network,
         );
-        let mut step = self.step(&planned, Component::Backend);
+        let mut step = self.step(&planned, component);
         step.name = "release-install".to_owned();
         step.workspace = dir.to_owned();
-        step.working_dir = format!("{WORKSPACE_MOUNT}/backend");
+        step.working_dir = format!("{WORKSPACE_MOUNT}/{app}");
         for (name, value) in step.env.iter_mut() {
             if name == "HOME" || name == "npm_config_cache" {
                 *value = format!("{WORKSPACE_MOUNT}/home");
@@ -182,14 +233,14 @@ impl Build<'_> {
             })
             .map_err(|error| {
                 fail(
-                    Component::Backend,
+                    component,
                     format!("cannot prepare the release folder: {error}"),
                 )
             })?;
         self.system.line(format!(
-            "Running `{PRODUCTION_INSTALL}` (release image: production dependencies)."
+            "Running `{PRODUCTION_INSTALL}` (release image: the {component}'s production dependencies)."
         ));
-        let sink = self.logs.sink(Component::Backend.log_stream());
+        let sink = self.logs.sink(component.log_stream());
         match self
             .pipeline
             .executor
@@ -199,12 +250,12 @@ impl Build<'_> {
             Ok(StepOutcome::Exited(0)) => Ok(()),
             Ok(StepOutcome::Canceled) => Err(Stop::Canceled),
             Ok(outcome) => Err(fail(
-                Component::Backend,
+                component,
                 format!(
-                    "the production install of .medusa/server for the release image failed ({outcome:?}); the backend log shows why. It installs `dependencies` of package.json with the lockfile medusa build copied"
+                    "the production install for the {component}'s release image failed ({outcome:?}); the {component} log shows why. It installs `dependencies` of package.json with its lockfile"
                 ),
             )),
-            Err(error) => Err(fail(Component::Backend, error.to_string())),
+            Err(error) => Err(fail(component, error.to_string())),
         }
     }
 }
@@ -223,7 +274,7 @@ fn reads_worker_mode(app: &Path) -> bool {
 }
 
 /// Unpacks the agent's own archive into a fresh folder.
-fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
+pub(super) fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
     if into.exists() {
         std::fs::remove_dir_all(into)?;
     }

@@ -87,7 +87,13 @@ pub(super) async fn claim_job(
                 let reference =
                     kiln_protocol::release_reference(registry, &job.project_id, &job.deployment_id);
                 match &mut job.deploy {
-                    Some(deploy) => deploy.backend.reference = Some(reference),
+                    Some(deploy) => {
+                        if let Some(storefront) = &mut deploy.storefront {
+                            storefront.reference =
+                                Some(kiln_protocol::storefront_reference(&reference));
+                        }
+                        deploy.backend.reference = Some(reference);
+                    }
                     None if job.release_image => job.release_reference = Some(reference),
                     None => {}
                 }

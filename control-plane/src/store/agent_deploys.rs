@@ -8,7 +8,7 @@
 use crate::db::sql::{params, Connection, OptionalExtension, Transaction};
 use kiln_protocol::{
     DeployAction, DeployJob, DeploySettings, Deployment, DeploymentStatus, EnvVar, Job, JobCache,
-    JobLimits, ReleaseImage, SecretScanSettings, BACKEND_RELEASE,
+    JobLimits, ReleaseImage, SecretScanSettings, BACKEND_RELEASE, STOREFRONT_RELEASE,
 };
 
 use super::agents::{carries_all, AgentRow};
@@ -266,21 +266,24 @@ fn deploy_job(
         .prepare(RUNTIME_VARIABLES_IN)?
         .query_map([&deployment.environment_id], variable_from_row)?
         .collect::<Result<_, _>>()?;
-    let release = deployment
-        .artifacts
-        .iter()
-        .find(|artifact| artifact.descriptor.name == BACKEND_RELEASE)
-        .ok_or_else(|| {
-            ApiError::Conflict(format!("deployment {} has no release image", deployment.id))
-        })?;
-    let backend = ReleaseImage {
-        name: BACKEND_RELEASE.to_owned(),
-        size: release.descriptor.size,
-        sha256: release.descriptor.sha256.clone(),
-        url: format!("/api/v1/agent/jobs/{job_id}/artifacts/{BACKEND_RELEASE}"),
-        // The server adds the registry's, when it has one.
-        reference: None,
+    let release_image = |name: &str| {
+        deployment
+            .artifacts
+            .iter()
+            .find(|artifact| artifact.descriptor.name == name)
+            .map(|release| ReleaseImage {
+                name: name.to_owned(),
+                size: release.descriptor.size,
+                sha256: release.descriptor.sha256.clone(),
+                url: format!("/api/v1/agent/jobs/{job_id}/artifacts/{name}"),
+                // The server adds the registry's, when it has one.
+                reference: None,
+            })
     };
+    let backend = release_image(BACKEND_RELEASE).ok_or_else(|| {
+        ApiError::Conflict(format!("deployment {} has no release image", deployment.id))
+    })?;
+    let storefront = release_image(STOREFRONT_RELEASE);
     Ok(Job {
         job_id,
         deployment_id: deployment.id.clone(),
@@ -317,6 +320,7 @@ fn deploy_job(
             environment_name,
             settings,
             backend,
+            storefront,
             runtime_env,
             releases_kept: RELEASES_KEPT,
         }),

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Stands in for `next build`: writes a .next tree (with a cache that deploys must
+// Stands in for `next build` and `next start`: writes a .next tree (with a cache that deploys must
 // leave out) and a page that shows the build-time environment it was given.
 // KILN_FIXTURE_STOREFRONT_EXIT=N fails the build with exit code N;
 // KILN_FIXTURE_STOREFRONT_OUTPUT_LINK=P makes .next a symlink to P.
@@ -10,8 +10,22 @@ const fs = require("fs")
 const path = require("path")
 
 const [command] = process.argv.slice(2)
+if (command === "start") {
+  // `next start`: serves what the build wrote, on PORT, as Next.js does.
+  const page = fs.readFileSync(path.join(".next", "server", "app", "index.html"))
+  const server = require("http").createServer((request, response) => {
+    const status = request.url === "/" ? 200 : 404
+    response.writeHead(status, { "content-type": "text/html" })
+    response.end(status === 200 ? page : "<!doctype html><p>404: This page could not be found.</p>\n")
+    console.log(` ${request.method} ${request.url} ${status}`)
+  })
+  const port = Number(process.env.PORT || 3000)
+  server.listen(port, () => console.log(`   ▲ Next.js 15 (stand-in)\n   - Local: http://localhost:${port}\n ✓ Ready`))
+  process.on("SIGTERM", () => server.close(() => process.exit(0)))
+  return
+}
 if (command !== "build") {
-  console.error(`next stand-in: only "build" is supported, not ${JSON.stringify(command)}`)
+  console.error(`next stand-in: only "build" and "start" are supported, not ${JSON.stringify(command)}`)
   process.exit(1)
 }
 console.log("   ▲ Next.js 15 (stand-in)")
