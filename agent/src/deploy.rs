@@ -98,8 +98,15 @@ impl DeployRun<'_> {
             .start(&docker, &image, storefront_image.as_deref())
             .await?;
         self.switch(&ports).await?;
+        // An image in use cannot go: what the previous release used goes
+        // once it has stopped.
+        for tag in self.pruning().run(&docker).await {
+            self.log.line(format!(
+                "Removed release image {tag}: this host keeps the last {}.",
+                self.deploy.releases_kept
+            ));
+        }
         self.stop_previous(&docker).await;
-        self.prune_releases(&docker).await;
         self.log
             .line(format!("Live in {:.1}s.", started.elapsed().as_secs_f64()));
         Ok(live)
@@ -140,23 +147,15 @@ impl DeployRun<'_> {
         )
     }
 
-    /// Keeps the release images of the environment's last `releases_kept`
-    /// deploys on this host (the live one among them), for rollbacks.
-    async fn prune_releases(&self, docker: &DockerExecutor) {
-        for component in [Component::Backend, Component::Storefront] {
-            let Ok(tags) = docker.tags_of(&self.image_repository(component)).await else {
-                continue;
-            };
-            let live = self.image_name(component);
-            let kept = self.deploy.releases_kept.max(1) as usize;
-            let older = tags.into_iter().filter(|tag| *tag != live).skip(kept - 1);
-            for tag in older {
-                if docker.untag_image(&tag).await.is_ok() {
-                    self.log.line(format!(
-                        "Removed release image {tag}: this host keeps the last {kept}."
-                    ));
-                }
-            }
+    /// The environment's release images this host may remove, once no
+    /// container uses them: all but the live one and the newest
+    /// `releases_kept - 1` others, kept for rollbacks.
+    fn pruning(&self) -> Pruning {
+        Pruning {
+            repositories: [Component::Backend, Component::Storefront]
+                .map(|component| (self.image_repository(component), self.image_name(component)))
+                .to_vec(),
+            kept: self.deploy.releases_kept.max(1) as usize,
         }
     }
 
@@ -588,7 +587,7 @@ impl DeployRun<'_> {
             DRAIN.as_secs()
         ));
         // The deploy is live now; what is left is the old release's.
-        let docker = docker.clone();
+        let (docker, pruning) = (docker.clone(), self.pruning());
         tokio::spawn(async move {
             tokio::time::sleep(DRAIN).await;
             for name in previous {
@@ -601,7 +600,40 @@ impl DeployRun<'_> {
                     }
                 }
             }
+            for tag in pruning.run(&docker).await {
+                tracing::info!(message = "Removed a release image beyond releases_kept.", image = %tag, kept = pruning.kept);
+            }
         });
+    }
+}
+
+/// An environment's release images on this host, and how many to keep.
+struct Pruning {
+    /// Each component's repository and its live image.
+    repositories: Vec<(String, String)>,
+    kept: usize,
+}
+
+impl Pruning {
+    /// Removes the tags beyond the kept ones, newest first kept; a tag whose
+    /// image a container still uses stays. The tags removed.
+    async fn run(&self, docker: &DockerExecutor) -> Vec<String> {
+        let mut removed = Vec::new();
+        for (repository, live) in &self.repositories {
+            let Ok(tags) = docker.tags_of(repository).await else {
+                continue;
+            };
+            let older = tags
+                .into_iter()
+                .filter(|tag| tag != live)
+                .skip(self.kept - 1);
+            for tag in older {
+                if docker.untag_image(&tag).await.is_ok() {
+                    removed.push(tag);
+                }
+            }
+        }
+        removed
     }
 }
 

@@ -53,7 +53,18 @@ pub struct DeploySettings {
     pub health_path: String,
     #[serde(default = "default_health_timeout")]
     pub health_timeout_seconds: u64,
+    /// Release images a deploy host keeps per environment (the live one among
+    /// them), for rollbacks without a download.
+    #[serde(default = "default_releases_kept")]
+    pub releases_kept: u32,
 }
+
+fn default_releases_kept() -> u32 {
+    5
+}
+
+/// The most release images a deploy host keeps per environment.
+pub const MAX_RELEASES_KEPT: u32 = 50;
 
 fn default_health_path() -> String {
     "/health".to_owned()
@@ -98,6 +109,12 @@ impl DeploySettings {
             return Err(format!(
                 "deploy.health_timeout_seconds must be 1 to {MAX_HEALTH_TIMEOUT_SECONDS}, not {}",
                 self.health_timeout_seconds
+            ));
+        }
+        if !(1..=MAX_RELEASES_KEPT).contains(&self.releases_kept) {
+            return Err(format!(
+                "deploy.releases_kept must be 1 to {MAX_RELEASES_KEPT}, not {}",
+                self.releases_kept
             ));
         }
         Ok(())
@@ -216,7 +233,17 @@ mod tests {
         let settings = settings();
         assert_eq!(settings.health_path, "/health");
         assert_eq!(settings.health_timeout_seconds, 120);
+        assert_eq!(settings.releases_kept, 5);
         settings.check().unwrap();
+        for kept in [0, MAX_RELEASES_KEPT + 1] {
+            let refused = DeploySettings {
+                releases_kept: kept,
+                ..settings.clone()
+            }
+            .check()
+            .unwrap_err();
+            assert!(refused.contains("deploy.releases_kept"), "{refused}");
+        }
     }
 
     #[test]

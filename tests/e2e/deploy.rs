@@ -38,6 +38,25 @@ async fn release_containers(
 }
 
 const HOST: &str = "api.shop.test";
+
+/// The tags of `repository` on the Docker host.
+async fn image_tags(docker: &bollard::Docker, repository: &str) -> Vec<String> {
+    let filters = std::collections::HashMap::from([(
+        "reference".to_owned(),
+        vec![format!("{repository}:*")],
+    )]);
+    docker
+        .list_images(Some(
+            bollard::query_parameters::ListImagesOptionsBuilder::new()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|image| image.repo_tags)
+        .collect()
+}
 const STOREFRONT_HOST: &str = "shop.test";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -559,7 +578,7 @@ async fn issue_31_with_a_registry_release_images_are_pushed_and_a_code_only_depl
             &format!("/api/v1/environments/{}", world.environment_id),
             &serde_json::json!({
                 "auto_deploy": true,
-                "deploy": {"backend_hostname": HOST, "health_timeout_seconds": 30}
+                "deploy": {"backend_hostname": HOST, "health_timeout_seconds": 30, "releases_kept": 1}
             }),
         )
         .await;
@@ -574,6 +593,7 @@ async fn issue_31_with_a_registry_release_images_are_pushed_and_a_code_only_depl
         )
         .await;
     let mut pulled = Vec::new();
+    let mut deployments = Vec::new();
     for version in ["one", "two"] {
         let sha = world.repo.commit(version, |dir| {
             std::fs::write(dir.join("src/version.txt"), version).unwrap();
@@ -590,7 +610,7 @@ async fn issue_31_with_a_registry_release_images_are_pushed_and_a_code_only_depl
         );
         let system = world.log(&deployment.id, "system").await;
         assert!(
-            system.contains(&format!("Pushed the release image to {reference}")),
+            system.contains(&format!("Pushed the backend release image to {reference}")),
             "{system}"
         );
         let tags = registry
@@ -605,9 +625,44 @@ async fn issue_31_with_a_registry_release_images_are_pushed_and_a_code_only_depl
             .unwrap_or_else(|| panic!("no pull in:\n{deploy_log}"))
             .to_owned();
         pulled.push(line);
+        deployments.push(deployment.id);
     }
     // The code-only change: one layer (the code) travels; the dependencies
     // and the Node image were on the host.
     assert!(pulled[1].contains(": 1 layer(s)"), "{pulled:?}");
+
+    // releases_kept = 1: once the previous release has stopped, the host
+    // keeps the live release's image alone, and a rollback to the older one
+    // pulls it again (no build).
+    let repository = format!("kiln-release/{}", world.environment_id);
+    let kept = [format!("{repository}:{}", deployments[1])];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while image_tags(&world.docker, &repository).await != kept {
+        assert!(
+            Instant::now() < deadline,
+            "the host still keeps {:?}",
+            image_tags(&world.docker, &repository).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rollback = world
+        .admin
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/deployments/{}/rollback", deployments[0]),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(rollback.status, 202, "{}", rollback.text());
+    world.settle(&deployments[0], Live, &agent).await;
+    assert_eq!(
+        caddy.get(HOST, "/version").await,
+        Some((200, "one".to_owned()))
+    );
+    let rolled_back = world.log(&deployments[0], "deploy").await;
+    assert!(
+        rolled_back.contains("Pulled release image") && rolled_back.contains("no migrations run"),
+        "{rolled_back}"
+    );
     drop(agent);
 }

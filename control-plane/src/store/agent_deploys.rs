@@ -18,9 +18,6 @@ use super::rows::{deployment_from_row, get_deployment_in};
 use super::values::{new_id, now_ms, to_json};
 use crate::error::ApiError;
 
-/// Release images a deploy host keeps per environment, for rollbacks.
-const RELEASES_KEPT: u32 = 5;
-
 /// The runtime variables of an environment, as the containers get them.
 const RUNTIME_VARIABLES_IN: &str =
     "SELECT name, value, secret FROM variables WHERE environment_id = ?1 AND runtime = 1 ORDER BY name";
@@ -284,6 +281,7 @@ fn deploy_job(
         ApiError::Conflict(format!("deployment {} has no release image", deployment.id))
     })?;
     let storefront = release_image(STOREFRONT_RELEASE);
+    let releases_kept = settings.releases_kept;
     Ok(Job {
         job_id,
         deployment_id: deployment.id.clone(),
@@ -322,7 +320,7 @@ fn deploy_job(
             backend,
             storefront,
             runtime_env,
-            releases_kept: RELEASES_KEPT,
+            releases_kept,
         }),
         release_image: false,
         release_reference: None,
