@@ -550,8 +550,8 @@ async fn issue_31_a_worker_runs_beside_the_server_only_where_the_config_tells_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn issue_31_with_a_registry_release_images_are_pushed_and_a_code_only_deploy_pulls_one_layer()
-{
+async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_releases_go_past_releases_kept_and_a_preview_gets_its_own_hostname(
+) {
     let postgres = Postgres::start();
     let registry = kiln_tests::support::Registry::start().await;
     let variables =
@@ -663,6 +663,52 @@ async fn issue_31_with_a_registry_release_images_are_pushed_and_a_code_only_depl
     assert!(
         rolled_back.contains("Pulled release image") && rolled_back.contains("no migrations run"),
         "{rolled_back}"
+    );
+
+    // A pull request's preview deploys itself on its own hostname, derived
+    // from its base branch's (pr-<number>.), beside production. It has its
+    // own variables: production's database is not a preview's.
+    let feature = world.repo.commit("preview", |dir| {
+        std::fs::write(dir.join("src/version.txt"), "preview").unwrap();
+    });
+    let opened: kiln_protocol::EventOutcome = world
+        .admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &kiln_protocol::PullRequestEvent {
+                repository: world.repo.url.clone(),
+                number: 7,
+                action: kiln_protocol::PullRequestAction::Opened,
+                branch: "feature".into(),
+                sha: feature,
+                author: "Grace".into(),
+                message: "Preview".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .await
+        .expect_json(reqwest::StatusCode::CREATED)
+        .await;
+    let preview = &opened.deployments[0];
+    world
+        .admin
+        .set_variables(
+            &preview.environment_id,
+            serde_json::json!([{"name": "DATABASE_URL", "value": postgres.url, "secret": true}]),
+        )
+        .await;
+    let _preview_containers = kiln_tests::support::ReleaseContainers {
+        environment_id: preview.environment_id.clone(),
+    };
+    world.settle(&preview.id, Live, &agent).await;
+    assert_eq!(
+        caddy.get("pr-7.api.shop.test", "/version").await,
+        Some((200, "preview".to_owned()))
+    );
+    assert_eq!(
+        caddy.get(HOST, "/version").await,
+        Some((200, "one".to_owned()))
     );
     drop(agent);
 }
