@@ -96,6 +96,21 @@ impl Caddy {
         Ok(())
     }
 
+    /// Removes route `id`, if Caddy has it.
+    pub async fn remove_route(&self, id: &str) -> Result<(), String> {
+        let by_id = format!("/id/{id}");
+        let present = self
+            .http
+            .get(format!("{}{by_id}", self.admin))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if present {
+            self.call(reqwest::Method::DELETE, &by_id, None).await?;
+        }
+        Ok(())
+    }
+
     /// Points route `id` (hostname `host`) at `upstream`, adding it if new.
     pub async fn upsert_route(
         &self,

@@ -346,6 +346,23 @@ impl Client {
             })
     }
 
+    /// Which of `environment_ids` (whose releases this host runs) are gone.
+    pub async fn removed_environments(
+        &self,
+        environment_ids: Vec<String>,
+    ) -> Result<Vec<String>, ClientError> {
+        let url = self.url("/agent/environments/removed");
+        let request = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(&kiln_protocol::RemovedEnvironments { environment_ids });
+        let response = self.send(&url, request).await?;
+        let answer: kiln_protocol::RemovedEnvironments =
+            Self::decode(&url, response, "removed environments").await?;
+        Ok(answer.environment_ids)
+    }
+
     /// Renews the lease; returns early when the job is canceled.
     pub async fn watch(&self, job_id: &str, wait: Duration) -> Result<JobControl, ClientError> {
         let url = self.job_url(job_id, "/watch");

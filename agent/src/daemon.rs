@@ -59,10 +59,31 @@ impl Daemon {
         abort: CancellationToken,
     ) -> Result<(), DaemonError> {
         self.recover().await;
-        let runtime_logs = self.runtime_logs().await;
+        let deploy_docker = self.deploy_docker().await;
+        let runtime_logs = deploy_docker.clone().map(|docker| {
+            crate::runtime_logs::RuntimeLogs::new(
+                self.client.clone(),
+                docker,
+                self.state.runtime_root(),
+                self.config.log_limit.0,
+            )
+        });
         if let Some(runtime_logs) = &runtime_logs {
             runtime_logs.resume().await;
         }
+        let teardown = deploy_docker.map(|docker| {
+            let (config, client, stop) =
+                (self.config.clone(), self.client.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    crate::teardown::tear_down_removed(&config, &client, &docker).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(crate::teardown::TEARDOWN_EVERY) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            })
+        });
         let builds = CancellationToken::new();
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
@@ -176,6 +197,9 @@ impl Daemon {
             }
         };
         sweeper.abort();
+        if let Some(teardown) = teardown {
+            teardown.abort();
+        }
         tracker.close();
         if !tracker.is_empty() {
             info!(
@@ -207,20 +231,16 @@ impl Daemon {
         }
     }
 
-    /// On a deploy host, the follows of the live releases' output.
-    async fn runtime_logs(&self) -> Option<Arc<crate::runtime_logs::RuntimeLogs>> {
+    /// On a deploy host, Docker for the releases it runs: their output
+    /// followed, and those of removed environments stopped.
+    async fn deploy_docker(&self) -> Option<crate::executor::DockerExecutor> {
         if !self.config.roles.contains(&kiln_protocol::Role::Deploy) {
             return None;
         }
         match crate::executor::DockerExecutor::connect().await {
-            Ok(docker) => Some(crate::runtime_logs::RuntimeLogs::new(
-                self.client.clone(),
-                docker,
-                self.state.runtime_root(),
-                self.config.log_limit.0,
-            )),
+            Ok(docker) => Some(docker),
             Err(error) => {
-                warn!(message = "Cannot reach Docker to follow the live releases' output.", %error);
+                warn!(message = "Cannot reach Docker to look after the releases this host runs.", %error);
                 None
             }
         }

@@ -27,17 +27,17 @@ const STOREFRONT_PORT: u16 = 3000;
 /// requests in flight.
 const DRAIN: Duration = Duration::from_secs(2);
 /// Time an old container gets between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of a failed container's output a reason quotes.
 const OUTPUT_QUOTED: usize = 20;
 
-const LABEL_ENVIRONMENT: &str = "kiln.environment";
+pub(crate) const LABEL_ENVIRONMENT: &str = "kiln.environment";
 const LABEL_DEPLOYMENT: &str = "kiln.deployment";
 
 const WORKER_MODE_MISSING: &str = "deploy.worker is true, but this release's medusa-config does not read MEDUSA_WORKER_MODE, so the server and the worker would both run scheduled jobs and subscribers; nothing was started. Add to projectConfig in medusa-config: `workerMode: process.env.MEDUSA_WORKER_MODE as \"shared\" | \"worker\" | \"server\"` and to the admin block `disable: process.env.DISABLE_MEDUSA_ADMIN === \"true\"`, then push; or set deploy.worker to false";
 
 /// The Caddy server a deploy host manages.
-const CADDY_SERVER: &str = "kiln";
+pub(crate) const CADDY_SERVER: &str = "kiln";
 
 /// The host ports the new release answers on.
 struct Ports {
@@ -131,12 +131,7 @@ impl DeployRun<'_> {
     }
 
     fn image_repository(&self, component: Component) -> String {
-        match component {
-            Component::Backend => format!("kiln-release/{}", self.job.environment_id),
-            Component::Storefront => {
-                format!("kiln-release-storefront/{}", self.job.environment_id)
-            }
-        }
+        release_repository(&self.job.environment_id, component)
     }
 
     fn image_name(&self, component: Component) -> String {
@@ -547,12 +542,12 @@ impl DeployRun<'_> {
         caddy
             .ensure_server(CADDY_SERVER, &self.config.caddy_listen)
             .await?;
-        let mut routes = vec![("backend", hostname, ports.backend)];
+        let mut routes = vec![(Component::Backend, hostname, ports.backend)];
         if let (Some(port), Some(hostname)) = (ports.storefront, &settings.storefront_hostname) {
-            routes.push(("storefront", hostname, port));
+            routes.push((Component::Storefront, hostname, port));
         }
         for (component, hostname, port) in routes {
-            let id = format!("kiln-{}-{component}", self.job.environment_id);
+            let id = route_id(&self.job.environment_id, component);
             caddy
                 .upsert_route(CADDY_SERVER, &id, hostname, &format!("127.0.0.1:{port}"))
                 .await?;
@@ -635,6 +630,19 @@ impl Pruning {
         }
         removed
     }
+}
+
+/// Where a host keeps an environment's release images of `component`.
+pub(crate) fn release_repository(environment_id: &str, component: Component) -> String {
+    match component {
+        Component::Backend => format!("kiln-release/{environment_id}"),
+        Component::Storefront => format!("kiln-release-storefront/{environment_id}"),
+    }
+}
+
+/// The `@id` of an environment's Caddy route to `component`.
+pub(crate) fn route_id(environment_id: &str, component: Component) -> String {
+    format!("kiln-{environment_id}-{component}")
 }
 
 /// Refuses a deploy job this agent was not set up to run: without the deploy

@@ -31,6 +31,7 @@ mod running;
 mod runtime_logs;
 mod scan;
 mod state;
+mod teardown;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

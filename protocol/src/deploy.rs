@@ -181,6 +181,18 @@ pub fn registry_prefix(registry: &str) -> Result<String, String> {
     }
 }
 
+/// `POST /api/v1/agent/environments/removed`: which of the environments a
+/// deploy host runs releases of are gone (a closed pull request's preview, a
+/// removed environment), so their containers, routes and images can go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedEnvironments {
+    pub environment_ids: Vec<String>,
+}
+
+/// The most environments one `RemovedEnvironments` asks about.
+pub const MAX_ENVIRONMENTS_ASKED: usize = 256;
+
 /// The reference a deployment's backend release image has in `registry`.
 pub fn release_reference(registry: &str, project_id: &str, deployment_id: &str) -> String {
     format!("{registry}/kiln-release/{project_id}:{deployment_id}")

@@ -10,19 +10,9 @@ use reqwest::Method;
 use super::agent::{world, world_with};
 use kiln_tests::support::{CaddyProcess, Postgres};
 
-/// The names of deployment `deployment_id`'s containers running `service`.
-async fn release_containers(
-    docker: &bollard::Docker,
-    deployment_id: &str,
-    service: &str,
-) -> Vec<String> {
-    let filters = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![
-            format!("kiln.deployment={deployment_id}"),
-            format!("kiln.service={service}"),
-        ],
-    )]);
+/// The containers carrying every one of `labels` (`key=value`).
+async fn containers_labelled(docker: &bollard::Docker, labels: Vec<String>) -> Vec<String> {
+    let filters = std::collections::HashMap::from([("label".to_owned(), labels)]);
     docker
         .list_containers(Some(
             bollard::query_parameters::ListContainersOptionsBuilder::new()
@@ -35,6 +25,27 @@ async fn release_containers(
         .into_iter()
         .filter_map(|container| container.id)
         .collect()
+}
+
+/// Deployment `deployment_id`'s containers running `service`.
+async fn release_containers(
+    docker: &bollard::Docker,
+    deployment_id: &str,
+    service: &str,
+) -> Vec<String> {
+    containers_labelled(
+        docker,
+        vec![
+            format!("kiln.deployment={deployment_id}"),
+            format!("kiln.service={service}"),
+        ],
+    )
+    .await
+}
+
+/// The containers of environment `environment_id`'s releases.
+async fn release_containers_of(docker: &bollard::Docker, environment_id: &str) -> Vec<String> {
+    containers_labelled(docker, vec![format!("kiln.environment={environment_id}")]).await
 }
 
 const HOST: &str = "api.shop.test";
@@ -706,6 +717,52 @@ async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_release
         caddy.get("pr-7.api.shop.test", "/version").await,
         Some((200, "preview".to_owned()))
     );
+    assert_eq!(
+        caddy.get(HOST, "/version").await,
+        Some((200, "one".to_owned()))
+    );
+    // Closed, the pull request's preview stops: its containers, its route
+    // and its images go; production keeps serving.
+    world
+        .admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &kiln_protocol::PullRequestEvent {
+                repository: world.repo.url.clone(),
+                number: 7,
+                action: kiln_protocol::PullRequestAction::Closed,
+                branch: "feature".into(),
+                sha: world.repo.head(),
+                author: "Grace".into(),
+                message: "Preview".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .await
+        .expect_json::<kiln_protocol::EventOutcome>(reqwest::StatusCode::CREATED)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !release_containers_of(&world.docker, &preview.environment_id)
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the closed preview's release still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_ne!(
+        caddy.get("pr-7.api.shop.test", "/version").await,
+        Some((200, "preview".to_owned()))
+    );
+    assert!(image_tags(
+        &world.docker,
+        &format!("kiln-release/{}", preview.environment_id)
+    )
+    .await
+    .is_empty());
     assert_eq!(
         caddy.get(HOST, "/version").await,
         Some((200, "one".to_owned()))

@@ -536,6 +536,18 @@ impl DockerExecutor {
             .collect())
     }
 
+    /// The values of label `key` among this host's containers.
+    pub async fn label_values(&self, key: &str) -> Result<Vec<String>, ExecError> {
+        let containers = self.labelled(key, "list release containers").await?;
+        let mut values: Vec<String> = containers
+            .into_iter()
+            .filter_map(|container| container.labels?.get(key).cloned())
+            .collect();
+        values.sort();
+        values.dedup();
+        Ok(values)
+    }
+
     /// Names and labels of the services with label `key=value`.
     pub async fn services_labelled(
         &self,

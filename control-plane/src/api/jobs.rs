@@ -127,6 +127,28 @@ pub(super) async fn download_release(
     crate::artifacts::serve_artifact(&state.db, &state.artifacts, deployment_id, name).await
 }
 
+/// `POST /agent/environments/removed`: which of the environments a deploy
+/// host runs releases of are gone, for it to stop them.
+pub(super) async fn removed_environments(
+    State(state): State<AppState>,
+    Agent(_agent): Agent,
+    ApiJson(asked): ApiJson<kiln_protocol::RemovedEnvironments>,
+) -> Result<impl IntoResponse, ApiError> {
+    if asked.environment_ids.len() > kiln_protocol::MAX_ENVIRONMENTS_ASKED {
+        return Err(ApiError::InvalidParameter(format!(
+            "environment_ids: at most {} at a time",
+            kiln_protocol::MAX_ENVIRONMENTS_ASKED
+        )));
+    }
+    let removed = state
+        .db
+        .call(move |conn| store::removed_environments(conn, &asked.environment_ids))
+        .await?;
+    Ok(Json(kiln_protocol::RemovedEnvironments {
+        environment_ids: removed,
+    }))
+}
+
 pub(super) async fn watch_job(
     State(state): State<AppState>,
     Agent(agent): Agent,

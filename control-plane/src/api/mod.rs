@@ -55,6 +55,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(fleet::revoke_registration_token),
         )
         .route("/agent/jobs/claim", post(jobs::claim_job))
+        .route(
+            "/agent/environments/removed",
+            post(jobs::removed_environments),
+        )
         .route("/agent/jobs/{job_id}/watch", post(jobs::watch_job))
         .route(
             "/agent/jobs/{job_id}/status",

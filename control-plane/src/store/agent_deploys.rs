@@ -440,6 +440,28 @@ pub fn release_download(
     Ok(deployment_id)
 }
 
+/// Which of `ids` name no environment in use: removed (a closed pull
+/// request's preview) or never known.
+pub fn removed_environments(
+    conn: &mut Connection,
+    ids: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let mut removed = Vec::new();
+    for id in ids {
+        let in_use: Option<bool> = conn
+            .query_row(
+                "SELECT removed_at IS NULL FROM environments WHERE id = ?1",
+                [id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if in_use != Some(true) {
+            removed.push(id.clone());
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +675,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("only a deployment that was live"), "{error}");
+    }
+
+    #[test]
+    fn a_deploy_host_learns_which_environments_are_gone() {
+        let (mut conn, _, environment_id) = shop(&[]);
+        let asked = vec![environment_id.clone(), "env_never".to_owned()];
+        assert_eq!(
+            removed_environments(&mut conn, &asked).unwrap(),
+            ["env_never"]
+        );
+        conn.execute(
+            "UPDATE environments SET removed_at = 1 WHERE id = ?1",
+            [&environment_id],
+        )
+        .unwrap();
+        assert_eq!(removed_environments(&mut conn, &asked).unwrap(), asked);
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod rows;
 mod users;
 pub(crate) mod values;
 
-pub use agent_deploys::{begin_rollback, migrations_ahead, release_download};
+pub use agent_deploys::{begin_rollback, migrations_ahead, release_download, removed_environments};
 pub use agents::*;
 pub use artifacts::*;
 pub use deployments::*;
