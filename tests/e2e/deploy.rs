@@ -769,3 +769,106 @@ async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_release
     );
     drop(agent);
 }
+
+/// The Docker bridge's address on the host: where a container on it reaches
+/// the host.
+async fn bridge_gateway(docker: &bollard::Docker) -> String {
+    docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .unwrap()
+        .ipam
+        .and_then(|ipam| ipam.config)
+        .and_then(|configs| configs.into_iter().find_map(|config| config.gateway))
+        .expect("the bridge network has a gateway")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issue_31_a_hostile_release_gets_nothing_out_of_its_container_on_the_bridge_network() {
+    let Some(world) = world(serde_json::json!([])).await else {
+        return;
+    };
+    let gateway = bridge_gateway(&world.docker).await;
+    let postgres = Postgres::start_for_bridge(&gateway);
+    let _containers = kiln_tests::support::ReleaseContainers {
+        environment_id: world.environment_id.clone(),
+    };
+    let caddy = CaddyProcess::start();
+    let agent = world
+        .agent(
+            "agent",
+            &format!(
+                "roles = [\"build\", \"deploy\"]\ncaddy_admin_url = \"{}\"\ncaddy_listen = \"127.0.0.1:{}\"\ndeploy_network = \"bridge\"\n",
+                caddy.admin, caddy.listen
+            ),
+        )
+        .await;
+    // What the release tries at start: write outside its folder, see the
+    // Docker socket and the agent's token and state, become root, and reach
+    // Caddy's admin API (on the host's loopback) from the bridge.
+    let token = agent.dir.join("state/agent.json");
+    assert!(token.exists());
+    let admin_port = caddy.admin.rsplit(':').next().unwrap().to_owned();
+    let targets = format!(
+        "/var/run/docker.sock:/run/docker.sock:{}:{}",
+        token.display(),
+        agent.dir.display()
+    );
+    let fetches =
+        format!("http://{gateway}:{admin_port}/config/ http://127.0.0.1:{admin_port}/config/");
+    world
+        .admin
+        .set_variables(
+            &world.environment_id,
+            serde_json::json!([
+                {"name": "DATABASE_URL", "value": postgres.url, "secret": true},
+                {"name": "KILN_FIXTURE_ESCAPE", "value": targets, "build": false},
+                {"name": "KILN_FIXTURE_FETCH", "value": fetches, "build": false},
+            ]),
+        )
+        .await;
+    let reply = world
+        .admin
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/environments/{}", world.environment_id),
+            &serde_json::json!({
+                "auto_deploy": true,
+                "deploy": {"backend_hostname": HOST, "health_timeout_seconds": 30}
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // It serves only if nothing got out: live, through Caddy, migrated.
+    let deployment = world.push(&world.repo.head()).await;
+    world.settle(&deployment.id, Live, &agent).await;
+    assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
+    assert_eq!(postgres.migrations(), ["none"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let runtime = loop {
+        let runtime = world.log(&deployment.id, "runtime").await;
+        if runtime.contains("Server is ready") {
+            break runtime;
+        }
+        assert!(Instant::now() < deadline, "{runtime}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for refused in [
+        "escape: write /etc/kiln-escape: refused",
+        "escape: /var/run/docker.sock: not visible",
+        &format!("escape: {}: not visible", token.display()),
+        "escape: become root: refused",
+        &format!("fetch: http://{gateway}:{admin_port}/config/: ECONNREFUSED"),
+        &format!("fetch: http://127.0.0.1:{admin_port}/config/: ECONNREFUSED"),
+    ] {
+        assert!(runtime.contains(refused), "{refused} missing:\n{runtime}");
+    }
+    for escaped in ["escape: wrote", "is visible", "became root", "answered"] {
+        assert!(!runtime.contains(escaped), "{escaped}:\n{runtime}");
+    }
+    drop(agent);
+}

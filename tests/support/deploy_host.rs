@@ -66,11 +66,24 @@ impl Drop for CaddyProcess {
 /// unprivileged `postgres` user, as `.ci/postgres` runs the tests' own.
 pub struct Postgres {
     dir: tempfile::TempDir,
+    /// What the releases connect to.
     pub url: String,
+    /// What the test itself connects to: loopback.
+    local_url: String,
 }
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_on("127.0.0.1")
+    }
+
+    /// Also listening on `gateway`, the Docker bridge's address on the host,
+    /// for containers on that bridge (its /16, trust sign-in); the URL names it.
+    pub fn start_for_bridge(gateway: &str) -> Postgres {
+        Postgres::start_on(gateway)
+    }
+
+    fn start_on(host: &str) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         let user = "postgres";
         let _ = Command::new("useradd")
@@ -102,8 +115,18 @@ impl Postgres {
             "kiln",
             "--auth=trust",
         ]);
+        if host != "127.0.0.1" {
+            let hba = data.join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).unwrap();
+            rules.push_str(&format!("host all all {host}/16 trust\n"));
+            std::fs::write(&hba, rules).unwrap();
+        }
+        let listen = match host {
+            "127.0.0.1" => host.to_owned(),
+            _ => format!("127.0.0.1,{host}"),
+        };
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={}",
+            "-c listen_addresses={listen} -c port={port} -c unix_socket_directories={}",
             dir.path().display()
         );
         run(&[
@@ -120,7 +143,8 @@ impl Postgres {
         let socket = dir.path().to_str().unwrap().to_owned();
         run(&["createdb", "-h", &socket, "-p", &port, "-U", "kiln", "shop"]);
         Postgres {
-            url: format!("postgres://kiln@127.0.0.1:{port}/shop"),
+            url: format!("postgres://kiln@{host}:{port}/shop"),
+            local_url: format!("postgres://kiln@127.0.0.1:{port}/shop"),
             dir,
         }
     }
@@ -128,7 +152,7 @@ impl Postgres {
     /// How many tables the database's public schema holds.
     pub fn tables(&self) -> i64 {
         tokio::task::block_in_place(|| {
-            let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+            let mut client = postgres::Client::connect(&self.local_url, postgres::NoTls).unwrap();
             client
                 .query_one(
                     "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
@@ -142,7 +166,7 @@ impl Postgres {
     /// The releases the stand-in's `db:migrate` recorded, in order.
     pub fn migrations(&self) -> Vec<String> {
         tokio::task::block_in_place(|| {
-            let mut client = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+            let mut client = postgres::Client::connect(&self.local_url, postgres::NoTls).unwrap();
             client
                 .query(
                     "SELECT release FROM kiln_fixture_migrations ORDER BY applied_at",

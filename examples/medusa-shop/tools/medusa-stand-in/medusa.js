@@ -21,7 +21,10 @@
 //   KILN_FIXTURE_FLOOD_MB=N  print N MiB of numbered lines as fast as possible
 //   KILN_FIXTURE_SERVER_ROOT_LINK=P  end with .medusa/server itself a symlink to P
 //   KILN_FIXTURE_FIFO=P    end with a FIFO at P (relative to the repository root)
-//   KILN_FIXTURE_FETCH=URL  try to reach URL; exit 13 if it cannot, 66 if it can
+//   KILN_FIXTURE_FETCH=URL…  try to reach each URL (space-separated); exit 13 if
+//                          none answers, 66 if one does
+//   (`medusa start` tries the same two at start, given as runtime variables,
+//   and exits 66 if anything got out)
 //   KILN_FIXTURE_BIG_FIRST_MB=N  lead .medusa/server with an N MiB file of random
 //                          bytes (slow to pack) and end it with a folder zzz/
 //                          holding `ready`, for a racing storefront to swap
@@ -154,42 +157,8 @@ async function main() {
     console.log("info:    spinning")
     for (;;) {}
   }
-  if (env.KILN_FIXTURE_FETCH) {
-    const reached = await new Promise((resolve) => {
-      const request = require("http").get(env.KILN_FIXTURE_FETCH, { timeout: 3000 }, (response) => {
-        console.log(`fetch: ${env.KILN_FIXTURE_FETCH} answered ${response.statusCode}`)
-        resolve(true)
-      })
-      request.on("timeout", () => request.destroy(new Error("timed out")))
-      request.on("error", (error) => {
-        console.log(`fetch: ${env.KILN_FIXTURE_FETCH}: ${error.code || error.message}`)
-        resolve(false)
-      })
-    })
-    process.exit(reached ? 66 : 13)
-  }
-  if (env.KILN_FIXTURE_ESCAPE) {
-    let escaped = false
-    for (const target of ["/kiln-escape", "/etc/kiln-escape", "/usr/local/bin/kiln-escape", "/kiln/../kiln-escape"]) {
-      try {
-        fs.writeFileSync(target, "escaped\n")
-        escaped = true
-        console.log(`escape: wrote ${target}`)
-      } catch (error) {
-        console.log(`escape: write ${target}: refused (${error.code})`)
-      }
-    }
-    for (const target of env.KILN_FIXTURE_ESCAPE.split(":")) {
-      // Merely seeing the Docker socket or the token would be a leak.
-      try {
-        fs.statSync(target)
-        escaped = true
-        console.log(`escape: ${target} is visible`)
-      } catch (error) {
-        console.log(`escape: ${target}: not visible (${error.code})`)
-      }
-    }
-    process.exit(escaped ? 66 : 13)
+  if (env.KILN_FIXTURE_FETCH || env.KILN_FIXTURE_ESCAPE) {
+    process.exit((await tryToEscape(env)) ? 66 : 13)
   }
   const out = path.join(".medusa", "server")
   fs.rmSync(out, { recursive: true, force: true })
@@ -239,11 +208,62 @@ async function main() {
   console.log("info:    Frontend build completed successfully")
 }
 
+// What a hostile build or release tries, each attempt on a line of its own:
+// whether any of them got out.
+async function tryToEscape(env) {
+  let escaped = false
+  if (env.KILN_FIXTURE_ESCAPE) {
+    for (const target of ["/kiln-escape", "/etc/kiln-escape", "/usr/local/bin/kiln-escape", "/kiln/../kiln-escape"]) {
+      try {
+        fs.writeFileSync(target, "escaped\n")
+        escaped = true
+        console.log(`escape: wrote ${target}`)
+      } catch (error) {
+        console.log(`escape: write ${target}: refused (${error.code})`)
+      }
+    }
+    for (const target of env.KILN_FIXTURE_ESCAPE.split(":")) {
+      // Merely seeing the Docker socket or the token would be a leak.
+      try {
+        fs.statSync(target)
+        escaped = true
+        console.log(`escape: ${target} is visible`)
+      } catch (error) {
+        console.log(`escape: ${target}: not visible (${error.code})`)
+      }
+    }
+    try {
+      process.setuid(0)
+      escaped = true
+      console.log("escape: became root")
+    } catch (error) {
+      console.log(`escape: become root: refused (${error.code})`)
+    }
+  }
+  for (const url of (env.KILN_FIXTURE_FETCH || "").split(" ").filter(Boolean)) {
+    const reached = await new Promise((resolve) => {
+      const request = require("http").get(url, { timeout: 3000 }, (response) => {
+        console.log(`fetch: ${url} answered ${response.statusCode}`)
+        resolve(true)
+      })
+      request.on("timeout", () => request.destroy(new Error("timed out")))
+      request.on("error", (error) => {
+        console.log(`fetch: ${url}: ${error.code || error.message}`)
+        resolve(false)
+      })
+    })
+    escaped = escaped || reached
+  }
+  return escaped
+}
+
 function log(level, message, extra) {
   console.log(JSON.stringify({ level, message, timestamp: new Date().toISOString(), ...extra }))
 }
 
-function start() {
+async function start() {
+  // A hostile release: it tries to get out first, and serves only if nothing did.
+  if ((process.env.KILN_FIXTURE_ESCAPE || process.env.KILN_FIXTURE_FETCH) && (await tryToEscape(process.env))) process.exit(66)
   if (fs.existsSync(path.join("src", "exit-at-start"))) {
     log("error", "Error starting server: cannot load src/exit-at-start (a release that cannot start)")
     process.exit(1)
