@@ -210,9 +210,17 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
     );
 
     // The next good push switches over; the first becomes ready.
+    // It also makes the storefront standalone, with a public/ file.
     let third_sha = world.repo.commit("release three", |dir| {
         std::fs::remove_file(dir.join("src/exit-at-start")).unwrap();
         std::fs::write(dir.join("src/version.txt"), "three\n").unwrap();
+        std::fs::write(
+            dir.join("storefront/next.config.js"),
+            "module.exports = { output: \"standalone\" }\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("storefront/public")).unwrap();
+        std::fs::write(dir.join("storefront/public/robots.txt"), "User-agent: *\n").unwrap();
     });
     // A steady load through Caddy across the switch: no request fails.
     let load = Load::start(caddy.listen);
@@ -222,6 +230,23 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         caddy.get(HOST, "/version").await,
         Some((200, "three".to_owned()))
     );
+    // The standalone storefront serves its page, .next/static and public/.
+    for (path, wanted) in [
+        ("/", "Store on"),
+        ("/_next/static/chunks/app.js", "storefront"),
+        ("/robots.txt", "User-agent"),
+    ] {
+        let (status, body) = caddy.get(STOREFRONT_HOST, path).await.unwrap();
+        assert_eq!(
+            (status, body.contains(wanted)),
+            (200, true),
+            "{path}: {body}"
+        );
+    }
+    let system = world.log(&third.id, "system").await;
+    assert!(system.contains("(the standalone server.js)"), "{system}");
+    let system = world.log(&first.id, "system").await;
+    assert!(system.contains("(`next start`)"), "{system}");
     let (sent, failed, versions) = load.stop().await;
     assert!(sent > 50, "only {sent} requests were sent");
     assert_eq!(

@@ -10,18 +10,33 @@ const fs = require("fs")
 const path = require("path")
 
 const [command] = process.argv.slice(2)
-if (command === "start") {
-  // `next start`: serves what the build wrote, on PORT, as Next.js does.
-  const page = fs.readFileSync(path.join(".next", "server", "app", "index.html"))
+// Serves a built app from `root` as Next.js's servers do: the page at /,
+// `.next/static` at /_next/static/, `public/` at the top. The standalone
+// output's server.js is this function's own text.
+function serve(root, host) {
+  const fs = require("fs")
+  const path = require("path")
   const server = require("http").createServer((request, response) => {
-    const status = request.url === "/" ? 200 : 404
-    response.writeHead(status, { "content-type": "text/html" })
-    response.end(status === 200 ? page : "<!doctype html><p>404: This page could not be found.</p>\n")
-    console.log(` ${request.method} ${request.url} ${status}`)
+    const url = new URL(request.url, "http://localhost")
+    const file = url.pathname === "/"
+      ? path.join(root, ".next", "server", "app", "index.html")
+      : url.pathname.startsWith("/_next/static/")
+        ? path.join(root, ".next", "static", url.pathname.slice("/_next/static/".length))
+        : path.join(root, "public", url.pathname)
+    const found = !url.pathname.includes("..") && fs.existsSync(file) && fs.statSync(file).isFile()
+    const status = found ? 200 : 404
+    response.writeHead(status, { "content-type": file.endsWith(".js") ? "application/javascript" : "text/html" })
+    response.end(found ? fs.readFileSync(file) : "<!doctype html><p>404: This page could not be found.</p>\n")
+    console.log(` ${request.method} ${url.pathname} ${status}`)
   })
   const port = Number(process.env.PORT || 3000)
-  server.listen(port, () => console.log(`   ▲ Next.js 15 (stand-in)\n   - Local: http://localhost:${port}\n ✓ Ready`))
+  server.listen(port, host, () => console.log(`   ▲ Next.js 15 (stand-in)\n   - Local: http://localhost:${port}\n ✓ Ready`))
   process.on("SIGTERM", () => server.close(() => process.exit(0)))
+}
+
+if (command === "start") {
+  // `next start`: serves what the build wrote, on PORT.
+  serve(process.cwd(), "0.0.0.0")
   return
 }
 if (command !== "build") {
@@ -51,6 +66,18 @@ fs.writeFileSync(path.join(out, "BUILD_ID"), "kiln-stand-in\n")
 const backend = process.env.NEXT_PUBLIC_MEDUSA_BACKEND_URL || "http://localhost:9000"
 fs.writeFileSync(path.join(out, "server", "app", "index.html"), `<!doctype html><p>Store on ${backend}</p>\n`)
 fs.writeFileSync(path.join(out, "cache", "fetch-cache", "regions"), "[]\n")
+fs.mkdirSync(path.join(out, "static", "chunks"), { recursive: true })
+fs.writeFileSync(path.join(out, "static", "chunks", "app.js"), "console.log('storefront')\n")
+// `output: "standalone"`: a server.js with what it needs, as Next.js traces
+// it; `.next/static` and `public/` are the deployment's to place beside it.
+const config = ["next.config.js", "next.config.mjs"].find((name) => fs.existsSync(name))
+if (config && fs.readFileSync(config, "utf8").includes("standalone")) {
+  const standalone = path.join(out, "standalone")
+  fs.mkdirSync(path.join(standalone, ".next", "server", "app"), { recursive: true })
+  fs.copyFileSync(path.join(out, "server", "app", "index.html"), path.join(standalone, ".next", "server", "app", "index.html"))
+  fs.writeFileSync(path.join(standalone, "server.js"), `${serve.toString()}\nserve(__dirname, process.env.HOSTNAME || "0.0.0.0")\n`)
+  console.log("   Standalone output in .next/standalone")
+}
 if (process.env.KILN_FIXTURE_STOREFRONT_OUTPUT_LINK) {
   fs.rmSync(out, { recursive: true, force: true })
   fs.symlinkSync(process.env.KILN_FIXTURE_STOREFRONT_OUTPUT_LINK, out)
