@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use kiln_protocol::DeploymentStatus::*;
 use reqwest::Method;
+use sha2::Digest;
 
 use super::agent::{world, world_with};
 use kiln_tests::support::{CaddyProcess, Postgres};
@@ -134,6 +135,32 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         "{:?}",
         live.artifacts
     );
+    // The release image is an OCI image layout (which Docker loads too):
+    // every blob named by its sha256.
+    let archive = world
+        .admin
+        .get(&format!(
+            "/api/v1/deployments/{}/artifacts/{}",
+            first.id,
+            kiln_protocol::BACKEND_RELEASE
+        ))
+        .await;
+    assert_eq!(archive.status, 200);
+    let mut names = Vec::new();
+    let mut tar = tar::Archive::new(archive.body.as_slice());
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut entry, &mut hasher).unwrap();
+        if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+            assert_eq!(hex, hex::encode(hasher.finalize()), "{name}");
+        }
+        names.push(name);
+    }
+    for required in ["oci-layout", "index.json", "manifest.json"] {
+        assert!(names.iter().any(|name| name == required), "{names:?}");
+    }
     let deploy_log = world.log(&first.id, "deploy").await;
     for step in [
         "Loaded release image",

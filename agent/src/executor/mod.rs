@@ -4,6 +4,7 @@
 //! `dyn Executor`; only `docker.rs` knows about bollard.
 
 pub mod docker;
+mod oci;
 pub mod release;
 
 use std::path::PathBuf;

@@ -19,7 +19,6 @@ use bollard::query_parameters::{
     StartContainerOptions, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::docker::{docker_error, DockerExecutor};
@@ -273,24 +272,31 @@ impl DockerExecutor {
         })
     }
 
-    /// Writes `image` as an archive (`docker save`); its size and sha256.
+    /// Writes `image` as an OCI image layout that Docker loads too (`docker
+    /// save`, then its blobs laid out by digest); its size and sha256.
     pub async fn save_image(&self, image: &str, out: &Path) -> Result<(u64, String), ExecError> {
         let io = |e: std::io::Error| ExecError::Docker {
             action: "write an image archive",
             reason: format!("{}: {e}", out.display()),
         };
-        let mut file = tokio::fs::File::create(out).await.map_err(io)?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
+        let saved = out.with_extension("docker.tar");
+        let mut file = tokio::fs::File::create(&saved).await.map_err(io)?;
         let mut stream = self.docker.export_image(image);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| docker_error("save an image", e))?;
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
             file.write_all(&chunk).await.map_err(io)?;
         }
         file.sync_all().await.map_err(io)?;
-        Ok((size, hex::encode(hasher.finalize())))
+        drop(file);
+        let (from, to) = (saved.clone(), out.to_owned());
+        let laid_out = tokio::task::spawn_blocking(move || {
+            super::oci::to_layout(&from, &to)?;
+            super::oci::digest_file(&to)
+        })
+        .await
+        .expect("layout task");
+        let _ = tokio::fs::remove_file(&saved).await;
+        laid_out.map_err(io)
     }
 
     /// Loads an image archive (`docker load`); the names it brought.
