@@ -19,6 +19,7 @@ pub mod connections;
 mod dashboard;
 mod db;
 mod deployer;
+mod dotenv;
 mod error;
 mod follows;
 mod forge;

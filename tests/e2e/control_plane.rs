@@ -1303,3 +1303,65 @@ async fn retention_deletes_the_artifacts_of_deployments_no_longer_live_and_keeps
         .await;
     assert_eq!(again.deployments[0].commit_sha, sha(1));
 }
+
+#[tokio::test]
+async fn a_dotenv_file_is_imported_over_http_and_exported_without_secret_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let project = admin.create_project("shop").await;
+    let environment = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let base = format!("/api/v1/environments/{}/variables", environment.id);
+    let import = |query: &str, content_type: &str, body: &str| {
+        admin
+            .request(Method::POST, &format!("{base}/import{query}"))
+            .header("content-type", content_type)
+            .body(body.to_owned())
+    };
+    let reply = admin
+        .send(import(
+            "?secret=true",
+            "text/plain",
+            "# from the old host\nexport DATABASE_URL=\"postgres://u:p@db/shop\"\nJWT_SECRET='s3cr3t'\n",
+        ))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let answer: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        answer["imported"],
+        serde_json::json!(["DATABASE_URL", "JWT_SECRET"])
+    );
+    assert_eq!(answer["variables"][0]["secret"], true);
+    assert!(!reply.text().contains("s3cr3t"), "{}", reply.text());
+
+    // JSON is not a .env file, and an unknown flag is named.
+    let wrong = admin
+        .send(import("", "application/json", "{\"A\": 1}"))
+        .await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert!(wrong.text().contains("content-type"), "{}", wrong.text());
+    let unknown = admin
+        .send(import("?secrets=true", "text/plain", "A=1"))
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert!(unknown.text().contains("secrets"), "{}", unknown.text());
+    let bad_line = admin.send(import("", "text/plain", "A=1\nB C\n")).await;
+    assert_eq!(bad_line.status, StatusCode::BAD_REQUEST);
+    assert!(bad_line.text().contains("line 2"), "{}", bad_line.text());
+
+    let export = admin.get(&format!("{base}/export")).await;
+    assert_eq!(export.status, StatusCode::OK);
+    assert!(export.headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
+    let text = export.text();
+    assert!(
+        text.contains("# JWT_SECRET is secret: its value is not exported.\nJWT_SECRET=\n")
+            && !text.contains("s3cr3t")
+            && !text.contains("postgres://"),
+        "{text}"
+    );
+}

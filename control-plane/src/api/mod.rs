@@ -104,6 +104,14 @@ pub fn router(state: AppState) -> Router {
                 .layer(limit(VARIABLES_LIMIT)),
         )
         .route(
+            "/environments/{environment_id}/variables/import",
+            post(projects::import_variables).layer(limit(VARIABLES_LIMIT)),
+        )
+        .route(
+            "/environments/{environment_id}/variables/export",
+            get(projects::export_variables),
+        )
+        .route(
             "/events/push",
             post(projects::push_event).layer(limit(EVENT_LIMIT)),
         )

@@ -9,7 +9,7 @@ use kiln_protocol::*;
 
 use crate::error::ApiError;
 use crate::http::answer;
-use crate::http::{Admin, ApiJson, ApiPath};
+use crate::http::{Admin, ApiBytes, ApiJson, ApiPath, ApiQuery};
 use crate::store::{self};
 use crate::AppState;
 
@@ -134,6 +134,64 @@ pub(super) async fn set_variables(
         .call(move |conn| store::set_variables(conn, &id, set.variables))
         .await?;
     Ok(Json(VariableList { variables }))
+}
+
+/// `POST /environments/{id}/variables/import`: a `.env` file
+/// (`content-type: text/plain`) merged into the variables.
+pub(super) async fn import_variables(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(flags): ApiQuery<store::ImportFlags>,
+    headers: axum::http::HeaderMap,
+    ApiBytes(body): ApiBytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("text/plain") {
+        return Err(ApiError::invalid_field(
+            "content-type",
+            format!(
+                "{content_type:?}: send the .env file as text/plain (curl --data-binary @.env -H 'content-type: text/plain')"
+            ),
+        ));
+    }
+    let text = String::from_utf8(body.to_vec()).map_err(|_| {
+        ApiError::invalid_field("body", "is not UTF-8 text; send the .env file as it is")
+    })?;
+    answer(&state, move |conn| {
+        store::import_variables(conn, &id, &text, flags)
+    })
+    .await
+}
+
+/// `GET /environments/{id}/variables/export`: the variables as a `.env`
+/// file, secret values left empty.
+pub(super) async fn export_variables(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let file_name = format!("{id}.env");
+    let text = state
+        .db
+        .call(move |conn| store::export_variables(conn, &id))
+        .await?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        text,
+    ))
 }
 
 pub(super) async fn push_event(

@@ -13,9 +13,9 @@ use kiln_protocol::{
 
 use super::agents::{carries_all, AgentRow};
 use super::lifecycle::{finish_current_job, set_status, settle_deploy};
-use super::projects::variable_from_row;
 use super::rows::{deployment_from_row, get_deployment_in};
 use super::values::{new_id, now_ms, to_json};
+use super::variables::variable_from_row;
 use crate::error::ApiError;
 
 /// The runtime variables of an environment, as the containers get them.

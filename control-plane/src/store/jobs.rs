@@ -17,10 +17,11 @@ use super::lifecycle::{
     settle_components,
 };
 use super::outbox::ReportsTo;
-use super::projects::{project_from_row, variable_from_row, VARIABLES_IN};
+use super::projects::project_from_row;
 pub use super::rows::JobRow;
 use super::rows::{deployment_from_row, job_in, owned_job, with_history};
 use super::values::{json_list, new_id, now_ms, time, to_json};
+use super::variables::{variable_from_row, VARIABLES_IN};
 use crate::error::ApiError;
 
 /// Policy the store needs from the server's configuration.

@@ -22,6 +22,7 @@ mod retention;
 mod rows;
 mod users;
 pub(crate) mod values;
+mod variables;
 
 pub use agent_deploys::{begin_rollback, migrations_ahead, release_download, removed_environments};
 pub use agents::*;
@@ -36,6 +37,7 @@ pub use projects::*;
 pub use registration_tokens::*;
 pub use retention::*;
 pub use users::*;
+pub use variables::*;
 
 pub use values::{bytes_text, now_ms};
 
