@@ -480,7 +480,7 @@ async fn storefront_builds_beside_the_backend_as_a_second_artifact() {
     let paths: Vec<&str> = files.iter().map(|(path, _)| path.as_str()).collect();
     assert_eq!(
         paths,
-        ["BUILD_ID", "server/app/index.html"],
+        ["BUILD_ID", "server/app/index.html", "static/chunks/app.js"],
         "the build cache stays out"
     );
     assert!(

@@ -1214,3 +1214,124 @@ async fn issue_15_live_follow_deploy_redeploy_switch_and_rules_with_the_real_age
         .await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn issue_32_variables_are_pasted_read_from_a_file_exported_and_removed_in_the_browser() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let page = site.url(&format!("/environments/{}/variables", site.staging.id));
+    let browser = signed_in(&site.cp.base_url(), "ada").await;
+    browser.goto(&page).await;
+    // The empty state leads to the form.
+    assert!(
+        browser.text("p.empty").await.contains("Paste a .env below"),
+        "{}",
+        browser.body_text().await
+    );
+    browser
+        .fill(
+            "#import-text",
+            "DATABASE_URL='postgres://u:p@db/shop'\nJWT_SECRET=s3cr3t\n",
+        )
+        .await;
+    browser
+        .run(
+            "document.querySelector('#import-secret').value = 'true'",
+            vec![],
+        )
+        .await;
+    browser
+        .click_to_load("form.import button[type=submit]")
+        .await;
+    let notice = browser.text("p.notice").await;
+    assert!(
+        notice.contains("Saved 2 variable(s): DATABASE_URL, JWT_SECRET."),
+        "{notice}"
+    );
+    for name in ["DATABASE_URL", "JWT_SECRET"] {
+        let value = browser
+            .text(&format!("tr[data-name={name}] td.value"))
+            .await;
+        assert_eq!(value, "secret · hidden");
+    }
+    let body = browser.body_text().await;
+    assert!(
+        !body.contains("s3cr3t") && !body.contains("postgres://"),
+        "{body}"
+    );
+
+    // A .env file chosen in the form is read into the box.
+    browser
+        .run(
+            "const files = new DataTransfer(); files.items.add(new File(['SHOP_NAME=Acme\\n'], 'shop.env')); \
+             const input = document.querySelector('#import-file'); input.files = files.files; \
+             input.dispatchEvent(new Event('change'))",
+            vec![],
+        )
+        .await;
+    browser
+        .until(
+            "the file fills the box",
+            Duration::from_secs(10),
+            "return document.querySelector('#import-text').value.includes('SHOP_NAME=Acme')",
+        )
+        .await;
+    browser
+        .click_to_load("form.import button[type=submit]")
+        .await;
+    assert_eq!(
+        browser.text("tr[data-name=SHOP_NAME] td.value").await,
+        "Acme"
+    );
+
+    // The export leaves the secrets empty, each with a comment.
+    let exported = browser
+        .run(
+            "return fetch(document.querySelector('a.export').href).then((answer) => answer.text())",
+            vec![],
+        )
+        .await;
+    let exported = exported.as_str().unwrap_or_default().to_owned();
+    assert!(
+        exported.contains("# JWT_SECRET is secret: its value is not exported.\nJWT_SECRET=\n")
+            && exported.contains("SHOP_NAME=Acme\n")
+            && !exported.contains("s3cr3t"),
+        "{exported}"
+    );
+
+    browser
+        .click_to_load("tr[data-name=SHOP_NAME] button.remove")
+        .await;
+    assert_eq!(browser.text("p.notice").await, "Removed SHOP_NAME.");
+    let listed = site
+        .admin
+        .get(&format!(
+            "/api/v1/environments/{}/variables",
+            site.staging.id
+        ))
+        .await
+        .text();
+    assert!(
+        !listed.contains("SHOP_NAME") && listed.contains("JWT_SECRET"),
+        "{listed}"
+    );
+    browser.screenshot("variables").await;
+    browser.close().await;
+
+    // A viewer reads the table and is shown why there is no form.
+    let viewer = signed_in(&site.cp.base_url(), "vic").await;
+    viewer.goto(&page).await;
+    assert!(viewer.find_all("form.import").await.is_empty());
+    assert!(viewer.find_all("button.remove").await.is_empty());
+    assert!(
+        viewer
+            .body_text()
+            .await
+            .contains("Changing variables needs the admin role; you are a viewer."),
+        "{}",
+        viewer.body_text().await
+    );
+    viewer.close().await;
+}

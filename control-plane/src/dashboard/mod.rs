@@ -11,6 +11,7 @@ mod auth;
 mod logview;
 mod pages;
 mod pieces;
+mod variables;
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -44,6 +45,19 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/environments/{id}/settings",
             get(environment_settings).post(save_environment_settings),
+        )
+        .route("/environments/{id}/variables", get(variables::page))
+        .route(
+            "/environments/{id}/variables/import",
+            post(variables::import),
+        )
+        .route(
+            "/environments/{id}/variables/export",
+            get(variables::export),
+        )
+        .route(
+            "/environments/{id}/variables/{name}/remove",
+            post(variables::remove),
         )
         .route("/deployments/{id}", get(deployment))
         .route("/deployments/{id}/deploy", post(actions::deploy))

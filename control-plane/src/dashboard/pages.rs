@@ -325,10 +325,7 @@ pub fn environment(
             nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } " / " span { (environment.name) } }
             h1 { (environment.name) }
             p { (environment_kind(environment)) " · branch " code { (environment.branch) } }
-            nav.tabs aria-label="Environment" {
-                a aria-current="page" href={"/environments/" (environment.id)} { "Deployments" }
-                a href={"/environments/" (environment.id) "/settings"} { "Settings" }
-            }
+            (super::pieces::environment_tabs(environment, "Deployments"))
             (deployments_table(deployments, std::slice::from_ref(environment)))
         },
     )
@@ -346,10 +343,7 @@ pub fn environment_settings(
         html! {
             nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } " / " a href={"/environments/" (environment.id)} { (environment.name) } }
             h1 { (environment.name) }
-            nav.tabs aria-label="Environment" {
-                a href={"/environments/" (environment.id)} { "Deployments" }
-                a aria-current="page" href={"/environments/" (environment.id) "/settings"} { "Settings" }
-            }
+            (super::pieces::environment_tabs(environment, "Settings"))
             section aria-labelledby="rules" {
                 h2 id="rules" { "Deployment rules" }
                 @if let Some(notice) = notice { p.notice role="status" { (notice) } }

@@ -184,6 +184,23 @@ pub(super) fn environment_kind(environment: &Environment) -> Markup {
 }
 
 /// The deployments table of the project and environment pages.
+/// An environment's tabs, `current` marked.
+pub(super) fn environment_tabs(environment: &Environment, current: &str) -> Markup {
+    let base = format!("/environments/{}", environment.id);
+    let tabs = [
+        ("Deployments", base.clone()),
+        ("Variables", format!("{base}/variables")),
+        ("Settings", format!("{base}/settings")),
+    ];
+    html! {
+        nav.tabs aria-label="Environment" {
+            @for (label, href) in tabs {
+                a aria-current=[(label == current).then_some("page")] href=(href) { (label) }
+            }
+        }
+    }
+}
+
 pub fn deployments_table(deployments: &[Deployment], environments: &[Environment]) -> Markup {
     let environment_of = |id: &str| environments.iter().find(|environment| environment.id == id);
     html! {

@@ -100,6 +100,28 @@ fn replace_variables(
     Ok(())
 }
 
+/// Removes one variable; one that is not there is `not_found`.
+pub fn remove_variable(
+    conn: &mut Connection,
+    environment_id: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let tx = conn.transaction()?;
+    get_environment_in(&tx, environment_id)?;
+    let removed = tx.execute(
+        "DELETE FROM variables WHERE environment_id = ?1 AND name = ?2",
+        params![environment_id, name],
+    )?;
+    if removed == 0 {
+        return Err(ApiError::not_found(
+            "variable",
+            format!("{environment_id}/{name}"),
+        ));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// The flags `?secret=`, `?build=` and `?runtime=` of an import give the
 /// names it brings; unset, a name keeps its own (a new one: not secret,
 /// build and runtime).

@@ -870,8 +870,20 @@
     setTimeout(tick, 5000);
   }
 
+  // A .env file chosen on the variables page is read into the import box.
+  function importFile() {
+    const input = $("#import-file");
+    const box = $("#import-text");
+    if (!input || !box) return;
+    input.addEventListener("change", async () => {
+      const file = input.files[0];
+      if (file) box.value = await file.text();
+    });
+  }
+
   function start() {
     document.documentElement.classList.add("js");
+    importFile();
     deploymentPage();
     tickBuildTime();
     liveTables();
