@@ -9,24 +9,7 @@ use reqwest::Method;
 use sha2::Digest;
 
 use super::agent::{world, world_with};
-use kiln_tests::support::{CaddyProcess, Postgres};
-
-/// The containers carrying every one of `labels` (`key=value`).
-async fn containers_labelled(docker: &bollard::Docker, labels: Vec<String>) -> Vec<String> {
-    let filters = std::collections::HashMap::from([("label".to_owned(), labels)]);
-    docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|container| container.id)
-        .collect()
-}
+use kiln_tests::support::{containers_labelled, CaddyProcess, Postgres};
 
 /// Deployment `deployment_id`'s containers running `service`.
 async fn release_containers(

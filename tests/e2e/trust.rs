@@ -259,20 +259,7 @@ async fn containers_of_agent(agent: &AgentProcess) -> Vec<String> {
         .as_str()
         .unwrap()
         .to_owned();
-    let filters =
-        std::collections::HashMap::from([("label", vec![format!("kiln.agent={agent_id}")])]);
-    docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|container| container.id)
-        .collect()
+    crate::support::containers_labelled(&docker, vec![format!("kiln.agent={agent_id}")]).await
 }
 
 fn job(repository_url: &str, commit_sha: &str) -> serde_json::Value {

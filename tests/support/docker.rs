@@ -87,7 +87,13 @@ pub async fn node_image(major: u32) -> String {
 
 /// Containers (running or not) labelled with this job.
 pub async fn containers_of_job(docker: &Docker, job_id: &str) -> Vec<String> {
-    let filters = HashMap::from([("label", vec![format!("kiln.job={job_id}")])]);
+    containers_labelled(docker, vec![format!("kiln.job={job_id}")]).await
+}
+
+/// The ids of the containers (running or not) carrying every one of
+/// `labels` (`key=value`).
+pub async fn containers_labelled(docker: &Docker, labels: Vec<String>) -> Vec<String> {
+    let filters = HashMap::from([("label", labels)]);
     docker
         .list_containers(Some(
             ListContainersOptionsBuilder::new()

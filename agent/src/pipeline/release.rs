@@ -41,17 +41,7 @@ impl Build<'_> {
         let base = self.node_image(Component::Backend).to_owned();
         let dir = self.workspace.root.join("release");
         let app = dir.join("backend");
-        let archive = server.path.clone();
-        let unpack_to = app.clone();
-        tokio::task::spawn_blocking(move || unpack(&archive, &unpack_to))
-            .await
-            .expect("unpack task")
-            .map_err(|error| {
-                fail(
-                    Component::Backend,
-                    format!("cannot unpack .medusa/server for its release image: {error}"),
-                )
-            })?;
+        unpack_built(Component::Backend, server, &app, ".medusa/server").await?;
         // Read while only the agent has touched the unpacked copy: the
         // production install below runs the dependencies' scripts in it.
         let worker_mode = reads_worker_mode(&app);
@@ -271,6 +261,25 @@ fn reads_worker_mode(app: &Path) -> bool {
     .iter()
     .filter_map(|name| std::fs::read(app.join(name)).ok())
     .any(|text| String::from_utf8_lossy(&text).contains("MEDUSA_WORKER_MODE"))
+}
+
+/// Unpacks a component's packed build output into `into`, off the runtime.
+pub(super) async fn unpack_built(
+    component: Component,
+    built: &Packed,
+    into: &Path,
+    shown: &str,
+) -> Result<(), Stop> {
+    let (archive, into) = (built.path.clone(), into.to_owned());
+    tokio::task::spawn_blocking(move || unpack(&archive, &into))
+        .await
+        .expect("unpack task")
+        .map_err(|error| {
+            fail(
+                component,
+                format!("cannot unpack {shown} for its release image: {error}"),
+            )
+        })
 }
 
 /// Unpacks the agent's own archive into a fresh folder.

@@ -19,7 +19,7 @@ use std::time::Instant;
 use kiln_protocol::Component;
 
 use super::artifact::{pack, pack_except, Packed};
-use super::release::unpack;
+use super::release::{unpack, unpack_built};
 use super::{fail, seconds, Build, BuiltArtifact, Stop};
 use crate::detect::{Detection, Framework};
 use crate::executor::release::RELEASE_DIR;
@@ -128,17 +128,13 @@ impl Build<'_> {
         layer: &Path,
     ) -> Result<Option<(BuiltArtifact, Route)>, Stop> {
         let next = dir.join("next");
-        let archive = built.path.clone();
-        let unpack_to = next.clone();
-        tokio::task::spawn_blocking(move || unpack(&archive, &unpack_to))
-            .await
-            .expect("unpack task")
-            .map_err(|error| {
-                fail(
-                    Component::Storefront,
-                    format!("cannot unpack the storefront's .next for its release image: {error}"),
-                )
-            })?;
+        unpack_built(
+            Component::Storefront,
+            built,
+            &next,
+            "the storefront's .next",
+        )
+        .await?;
         let route = match standalone_server(&next.join("standalone")) {
             Some(server) => Route::Standalone(server),
             None => match shape.unsupported(&self.workspace.src()) {

@@ -341,9 +341,7 @@ pub fn environment_settings(
         format!("{} · Settings", environment.name),
         session,
         html! {
-            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } " / " a href={"/environments/" (environment.id)} { (environment.name) } }
-            h1 { (environment.name) }
-            (super::pieces::environment_tabs(environment, "Settings"))
+            (super::pieces::environment_heading(project, environment, "Settings"))
             section aria-labelledby="rules" {
                 h2 id="rules" { "Deployment rules" }
                 @if let Some(notice) = notice { p.notice role="status" { (notice) } }

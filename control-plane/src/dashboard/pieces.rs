@@ -184,6 +184,19 @@ pub(super) fn environment_kind(environment: &Environment) -> Markup {
 }
 
 /// The deployments table of the project and environment pages.
+/// The crumbs, title and tabs of an environment's sub-page `current`.
+pub(super) fn environment_heading(
+    project: &kiln_protocol::Project,
+    environment: &Environment,
+    current: &str,
+) -> Markup {
+    html! {
+        nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } " / " a href={"/environments/" (environment.id)} { (environment.name) } }
+        h1 { (environment.name) }
+        (environment_tabs(environment, current))
+    }
+}
+
 /// An environment's tabs, `current` marked.
 pub(super) fn environment_tabs(environment: &Environment, current: &str) -> Markup {
     let base = format!("/environments/{}", environment.id);

@@ -198,9 +198,7 @@ fn variables_page(
         format!("{} · Variables", environment.name),
         session,
         html! {
-            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } " / " a href={"/environments/" (environment.id)} { (environment.name) } }
-            h1 { (environment.name) }
-            (super::pieces::environment_tabs(environment, "Variables"))
+            (super::pieces::environment_heading(project, environment, "Variables"))
             @if let Some(notice) = notice { p.notice role="status" { (notice) } }
             section aria-labelledby="variables" {
                 h2 id="variables" { "Variables" }
