@@ -386,7 +386,7 @@ impl DeployRun<'_> {
                 vec![
                     "MEDUSA_WORKER_MODE=worker".to_owned(),
                     "DISABLE_MEDUSA_ADMIN=true".to_owned(),
-                    format!("PORT={}", free_port().unwrap_or(SERVER_PORT + 1)),
+                    format!("PORT={}", host_port().unwrap_or(SERVER_PORT + 1)),
                 ],
                 None,
             );
@@ -435,7 +435,7 @@ impl DeployRun<'_> {
     /// bridge network, a free one of the host's on the host network.
     fn inside_port(&self, bridged: u16) -> Result<u16, String> {
         match self.config.deploy_network {
-            Network::Host => free_port().map_err(|e| format!("cannot find a free port: {e}")),
+            Network::Host => host_port().map_err(|e| format!("cannot find a free port: {e}")),
             _ => Ok(bridged),
         }
     }
@@ -498,7 +498,12 @@ impl DeployRun<'_> {
         ));
         loop {
             let last_answer = match http.get(&url).send().await {
-                Ok(response) if (health.healthy)(response.status()) => {
+                // The answer counts only while the new container runs: a
+                // port it failed to bind answers for whoever holds it.
+                Ok(response)
+                    if (health.healthy)(response.status())
+                        && docker.service_state(name).await.ok() == Some(ServiceState::Running) =>
+                {
                     self.log
                         .line(format!("Health check passed: {}.", response.status()));
                     return Ok(());
@@ -687,10 +692,36 @@ fn last_lines(output: &str) -> String {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Ports of the host network a release listens on: below the ephemeral
+/// range (32768 and up) from which the kernel and Docker's port publishing
+/// hand out ports, so a port this agent found free is not given to another
+/// process before its release binds it.
+const HOST_PORTS: std::ops::Range<u16> = 20000..30000;
+/// How long a port handed out stays out of the next choices: its release may
+/// still be starting, or stopping.
+const PORT_HELD: Duration = Duration::from_secs(600);
+
+/// A free port of the host network for a release: one of `HOST_PORTS` no
+/// process listens on and this agent has not handed out lately.
+fn host_port() -> std::io::Result<u16> {
+    static HANDED_OUT: std::sync::Mutex<Vec<(u16, Instant)>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = crate::lock(&HANDED_OUT);
+    handed_out.retain(|(_, at)| at.elapsed() < PORT_HELD);
+    for _ in 0..500 {
+        let port = HOST_PORTS.start + rand::random::<u16>() % (HOST_PORTS.end - HOST_PORTS.start);
+        if handed_out.iter().any(|(held, _)| *held == port) {
+            continue;
+        }
+        // Taken on any address (loopback, or IPv6 as Node listens), this fails.
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            handed_out.push((port, Instant::now()));
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "no free port in {}..{} of the host network",
+        HOST_PORTS.start, HOST_PORTS.end
+    )))
 }
 
 #[cfg(test)]
@@ -706,6 +737,18 @@ mod tests {
         .unwrap()
         .resolve()
         .unwrap()
+    }
+
+    #[test]
+    fn host_ports_are_below_the_ephemeral_range_free_and_not_handed_out_twice() {
+        let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let port = host_port().unwrap();
+            assert!(HOST_PORTS.contains(&port), "{port}");
+            assert!(seen.insert(port), "{port} handed out twice");
+            assert_ne!(port, taken.local_addr().unwrap().port());
+        }
     }
 
     #[test]
