@@ -69,14 +69,15 @@ impl Daemon {
             )
         });
         if let Some(runtime_logs) = &runtime_logs {
-            runtime_logs.resume().await;
+            runtime_logs.resume(&self.agent_id).await;
         }
         let teardown = deploy_docker.map(|docker| {
             let (config, client, stop) =
                 (self.config.clone(), self.client.clone(), shutdown.clone());
+            let agent_id = self.agent_id.clone();
             tokio::spawn(async move {
                 loop {
-                    crate::teardown::tear_down_removed(&config, &client, &docker).await;
+                    crate::teardown::tear_down_removed(&config, &client, &docker, &agent_id).await;
                     tokio::select! {
                         _ = tokio::time::sleep(crate::teardown::TEARDOWN_EVERY) => {}
                         _ = stop.cancelled() => return,

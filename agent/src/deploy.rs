@@ -17,7 +17,7 @@ use crate::config::{AgentConfig, Network};
 use crate::executor::release::{ServiceSpec, ServiceState};
 use crate::executor::{DockerExecutor, Limits};
 use crate::logs::LogSink;
-use crate::runtime_logs::{Followed, LABEL_DEPLOY_JOB, LABEL_SERVICE};
+use crate::runtime_logs::{Followed, LABEL_DEPLOY_AGENT, LABEL_DEPLOY_JOB, LABEL_SERVICE};
 
 /// The port a release's server listens on inside its container.
 const SERVER_PORT: u16 = 9000;
@@ -62,6 +62,7 @@ pub(crate) struct DeployRun<'a> {
     pub log: LogSink,
     pub cancel: &'a CancellationToken,
     pub spool_dir: std::path::PathBuf,
+    pub agent_id: &'a str,
 }
 
 impl DeployRun<'_> {
@@ -246,6 +247,7 @@ impl DeployRun<'_> {
             (LABEL_DEPLOY_JOB.to_owned(), self.job.job_id.clone()),
         ]);
         labels.insert(LABEL_SERVICE.to_owned(), service.to_owned());
+        labels.insert(LABEL_DEPLOY_AGENT.to_owned(), self.agent_id.to_owned());
         let mut all: Vec<String> = self
             .deploy
             .runtime_env

@@ -238,6 +238,7 @@ impl JobRun {
                 log: logs.sink(LogStream::Deploy),
                 cancel: &cancel,
                 spool_dir: self.config.work_dir.join(&job.job_id),
+                agent_id: &self.agent_id,
             };
             match run.run().await {
                 Ok(live) => {

@@ -24,6 +24,9 @@ use crate::logs::{JobLogs, LogOptions, LogSink};
 pub(crate) const RUNTIME_SERVICES: [&str; 3] = ["server", "worker", "storefront"];
 pub(crate) const LABEL_SERVICE: &str = "kiln.service";
 pub(crate) const LABEL_DEPLOY_JOB: &str = "kiln.deploy-job";
+/// The agent that started a release's containers: the one that follows,
+/// stops and tears them down, whatever else shares the Docker engine.
+pub(crate) const LABEL_DEPLOY_AGENT: &str = "kiln.deploy-agent";
 /// The secret values masked in a follow's output, kept beside its spool so a
 /// restarted agent masks them too.
 const SECRETS_FILE: &str = "secrets.json";
@@ -71,19 +74,25 @@ impl RuntimeLogs {
 
     /// After a restart: follows again the releases still running here, and
     /// delivers what the spools of stopped ones still hold.
-    pub async fn resume(self: &Arc<Self>) {
+    pub async fn resume(self: &Arc<Self>, agent_id: &str) {
         let mut releases: BTreeMap<String, Vec<Followed>> = BTreeMap::new();
-        for service in RUNTIME_SERVICES {
-            let Ok(containers) = self.docker.services_labelled(LABEL_SERVICE, service).await else {
+        // Only the releases this agent started: an engine may run others'.
+        let containers = self
+            .docker
+            .services_labelled(LABEL_DEPLOY_AGENT, agent_id)
+            .await
+            .unwrap_or_default();
+        for (container, labels) in containers {
+            let (Some(job), Some(service)) =
+                (labels.get(LABEL_DEPLOY_JOB), labels.get(LABEL_SERVICE))
+            else {
                 continue;
             };
-            for (container, labels) in containers {
-                if let Some(job) = labels.get(LABEL_DEPLOY_JOB) {
-                    releases.entry(job.clone()).or_default().push(Followed {
-                        service: service.to_owned(),
-                        container,
-                    });
-                }
+            if RUNTIME_SERVICES.contains(&service.as_str()) {
+                releases.entry(job.clone()).or_default().push(Followed {
+                    service: service.clone(),
+                    container,
+                });
             }
         }
         if let Ok(entries) = std::fs::read_dir(&self.root) {

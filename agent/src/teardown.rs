@@ -12,6 +12,7 @@ use crate::client::Client;
 use crate::config::AgentConfig;
 use crate::deploy::{release_repository, route_id, LABEL_ENVIRONMENT, STOP_GRACE};
 use crate::executor::DockerExecutor;
+use crate::runtime_logs::LABEL_DEPLOY_AGENT;
 
 pub(crate) const TEARDOWN_EVERY: Duration = Duration::from_secs(10);
 
@@ -20,8 +21,11 @@ pub(crate) async fn tear_down_removed(
     config: &AgentConfig,
     client: &Client,
     docker: &DockerExecutor,
+    agent_id: &str,
 ) {
-    let environments = match docker.label_values(LABEL_ENVIRONMENT).await {
+    // Only the releases this agent started: an engine may run others'.
+    let own = format!("{LABEL_DEPLOY_AGENT}={agent_id}");
+    let environments = match docker.label_values(LABEL_ENVIRONMENT, &own).await {
         Ok(environments) => environments,
         Err(error) => {
             tracing::warn!(message = "Cannot list the releases this host runs.", %error);
@@ -42,17 +46,25 @@ pub(crate) async fn tear_down_removed(
                 && kiln_protocol::validate::id(id, kiln_protocol::validate::prefix::ENVIRONMENT)
                     .is_ok()
         }) {
-            tear_down(config, docker, environment_id).await;
+            tear_down(config, docker, environment_id, agent_id).await;
         }
     }
 }
 
 /// Stops an environment's containers, then removes its routes and images.
-async fn tear_down(config: &AgentConfig, docker: &DockerExecutor, environment_id: &str) {
-    let containers = docker
+async fn tear_down(
+    config: &AgentConfig,
+    docker: &DockerExecutor,
+    environment_id: &str,
+    agent_id: &str,
+) {
+    let containers: Vec<_> = docker
         .services_labelled(LABEL_ENVIRONMENT, environment_id)
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, labels)| labels.get(LABEL_DEPLOY_AGENT).map(String::as_str) == Some(agent_id))
+        .collect();
     for (name, _) in &containers {
         if let Err(error) = docker.remove_service(name, STOP_GRACE).await {
             tracing::warn!(message = "Could not stop a release of a removed environment.", container = %name, %error);

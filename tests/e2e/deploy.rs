@@ -155,7 +155,8 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
     }
     assert_eq!(
         caddy.get(HOST, "/version").await,
-        Some((200, "one".to_owned()))
+        Some((200, "one".to_owned())),
+        "{deploy_log}"
     );
     assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
     assert_eq!(postgres.migrations(), ["one"]);

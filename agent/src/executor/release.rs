@@ -542,9 +542,10 @@ impl DockerExecutor {
             .collect())
     }
 
-    /// The values of label `key` among this host's containers.
-    pub async fn label_values(&self, key: &str) -> Result<Vec<String>, ExecError> {
-        let containers = self.labelled(key, "list release containers").await?;
+    /// The values of label `key` among the containers labelled `filter`
+    /// (`key=value`).
+    pub async fn label_values(&self, key: &str, filter: &str) -> Result<Vec<String>, ExecError> {
+        let containers = self.labelled(filter, "list release containers").await?;
         let mut values: Vec<String> = containers
             .into_iter()
             .filter_map(|container| container.labels?.get(key).cloned())
