@@ -812,3 +812,120 @@ async fn issue_28_what_a_git_host_answers_is_never_shown_to_viewers() {
     );
     crate::review::answers_within_a_second(&cp.base_url()).await;
 }
+
+#[tokio::test]
+async fn issue_32_a_project_made_in_the_browser_is_connected_by_a_signed_webhook_and_builds() {
+    if !browser_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("server");
+    let cp = ControlPlane::start(&data_dir).await;
+    add_user(
+        Path::new(SERVER),
+        &data_dir,
+        "ada",
+        "admin",
+        "correct horse battery",
+    );
+    let site = cp.base_url();
+    let browser = Browser::start().await;
+    browser.goto(&format!("{site}/login")).await;
+    browser.sign_in("ada", "correct horse battery").await;
+
+    // The empty state leads to the form.
+    browser.click_to_load("p.empty a.create").await;
+    assert_eq!(browser.path().await, "/projects/new");
+    let repository = "https://github.com/acme/shop.git";
+    browser.fill("#name", "shop").await;
+    browser.fill("#repository_url", repository).await;
+    browser.fill("#storefront_path", "storefront").await;
+    browser
+        .click_to_load("form.new-project button[type=submit]")
+        .await;
+    // Connect Git: the URL to paste and the secret, shown this once.
+    let secret = browser.text("code.webhook-secret").await;
+    assert!(secret.len() >= 32, "{secret}");
+    let urls: Vec<String> = {
+        let mut urls = Vec::new();
+        for element in browser.find_all("code.hook-url").await {
+            urls.push(element.text().await.unwrap());
+        }
+        urls
+    };
+    assert_eq!(urls[0], format!("{site}/api/v1/hooks/github"), "{urls:?}");
+    assert!(browser
+        .text("p.last-delivery")
+        .await
+        .contains("None has arrived yet"));
+    let listed = cp.admin().get("/api/v1/projects").await.text();
+    let project: kiln_protocol::Project = serde_json::from_value(
+        serde_json::from_str::<Value>(&listed).unwrap()["projects"][0].clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        (project.name.as_str(), project.storefront_path.as_deref()),
+        ("shop", Some("storefront"))
+    );
+    cp.admin()
+        .create_environment(&project, "Production", "main")
+        .await;
+
+    // A delivery signed with another secret is refused, and the page says why.
+    let sha = "3f786850e387550fdab836ed7e6dc881de23001b";
+    let mut push = fixture("github/push-new-branch.json");
+    push["ref"] = "refs/heads/main".into();
+    push["after"] = sha.into();
+    push["head_commit"]["id"] = sha.into();
+    push["repository"]["clone_url"] = repository.into();
+    let (status, _) = deliver(
+        &site,
+        "github",
+        &github_headers("push", "d-1", "not the secret", &push),
+        &push,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    browser
+        .goto(&format!("{site}/projects/{}/connect", project.id))
+        .await;
+    let last = browser.text("p.last-delivery").await;
+    assert!(
+        last.contains("answered 401")
+            && last.contains("matches none of this project's webhook secrets"),
+        "{last}"
+    );
+    // The page shows no secret again.
+    assert!(browser.find_all("code.webhook-secret").await.is_empty());
+
+    // Signed with the secret, the push builds.
+    let (status, answer) = deliver(
+        &site,
+        "github",
+        &github_headers("push", "d-2", &secret, &push),
+        &push,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["deployments"][0]["commit_sha"], sha);
+    browser
+        .goto(&format!("{site}/projects/{}/connect", project.id))
+        .await;
+    let last = browser.text("p.last-delivery").await;
+    assert!(last.contains("a push event, answered 201"), "{last}");
+
+    // Rotated, the new secret is shown once and the old one signs no more.
+    browser.click_to_load("button.rotate").await;
+    let rotated = browser.text("code.webhook-secret").await;
+    assert_ne!(rotated, secret);
+    let (status, _) = deliver(
+        &site,
+        "github",
+        &github_headers("push", "d-3", &secret, &push),
+        &push,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    browser.screenshot("connect-git").await;
+    browser.close().await;
+}

@@ -8,6 +8,7 @@
 
 mod actions;
 mod auth;
+mod connect;
 mod logview;
 mod pages;
 mod pieces;
@@ -39,6 +40,12 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(projects))
         .route("/login", get(sign_in_form).post(sign_in))
         .route("/logout", post(sign_out))
+        .route(
+            "/projects/new",
+            get(connect::new_project).post(connect::create_project),
+        )
+        .route("/projects/{id}/connect", get(connect::connect))
+        .route("/projects/{id}/connect/rotate", post(connect::rotate))
         .route("/projects/{id}", get(project))
         .route("/projects/{id}/deployments", get(project_deployments))
         .route("/environments/{id}", get(environment))

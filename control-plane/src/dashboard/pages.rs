@@ -155,8 +155,15 @@ pub fn projects(session: &Session, projects: &[(Project, usize)]) -> Page {
         session,
         html! {
             h1 { "Projects" }
+            @if !projects.is_empty() && session.user.role >= crate::store::Role::Admin {
+                p { a.create href="/projects/new" { "New project" } }
+            }
             @if projects.is_empty() {
-                p.empty { "No projects yet. Create one with " code { "POST /api/v1/projects" } "." }
+                @if session.user.role >= crate::store::Role::Admin {
+                    p.empty { "No projects yet. " a.create href="/projects/new" { "Create the first project" } ": its repository, where the backend and storefront are, and its git host." }
+                } @else {
+                    p.empty { "No projects yet. An admin creates them; you are a " (session.user.role) "." }
+                }
             } @else {
                 ul.cards {
                     @for (project, environments) in projects {
@@ -186,6 +193,7 @@ pub fn project(
             nav.tabs aria-label="Project" {
                 a aria-current="page" href={"/projects/" (project.id)} { "Environments" }
                 a href={"/projects/" (project.id) "/deployments"} { "Deployments" }
+                a href={"/projects/" (project.id) "/connect"} { "Connect Git" }
             }
             ul.cards {
                 @for (environment, current) in cards {
@@ -270,6 +278,7 @@ pub fn project_deployments(session: &Session, project: &Project, list: Deploymen
             nav.tabs aria-label="Project" {
                 a href={"/projects/" (project.id)} { "Environments" }
                 a aria-current="page" href={"/projects/" (project.id) "/deployments"} { "Deployments" }
+                a href={"/projects/" (project.id) "/connect"} { "Connect Git" }
             }
             @if let Some(problem) = list.problem { p.problem role="alert" { (problem) } }
             form.filters method="get" role="search" {

@@ -56,7 +56,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 15] = [
+const SCHEMA: [&str; 16] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -72,6 +72,7 @@ const SCHEMA: [&str; 15] = [
     include_str!("schema/013_registration_token_labels.sql"),
     include_str!("schema/014_variable_reach.sql"),
     include_str!("schema/015_agent_deploys.sql"),
+    include_str!("schema/016_last_hook.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -259,6 +259,51 @@ pub fn record_hook_answer(
     Ok(())
 }
 
+/// The last webhook delivery a project saw, as its Connect Git page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastHook {
+    pub at_ms: i64,
+    pub event: String,
+    pub status: u16,
+    pub answer: String,
+}
+
+/// Remembers a delivery as the last one `project_ids` saw.
+pub fn record_last_hook(
+    conn: &Connection,
+    project_ids: &[String],
+    event: &str,
+    status: u16,
+    answer: &str,
+) -> Result<(), ApiError> {
+    let answer: String = answer.chars().take(500).collect();
+    for id in project_ids {
+        conn.execute(
+            "UPDATE projects SET last_hook_at = ?1, last_hook_event = ?2, last_hook_status = ?3, last_hook_answer = ?4 WHERE id = ?5",
+            params![now_ms(), event, status, answer, id],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn last_hook(conn: &mut Connection, project_id: &str) -> Result<Option<LastHook>, ApiError> {
+    Ok(conn
+        .query_row(
+            "SELECT last_hook_at, last_hook_event, last_hook_status, last_hook_answer FROM projects
+             WHERE id = ?1 AND last_hook_at IS NOT NULL",
+            [project_id],
+            |row| {
+                Ok(LastHook {
+                    at_ms: row.get(0)?,
+                    event: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    status: row.get::<_, Option<i64>>(2)?.unwrap_or(0) as u16,
+                    answer: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                })
+            },
+        )
+        .optional()?)
+}
+
 /// Forgets deliveries and finished reports older than `age_ms`: hosts redeliver
 /// within hours, not weeks.
 pub fn prune(conn: &Connection, age_ms: i64) -> Result<(), ApiError> {
@@ -279,6 +324,17 @@ mod tests {
     use super::*;
     use crate::store::testing::{push, shop};
     use kiln_protocol::{GitHostKind, GitHostSettings, UpdateProject};
+
+    #[test]
+    fn a_project_remembers_its_last_webhook_delivery() {
+        let (mut conn, project_id, _) = shop(&[]);
+        assert_eq!(last_hook(&mut conn, &project_id).unwrap(), None);
+        let long = "x".repeat(2000);
+        record_last_hook(&conn, std::slice::from_ref(&project_id), "push", 201, &long).unwrap();
+        let last = last_hook(&mut conn, &project_id).unwrap().unwrap();
+        assert_eq!((last.event.as_str(), last.status), ("push", 201));
+        assert_eq!(last.answer.len(), 500, "an answer is kept short");
+    }
 
     fn with_git_host(conn: &mut Connection, project_id: &str) {
         crate::store::update_project(

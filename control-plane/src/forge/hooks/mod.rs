@@ -197,7 +197,7 @@ async fn receive(
     keys.dedup();
     let (status, answer, replayed) = state
         .db
-        .call(move |conn| answer(conn, &parsed, &keys, &proof, &body, &deliveries))
+        .call(move |conn| answer(conn, &event, &parsed, &keys, &proof, &body, &deliveries))
         .await?;
     if !replayed {
         state.announce_queue_change();
@@ -210,6 +210,7 @@ async fn receive(
 /// returns the status, the JSON answer and whether it was a redelivery.
 fn answer(
     conn: &mut crate::db::sql::Connection,
+    event: &str,
     parsed: &Parsed,
     keys: &[String],
     proof: &Proof,
@@ -236,6 +237,10 @@ fn answer(
         .iter()
         .map(|(project, _)| project.name.clone())
         .collect();
+    let candidate_ids: Vec<String> = candidates
+        .iter()
+        .map(|(project, _)| project.id.clone())
+        .collect();
     let verified: Vec<kiln_protocol::Project> = candidates
         .into_iter()
         .filter(|(_, secret)| {
@@ -250,10 +255,26 @@ fn answer(
             message = "A webhook's signature matched no project's secret.",
             projects = %names.join(", ")
         );
+        // Its Connect Git page says so: the secret on the git host is wrong.
+        store::record_last_hook(
+            conn,
+            &candidate_ids,
+            event,
+            401,
+            "refused: its signature matches none of this project's webhook secrets; set the project's secret as the webhook's secret on the git host",
+        )?;
         return Err(refused());
     }
+    let verified_ids: Vec<String> = verified.iter().map(|project| project.id.clone()).collect();
     for key in deliveries {
         if let Some((status, answer)) = store::hook_answer(conn, key)? {
+            store::record_last_hook(
+                conn,
+                &verified_ids,
+                event,
+                status,
+                &format!("a redelivery, answered as the first time: {answer}"),
+            )?;
             return Ok((status, answer, true));
         }
     }
@@ -303,6 +324,7 @@ fn answer(
     for key in deliveries {
         store::record_hook_answer(&tx, key, status, &answer)?;
     }
+    store::record_last_hook(&tx, &verified_ids, event, status, &answer)?;
     tx.commit()?;
     Ok((status, answer, false))
 }
