@@ -1335,3 +1335,89 @@ async fn issue_32_variables_are_pasted_read_from_a_file_exported_and_removed_in_
     );
     viewer.close().await;
 }
+
+#[tokio::test]
+async fn issue_32_an_environment_is_made_and_set_to_deploy_to_agents_in_the_browser() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let browser = signed_in(&site.cp.base_url(), "ada").await;
+    browser
+        .goto(&site.url(&format!("/projects/{}", site.project.id)))
+        .await;
+    browser.click_to_load("a.create").await;
+    browser.fill("#name", "QA").await;
+    browser.fill("#branch", "qa/*").await;
+    browser
+        .click_to_load("form.new-environment button[type=submit]")
+        .await;
+    let notice = browser.text("p.notice").await;
+    assert!(notice.contains("Created QA"), "{notice}");
+    let action = browser
+        .find("form.deploy")
+        .await
+        .attr("action")
+        .await
+        .unwrap()
+        .unwrap();
+    let environment_id = action
+        .trim_start_matches("/environments/")
+        .trim_end_matches("/deploy-settings")
+        .to_owned();
+
+    // A hostname that would reach Caddy's config is refused, naming the field.
+    browser
+        .fill("#backend_hostname", "api.qa.shop.test\"}")
+        .await;
+    browser
+        .click_to_load("form.deploy button[type=submit]")
+        .await;
+    let notice = browser.text("p.notice").await;
+    assert!(
+        notice.starts_with("Not saved") && notice.contains("backend_hostname"),
+        "{notice}"
+    );
+    browser
+        .run(
+            "document.querySelector('#backend_hostname').value = ''",
+            vec![],
+        )
+        .await;
+    browser.fill("#backend_hostname", "api.qa.shop.test").await;
+    browser.fill("#storefront_hostname", "qa.shop.test").await;
+    browser.fill("#agent_labels", "edge, eu").await;
+    browser
+        .run(
+            "document.querySelector('#releases_kept').value = '3'",
+            vec![],
+        )
+        .await;
+    browser
+        .click_to_load("form.deploy button[type=submit]")
+        .await;
+    assert!(browser.text("p.notice").await.starts_with("Saved"));
+    let environment: serde_json::Value = serde_json::from_str(
+        &site
+            .admin
+            .get(&format!("/api/v1/environments/{environment_id}"))
+            .await
+            .text(),
+    )
+    .unwrap();
+    assert_eq!(environment["branch"], "qa/*");
+    assert_eq!(environment["auto_deploy"], true);
+    assert_eq!(
+        environment["deploy"],
+        serde_json::json!({
+            "agent_labels": ["edge", "eu"],
+            "backend_hostname": "api.qa.shop.test",
+            "storefront_hostname": "qa.shop.test",
+            "worker": false,
+            "health_path": "/health",
+            "health_timeout_seconds": 120,
+            "releases_kept": 3,
+        })
+    );
+    browser.close().await;
+}

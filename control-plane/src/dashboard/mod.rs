@@ -9,6 +9,7 @@
 mod actions;
 mod auth;
 mod connect;
+mod environments;
 mod logview;
 mod pages;
 mod pieces;
@@ -48,6 +49,14 @@ pub fn router(state: AppState) -> Router {
         .route("/projects/{id}/connect/rotate", post(connect::rotate))
         .route("/projects/{id}", get(project))
         .route("/projects/{id}/deployments", get(project_deployments))
+        .route(
+            "/environments/new",
+            get(environments::new_environment).post(environments::create_environment),
+        )
+        .route(
+            "/environments/{id}/deploy-settings",
+            post(environments::save_deploy),
+        )
         .route("/environments/{id}", get(environment))
         .route(
             "/environments/{id}/settings",
@@ -490,7 +499,9 @@ async fn settings_page(
         .await;
     match found {
         Ok((project, environment)) => {
-            pages::environment_settings(session, &project, &environment, notice).into_response()
+            let deploy = environments::deploy_section(session, &environment);
+            pages::environment_settings(session, &project, &environment, notice, deploy)
+                .into_response()
         }
         Err(error) => page_error(Some(session), error),
     }

@@ -195,6 +195,9 @@ pub fn project(
                 a href={"/projects/" (project.id) "/deployments"} { "Deployments" }
                 a href={"/projects/" (project.id) "/connect"} { "Connect Git" }
             }
+            @if session.user.role >= crate::store::Role::Admin {
+                p { a.create href={"/environments/new?project=" (project.id)} { "New environment" } }
+            }
             ul.cards {
                 @for (environment, current) in cards {
                     li.card.environment {
@@ -345,6 +348,7 @@ pub fn environment_settings(
     project: &Project,
     environment: &Environment,
     notice: Option<&str>,
+    deploy_section: Markup,
 ) -> Page {
     Page::new(
         format!("{} · Settings", environment.name),
@@ -377,6 +381,7 @@ pub fn environment_settings(
                     },
                 }
             }
+            (deploy_section)
         },
     )
 }
