@@ -1421,3 +1421,116 @@ async fn issue_32_an_environment_is_made_and_set_to_deploy_to_agents_in_the_brow
     );
     browser.close().await;
 }
+
+#[tokio::test]
+async fn issue_32_agents_are_paused_resumed_revoked_and_registered_from_the_browser() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let browser = signed_in(&site.cp.base_url(), "ada").await;
+    browser.goto(&site.url("/agents")).await;
+    let agent_id = site
+        .admin
+        .get("/api/v1/agents")
+        .await
+        .text()
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let paused = || async {
+        let text = site
+            .admin
+            .get(&format!("/api/v1/agents/{agent_id}"))
+            .await
+            .text();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["paused"] == true
+    };
+    browser.click_to_load("button.pause").await;
+    assert!(browser
+        .text("p.notice")
+        .await
+        .starts_with("Paused builder-1"));
+    assert!(paused().await);
+    browser.click_to_load("button.resume").await;
+    assert!(browser
+        .text("p.notice")
+        .await
+        .starts_with("Resumed builder-1"));
+    assert!(!paused().await);
+
+    // A registration token, shown once with the command to run; it registers an agent.
+    browser.fill("#token-name", "build host 7").await;
+    browser.fill("#token-labels", "linux").await;
+    browser
+        .click_to_load("form.registration-token button[type=submit]")
+        .await;
+    let command = browser.text("code.register").await;
+    assert!(
+        command.starts_with(&format!(
+            "kiln-agent register --server {} --token ",
+            site.cp.base_url()
+        )) && command.ends_with(" --labels linux"),
+        "{command}"
+    );
+    let token = command
+        .split(" --token ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let registered = Api::new(site.cp.base_url(), None)
+        .send_json(
+            reqwest::Method::POST,
+            "/api/v1/agents/register",
+            &kiln_protocol::RegisterAgentRequest {
+                registration_token: token,
+                name: "host-7".into(),
+                labels: vec!["linux".into()],
+                facts: None,
+            },
+        )
+        .await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{}",
+        registered.text()
+    );
+
+    // Revoked, the agent's token stops working.
+    browser.goto(&site.url("/agents")).await;
+    browser
+        .run(
+            &format!(
+                "document.querySelector('form[action=\"/agents/{agent_id}/revoke\"] input[name=for_good]').checked = true"
+            ),
+            vec![],
+        )
+        .await;
+    browser
+        .click_to_load(&format!(
+            "form[action=\"/agents/{agent_id}/revoke\"] button.revoke"
+        ))
+        .await;
+    assert!(browser.text("p.notice").await.starts_with("Revoked"));
+    let refused = site
+        .agent
+        .post_json(
+            "/api/v1/agent/jobs/claim",
+            &kiln_protocol::ClaimRequest::default(),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        refused.text()
+    );
+    browser.screenshot("agents").await;
+    browser.close().await;
+}

@@ -152,7 +152,7 @@ pub async fn rotate(
 
 /// Where git hosts reach this server: `--public-url`, else the address the
 /// browser used.
-fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+pub(super) fn public_base(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.config.public_url {
         return url.trim_end_matches('/').to_owned();
     }

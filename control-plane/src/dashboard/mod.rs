@@ -10,6 +10,7 @@ mod actions;
 mod auth;
 mod connect;
 mod environments;
+mod fleet;
 mod logview;
 mod pages;
 mod pieces;
@@ -96,7 +97,9 @@ pub fn router(state: AppState) -> Router {
             "/deployments/{id}/logs/{stream}/events",
             get(logview::events),
         )
-        .route("/agents", get(agents))
+        .route("/agents", get(fleet::agents))
+        .route("/agents/registration-tokens", post(fleet::create_token))
+        .route("/agents/{id}/{action}", post(fleet::act))
         .route("/static/app.js", get(script))
         .route("/static/app.css", get(stylesheet))
         .fallback(unknown_page)
@@ -671,13 +674,6 @@ async fn artifact(
 ) -> Response {
     match crate::artifacts::serve_artifact(&state.db, &state.artifacts, id, name).await {
         Ok(response) => response,
-        Err(error) => page_error(Some(&session), error),
-    }
-}
-
-async fn agents(State(state): State<AppState>, session: Session) -> Response {
-    match state.db.call(store::list_agents).await {
-        Ok(agents) => pages::agents(&session, &agents).into_response(),
         Err(error) => page_error(Some(&session), error),
     }
 }

@@ -12,7 +12,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::auth::Session;
 pub use super::pieces::*;
-use crate::store::{AgentView, DeliveryView};
+use crate::store::DeliveryView;
 
 /// A page: its title, its body and the person looking.
 pub struct Page {
@@ -685,81 +685,6 @@ fn stream_title(stream: LogStream) -> &'static str {
         LogStream::Deploy => "Deploy",
         LogStream::Runtime => "Runtime",
     }
-}
-
-fn agent_state(agent: &AgentView) -> (&'static str, &'static str) {
-    use kiln_protocol::AgentState::*;
-    let state = agent.state();
-    let class = match state {
-        Idle => "ok",
-        Busy => "busy",
-        Paused => "done",
-        Offline => "off",
-    };
-    (state.as_str(), class)
-}
-
-fn host_facts(agent: &AgentView) -> String {
-    match &agent.facts {
-        Some(facts) => format!(
-            "{} cores, {} memory, {} free; {}",
-            facts.cores,
-            crate::store::bytes_text(facts.memory_bytes),
-            crate::store::bytes_text(facts.free_disk_bytes),
-            if facts.docker_version.is_empty() {
-                "Docker ?"
-            } else {
-                &facts.docker_version
-            }
-        ),
-        None => "—".to_owned(),
-    }
-}
-
-pub fn agents(session: &Session, agents: &[AgentView]) -> Page {
-    Page::new(
-        "Agents",
-        session,
-        html! {
-            h1 { "Agents" }
-            @if agents.is_empty() {
-                p.empty { "No agents yet. Register one with " code { "kiln-agent register" } "." }
-            } @else {
-                table.agents {
-                    thead { tr {
-                        th scope="col" { "Name" } th scope="col" { "Labels" } th scope="col" { "Version" }
-                        th scope="col" { "State" } th scope="col" { "Last contact" } th scope="col" { "Running" }
-                        th scope="col" { "Registered" }
-                    } }
-                    tbody {
-                        @for agent in agents {
-                            @let (state, class) = agent_state(agent);
-                            tr {
-                                td { (agent.name) br; small { code { (agent.id) } } }
-                                td { @for label in &agent.labels { span.label { (label) } " " } }
-                                td { (agent.version.as_deref().unwrap_or("—")) }
-                                td {
-                                    span class={"badge " (class)} { (state) }
-                                    @if let Some(reason) = &agent.holding_back {
-                                        br; small.holding-back { "Claims no jobs: " (reason) }
-                                    }
-                                }
-                                td { @match agent.last_seen_at { Some(at) => (when_millis(at)), None => "never" } }
-                                td {
-                                    @if agent.running.is_empty() { "—" }
-                                    @for job in &agent.running {
-                                        a href={"/deployments/" (job.deployment_id)} { (job.deployment_id) } " "
-                                    }
-                                }
-                                td { (host_facts(agent)) }
-                                td { (when_millis(agent.created_at)) }
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    )
 }
 
 #[cfg(test)]
