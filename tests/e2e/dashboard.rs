@@ -1430,6 +1430,14 @@ async fn issue_32_agents_are_paused_resumed_revoked_and_registered_from_the_brow
     let site = site().await;
     let browser = signed_in(&site.cp.base_url(), "ada").await;
     browser.goto(&site.url("/agents")).await;
+    // Issue 32: every column has its header (the host facts had none).
+    let columns = browser
+        .run(
+            "const t = document.querySelector('table.agents'); return [t.querySelectorAll('thead th').length, t.querySelector('tbody tr').children.length]",
+            vec![],
+        )
+        .await;
+    assert_eq!(columns[0], columns[1], "{columns}");
     let agent_id = site
         .admin
         .get("/api/v1/agents")

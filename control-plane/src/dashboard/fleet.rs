@@ -228,7 +228,7 @@ fn agents_page(
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Labels" } th scope="col" { "Version" }
                         th scope="col" { "State" } th scope="col" { "Last contact" } th scope="col" { "Running" }
-                        th scope="col" { "Registered" }
+                        th scope="col" { "Host" } th scope="col" { "Registered" }
                         @if admin { th scope="col" { span.visually-hidden { "Actions" } } }
                     } }
                     tbody {
