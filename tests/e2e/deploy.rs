@@ -294,17 +294,13 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         system.contains("production dependencies unchanged"),
         "{system}"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !release_containers(&world.docker, &first.id, "server")
-        .await
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the first release's server still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the first release's server to stop",
+        Duration::from_secs(30),
+        || release_containers(&world.docker, &first.id, "server"),
+        Vec::is_empty,
+    )
+    .await;
 
     // Roll back to the first: no build, no migrations, the kept image.
     let rollback = world
@@ -430,17 +426,37 @@ fn follow_log(
     (text, task)
 }
 
-/// Waits for `needle` in a followed log.
-async fn until_contains(text: &std::sync::Mutex<String>, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !text.lock().unwrap().contains(needle) {
+/// Asks `probe` every 200 ms until `done` holds of its answer, which it
+/// returns; fails naming `what` and the last answer after `limit`.
+async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let answer = probe().await;
+        if done(&answer) {
+            return answer;
+        }
         assert!(
             Instant::now() < deadline,
-            "{needle} never came; the log:\n{}",
-            text.lock().unwrap()
+            "waited {limit:?} for {what}; the last answer: {answer:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits for `needle` in a followed log.
+async fn until_contains(text: &std::sync::Mutex<String>, needle: &str) {
+    eventually(
+        needle,
+        Duration::from_secs(60),
+        || async { text.lock().unwrap().clone() },
+        |log: &String| log.contains(needle),
+    )
+    .await;
 }
 
 /// GET /version through Caddy every 20 ms until stopped: how many were sent,
@@ -683,15 +699,13 @@ async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_release
     // pulls it again (no build).
     let repository = format!("kiln-release/{}", world.environment_id);
     let kept = [format!("{repository}:{}", deployments[1])];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while image_tags(&world.docker, &repository).await != kept {
-        assert!(
-            Instant::now() < deadline,
-            "the host still keeps {:?}",
-            image_tags(&world.docker, &repository).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the host to keep the live release's image alone",
+        Duration::from_secs(60),
+        || image_tags(&world.docker, &repository),
+        |tags: &Vec<String>| *tags == kept,
+    )
+    .await;
     let rollback = world
         .admin
         .send_json(
@@ -778,17 +792,13 @@ async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_release
         .await
         .expect_json::<kiln_protocol::EventOutcome>(reqwest::StatusCode::CREATED)
         .await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !release_containers_of(&world.docker, &preview.environment_id)
-        .await
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the closed preview's release still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually(
+        "the closed preview's release to stop",
+        Duration::from_secs(90),
+        || release_containers_of(&world.docker, &preview.environment_id),
+        Vec::is_empty,
+    )
+    .await;
     assert_ne!(
         caddy.get("pr-7.api.shop.test", "/version").await,
         Some((200, "preview".to_owned()))
@@ -884,15 +894,13 @@ async fn issue_31_a_hostile_release_gets_nothing_out_of_its_container_on_the_bri
     world.settle(&deployment.id, Live, &agent).await;
     assert_eq!(caddy.get(HOST, "/health").await.map(|(s, _)| s), Some(200));
     assert_eq!(postgres.migrations(), ["none"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let runtime = loop {
-        let runtime = world.log(&deployment.id, "runtime").await;
-        if runtime.contains("Server is ready") {
-            break runtime;
-        }
-        assert!(Instant::now() < deadline, "{runtime}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let runtime = eventually(
+        "the server to be ready in the runtime log",
+        Duration::from_secs(30),
+        || world.log(&deployment.id, "runtime"),
+        |log: &String| log.contains("Server is ready"),
+    )
+    .await;
     for refused in [
         "escape: write /etc/kiln-escape: refused",
         "escape: /var/run/docker.sock: not visible",
