@@ -1365,3 +1365,49 @@ async fn a_dotenv_file_is_imported_over_http_and_exported_without_secret_values(
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_asking_which_environments_are_gone_is_bounded_and_learns_only_of_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("deployer-1", &[]).await;
+    let project = admin.create_project("shop").await;
+    let live = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let ask = |ids: Vec<String>| {
+        let body = kiln_protocol::RemovedEnvironments {
+            environment_ids: ids,
+        };
+        let agent = &agent;
+        async move {
+            agent
+                .post_json("/api/v1/agent/environments/removed", &body)
+                .await
+        }
+    };
+    let answer = ask(vec![live.id.clone(), "env_gone".into(), "\"}; DROP".into()]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let removed: kiln_protocol::RemovedEnvironments = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(removed.environment_ids, ["env_gone", "\"}; DROP"]);
+    let too_many = ask((0..=kiln_protocol::MAX_ENVIRONMENTS_ASKED)
+        .map(|n| format!("env_{n}"))
+        .collect())
+    .await;
+    assert_eq!(too_many.status, StatusCode::BAD_REQUEST);
+    assert!(
+        too_many.text().contains("at most 256"),
+        "{}",
+        too_many.text()
+    );
+    // Admins and strangers are not agents.
+    let stranger = cp
+        .anonymous()
+        .post_json(
+            "/api/v1/agent/environments/removed",
+            &serde_json::json!({"environment_ids": []}),
+        )
+        .await;
+    assert_eq!(stranger.status, StatusCode::UNAUTHORIZED);
+}
