@@ -104,6 +104,8 @@ struct SpoolWriter {
     last_try: std::time::Instant,
     /// Output dropped since memory filled up, not yet said in the log.
     dropped: u64,
+    /// The next write is time-marked however soon after the last mark it comes.
+    mark_next: bool,
 }
 
 impl SpoolWriter {
@@ -187,6 +189,12 @@ impl LogSink {
         self.append(&mut writer, &masked);
     }
 
+    /// Time-marks the next output however soon it comes: a step's first
+    /// output, so where the step began is known to the byte.
+    pub fn mark_next_write(&self) {
+        crate::lock(&self.spool.writer).mark_next = true;
+    }
+
     /// Writes whatever the masker still holds back (end of a step).
     pub fn flush(&self) {
         let mut writer = crate::lock(&self.spool.writer);
@@ -263,10 +271,11 @@ impl LogSink {
     /// and announced to the shipper.
     fn keep(&self, writer: &mut SpoolWriter, len: u64, bytes: &[u8]) {
         let now = chrono::Utc::now().timestamp_millis();
-        if writer
-            .marks
-            .last()
-            .is_none_or(|&(_, last)| now - last >= MARK_EVERY_MS)
+        if std::mem::take(&mut writer.mark_next)
+            || writer
+                .marks
+                .last()
+                .is_none_or(|&(_, last)| now - last >= MARK_EVERY_MS)
         {
             writer.marks.push((len, now));
             let _ = writer
@@ -363,6 +372,7 @@ impl JobLogs {
                     unspooled_from: None,
                     last_try: std::time::Instant::now(),
                     dropped: 0,
+                    mark_next: false,
                 }),
                 path,
                 len: AtomicU64::new(len),
@@ -717,5 +727,22 @@ mod tests {
         assert!(marks[1].1 - marks[0].1 >= 100);
         let reopened = JobLogs::open(dir.path(), &LogOptions::default()).unwrap();
         assert_eq!(reopened.spooled(LogStream::Backend), 13);
+    }
+
+    #[test]
+    fn a_steps_first_output_is_marked_however_soon_it_comes() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::open(dir.path(), &LogOptions::default()).unwrap();
+        let sink = logs.sink(LogStream::Backend);
+        sink.write(b"install's last line\n");
+        sink.mark_next_write();
+        sink.write(b"build's first line\n");
+        sink.write(b"build's second line\n");
+        drop(logs);
+        let offsets: Vec<u64> = read_marks(&dir.path().join("backend.times"))
+            .into_iter()
+            .map(|(offset, _)| offset)
+            .collect();
+        assert_eq!(offsets, [0, 20]);
     }
 }

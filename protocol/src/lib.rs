@@ -10,6 +10,7 @@ pub mod api;
 pub mod deploy;
 pub mod error;
 pub mod status;
+pub mod steps;
 pub mod validate;
 
 pub use agent::*;
@@ -17,6 +18,7 @@ pub use api::*;
 pub use deploy::*;
 pub use error::*;
 pub use status::*;
+pub use steps::*;
 
 /// Every route of this protocol lives under this prefix.
 pub const API_PREFIX: &str = "/api/v1";

@@ -536,7 +536,7 @@ async fn issue_15_the_log_viewer_opens_a_large_log_at_its_tail_and_searches_and_
     let lines = 120_000;
     let (mut system_offset, mut backend_offset) = (0, 0);
     let system = "[2026-11-29T14:25:07.412Z] Running `npm ci` (install).\n\
-                  [2026-11-29T14:25:09.412Z] `npm ci` finished in 2.0s.\n\
+                  [2026-11-29T14:25:09.412Z] `npm ci` (install) finished in 2.0s.\n\
                   [2026-11-29T14:25:09.500Z] Running `npm run build` (build).\n\
                   [2026-11-29T14:25:21.500Z] Build failed after 14s: backend: `npm run build` (build) exited with code 1\n";
     site.append(&job, "system", &mut system_offset, system.as_bytes())

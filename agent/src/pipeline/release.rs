@@ -227,17 +227,26 @@ impl Build<'_> {
                     format!("cannot prepare the release folder: {error}"),
                 )
             })?;
-        self.system.line(format!(
-            "Running `{PRODUCTION_INSTALL}` (release image: the {component}'s production dependencies)."
-        ));
+        let label = super::steps::step_label(component, "release image dependencies");
+        self.system
+            .line(kiln_protocol::step_started_line(PRODUCTION_INSTALL, &label));
         let sink = self.logs.sink(component.log_stream());
+        sink.mark_next_write();
+        let started = std::time::Instant::now();
         match self
             .pipeline
             .executor
             .run(step, sink, self.cancel.clone())
             .await
         {
-            Ok(StepOutcome::Exited(0)) => Ok(()),
+            Ok(StepOutcome::Exited(0)) => {
+                self.system.line(kiln_protocol::step_finished_line(
+                    PRODUCTION_INSTALL,
+                    &label,
+                    &super::seconds(started),
+                ));
+                Ok(())
+            }
             Ok(StepOutcome::Canceled) => Err(Stop::Canceled),
             Ok(outcome) => Err(fail(
                 component,

@@ -118,6 +118,14 @@ impl PlannedStep {
     }
 }
 
+/// A step's label in the system log: its name, with the storefront's prefixed.
+pub(super) fn step_label(component: Component, name: &str) -> String {
+    match component {
+        Component::Backend => name.to_owned(),
+        Component::Storefront => format!("storefront: {name}"),
+    }
+}
+
 /// Runs `steps` in order, their output going to `component`'s log stream.
 pub(super) async fn run_steps(
     build: &Build<'_>,
@@ -126,16 +134,16 @@ pub(super) async fn run_steps(
 ) -> Result<(), Stop> {
     let config = &build.pipeline.config;
     let sink = build.logs.sink(component.log_stream());
-    let label = match component {
-        Component::Backend => "",
-        Component::Storefront => "storefront: ",
-    };
     for planned in steps {
         let step = build.step(planned, component);
         let (shown, name) = (planned.shown(), planned.kind.name());
+        let label = step_label(component, name);
         build
             .system
-            .line(format!("Running `{shown}` ({label}{name})."));
+            .line(kiln_protocol::step_started_line(&shown, &label));
+        // The step's first output gets a time mark of its own, so the outline
+        // can tell exactly where in the stream it began.
+        sink.mark_next_write();
         let started = Instant::now();
         let printed_from = sink.len();
         let reason = match build
@@ -145,9 +153,10 @@ pub(super) async fn run_steps(
             .await
         {
             Ok(StepOutcome::Exited(0)) => {
-                build.system.line(format!(
-                    "`{shown}` ({label}{name}) finished in {}.",
-                    seconds(started)
+                build.system.line(kiln_protocol::step_finished_line(
+                    &shown,
+                    &label,
+                    &seconds(started),
                 ));
                 continue;
             }

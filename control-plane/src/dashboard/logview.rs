@@ -220,8 +220,8 @@ fn line_time(line: &str) -> Option<i64> {
 }
 
 /// The agent's steps, from its system log: `Running \`cmd\` (label).` begins one,
-/// `` `cmd` finished in 1.2s.`` ends it; one still open when the build fails is
-/// the step that failed.
+/// `` `cmd` (label) finished in 1.2s.`` ends it; one still open when the build
+/// fails is the step that failed.
 fn steps(system: &[String]) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     for (number, line) in system.iter().enumerate() {
@@ -229,35 +229,43 @@ fn steps(system: &[String]) -> Vec<Step> {
         let text = line
             .split_once("] ")
             .map_or(line.as_str(), |(_, text)| text);
-        if let Some(rest) = text.strip_prefix("Running `") {
-            let Some((command, label)) = rest.rsplit_once("` (") else {
-                continue;
-            };
-            let label = label.trim_end_matches(").");
-            let (stream, step) = match label.strip_prefix("storefront: ") {
-                Some(step) => (LogStream::Storefront, step),
-                None => (LogStream::Backend, label),
-            };
-            steps.push(Step {
-                title: format!("{step}: {command}"),
-                stream,
-                start_line: number,
-                end_line: None,
-                started_ms: line_time(line),
-                ended_ms: None,
-                failed: false,
-            });
-        } else if text.contains("` finished in ") {
-            if let Some(step) = steps.iter_mut().rev().find(|step| step.end_line.is_none()) {
-                step.end_line = Some(number + 1);
-                step.ended_ms = line_time(line);
+        match kiln_protocol::parse_step_line(text) {
+            Some(kiln_protocol::StepLine::Started { command, label }) => {
+                let (stream, step) = match label.strip_prefix("storefront: ") {
+                    Some(step) => (LogStream::Storefront, step),
+                    None => (LogStream::Backend, label),
+                };
+                steps.push(Step {
+                    title: format!("{step}: {command}"),
+                    stream,
+                    start_line: number,
+                    end_line: None,
+                    started_ms: line_time(line),
+                    ended_ms: None,
+                    failed: false,
+                });
             }
-        } else if text.starts_with("Build failed after") {
-            if let Some(step) = steps.iter_mut().rev().find(|step| step.end_line.is_none()) {
-                step.end_line = Some(number + 1);
-                step.ended_ms = line_time(line);
-                step.failed = true;
+            Some(kiln_protocol::StepLine::Finished { command, label }) => {
+                // Matched by what it ran: the two components' steps interleave.
+                let step_name = label.strip_prefix("storefront: ").unwrap_or(label);
+                let title = format!("{step_name}: {command}");
+                if let Some(step) = steps
+                    .iter_mut()
+                    .rev()
+                    .find(|step| step.end_line.is_none() && step.title == title)
+                {
+                    step.end_line = Some(number + 1);
+                    step.ended_ms = line_time(line);
+                }
             }
+            None if text.starts_with("Build failed after") => {
+                if let Some(step) = steps.iter_mut().rev().find(|step| step.end_line.is_none()) {
+                    step.end_line = Some(number + 1);
+                    step.ended_ms = line_time(line);
+                    step.failed = true;
+                }
+            }
+            None => {}
         }
     }
     steps
@@ -319,7 +327,16 @@ pub async fn outline(
             let Some(start) = line_of(offsets[2 * index]) else {
                 continue;
             };
-            let end = line_of(offsets[2 * index + 1]).unwrap_or(total).max(start);
+            // A step ends where it finished, and at the latest where the next
+            // step of its stream began.
+            let next_start = ours[index + 1..]
+                .iter()
+                .enumerate()
+                .find_map(|(later, _)| line_of(offsets[2 * (index + 1 + later)]));
+            let end = line_of(offsets[2 * index + 1])
+                .unwrap_or(total)
+                .min(next_start.unwrap_or(u64::MAX))
+                .max(start);
             if end > start {
                 entries.push(OutlineEntry {
                     title: step.title.clone(),
@@ -330,18 +347,27 @@ pub async fn outline(
                 });
             }
         }
+        let step_ends: Vec<(u64, u64)> = entries.iter().map(|e| (e.start, e.end)).collect();
         entries.extend(
             state
                 .logs
                 .sections(&job_id, stream)
                 .await?
                 .into_iter()
-                .map(|section| OutlineEntry {
-                    title: section.title,
-                    start: section.start,
-                    end: section.end.min(total.max(1)),
-                    duration_ms: None,
-                    failed: false,
+                .map(|section| {
+                    // A section left open (a heading, a group never closed) ends
+                    // with the step it was printed in.
+                    let step_end = step_ends
+                        .iter()
+                        .find(|&&(start, end)| (start..end).contains(&section.start))
+                        .map_or(u64::MAX, |&(_, end)| end);
+                    OutlineEntry {
+                        title: section.title,
+                        start: section.start,
+                        end: section.end.min(total.max(1)).min(step_end),
+                        duration_ms: None,
+                        failed: false,
+                    }
                 }),
         );
         entries.sort_by_key(|entry| entry.start);
@@ -520,7 +546,7 @@ mod tests {
     fn steps_come_from_the_system_log() {
         let log: Vec<String> = [
             "[2026-11-29T14:25:07.412Z] Running `npm ci` (install).",
-            "[2026-11-29T14:25:09.412Z] `npm ci` finished in 2.0s.",
+            "[2026-11-29T14:25:09.412Z] `npm ci` (install) finished in 2.0s.",
             "[2026-11-29T14:25:09.500Z] Running `npm run build` (build).",
             "[2026-11-29T14:25:10.000Z] Running `next build` (storefront: build).",
             "[2026-11-29T14:25:12.000Z] Build failed after 5s: storefront: `next build` (build) exited with code 1",
@@ -538,6 +564,62 @@ mod tests {
             2000
         );
         assert!(steps[2].failed && steps[2].stream == LogStream::Storefront);
+    }
+
+    #[test]
+    fn every_step_of_a_passing_build_ends_with_its_duration() {
+        use kiln_protocol::{step_finished_line, step_started_line};
+        // As the agent writes them, the two components' steps interleaving.
+        let log: Vec<String> = [
+            (
+                "07.000",
+                step_started_line("yarn install --immutable", "install"),
+            ),
+            (
+                "07.100",
+                step_started_line("yarn install --immutable", "storefront: install"),
+            ),
+            (
+                "09.000",
+                step_finished_line("yarn install --immutable", "storefront: install", "1.9s"),
+            ),
+            (
+                "09.500",
+                step_finished_line("yarn install --immutable", "install", "2.5s"),
+            ),
+            ("09.600", step_started_line("yarn build", "build")),
+            ("19.600", step_finished_line("yarn build", "build", "10.0s")),
+        ]
+        .map(|(at, text)| format!("[2026-11-29T14:25:{at}Z] {text}"))
+        .to_vec();
+        let steps = steps(&log);
+        let ended: Vec<(&str, LogStream, Option<i64>)> = steps
+            .iter()
+            .map(|step| {
+                (
+                    step.title.as_str(),
+                    step.stream,
+                    step.started_ms.zip(step.ended_ms).map(|(a, b)| b - a),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ended,
+            [
+                (
+                    "install: yarn install --immutable",
+                    LogStream::Backend,
+                    Some(2500)
+                ),
+                (
+                    "install: yarn install --immutable",
+                    LogStream::Storefront,
+                    Some(1900)
+                ),
+                ("build: yarn build", LogStream::Backend, Some(10_000)),
+            ]
+        );
+        assert!(steps.iter().all(|step| !step.failed));
     }
 
     #[test]
