@@ -661,7 +661,11 @@ async fn issue_15_the_log_viewer_opens_a_large_log_at_its_tail_and_searches_and_
         )
         .await;
 
-    // A range anchor opens with its lines selected and on screen.
+    // A range anchor opens with its lines selected and on screen, the page
+    // scrolled to them too.
+    browser
+        .run("window.scrollTo(0, 0); return null", vec![])
+        .await;
     browser.goto(&format!("{page}#backend-L120-140")).await;
     let selected = browser
         .until(
@@ -671,6 +675,13 @@ async fn issue_15_the_log_viewer_opens_a_large_log_at_its_tail_and_searches_and_
         )
         .await;
     assert!(selected.as_str().unwrap().ends_with(",140"));
+    browser
+        .until(
+            "line 120 in the window",
+            Duration::from_secs(5),
+            "const r = document.querySelector('#log-backend .row[data-line=\"120\"]').getBoundingClientRect(); return r.top >= 0 && r.bottom <= window.innerHeight",
+        )
+        .await;
     // Clicking a line number makes an anchor of it; shift-click a range.
     browser
         .click("#log-backend .row[data-line='125'] a.n")

@@ -680,6 +680,8 @@
       const b = anchor[3] ? Number(anchor[3]) - 1 : a;
       this.selection = [Math.min(a, b), Math.max(a, b)];
       this.goToLine(this.selection[0]);
+      // The page too: no element has the anchor's id for the browser to find.
+      this.section.scrollIntoView({ block: "start" });
     }
 
     goToLine(line) {
