@@ -745,13 +745,21 @@ async fn issue_15_the_log_viewer_opens_a_large_log_at_its_tail_and_searches_and_
         "{install}"
     );
 
-    // The raw log is there to download.
+    // The raw log is there to download, and as plain text without its escapes.
     browser
         .find(&format!(
             "a.raw[href='/deployments/{}/logs/system/raw']",
             deployment.id
         ))
         .await;
+    browser.click("nav.streams a[data-stream=backend]").await;
+    let plain = browser
+        .run(
+            "const href = document.querySelector('#log-backend a.plain').href; return fetch(href).then(r => r.text()).then(t => [t.includes('\\x1b'), t.endsWith('Error: Build failed on purpose\\n'), t.split('\\n').length])",
+            vec![],
+        )
+        .await;
+    assert_eq!(plain, json!([false, true, lines + 1]));
     browser.close().await;
 }
 

@@ -67,14 +67,23 @@ async fn job_of(
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub struct RawQuery {
+    /// Without ANSI escape sequences.
+    #[serde(default)]
+    plain: bool,
+}
+
 pub async fn raw(
     State(state): State<AppState>,
     _session: Session,
     Path((id, stream)): Path<(String, String)>,
+    Query(query): Query<RawQuery>,
 ) -> Result<Response, ApiError> {
     let stream = parse_stream(&stream)?;
-    let body =
-        crate::logs::read::log_body(&state, id.clone(), stream, Default::default(), None).await?;
+    let mut log_query = crate::logs::read::LogQuery::default();
+    log_query.plain = query.plain;
+    let body = crate::logs::read::log_body(&state, id.clone(), stream, log_query, None).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),

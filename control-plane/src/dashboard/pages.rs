@@ -647,7 +647,11 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                         @for stream in &streams {
                             section.logview id={"log-" (stream.as_str())} data-deployment=(deployment.id) data-stream=(stream.as_str()) aria-label={(stream_title(*stream)) " log"} {
                                 h3 { (stream_title(*stream)) " log" }
-                                p { a.raw href={"/deployments/" (deployment.id) "/logs/" (stream.as_str()) "/raw"} { "Raw log" } }
+                                p.raw-links {
+                                    a.raw href={"/deployments/" (deployment.id) "/logs/" (stream.as_str()) "/raw"} { "Raw log" }
+                                    " · "
+                                    a.plain href={"/deployments/" (deployment.id) "/logs/" (stream.as_str()) "/raw?plain=true"} { "Plain text" }
+                                }
                             }
                         }
                     }

@@ -11,6 +11,7 @@
 //! is then this replica's copy, brought up to date (`pull`) before every read.
 
 pub mod index;
+mod plain;
 pub(crate) mod read;
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@ use kiln_protocol::LogStream;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::plain::PlainText;
 use super::Stamper;
 use crate::error::ApiError;
 use crate::store;
@@ -28,6 +29,9 @@ pub(crate) struct LogQuery {
     /// Prefix each line with the time it was written.
     #[serde(default)]
     timestamps: bool,
+    /// Plain text: ANSI escape sequences taken out.
+    #[serde(default)]
+    pub(crate) plain: bool,
     job: Option<String>,
 }
 
@@ -57,6 +61,7 @@ pub(crate) async fn log_body(
         follow: query.follow,
         looked_after_end: false,
         stamper: query.timestamps.then(|| Stamper::new(Vec::new())),
+        plain: query.plain.then(PlainText::default),
         _slot: slot,
     };
     Ok(Body::from_stream(futures::stream::unfold(
@@ -82,6 +87,7 @@ struct LogReader {
     follow: bool,
     looked_after_end: bool,
     stamper: Option<Stamper>,
+    plain: Option<PlainText>,
     /// A follow's slot, held while its body is read.
     _slot: Option<crate::follows::FollowSlot>,
 }
@@ -109,12 +115,18 @@ impl LogReader {
                 if !chunk.is_empty() {
                     let start = self.offset;
                     self.offset += chunk.len() as u64;
-                    if let Some(stamper) = &mut self.stamper {
-                        // Marks arrive with the bytes, so they are read as fresh.
-                        stamper.set_marks(self.state.logs.marks(job_id, self.stream).await);
-                        return Ok(Some(Bytes::from(stamper.stamp_chunk(start, &chunk))));
-                    }
-                    return Ok(Some(chunk));
+                    let chunk = match &mut self.stamper {
+                        Some(stamper) => {
+                            // Marks arrive with the bytes, so they are read as fresh.
+                            stamper.set_marks(self.state.logs.marks(job_id, self.stream).await);
+                            Bytes::from(stamper.stamp_chunk(start, &chunk))
+                        }
+                        None => chunk,
+                    };
+                    return Ok(Some(match &mut self.plain {
+                        Some(plain) => Bytes::from(plain.strip(&chunk)),
+                        None => chunk,
+                    }));
                 }
             }
             if !self.follow || self.looked_after_end {

@@ -196,7 +196,7 @@
     }
 
     build() {
-      const raw = $("a.raw", this.section);
+      const raw = $("p.raw-links", this.section);
       this.followButton = element("button", { type: "button", class: "follow", "aria-pressed": "true", onclick: () => this.setFollowing(!this.following) }, "Pause");
       this.newButton = element("button", { type: "button", class: "new-lines", hidden: true, onclick: () => { this.setFollowing(true); } }, "");
       this.timesBox = element("input", { type: "checkbox", id: `${this.stream}-times`, onchange: () => this.render() });
@@ -222,14 +222,14 @@
         element("label", {}, this.timesBox, " Times"),
         element("label", {}, this.wrapBox, " Wrap"),
         searchForm, this.stateLabel);
-      if (raw) toolbar.append(raw.cloneNode(true));
+      if (raw) toolbar.append(...[...raw.querySelectorAll("a")].map((link) => link.cloneNode(true)));
       this.outline = element("nav", { class: "outline", "aria-label": `Steps of the ${this.stream} log` });
       this.sizer = element("div", { class: "sizer" });
       this.block = element("div", { class: "block" });
       this.viewport = element("div", { class: "viewport", tabindex: "0", role: "log", "aria-label": `${this.stream} log lines` }, this.sizer, this.block);
       this.viewport.addEventListener("scroll", () => this.onScroll(), { passive: true });
       this.viewport.addEventListener("keydown", (event) => this.onKey(event));
-      raw?.parentElement?.remove();
+      raw?.remove();
       this.section.append(toolbar, this.outline, this.viewport);
       this.section.classList.add("live");
     }
