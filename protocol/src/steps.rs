@@ -33,6 +33,20 @@ pub fn parse_step_line(text: &str) -> Option<StepLine<'_>> {
     Some(StepLine::Finished { command, label })
 }
 
+/// The system log's line for a component's output reused from an earlier build:
+/// `Reused the backend built by job job_… (…): its inputs are unchanged, …`.
+pub fn reused_output_line(component: &str, job_id: &str, origin: &str, bytes: u64) -> String {
+    format!("Reused the {component} built by job {job_id} ({origin}, {bytes} bytes): its inputs are unchanged, so it is not built again.")
+}
+
+/// The component and the job of a `reused_output_line`.
+pub fn parse_reused_output_line(text: &str) -> Option<(&str, &str)> {
+    let rest = text.strip_prefix("Reused the ")?;
+    let (component, rest) = rest.split_once(" built by job ")?;
+    let (job_id, _) = rest.split_once(" (")?;
+    Some((component, job_id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +80,11 @@ mod tests {
             })
         );
         assert_eq!(parse_step_line("Build failed after 5s"), None);
+        let reused = reused_output_line("storefront", "job_1", "branch:main's cache, key 0a1b", 12);
+        assert_eq!(
+            parse_reused_output_line(&reused),
+            Some(("storefront", "job_1"))
+        );
         assert_eq!(parse_step_line("`npm ci` exited with code 1"), None);
     }
 }

@@ -763,6 +763,50 @@ async fn issue_15_the_log_viewer_opens_a_large_log_at_its_tail_and_searches_and_
     browser.close().await;
 }
 
+#[tokio::test]
+async fn issue_32_a_reused_build_says_whose_output_it_is_instead_of_an_empty_log() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let (first, first_job) = site.start_build("main", &commit(1)).await;
+    site.agent
+        .report(&first_job, &finished(AwaitingDeployment))
+        .await
+        .expect_json::<Deployment>(StatusCode::OK)
+        .await;
+    let (second, job) = site.start_build("main", &commit(2)).await;
+    let system = format!(
+        "[2026-12-07T10:00:00.000Z] {}\n",
+        kiln_protocol::reused_output_line(
+            "backend",
+            &first_job.job_id,
+            "branch:main's cache, key 0a1b2c3d4e5f",
+            4096
+        )
+    );
+    site.append(&job, "system", &mut 0, system.as_bytes()).await;
+    site.agent
+        .report(&job, &finished(AwaitingDeployment))
+        .await
+        .expect_json::<Deployment>(StatusCode::OK)
+        .await;
+
+    let browser = signed_in(&site.cp.base_url(), "vic").await;
+    browser
+        .goto(&site.url(&format!("/deployments/{}#backend", second.id)))
+        .await;
+    let link = browser
+        .until(
+            "the reused output's deployment",
+            Duration::from_secs(10),
+            "const a = document.querySelector('#log-backend p.reused a'); return a && document.querySelector('#log-backend .viewport').hidden && a.getAttribute('href')",
+        )
+        .await;
+    assert_eq!(link, json!(format!("/deployments/{}", first.id)));
+    browser.close().await;
+}
+
 /// Signs in over HTTP, returning the session cookie and the CSRF token of the
 /// first form on `page`.
 async fn http_session(site: &Site, user: &str, page: &str) -> (reqwest::Client, String, String) {

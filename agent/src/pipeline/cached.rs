@@ -401,11 +401,10 @@ impl Build<'_> {
         else {
             return None;
         };
-        self.system.line(format!(
-            "Reused the {} built by job {} ({}, {} bytes): its inputs are unchanged, so it is not built again.",
+        self.system.line(kiln_protocol::reused_output_line(
             component.as_str(),
-            found.meta.job_id,
-            origin(&found, &cache.request.scopes),
+            &found.meta.job_id,
+            &origin(&found, &cache.request.scopes),
             found.meta.bytes,
         ));
         Some(BuiltArtifact {

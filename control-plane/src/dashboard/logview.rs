@@ -115,6 +115,10 @@ pub struct Lines {
     times: Vec<Option<i64>>,
     /// The job has ended: nothing more will come.
     ended: bool,
+    /// An empty component log's build was not run: its output came from this
+    /// earlier deployment's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reused_from: Option<String>,
 }
 
 pub async fn lines(
@@ -133,6 +137,7 @@ pub async fn lines(
             lines: Vec::new(),
             times: Vec::new(),
             ended: false,
+            reused_from: None,
         }));
     };
     let (first, count) = match (query.tail, query.from) {
@@ -155,6 +160,12 @@ pub async fn lines(
                 .or_else(|| marks.first().map(|m| m.1))
         })
         .collect();
+    let reused_from = match (stream, window.total, ended) {
+        (LogStream::Backend | LogStream::Storefront, 0, true) => {
+            reused_from(&state, &job_id, stream).await?
+        }
+        _ => None,
+    };
     Ok(Json(Lines {
         total: window.total,
         size: window.size,
@@ -163,7 +174,39 @@ pub async fn lines(
         lines: window.lines,
         times,
         ended,
+        reused_from,
     }))
+}
+
+/// The deployment whose output a job reused for `stream`'s component, as its
+/// system log says.
+async fn reused_from(
+    state: &AppState,
+    job_id: &str,
+    stream: LogStream,
+) -> Result<Option<String>, ApiError> {
+    let system = state
+        .logs
+        .window(job_id, LogStream::System, Some(0), 20_000)
+        .await?;
+    let Some(origin_job) = system.lines.iter().find_map(|line| {
+        let text = line
+            .split_once("] ")
+            .map_or(line.as_str(), |(_, text)| text);
+        let (component, job) = kiln_protocol::parse_reused_output_line(text)?;
+        (component == stream.as_str()).then(|| job.to_owned())
+    }) else {
+        return Ok(None);
+    };
+    let origin = state
+        .db
+        .call(move |conn| match store::get_job(conn, &origin_job) {
+            Ok(job) => Ok(Some(job.deployment_id)),
+            Err(ApiError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        })
+        .await?;
+    Ok(origin)
 }
 
 #[derive(Debug, Deserialize)]

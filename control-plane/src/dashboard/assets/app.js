@@ -240,6 +240,7 @@
       const tail = await getJson(`${this.base}/lines?tail=${CHUNK}`);
       this.accept(tail);
       this.ended = tail.ended;
+      if (tail.reused_from) this.showReused(tail.reused_from);
       await this.loadOutline();
       const anchor = ANCHOR.exec(location.hash);
       if (anchor && anchor[1] === this.stream) {
@@ -462,6 +463,15 @@
         this.newButton.hidden = true;
         this.scrollToEnd();
       }
+    }
+
+    // Nothing was built, so there is no output: say whose output it is instead
+    // of an empty box.
+    showReused(deployment) {
+      const link = element("a", { href: `/deployments/${encodeURIComponent(deployment)}` }, deployment);
+      this.viewport.hidden = true;
+      this.viewport.before(element("p", { class: "reused" },
+        `Not built: its inputs are unchanged since deployment `, link, `, so that build's output was reused.`));
     }
 
     updateState() {
