@@ -29,6 +29,7 @@ struct Site {
     admin: Api,
     agent: Api,
     project: Project,
+    production: Environment,
     staging: Environment,
 }
 
@@ -39,7 +40,7 @@ async fn site() -> Site {
     add_accounts(&data_dir);
     let admin = cp.admin();
     let project = admin.create_project("shop").await;
-    admin
+    let production = admin
         .create_environment(&project, "Production", "main")
         .await;
     let staging = admin
@@ -52,6 +53,7 @@ async fn site() -> Site {
         admin,
         agent,
         project,
+        production,
         staging,
     }
 }
@@ -804,6 +806,91 @@ async fn issue_32_a_reused_build_says_whose_output_it_is_instead_of_an_empty_log
         )
         .await;
     assert_eq!(link, json!(format!("/deployments/{}", first.id)));
+    browser.close().await;
+}
+
+/// The screenshot set in docs/screenshots (`KILN_SCREENSHOT_DIR=docs/screenshots`):
+/// every page at 1400 and at 400 px wide, none wider than a 400 px screen.
+#[tokio::test]
+async fn issue_32_every_page_fits_a_phone_and_is_photographed_at_both_widths() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let production = &site.production;
+    site.admin
+        .set_variables(
+            &production.id,
+            json!([
+                {"name": "STRIPE_API_KEY", "value": "sk_live_0123456789", "secret": true},
+                {"name": "MEDUSA_BACKEND_URL", "value": "https://api.shop.example.com", "secret": false},
+            ]),
+        )
+        .await;
+    for (n, status) in [
+        (1, AwaitingDeployment),
+        (2, BuildFailed),
+        (3, AwaitingDeployment),
+    ] {
+        site.build("main", &commit(n), status).await;
+    }
+    let (deployment, job) = site.start_build("main", &commit(4)).await;
+    let system = format!(
+        "[2026-12-07T10:00:00.000Z] {}\n",
+        kiln_protocol::step_started_line("npm ci", "install")
+    );
+    site.append(&job, "system", &mut 0, system.as_bytes()).await;
+    site.append(&job, "backend", &mut 0, &big_log(200)).await;
+
+    let browser = signed_in(&site.cp.base_url(), "ada").await;
+    let (project, env) = (&site.project.id, &production.id);
+    let pages = [
+        ("projects", "/".to_owned()),
+        ("new-project", "/projects/new".to_owned()),
+        ("project", format!("/projects/{project}")),
+        ("connect-git", format!("/projects/{project}/connect")),
+        ("deployments", format!("/projects/{project}/deployments")),
+        (
+            "new-environment",
+            format!("/environments/new?project={project}"),
+        ),
+        ("environment", format!("/environments/{env}")),
+        (
+            "environment-settings",
+            format!("/environments/{env}/settings"),
+        ),
+        ("variables", format!("/environments/{env}/variables")),
+        (
+            "deployment",
+            format!("/deployments/{}#backend", deployment.id),
+        ),
+        ("agents", "/agents".to_owned()),
+    ];
+    let mut too_wide = Vec::new();
+    for (width, height) in [(1400, 1000), (400, 900)] {
+        browser.resize(width, height).await;
+        for (name, path) in &pages {
+            browser.goto(&site.url(path)).await;
+            browser
+                .until(
+                    "the page drawn",
+                    Duration::from_secs(10),
+                    "return document.readyState === 'complete' && !document.querySelector('.log-state')?.textContent.startsWith('Loading')",
+                )
+                .await;
+            browser.screenshot(&format!("{name}-{width}")).await;
+            let overflow = browser
+                .run(
+                    "return document.documentElement.scrollWidth - window.innerWidth",
+                    vec![],
+                )
+                .await;
+            if width == 400 && overflow.as_i64().unwrap() > 0 {
+                too_wide.push(format!("{path}: {overflow} px too wide"));
+            }
+        }
+    }
+    assert!(too_wide.is_empty(), "at 400 px: {too_wide:#?}");
     browser.close().await;
 }
 

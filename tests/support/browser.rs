@@ -235,6 +235,11 @@ impl Browser {
         self.click_to_load("form.signin button[type=submit]").await;
     }
 
+    /// Makes the window `width` × `height` CSS pixels.
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.client.set_window_size(width, height).await.unwrap();
+    }
+
     pub async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();
         let dir = screenshot_dir();

@@ -235,24 +235,24 @@ fn agents_page(
                         @for agent in agents {
                             @let (state, class) = agent_state(agent);
                             tr {
-                                td { (agent.name) br; small { code { (agent.id) } } }
-                                td { @for label in &agent.labels { span.label { (label) } " " } }
-                                td { (agent.version.as_deref().unwrap_or("—")) }
-                                td {
+                                td data-label="Name" { (agent.name) br; small { code { (agent.id) } } }
+                                td data-label="Labels" { @for label in &agent.labels { span.label { (label) } " " } }
+                                td data-label="Version" { (agent.version.as_deref().unwrap_or("—")) }
+                                td data-label="State" {
                                     span class={"badge " (class)} { (state) }
                                     @if let Some(reason) = &agent.holding_back {
                                         br; small.holding-back { "Claims no jobs: " (reason) }
                                     }
                                 }
-                                td { @match agent.last_seen_at { Some(at) => (when_millis(at)), None => "never" } }
-                                td {
+                                td data-label="Last contact" { @match agent.last_seen_at { Some(at) => (when_millis(at)), None => "never" } }
+                                td data-label="Running" {
                                     @if agent.running.is_empty() { "—" }
                                     @for job in &agent.running {
                                         a href={"/deployments/" (job.deployment_id)} { (job.deployment_id) } " "
                                     }
                                 }
-                                td { (host_facts(agent)) }
-                                td { (when_millis(agent.created_at)) }
+                                td data-label="Host" { (host_facts(agent)) }
+                                td data-label="Registered" { (when_millis(agent.created_at)) }
                                 @if admin {
                                     td.actions {
                                         @let (action, label) = if agent.paused { ("resume", "Resume") } else { ("pause", "Pause") };

@@ -241,23 +241,23 @@ pub fn deployments_table(deployments: &[Deployment], environments: &[Environment
                                     " " (first_line(&deployment.message))
                                 }
                             }
-                            td { (status_badge(deployment.status)) }
-                            td.components {
+                            td data-label="Status" { (status_badge(deployment.status)) }
+                            td.components data-label="Backend · Storefront" {
                                 (component_badge("Backend", deployment.backend_status))
                                 " "
                                 (component_badge("Storefront", deployment.storefront_status))
                             }
-                            td { code { (deployment.branch) } }
-                            td {
+                            td data-label="Branch" { code { (deployment.branch) } }
+                            td data-label="Environment" {
                                 // A removed environment (a closed pull request's) has no page.
                                 @match environment_of(&deployment.environment_id) {
                                     Some(environment) => a href={"/environments/" (environment.id)} { (environment.name) },
                                     None => span.removed { "(removed)" },
                                 }
                             }
-                            td { (deployment.author) }
-                            td { (when(deployment.created_at)) }
-                            td { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
+                            td data-label="Author" { (deployment.author) }
+                            td data-label="Created" { (when(deployment.created_at)) }
+                            td data-label="Duration" { (build_duration(deployment).unwrap_or_else(|| "—".to_owned())) }
                         }
                     }
                 }
