@@ -123,6 +123,10 @@ struct Cli {
     /// private network, such as a self-hosted Gitea beside the server.
     #[arg(long, env = "KILN_ALLOW_PRIVATE_GIT_HOSTS")]
     allow_private_git_hosts: bool,
+    /// Send project webhooks to loopback, link-local or a private network
+    /// (a chat bridge or search indexer beside the server).
+    #[arg(long, env = "KILN_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,6 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     });
     config.allow_local_repositories = cli.allow_local_repositories;
     config.allow_private_git_hosts = cli.allow_private_git_hosts;
+    config.allow_private_webhooks = cli.allow_private_webhooks;
     config.metrics_listen = cli.metrics_listen;
     config.log_limit = cli.log_limit_bytes;
     config.connections = ConnectionLimits {

@@ -34,6 +34,7 @@ mod server;
 mod state;
 mod store;
 mod sync;
+mod webhooks;
 
 pub use connections::ConnectionLimits;
 pub use db::DbError;

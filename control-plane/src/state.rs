@@ -66,6 +66,11 @@ pub struct Config {
     /// Send statuses to a git host API on loopback or a private network (a
     /// self-hosted Gitea beside the server; the tests' recording host).
     pub allow_private_git_hosts: bool,
+    /// Send project webhooks to loopback or a private network.
+    pub allow_private_webhooks: bool,
+    /// The first wait before a webhook delivery without a 2xx is tried again
+    /// (growing each time; no tries after 24 hours).
+    pub webhook_retry: Duration,
     /// Bytes kept per log stream of a job (the agent's `log_limit`, plus room for
     /// its truncation notice); appends past it are refused.
     pub log_limit: u64,
@@ -109,6 +114,8 @@ impl Config {
             max_artifact_bytes: 10 * 1024 * 1024 * 1024,
             allow_local_repositories: false,
             allow_private_git_hosts: false,
+            allow_private_webhooks: false,
+            webhook_retry: Duration::from_secs(10),
             log_limit: 100 << 20,
             connections: ConnectionLimits::default(),
             metrics_listen: None,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod status;
 pub mod steps;
 pub mod validate;
+pub mod webhooks;
 
 pub use agent::*;
 pub use api::*;
@@ -19,6 +20,7 @@ pub use deploy::*;
 pub use error::*;
 pub use status::*;
 pub use steps::*;
+pub use webhooks::*;
 
 /// Every route of this protocol lives under this prefix.
 pub const API_PREFIX: &str = "/api/v1";

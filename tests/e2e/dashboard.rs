@@ -827,6 +827,15 @@ async fn issue_32_every_page_fits_a_phone_and_is_photographed_at_both_widths() {
             ]),
         )
         .await;
+    let receiver = HookReceiver::start(1).await;
+    site.admin
+        .post_json(
+            &format!("/api/v1/projects/{}/webhooks", site.project.id),
+            &json!({"url": receiver.url(), "events": ["build.succeeded", "build.failed"]}),
+        )
+        .await
+        .expect_json::<kiln_protocol::Webhook>(StatusCode::CREATED)
+        .await;
     for (n, status) in [
         (1, AwaitingDeployment),
         (2, BuildFailed),
@@ -842,6 +851,9 @@ async fn issue_32_every_page_fits_a_phone_and_is_photographed_at_both_widths() {
     site.append(&job, "system", &mut 0, system.as_bytes()).await;
     site.append(&job, "backend", &mut 0, &big_log(200)).await;
 
+    receiver
+        .until("three deliveries", |received| received.len() >= 3)
+        .await;
     let browser = signed_in(&site.cp.base_url(), "ada").await;
     let (project, env) = (&site.project.id, &production.id);
     let pages = [
@@ -865,6 +877,7 @@ async fn issue_32_every_page_fits_a_phone_and_is_photographed_at_both_widths() {
             format!("/deployments/{}#backend", deployment.id),
         ),
         ("agents", "/agents".to_owned()),
+        ("webhooks", format!("/projects/{project}/webhooks")),
     ];
     let mut too_wide = Vec::new();
     for (width, height) in [(1400, 1000), (400, 900)] {
@@ -891,6 +904,89 @@ async fn issue_32_every_page_fits_a_phone_and_is_photographed_at_both_widths() {
         }
     }
     assert!(too_wide.is_empty(), "at 400 px: {too_wide:#?}");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn issue_32_a_webhook_is_added_in_the_browser_and_its_failed_delivery_retried_by_hand() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    // The receiver refuses the first delivery: the automatic retry (10 s
+    // later) is not waited for, the hand's is.
+    let receiver = HookReceiver::start(1).await;
+    let browser = signed_in(&site.cp.base_url(), "ada").await;
+    browser
+        .goto(&site.url(&format!("/projects/{}", site.project.id)))
+        .await;
+    browser.click_to_load("nav.tabs a[href$='/webhooks']").await;
+    browser.fill("#webhook-url", &receiver.url()).await;
+    // Only build.created.
+    for event in [
+        "build.succeeded",
+        "build.failed",
+        "build.canceled",
+        "deployment.live",
+        "deployment.failed",
+    ] {
+        browser
+            .click(&format!("form.new-webhook input[value='{event}']"))
+            .await;
+    }
+    browser
+        .click_to_load("form.new-webhook button[type=submit]")
+        .await;
+    let secret = browser.text("code.webhook-secret").await;
+    assert_eq!(secret.len(), 64, "{secret}");
+
+    site.admin.push("main", &commit(1)).await;
+    let first = receiver
+        .until("the first delivery", |received| !received.is_empty())
+        .await;
+    assert_eq!(first[0].answered, 500);
+    assert_eq!(first[0].event.as_deref(), Some("build.created"));
+    assert!(signature_holds(
+        &secret,
+        first[0].signature.as_deref().unwrap(),
+        &first[0].body
+    ));
+    // The delivery log shows the refused attempt; Retry sends it again.
+    browser
+        .goto(&site.url(&format!("/projects/{}/webhooks", site.project.id)))
+        .await;
+    let attempts = browser.text("table.deliveries ol.attempts").await;
+    assert!(attempts.contains("500"), "{attempts}");
+    browser.click_to_load("table.deliveries button.retry").await;
+    assert!(browser
+        .text("p.notice")
+        .await
+        .contains("goes out again now"));
+    receiver
+        .until("the retried delivery, accepted", |received| {
+            received
+                .iter()
+                .any(|r| r.answered == 204 && r.delivery == first[0].delivery)
+        })
+        .await;
+    browser
+        .goto(&site.url(&format!("/projects/{}/webhooks", site.project.id)))
+        .await;
+    let state = browser.text("table.deliveries .badge").await;
+    assert_eq!(state, "delivered");
+
+    // A viewer sees the log, not the URL's path, and no buttons.
+    let viewer = signed_in(&site.cp.base_url(), "vic").await;
+    viewer
+        .goto(&site.url(&format!("/projects/{}/webhooks", site.project.id)))
+        .await;
+    let page = viewer.body_text().await;
+    assert!(
+        !page.contains("/kiln-events") && page.contains("delivered"),
+        "{page}"
+    );
+    assert!(viewer.find_all("button.retry").await.is_empty());
+    viewer.close().await;
     browser.close().await;
 }
 

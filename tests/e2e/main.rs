@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod git_hosts;
 mod operate;
+mod outbound;
 mod review;
 mod sandbox;
 mod scan;

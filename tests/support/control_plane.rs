@@ -77,6 +77,8 @@ impl ControlPlane {
         config.allow_local_repositories = true;
         // The recording git host is on loopback.
         config.allow_private_git_hosts = true;
+        // So are the tests' webhook receivers.
+        config.allow_private_webhooks = true;
         config.database_url = test_database(data_dir);
         tweak(&mut config);
         let state = AppState::open(config).expect("control plane opens its data dir");

@@ -8,9 +8,10 @@ mod deployments;
 mod fleet;
 mod jobs;
 mod projects;
+mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use kiln_protocol::API_PREFIX;
 
@@ -130,6 +131,22 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/projects/{project_id}/webhook-secret",
             post(projects::rotate_webhook_secret),
+        )
+        .route(
+            "/projects/{project_id}/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/projects/{project_id}/webhooks/{webhook_id}",
+            delete(webhooks::delete),
+        )
+        .route(
+            "/projects/{project_id}/webhooks/{webhook_id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/projects/{project_id}/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+            post(webhooks::retry),
         )
         .route(
             "/events/pull_request",

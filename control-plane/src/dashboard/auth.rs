@@ -262,6 +262,13 @@ impl Session {
         })
     }
 
+    /// A form's two checks: its CSRF token is this session's, and the user
+    /// holds `role` to `action`.
+    pub fn permit(&self, csrf: &str, role: Role, action: &str) -> Result<(), Refusal> {
+        self.check_csrf(csrf)
+            .and_then(|()| self.require(role, action))
+    }
+
     /// Refuses a form whose CSRF token is not this session's, with a 403 page.
     pub fn check_csrf(&self, presented: &str) -> Result<(), Refusal> {
         // Hashes compared, so the time taken says nothing of the token.

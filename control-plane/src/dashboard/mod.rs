@@ -15,6 +15,7 @@ mod logview;
 mod pages;
 mod pieces;
 mod variables;
+mod webhooks;
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -47,6 +48,18 @@ pub fn router(state: AppState) -> Router {
             get(connect::new_project).post(connect::create_project),
         )
         .route("/projects/{id}/connect", get(connect::connect))
+        .route(
+            "/projects/{id}/webhooks",
+            get(webhooks::page).post(webhooks::create),
+        )
+        .route(
+            "/projects/{id}/webhooks/{webhook_id}/delete",
+            post(webhooks::delete),
+        )
+        .route(
+            "/projects/{id}/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+            post(webhooks::retry),
+        )
         .route("/projects/{id}/connect/rotate", post(connect::rotate))
         .route("/projects/{id}", get(project))
         .route("/projects/{id}/deployments", get(project_deployments))

@@ -190,11 +190,7 @@ pub fn project(
         html! {
             nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " span { (project.name) } }
             h1 { (project.name) }
-            nav.tabs aria-label="Project" {
-                a aria-current="page" href={"/projects/" (project.id)} { "Environments" }
-                a href={"/projects/" (project.id) "/deployments"} { "Deployments" }
-                a href={"/projects/" (project.id) "/connect"} { "Connect Git" }
-            }
+            (super::pieces::project_tabs(project, "Environments"))
             @if session.user.role >= crate::store::Role::Admin {
                 p { a.create href={"/environments/new?project=" (project.id)} { "New environment" } }
             }
@@ -278,11 +274,7 @@ pub fn project_deployments(session: &Session, project: &Project, list: Deploymen
         html! {
             nav.crumbs aria-label="Breadcrumb" { a href="/" { "Projects" } " / " a href={"/projects/" (project.id)} { (project.name) } }
             h1 { (project.name) }
-            nav.tabs aria-label="Project" {
-                a href={"/projects/" (project.id)} { "Environments" }
-                a aria-current="page" href={"/projects/" (project.id) "/deployments"} { "Deployments" }
-                a href={"/projects/" (project.id) "/connect"} { "Connect Git" }
-            }
+            (super::pieces::project_tabs(project, "Deployments"))
             @if let Some(problem) = list.problem { p.problem role="alert" { (problem) } }
             form.filters method="get" role="search" {
                 label { "Environment "

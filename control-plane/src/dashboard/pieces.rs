@@ -214,6 +214,23 @@ pub(super) fn environment_tabs(environment: &Environment, current: &str) -> Mark
     }
 }
 
+/// A project's tabs, `current` marked.
+pub fn project_tabs(project: &kiln_protocol::Project, current: &str) -> Markup {
+    let tabs = [
+        ("Environments", String::new()),
+        ("Deployments", "/deployments".to_owned()),
+        ("Connect Git", "/connect".to_owned()),
+        ("Webhooks", "/webhooks".to_owned()),
+    ];
+    html! {
+        nav.tabs aria-label="Project" {
+            @for (name, path) in tabs {
+                a aria-current=[(name == current).then_some("page")] href={"/projects/" (project.id) (path)} { (name) }
+            }
+        }
+    }
+}
+
 pub fn deployments_table(deployments: &[Deployment], environments: &[Environment]) -> Markup {
     let environment_of = |id: &str| environments.iter().find(|environment| environment.id == id);
     html! {

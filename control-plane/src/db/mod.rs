@@ -56,7 +56,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 16] = [
+const SCHEMA: [&str; 17] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -73,6 +73,7 @@ const SCHEMA: [&str; 16] = [
     include_str!("schema/014_variable_reach.sql"),
     include_str!("schema/015_agent_deploys.sql"),
     include_str!("schema/016_last_hook.sql"),
+    include_str!("schema/017_webhooks.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

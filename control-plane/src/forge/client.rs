@@ -70,32 +70,6 @@ fn segment(text: &str) -> String {
     crate::http::percent_encode(text, b"")
 }
 
-/// Resolves a git host's name to its public addresses only: a name that
-/// points at this machine or its network (a rebinding trick, or a typo) is
-/// refused when the server connects, as an address literal is when it is set.
-struct PublicAddressesOnly;
-
-impl reqwest::dns::Resolve for PublicAddressesOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let found: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<std::net::SocketAddr> = found
-                .into_iter()
-                .filter(|address| kiln_protocol::validate::is_public_ip(address.ip()))
-                .collect();
-            if public.is_empty() {
-                return Err(format!(
-                    "{host} resolves to no public address; start the server with --allow-private-git-hosts to send statuses to a host on its own network"
-                )
-                .into());
-            }
-            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// What a refusal means for the person reading the delivery log.
 fn refusal_hint(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -118,7 +92,9 @@ impl GitHostClient {
             .timeout(Duration::from_secs(15))
             .redirect(reqwest::redirect::Policy::none());
         if !allow_private {
-            builder = builder.dns_resolver(std::sync::Arc::new(PublicAddressesOnly));
+            builder = builder.dns_resolver(std::sync::Arc::new(crate::http::PublicAddressesOnly {
+                flag: "--allow-private-git-hosts",
+            }));
         }
         GitHostClient {
             http: builder.build().unwrap_or_default(),

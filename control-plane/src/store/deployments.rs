@@ -286,6 +286,7 @@ pub(super) fn queue_deployment(
         tx,
         reports.as_ref(),
         &id,
+        None,
         DeploymentStatus::Queued,
         None,
         now,

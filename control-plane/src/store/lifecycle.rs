@@ -26,7 +26,15 @@ pub(super) fn set_status(
         return Err(changed_meanwhile(deployment_id));
     }
     let reports = super::outbox::reports_to(tx, deployment_id)?;
-    record_transition(tx, reports.as_ref(), deployment_id, to, reason, now)
+    record_transition(
+        tx,
+        reports.as_ref(),
+        deployment_id,
+        Some(from),
+        to,
+        reason,
+        now,
+    )
 }
 
 /// Refuses a move the lifecycle does not allow.
@@ -49,13 +57,15 @@ pub(super) fn changed_meanwhile(deployment_id: &str) -> ApiError {
     ))
 }
 
-/// What follows a deployment's move to `to` (made by the caller at `now`): its
-/// history, and the reports to its git host (`outbox::reports_to`, or what the
-/// caller read of it).
+/// What follows a deployment's move from `from` (`None`: just made) to `to`
+/// (made by the caller at `now`): its history, the reports to its git host
+/// (`outbox::reports_to`, or what the caller read of it), and its project's
+/// webhooks.
 pub(super) fn record_transition(
     tx: &Transaction,
     reports: Option<&super::outbox::ReportsTo>,
     deployment_id: &str,
+    from: Option<DeploymentStatus>,
     to: DeploymentStatus,
     reason: Option<&str>,
     now: i64,
@@ -64,7 +74,8 @@ pub(super) fn record_transition(
         "INSERT INTO transitions (deployment_id, status, at, reason) VALUES (?1, ?2, ?3, ?4)",
         params![deployment_id, to.as_str(), now, reason],
     )?;
-    super::outbox::enqueue(tx, reports, deployment_id, to, reason)
+    super::outbox::enqueue(tx, reports, deployment_id, to, reason)?;
+    super::webhooks::enqueue(tx, deployment_id, from, to, now)
 }
 
 /// Components still pending or building take `to` when the build ends early.

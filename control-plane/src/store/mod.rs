@@ -23,6 +23,7 @@ mod rows;
 mod users;
 pub(crate) mod values;
 mod variables;
+mod webhooks;
 
 pub use agent_deploys::{begin_rollback, migrations_ahead, release_download, removed_environments};
 pub use agents::*;
@@ -38,6 +39,7 @@ pub use registration_tokens::*;
 pub use retention::*;
 pub use users::*;
 pub use variables::*;
+pub use webhooks::*;
 
 pub use values::{bytes_text, now_ms};
 
