@@ -22,6 +22,8 @@ const IN_FLIGHT: usize = 8;
 /// The most of an answer kept for the delivery log.
 const ANSWER_KEPT: usize = 1024;
 const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Ended deliveries stay in the log this long.
+const KEEP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// `t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`, the `X-Kiln-Signature` value.
 pub fn signature(secret: &str, unix_seconds: i64, body: &[u8]) -> String {
@@ -57,11 +59,23 @@ fn backoff(base: Duration, attempts: i64) -> Duration {
 
 pub async fn run(state: AppState) {
     let http = client(state.config.allow_private_webhooks);
+    let mut pruned: Option<Instant> = None;
     loop {
         if !state.replicas.is_leader() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 _ = state.shutdown.cancelled() => return,
+            }
+        }
+        if pruned.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
+            pruned = Some(Instant::now());
+            let before = store::now_ms() - KEEP.as_millis() as i64;
+            if let Err(error) = state
+                .db
+                .call(move |conn| store::prune_webhook_deliveries(conn, before))
+                .await
+            {
+                tracing::warn!(message = "Cannot prune old webhook deliveries.", %error);
             }
         }
         let mut changed = std::pin::pin!(state.changes.notified());

@@ -392,6 +392,23 @@ pub fn retry_webhook_delivery(
     Ok(delivery)
 }
 
+/// Forgets deliveries that ended (delivered or given up) before `before`,
+/// with their attempts.
+pub fn prune_webhook_deliveries(conn: &mut Connection, before: i64) -> Result<(), ApiError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "DELETE FROM webhook_attempts WHERE delivery_id IN
+           (SELECT id FROM webhook_deliveries WHERE next_attempt_at IS NULL AND created_at < ?1)",
+        [before],
+    )?;
+    tx.execute(
+        "DELETE FROM webhook_deliveries WHERE next_attempt_at IS NULL AND created_at < ?1",
+        [before],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
