@@ -323,7 +323,15 @@ impl DeployRun<'_> {
             }
         };
         let output = docker.service_output(&spec.name, 200).await;
-        self.log.write(output.as_bytes());
+        // Prefixed as the runtime log's services are, so the Runtime tab and
+        // log drains tell the migrations' lines.
+        let mut prefixed = String::with_capacity(output.len() + 64);
+        for line in output.lines() {
+            prefixed.push_str("migrations | ");
+            prefixed.push_str(line);
+            prefixed.push('\n');
+        }
+        self.log.write(prefixed.as_bytes());
         let _ = docker.remove_service(&spec.name, Duration::ZERO).await;
         if code != 0 {
             return Err(format!(

@@ -263,33 +263,3 @@ where
 {
     Ok(axum::Json(state.db.call(operation).await?))
 }
-
-/// Resolves a name to its public addresses only: a name that points at this
-/// machine or its network (a rebinding trick, or a typo) is refused when the
-/// server connects, as an address literal is when it is set. `flag` is the
-/// server flag that allows it.
-pub(crate) struct PublicAddressesOnly {
-    pub(crate) flag: &'static str,
-}
-
-impl reqwest::dns::Resolve for PublicAddressesOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let flag = self.flag;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let found: Vec<std::net::SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<std::net::SocketAddr> = found
-                .into_iter()
-                .filter(|address| kiln_protocol::validate::is_public_ip(address.ip()))
-                .collect();
-            if public.is_empty() {
-                return Err(format!(
-                    "{host} resolves to no public address; start the server with {flag} to send to a host on its own network"
-                )
-                .into());
-            }
-            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}

@@ -54,6 +54,7 @@ pub async fn serve(
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let courier = tokio::spawn(forge::outbox::run(state.clone()));
     let webhook_courier = tokio::spawn(crate::webhooks::run(state.clone()));
+    let drains = tokio::spawn(crate::drains::run(state.clone()));
     let compactor = tokio::spawn(compact_finished_logs(state.clone()));
     let retention = tokio::spawn(retention::remove_expired_artifacts(state.clone()));
     let stopping = state.shutdown.clone();
@@ -67,6 +68,7 @@ pub async fn serve(
     reaper.abort();
     courier.abort();
     webhook_courier.abort();
+    drains.abort();
     compactor.abort();
     retention.abort();
     if let Some(metrics) = metrics {

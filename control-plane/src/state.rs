@@ -164,6 +164,8 @@ pub struct Inner {
     pub(crate) parked: [tokio::sync::watch::Sender<usize>; 3],
     /// Live log follows, apart from agents' long-polls.
     pub(crate) follows: follows::FollowSlots,
+    /// Log streams with bytes their environment's drain may lack.
+    pub(crate) drains: crate::sync::Marked<(String, kiln_protocol::LogStream)>,
 }
 
 /// What a parked request waits for.
@@ -243,6 +245,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             parked: Default::default(),
             follows: follows::FollowSlots::new(config_connections, follows_per_client),
+            drains: crate::sync::Marked::default(),
         })))
     }
 

@@ -1,5 +1,6 @@
-//! The one way this crate takes a lock, and counts of holdings per key under
-//! one (connections and live follows per client address).
+//! The one way this crate takes a lock, counts of holdings per key under one
+//! (connections and live follows per client address), and a set of keys with
+//! work waiting (log streams a drain lacks).
 
 /// Locks a mutex, taking over a poisoned one: every value behind these locks is
 /// left consistent between statements (database writes run in transactions), so a
@@ -8,6 +9,39 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Keys with work waiting, each once however often marked, and a wake-up for
+/// the task that does it.
+pub(crate) struct Marked<K> {
+    keys: std::sync::Mutex<std::collections::HashSet<K>>,
+    wake: tokio::sync::Notify,
+}
+
+impl<K> Default for Marked<K> {
+    fn default() -> Self {
+        Marked {
+            keys: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Marked<K> {
+    pub(crate) fn mark(&self, key: K) {
+        lock(&self.keys).insert(key);
+        self.wake.notify_one();
+    }
+
+    /// The keys marked so far, unmarked.
+    pub(crate) fn take(&self) -> std::collections::HashSet<K> {
+        std::mem::take(&mut *lock(&self.keys))
+    }
+
+    /// Resolves once a key is marked (or was, since the last wait).
+    pub(crate) fn marked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
 }
 
 /// Holdings counted per key (a client's address), each key within a limit and

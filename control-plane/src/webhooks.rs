@@ -11,7 +11,6 @@ use hmac::{Hmac, Mac};
 use kiln_protocol::{WebhookAttempt, SIGNATURE_HEADER};
 use sha2::Sha256;
 
-use crate::http::PublicAddressesOnly;
 use crate::store::{self, DueDelivery};
 use crate::AppState;
 
@@ -36,20 +35,6 @@ pub fn signature(secret: &str, unix_seconds: i64, body: &[u8]) -> String {
     )
 }
 
-fn client(allow_private: bool) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .user_agent(concat!("kiln-server/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(ANSWER_WITHIN)
-        .redirect(reqwest::redirect::Policy::none());
-    if !allow_private {
-        builder = builder.dns_resolver(std::sync::Arc::new(PublicAddressesOnly {
-            flag: "--allow-private-webhooks",
-        }));
-    }
-    builder.build().unwrap_or_default()
-}
-
 /// The wait before the next try, after `attempts` tries: the base, tripled each
 /// time, at most an hour.
 fn backoff(base: Duration, attempts: i64) -> Duration {
@@ -58,7 +43,11 @@ fn backoff(base: Duration, attempts: i64) -> Duration {
 }
 
 pub async fn run(state: AppState) {
-    let http = client(state.config.allow_private_webhooks);
+    let http = crate::outbound::client(
+        state.config.allow_private_webhooks,
+        "--allow-private-webhooks",
+        ANSWER_WITHIN,
+    );
     let mut pruned: Option<Instant> = None;
     loop {
         if !state.replicas.is_leader() {
@@ -126,8 +115,7 @@ async fn deliver(state: &AppState, http: &reqwest::Client, delivery: DueDelivery
         .body(delivery.body.clone());
     // A literal address is not resolved, so the resolver cannot refuse it.
     let private = !state.config.allow_private_webhooks
-        && reqwest::Url::parse(&delivery.url)
-            .is_ok_and(|url| kiln_protocol::validate::host_is_private(url.authority()));
+        && crate::outbound::names_private_address(&delivery.url);
     let sent = async {
         if private {
             return (None, "the URL names a loopback, link-local or private address; webhooks go there only when the server runs with --allow-private-webhooks".to_owned());

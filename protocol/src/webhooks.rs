@@ -86,3 +86,24 @@ pub struct WebhookDelivery {
 pub struct WebhookDeliveryList {
     pub deliveries: Vec<WebhookDelivery>,
 }
+
+/// `PUT /api/v1/environments/{id}/log-drain`: where an environment's build and
+/// runtime logs also go, as OpenTelemetry logs over OTLP/HTTP (JSON). Added in
+/// v1.9.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogDrain {
+    /// The collector's OTLP/HTTP base, e.g. `https://otel.example.com:4318`;
+    /// logs are POSTed to `<endpoint>/v1/logs`.
+    pub otlp_endpoint: String,
+    /// Sent with each request (an API key); never shown back.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// An environment's log drain as the API shows it: the header names only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDrainInfo {
+    pub otlp_endpoint: String,
+    pub header_names: Vec<String>,
+}

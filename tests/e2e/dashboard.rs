@@ -809,6 +809,45 @@ async fn issue_32_a_reused_build_says_whose_output_it_is_instead_of_an_empty_log
     browser.close().await;
 }
 
+#[tokio::test]
+async fn issue_32_a_log_drain_is_set_in_the_browser_and_gets_the_build_log() {
+    if !browser_available() {
+        return;
+    }
+    let site = site().await;
+    let collector = OtlpReceiver::start().await;
+    let browser = signed_in(&site.cp.base_url(), "ada").await;
+    browser
+        .goto(&site.url(&format!("/environments/{}/settings", site.production.id)))
+        .await;
+    browser.fill("#otlp_endpoint", &collector.endpoint()).await;
+    browser.fill("#header_name", "Authorization").await;
+    browser.fill("#header_value", "Bearer otel-key").await;
+    browser
+        .click_to_load("form.drain button[type=submit]")
+        .await;
+    assert!(browser.text("p.notice").await.contains("Log drain saved"));
+    let now = browser.text("p.drain-now").await;
+    assert!(
+        now.contains(&collector.endpoint())
+            && now.contains("Authorization")
+            && !now.contains("otel-key"),
+        "{now}"
+    );
+
+    let (deployment, job) = site.start_build("main", &commit(1)).await;
+    site.append(&job, "backend", &mut 0, b"warn:    Redis not configured\n")
+        .await;
+    let records = collector
+        .until("the build's line", |records| !records.is_empty())
+        .await;
+    assert_eq!(records[0].service, "medusa-server");
+    assert_eq!(records[0].version, deployment.commit_sha);
+    assert_eq!(records[0].severity.as_deref(), Some("WARN"));
+    assert_eq!(records[0].authorization.as_deref(), Some("Bearer otel-key"));
+    browser.close().await;
+}
+
 /// The screenshot set in docs/screenshots (`KILN_SCREENSHOT_DIR=docs/screenshots`):
 /// every page at 1400 and at 400 px wide, none wider than a 400 px screen.
 #[tokio::test]

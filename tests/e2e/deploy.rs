@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kiln_protocol::DeploymentStatus::*;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use sha2::Digest;
 
 use super::agent::{world, world_with};
@@ -201,6 +201,53 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
     );
     agent.spawn();
     until_contains(&followed, "GET /while-the-agent-was-away 404").await;
+    // Filtered on the server: the server's lines with "probe", and the
+    // migrations' output, which the deploy log holds.
+    let filtered = world
+        .admin
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/runtime/filter?services=server&levels=info&q=runtime-probe",
+            first.id
+        ))
+        .await
+        .expect_json::<serde_json::Value>(StatusCode::OK)
+        .await;
+    let texts: Vec<&str> = filtered["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 1, "{filtered}");
+    assert!(texts[0].contains("GET /runtime-probe 404"), "{filtered}");
+    assert_eq!(filtered["lines"][0]["service"], "server");
+    let migrations = world
+        .admin
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/runtime/filter?services=migrations",
+            first.id
+        ))
+        .await
+        .expect_json::<serde_json::Value>(StatusCode::OK)
+        .await;
+    assert!(
+        migrations["matched"].as_u64().unwrap() > 0
+            && migrations["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|line| line["stream"] == "deploy" && line["service"] == "migrations"),
+        "{migrations}"
+    );
+    let refused = world
+        .admin
+        .get(&format!(
+            "/api/v1/deployments/{}/logs/runtime/filter?levels=loud",
+            first.id
+        ))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.text().contains("loud"), "{}", refused.text());
 
     // A commit whose server exits at start: deploy_failed with its output;
     // the first release still answers.
@@ -384,6 +431,29 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
                 "const s = document.querySelector('#log-runtime'); return !!s && s.dataset.ended === 'false' && s.textContent.includes('server | ') && s.textContent.includes('Server is ready')",
             )
             .await;
+        // Its filters (on this run's log, the rollback's): the server's lines
+        // that say it is ready.
+        browser
+            .click("form.runtime-filters input[name=services][value=server]")
+            .await;
+        browser
+            .fill("form.runtime-filters input[name=q]", "server is ready")
+            .await;
+        browser
+            .click("form.runtime-filters button[type=submit]")
+            .await;
+        let found = browser
+            .until(
+                "the filtered lines",
+                Duration::from_secs(10),
+                "const l = document.querySelector('ol.filtered'); return l && !l.hidden && l.textContent",
+            )
+            .await;
+        let found = found.as_str().unwrap();
+        assert!(
+            found.contains("Server is ready") && !found.contains("storefront"),
+            "{found}"
+        );
         browser
             .goto(&format!("{site}/deployments/{}", third.id))
             .await;

@@ -237,3 +237,133 @@ async fn issue_32_a_webhook_to_a_private_address_is_refused_unless_allowed() {
     );
     assert!(receiver.received().is_empty());
 }
+
+#[tokio::test]
+async fn issue_32_a_log_drain_sends_build_logs_to_a_collector_and_what_it_missed_when_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let admin = cp.admin();
+    let agent = cp.register_agent("builder-1", &[]).await;
+    let project = admin.create_project("shop").await;
+    let production = admin
+        .create_environment(&project, "Production", "main")
+        .await;
+    let collector = OtlpReceiver::start().await;
+    let drain_path = format!("/api/v1/environments/{}/log-drain", production.id);
+    let shown = admin
+        .send_json(
+            Method::PUT,
+            &drain_path,
+            &json!({"otlp_endpoint": collector.endpoint(), "headers": {"Authorization": "Bearer otel-key"}}),
+        )
+        .await
+        .expect_json::<kiln_protocol::LogDrainInfo>(StatusCode::OK)
+        .await;
+    assert_eq!(
+        shown.header_names,
+        ["Authorization"],
+        "values are never shown back"
+    );
+
+    let deployment = admin.push("main", &sha(1)).await.deployments.remove(0);
+    let job = agent.claim(5).await.unwrap();
+    let mut offsets = std::collections::HashMap::new();
+    let mut append = |stream: &'static str, text: &'static str| {
+        let offset = *offsets.entry(stream).or_insert(0u64);
+        offsets.insert(stream, offset + text.len() as u64);
+        let (agent, job_id) = (&agent, job.job_id.clone());
+        async move {
+            let reply = agent.append_log(&job_id, stream, offset, text).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        }
+    };
+    append("backend", "info:    Compiling the backend\n").await;
+    append("storefront", " ⚠ metadataBase is not set\n").await;
+    let records = collector
+        .until("the first lines", |records| records.len() >= 2)
+        .await;
+    let backend = records
+        .iter()
+        .find(|r| r.body.contains("Compiling"))
+        .unwrap();
+    assert_eq!(
+        (
+            backend.service.as_str(),
+            backend.version.as_str(),
+            backend.severity.as_deref()
+        ),
+        (
+            "medusa-server",
+            deployment.commit_sha.as_str(),
+            Some("INFO")
+        )
+    );
+    assert_eq!(backend.authorization.as_deref(), Some("Bearer otel-key"));
+    let storefront = records
+        .iter()
+        .find(|r| r.body.contains("metadataBase"))
+        .unwrap();
+    assert_eq!(
+        (storefront.service.as_str(), storefront.severity.as_deref()),
+        ("storefront", Some("WARN"))
+    );
+
+    // The collector goes down; what comes meanwhile waits in the log, and is
+    // sent once it is back, each line once.
+    collector.fail(true);
+    append("backend", "error:   Cannot find module 'x'\n").await;
+    append("backend", "last words without a newline").await;
+    let mut finished = update(BuildFailed);
+    finished.reason = Some("backend: `npm run build` (build) exited with code 1".to_owned());
+    agent
+        .report(&job, &finished)
+        .await
+        .expect_json::<kiln_protocol::Deployment>(StatusCode::OK)
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while collector.refused() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    collector.fail(false);
+    let records = collector
+        .until("the lines it missed", |records| {
+            records
+                .iter()
+                .any(|r| r.body == "last words without a newline")
+        })
+        .await;
+    let bodies: Vec<&str> = records
+        .iter()
+        .filter(|r| r.service == "medusa-server")
+        .map(|r| r.body.as_str())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "info:    Compiling the backend",
+            "error:   Cannot find module 'x'",
+            "last words without a newline"
+        ]
+    );
+    assert!(records
+        .iter()
+        .any(|r| r.severity.as_deref() == Some("ERROR")));
+
+    // Bad settings are named; removed, nothing more is sent.
+    let reply = admin
+        .send_json(
+            Method::PUT,
+            &drain_path,
+            &json!({"otlp_endpoint": "collector:4318"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("otlp_endpoint"), "{}", reply.text());
+    let reply = admin.send(admin.request(Method::DELETE, &drain_path)).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(admin.get(&drain_path).await.status, StatusCode::NOT_FOUND);
+}

@@ -119,6 +119,15 @@ pub(super) async fn read_log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
+pub(super) async fn filter_runtime_log(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(deployment_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<crate::logs::filter::FilterQuery>,
+) -> Result<Response, ApiError> {
+    crate::logs::filter::filtered(&state, deployment_id, query).await
+}
+
 pub(super) async fn download_artifact(
     State(state): State<AppState>,
     _: Admin,

@@ -193,11 +193,16 @@ pub(super) async fn report_status(
     ApiPath(job_id): ApiPath<String>,
     ApiJson(update): ApiJson<JobStatusUpdate>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let id = job_id.clone();
     let applied = state
         .db
-        .call(move |conn| store::report_status(conn, &agent.id, &job_id, update))
+        .call(move |conn| store::report_status(conn, &agent.id, &id, update))
         .await?;
     state.announce_change();
+    // A job that ended sends its drains its last lines, whole or not.
+    for stream in LogStream::ALL {
+        state.drains.mark((job_id.clone(), stream));
+    }
     if applied.start_deploy {
         start_deploy(&state, applied.deployment.id.clone()).await?;
     }
@@ -254,6 +259,7 @@ pub(super) async fn append_log(
     if state.logs.is_shared() {
         crate::db::replicas::broadcast(&state.db, &state.replicas, crate::db::replicas::Wake::Logs);
     }
+    state.drains.mark((job_id.clone(), stream));
     Ok(Json(LogAppendResponse {
         stream,
         next_offset,

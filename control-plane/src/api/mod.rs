@@ -113,6 +113,12 @@ pub fn router(state: AppState) -> Router {
             get(projects::export_variables),
         )
         .route(
+            "/environments/{environment_id}/log-drain",
+            get(projects::get_log_drain)
+                .put(projects::set_log_drain)
+                .delete(projects::remove_log_drain),
+        )
+        .route(
             "/events/push",
             post(projects::push_event).layer(limit(EVENT_LIMIT)),
         )
@@ -172,6 +178,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/deployments/{deployment_id}/logs/{stream}",
             get(deployments::read_log),
+        )
+        .route(
+            "/deployments/{deployment_id}/logs/runtime/filter",
+            get(deployments::filter_runtime_log),
         )
         .route(
             "/deployments/{deployment_id}/artifacts/{name}",

@@ -219,3 +219,42 @@ pub(super) async fn pull_request_event(
     state.announce_queue_change();
     Ok((StatusCode::CREATED, Json(outcome)))
 }
+
+pub(super) async fn get_log_drain(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    match state
+        .db
+        .call(move |conn| store::get_log_drain(conn, &id))
+        .await?
+    {
+        Some(drain) => Ok(Json(drain).into_response()),
+        None => Err(ApiError::not_found(
+            "log drain of environment",
+            "(none set; PUT one)",
+        )),
+    }
+}
+
+pub(super) async fn set_log_drain(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(drain): ApiJson<LogDrain>,
+) -> Result<impl IntoResponse, ApiError> {
+    answer(&state, move |conn| store::set_log_drain(conn, &id, drain)).await
+}
+
+pub(super) async fn remove_log_drain(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    state
+        .db
+        .call(move |conn| store::remove_log_drain(conn, &id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

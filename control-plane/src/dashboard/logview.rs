@@ -97,6 +97,16 @@ pub async fn raw(
         .into_response())
 }
 
+/// The Runtime tab's filters (`crate::logs::filter`).
+pub async fn runtime_filter(
+    State(state): State<AppState>,
+    _session: Session,
+    Path(id): Path<String>,
+    Query(query): Query<crate::logs::filter::FilterQuery>,
+) -> Result<Response, ApiError> {
+    crate::logs::filter::filtered(&state, id, query).await
+}
+
 #[derive(Debug, Deserialize)]
 pub struct LinesQuery {
     from: Option<u64>,

@@ -9,6 +9,7 @@
 mod actions;
 mod auth;
 mod connect;
+mod drains;
 mod environments;
 mod fleet;
 mod logview;
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
             "/environments/{id}/deploy-settings",
             post(environments::save_deploy),
         )
+        .route("/environments/{id}/log-drain", post(drains::save))
         .route("/environments/{id}", get(environment))
         .route(
             "/environments/{id}/settings",
@@ -96,6 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}/cancel", post(actions::cancel))
         .route("/deployments/{id}/status", get(deployment_status))
         .route("/deployments/{id}/artifacts/{name}", get(artifact))
+        .route(
+            "/deployments/{id}/logs/runtime/filter",
+            get(logview::runtime_filter),
+        )
         .route("/deployments/{id}/logs/{stream}/raw", get(logview::raw))
         .route("/deployments/{id}/logs/{stream}/lines", get(logview::lines))
         .route(
@@ -510,13 +516,17 @@ async fn settings_page(
         .call(move |conn| {
             let environment = store::get_environment(conn, &id)?;
             let project = store::get_project(conn, &environment.project_id)?;
-            Ok::<_, ApiError>((project, environment))
+            let drain = store::get_log_drain(conn, &id)?;
+            Ok::<_, ApiError>((project, environment, drain))
         })
         .await;
     match found {
-        Ok((project, environment)) => {
-            let deploy = environments::deploy_section(session, &environment);
-            pages::environment_settings(session, &project, &environment, notice, deploy)
+        Ok((project, environment, drain)) => {
+            let sections = maud::html! {
+                (environments::deploy_section(session, &environment))
+                (drains::drain_section(session, &environment, drain.as_ref()))
+            };
+            pages::environment_settings(session, &project, &environment, notice, sections)
                 .into_response()
         }
         Err(error) => page_error(Some(session), error),

@@ -92,9 +92,10 @@ impl GitHostClient {
             .timeout(Duration::from_secs(15))
             .redirect(reqwest::redirect::Policy::none());
         if !allow_private {
-            builder = builder.dns_resolver(std::sync::Arc::new(crate::http::PublicAddressesOnly {
-                flag: "--allow-private-git-hosts",
-            }));
+            builder =
+                builder.dns_resolver(std::sync::Arc::new(crate::outbound::PublicAddressesOnly {
+                    flag: "--allow-private-git-hosts",
+                }));
         }
         GitHostClient {
             http: builder.build().unwrap_or_default(),

@@ -10,7 +10,9 @@
 //! and a `log_chunks` row, recorded before the agent hears "ok"; the local file
 //! is then this replica's copy, brought up to date (`pull`) before every read.
 
+pub(crate) mod filter;
 pub mod index;
+pub mod lines;
 mod plain;
 pub(crate) mod read;
 

@@ -231,6 +231,7 @@
       this.viewport.addEventListener("keydown", (event) => this.onKey(event));
       raw?.remove();
       this.section.append(toolbar, this.outline, this.viewport);
+      if (this.stream === "runtime") this.section.insertBefore(runtimeFilters(this), toolbar.nextSibling);
       this.section.classList.add("live");
     }
 
@@ -749,6 +750,79 @@
   // ---------------------------------------------------------------- the deployment page
 
   const viewers = new Map();
+
+  // ---------------------------------------------------------------- runtime filters
+
+  // The Runtime tab's filters: by service, level, time and text, read on the
+  // server; the matches replace the viewer until cleared.
+  function runtimeFilters(viewer) {
+    const base = `/deployments/${viewer.deployment}/logs/runtime/filter`;
+    const boxes = (name, values) => values.map((value) =>
+      element("label", {}, element("input", { type: "checkbox", name, value }), ` ${value}`));
+    const since = element("input", { type: "datetime-local", name: "since", step: "1" });
+    const until = element("input", { type: "datetime-local", name: "until", step: "1" });
+    const text = element("input", { type: "search", name: "q", placeholder: "text" });
+    const status = element("span", { class: "filter-status", role: "status", "aria-live": "polite" });
+    const download = element("a", { class: "download", hidden: true }, "Download these lines");
+    const results = element("ol", { class: "filtered", hidden: true });
+    const form = element("form", { class: "runtime-filters", role: "search" },
+      element("fieldset", {}, element("legend", {}, "Service"), ...boxes("services", ["server", "worker", "migrations", "storefront"])),
+      element("fieldset", {}, element("legend", {}, "Level"), ...boxes("levels", ["error", "warn", "info", "debug"])),
+      element("label", {}, "From ", since),
+      element("label", {}, "To ", until),
+      element("label", {}, "Text ", text),
+      element("button", { type: "submit" }, "Filter"),
+      element("button", { type: "button", class: "clear", onclick: () => clear() }, "Clear"),
+      status, download);
+    const query = () => {
+      const params = new URLSearchParams();
+      for (const name of ["services", "levels"]) {
+        const picked = [...form.querySelectorAll(`input[name=${name}]:checked`)].map((box) => box.value);
+        if (picked.length) params.set(name, picked.join(","));
+      }
+      // datetime-local is the browser's own time zone.
+      if (since.value) params.set("since", String(new Date(since.value).getTime()));
+      if (until.value) params.set("until", String(new Date(until.value).getTime()));
+      if (text.value.trim()) params.set("q", text.value.trim());
+      return params;
+    };
+    const clear = () => {
+      form.reset();
+      results.hidden = true;
+      download.hidden = true;
+      status.textContent = "";
+      viewer.viewport.hidden = false;
+      viewer.render();
+    };
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const params = query();
+      status.textContent = "Filtering…";
+      try {
+        const found = await getJson(`${base}?${params}`);
+        results.replaceChildren(...found.lines.map((line) => element("li", { class: line.level ? `level-${line.level}` : "" },
+          element("a", { class: "n", href: `#${line.stream}-L${line.line}` }, line.at ? new Date(line.at).toLocaleTimeString() : `L${line.line}`),
+          line.service ? element("span", { class: "service" }, line.service) : null,
+          line.level ? element("span", { class: "level" }, line.level) : null,
+          element("span", { class: "text" }, stripAnsi(line.text)))));
+        const shown = found.truncated ? `the newest ${found.lines.length} of ${found.matched}` : `${found.matched}`;
+        status.textContent = `${shown} matching line${found.matched === 1 ? "" : "s"}`;
+        params.set("format", "text");
+        download.href = `${base}?${params}`;
+        download.hidden = found.matched === 0;
+        results.hidden = false;
+        viewer.viewport.hidden = true;
+      } catch (error) {
+        status.textContent = `Could not filter: ${error.message}`;
+      }
+    });
+    return element("div", { class: "runtime" }, form, results);
+  }
+
+  function stripAnsi(text) {
+    // eslint-disable-next-line no-control-regex
+    return text.replace(/\x1b\[[0-9;?]*[ -/]*[@-~]/g, "");
+  }
 
   function showStream(stream) {
     const sections = $$("section.logview");
