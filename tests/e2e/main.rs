@@ -15,6 +15,7 @@ mod fleet;
 mod git_hosts;
 mod operate;
 mod outbound;
+mod readme;
 mod review;
 mod sandbox;
 mod scan;
