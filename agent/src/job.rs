@@ -67,6 +67,7 @@ fn update(status: DeploymentStatus, reason: Option<String>) -> JobStatusUpdate {
         storefront: None,
         reason,
         detail: None,
+        commit_message: None,
     }
 }
 
@@ -375,15 +376,22 @@ impl JobRun {
             seconds => Duration::from_secs(seconds).min(self.config.job_timeout),
         };
         let (progress, mut changes) =
-            tokio::sync::mpsc::unbounded_channel::<(Component, ComponentStatus)>();
+            tokio::sync::mpsc::unbounded_channel::<crate::pipeline::Progress>();
         let forwarder = {
             let (client, job_id) = (self.client.clone(), job.job_id.clone());
             tokio::spawn(async move {
-                while let Some((component, status)) = changes.recv().await {
+                while let Some(change) = changes.recv().await {
                     let mut building = update(DeploymentStatus::Building, None);
-                    match component {
-                        Component::Backend => building.backend = Some(status),
-                        Component::Storefront => building.storefront = Some(status),
+                    match change {
+                        crate::pipeline::Progress::Component(Component::Backend, status) => {
+                            building.backend = Some(status)
+                        }
+                        crate::pipeline::Progress::Component(Component::Storefront, status) => {
+                            building.storefront = Some(status)
+                        }
+                        crate::pipeline::Progress::CommitMessage(message) => {
+                            building.commit_message = Some(message)
+                        }
                     }
                     if let Err(error) = client.report(&job_id, &building).await {
                         warn!(message = "Component status not reported.", %error);

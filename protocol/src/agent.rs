@@ -244,6 +244,10 @@ pub struct JobStatusUpdate {
     /// Structured extra detail (e.g. secret-scan findings), stored as given.
     #[serde(default)]
     pub detail: Option<serde_json::Value>,
+    /// The built commit's own message, read from the clone: a pull request's
+    /// event carries only its title. Added in v1.9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_message: Option<String>,
 }
 
 /// Answer to `PUT /api/v1/agent/jobs/{job_id}/logs/{stream}?offset=N`, whose body is
@@ -421,6 +425,7 @@ mod tests {
             storefront: None,
             reason: Some("npm run build exited with code 2".into()),
             detail: None,
+            commit_message: None,
         };
         insta::assert_json_snapshot!(update, @r###"
         {

@@ -832,11 +832,13 @@ async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_release
     let _preview_containers = kiln_tests::support::ReleaseContainers {
         environment_id: preview.environment_id.clone(),
     };
-    world.settle(&preview.id, Live, &agent).await;
+    let live_preview = world.settle(&preview.id, Live, &agent).await;
     assert_eq!(
         caddy.get("pr-7.api.shop.test", "/version").await,
         Some((200, "preview".to_owned()))
     );
+    // It shows its commit's own message, not the pull request's title.
+    assert_eq!(live_preview.message, "preview");
     assert_eq!(
         caddy.get(HOST, "/version").await,
         Some((200, "one".to_owned()))

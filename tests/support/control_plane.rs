@@ -455,6 +455,7 @@ pub fn update(status: kiln_protocol::DeploymentStatus) -> kiln_protocol::JobStat
         storefront: None,
         reason: None,
         detail: None,
+        commit_message: None,
     }
 }
 

@@ -168,6 +168,38 @@ impl Git<'_> {
     }
 }
 
+/// The checked-out commit's own message (at most 64 KiB, as the control plane
+/// takes), or `None` when git cannot say.
+pub(crate) async fn commit_message(dir: &Path) -> Option<String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["log", "-1", "--format=%B", "HEAD"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(10), output)
+        .await
+        .ok()?
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let mut message = String::from_utf8_lossy(&output.stdout)
+        .trim_end()
+        .to_owned();
+    let mut cut = message.len().min(64 << 10);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    message.truncate(cut);
+    Some(message).filter(|message| !message.is_empty())
+}
+
 fn last_line(text: &str) -> String {
     text.lines()
         .rev()

@@ -61,8 +61,9 @@ pub struct BuildRequest {
     pub env: Vec<EnvVar>,
     pub secret_scan: kiln_protocol::SecretScanSettings,
     pub timeout: Duration,
-    /// Where component statuses go as they change (the job reports them).
-    pub progress: Option<tokio::sync::mpsc::UnboundedSender<(Component, ComponentStatus)>>,
+    /// Where component statuses and the commit's message go as they are
+    /// known (the job reports them).
+    pub progress: Option<tokio::sync::mpsc::UnboundedSender<Progress>>,
     /// The build cache and this build's scopes; `None` builds without it.
     pub cache: Option<CacheRequest>,
     /// Also make the backend's release image (its environment deploys to agents).
@@ -71,10 +72,18 @@ pub struct BuildRequest {
     pub release_reference: Option<String>,
 }
 
+/// What a build learns as it goes, for the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Component(Component, ComponentStatus),
+    /// The commit's own message, from the clone.
+    CommitMessage(String),
+}
+
 impl BuildRequest {
     fn progress(&self, component: Component, status: ComponentStatus) {
         if let Some(progress) = &self.progress {
-            let _ = progress.send((component, status));
+            let _ = progress.send(Progress::Component(component, status));
         }
     }
 }
@@ -504,11 +513,18 @@ impl Build<'_> {
                     submodules: *submodules,
                 };
                 match checkout::checkout(fetch, &src, system, self.cancel).await {
-                    Ok(()) => system.line(format!(
-                        "Checked out {} in {}.",
-                        &commit[..commit.len().min(12)],
-                        seconds(started)
-                    )),
+                    Ok(()) => {
+                        system.line(format!(
+                            "Checked out {} in {}.",
+                            &commit[..commit.len().min(12)],
+                            seconds(started)
+                        ));
+                        if let (Some(progress), Some(message)) =
+                            (&self.request.progress, checkout::commit_message(&src).await)
+                        {
+                            let _ = progress.send(Progress::CommitMessage(message));
+                        }
+                    }
                     Err(checkout::CheckoutError::Canceled) => return Err(Stop::Canceled),
                     Err(error) => return Err(fail(Component::Backend, error.to_string())),
                 }

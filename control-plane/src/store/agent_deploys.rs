@@ -476,6 +476,7 @@ mod tests {
             storefront: None,
             reason: reason.map(str::to_owned),
             detail: None,
+            commit_message: None,
         }
     }
 

@@ -188,6 +188,7 @@ mod tests {
                 storefront: None,
                 reason: None,
                 detail: None,
+                commit_message: None,
             },
         )
         .unwrap();

@@ -531,6 +531,21 @@ pub fn report_status(
         )
         .optional()?
         .ok_or_else(|| changed_meanwhile(&deployment.id))?;
+    // A pull request's event named its title; the clone names the commit's
+    // own message, which its preview's deployment shows instead.
+    let mut updated = updated;
+    if let Some(message) = update.commit_message.as_deref().filter(|message| {
+        kiln_protocol::validate::text(message, kiln_protocol::validate::MAX_MESSAGE, true).is_ok()
+    }) {
+        let changed = tx.execute(
+            "UPDATE deployments SET message = ?1 WHERE id = ?2
+               AND environment_id IN (SELECT id FROM environments WHERE pull_request IS NOT NULL)",
+            params![message, deployment.id],
+        )?;
+        if changed == 1 {
+            updated.message = message.to_owned();
+        }
+    }
     if moves {
         record_transition(
             &tx,
@@ -618,6 +633,51 @@ mod tests {
         agent, claim_one, push, queue_in_new_environments, shared_shop, shop, POLICY,
     };
     use kiln_protocol::DeploymentStatus::*;
+
+    /// A preview shows the built commit's own message, read from the clone, in
+    /// place of its pull request's title; a push's message stays as pushed.
+    #[test]
+    fn a_previews_deployment_takes_the_commits_own_message() {
+        let (mut conn, _, _) = shop(&[]);
+        let opened = crate::store::on_pull_request(
+            &mut conn,
+            kiln_protocol::PullRequestEvent {
+                repository: crate::store::testing::REPO.into(),
+                number: 7,
+                action: kiln_protocol::PullRequestAction::Opened,
+                branch: "feature/cart".into(),
+                sha: crate::store::testing::sha(1),
+                author: "Grace".into(),
+                message: "Add a cart (the pull request's title)".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .unwrap()
+        .deployments;
+        let pushed = push(&mut conn, "main", 2);
+        let builder = agent(&mut conn, &[]);
+        for expected in [
+            (&opened[0].id, "Fix the cart total\n\nIt summed twice."),
+            (&pushed[0].id, "commit 2"),
+        ] {
+            let job = claim_one(&mut conn, &builder);
+            assert_eq!(&job.deployment_id, expected.0);
+            let building = JobStatusUpdate {
+                status: Building,
+                backend: None,
+                storefront: None,
+                reason: None,
+                detail: None,
+                commit_message: Some("Fix the cart total\n\nIt summed twice.".into()),
+            };
+            let applied =
+                report_status(&mut conn, &builder.id, &job.job_id, building.clone()).unwrap();
+            assert_eq!(applied.deployment.message, expected.1);
+            let stored = get_deployment_in(&conn, expected.0).unwrap();
+            assert_eq!(stored.message, expected.1);
+        }
+    }
 
     /// An agent finds the one job it may take behind a page and more of jobs
     /// it may not.
@@ -811,6 +871,7 @@ mod tests {
                 storefront: None,
                 reason: None,
                 detail: None,
+                commit_message: None,
             },
         )
     }
