@@ -21,10 +21,7 @@ async fn act(
     action: &str,
     run: impl std::future::Future<Output = Result<String, ApiError>>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(csrf)
-        .and_then(|()| session.require(Role::Deployer, action))
-    {
+    if let Err(refused) = session.permit(csrf, Role::Deployer, action) {
         return refused.into_response();
     }
     match run.await {

@@ -53,10 +53,7 @@ pub async fn create_project(
     headers: HeaderMap,
     Form(form): Form<NewProjectForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "create a project"))
-    {
+    if let Err(refused) = session.permit(&form.csrf, Role::Admin, "create a project") {
         return refused.into_response();
     }
     let git_host = match form.git_host.as_str() {
@@ -129,9 +126,8 @@ pub async fn rotate(
     Path(id): Path<String>,
     Form(form): Form<RotateForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "rotate a project's webhook secret"))
+    if let Err(refused) =
+        session.permit(&form.csrf, Role::Admin, "rotate a project's webhook secret")
     {
         return refused.into_response();
     }

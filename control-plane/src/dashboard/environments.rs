@@ -63,10 +63,7 @@ pub async fn create_environment(
     Query(query): Query<NewQuery>,
     Form(form): Form<NewEnvironmentForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "create an environment"))
-    {
+    if let Err(refused) = session.permit(&form.csrf, Role::Admin, "create an environment") {
         return refused.into_response();
     }
     let new = CreateEnvironment {
@@ -160,10 +157,11 @@ pub async fn save_deploy(
     Path(id): Path<String>,
     Form(form): Form<DeployForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "change where an environment deploys"))
-    {
+    if let Err(refused) = session.permit(
+        &form.csrf,
+        Role::Admin,
+        "change where an environment deploys",
+    ) {
         return refused.into_response();
     }
     let number = |field: &str, text: &str, default: u64| -> Result<u64, String> {

@@ -53,9 +53,8 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "pause, resume or revoke an agent"))
+    if let Err(refused) =
+        session.permit(&form.csrf, Role::Admin, "pause, resume or revoke an agent")
     {
         return refused.into_response();
     }
@@ -124,10 +123,7 @@ pub async fn create_token(
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "make a registration token"))
-    {
+    if let Err(refused) = session.permit(&form.csrf, Role::Admin, "make a registration token") {
         return refused.into_response();
     }
     let hours = match form.expires_in_hours.trim() {

@@ -549,10 +549,11 @@ async fn save_environment_settings(
     Path(id): Path<String>,
     Form(form): Form<SettingsForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "change an environment's deployment rules"))
-    {
+    if let Err(refused) = session.permit(
+        &form.csrf,
+        Role::Admin,
+        "change an environment's deployment rules",
+    ) {
         return refused.into_response();
     }
     let branch = form.branch.trim().to_owned();

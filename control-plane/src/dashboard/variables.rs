@@ -77,9 +77,8 @@ pub async fn import(
     Path(id): Path<String>,
     Form(form): Form<ImportForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "change an environment's variables"))
+    if let Err(refused) =
+        session.permit(&form.csrf, Role::Admin, "change an environment's variables")
     {
         return refused.into_response();
     }
@@ -127,9 +126,8 @@ pub async fn remove(
     Path((id, name)): Path<(String, String)>,
     Form(form): Form<RemoveForm>,
 ) -> Response {
-    if let Err(refused) = session
-        .check_csrf(&form.csrf)
-        .and_then(|()| session.require(Role::Admin, "change an environment's variables"))
+    if let Err(refused) =
+        session.permit(&form.csrf, Role::Admin, "change an environment's variables")
     {
         return refused.into_response();
     }
