@@ -15,8 +15,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// One request the server saw.
 #[derive(Debug, Clone)]
@@ -64,20 +62,12 @@ impl GitServer {
         };
         let requests = shared.requests.clone();
         let app = axum::Router::new().fallback(handle).with_state(shared);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
-        });
+        let (addr, stop) = super::loopback::serve_on_loopback(app).await;
         GitServer {
             addr,
             root: root.to_owned(),
             requests,
-            _stop: stop.drop_guard(),
+            _stop: stop,
         }
     }
 

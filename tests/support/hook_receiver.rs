@@ -5,13 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -75,19 +72,11 @@ impl HookReceiver {
         let app = axum::Router::new()
             .fallback(receive)
             .with_state(shared.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
-        });
+        let (addr, stop) = super::loopback::serve_on_loopback(app).await;
         HookReceiver {
             addr,
             shared,
-            _stop: stop.drop_guard(),
+            _stop: stop,
         }
     }
 
@@ -101,18 +90,7 @@ impl HookReceiver {
 
     /// Waits until `done` holds for what arrived so far (30 s at most).
     pub async fn until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let received = self.received();
-            if done(&received) {
-                return received;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the receiver never saw {what}; it saw:\n{received:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::loopback::until_recorded("the receiver", what, || self.received(), done).await
     }
 }
 

@@ -13,8 +13,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::Json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
 struct Shared {
@@ -61,19 +59,11 @@ impl HostileControlPlane {
                 post(|| async { StatusCode::CONFLICT }),
             )
             .with_state(shared.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
-        });
+        let (addr, stop) = super::loopback::serve_on_loopback(app).await;
         HostileControlPlane {
             addr,
             shared,
-            _stop: stop.drop_guard(),
+            _stop: stop,
         }
     }
 

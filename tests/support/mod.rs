@@ -9,6 +9,7 @@ pub mod docker;
 pub mod git_server;
 pub mod hook_receiver;
 pub mod hostile;
+pub mod loopback;
 pub mod otlp;
 pub mod proxy;
 pub mod public_tree;

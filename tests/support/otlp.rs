@@ -5,13 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct OtlpRecord {
@@ -89,19 +86,11 @@ impl OtlpReceiver {
         let app = axum::Router::new()
             .route("/v1/logs", axum::routing::post(logs))
             .with_state(shared.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
-        });
+        let (addr, stop) = super::loopback::serve_on_loopback(app).await;
         OtlpReceiver {
             addr,
             shared,
-            _stop: stop.drop_guard(),
+            _stop: stop,
         }
     }
 
@@ -122,19 +111,8 @@ impl OtlpReceiver {
         self.shared.records.lock().unwrap().clone()
     }
 
-    /// Waits until `done` holds for the records so far (30 s at most).
+    /// Waits until `done` holds for what arrived so far (30 s at most).
     pub async fn until(&self, what: &str, done: impl Fn(&[OtlpRecord]) -> bool) -> Vec<OtlpRecord> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let records = self.records();
-            if done(&records) {
-                return records;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the collector never saw {what}; it saw:\n{records:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::loopback::until_recorded("the collector", what, || self.records(), done).await
     }
 }

@@ -6,14 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// One call the host received.
 #[derive(Debug, Clone)]
@@ -83,19 +80,11 @@ impl StatusHost {
         let app = axum::Router::new()
             .fallback(record)
             .with_state(shared.clone());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await
-        });
+        let (addr, stop) = super::loopback::serve_on_loopback(app).await;
         StatusHost {
             addr,
             shared,
-            _stop: stop.drop_guard(),
+            _stop: stop,
         }
     }
 
@@ -121,19 +110,8 @@ impl StatusHost {
             .collect()
     }
 
-    /// Waits until `done` holds for the calls so far (30 s at most).
+    /// Waits until `done` holds for what arrived so far (30 s at most).
     pub async fn until(&self, what: &str, done: impl Fn(&[HostCall]) -> bool) -> Vec<HostCall> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let calls = self.calls();
-            if done(&calls) {
-                return calls;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the git host never saw {what}; it saw:\n{calls:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        super::loopback::until_recorded("the git host", what, || self.calls(), done).await
     }
 }
