@@ -23,6 +23,8 @@ use crate::AppState;
 const BATCH_BYTES: u64 = 512 << 10;
 /// The wait before a stream whose collector failed is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long a job found without a drain is not asked about again.
+const UNDRAINED_FOR: Duration = Duration::from_secs(10);
 
 /// The OpenTelemetry service a line belongs to.
 fn service_name(stream: LogStream, service: Option<&str>) -> &'static str {
@@ -137,6 +139,7 @@ pub async fn run(state: AppState) {
     }
     // Streams whose collector failed, and when they are tried again.
     let mut failing: HashMap<(String, LogStream), Instant> = HashMap::new();
+    let mut undrained: HashMap<String, Instant> = HashMap::new();
     loop {
         let woken = state.drains.marked();
         let mut pending: HashSet<(String, LogStream)> = state.drains.take();
@@ -149,10 +152,16 @@ pub async fn run(state: AppState) {
             !due
         });
         pending.retain(|key| !failing.contains_key(key));
+        // Most jobs' environments drain nothing: asked again only after a while.
+        undrained.retain(|_, seen| seen.elapsed() < UNDRAINED_FOR);
+        pending.retain(|(job_id, _)| !undrained.contains_key(job_id));
         for (job_id, stream) in pending {
             match drain_stream(&state, &http, &job_id, stream).await {
-                Ok(true) => state.drains.mark((job_id.clone(), stream)),
-                Ok(false) => {}
+                Ok(Drained::More) => state.drains.mark((job_id.clone(), stream)),
+                Ok(Drained::AllSent) => {}
+                Ok(Drained::NoDrain) => {
+                    undrained.insert(job_id, Instant::now());
+                }
                 Err(error) => {
                     tracing::warn!(message = "A log drain did not take a job's log; it is tried again.", %job_id, %stream, %error);
                     failing.insert((job_id, stream), Instant::now() + RETRY_AFTER);
@@ -173,13 +182,22 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// Sends one batch of a stream; true when more may remain.
+/// What sending a stream's next batch came to.
+enum Drained {
+    /// More may remain.
+    More,
+    AllSent,
+    /// The job's environment has no drain.
+    NoDrain,
+}
+
+/// Sends one batch of a stream.
 async fn drain_stream(
     state: &AppState,
     http: &reqwest::Client,
     job_id: &str,
     stream: LogStream,
-) -> Result<bool, String> {
+) -> Result<Drained, String> {
     let id = job_id.to_owned();
     let Some(target) = state
         .db
@@ -187,7 +205,7 @@ async fn drain_stream(
         .await
         .map_err(|error| error.to_string())?
     else {
-        return Ok(false);
+        return Ok(Drained::NoDrain);
     };
     state
         .logs
@@ -201,7 +219,7 @@ async fn drain_stream(
         .map_err(|error| error.to_string())?
         .map_err(|error| error.to_string())?;
     if bytes.is_empty() {
-        return Ok(false);
+        return Ok(Drained::AllSent);
     }
     let marks = state.logs.marks(job_id, stream).await;
     let text = String::from_utf8_lossy(&bytes);
@@ -231,7 +249,7 @@ async fn drain_stream(
         .call(move |conn| store::advance_drain_cursor(conn, &id, stream, moved_from, to))
         .await
         .map_err(|error| error.to_string())?;
-    Ok(true)
+    Ok(Drained::More)
 }
 
 #[cfg(test)]
