@@ -218,8 +218,15 @@ async fn issue_31_a_push_ends_live_behind_caddy_switches_with_no_failed_request_
         .iter()
         .map(|line| line["text"].as_str().unwrap())
         .collect();
-    assert_eq!(texts.len(), 1, "{filtered}");
-    assert!(texts[0].contains("GET /runtime-probe 404"), "{filtered}");
+    // (Twice, at times: the agent's restart above resumes from the second of
+    // its last line, and a line may come again; none is lost.)
+    assert!(
+        (1..=2).contains(&texts.len())
+            && texts
+                .iter()
+                .all(|text| text.contains("GET /runtime-probe 404")),
+        "{filtered}"
+    );
     assert_eq!(filtered["lines"][0]["service"], "server");
     let migrations = world
         .admin
