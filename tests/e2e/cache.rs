@@ -299,3 +299,74 @@ async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_b
         "{system}"
     );
 }
+
+/// Issue 33: `kiln-agent build` on a developer's machine reuses a component's
+/// output when its files are unchanged since an earlier local build, as a
+/// push does: the second run builds nothing; a change to the storefront alone
+/// rebuilds the storefront alone.
+#[tokio::test]
+async fn issue_33_a_second_local_build_of_unchanged_trees_builds_nothing() {
+    let Some(_docker) = docker().await else {
+        return;
+    };
+    let image = build_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = FixtureRepo::with_storefront(&dir.path().join("repo"));
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "work_dir = {:?}\nstate_dir = {:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\n",
+            dir.path().join("work"),
+            dir.path().join("state"),
+        ),
+    )
+    .unwrap();
+    let build = |round: &str| {
+        let output = std::process::Command::new(crate::agent::AGENT)
+            .arg("--config")
+            .arg(&config)
+            .arg("build")
+            .arg(&repo.dir)
+            .arg("--out")
+            .arg(dir.path().join(round))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{text}");
+        text
+    };
+    let cold = build("cold");
+    assert!(!cold.contains("Reused the"), "{cold}");
+    let again = build("again");
+    for component in ["backend", "storefront"] {
+        assert!(
+            again.contains(&format!("Reused the {component} built by job local-")),
+            "{component} not reused: {again}"
+        );
+    }
+    assert!(
+        !again.contains("Running `npm run build` (build)"),
+        "{again}"
+    );
+    // The artifacts are the same bytes.
+    for name in ["backend.tar.gz", "storefront.tar.gz"] {
+        assert_eq!(
+            std::fs::read(dir.path().join("cold").join(name)).unwrap(),
+            std::fs::read(dir.path().join("again").join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    // Only the storefront changed: the backend's output is reused.
+    std::fs::write(repo.dir.join("storefront/CHANGED"), "yes\n").unwrap();
+    let storefront_only = build("storefront-only");
+    assert!(
+        storefront_only.contains("Reused the backend built by job local-")
+            && !storefront_only.contains("Reused the storefront"),
+        "{storefront_only}"
+    );
+}

@@ -169,6 +169,62 @@ pub fn tree(src: &Path, exclude: Option<&Path>) -> std::io::Result<String> {
     tree_without(src, &root, &parts)
 }
 
+/// A copied working tree's files (a local build's source: no git tree to
+/// name), each as `<mode> <sha256> <path>` or `link <target> <path>`, sorted by
+/// path; read once, right after the copy, before any step writes beside them.
+pub fn files_of(src: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    let walker = walkdir::WalkDir::new(src)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walker {
+        let entry = entry.map_err(std::io::Error::other)?;
+        let relative = entry
+            .path()
+            .strip_prefix(src)
+            .map_err(std::io::Error::other)?
+            .to_string_lossy()
+            .into_owned();
+        let kind = entry.file_type();
+        let line = if kind.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            format!("link {}", target.display())
+        } else if kind.is_file() {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut std::fs::File::open(entry.path())?, &mut hasher)?;
+            let executable =
+                std::os::unix::fs::PermissionsExt::mode(&entry.metadata()?.permissions()) & 0o111;
+            format!(
+                "{} {}",
+                if executable != 0 { "755" } else { "644" },
+                hex::encode(hasher.finalize())
+            )
+        } else {
+            continue;
+        };
+        files.push((relative, line));
+    }
+    Ok(files)
+}
+
+/// The tree a component's build reads from `files_of`, less `exclude` (the
+/// other component's directory), as one hash.
+pub fn files_tree(files: &[(String, String)], exclude: Option<&Path>) -> String {
+    let exclude = exclude
+        .map(|path| path.to_string_lossy().trim_matches('/').to_owned())
+        .filter(|path| !path.is_empty() && path != ".");
+    let mut key = Key::new("files");
+    for (path, line) in files {
+        if let Some(exclude) = &exclude {
+            if path == exclude || path.starts_with(&format!("{exclude}/")) {
+                continue;
+            }
+        }
+        key.text("file", &format!("{line} {path}"));
+    }
+    key.finish()
+}
+
 fn tree_without(src: &Path, tree: &str, exclude: &[String]) -> std::io::Result<String> {
     let listing = git(src, &["ls-tree", "-z", "--full-tree", tree])?;
     let mut key = Key::new("tree");
@@ -197,6 +253,33 @@ fn tree_without(src: &Path, tree: &str, exclude: &[String]) -> std::io::Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copied_trees_key_follows_its_files_and_leaves_out_the_other_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("backend/src")).unwrap();
+        std::fs::create_dir_all(root.join("storefront")).unwrap();
+        std::fs::write(root.join("backend/src/index.ts"), "one").unwrap();
+        std::fs::write(root.join("storefront/page.tsx"), "page").unwrap();
+        let key =
+            |exclude: Option<&str>| files_tree(&files_of(root).unwrap(), exclude.map(Path::new));
+        let (whole, backend) = (key(None), key(Some("storefront")));
+        std::fs::write(root.join("storefront/page.tsx"), "page two").unwrap();
+        assert_ne!(key(None), whole);
+        assert_eq!(
+            key(Some("storefront")),
+            backend,
+            "the other component's change"
+        );
+        std::fs::write(root.join("backend/src/index.ts"), "two").unwrap();
+        assert_ne!(key(Some("storefront")), backend);
+        // A file named like the excluded folder's prefix still counts.
+        std::fs::write(root.join("storefront-notes.md"), "x").unwrap();
+        let with_notes = key(Some("storefront"));
+        std::fs::write(root.join("storefront-notes.md"), "y").unwrap();
+        assert_ne!(key(Some("storefront")), with_notes);
+    }
 
     fn run(dir: &Path, args: &[&str]) {
         let status = std::process::Command::new("git")

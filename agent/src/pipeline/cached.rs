@@ -342,14 +342,17 @@ impl Build<'_> {
         exclude: Option<&Path>,
         plan: &[&str],
     ) -> Option<String> {
-        if !matches!(self.request.source, super::Source::Git { .. }) {
-            return None;
-        }
-        let src = self.workspace.src();
-        let exclude = exclude.map(Path::to_owned);
-        let tree = tokio::task::spawn_blocking(move || inputs::tree(&src, exclude.as_deref()))
-            .await
-            .expect("tree task");
+        let tree = match &self.request.source {
+            super::Source::Git { .. } => {
+                let src = self.workspace.src();
+                let exclude = exclude.map(Path::to_owned);
+                tokio::task::spawn_blocking(move || inputs::tree(&src, exclude.as_deref()))
+                    .await
+                    .expect("tree task")
+            }
+            // A local build's copy, as it was before any step ran.
+            super::Source::Local(_) => Ok(inputs::files_tree(self.copied_files.get()?, exclude)),
+        };
         let tree = match tree {
             Ok(tree) => tree,
             Err(error) => {

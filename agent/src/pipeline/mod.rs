@@ -196,6 +196,8 @@ struct Build<'a> {
     containers: tokio::sync::watch::Sender<[bool; 2]>,
     /// The image each component builds in (backend, storefront), once chosen.
     nodes: [std::sync::OnceLock<node::NodeChoice>; 2],
+    /// A local build's copied files as the copy left them, for its output keys.
+    copied_files: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 impl Pipeline {
@@ -225,6 +227,7 @@ impl Pipeline {
                 self.config.components_side_by_side,
             ]),
             nodes: Default::default(),
+            copied_files: Default::default(),
         };
         let ran = tokio::select! {
             ran = build.run() => ran,
@@ -532,11 +535,23 @@ impl Build<'_> {
             Source::Local(dir) => {
                 system.line(format!("Copying {}.", dir.display()));
                 let (from, to) = (dir.clone(), src);
-                match tokio::task::spawn_blocking(move || workspace::copy_tree(&from, &to))
-                    .await
-                    .expect("copy task")
+                // Its files are read once here, before any step writes beside
+                // them: the key of an output reused from an earlier local build.
+                let with_cache = self.request.cache.is_some();
+                match tokio::task::spawn_blocking(move || {
+                    let copied = workspace::copy_tree(&from, &to)?;
+                    let files = with_cache
+                        .then(|| crate::cache::inputs::files_of(&to))
+                        .transpose()?;
+                    Ok::<_, std::io::Error>((copied, files))
+                })
+                .await
+                .expect("copy task")
                 {
-                    Ok(files) => {
+                    Ok((files, listed)) => {
+                        if let Some(listed) = listed {
+                            let _ = self.copied_files.set(listed);
+                        }
                         system.line(format!("Copied {files} files in {}.", seconds(started)))
                     }
                     Err(error) => {
