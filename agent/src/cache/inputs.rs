@@ -148,25 +148,193 @@ fn git(src: &Path, args: &[&str]) -> std::io::Result<String> {
     String::from_utf8(output.stdout).map_err(std::io::Error::other)
 }
 
-/// The tree a component's build reads: the commit's whole tree, less `exclude`
-/// (the other component's directory), as one hash. Excluding the root, or a
-/// path the tree lacks, excludes nothing.
-pub fn tree(src: &Path, exclude: Option<&Path>) -> std::io::Result<String> {
+/// The tree a component's build reads: the commit's whole tree, less
+/// `excludes` (the other component's directory, workspace packages it does not
+/// depend on), as one hash. Excluding the root, or a path the tree lacks,
+/// excludes nothing.
+pub fn tree(src: &Path, excludes: &[&Path]) -> std::io::Result<String> {
     let root = git(src, &["rev-parse", "HEAD^{tree}"])?.trim().to_owned();
-    let parts: Vec<String> = exclude
+    let parts: Vec<Vec<String>> = excludes
+        .iter()
         .map(|path| {
             path.components()
                 .filter_map(|part| match part {
                     PathComponent::Normal(name) => Some(name.to_string_lossy().into_owned()),
                     _ => None,
                 })
-                .collect()
+                .collect::<Vec<String>>()
         })
-        .unwrap_or_default();
+        .filter(|parts| !parts.is_empty())
+        .collect();
     if parts.is_empty() {
         return Ok(root);
     }
     tree_without(src, &root, &parts)
+}
+
+fn tree_without(src: &Path, tree: &str, excludes: &[Vec<String>]) -> std::io::Result<String> {
+    let listing = git(src, &["ls-tree", "-z", "--full-tree", tree])?;
+    let mut key = Key::new("tree");
+    for line in listing.split('\0').filter(|line| !line.is_empty()) {
+        // `<mode> <type> <id>\t<name>`
+        let Some((head, name)) = line.split_once('\t') else {
+            continue;
+        };
+        let here: Vec<&Vec<String>> = excludes.iter().filter(|parts| parts[0] == name).collect();
+        if here.is_empty() {
+            key.text("entry", line);
+            continue;
+        }
+        if here.iter().any(|parts| parts.len() == 1) {
+            continue;
+        }
+        let mut fields = head.split(' ');
+        if let (Some(mode), Some("tree"), Some(id)) = (fields.next(), fields.next(), fields.next())
+        {
+            let deeper: Vec<Vec<String>> = here.iter().map(|parts| parts[1..].to_vec()).collect();
+            let inner = tree_without(src, id, &deeper)?;
+            key.text("entry", &format!("{mode} tree {inner}\t{name}"));
+            continue;
+        }
+        key.text("entry", line);
+    }
+    Ok(key.finish())
+}
+
+/// The most workspace packages looked at for a component's dependencies.
+const MAX_PACKAGES: usize = 200;
+
+/// A package.json of the commit, read from git's objects (not the checkout,
+/// which a build running beside may be writing).
+fn committed_package(src: &Path, dir: &Path) -> Option<serde_json::Value> {
+    let path = if dir.as_os_str().is_empty() {
+        "package.json".to_owned()
+    } else {
+        format!("{}/package.json", dir.display())
+    };
+    let text = git(src, &["show", &format!("HEAD:{path}")]).ok()?;
+    if text.len() > 1 << 20 {
+        return None;
+    }
+    serde_json::from_str(&text).ok()
+}
+
+fn dependency_names(package: &serde_json::Value) -> Vec<String> {
+    [
+        "dependencies",
+        "devDependencies",
+        "peerDependencies",
+        "optionalDependencies",
+    ]
+    .iter()
+    .filter_map(|field| package.get(field)?.as_object())
+    .flat_map(|deps| deps.keys().cloned())
+    .collect()
+}
+
+/// The workspace packages of the commit that the component in `component_dir`
+/// does not depend on, directly or through another workspace package: their
+/// changes cannot reach its build. The workspace is the root package.json's
+/// `workspaces`, `pnpm-workspace.yaml`'s list and `apps/*`, `packages/*`
+/// (only `dir/*` and plain folder patterns; others count as reaching it).
+/// Nothing for a component at the root.
+pub fn unrelated_packages(src: &Path, component_dir: &Path) -> Vec<std::path::PathBuf> {
+    if component_dir.as_os_str().is_empty() || component_dir == Path::new(".") {
+        return Vec::new();
+    }
+    let mut patterns: Vec<String> = vec!["apps/*".into(), "packages/*".into()];
+    if let Some(root) = committed_package(src, Path::new("")) {
+        let listed = root.get("workspaces").and_then(|w| {
+            w.as_array()
+                .or_else(|| w.get("packages").and_then(serde_json::Value::as_array))
+                .cloned()
+        });
+        patterns.extend(
+            listed
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(str::to_owned)),
+        );
+    }
+    if let Ok(text) = git(src, &["show", "HEAD:pnpm-workspace.yaml"]) {
+        patterns.extend(
+            text.lines()
+                .filter_map(|line| line.trim().strip_prefix("- "))
+                .map(|p| p.trim().trim_matches(['"', '\'']).to_owned()),
+        );
+    }
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for pattern in patterns {
+        let pattern = pattern.trim_end_matches('/');
+        let inside = |text: &str| {
+            !text.is_empty()
+                && Path::new(text)
+                    .components()
+                    .all(|part| matches!(part, PathComponent::Normal(_)))
+        };
+        match pattern.strip_suffix("/*") {
+            Some(parent) if inside(parent) => {
+                let listing = git(
+                    src,
+                    &[
+                        "ls-tree",
+                        "-d",
+                        "-z",
+                        "--name-only",
+                        "HEAD",
+                        &format!("{parent}/"),
+                    ],
+                )
+                .unwrap_or_default();
+                dirs.extend(
+                    listing
+                        .split('\0')
+                        .filter(|dir| !dir.is_empty())
+                        .map(std::path::PathBuf::from),
+                );
+            }
+            None if inside(pattern) && !pattern.contains('*') => dirs.push(pattern.into()),
+            _ => {}
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs.truncate(MAX_PACKAGES);
+    // Each package's name and what it depends on.
+    let packages: Vec<(std::path::PathBuf, String, Vec<String>)> = dirs
+        .into_iter()
+        .filter_map(|dir| {
+            let package = committed_package(src, &dir)?;
+            let name = package.get("name")?.as_str()?.to_owned();
+            Some((dir, name, dependency_names(&package)))
+        })
+        .collect();
+    let Some(component) = committed_package(src, component_dir) else {
+        return Vec::new();
+    };
+    let mut reached: std::collections::BTreeSet<String> =
+        dependency_names(&component).into_iter().collect();
+    loop {
+        let more: Vec<String> = packages
+            .iter()
+            .filter(|(_, name, _)| reached.contains(name))
+            .flat_map(|(_, _, deps)| deps.iter().cloned())
+            .filter(|dep| !reached.contains(dep))
+            .collect();
+        if more.is_empty() {
+            break;
+        }
+        reached.extend(more);
+    }
+    packages
+        .into_iter()
+        .filter(|(dir, name, _)| {
+            !reached.contains(name)
+                && !dir.starts_with(component_dir)
+                && !component_dir.starts_with(dir)
+        })
+        .map(|(dir, _, _)| dir)
+        .collect()
 }
 
 /// A copied working tree's files (a local build's source: no git tree to
@@ -223,31 +391,6 @@ pub fn files_tree(files: &[(String, String)], exclude: Option<&Path>) -> String 
         key.text("file", &format!("{line} {path}"));
     }
     key.finish()
-}
-
-fn tree_without(src: &Path, tree: &str, exclude: &[String]) -> std::io::Result<String> {
-    let listing = git(src, &["ls-tree", "-z", "--full-tree", tree])?;
-    let mut key = Key::new("tree");
-    for line in listing.split('\0').filter(|line| !line.is_empty()) {
-        // `<mode> <type> <id>\t<name>`
-        let Some((head, name)) = line.split_once('\t') else {
-            continue;
-        };
-        if name == exclude[0] {
-            let mut fields = head.split(' ');
-            let (mode, kind, id) = (fields.next(), fields.next(), fields.next());
-            if exclude.len() == 1 {
-                continue;
-            }
-            if let (Some(mode), Some("tree"), Some(id)) = (mode, kind, id) {
-                let inner = tree_without(src, id, &exclude[1..])?;
-                key.text("entry", &format!("{mode} tree {inner}\t{name}"));
-                continue;
-            }
-        }
-        key.text("entry", line);
-    }
-    Ok(key.finish())
 }
 
 #[cfg(test)]
@@ -318,30 +461,118 @@ mod tests {
             ],
         );
         let storefront = Path::new("storefront");
-        let backend_before = tree(dir.path(), Some(storefront)).unwrap();
-        let whole_before = tree(dir.path(), None).unwrap();
+        let backend_before = tree(dir.path(), &[storefront]).unwrap();
+        let whole_before = tree(dir.path(), &[]).unwrap();
         // Only the storefront changes: the backend's inputs do not.
         commit(dir.path(), &[("storefront/app.js", "2")]);
-        assert_eq!(tree(dir.path(), Some(storefront)).unwrap(), backend_before);
-        assert_ne!(tree(dir.path(), None).unwrap(), whole_before);
+        assert_eq!(tree(dir.path(), &[storefront]).unwrap(), backend_before);
+        assert_ne!(tree(dir.path(), &[]).unwrap(), whole_before);
         // Anything else changes them.
         commit(dir.path(), &[("shared/x.js", "2")]);
-        assert_ne!(tree(dir.path(), Some(storefront)).unwrap(), backend_before);
+        assert_ne!(tree(dir.path(), &[storefront]).unwrap(), backend_before);
         // Nested exclusions, and the root, which excludes nothing.
         commit(
             dir.path(),
             &[("apps/storefront/page.js", "1"), ("apps/backend/a.js", "1")],
         );
-        let nested = tree(dir.path(), Some(Path::new("apps/storefront"))).unwrap();
+        let nested = tree(dir.path(), &[Path::new("apps/storefront")]).unwrap();
         commit(dir.path(), &[("apps/storefront/page.js", "2")]);
         assert_eq!(
-            tree(dir.path(), Some(Path::new("apps/storefront"))).unwrap(),
+            tree(dir.path(), &[Path::new("apps/storefront")]).unwrap(),
             nested
         );
         assert_eq!(
-            tree(dir.path(), Some(Path::new("."))).unwrap(),
-            tree(dir.path(), None).unwrap()
+            tree(dir.path(), &[Path::new(".")]).unwrap(),
+            tree(dir.path(), &[]).unwrap()
         );
+    }
+
+    /// Issue 33: a component's key leaves out the workspace packages it does
+    /// not depend on, through others too, so a change to one reaches only the
+    /// components that use it.
+    #[test]
+    fn a_change_to_a_workspace_package_reaches_only_the_components_that_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path();
+        run(src, &["init", "-q"]);
+        let package = |name: &str, deps: &[&str]| {
+            let deps: serde_json::Map<String, serde_json::Value> = deps
+                .iter()
+                .map(|dep| (dep.to_string(), serde_json::json!("workspace:*")))
+                .collect();
+            serde_json::json!({"name": name, "dependencies": deps}).to_string()
+        };
+        let (backend_pkg, storefront_pkg, ui_pkg, tokens_pkg, utils_pkg, docs_pkg) = (
+            package("backend", &["@acme/utils", "@medusajs/medusa"]),
+            package("storefront", &["@acme/ui", "next"]),
+            package("@acme/ui", &["@acme/tokens"]),
+            package("@acme/tokens", &[]),
+            package("@acme/utils", &[]),
+            package("@acme/docs", &[]),
+        );
+        commit(
+            src,
+            &[
+                (
+                    "package.json",
+                    r#"{"private": true, "workspaces": ["apps/*", "packages/*", "tools/docs"]}"#,
+                ),
+                ("pnpm-lock.yaml", "lockfileVersion: '9.0'\n"),
+                ("apps/backend/package.json", &backend_pkg),
+                ("apps/storefront/package.json", &storefront_pkg),
+                ("packages/ui/package.json", &ui_pkg),
+                ("packages/ui/button.tsx", "1"),
+                ("packages/tokens/package.json", &tokens_pkg),
+                ("packages/tokens/colors.ts", "1"),
+                ("packages/utils/package.json", &utils_pkg),
+                ("packages/utils/money.ts", "1"),
+                ("tools/docs/package.json", &docs_pkg),
+            ],
+        );
+        let (backend, storefront) = (Path::new("apps/backend"), Path::new("apps/storefront"));
+        assert_eq!(
+            unrelated_packages(src, backend),
+            [
+                "apps/storefront",
+                "packages/tokens",
+                "packages/ui",
+                "tools/docs"
+            ]
+            .map(std::path::PathBuf::from)
+        );
+        assert_eq!(
+            unrelated_packages(src, storefront),
+            ["apps/backend", "packages/utils", "tools/docs"].map(std::path::PathBuf::from)
+        );
+        assert!(unrelated_packages(src, Path::new("")).is_empty());
+        let key = |own: &Path, other: &Path| {
+            let unrelated = unrelated_packages(src, own);
+            let mut excludes: Vec<&Path> = unrelated.iter().map(|dir| dir.as_path()).collect();
+            excludes.push(other);
+            tree(src, &excludes).unwrap()
+        };
+        let keys = || (key(backend, storefront), key(storefront, backend));
+        let (backend_before, storefront_before) = keys();
+        // A design token, two packages away from the storefront: only it.
+        commit(src, &[("packages/tokens/colors.ts", "2")]);
+        let (backend_now, storefront_now) = keys();
+        assert_eq!(backend_now, backend_before);
+        assert_ne!(storefront_now, storefront_before);
+        // A money helper: only the backend.
+        commit(src, &[("packages/utils/money.ts", "2")]);
+        let (backend_after, storefront_after) = keys();
+        assert_ne!(backend_after, backend_now);
+        assert_eq!(storefront_after, storefront_now);
+        // The docs: neither. The lockfile at the root: both.
+        commit(src, &[("tools/docs/guide.md", "new")]);
+        assert_eq!(keys(), (backend_after.clone(), storefront_after.clone()));
+        commit(
+            src,
+            &[("pnpm-lock.yaml", "lockfileVersion: '9.0'\n# changed\n")],
+        );
+        let (backend_last, storefront_last) = keys();
+        assert_ne!(backend_last, backend_after);
+        assert_ne!(storefront_last, storefront_after);
     }
 
     #[test]

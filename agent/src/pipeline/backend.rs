@@ -69,6 +69,7 @@ impl Build<'_> {
                 self.output_key(
                     cache,
                     Component::Backend,
+                    &plan.app_dir,
                     exclude,
                     &[&dir, &install, &build, &release],
                 )

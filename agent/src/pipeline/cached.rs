@@ -333,22 +333,43 @@ impl Build<'_> {
         })
     }
 
-    /// The key of a component's output: its tree (less the other component's
-    /// directory), the plan, the variables, the image and Kiln's version.
+    /// The key of a component's output (its own directory `own_dir`): its tree
+    /// (less the other component's directory and the workspace packages it
+    /// does not depend on), the plan, the variables, the image and Kiln's
+    /// version.
     pub(super) async fn output_key(
         &self,
         cache: &BuildCache,
         component: Component,
+        own_dir: &Path,
         exclude: Option<&Path>,
         plan: &[&str],
     ) -> Option<String> {
         let tree = match &self.request.source {
             super::Source::Git { .. } => {
                 let src = self.workspace.src();
-                let exclude = exclude.map(Path::to_owned);
-                tokio::task::spawn_blocking(move || inputs::tree(&src, exclude.as_deref()))
-                    .await
-                    .expect("tree task")
+                let (own_dir, exclude) = (own_dir.to_owned(), exclude.map(Path::to_owned));
+                let (tree, unrelated) = tokio::task::spawn_blocking(move || {
+                    let unrelated = inputs::unrelated_packages(&src, &own_dir);
+                    let mut excludes: Vec<&Path> =
+                        unrelated.iter().map(|dir| dir.as_path()).collect();
+                    excludes.extend(exclude.as_deref());
+                    (inputs::tree(&src, &excludes), unrelated)
+                })
+                .await
+                .expect("tree task");
+                if !unrelated.is_empty() {
+                    let shown: Vec<String> = unrelated
+                        .iter()
+                        .map(|dir| dir.display().to_string())
+                        .collect();
+                    self.system.line(format!(
+                        "Build cache: the {} output's key leaves out {}, workspace packages it does not depend on.",
+                        component.as_str(),
+                        shown.join(", ")
+                    ));
+                }
+                tree
             }
             // A local build's copy, as it was before any step ran.
             super::Source::Local(_) => Ok(inputs::files_tree(self.copied_files.get()?, exclude)),

@@ -60,6 +60,7 @@ pub(super) async fn build(
                 .output_key(
                     cache,
                     Component::Storefront,
+                    Path::new(&found.app_dir),
                     exclude,
                     &[
                         &found.app_dir,
