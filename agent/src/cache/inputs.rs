@@ -204,15 +204,19 @@ fn tree_without(src: &Path, tree: &str, excludes: &[Vec<String>]) -> std::io::Re
 /// The most workspace packages looked at for a component's dependencies.
 const MAX_PACKAGES: usize = 200;
 
-/// A package.json of the commit, read from git's objects (not the checkout,
-/// which a build running beside may be writing).
+/// A file of the commit, read from git's objects (not the checkout, which a
+/// build running beside may be writing).
+pub fn committed_file(src: &Path, path: &str) -> Option<String> {
+    git(src, &["show", &format!("HEAD:{path}")]).ok()
+}
+
 fn committed_package(src: &Path, dir: &Path) -> Option<serde_json::Value> {
     let path = if dir.as_os_str().is_empty() {
         "package.json".to_owned()
     } else {
         format!("{}/package.json", dir.display())
     };
-    let text = git(src, &["show", &format!("HEAD:{path}")]).ok()?;
+    let text = committed_file(src, &path)?;
     if text.len() > 1 << 20 {
         return None;
     }
@@ -256,7 +260,7 @@ pub fn unrelated_packages(src: &Path, component_dir: &Path) -> Vec<std::path::Pa
                 .filter_map(|p| p.as_str().map(str::to_owned)),
         );
     }
-    if let Ok(text) = git(src, &["show", "HEAD:pnpm-workspace.yaml"]) {
+    if let Some(text) = committed_file(src, "pnpm-workspace.yaml") {
         patterns.extend(
             text.lines()
                 .filter_map(|line| line.trim().strip_prefix("- "))

@@ -19,6 +19,7 @@
 //! (and a `secret` is read by its own scope alone).
 
 pub mod inputs;
+pub mod lockfile;
 
 use std::io;
 use std::path::{Path, PathBuf};
