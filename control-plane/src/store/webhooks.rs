@@ -322,16 +322,7 @@ fn attempts_of(conn: &Connection, delivery_id: &str) -> Result<Vec<WebhookAttemp
         "SELECT at, status, answer, took_ms FROM webhook_attempts WHERE delivery_id = ?1 ORDER BY at",
     )?;
     let attempts = stmt
-        .query_map([delivery_id], |row| {
-            Ok(WebhookAttempt {
-                at: time(row.get(0)?),
-                status: row
-                    .get::<_, Option<i64>>(1)?
-                    .and_then(|status| u16::try_from(status).ok()),
-                answer: row.get(2)?,
-                took_ms: row.get::<_, i64>(3)?.max(0) as u64,
-            })
-        })?
+        .query_map([delivery_id], |row| attempt_from_row(row, 0))?
         .collect::<Result<_, _>>()?;
     Ok(attempts)
 }
@@ -349,10 +340,39 @@ pub fn list_webhook_deliveries(
     let mut deliveries: Vec<WebhookDelivery> = stmt
         .query_map(params![webhook_id, LISTED], delivery_from_row)?
         .collect::<Result<_, _>>()?;
+    // Every listed delivery's attempts in one read, not one read each.
+    let mut attempts = conn.prepare(
+        "SELECT a.delivery_id, a.at, a.status, a.answer, a.took_ms FROM webhook_attempts a
+         WHERE a.delivery_id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = ?1
+                                 ORDER BY created_at DESC, id DESC LIMIT ?2)
+         ORDER BY a.at",
+    )?;
+    let mut by_delivery: std::collections::HashMap<String, Vec<WebhookAttempt>> =
+        std::collections::HashMap::new();
+    let rows = attempts.query_map(params![webhook_id, LISTED], |row| {
+        Ok((row.get::<_, String>(0)?, attempt_from_row(row, 1)?))
+    })?;
+    for row in rows {
+        let (delivery, attempt) = row?;
+        by_delivery.entry(delivery).or_default().push(attempt);
+    }
     for delivery in &mut deliveries {
-        delivery.attempts = attempts_of(conn, &delivery.id)?;
+        delivery.attempts = by_delivery.remove(&delivery.id).unwrap_or_default();
     }
     Ok(deliveries)
+}
+
+/// An attempt from a row whose columns from `first` on are at, status,
+/// answer and took_ms.
+fn attempt_from_row(row: &Row, first: usize) -> crate::db::sql::Result<WebhookAttempt> {
+    Ok(WebhookAttempt {
+        at: time(row.get(first)?),
+        status: row
+            .get::<_, Option<i64>>(first + 1)?
+            .and_then(|status| u16::try_from(status).ok()),
+        answer: row.get(first + 2)?,
+        took_ms: row.get::<_, i64>(first + 3)?.max(0) as u64,
+    })
 }
 
 fn delivery_in(
