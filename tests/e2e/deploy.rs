@@ -882,12 +882,15 @@ async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_release
         caddy.get("pr-7.api.shop.test", "/version").await,
         Some((200, "preview".to_owned()))
     );
-    assert!(image_tags(
-        &world.docker,
-        &format!("kiln-release/{}", preview.environment_id)
+    // The images go after the containers and routes, in the same sweep.
+    let preview_images = format!("kiln-release/{}", preview.environment_id);
+    eventually(
+        "the closed preview's images to go",
+        Duration::from_secs(30),
+        || image_tags(&world.docker, &preview_images),
+        Vec::is_empty,
     )
-    .await
-    .is_empty());
+    .await;
     assert_eq!(
         caddy.get(HOST, "/version").await,
         Some((200, "one".to_owned()))
