@@ -44,12 +44,18 @@ pub async fn serve(
         }
         None => None,
     };
-    let waker = state.clone();
+    // The listener thread must not keep the state (and its pool's connections)
+    // alive after the server is gone.
+    let waker = std::sync::Arc::downgrade(&state.0);
     let listener_thread = replicas::start_listener(
         &state.db,
         state.replicas.clone(),
         state.shutdown.clone(),
-        move |wake| waker.wake_local(wake),
+        move |wake| {
+            if let Some(inner) = waker.upgrade() {
+                AppState(inner).wake_local(wake);
+            }
+        },
     );
     let reaper = tokio::spawn(reap_expired_leases(state.clone()));
     let courier = tokio::spawn(forge::outbox::run(state.clone()));

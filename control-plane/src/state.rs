@@ -143,7 +143,7 @@ pub enum StartError {
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
+pub struct AppState(pub(crate) Arc<Inner>);
 
 pub struct Inner {
     pub config: Config,
@@ -284,6 +284,13 @@ impl AppState {
 
     /// A deployment was queued or canceled: wake claims and watches, on every
     /// replica.
+    /// Ends the server's long-polls, follows and background loops, and its
+    /// PostgreSQL listener: what stopping `serve` does, for an owner that
+    /// drops the server without waiting for it (a test).
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
     pub(crate) fn announce_queue_change(&self) {
         self.wake_local(replicas::Wake::Queue);
         replicas::broadcast(&self.db, &self.replicas, replicas::Wake::Queue);

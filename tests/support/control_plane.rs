@@ -146,6 +146,10 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop.cancel();
+        // The test's runtime may end before the server sees the stop: its
+        // PostgreSQL listener thread would then hold its connections for the
+        // rest of the test run.
+        self.state.shut_down();
     }
 }
 
