@@ -62,10 +62,7 @@ fn export_request(
             continue;
         }
         let (service, body) = service_of(line);
-        let millis = {
-            let index = marks.partition_point(|&(mark, _)| mark <= start);
-            index.checked_sub(1).map(|i| marks[i].1)
-        };
+        let millis = crate::logs::time_at(marks, start);
         let mut record = json!({
             "observedTimeUnixNano": now_nanos.to_string(),
             "body": {"stringValue": body},

@@ -162,13 +162,7 @@ pub async fn lines(
     let times = window
         .offsets
         .iter()
-        .map(|&offset| {
-            let index = marks.partition_point(|&(at, _)| at <= offset);
-            index
-                .checked_sub(1)
-                .map(|i| marks[i].1)
-                .or_else(|| marks.first().map(|m| m.1))
-        })
+        .map(|&offset| crate::logs::time_at(&marks, offset))
         .collect();
     let reused_from = match (stream, window.total, ended) {
         (LogStream::Backend | LogStream::Storefront, 0, true) => {

@@ -152,10 +152,7 @@ fn scan(
             break;
         }
         number += 1;
-        let at = {
-            let index = marks.partition_point(|&(mark, _)| mark <= offset);
-            index.checked_sub(1).map(|i| marks[i].1)
-        };
+        let at = super::time_at(marks, offset);
         offset += read as u64;
         let line = String::from_utf8_lossy(&buffer);
         let line = line.trim_end_matches(['\n', '\r']);

@@ -771,6 +771,15 @@ mod tests {
     }
 }
 
+/// When the byte at `offset` was written, by a stream's time marks (sorted by
+/// offset): the mark in force there, or before the first mark the first.
+pub fn time_at(marks: &[(u64, i64)], offset: u64) -> Option<i64> {
+    match marks.partition_point(|&(at, _)| at <= offset) {
+        0 => marks.first().map(|&(_, millis)| millis),
+        n => Some(marks[n - 1].1),
+    }
+}
+
 /// Prefixes each line with its time (RFC 3339, milliseconds, UTC), for readers that
 /// ask for `?timestamps=true`. Feeds chunk by chunk; remembers whether the next
 /// byte starts a line.
@@ -794,12 +803,7 @@ impl Stamper {
     }
 
     fn stamp(&self, offset: u64) -> String {
-        let index = self.marks.partition_point(|&(at, _)| at <= offset);
-        let millis = match index {
-            0 => self.marks.first().map(|&(_, millis)| millis),
-            n => Some(self.marks[n - 1].1),
-        };
-        match millis.and_then(chrono::DateTime::from_timestamp_millis) {
+        match time_at(&self.marks, offset).and_then(chrono::DateTime::from_timestamp_millis) {
             Some(time) => format!("{} ", time.format("%Y-%m-%dT%H:%M:%S%.3fZ")),
             None => format!("{:24} ", ""),
         }
