@@ -96,6 +96,39 @@ pub(crate) async fn compact_finished_logs(state: AppState) {
     }
 }
 
+/// The least time between two looks at a courier's queue that changes woke: a
+/// busy fleet changes statuses hundreds of times a second, and one look per
+/// tick serves them all.
+const CHANGES_TICK: Duration = Duration::from_millis(50);
+
+/// A courier's wait until this replica leads; `false` once the server stops.
+pub(crate) async fn until_leading(state: &AppState) -> bool {
+    while !state.replicas.is_leader() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = state.shutdown.cancelled() => return false,
+        }
+    }
+    true
+}
+
+/// A courier's wait for its next due item (`next_due`, Unix ms), looking again
+/// at least each second (another replica may queue one) and after a status
+/// change; `false` once the server stops.
+pub(crate) async fn until_due(state: &AppState, next_due: Option<i64>) -> bool {
+    let wait = next_due
+        .map(|at| Duration::from_millis((at - store::now_ms()).clamp(10, 1000) as u64))
+        .unwrap_or(Duration::from_secs(1));
+    tokio::select! {
+        _ = state.changes.notified() => {
+            tokio::time::sleep(CHANGES_TICK).await;
+            true
+        }
+        _ = tokio::time::sleep(wait) => true,
+        _ = state.shutdown.cancelled() => false,
+    }
+}
+
 /// The ticks of singleton work: one each `every` while this replica leads,
 /// none once the server stops.
 pub(crate) struct LeaderTicks {

@@ -50,11 +50,8 @@ pub async fn run(state: AppState) {
     );
     let mut pruned: Option<Instant> = None;
     loop {
-        if !state.replicas.is_leader() {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                _ = state.shutdown.cancelled() => return,
-            }
+        if !crate::leader::until_leading(&state).await {
+            return;
         }
         if pruned.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
             pruned = Some(Instant::now());
@@ -67,8 +64,6 @@ pub async fn run(state: AppState) {
                 tracing::warn!(message = "Cannot prune old webhook deliveries.", %error);
             }
         }
-        let mut changed = std::pin::pin!(state.changes.notified());
-        changed.as_mut().enable();
         match state
             .db
             .call(|conn| store::due_webhook_deliveries(conn, 64))
@@ -89,13 +84,8 @@ pub async fn run(state: AppState) {
             .await
             .ok()
             .flatten();
-        let wait = next
-            .map(|at| Duration::from_millis((at - store::now_ms()).clamp(10, 1000) as u64))
-            .unwrap_or(Duration::from_secs(1));
-        tokio::select! {
-            _ = changed => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = state.shutdown.cancelled() => return,
+        if !crate::leader::until_due(&state, next).await {
+            return;
         }
     }
 }

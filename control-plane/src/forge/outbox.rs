@@ -22,11 +22,8 @@ pub async fn run(state: AppState) {
     let client = GitHostClient::new(state.config.allow_private_git_hosts);
     let mut pruned = Instant::now();
     loop {
-        if !state.replicas.is_leader() {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                _ = state.shutdown.cancelled() => return,
-            }
+        if !crate::leader::until_leading(&state).await {
+            return;
         }
         match state.db.call(|conn| store::due(conn, 32)).await {
             Ok(items) if !items.is_empty() => {
@@ -51,23 +48,11 @@ pub async fn run(state: AppState) {
             .await
             .ok()
             .flatten();
-        let wait = next
-            .map(|at| Duration::from_millis((at - store::now_ms()).clamp(10, 1000) as u64))
-            .unwrap_or(Duration::from_secs(1));
-        tokio::select! {
-            _ = state.changes.notified() => {
-                // A busy fleet changes statuses hundreds of times a second; one
-                // look per tick serves them all.
-                tokio::time::sleep(CHANGES_TICK).await;
-            }
-            _ = tokio::time::sleep(wait) => {}
-            _ = state.shutdown.cancelled() => return,
+        if !crate::leader::until_due(&state, next).await {
+            return;
         }
     }
 }
-
-/// The least time between two looks at the outbox that changes woke.
-const CHANGES_TICK: Duration = Duration::from_millis(50);
 
 /// What GitHub's commit status says for a deployment status.
 pub fn commit_state(status: DeploymentStatus) -> CommitState {
