@@ -29,6 +29,15 @@ struct Shown {
     made: Option<Webhook>,
 }
 
+impl Shown {
+    fn notice(text: String) -> Shown {
+        Shown {
+            notice: Some(text),
+            ..Shown::default()
+        }
+    }
+}
+
 pub async fn page(
     State(state): State<AppState>,
     session: Session,
@@ -106,16 +115,7 @@ pub async fn delete(
     }
     tracing::info!(message = "Webhook deleted.", project_id = %project_id, webhook_id = %webhook_id, by = %session.user.name);
     let notice = format!("Webhook {webhook_id} deleted; nothing more is sent to it.");
-    render(
-        &state,
-        &session,
-        project_id,
-        Shown {
-            notice: Some(notice),
-            ..Shown::default()
-        },
-    )
-    .await
+    render(&state, &session, project_id, Shown::notice(notice)).await
 }
 
 pub async fn retry(
@@ -140,16 +140,7 @@ pub async fn retry(
                 "Delivery {} ({}) goes out again now; reload to see its answer.",
                 delivery.id, delivery.event
             );
-            render(
-                &state,
-                &session,
-                project_id,
-                Shown {
-                    notice: Some(notice),
-                    ..Shown::default()
-                },
-            )
-            .await
+            render(&state, &session, project_id, Shown::notice(notice)).await
         }
         Err(error) => page_error(Some(&session), error),
     }
