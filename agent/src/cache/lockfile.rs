@@ -401,6 +401,45 @@ snapshots:
         );
     }
 
+    /// A repository's lockfile is hostile input: malformed, of the wrong
+    /// shape, or linking out of the repository, it counts whole or is refused,
+    /// never followed.
+    #[test]
+    fn hostile_lockfiles_count_whole() {
+        for text in [
+            "{{{{ not yaml",
+            "importers: [1, 2]",
+            "- a\n- b\n",
+            "importers:\n  apps/backend: 7\n",
+            "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        ] {
+            let found = component_part(
+                |name| (name == "pnpm-lock.yaml").then(|| text.to_owned()),
+                Path::new("apps/backend"),
+            );
+            assert!(found.is_none() || text.contains("apps/backend"), "{text:?}");
+        }
+        for text in [
+            "not json",
+            r#"{"packages": 3}"#,
+            r#"{"packages": {"apps/backend": 1}}"#,
+        ] {
+            let _ = component_part(
+                |name| (name == "package-lock.json").then(|| text.to_owned()),
+                Path::new("apps/backend"),
+            );
+        }
+        // A link out of the repository is not followed.
+        let escaping = "importers:\n  apps/backend:\n    dependencies:\n      x:\n        specifier: link:../../../etc\n        version: link:../../../etc\n";
+        let part = part(escaping, "pnpm-lock.yaml", "apps/backend");
+        let importers: Vec<&str> = part
+            .lines()
+            .filter(|line| line.starts_with("importer "))
+            .map(|line| line.split('\t').next().unwrap())
+            .collect();
+        assert_eq!(importers, ["importer apps/backend"], "{part}");
+    }
+
     #[test]
     fn paths_resolve_inside_the_repository_only() {
         assert_eq!(

@@ -679,6 +679,45 @@ mod tests {
         }
     }
 
+    /// The message comes from the repository: one past the limit, or with a
+    /// NUL, leaves the pull request's title in place and fails nothing.
+    #[test]
+    fn a_hostile_commit_message_is_not_taken() {
+        let (mut conn, _, _) = shop(&[]);
+        crate::store::on_pull_request(
+            &mut conn,
+            kiln_protocol::PullRequestEvent {
+                repository: crate::store::testing::REPO.into(),
+                number: 7,
+                action: kiln_protocol::PullRequestAction::Opened,
+                branch: "feature/cart".into(),
+                sha: crate::store::testing::sha(1),
+                author: "Grace".into(),
+                message: "Add a cart".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .unwrap();
+        let builder = agent(&mut conn, &[]);
+        let job = claim_one(&mut conn, &builder);
+        for hostile in [
+            "x".repeat(kiln_protocol::validate::MAX_MESSAGE + 1),
+            "nul\0byte".to_owned(),
+        ] {
+            let report = JobStatusUpdate {
+                status: Building,
+                backend: None,
+                storefront: None,
+                reason: None,
+                detail: None,
+                commit_message: Some(hostile),
+            };
+            let applied = report_status(&mut conn, &builder.id, &job.job_id, report).unwrap();
+            assert_eq!(applied.deployment.message, "Add a cart");
+        }
+    }
+
     /// An agent finds the one job it may take behind a page and more of jobs
     /// it may not.
     #[test]
