@@ -79,8 +79,11 @@ impl AgentProcess {
 
     fn configure(binary: &Path, dir: &Path, image: &str, overrides: &str) -> AgentProcess {
         std::fs::create_dir_all(dir).unwrap();
+        // The tests' builds need tens of MiB, not the 2 GiB an agent holds
+        // back below by default: a CI machine whose disk is fuller than ours
+        // would otherwise have every agent claim nothing.
         let mut settings: toml::Table = toml::from_str(&format!(
-            "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\nallow_local_repositories = true\n",
+            "work_dir = {work:?}\nstate_dir = {state:?}\nbuild_image = {image:?}\ninstall_network = \"none\"\ncancel_grace = \"2s\"\nshutdown_grace = \"2s\"\nallow_local_repositories = true\nmin_free_disk = \"256MiB\"\n",
             work = dir.join("work"),
             state = dir.join("state"),
         ))
