@@ -101,6 +101,22 @@ enum Command {
         #[arg(long = "secret-env", value_name = "NAME")]
         secret_env: Vec<String>,
     },
+    /// Verify a release's provenance offline: each DSSE envelope's signature
+    /// against the control plane's public keys, and an artifact's sha256
+    /// against the statement naming it. Exit 0 verified, 1 not.
+    Verify {
+        /// The envelopes: one, a JSON list, or `GET /api/v1/deployments/{id}/provenance`'s answer.
+        envelopes: PathBuf,
+        /// The public keys, as `GET /api/v1/provenance/keys` answers.
+        #[arg(long)]
+        keys: PathBuf,
+        /// An artifact to hold to the statement that names it.
+        #[arg(long)]
+        artifact: Option<PathBuf>,
+        /// The artifact's name in the statement (default: its file name).
+        #[arg(long)]
+        subject: Option<String>,
+    },
     /// Check Docker, the build image, git, disk space and the control plane.
     Doctor {
         #[command(flatten)]
@@ -280,6 +296,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             secret_env,
         } => Ok(scan(&dir, &format, cli.config.as_deref(), &secret_env)),
+        Command::Verify {
+            envelopes,
+            keys,
+            artifact,
+            subject,
+        } => Ok(verify(&envelopes, &keys, artifact.as_deref(), subject)),
         Command::Doctor { settings } => {
             let config = load_config(cli.config, settings)?;
             Ok(if crate::doctor::run(&config).await {
@@ -392,9 +414,11 @@ async fn build_locally(config: Arc<AgentConfig>, local: LocalBuild) -> anyhow::R
     });
     let outcome = pipeline.build(&request, &workspace, &logs, &cancel).await;
     let code = match outcome {
-        BuildOutcome::Built { artifacts, harvest } => {
+        BuildOutcome::Built {
+            artifacts, harvest, ..
+        } => {
             if let Some(harvest) = harvest {
-                for line in harvest.publish(&job_id) {
+                for line in harvest.publish(&job_id).0 {
                     eprintln!("{line}");
                 }
             }
@@ -446,6 +470,58 @@ impl Drop for ScratchDir {
 }
 
 /// `kiln-agent scan`: errors are exit code 2, so a CI step can tell them from findings.
+/// `kiln-agent verify`: offline, from files.
+fn verify(
+    envelopes: &std::path::Path,
+    keys: &std::path::Path,
+    artifact: Option<&std::path::Path>,
+    subject: Option<String>,
+) -> ExitCode {
+    use kiln_protocol::provenance::{envelopes_from_json, keys_from_json, verify_all, Artifact};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+    };
+    let checked = (|| -> Result<Vec<String>, String> {
+        let envelopes = envelopes_from_json(&read(envelopes)?)
+            .map_err(|why| format!("{}: {why}", envelopes.display()))?;
+        let keys =
+            keys_from_json(&read(keys)?).map_err(|why| format!("{}: {why}", keys.display()))?;
+        let digest = match artifact {
+            Some(path) => {
+                let (_, sha256) = crate::executor::digest_file(path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+                let name = subject.clone().unwrap_or_else(|| {
+                    path.file_name()
+                        .map(|name| name.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                });
+                Some((name, sha256))
+            }
+            None => None,
+        };
+        verify_all(
+            &envelopes,
+            &keys,
+            digest
+                .as_ref()
+                .map(|(name, sha256)| Artifact { name, sha256 }),
+        )
+    })();
+    match checked {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            println!("verified");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("not verified: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn scan(
     dir: &std::path::Path,
     format: &str,

@@ -387,6 +387,34 @@ impl Client {
         self.send(&url, request).await.map(drop)
     }
 
+    /// Tells the control plane which cache entries the job published, for the
+    /// provenance of the builds that restore them.
+    pub async fn report_cache_entries(
+        &self,
+        job_id: &str,
+        entries: Vec<kiln_protocol::provenance::PublishedEntry>,
+    ) -> Result<(), ClientError> {
+        let url = self.job_url(job_id, "/cache-entries");
+        let request = self
+            .http
+            .post(&url)
+            .timeout(Duration::from_secs(30))
+            .json(&kiln_protocol::provenance::PublishedEntries { entries });
+        self.send(&url, request).await.map(drop)
+    }
+
+    /// The control plane's provenance public keys, to verify a release with.
+    pub async fn provenance_keys(
+        &self,
+    ) -> Result<Vec<kiln_protocol::provenance::PublicKey>, ClientError> {
+        let url = self.url("/provenance/keys");
+        let request = self.http.get(&url).timeout(Duration::from_secs(30));
+        let response = self.send(&url, request).await?;
+        let keys: kiln_protocol::provenance::PublicKeys =
+            Self::decode(&url, response, "provenance keys").await?;
+        Ok(keys.keys)
+    }
+
     pub async fn append_log(
         &self,
         job_id: &str,

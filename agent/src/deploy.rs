@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::Client;
 use crate::config::{AgentConfig, Network};
 use crate::executor::release::{ServiceSpec, ServiceState};
+use crate::executor::Executor as _;
 use crate::executor::{DockerExecutor, Limits};
 use crate::logs::LogSink;
 use crate::runtime_logs::{Followed, LABEL_DEPLOY_AGENT, LABEL_DEPLOY_JOB, LABEL_SERVICE};
@@ -78,12 +79,17 @@ impl DeployRun<'_> {
         let docker = DockerExecutor::connect()
             .await
             .map_err(|error| error.to_string())?;
+        let keys = self.client.provenance_keys().await.map_err(|error| {
+            format!(
+                "cannot fetch the control plane's provenance keys to check the release: {error}"
+            )
+        })?;
         let image = self
-            .release_image(&docker, Component::Backend, &self.deploy.backend)
+            .checked_release_image(&docker, Component::Backend, &self.deploy.backend, &keys)
             .await?;
         let storefront_image = match self.storefront_release() {
             Some(release) => Some(
-                self.release_image(&docker, Component::Storefront, release)
+                self.checked_release_image(&docker, Component::Storefront, release, &keys)
                     .await?,
             ),
             None => None,
@@ -159,6 +165,61 @@ impl DeployRun<'_> {
     /// containers are still stopping never shares their names.
     fn container(&self, service: &str) -> String {
         format!("kiln-{}-{service}", self.job.job_id)
+    }
+
+    /// The release image, held to its signed provenance before anything of
+    /// it runs: signed by one of the control plane's keys, naming this
+    /// artifact's digest and the id of the image on this host, within the
+    /// environment's policy. A release that fails is removed from the host.
+    async fn checked_release_image(
+        &self,
+        docker: &DockerExecutor,
+        component: Component,
+        release: &ReleaseImage,
+        keys: &[kiln_protocol::provenance::PublicKey],
+    ) -> Result<String, String> {
+        let name = self.release_image(docker, component, release).await?;
+        let image_id = docker
+            .inspect_image(&name)
+            .await
+            .map_err(|error| error.to_string())?
+            .id;
+        let check = kiln_protocol::provenance::ReleaseCheck {
+            keys,
+            policy: &self.deploy.require,
+            project: &self.job.project_id,
+        };
+        match check.check(
+            release.provenance.as_ref(),
+            &release.name,
+            &release.sha256,
+            Some(&image_id),
+        ) {
+            Ok(statement) => {
+                let signer = release
+                    .provenance
+                    .as_ref()
+                    .and_then(|envelope| envelope.signatures.first())
+                    .map(|signature| signature.keyid.as_str())
+                    .unwrap_or_default();
+                let built = &statement.predicate.build_definition.external_parameters;
+                self.log.line(format!(
+                    "Provenance checked: {} (image {}) was built from {} at {} and signed by {signer}.",
+                    release.name,
+                    &image_id[..image_id.len().min(19)],
+                    built.repository,
+                    built.commit
+                ));
+                Ok(name)
+            }
+            Err(error) => {
+                let _ = docker.untag_image(&name).await;
+                Err(format!(
+                    "refused {}: its provenance check failed: {error}",
+                    release.name
+                ))
+            }
+        }
     }
 
     /// The release image on this host: kept from before, or downloaded

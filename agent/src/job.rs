@@ -68,6 +68,7 @@ fn update(status: DeploymentStatus, reason: Option<String>) -> JobStatusUpdate {
         reason,
         detail: None,
         commit_message: None,
+        build: None,
     }
 }
 
@@ -273,10 +274,13 @@ impl JobRun {
                 BuildOutcome::Built {
                     artifacts,
                     harvest: built,
+                    record,
                 } => match self.upload_all(&job.job_id, &artifacts, &logs).await {
                     Ok(()) => {
                         harvest = built;
-                        built_update(&artifacts)
+                        let mut done = built_update(&artifacts);
+                        done.build = Some(record);
+                        done
                     }
                     Err(error) => failed_update(error.to_string()),
                 },
@@ -334,11 +338,28 @@ impl JobRun {
         // deployment waits on it, and before its workspace goes.
         if let Some(harvest) = harvest {
             let job_id = job.job_id.clone();
-            let lines = tokio::task::spawn_blocking(move || harvest.publish(&job_id))
+            let (lines, published) = tokio::task::spawn_blocking(move || harvest.publish(&job_id))
                 .await
                 .unwrap_or_default();
             for line in lines {
                 info!(message = "Build cache.", %line);
+            }
+            // The control plane's record of them is what later builds'
+            // provenance is checked against.
+            if !published.is_empty() {
+                let told = crate::client::retry_transient(
+                    Duration::from_secs(60),
+                    Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
+                    || {
+                        self.client
+                            .report_cache_entries(&job.job_id, published.clone())
+                    },
+                    |_, _| {},
+                )
+                .await;
+                if let Err(gave_up) = told {
+                    warn!(message = "Could not tell the control plane of the cache entries published; builds that restore them will show them as unverified.", error = %gave_up.error);
+                }
             }
         }
         Some(Ended {

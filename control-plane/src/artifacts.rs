@@ -66,13 +66,6 @@ pub fn validate_descriptor(descriptor: &ArtifactDescriptor, max_size: u64) -> Re
     Ok(())
 }
 
-/// A file's sha256, read in pieces.
-fn sha256_of(path: &std::path::Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
 impl ArtifactStore {
     pub fn new(root: PathBuf, objects: Option<crate::objects::Objects>) -> Self {
         Self { root, objects }
@@ -166,11 +159,12 @@ impl ArtifactStore {
             Ok(()) => Ok(dest),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 let stored = dest.clone();
-                let same = tokio::task::spawn_blocking(move || sha256_of(&stored))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .is_some_and(|sha256| sha256 == descriptor.sha256);
+                let same =
+                    tokio::task::spawn_blocking(move || crate::secrets::sha256_file(&stored))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .is_some_and(|sha256| sha256 == descriptor.sha256);
                 if same {
                     Ok(dest)
                 } else {

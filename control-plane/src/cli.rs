@@ -127,6 +127,11 @@ struct Cli {
     /// (a chat bridge or search indexer beside the server).
     #[arg(long, env = "KILN_ALLOW_PRIVATE_WEBHOOKS")]
     allow_private_webhooks: bool,
+    /// The Ed25519 key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`)
+    /// release provenance is signed with; else one made at first start in
+    /// the data dir (`provenance/signing-key.pem`).
+    #[arg(long, env = "KILN_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +145,33 @@ enum Command {
     Agents {
         #[command(subcommand)]
         action: AgentsCommand,
+    },
+    /// Release provenance.
+    Provenance {
+        #[command(subcommand)]
+        action: ProvenanceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvenanceCommand {
+    /// Verifies DSSE envelopes (one, a list, or a deployment's
+    /// `GET /api/v1/deployments/{id}/provenance`, from a file or that URL with
+    /// `KILN_ADMIN_TOKEN`) against the public keys, and an artifact's sha256
+    /// against the statement naming it. Exit 0 verified, 1 not.
+    Verify {
+        /// A file or an http(s) URL.
+        envelopes: String,
+        /// The public keys (a file or URL, as `GET /api/v1/provenance/keys`
+        /// answers); by default that route of the envelopes' server.
+        #[arg(long)]
+        keys: Option<String>,
+        /// An artifact to hold to the statement that names it.
+        #[arg(long)]
+        artifact: Option<PathBuf>,
+        /// The artifact's name in the statement (default: its file name).
+        #[arg(long)]
+        subject: Option<String>,
     },
 }
 
@@ -195,6 +227,20 @@ pub fn main() -> anyhow::Result<()> {
         Some(Command::Agents { action }) => {
             agents(&cli.data_dir, cli.database_url.as_deref(), action)
         }
+        Some(Command::Provenance {
+            action:
+                ProvenanceCommand::Verify {
+                    envelopes,
+                    keys,
+                    artifact,
+                    subject,
+                },
+        }) => tokio::runtime::Runtime::new()?.block_on(crate::verify::run(
+            &envelopes,
+            keys.as_deref(),
+            artifact.as_deref(),
+            subject,
+        )),
         None => tokio::runtime::Runtime::new()?.block_on(run(cli)),
     }
 }
@@ -362,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     config.allow_local_repositories = cli.allow_local_repositories;
     config.allow_private_git_hosts = cli.allow_private_git_hosts;
     config.allow_private_webhooks = cli.allow_private_webhooks;
+    config.signing_key = cli.signing_key;
     config.metrics_listen = cli.metrics_listen;
     config.log_limit = cli.log_limit_bytes;
     config.connections = ConnectionLimits {

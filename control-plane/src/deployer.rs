@@ -42,6 +42,8 @@ pub enum DeployError {
     },
     #[error("cannot switch {dir}/current: {source}")]
     Switch { dir: String, source: std::io::Error },
+    #[error("refused {artifact}: its provenance check failed: {why}")]
+    Provenance { artifact: String, why: String },
 }
 
 /// Runs the deploy of a deployment already moved to `deploying` by this
@@ -166,6 +168,7 @@ async fn promote(state: &AppState, deployment_id: &str) -> Result<(), DeployErro
             dir: release_dir.display().to_string(),
             source,
         })?;
+    check_provenance(state, &deployment, &release_dir).await?;
     if let Some(hook) = &state.config.deploy_hook {
         let env = [
             ("KILN_DEPLOYMENT_ID", deployment.id.as_ref()),
@@ -202,6 +205,41 @@ async fn copy_artifacts(
         if tokio::fs::hard_link(&source, &dest).await.is_err() {
             tokio::fs::copy(&source, &dest).await?;
         }
+    }
+    Ok(())
+}
+
+/// Holds each promoted artifact, as it now is on disk, to its signed
+/// provenance and the environment's policy, before the hook runs it.
+async fn check_provenance(
+    state: &AppState,
+    deployment: &Deployment,
+    release_dir: &Path,
+) -> Result<(), DeployError> {
+    let id = deployment.id.clone();
+    let signed = state
+        .db
+        .call(move |conn| store::release_provenance(conn, &id))
+        .await
+        .map_err(DeployError::Read)?;
+    for artifact in &deployment.artifacts {
+        let name = &artifact.descriptor.name;
+        let path = release_dir.join(name);
+        let refused = |why: String| DeployError::Provenance {
+            artifact: name.clone(),
+            why,
+        };
+        let sha256 = tokio::task::spawn_blocking(move || crate::secrets::sha256_file(&path))
+            .await
+            .map_err(|error| refused(error.to_string()))?
+            .map_err(|error| refused(format!("cannot read it: {error}")))?;
+        kiln_protocol::provenance::ReleaseCheck {
+            keys: &signed.keys,
+            policy: &signed.policy,
+            project: &deployment.project_id,
+        }
+        .check(signed.envelopes.get(name), name, &sha256, None)
+        .map_err(|error| refused(error.to_string()))?;
     }
     Ok(())
 }

@@ -33,9 +33,11 @@ mod outbound;
 mod retention;
 mod secrets;
 mod server;
+mod signing;
 mod state;
 mod store;
 mod sync;
+mod verify;
 mod webhooks;
 
 pub use connections::ConnectionLimits;

@@ -8,6 +8,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// A file's sha256 in hex, read in pieces.
+pub(crate) fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// 256 random bits in hex: agents' and sessions' tokens, upload URLs.
 pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];

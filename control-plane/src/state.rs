@@ -85,6 +85,9 @@ pub struct Config {
     pub git_host_retry: Duration,
     /// Live log follows one client address may hold at once.
     pub follows_per_client: usize,
+    /// The provenance signing key (PKCS#8 PEM) when given, in place of the
+    /// data dir's.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -122,6 +125,7 @@ impl Config {
             public_url: None,
             git_host_retry: Duration::from_secs(2),
             follows_per_client: 16,
+            signing_key: None,
         }
     }
 }
@@ -139,6 +143,10 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error(transparent)]
     Objects(#[from] objects::ObjectsError),
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
+    #[error("cannot list the provenance signing key: {0}")]
+    SigningKeyList(String),
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -147,6 +155,8 @@ pub struct AppState(pub(crate) Arc<Inner>);
 
 pub struct Inner {
     pub config: Config,
+    /// The provenance signing key.
+    pub(crate) signing: crate::signing::Signing,
     pub(crate) db: Db,
     pub(crate) logs: LogStore,
     pub(crate) artifacts: ArtifactStore,
@@ -215,6 +225,28 @@ impl AppState {
                 .map_err(|source| StartError::DataDir { path, source })?;
         }
         let db = Db::open(&config.database_location(), config.database_connections)?;
+        let signing = crate::signing::Signing::open(
+            &config.data_dir,
+            config.signing_key.as_deref(),
+            config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| "urn:kiln:control-plane".to_owned()),
+        )?;
+        // Listed before it signs anything. A plain thread: the PostgreSQL
+        // client runs a runtime of its own.
+        let public = signing.key().verifying_key();
+        let location = config.database_location();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut conn = db::connect(&location).map_err(|e| e.to_string())?;
+                    store::register_key(&mut conn, &public).map_err(|e| e.to_string())
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the thread panicked".to_owned()))
+        })
+        .map_err(StartError::SigningKeyList)?;
         let db_shared = db.postgres_url().is_some();
         let missed_wake_recheck = config.missed_wake_recheck;
         let objects = config
@@ -246,6 +278,7 @@ impl AppState {
             parked: Default::default(),
             follows: follows::FollowSlots::new(config_connections, follows_per_client),
             drains: crate::sync::Marked::default(),
+            signing,
         })))
     }
 

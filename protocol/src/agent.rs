@@ -248,6 +248,11 @@ pub struct JobStatusUpdate {
     /// event carries only its title. Added in v1.9.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_message: Option<String>,
+    /// On `awaiting_deployment`: what the control plane's provenance of the
+    /// build is to say (its plan, images and the cache entries it restored).
+    /// Added in v1.10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::provenance::BuildRecord>,
 }
 
 /// Answer to `PUT /api/v1/agent/jobs/{job_id}/logs/{stream}?offset=N`, whose body is
@@ -303,6 +308,10 @@ pub struct ReleaseImage {
     /// registry (`registry/repository:tag`). Added in v1.7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// The control plane's signed provenance of this image, which the deploy
+    /// host checks before it runs it. Added in v1.10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<crate::provenance::Envelope>,
 }
 
 /// What a deploy host needs to put a deployment live. Sent in `Job::deploy`.
@@ -321,6 +330,9 @@ pub struct DeployJob {
     pub runtime_env: Vec<EnvVar>,
     /// Release images kept per environment on the host, for rollbacks.
     pub releases_kept: u32,
+    /// The environment's provenance policy. Added in v1.10.
+    #[serde(default)]
+    pub require: crate::provenance::ProvenancePolicy,
 }
 
 #[cfg(test)]
@@ -426,6 +438,7 @@ mod tests {
             reason: Some("npm run build exited with code 2".into()),
             detail: None,
             commit_message: None,
+            build: None,
         };
         insta::assert_json_snapshot!(update, @r###"
         {

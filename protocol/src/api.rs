@@ -229,6 +229,10 @@ pub struct UpdateEnvironment {
     /// Deploys go to an agent with the deploy role (`crate::deploy`). Added in v1.7.
     #[serde(default)]
     pub deploy: Option<crate::deploy::DeploySettings>,
+    /// What a release's provenance must show before it deploys here. Added
+    /// in v1.10.
+    #[serde(default)]
+    pub require: Option<crate::provenance::ProvenancePolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +249,10 @@ pub struct Environment {
     /// Set when an agent with the deploy role runs its deploys. Added in v1.7.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<crate::deploy::DeploySettings>,
+    /// What a release's provenance must show before it deploys here. Added
+    /// in v1.10.
+    #[serde(default)]
+    pub require: crate::provenance::ProvenancePolicy,
 }
 
 /// `PUT /api/v1/environments/{environment_id}/variables`: replaces the whole set.

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod deploy;
 pub mod error;
+pub mod provenance;
 pub mod status;
 pub mod steps;
 pub mod validate;

@@ -329,6 +329,7 @@ async fn branch_rule_change_applies_to_the_next_push() {
                 branch: Some("release/*".to_owned()),
                 auto_deploy: None,
                 deploy: None,
+                require: None,
             },
         )
         .await

@@ -460,6 +460,7 @@ pub fn update(status: kiln_protocol::DeploymentStatus) -> kiln_protocol::JobStat
         reason: None,
         detail: None,
         commit_message: None,
+        build: None,
     }
 }
 

@@ -47,6 +47,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Its name, in paths and in the build's provenance.
+    pub fn name(self) -> &'static str {
+        self.dir()
+    }
+
     fn dir(self) -> &'static str {
         match self {
             Kind::Deps => "deps",

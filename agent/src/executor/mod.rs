@@ -5,6 +5,7 @@
 
 pub mod docker;
 mod oci;
+pub use oci::digest_file;
 pub mod release;
 
 use std::path::PathBuf;

@@ -19,6 +19,7 @@ use crate::cache::{Cache, Found, Kind, Meta, Scopes, Slot, Source};
 use crate::config::ByteSize;
 use crate::package_manager::{PackageManager, Provision};
 use crate::repo_fs::RepoFs;
+use kiln_protocol::provenance::PublishedEntry;
 
 /// The checkout's directory in the build directory (the containers' `/kiln`).
 pub(super) const CHECKOUT: &str = "src";
@@ -116,10 +117,12 @@ fn node_modules_under(root: &Path, install_dir: &Path, exclude: &[PathBuf]) -> V
 }
 
 impl Harvest {
-    /// Publishes every entry; returns a line for each, for the agent's log.
-    pub fn publish(self, job_id: &str) -> Vec<String> {
+    /// Publishes every entry; returns a line for each, for the agent's log,
+    /// and the entries now in the cache, for the control plane's records.
+    pub fn publish(self, job_id: &str) -> (Vec<String>, Vec<PublishedEntry>) {
         let Harvest { request, items } = self;
         let mut lines = Vec::new();
+        let mut published = Vec::new();
         for mut item in items {
             let sources = match &item.sources {
                 Sources::NodeModules {
@@ -166,15 +169,22 @@ impl Harvest {
                 key: &item.key,
             };
             let started = std::time::Instant::now();
+            let entry = PublishedEntry {
+                kind: item.kind.name().to_owned(),
+                key: item.key.clone(),
+            };
             lines.push(match request.cache.publish(slot, item.meta, &sources) {
-                Ok(Some(meta)) => format!(
-                    "Cached {label} for {} ({}, {} files, key {}) in {:.1}s.",
-                    request.scopes.write,
-                    ByteSize(meta.bytes),
-                    meta.files,
-                    &item.key[..12],
-                    started.elapsed().as_secs_f64()
-                ),
+                Ok(Some(meta)) => {
+                    published.push(entry);
+                    format!(
+                        "Cached {label} for {} ({}, {} files, key {}) in {:.1}s.",
+                        request.scopes.write,
+                        ByteSize(meta.bytes),
+                        meta.files,
+                        &item.key[..12],
+                        started.elapsed().as_secs_f64()
+                    )
+                }
                 Ok(None) => format!(
                     "{label}: {} already has key {}.",
                     request.scopes.write,
@@ -183,7 +193,7 @@ impl Harvest {
                 Err(error) => format!("Could not cache {label}: {error}"),
             });
         }
-        lines
+        (lines, published)
     }
 }
 
@@ -197,8 +207,23 @@ pub(super) struct BuildCache {
     pending: Mutex<Vec<Pending>>,
 }
 
+impl Build<'_> {
+    /// Notes an entry the build restored, for its provenance; says where it
+    /// came from, for the log.
+    pub(super) fn restored_from(
+        &self,
+        cache: &BuildCache,
+        component: Component,
+        kind: Kind,
+        found: &Found,
+    ) -> String {
+        self.record.restored(component, kind, found);
+        origin(found, &cache.request.scopes)
+    }
+}
+
 /// What a restore found, for the log.
-pub(super) fn origin(found: &Found, scopes: &Scopes) -> String {
+fn origin(found: &Found, scopes: &Scopes) -> String {
     let whose = if found.own_scope {
         format!("{}'s", scopes.write)
     } else {
@@ -451,7 +476,7 @@ impl Build<'_> {
         self.system.line(kiln_protocol::reused_output_line(
             component.as_str(),
             &found.meta.job_id,
-            &origin(&found, &cache.request.scopes),
+            &self.restored_from(cache, component, Kind::Output, &found),
             found.meta.bytes,
         ));
         Some(BuiltArtifact {

@@ -14,6 +14,7 @@ pub(crate) mod checkout;
 mod diagnose;
 mod node;
 pub(crate) mod plan;
+mod record;
 mod release;
 mod restore;
 mod scan;
@@ -146,6 +147,8 @@ pub enum BuildOutcome {
         artifacts: Vec<BuiltArtifact>,
         /// What to leave in the build cache, once the job has reported.
         harvest: Option<Harvest>,
+        /// What the build's provenance is to say.
+        record: kiln_protocol::provenance::BuildRecord,
     },
     Failed(BuildFailure),
     Canceled,
@@ -198,6 +201,8 @@ struct Build<'a> {
     nodes: [std::sync::OnceLock<node::NodeChoice>; 2],
     /// A local build's copied files as the copy left them, for its output keys.
     copied_files: std::sync::OnceLock<Vec<(String, String)>>,
+    /// What its provenance is to say.
+    record: record::Recorder,
 }
 
 impl Pipeline {
@@ -228,6 +233,7 @@ impl Pipeline {
             ]),
             nodes: Default::default(),
             copied_files: Default::default(),
+            record: Default::default(),
         };
         let ran = tokio::select! {
             ran = build.run() => ran,
@@ -237,7 +243,11 @@ impl Pipeline {
             )),
         };
         let outcome = match ran {
-            Ok((artifacts, harvest)) => BuildOutcome::Built { artifacts, harvest },
+            Ok((artifacts, harvest)) => BuildOutcome::Built {
+                artifacts,
+                harvest,
+                record: build.record.finish(),
+            },
             Err(Stop::Canceled) => BuildOutcome::Canceled,
             Err(Stop::Failed(mut failure)) => {
                 // A clone or a pack that ran out of disk says only "No space left on
@@ -325,6 +335,16 @@ impl Build<'_> {
                 plan.node_requirement.as_ref(),
             )
             .await?;
+        self.record.image(
+            Component::Backend,
+            &backend_node.image,
+            &backend_node.image_id,
+        );
+        self.record.described(
+            Component::Backend,
+            Some("medusa".to_owned()),
+            Some(plan.manager.slug().to_owned()),
+        );
         let _ = self.nodes[index(Component::Backend)].set(backend_node);
         let storefront = match storefront {
             Ok(Some(found)) => {
@@ -334,6 +354,13 @@ impl Build<'_> {
                     .await
                 {
                     Ok(choice) => {
+                        self.record
+                            .image(Component::Storefront, &choice.image, &choice.image_id);
+                        self.record.described(
+                            Component::Storefront,
+                            Some(found.framework.slug().to_owned()),
+                            Some(found.package_manager.to_owned()),
+                        );
                         let _ = self.nodes[index(Component::Storefront)].set(choice);
                         Ok(Some(found))
                     }

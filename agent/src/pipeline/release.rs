@@ -167,6 +167,15 @@ impl Build<'_> {
             },
         };
         let out = self.workspace.artifacts().join(artifact.name());
+        // Its id (the sha256 of its config), the same loaded or pulled: what a
+        // deploy host holds the image it runs to.
+        match executor.inspect_image(release_tag).await {
+            Ok(facts) => self.record.release_image(artifact.name(), &facts.id),
+            Err(error) => {
+                let _ = executor.untag_image(release_tag).await;
+                return Err(fail(component, error.to_string()));
+            }
+        }
         let saved = executor.save_image(release_tag, &out).await;
         let _ = executor.untag_image(release_tag).await;
         let (size, sha256) = saved.map_err(|error| fail(component, error.to_string()))?;

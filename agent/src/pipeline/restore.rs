@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_protocol::Component;
 
-use super::cached::{origin, BuildCache, Sources, CHECKOUT, HOME};
+use super::cached::{BuildCache, Sources, CHECKOUT, HOME};
 use super::{Build, Stop};
 use crate::beneath;
 use crate::cache::{Kind, Source};
@@ -96,7 +96,10 @@ impl Build<'_> {
             ));
             return Ok((provided, true));
         };
-        if self.restore_deps(cache, install.dir, &key).await? {
+        if self
+            .restore_deps(cache, install.dir, &key, install.component)
+            .await?
+        {
             return Ok((provided, false));
         }
         self.restore_store(cache, install.dir, manager, install.component)
@@ -118,6 +121,7 @@ impl Build<'_> {
         cache: &BuildCache,
         install_dir: &Path,
         key: &str,
+        component: Component,
     ) -> Result<bool, Stop> {
         let group = install_dir.display().to_string();
         let Some(found) = cache
@@ -165,7 +169,7 @@ impl Build<'_> {
                 self.system.line(format!(
                     "Restored node_modules of {} from {} ({}, {} files, {} in {:.1}s); the install is skipped.",
                     super::display_dir(install_dir),
-                    origin(&found, &cache.request.scopes),
+                    self.restored_from(cache, component, Kind::Deps, &found),
                     ByteSize(found.meta.bytes),
                     found.meta.files,
                     if linked { "linked" } else { "copied" },
@@ -257,7 +261,7 @@ impl Build<'_> {
                         Ok(restored) => self.system.line(format!(
                             "Restored the {} store from {} ({}, {} in {:.1}s).",
                             manager.slug(),
-                            origin(&found, &cache.request.scopes),
+                            self.restored_from(cache, component, Kind::Store, &found),
                             ByteSize(found.meta.bytes),
                             if restored.linked { "linked" } else { "copied" },
                             restored.took.as_secs_f64()
@@ -321,7 +325,7 @@ impl Build<'_> {
                     self.system.line(format!(
                         "Restored {} from {} in {:.1}s; it is not fetched again.",
                         provision.label(),
-                        origin(&found, &cache.request.scopes),
+                        self.restored_from(cache, component, Kind::Store, &found),
                         restored.took.as_secs_f64()
                     ));
                     return true;
@@ -420,7 +424,12 @@ impl Build<'_> {
                         Ok(restored) => self.system.line(format!(
                             "Restored {} from {} ({}, copied in {:.1}s).",
                             rel.display(),
-                            origin(&found, &cache.request.scopes),
+                            self.restored_from(
+                                cache,
+                                Component::Storefront,
+                                Kind::Framework,
+                                &found
+                            ),
                             ByteSize(found.meta.bytes),
                             restored.took.as_secs_f64()
                         )),

@@ -141,6 +141,7 @@ pub(super) async fn run_steps(
         build
             .system
             .line(kiln_protocol::step_started_line(&shown, &label));
+        build.record.step(component, name, &shown);
         // The step's first output gets a time mark of its own, so the outline
         // can tell exactly where in the stream it began.
         sink.mark_next_write();

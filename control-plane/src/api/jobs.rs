@@ -193,10 +193,16 @@ pub(super) async fn report_status(
     ApiPath(job_id): ApiPath<String>,
     ApiJson(update): ApiJson<JobStatusUpdate>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if let Some(record) = &update.build {
+        store::check_build_record(record)?;
+    }
     let id = job_id.clone();
+    let signing_state = state.clone();
     let applied = state
         .db
-        .call(move |conn| store::report_status(conn, &agent.id, &id, update))
+        .call(move |conn| {
+            store::report_status(conn, &signing_state.signing, &agent.id, &id, update)
+        })
         .await?;
     state.announce_change();
     // A job that ended sends its drains its last lines, whole or not.

@@ -8,6 +8,7 @@ mod deployments;
 mod fleet;
 mod jobs;
 mod projects;
+mod provenance;
 mod webhooks;
 
 use axum::extract::DefaultBodyLimit;
@@ -190,6 +191,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/deployments/{deployment_id}/cancel",
             post(deployments::cancel),
+        )
+        .route(
+            "/deployments/{deployment_id}/provenance",
+            get(provenance::deployment),
+        )
+        .route("/provenance/keys", get(provenance::keys))
+        .route("/provenance/keys/rotate", post(provenance::rotate))
+        .route(
+            "/agent/jobs/{job_id}/cache-entries",
+            post(provenance::published),
         )
         .method_not_allowed_fallback(|| async {
             ApiError::InvalidParameter("method not allowed on this route".to_owned())

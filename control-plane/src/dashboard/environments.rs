@@ -208,6 +208,7 @@ pub async fn save_deploy(
                 &environment_id,
                 UpdateEnvironment {
                     deploy: Some(settings),
+                    require: None,
                     ..Default::default()
                 },
             )

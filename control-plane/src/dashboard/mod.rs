@@ -575,6 +575,7 @@ async fn save_environment_settings(
                     branch: Some(branch),
                     auto_deploy: Some(auto_deploy),
                     deploy: None,
+                    require: None,
                 },
             )
         })

@@ -56,7 +56,7 @@ impl Location {
 
 /// Schema versions, applied in order at start. Append; never edit a released one.
 /// PostgreSQL reads the same files through `postgres_schema`.
-const SCHEMA: [&str; 18] = [
+const SCHEMA: [&str; 19] = [
     include_str!("schema/001_initial.sql"),
     include_str!("schema/002_secret_scan.sql"),
     include_str!("schema/003_submodules.sql"),
@@ -75,6 +75,7 @@ const SCHEMA: [&str; 18] = [
     include_str!("schema/016_last_hook.sql"),
     include_str!("schema/017_webhooks.sql"),
     include_str!("schema/018_log_drains.sql"),
+    include_str!("schema/019_provenance.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -238,14 +238,16 @@ fn deploy_job(
         "UPDATE deployments SET current_job_id = ?1, lease_expires_at = ?2 WHERE id = ?3",
         params![job_id, now + lease_ms, deployment.id],
     )?;
-    let (repository_url, backend_path, storefront_path, environment_name, action): (
+    let (repository_url, backend_path, storefront_path, environment_name, action, require): (
         String,
         String,
         Option<String>,
         String,
+        Option<String>,
         Option<String>,
     ) = tx.query_row(
-        "SELECT p.repository_url, p.backend_path, p.storefront_path, e.name, d.deploy_action
+        "SELECT p.repository_url, p.backend_path, p.storefront_path, e.name, d.deploy_action,
+                e.require_policy
          FROM deployments d JOIN projects p ON p.id = d.project_id
          JOIN environments e ON e.id = d.environment_id WHERE d.id = ?1",
         [&deployment.id],
@@ -256,6 +258,7 @@ fn deploy_job(
                 row.get(2)?,
                 row.get(3)?,
                 row.get(4)?,
+                row.get(5)?,
             ))
         },
     )?;
@@ -263,24 +266,28 @@ fn deploy_job(
         .prepare(RUNTIME_VARIABLES_IN)?
         .query_map([&deployment.environment_id], variable_from_row)?
         .collect::<Result<_, _>>()?;
-    let release_image = |name: &str| {
-        deployment
+    let release_image = |name: &str| -> Result<Option<ReleaseImage>, ApiError> {
+        let Some(release) = deployment
             .artifacts
             .iter()
             .find(|artifact| artifact.descriptor.name == name)
-            .map(|release| ReleaseImage {
-                name: name.to_owned(),
-                size: release.descriptor.size,
-                sha256: release.descriptor.sha256.clone(),
-                url: format!("/api/v1/agent/jobs/{job_id}/artifacts/{name}"),
-                // The server adds the registry's, when it has one.
-                reference: None,
-            })
+        else {
+            return Ok(None);
+        };
+        Ok(Some(ReleaseImage {
+            name: name.to_owned(),
+            size: release.descriptor.size,
+            sha256: release.descriptor.sha256.clone(),
+            url: format!("/api/v1/agent/jobs/{job_id}/artifacts/{name}"),
+            // The server adds the registry's, when it has one.
+            reference: None,
+            provenance: super::provenance::envelope_of(tx, &deployment.id, name)?,
+        }))
     };
-    let backend = release_image(BACKEND_RELEASE).ok_or_else(|| {
+    let backend = release_image(BACKEND_RELEASE)?.ok_or_else(|| {
         ApiError::Conflict(format!("deployment {} has no release image", deployment.id))
     })?;
-    let storefront = release_image(STOREFRONT_RELEASE);
+    let storefront = release_image(STOREFRONT_RELEASE)?;
     let releases_kept = settings.releases_kept;
     Ok(Job {
         job_id,
@@ -321,6 +328,9 @@ fn deploy_job(
             storefront,
             runtime_env,
             releases_kept,
+            require: require
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default(),
         }),
         release_image: false,
         release_reference: None,
@@ -477,6 +487,7 @@ mod tests {
             reason: reason.map(str::to_owned),
             detail: None,
             commit_message: None,
+            build: None,
         }
     }
 
@@ -495,6 +506,7 @@ mod tests {
         }
         report_status(
             conn,
+            &crate::signing::Signing::for_tests(),
             &builder.id,
             &job.job_id,
             report(DeploymentStatus::AwaitingDeployment, None),
@@ -518,6 +530,7 @@ mod tests {
             environment_id,
             UpdateEnvironment {
                 deploy: Some(settings),
+                require: None,
                 ..Default::default()
             },
         )
@@ -560,6 +573,7 @@ mod tests {
         );
         let live = report_status(
             &mut conn,
+            &crate::signing::Signing::for_tests(),
             &host.id,
             &job.job_id,
             report(DeploymentStatus::Live, None),
@@ -573,6 +587,7 @@ mod tests {
         assert_eq!(job.deployment_id, second);
         report_status(
             &mut conn,
+            &crate::signing::Signing::for_tests(),
             &host.id,
             &job.job_id,
             report(DeploymentStatus::Live, None),
@@ -591,6 +606,7 @@ mod tests {
         let job = claim_as(&mut conn, &host, &[Role::Deploy]).unwrap();
         let failed = report_status(
             &mut conn,
+            &crate::signing::Signing::for_tests(),
             &host.id,
             &job.job_id,
             report(DeploymentStatus::DeployFailed, Some("health check failed")),
@@ -625,6 +641,7 @@ mod tests {
         let job = claim_as(conn, host, &[Role::Deploy]).unwrap();
         report_status(
             conn,
+            &crate::signing::Signing::for_tests(),
             &host.id,
             &job.job_id,
             report(DeploymentStatus::Live, None),
@@ -651,6 +668,7 @@ mod tests {
         assert_eq!(job.deployment_id, first);
         report_status(
             &mut conn,
+            &crate::signing::Signing::for_tests(),
             &host.id,
             &job.job_id,
             report(DeploymentStatus::Live, None),

@@ -180,6 +180,7 @@ mod tests {
         let job = claim_one(conn, &builder);
         crate::store::report_status(
             conn,
+            &crate::signing::Signing::for_tests(),
             &builder.id,
             &job.job_id,
             JobStatusUpdate {
@@ -189,6 +190,7 @@ mod tests {
                 reason: None,
                 detail: None,
                 commit_message: None,
+                build: None,
             },
         )
         .unwrap();

@@ -3,7 +3,7 @@
 
 use crate::db::sql::{params, Connection, OptionalExtension, Params, Row, Transaction};
 use kiln_protocol::{
-    ComponentStatus, Deployment, DeploymentStatus, Job, JobCache, JobControl, JobDirective,
+    ComponentStatus, Deployment, DeploymentStatus, EnvVar, Job, JobCache, JobControl, JobDirective,
     JobLimits, JobStatusUpdate, Role,
 };
 
@@ -23,6 +23,7 @@ use super::rows::{deployment_from_row, job_in, owned_job, with_history};
 use super::values::{json_list, new_id, now_ms, time, to_json};
 use super::variables::{variable_from_row, VARIABLES_IN};
 use crate::error::ApiError;
+use crate::signing::Signing;
 
 /// Policy the store needs from the server's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -159,10 +160,15 @@ pub fn claim_for_roles(
     let row = projects.first().ok_or(crate::db::sql::Error::NoRows)?;
     let (project, repository_token): (_, Option<String>) =
         (project_from_row(row)?, row.get("repository_token")?);
-    let env = variables
+    let env: Vec<EnvVar> = variables
         .iter()
         .map(variable_from_row)
         .collect::<Result<_, _>>()?;
+    // Their names, for the build's provenance.
+    tx.execute_deferred(
+        "UPDATE jobs SET variables = ?1 WHERE id = ?2",
+        params![super::provenance::given_variables(&env), job_id],
+    )?;
     let reports = project.git_host.is_some().then(|| ReportsTo {
         project_id: project.id.clone(),
         commit_sha: deployment.commit_sha.clone(),
@@ -401,6 +407,7 @@ pub struct StatusApplied {
 
 pub fn report_status(
     conn: &mut Connection,
+    signing: &Signing,
     agent_id: &str,
     job_id: &str,
     update: JobStatusUpdate,
@@ -563,6 +570,13 @@ pub fn report_status(
             params![now, job_id],
         )?;
     }
+    // The build's provenance, signed with its success: a built deployment
+    // never lacks it. An older agent reports no record; it is signed from
+    // what the control plane knows alone.
+    if moves && update.status == AwaitingDeployment {
+        let record = update.build.clone().unwrap_or_default();
+        super::provenance::sign_build(&tx, signing, job_id, &updated, &record, now)?;
+    }
     let deployment = with_history(&tx, updated)?;
     tx.commit()?;
     Ok(StatusApplied {
@@ -670,9 +684,16 @@ mod tests {
                 reason: None,
                 detail: None,
                 commit_message: Some("Fix the cart total\n\nIt summed twice.".into()),
+                build: None,
             };
-            let applied =
-                report_status(&mut conn, &builder.id, &job.job_id, building.clone()).unwrap();
+            let applied = report_status(
+                &mut conn,
+                &crate::signing::Signing::for_tests(),
+                &builder.id,
+                &job.job_id,
+                building.clone(),
+            )
+            .unwrap();
             assert_eq!(applied.deployment.message, expected.1);
             let stored = get_deployment_in(&conn, expected.0).unwrap();
             assert_eq!(stored.message, expected.1);
@@ -712,8 +733,16 @@ mod tests {
                 reason: None,
                 detail: None,
                 commit_message: Some(hostile),
+                build: None,
             };
-            let applied = report_status(&mut conn, &builder.id, &job.job_id, report).unwrap();
+            let applied = report_status(
+                &mut conn,
+                &crate::signing::Signing::for_tests(),
+                &builder.id,
+                &job.job_id,
+                report,
+            )
+            .unwrap();
             assert_eq!(applied.deployment.message, "Add a cart");
         }
     }
@@ -902,6 +931,7 @@ mod tests {
     ) -> Result<StatusApplied, ApiError> {
         report_status(
             conn,
+            &crate::signing::Signing::for_tests(),
             agent_id,
             job_id,
             JobStatusUpdate {
@@ -911,6 +941,7 @@ mod tests {
                 reason: None,
                 detail: None,
                 commit_message: None,
+                build: None,
             },
         )
     }

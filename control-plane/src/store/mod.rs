@@ -18,6 +18,7 @@ mod log_chunks;
 mod log_drains;
 mod outbox;
 mod projects;
+mod provenance;
 mod registration_tokens;
 mod retention;
 mod rows;
@@ -37,6 +38,10 @@ pub use log_chunks::*;
 pub use log_drains::*;
 pub use outbox::*;
 pub use projects::*;
+pub use provenance::{
+    check_build_record, deployment_provenance, provenance_keys, record_published, register_key,
+    release_provenance, rotate_key,
+};
 pub use registration_tokens::*;
 pub use retention::*;
 pub use users::*;

@@ -471,6 +471,10 @@ pub(super) fn environment_from_row(row: &Row) -> crate::db::sql::Result<Environm
         deploy: row
             .get::<_, Option<String>>("deploy")?
             .and_then(|json| serde_json::from_str(&json).ok()),
+        require: row
+            .get::<_, Option<String>>("require_policy")?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -591,6 +595,12 @@ pub fn update_environment(
             params![to_json(deploy), id],
         )?;
     }
+    if let Some(require) = &update.require {
+        tx.execute(
+            "UPDATE environments SET require_policy = ?1 WHERE id = ?2",
+            params![to_json(require), id],
+        )?;
+    }
     let environment = get_environment_in(&tx, id)?;
     tx.commit()?;
     Ok(environment)
@@ -673,6 +683,7 @@ mod tests {
                 branch: Some("trunk".into()),
                 auto_deploy: Some(true),
                 deploy: None,
+                require: None,
             },
         )
         .unwrap();

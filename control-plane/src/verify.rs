@@ -1,0 +1,85 @@
+//! `kiln-server provenance verify`: a release's envelopes and the public keys
+//! from files or from a server, checked here (offline once read).
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use kiln_protocol::provenance::{envelopes_from_json, keys_from_json, verify_all, Artifact};
+
+/// The bytes of a file, or of an http(s) URL fetched with `KILN_ADMIN_TOKEN`
+/// when it is set.
+async fn read(source: &str) -> anyhow::Result<Vec<u8>> {
+    if !(source.starts_with("http://") || source.starts_with("https://")) {
+        return std::fs::read(source).with_context(|| format!("cannot read {source}"));
+    }
+    let mut request = reqwest::Client::new().get(source);
+    if let Ok(token) = std::env::var("KILN_ADMIN_TOKEN") {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot fetch {source}"))?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        bail!(
+            "{source} answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+    }
+    Ok(body.to_vec())
+}
+
+/// `<origin>/api/v1/provenance/keys` of an envelopes URL.
+fn keys_url(envelopes: &str) -> Option<String> {
+    let url = reqwest::Url::parse(envelopes).ok()?;
+    let origin = url.origin().ascii_serialization();
+    Some(format!(
+        "{origin}{}/provenance/keys",
+        kiln_protocol::API_PREFIX
+    ))
+}
+
+pub async fn run(
+    envelopes: &str,
+    keys: Option<&str>,
+    artifact: Option<&Path>,
+    subject: Option<String>,
+) -> anyhow::Result<()> {
+    let keys_source = match keys {
+        Some(keys) => keys.to_owned(),
+        None => keys_url(envelopes)
+            .context("--keys is needed when the envelopes are a file (the keys from GET /api/v1/provenance/keys)")?,
+    };
+    let envelopes_read = envelopes_from_json(&read(envelopes).await?)
+        .map_err(|why| anyhow::anyhow!("{envelopes}: {why}"))?;
+    let keys_read = keys_from_json(&read(&keys_source).await?)
+        .map_err(|why| anyhow::anyhow!("{keys_source}: {why}"))?;
+    let digest = match artifact {
+        Some(path) => {
+            let sha256 = crate::secrets::sha256_file(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let name = subject.unwrap_or_else(|| {
+                path.file_name()
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            Some((name, sha256))
+        }
+        None => None,
+    };
+    let lines = verify_all(
+        &envelopes_read,
+        &keys_read,
+        digest
+            .as_ref()
+            .map(|(name, sha256)| Artifact { name, sha256 }),
+    )
+    .map_err(|why| anyhow::anyhow!("not verified: {why}"))?;
+    for line in lines {
+        println!("{line}");
+    }
+    println!("verified");
+    Ok(())
+}
