@@ -357,8 +357,13 @@ impl JobRun {
                     |_, _| {},
                 )
                 .await;
-                if let Err(gave_up) = told {
-                    warn!(message = "Could not tell the control plane of the cache entries published; builds that restore them will show them as unverified.", error = %gave_up.error);
+                match told {
+                    Ok(()) => {
+                        info!(message = "Cache entries recorded by the control plane.", job_id = %job.job_id)
+                    }
+                    Err(gave_up) => {
+                        warn!(message = "Could not tell the control plane of the cache entries published; builds that restore them will show them as unverified.", error = %gave_up.error)
+                    }
                 }
             }
         }

@@ -30,6 +30,7 @@ mod logs;
 mod metrics;
 mod objects;
 mod outbound;
+mod registry;
 mod retention;
 mod secrets;
 mod server;

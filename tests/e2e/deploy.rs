@@ -770,6 +770,59 @@ async fn issue_31_with_a_registry_a_code_only_deploy_pulls_one_layer_old_release
     // The code-only change: one layer (the code) travels; the dependencies
     // and the Node image were on the host.
     assert!(pulled[1].contains(": 1 layer(s)"), "{pulled:?}");
+    // Issue 34: each release's signed provenance went to the registry beside
+    // it (cosign's tag: docker-registry has no referrers API), names the
+    // image the registry holds, and was checked before the deploy.
+    let repository = format!("kiln-release/{}", world.project_id);
+    let keys: kiln_protocol::provenance::PublicKeys = world
+        .admin
+        .get("/api/v1/provenance/keys")
+        .await
+        .expect_json(reqwest::StatusCode::OK)
+        .await;
+    for deployment_id in &deployments {
+        let (release_digest, release) = registry
+            .manifest(&repository, deployment_id)
+            .await
+            .expect("the release image is in the registry");
+        let tag = format!("{}.att", release_digest.replace(':', "-"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let attestation = loop {
+            if let Some((_, attestation)) = registry.manifest(&repository, &tag).await {
+                break attestation;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {repository}:{tag}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(attestation["subject"]["digest"], release_digest.as_str());
+        assert_eq!(
+            attestation["layers"][0]["mediaType"],
+            "application/vnd.dsse.envelope.v1+json"
+        );
+        let layer = attestation["layers"][0]["digest"].as_str().unwrap();
+        let envelope: kiln_protocol::provenance::Envelope = serde_json::from_str(
+            &registry
+                .get(&format!("/v2/{repository}/blobs/{layer}"))
+                .await
+                .expect("the envelope's blob"),
+        )
+        .unwrap();
+        let statement = kiln_protocol::provenance::verify(&envelope, &keys.keys).unwrap();
+        statement
+            .check_digest(
+                &kiln_protocol::provenance::image_subject_name(kiln_protocol::BACKEND_RELEASE),
+                release["config"]["digest"].as_str().unwrap(),
+            )
+            .unwrap();
+        let deploy_log = world.log(deployment_id, "deploy").await;
+        assert!(
+            deploy_log.contains("Provenance checked: backend-release.tar"),
+            "{deploy_log}"
+        );
+    }
 
     // releases_kept = 1: once the previous release has stopped, the host
     // keeps the live release's image alone, and a rollback to the older one

@@ -15,6 +15,7 @@ mod fleet;
 mod git_hosts;
 mod operate;
 mod outbound;
+mod provenance;
 mod readme;
 mod review;
 mod sandbox;

@@ -2,6 +2,7 @@
 //! admin API and Kiln's listener on free ports) and a real PostgreSQL on a
 //! loopback TCP port, for the releases' migrations.
 
+use sha2::Digest as _;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -255,6 +256,33 @@ impl Registry {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("docker-registry did not answer on {}", registry.address);
+    }
+
+    /// The manifest `reference` (a tag or digest) of `repository` names, and
+    /// its digest (as the registry computes it).
+    pub async fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Option<(String, serde_json::Value)> {
+        let response = reqwest::Client::new()
+            .get(format!(
+                "http://{}/v2/{repository}/manifests/{reference}",
+                self.address
+            ))
+            .header(
+                "accept",
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let bytes = response.bytes().await.ok()?;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        Some((digest, serde_json::from_slice(&bytes).ok()?))
     }
 
     /// GET `path` of the registry's API: the body of a 200.

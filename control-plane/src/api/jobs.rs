@@ -209,6 +209,14 @@ pub(super) async fn report_status(
     for stream in LogStream::ALL {
         state.drains.mark((job_id.clone(), stream));
     }
+    if applied.deployment.status == DeploymentStatus::AwaitingDeployment
+        && state.config.registry.is_some()
+    {
+        tokio::spawn(crate::registry::attach_release_provenance(
+            state.clone(),
+            applied.deployment.id.clone(),
+        ));
+    }
     if applied.start_deploy {
         start_deploy(&state, applied.deployment.id.clone()).await?;
     }

@@ -15,6 +15,7 @@ mod fleet;
 mod logview;
 mod pages;
 mod pieces;
+mod provenance;
 mod variables;
 mod webhooks;
 
@@ -92,6 +93,10 @@ pub fn router(state: AppState) -> Router {
             post(variables::remove),
         )
         .route("/deployments/{id}", get(deployment))
+        .route(
+            "/deployments/{id}/provenance.json",
+            get(provenance::download),
+        )
         .route("/deployments/{id}/deploy", post(actions::deploy))
         .route("/deployments/{id}/redeploy", post(actions::redeploy))
         .route("/deployments/{id}/rollback", post(actions::rollback))
@@ -633,13 +638,17 @@ async fn deployment(
             let deployed_by_agent =
                 store::job_for_logs(conn, &deployment.id, None, kiln_protocol::LogStream::Deploy)?
                     .is_some();
+            let provenance = provenance::Shown {
+                signed: store::deployment_provenance(conn, &deployment.id)?,
+                keys: store::provenance_keys(conn)?.keys,
+            };
             Ok::<_, ApiError>((
                 deployment,
                 project,
                 environment,
                 siblings,
                 delivery,
-                (live_newer, rollback, deployed_by_agent),
+                (live_newer, rollback, deployed_by_agent, provenance),
             ))
         })
         .await;
@@ -650,7 +659,7 @@ async fn deployment(
             environment,
             siblings,
             delivery,
-            (live_newer, rollback, deployed_by_agent),
+            (live_newer, rollback, deployed_by_agent, provenance),
         )) => pages::deployment(
             &session,
             DeploymentView {
@@ -662,6 +671,7 @@ async fn deployment(
                 live_newer: live_newer.as_ref(),
                 rollback: rollback.as_deref(),
                 deployed_by_agent,
+                provenance: Some(&provenance),
             },
         )
         .into_response(),

@@ -393,6 +393,7 @@ pub struct DeploymentView<'a> {
     pub rollback: Option<&'a [String]>,
     /// Whether a deploy host ran a deploy of it (its deploy log).
     pub deployed_by_agent: bool,
+    pub provenance: Option<&'a super::provenance::Shown>,
 }
 
 /// Links to what a live environment serves, where its deploys run on agents.
@@ -463,6 +464,7 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
         live_newer,
         rollback,
         deployed_by_agent,
+        provenance,
     } = view;
     let environment_name = environment.map_or("(removed environment)", |e| e.name.as_str());
     let commit_link = commit_url(&project.repository_url, &deployment.commit_sha);
@@ -628,6 +630,7 @@ pub fn deployment(session: &Session, view: DeploymentView) -> Page {
                                 }
                             }
                         }
+                        (super::provenance::section(provenance))
                     }
                     section.activity aria-labelledby="activity" {
                         h2 id="activity" { "Activity" }
@@ -743,6 +746,7 @@ mod tests {
                     live_newer: None,
                     rollback: None,
                     deployed_by_agent: false,
+                    provenance: None,
                 },
             )
             .body

@@ -624,7 +624,7 @@ mod tests {
     /// publisher, whatever scope the restoring agent names.
     #[test]
     fn a_build_is_signed_with_each_restored_entry_checked_against_the_records() {
-        let (mut conn, project_id, _) = shop(&[]);
+        let (mut conn, project_id, environment_id) = shop(&[]);
         register_key(&mut conn, &Signing::for_tests().key().verifying_key()).unwrap();
         let builder = agent(&mut conn, &[]);
         push(&mut conn, "main", 1);
@@ -677,6 +677,22 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("entries"), "{error}");
 
+        let variable = |name: &str, secret: bool, build: bool| kiln_protocol::VariableInput {
+            name: name.into(),
+            value: "hunter2-value".into(),
+            secret,
+            build,
+            runtime: true,
+        };
+        crate::store::set_variables(
+            &mut conn,
+            &environment_id,
+            vec![
+                variable("JWT_SECRET", true, true),
+                variable("RUNTIME_ONLY", false, false),
+            ],
+        )
+        .unwrap();
         push(&mut conn, "main", 3);
         let job = claim_one(&mut conn, &builder);
         conn.execute(
@@ -716,6 +732,22 @@ mod tests {
             ),
             ("refs/heads/main", "push", sha(3).as_str())
         );
+        let variables: Vec<(&str, bool, bool)> = statement
+            .predicate
+            .build_definition
+            .internal_parameters
+            .variables
+            .iter()
+            .map(|variable| (variable.name.as_str(), variable.build, variable.secret))
+            .collect();
+        assert_eq!(
+            variables,
+            [("JWT_SECRET", true, true), ("RUNTIME_ONLY", false, false)]
+        );
+        let envelope_text = serde_json::to_string(&signed).unwrap();
+        assert!(!envelope_text.contains("hunter2"));
+        let payload = serde_json::to_string(&statement).unwrap();
+        assert!(!payload.contains("hunter2"), "no value, ever: {payload}");
         let entries: Vec<_> = statement.restored().collect();
         assert_eq!(entries.len(), 3);
         assert_eq!(
