@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use kiln_protocol::{
     Deployment, DeploymentStatus::*, PullRequestAction, PullRequestEvent, RedeployRequest,
@@ -18,20 +17,6 @@ use sha2::{Digest, Sha256};
 
 use crate::agent::world_with;
 use crate::support::*;
-
-/// Waits until the agent's log holds `needle` at least `count` times: entries are
-/// published after the job reports, so the next push must wait for them.
-async fn until_logged(agent: &AgentProcess, needle: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while agent.log_text().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "the agent never logged {needle:?} {count} times:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Every file of the entries of `scope` (by the `scope` file each scope keeps),
 /// with its content's hash: what a build of another scope must never change.
@@ -118,7 +103,7 @@ async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_b
         "{system}"
     );
     assert!(!system.contains("Restored node_modules"), "{system}");
-    until_logged(&agent, "Cached the storefront output", 1).await;
+    agent.until_logged("Cached the storefront output", 1).await;
     assert!(
         agent.log_text().contains("Cached node_modules of ."),
         "{}",
@@ -161,7 +146,7 @@ async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_b
         artifact_sha(&warm, "backend.tar.gz"),
         artifact_sha(&cold, "backend.tar.gz")
     );
-    until_logged(&agent, "Cached the storefront output", 2).await;
+    agent.until_logged("Cached the storefront output", 2).await;
     // Both builds of main got main's one Server Actions key (so Next.js's
     // webpack cache holds), masked in the log.
     let (main_key, shown) = server_actions_key(&world.log(&cold.id, "storefront").await)
@@ -251,7 +236,7 @@ async fn issue_18_warm_builds_restore_and_reuse_and_previews_never_write_their_b
         .expect("the preview got a key");
     assert_ne!(preview_key, main_key);
     assert_eq!(shown, "***");
-    until_logged(&agent, "Cached the storefront output", 3).await;
+    agent.until_logged("Cached the storefront output", 3).await;
     assert_eq!(
         scope_files(&cache_dir, "branch:main"),
         main_before,

@@ -640,31 +640,20 @@ async fn issue_16_a_gitea_pull_request_gets_a_preview_and_one_comment_edited_in_
     );
 
     // The deployment's page says how its last status fared.
-    add_user(
+    let (client, cookie) = viewer_session(
         Path::new(SERVER),
         &dir.path().join("server"),
+        &cp.base_url(),
         "vic",
-        "viewer",
         "a viewer's password",
-    );
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let cookie = dashboard_session(&client, &cp.base_url(), "vic", "a viewer's password").await;
-    let page = client
-        .get(format!(
-            "{}/deployments/{}",
-            cp.base_url(),
-            first.deployment_id
-        ))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    )
+    .await;
+    let page = page_text(
+        &client,
+        &format!("{}/deployments/{}", cp.base_url(), first.deployment_id),
+        &cookie,
+    )
+    .await;
     assert!(
         page.contains("Gitea status") && page.contains("live delivered (201 Created)"),
         "{page}"
@@ -784,27 +773,20 @@ async fn issue_28_what_a_git_host_answers_is_never_shown_to_viewers() {
         .remove(0);
     host.until("a refused report", |calls| calls.len() >= 2)
         .await;
-    add_user(
+    let (client, cookie) = viewer_session(
         Path::new(SERVER),
         dir.path(),
+        &cp.base_url(),
         "vic",
-        "viewer",
         "a viewer's password",
-    );
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let cookie = dashboard_session(&client, &cp.base_url(), "vic", "a viewer's password").await;
-    let page = client
-        .get(format!("{}/deployments/{}", cp.base_url(), deployment.id))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    )
+    .await;
+    let page = page_text(
+        &client,
+        &format!("{}/deployments/{}", cp.base_url(), deployment.id),
+        &cookie,
+    )
+    .await;
     assert!(page.contains("500 Internal Server Error"), "{page}");
     assert!(
         !page.contains("the host is down for the test"),

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use kiln_protocol::provenance::{self as prov, DeploymentProvenance, PublicKeys, Statement};
 use kiln_protocol::{DeploymentStatus::*, EventOutcome, PullRequestAction, PullRequestEvent};
@@ -19,18 +18,6 @@ use crate::agent::world_with;
 use crate::support::*;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_kiln-server-e2e");
-
-async fn until_logged(agent: &AgentProcess, needle: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while agent.log_text().matches(needle).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "the agent never logged {needle:?} {count} times:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The statement validates against the in-toto v1 Statement schema and its
 /// predicate against the SLSA v1 provenance schema (`tests/schemas`).
@@ -98,6 +85,45 @@ fn pull_request(world: &World, sha: &str, action: PullRequestAction) -> PullRequ
     }
 }
 
+/// A commit of the pull request that changes the backend's code (so its
+/// output is built, its dependencies restored), sent as `action`, and its
+/// deployment once its deploy has ended; returns the commit too.
+async fn preview_build(
+    world: &World,
+    version: &str,
+    action: PullRequestAction,
+) -> (String, kiln_protocol::Deployment) {
+    let sha = world.repo.commit(&format!("Provenance, {version}"), |dir| {
+        std::fs::write(dir.join("src/version.txt"), version).unwrap();
+    });
+    let outcome: EventOutcome = world
+        .admin
+        .post_json(
+            "/api/v1/events/pull_request",
+            &pull_request(world, &sha, action),
+        )
+        .await
+        .expect_json(StatusCode::CREATED)
+        .await;
+    let deployment = world
+        .admin
+        .wait_for_status_in(&outcome.deployments[0].id, &[Live, DeployFailed])
+        .await;
+    (sha, deployment)
+}
+
+async fn require_long_lived_scopes(world: &World, environment_id: &str, required: bool) {
+    let reply = world
+        .admin
+        .send_json(
+            Method::PATCH,
+            &format!("/api/v1/environments/{environment_id}"),
+            &serde_json::json!({"require": {"long_lived_scopes_only": required}}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
 async fn signed(world: &World, deployment_id: &str) -> DeploymentProvenance {
     world
         .admin
@@ -116,22 +142,7 @@ async fn issue_34_provenance_is_signed_checked_before_deploy_verified_offline_an
     let agent = world.agent("agent", "").await;
 
     // The first build of the pull request: signed, checked and live.
-    let first_sha = world.repo.commit("Provenance, first", |dir| {
-        std::fs::write(dir.join("src/version.txt"), "one").unwrap();
-    });
-    let outcome: EventOutcome = world
-        .admin
-        .post_json(
-            "/api/v1/events/pull_request",
-            &pull_request(&world, &first_sha, PullRequestAction::Opened),
-        )
-        .await
-        .expect_json(StatusCode::CREATED)
-        .await;
-    let first = world
-        .admin
-        .wait_for_status_in(&outcome.deployments[0].id, &[Live, DeployFailed])
-        .await;
+    let (first_sha, first) = preview_build(&world, "one", PullRequestAction::Opened).await;
     assert_eq!(first.status, Live, "{:?}", first.reason);
     let preview_environment = first.environment_id.clone();
 
@@ -276,28 +287,21 @@ async fn issue_34_provenance_is_signed_checked_before_deploy_verified_offline_an
     );
 
     // The deployment's page says it in words and offers the download.
-    add_user(
+    let base = world.cp.base_url();
+    let (client, cookie) = viewer_session(
         Path::new(SERVER),
         &world.root_dir().join("server"),
+        &base,
         "ada",
-        "viewer",
         "provenance-password-1",
-    );
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let base = world.cp.base_url();
-    let cookie = dashboard_session(&client, &base, "ada", "provenance-password-1").await;
-    let page = client
-        .get(format!("{base}/deployments/{}", first.id))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    )
+    .await;
+    let page = page_text(
+        &client,
+        &format!("{base}/deployments/{}", first.id),
+        &cookie,
+    )
+    .await;
     for words in [
         "Provenance",
         "Built from",
@@ -320,32 +324,11 @@ async fn issue_34_provenance_is_signed_checked_before_deploy_verified_offline_an
 
     // The environment now takes only what long-lived scopes published; the
     // next build restores the pull request's own entries and is refused.
-    until_logged(&agent, "Cache entries recorded by the control plane.", 1).await;
-    let reply = world
-        .admin
-        .send_json(
-            Method::PATCH,
-            &format!("/api/v1/environments/{preview_environment}"),
-            &serde_json::json!({"require": {"long_lived_scopes_only": true}}),
-        )
+    agent
+        .until_logged("Cache entries recorded by the control plane.", 1)
         .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let second_sha = world.repo.commit("Provenance, second", |dir| {
-        std::fs::write(dir.join("src/version.txt"), "two").unwrap();
-    });
-    let outcome: EventOutcome = world
-        .admin
-        .post_json(
-            "/api/v1/events/pull_request",
-            &pull_request(&world, &second_sha, PullRequestAction::Synchronize),
-        )
-        .await
-        .expect_json(StatusCode::CREATED)
-        .await;
-    let second = world
-        .admin
-        .wait_for_status_in(&outcome.deployments[0].id, &[Live, DeployFailed])
-        .await;
+    require_long_lived_scopes(&world, &preview_environment, true).await;
+    let (_, second) = preview_build(&world, "two", PullRequestAction::Synchronize).await;
     assert_eq!(second.status, DeployFailed, "refused: {second:?}");
     let reason = second.reason.clone().unwrap_or_default();
     assert!(
@@ -365,32 +348,11 @@ async fn issue_34_provenance_is_signed_checked_before_deploy_verified_offline_an
     );
 
     // Without the policy, the same kind of release goes live.
-    until_logged(&agent, "Cache entries recorded by the control plane.", 2).await;
-    let reply = world
-        .admin
-        .send_json(
-            Method::PATCH,
-            &format!("/api/v1/environments/{preview_environment}"),
-            &serde_json::json!({"require": {"long_lived_scopes_only": false}}),
-        )
+    agent
+        .until_logged("Cache entries recorded by the control plane.", 2)
         .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let third_sha = world.repo.commit("Provenance, third", |dir| {
-        std::fs::write(dir.join("src/version.txt"), "three").unwrap();
-    });
-    let outcome: EventOutcome = world
-        .admin
-        .post_json(
-            "/api/v1/events/pull_request",
-            &pull_request(&world, &third_sha, PullRequestAction::Synchronize),
-        )
-        .await
-        .expect_json(StatusCode::CREATED)
-        .await;
-    let third = world
-        .admin
-        .wait_for_status_in(&outcome.deployments[0].id, &[Live, DeployFailed])
-        .await;
+    require_long_lived_scopes(&world, &preview_environment, false).await;
+    let (_, third) = preview_build(&world, "three", PullRequestAction::Synchronize).await;
     assert_eq!(third.status, Live, "{:?}", third.reason);
     let third_statement =
         prov::verify(&signed(&world, &third.id).await.envelopes[0], &keys.keys).unwrap();

@@ -45,19 +45,6 @@ async fn built(world: &World, id: &str, agent: &AgentProcess) -> kiln_protocol::
     }
 }
 
-/// Waits until the agent's log holds `needle`.
-async fn until_logged(agent: &AgentProcess, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !agent.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "the agent never logged {needle:?}:\n{}",
-            agent.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Everything under `dir`, never following a link.
 fn paths_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
@@ -158,10 +145,7 @@ async fn issue_28_the_cache_harvest_never_takes_a_host_folder_a_build_linked() {
     world
         .settle(&deployment.id, AwaitingDeployment, &agent)
         .await;
-    until_logged(
-        &agent,
-        "Not caching the npm store: home/.npm is a symbolic link, and the agent never follows a link a build made.",
-    )
+    agent.until_logged("Not caching the npm store: home/.npm is a symbolic link, and the agent never follows a link a build made.", 1)
     .await;
     assert_eq!(
         std::fs::read_to_string(host.join("_cacache/host-secret")).unwrap(),
@@ -186,7 +170,7 @@ async fn issue_28_a_restore_never_writes_through_a_link_an_install_planted() {
     // A cold build leaves .next/cache for the next.
     let cold = world.push(&world.repo.head()).await;
     world.settle(&cold.id, AwaitingDeployment, &agent).await;
-    until_logged(&agent, "Cached storefront/.next/cache").await;
+    agent.until_logged("Cached storefront/.next/cache", 1).await;
 
     // The backend's install ends by putting a link to a host folder in place of
     // the checkout; the storefront's restore of .next/cache comes after it.
@@ -619,21 +603,18 @@ async fn issue_28_a_follow_of_a_deployment_canceled_before_its_build_ends() {
     // The dashboard's live stream ends too, with `end`.
     let client = no_redirects();
     let cookie = session_cookie(&client, &cp.base_url()).await;
-    let events = tokio::time::timeout(Duration::from_secs(10), async {
-        client
-            .get(format!(
+    let events = tokio::time::timeout(
+        Duration::from_secs(10),
+        page_text(
+            &client,
+            &format!(
                 "{}/deployments/{}/logs/system/events",
                 cp.base_url(),
                 first.id
-            ))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
+            ),
+            &cookie,
+        ),
+    )
     .await
     .expect("the dashboard follow ends");
     assert!(events.contains("event: end"), "{events}");
@@ -825,7 +806,9 @@ async fn issue_28_the_agent_reads_no_more_of_an_answer_than_a_job_needs() {
     );
     job["message"] = "m".repeat(40 << 20).into();
     hostile.hand_out(job);
-    until_logged(&agent, "the answer is longer than 16777216 bytes").await;
+    agent
+        .until_logged("the answer is longer than 16777216 bytes", 1)
+        .await;
     // Refused, not buffered: the agent is alive and still asking.
     assert!(
         agent.log_text().contains("job payload"),

@@ -151,6 +151,21 @@ impl AgentProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the agent's log holds `needle` at least `count` times
+    /// (60 s at most): what a job does after it reports (publishing cache
+    /// entries, telling the control plane of them) a test must wait on.
+    pub async fn until_logged(&self, needle: &str, count: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the agent never logged {needle:?} {count} times:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for AgentProcess {

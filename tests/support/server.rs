@@ -256,6 +256,38 @@ pub async fn sign_in_form(client: &reqwest::Client, base: &str) -> (String, Stri
     (cookie, token)
 }
 
+/// A viewer's dashboard over HTTP: the account added with the server binary,
+/// a client that follows no redirect, and the session cookie it signed in
+/// with.
+pub async fn viewer_session(
+    binary: &Path,
+    data_dir: &Path,
+    base: &str,
+    user: &str,
+    password: &str,
+) -> (reqwest::Client, String) {
+    add_user(binary, data_dir, user, "viewer", password);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = dashboard_session(&client, base, user, password).await;
+    (client, cookie)
+}
+
+/// A dashboard page's HTML, with the session `cookie`.
+pub async fn page_text(client: &reqwest::Client, url: &str, cookie: &str) -> String {
+    client
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Signs `user` in over HTTP and returns the session cookie (`name=value`) a
 /// browser would send back.
 pub async fn dashboard_session(
