@@ -269,3 +269,163 @@ pub async fn attach_release_provenance(state: AppState, deployment_id: String) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Bytes;
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post, put};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    /// A registry on loopback, speaking the distribution API's parts that an
+    /// attachment uses, with or without the referrers API; it keeps what it
+    /// is given.
+    #[derive(Clone, Default)]
+    struct Stand {
+        referrers: bool,
+        blobs: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+        manifests: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    }
+
+    async fn manifest(
+        State(stand): State<Stand>,
+        Path((_, reference)): Path<(String, String)>,
+    ) -> Result<(HeaderMap, Vec<u8>), StatusCode> {
+        let body = crate::sync::lock(&stand.manifests)
+            .get(&reference)
+            .cloned()
+            .ok_or(StatusCode::NOT_FOUND)?;
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", OCI_MANIFEST.parse().unwrap());
+        Ok((headers, body))
+    }
+
+    async fn put_manifest(
+        State(stand): State<Stand>,
+        Path((_, reference)): Path<(String, String)>,
+        body: Bytes,
+    ) -> StatusCode {
+        crate::sync::lock(&stand.manifests).insert(reference, body.to_vec());
+        StatusCode::CREATED
+    }
+
+    async fn start_upload(Path(project): Path<String>) -> (StatusCode, HeaderMap) {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "location",
+            format!("/v2/kiln-release/{project}/blobs/uploads/u1")
+                .parse()
+                .unwrap(),
+        );
+        (StatusCode::ACCEPTED, headers)
+    }
+
+    async fn finish_upload(
+        State(stand): State<Stand>,
+        axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+        body: Bytes,
+    ) -> StatusCode {
+        let digest = query.get("digest").cloned().unwrap_or_default();
+        if sha256_digest(&body) != digest {
+            return StatusCode::BAD_REQUEST;
+        }
+        crate::sync::lock(&stand.blobs).insert(digest, body.to_vec());
+        StatusCode::CREATED
+    }
+
+    async fn referrers(State(stand): State<Stand>) -> StatusCode {
+        if stand.referrers {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        }
+    }
+
+    async fn serve(stand: Stand) -> String {
+        let app = axum::Router::new()
+            .route(
+                "/v2/kiln-release/{project}/manifests/{reference}",
+                get(manifest).put(put_manifest),
+            )
+            .route(
+                "/v2/kiln-release/{project}/blobs/uploads/",
+                post(start_upload),
+            )
+            .route(
+                "/v2/kiln-release/{project}/blobs/uploads/u1",
+                put(finish_upload),
+            )
+            .route(
+                "/v2/kiln-release/{project}/referrers/{digest}",
+                get(referrers),
+            )
+            .with_state(stand);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        address.to_string()
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            payload_type: prov::PAYLOAD_TYPE.to_owned(),
+            payload: "e30=".to_owned(),
+            signatures: Vec::new(),
+        }
+    }
+
+    /// The release image's manifest, as the stand holds it under its tag.
+    fn with_release(stand: &Stand) -> String {
+        let release = br#"{"schemaVersion":2,"config":{"digest":"sha256:00"}}"#.to_vec();
+        let digest = sha256_digest(&release);
+        crate::sync::lock(&stand.manifests).insert("dpl_1".to_owned(), release);
+        digest
+    }
+
+    #[tokio::test]
+    async fn with_the_referrers_api_the_envelope_goes_by_digest_with_its_subject() {
+        let stand = Stand {
+            referrers: true,
+            ..Default::default()
+        };
+        let release = with_release(&stand);
+        let address = serve(stand.clone()).await;
+        let (repository, tag) =
+            Repository::of(&format!("{address}/kiln-release/prj_1:dpl_1")).unwrap();
+        let at = repository.attach(&tag, &envelope()).await.unwrap();
+        assert!(at.contains("a referrer of"), "{at}");
+        let manifests = crate::sync::lock(&stand.manifests).clone();
+        let (name, pushed) = manifests
+            .iter()
+            .find(|(name, _)| name.starts_with("sha256:"))
+            .expect("pushed by digest");
+        assert_eq!(&sha256_digest(pushed), name);
+        assert!(!manifests.contains_key(&cosign_tag(&release)));
+        let pushed: serde_json::Value = serde_json::from_slice(pushed).unwrap();
+        assert_eq!(pushed["subject"]["digest"], release.as_str());
+        assert_eq!(pushed["artifactType"], prov::ENVELOPE_MEDIA_TYPE);
+        let layer = pushed["layers"][0]["digest"].as_str().unwrap().to_owned();
+        let blob = crate::sync::lock(&stand.blobs)[&layer].clone();
+        assert_eq!(
+            serde_json::from_slice::<Envelope>(&blob).unwrap(),
+            envelope()
+        );
+    }
+
+    #[tokio::test]
+    async fn without_it_the_envelope_is_tagged_as_cosign_tags_attestations() {
+        let stand = Stand::default();
+        let release = with_release(&stand);
+        let address = serve(stand.clone()).await;
+        let (repository, tag) =
+            Repository::of(&format!("{address}/kiln-release/prj_1:dpl_1")).unwrap();
+        let at = repository.attach(&tag, &envelope()).await.unwrap();
+        assert!(at.ends_with(&cosign_tag(&release)), "{at}");
+        assert!(crate::sync::lock(&stand.manifests).contains_key(&cosign_tag(&release)));
+        let missing = repository.attach("dpl_2", &envelope()).await.unwrap_err();
+        assert!(missing.to_string().contains("404"), "{missing}");
+    }
+}
