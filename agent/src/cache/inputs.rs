@@ -246,27 +246,11 @@ pub fn unrelated_packages(src: &Path, component_dir: &Path) -> Vec<std::path::Pa
     if component_dir.as_os_str().is_empty() || component_dir == Path::new(".") {
         return Vec::new();
     }
-    let mut patterns: Vec<String> = vec!["apps/*".into(), "packages/*".into()];
-    if let Some(root) = committed_package(src, Path::new("")) {
-        let listed = root.get("workspaces").and_then(|w| {
-            w.as_array()
-                .or_else(|| w.get("packages").and_then(serde_json::Value::as_array))
-                .cloned()
-        });
-        patterns.extend(
-            listed
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p.as_str().map(str::to_owned)),
-        );
-    }
-    if let Some(text) = committed_file(src, "pnpm-workspace.yaml") {
-        patterns.extend(
-            text.lines()
-                .filter_map(|line| line.trim().strip_prefix("- "))
-                .map(|p| p.trim().trim_matches(['"', '\'']).to_owned()),
-        );
-    }
+    // As committed: what the build's tree is, whatever the checkout holds now.
+    let patterns = crate::detect::workspace_patterns(
+        committed_package(src, Path::new("")).as_ref(),
+        committed_file(src, "pnpm-workspace.yaml").as_deref(),
+    );
     let mut dirs: Vec<std::path::PathBuf> = Vec::new();
     for pattern in patterns {
         let pattern = pattern.trim_end_matches('/');

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 pub use frameworks::Framework;
 pub(crate) use node_version::node_requirement;
+pub(crate) use workspace::workspace_patterns;
 pub use node_version::NodeRequirement;
 
 use crate::package_manager::{self, PackageManagerError, Warning, LOCKFILES};

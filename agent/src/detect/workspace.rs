@@ -12,11 +12,14 @@ use crate::repo_fs::{
     is_inside_relative, join, shown, RepoFs, RepoFsError, CONFIG_LIMIT, JSON_LIMIT,
 };
 
-/// Member directories (each with a package.json), sorted.
-pub(super) fn workspace_dirs(
-    fs: &RepoFs,
+/// The workspace patterns a repository names: the conventional `apps/*` and
+/// `packages/*`, its root package.json's `workspaces` (a list, or Yarn's
+/// `{"packages": [...]}`), and `pnpm-workspace.yaml`'s list items. The one
+/// reading of them, for detection and for the build cache's component trees.
+pub(crate) fn workspace_patterns(
     root_package: Option<&Value>,
-) -> Result<Vec<PathBuf>, RepoFsError> {
+    pnpm_workspace: Option<&str>,
+) -> Vec<String> {
     let mut patterns: Vec<String> = vec!["apps/*".into(), "packages/*".into()];
     if let Some(package) = root_package {
         let listed = package.get("workspaces").and_then(|w| {
@@ -31,13 +34,23 @@ pub(super) fn workspace_dirs(
                 .map(str::to_owned),
         );
     }
-    if let Some(text) = fs.read(Path::new("pnpm-workspace.yaml"), CONFIG_LIMIT)? {
+    if let Some(text) = pnpm_workspace {
         patterns.extend(
             text.lines()
                 .filter_map(|line| line.trim().strip_prefix("- "))
                 .map(|p| p.trim().trim_matches(['"', '\'']).to_owned()),
         );
     }
+    patterns
+}
+
+/// Member directories (each with a package.json), sorted.
+pub(super) fn workspace_dirs(
+    fs: &RepoFs,
+    root_package: Option<&Value>,
+) -> Result<Vec<PathBuf>, RepoFsError> {
+    let pnpm_workspace = fs.read(Path::new("pnpm-workspace.yaml"), CONFIG_LIMIT)?;
+    let patterns = workspace_patterns(root_package, pnpm_workspace.as_deref());
     let mut dirs = Vec::new();
     for pattern in patterns {
         let pattern = pattern.trim_end_matches('/');
