@@ -236,6 +236,44 @@ fn dependency_names(package: &serde_json::Value) -> Vec<String> {
     .collect()
 }
 
+/// A component's tree as its output's key reads it.
+pub struct ComponentTree {
+    /// The tree's hash, with the component's own part of a shared lockfile.
+    pub tree: std::io::Result<String>,
+    /// The workspace packages left out: ones it does not depend on.
+    pub unrelated: Vec<std::path::PathBuf>,
+    /// The shared lockfile read by its part, if there is one.
+    pub lockfile: Option<std::path::PathBuf>,
+}
+
+/// The committed tree of the component in `own_dir` of the checkout `src`:
+/// all of it but `exclude` (the other component's folder), the workspace
+/// packages it does not depend on, and a shared lockfile, which counts by
+/// this component's part of it.
+pub fn component_tree(src: &Path, own_dir: &Path, exclude: Option<&Path>) -> ComponentTree {
+    let unrelated = unrelated_packages(src, own_dir);
+    let lockfile =
+        crate::cache::lockfile::component_part(|path| committed_file(src, path), own_dir);
+    let mut excludes: Vec<&Path> = unrelated.iter().map(|dir| dir.as_path()).collect();
+    excludes.extend(exclude);
+    excludes.extend(lockfile.as_ref().map(|(path, _)| path.as_path()));
+    let tree = tree(src, &excludes).map(|tree| match &lockfile {
+        Some((path, part)) => {
+            let mut key = Key::new("tree");
+            key.text("tree", &tree)
+                .text("lockfile", &path.display().to_string())
+                .text("part", part);
+            key.finish()
+        }
+        None => tree,
+    });
+    ComponentTree {
+        tree,
+        unrelated,
+        lockfile: lockfile.map(|(path, _)| path),
+    }
+}
+
 /// The workspace packages of the commit that the component in `component_dir`
 /// does not depend on, directly or through another workspace package: their
 /// changes cannot reach its build. The workspace is the root package.json's

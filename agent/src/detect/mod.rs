@@ -22,8 +22,8 @@ use serde_json::Value;
 
 pub use frameworks::Framework;
 pub(crate) use node_version::node_requirement;
-pub(crate) use workspace::workspace_patterns;
 pub use node_version::NodeRequirement;
+pub(crate) use workspace::workspace_patterns;
 
 use crate::package_manager::{self, PackageManagerError, Warning, LOCKFILES};
 use crate::repo_fs::{join, shown, RepoFs, RepoFsError};

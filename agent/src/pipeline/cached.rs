@@ -374,28 +374,12 @@ impl Build<'_> {
             super::Source::Git { .. } => {
                 let src = self.workspace.src();
                 let (own_dir, exclude) = (own_dir.to_owned(), exclude.map(Path::to_owned));
-                let (tree, unrelated, lockfile) = tokio::task::spawn_blocking(move || {
-                    let unrelated = inputs::unrelated_packages(&src, &own_dir);
-                    // A shared lockfile counts by this component's part of it.
-                    let lockfile = crate::cache::lockfile::component_part(
-                        |path| inputs::committed_file(&src, path),
-                        &own_dir,
-                    );
-                    let mut excludes: Vec<&Path> =
-                        unrelated.iter().map(|dir| dir.as_path()).collect();
-                    excludes.extend(exclude.as_deref());
-                    excludes.extend(lockfile.as_ref().map(|(path, _)| path.as_path()));
-                    let tree = inputs::tree(&src, &excludes).map(|tree| match &lockfile {
-                        Some((path, part)) => {
-                            let mut key = inputs::Key::new("tree");
-                            key.text("tree", &tree)
-                                .text("lockfile", &path.display().to_string())
-                                .text("part", part);
-                            key.finish()
-                        }
-                        None => tree,
-                    });
-                    (tree, unrelated, lockfile.map(|(path, _)| path))
+                let inputs::ComponentTree {
+                    tree,
+                    unrelated,
+                    lockfile,
+                } = tokio::task::spawn_blocking(move || {
+                    inputs::component_tree(&src, &own_dir, exclude.as_deref())
                 })
                 .await
                 .expect("tree task");
