@@ -392,6 +392,8 @@ async fn build_locally(config: Arc<AgentConfig>, local: LocalBuild) -> anyhow::R
             read: Vec::new(),
         },
         dropped: Vec::new(),
+        // No control plane: this host's cache alone.
+        shared: None,
     });
     let request = BuildRequest {
         job_id: job_id.clone(),

@@ -105,6 +105,15 @@ where
     }
 }
 
+/// An output fetched from another host's build, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedOutput {
+    pub size: u64,
+    pub sha256: String,
+    pub published_by_job: String,
+    pub scope: String,
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn path_segment(text: &str) -> String {
     text.bytes()
@@ -469,31 +478,8 @@ impl Client {
         release: &kiln_protocol::ReleaseImage,
         out: &Path,
     ) -> Result<(), ClientError> {
-        use sha2::Digest;
-        use tokio::io::AsyncWriteExt;
         let url = format!("{}{}", self.base, release.url);
-        let request = self.http.get(&url);
-        let mut response = self.send(&url, request).await?;
-        if !response.status().is_success() {
-            return Err(decode_error(&url, response).await);
-        }
-        let write_error = |source| ClientError::ReadFile {
-            path: out.display().to_string(),
-            source,
-        };
-        let mut file = tokio::fs::File::create(out).await.map_err(write_error)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(&url, e))? {
-            size += chunk.len() as u64;
-            if size > release.size {
-                break;
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(write_error)?;
-        }
-        file.flush().await.map_err(write_error)?;
-        let sha256 = hex::encode(hasher.finalize());
+        let (_, size, sha256) = self.download_to(&url, out, release.size).await?;
         if size != release.size || sha256 != release.sha256 {
             return Err(ClientError::Malformed {
                 what: "release image",
@@ -505,6 +491,92 @@ impl Client {
             });
         }
         Ok(())
+    }
+
+    /// Streams `url`'s body into `out`, hashing it, stopping past `limit`
+    /// bytes; returns the answer's headers, the size and the sha256.
+    async fn download_to(
+        &self,
+        url: &str,
+        out: &Path,
+        limit: u64,
+    ) -> Result<(reqwest::header::HeaderMap, u64, String), ClientError> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let request = self.http.get(url);
+        let mut response = self.send(url, request).await?;
+        let write_error = |source| ClientError::ReadFile {
+            path: out.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(out).await.map_err(write_error)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, e))? {
+            size += chunk.len() as u64;
+            if size > limit {
+                break;
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(write_error)?;
+        }
+        file.flush().await.map_err(write_error)?;
+        Ok((
+            response.headers().clone(),
+            size,
+            hex::encode(hasher.finalize()),
+        ))
+    }
+
+    /// An output another host's build published that this job may reuse,
+    /// fetched into `out` and held to the sha256 the control plane recorded
+    /// for it; `Ok(None)` when there is none.
+    pub async fn shared_output(
+        &self,
+        job_id: &str,
+        component: &str,
+        key: &str,
+        out: &Path,
+        limit: u64,
+    ) -> Result<Option<SharedOutput>, ClientError> {
+        use kiln_protocol::provenance::{CACHE_JOB_HEADER, CACHE_SCOPE_HEADER};
+        let url = self.job_url(
+            job_id,
+            &format!(
+                "/cache/outputs/{}/{}",
+                path_segment(component),
+                path_segment(key)
+            ),
+        );
+        let (headers, size, sha256) = match self.download_to(&url, out, limit).await {
+            Ok(fetched) => fetched,
+            Err(ClientError::Api { status: 404, .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let recorded = header(kiln_protocol::SHA256_HEADER);
+        if size > limit || sha256 != recorded {
+            let _ = tokio::fs::remove_file(out).await;
+            return Err(ClientError::Malformed {
+                what: "shared output",
+                reason: format!(
+                    "it came as {size} bytes with sha256 {sha256}; the control plane recorded {recorded}"
+                ),
+                job_id: Some(job_id.to_owned()),
+            });
+        }
+        Ok(Some(SharedOutput {
+            size,
+            sha256,
+            published_by_job: header(CACHE_JOB_HEADER),
+            scope: header(CACHE_SCOPE_HEADER),
+        }))
     }
 
     /// Streams a file to an upload URL, with its length and sha256 in the headers.

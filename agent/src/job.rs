@@ -479,6 +479,10 @@ impl JobRun {
             project: job.project_id.clone(),
             scopes,
             dropped,
+            shared: Some(Arc::new(GrantedOutputs {
+                client: self.client.clone(),
+                job_id: job.job_id.clone(),
+            })),
         })
     }
 
@@ -558,6 +562,50 @@ fn built_update(artifacts: &[BuiltArtifact]) -> JobStatusUpdate {
         ComponentStatus::Skipped
     });
     done
+}
+
+/// Outputs other hosts built, through the control plane's grant for one job.
+#[derive(Debug)]
+struct GrantedOutputs {
+    client: Client,
+    job_id: String,
+}
+
+/// The largest output fetched from another host.
+const SHARED_OUTPUT_LIMIT: u64 = 10 << 30;
+
+#[async_trait::async_trait]
+impl crate::pipeline::SharedOutputs for GrantedOutputs {
+    async fn fetch(
+        &self,
+        component: Component,
+        key: &str,
+        out: &std::path::Path,
+    ) -> Option<crate::pipeline::FetchedOutput> {
+        match self
+            .client
+            .shared_output(
+                &self.job_id,
+                component.as_str(),
+                key,
+                out,
+                SHARED_OUTPUT_LIMIT,
+            )
+            .await
+        {
+            Ok(Some(fetched)) => Some(crate::pipeline::FetchedOutput {
+                size: fetched.size,
+                sha256: fetched.sha256,
+                published_by_job: fetched.published_by_job,
+                scope: fetched.scope,
+            }),
+            Ok(None) => None,
+            Err(error) => {
+                warn!(message = "A shared output could not be fetched; building instead.", %component, %error);
+                None
+            }
+        }
+    }
 }
 
 /// Keeps the job's lease and cancels the build the moment the control plane says so.

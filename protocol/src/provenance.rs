@@ -237,6 +237,14 @@ pub struct PublishedEntry {
     pub key: String,
 }
 
+/// `GET /api/v1/agent/jobs/{job_id}/cache/outputs/{component}/{key}`: a
+/// component output another host published, which the job may read (its own
+/// scope, or the one it falls back to), as the artifact's bytes with
+/// `x-kiln-sha256`; these headers say whose it was. 404 when there is none.
+/// Added in v1.10.
+pub const CACHE_JOB_HEADER: &str = "x-kiln-cache-job";
+pub const CACHE_SCOPE_HEADER: &str = "x-kiln-cache-scope";
+
 /// A DSSE envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {

@@ -355,3 +355,68 @@ async fn issue_33_a_second_local_build_of_unchanged_trees_builds_nothing() {
         "{storefront_only}"
     );
 }
+
+/// Issue 33 §3, for component outputs: a new host whose cache is empty reuses
+/// the output another host built from the same trees, through the control
+/// plane's grant (the artifact it already keeps, held to its recorded
+/// sha256), and the build's provenance names the deployment that built it.
+#[tokio::test]
+async fn issue_33_a_new_host_reuses_an_output_another_host_built_through_the_control_plane() {
+    let Some(world) = world_with(serde_json::json!([]), None).await else {
+        return;
+    };
+    let first_host = world.agent("first-host", "").await;
+    let built = world.push(&world.repo.head()).await;
+    let built = world
+        .settle(&built.id, AwaitingDeployment, &first_host)
+        .await;
+    first_host
+        .until_logged("Cache entries recorded by the control plane.", 1)
+        .await;
+    drop(first_host);
+
+    // The same trees in a new commit, on a host that never built anything.
+    let new_host = world.agent("new-host", "").await;
+    let sha = world.repo.commit("Nothing but a new commit", |_| {});
+    let reused = world.push(&sha).await;
+    let reused = world
+        .settle(&reused.id, AwaitingDeployment, &new_host)
+        .await;
+    let system = world.log(&reused.id, "system").await;
+    let built_by = built.current_job_id.clone().unwrap();
+    assert!(
+        system.contains(&format!("Reused the backend built by job {built_by}"))
+            && system.contains("another host, through the control plane (branch:main's cache"),
+        "{system}"
+    );
+    assert!(
+        !system.contains("Running `npm run build` (build)"),
+        "{system}"
+    );
+    assert_eq!(
+        artifact_sha(&reused, "backend.tar.gz"),
+        artifact_sha(&built, "backend.tar.gz")
+    );
+    let signed: kiln_protocol::provenance::DeploymentProvenance = world
+        .admin
+        .get(&format!("/api/v1/deployments/{}/provenance", reused.id))
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    let keys: kiln_protocol::provenance::PublicKeys = world
+        .admin
+        .get("/api/v1/provenance/keys")
+        .await
+        .expect_json(StatusCode::OK)
+        .await;
+    let statement = kiln_protocol::provenance::verify(&signed.envelopes[0], &keys.keys).unwrap();
+    let outputs: Vec<_> = statement
+        .restored()
+        .filter(|entry| entry.annotation(kiln_protocol::provenance::CACHE_KIND) == Some("output"))
+        .collect();
+    assert_eq!(outputs.len(), 1, "{statement:?}");
+    assert_eq!(
+        outputs[0].annotation(kiln_protocol::provenance::CACHE_PUBLISHED_BY_DEPLOYMENT),
+        Some(built.id.as_str())
+    );
+}

@@ -223,6 +223,30 @@ async fn issue_34_provenance_is_signed_checked_before_deploy_verified_offline_an
         assert!(said.contains("matches its provenance"), "{said}");
         assert!(said.contains(&first_sha), "{said}");
     }
+    // From the server itself: the envelopes by URL with the admin token, the
+    // keys from the same server.
+    let output = Command::new(SERVER)
+        .args([
+            "provenance",
+            "verify",
+            &format!(
+                "{}/api/v1/deployments/{}/provenance",
+                world.cp.base_url(),
+                first.id
+            ),
+            "--artifact",
+            artifact_arg,
+        ])
+        .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("verified"), "{said}");
     let mut flipped = download.body.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 1;

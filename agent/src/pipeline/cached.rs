@@ -35,6 +35,29 @@ pub struct CacheRequest {
     pub scopes: Scopes,
     /// The project's scopes to drop first (pull requests closed since).
     pub dropped: Vec<String>,
+    /// Where outputs built on other hosts come from, when this host kept
+    /// none: the control plane's grant for the job.
+    pub shared: Option<Arc<dyn SharedOutputs>>,
+}
+
+/// An output another host's build published, fetched and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedOutput {
+    pub size: u64,
+    pub sha256: String,
+    /// The job that built it, and the scope it was published in.
+    pub published_by_job: String,
+    pub scope: String,
+}
+
+/// Outputs other hosts built that this build may reuse. The pipeline talks
+/// to no control plane: the job gives it this.
+#[async_trait::async_trait]
+pub trait SharedOutputs: Send + Sync + std::fmt::Debug {
+    /// The output of `component` under `key`, fetched into `out` and held
+    /// to its recorded sha256; `None` when there is none (or it could not
+    /// come whole, which the implementation logs).
+    async fn fetch(&self, component: Component, key: &str, out: &Path) -> Option<FetchedOutput>;
 }
 
 /// Where an entry's files come from, found when it is published.
@@ -437,10 +460,13 @@ impl Build<'_> {
         component: Component,
         key: &str,
     ) -> Option<BuiltArtifact> {
-        let found = cache
+        let Some(found) = cache
             .request
             .cache
-            .find(cache.slot(Kind::Output, component.as_str(), key), false)?;
+            .find(cache.slot(Kind::Output, component.as_str(), key), false)
+        else {
+            return self.fetch_shared_output(cache, component, key).await;
+        };
         let name = component.artifact_name();
         let out = self.workspace.artifacts().join(name);
         let from = found.data().join(name);
@@ -471,6 +497,42 @@ impl Build<'_> {
                 size: found.meta.bytes,
                 sha256,
                 files,
+            },
+        })
+    }
+
+    /// The output another host built from the same inputs, when this host
+    /// kept none and the control plane grants one of the job's scopes.
+    async fn fetch_shared_output(
+        &self,
+        cache: &BuildCache,
+        component: Component,
+        key: &str,
+    ) -> Option<BuiltArtifact> {
+        let shared = cache.request.shared.as_ref()?;
+        let out = self.workspace.artifacts().join(component.artifact_name());
+        let started = std::time::Instant::now();
+        let fetched = shared.fetch(component, key, &out).await?;
+        self.record.restored_shared(component, key, &fetched);
+        self.system.line(kiln_protocol::reused_output_line(
+            component.as_str(),
+            &fetched.published_by_job,
+            &format!(
+                "another host, through the control plane ({}'s cache, key {}, fetched in {:.1}s)",
+                fetched.scope,
+                &key[..12.min(key.len())],
+                started.elapsed().as_secs_f64()
+            ),
+            fetched.size,
+        ));
+        Some(BuiltArtifact {
+            release: false,
+            component,
+            packed: Packed {
+                path: out,
+                size: fetched.size,
+                sha256: fetched.sha256,
+                files: 0,
             },
         })
     }

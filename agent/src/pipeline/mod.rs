@@ -35,7 +35,7 @@ use crate::config::AgentConfig;
 use crate::executor::Executor;
 use crate::logs::{JobLogs, LogSink};
 use artifact::Packed;
-pub use cached::{CacheRequest, Harvest};
+pub use cached::{CacheRequest, FetchedOutput, Harvest, SharedOutputs};
 pub use release::LABEL_READS_WORKER_MODE;
 pub use workspace::Workspace;
 

@@ -86,6 +86,25 @@ impl Recorder {
         }
     }
 
+    /// An output another host built, fetched through the control plane.
+    pub fn restored_shared(
+        &self,
+        component: Component,
+        key: &str,
+        fetched: &super::cached::FetchedOutput,
+    ) {
+        crate::lock(&self.0).restored.push(RestoredEntry {
+            component: component.as_str().to_owned(),
+            kind: Kind::Output.name().to_owned(),
+            key: key.to_owned(),
+            scope: fetched.scope.clone(),
+            published_by_job: fetched.published_by_job.clone(),
+        });
+        self.with_component(component, |record| {
+            record.reused_from = Some(fetched.published_by_job.clone())
+        });
+    }
+
     pub fn release_image(&self, artifact: &str, image_id: &str) {
         crate::lock(&self.0)
             .release_image_ids

@@ -202,6 +202,10 @@ pub fn router(state: AppState) -> Router {
             "/agent/jobs/{job_id}/cache-entries",
             post(provenance::published),
         )
+        .route(
+            "/agent/jobs/{job_id}/cache/outputs/{component}/{key}",
+            get(provenance::shared_output),
+        )
         .method_not_allowed_fallback(|| async {
             ApiError::InvalidParameter("method not allowed on this route".to_owned())
         })

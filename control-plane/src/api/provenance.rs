@@ -3,7 +3,8 @@
 //! published, which later statements are checked against.
 
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use kiln_protocol::provenance::PublishedEntries;
 
 use crate::error::ApiError;
@@ -53,4 +54,38 @@ pub(super) async fn published(
             .map(|recorded| serde_json::json!({ "recorded": recorded }))
     })
     .await
+}
+
+/// `GET /api/v1/agent/jobs/{job_id}/cache/outputs/{component}/{key}`: an
+/// output another host's build published, for a build that may read its
+/// scope: the artifact, with whose it was.
+pub(super) async fn shared_output(
+    State(state): State<AppState>,
+    Agent(agent): Agent,
+    ApiPath((job_id, component, key)): ApiPath<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let wanted = key.clone();
+    let found = state
+        .db
+        .call(move |conn| store::shared_output(conn, &agent.id, &job_id, &component, &key))
+        .await?
+        .ok_or_else(|| ApiError::not_found("cache output", &wanted))?;
+    let mut response = crate::artifacts::serve_artifact(
+        &state.db,
+        &state.artifacts,
+        found.deployment_id,
+        found.artifact,
+    )
+    .await?;
+    for (name, value) in [
+        (kiln_protocol::provenance::CACHE_JOB_HEADER, found.job_id),
+        (kiln_protocol::provenance::CACHE_SCOPE_HEADER, found.scope),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    Ok(response)
 }

@@ -40,7 +40,7 @@ pub use outbox::*;
 pub use projects::*;
 pub use provenance::{
     check_build_record, deployment_provenance, provenance_keys, record_published, register_key,
-    release_provenance, rotate_key,
+    release_provenance, rotate_key, shared_output,
 };
 pub use registration_tokens::*;
 pub use retention::*;

@@ -175,6 +175,80 @@ pub fn record_published(
     Ok(recorded)
 }
 
+/// A component output another host's build published, which a build may
+/// reuse: where its artifact is, and whose it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedOutput {
+    pub deployment_id: String,
+    pub job_id: String,
+    pub scope: String,
+    pub artifact: String,
+}
+
+/// The newest output published under `key` for `component` that job
+/// `job_id` may read: its project's, in the scope the control plane gave the
+/// job or the one it falls back to (a preview's base branch), never another
+/// pull request's, with its artifact still kept. The grant is the control
+/// plane's own records, whatever the asking agent says.
+pub fn shared_output(
+    conn: &mut Connection,
+    agent_id: &str,
+    job_id: &str,
+    component: &str,
+    key: &str,
+) -> Result<Option<SharedOutput>, ApiError> {
+    check_entry("output", key)?;
+    let artifact = match component {
+        "backend" => "backend.tar.gz",
+        "storefront" => "storefront.tar.gz",
+        other => {
+            return Err(ApiError::InvalidParameter(format!(
+                "component {other:?} is not backend or storefront"
+            )))
+        }
+    };
+    let job = super::rows::owned_job(conn, agent_id, job_id)?;
+    if job.finished {
+        return Err(ApiError::Conflict(format!("job {job_id} has ended")));
+    }
+    let (project_id, branch, pull_request, base_branch): (
+        String,
+        String,
+        Option<i64>,
+        Option<String>,
+    ) = conn.query_row(
+        "SELECT d.project_id, d.branch, e.pull_request, e.base_branch
+         FROM jobs j JOIN deployments d ON d.id = j.deployment_id
+         JOIN environments e ON e.id = d.environment_id WHERE j.id = ?1",
+        [job_id],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+    )?;
+    let own = write_scope(pull_request, &branch);
+    let fallback = match (pull_request, base_branch) {
+        (Some(_), Some(base)) => format!("branch:{base}"),
+        _ => own.clone(),
+    };
+    Ok(conn
+        .query_row(
+            "SELECT c.deployment_id, c.job_id, c.scope FROM cache_publications c
+             JOIN deployments d ON d.id = c.deployment_id
+             JOIN artifacts a ON a.job_id = c.job_id AND a.name = ?1
+             WHERE c.kind = 'output' AND c.cache_key = ?2 AND c.project_id = ?3
+               AND c.scope IN (?4, ?5) AND d.artifacts_removed_at IS NULL
+             ORDER BY c.scope = ?4 DESC, c.published_at DESC LIMIT 1",
+            params![artifact, key, project_id, own, fallback],
+            |row| {
+                Ok(SharedOutput {
+                    deployment_id: row.get(0)?,
+                    job_id: row.get(1)?,
+                    scope: row.get(2)?,
+                    artifact: artifact.to_owned(),
+                })
+            },
+        )
+        .optional()?)
+}
+
 /// Checks a build's report for provenance: bounded, and in the shapes the
 /// statement takes.
 pub fn check_build_record(record: &BuildRecord) -> Result<(), ApiError> {
@@ -773,6 +847,89 @@ mod tests {
         statement
             .check_policy(&ProvenancePolicy::default(), &project_id)
             .unwrap();
+    }
+
+    fn with_artifact(conn: &mut Connection, job: &kiln_protocol::Job) {
+        conn.execute(
+            "INSERT INTO artifacts (deployment_id, job_id, name, size, sha256, created_at)
+             VALUES (?1, ?2, 'backend.tar.gz', 3, ?3, 0)",
+            params![job.deployment_id, job.job_id, "ab".repeat(32)],
+        )
+        .unwrap();
+    }
+
+    /// Another host's output reaches a build only within the scopes the
+    /// control plane gives it: main never reads a pull request's, a preview
+    /// reads its base branch's.
+    #[test]
+    fn a_shared_output_is_granted_by_scope_never_from_a_pull_request_to_main() {
+        let (mut conn, _, _) = shop(&[]);
+        let builder = agent(&mut conn, &[]);
+        push(&mut conn, "main", 1);
+        let main_job = claim_one(&mut conn, &builder);
+        with_artifact(&mut conn, &main_job);
+        record_published(
+            &mut conn,
+            &builder.id,
+            &main_job.job_id,
+            &published("output", "mainout"),
+        )
+        .unwrap();
+        crate::store::on_pull_request(
+            &mut conn,
+            PullRequestEvent {
+                repository: REPO.into(),
+                number: 8,
+                action: PullRequestAction::Opened,
+                branch: "feature/x".into(),
+                sha: sha(2),
+                author: "Mallory".into(),
+                message: "x".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .unwrap();
+        let pr_job = claim_one(&mut conn, &builder);
+        with_artifact(&mut conn, &pr_job);
+        record_published(
+            &mut conn,
+            &builder.id,
+            &pr_job.job_id,
+            &published("output", "prout"),
+        )
+        .unwrap();
+        push(&mut conn, "main", 3);
+        let next_main = claim_one(&mut conn, &builder);
+        let grant = |conn: &mut Connection, job: &kiln_protocol::Job, key: &str| {
+            shared_output(conn, &builder.id, &job.job_id, "backend", key).unwrap()
+        };
+        let found = grant(&mut conn, &next_main, "mainout").expect("main's own");
+        assert_eq!(
+            (found.job_id.as_str(), found.scope.as_str()),
+            (main_job.job_id.as_str(), "branch:main")
+        );
+        assert_eq!(
+            grant(&mut conn, &next_main, "prout"),
+            None,
+            "never a pull request's"
+        );
+        let from_base = grant(&mut conn, &pr_job, "mainout").expect("a preview reads its base");
+        assert_eq!(from_base.scope, "branch:main");
+        assert_eq!(grant(&mut conn, &next_main, "unknown"), None);
+        let stranger = agent(&mut conn, &[]);
+        let error = shared_output(
+            &mut conn,
+            &stranger.id,
+            &next_main.job_id,
+            "backend",
+            "mainout",
+        )
+        .unwrap_err();
+        assert!(matches!(error, ApiError::Forbidden(_)), "{error}");
+        let error = shared_output(&mut conn, &builder.id, &next_main.job_id, "../x", "mainout")
+            .unwrap_err();
+        assert!(error.to_string().contains("component"), "{error}");
     }
 
     #[test]
