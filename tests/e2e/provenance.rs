@@ -225,7 +225,8 @@ async fn issue_34_provenance_is_signed_checked_before_deploy_verified_offline_an
     }
     // From the server itself: the envelopes by URL with the admin token, the
     // keys from the same server.
-    let output = Command::new(SERVER)
+    // Async: the control plane it asks runs on this test's runtime.
+    let output = tokio::process::Command::new(SERVER)
         .args([
             "provenance",
             "verify",
@@ -239,6 +240,7 @@ async fn issue_34_provenance_is_signed_checked_before_deploy_verified_offline_an
         ])
         .env("KILN_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
+        .await
         .unwrap();
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(
