@@ -686,6 +686,26 @@ mod tests {
         }
     }
 
+    /// Opens pull request `number` onto main at commit `sha(2)`: its preview
+    /// queues a build.
+    fn open_pull_request(conn: &mut Connection, number: u64) {
+        crate::store::on_pull_request(
+            conn,
+            PullRequestEvent {
+                repository: REPO.into(),
+                number,
+                action: PullRequestAction::Opened,
+                branch: format!("feature/{number}"),
+                sha: sha(2),
+                author: "Grace".into(),
+                message: "A pull request".into(),
+                people: Default::default(),
+                base_branch: Some("main".into()),
+            },
+        )
+        .unwrap();
+    }
+
     fn published(kind: &str, key: &str) -> Vec<PublishedEntry> {
         vec![PublishedEntry {
             kind: kind.into(),
@@ -703,21 +723,7 @@ mod tests {
         let builder = agent(&mut conn, &[]);
         push(&mut conn, "main", 1);
         let main_job = claim_one(&mut conn, &builder);
-        crate::store::on_pull_request(
-            &mut conn,
-            PullRequestEvent {
-                repository: REPO.into(),
-                number: 7,
-                action: PullRequestAction::Opened,
-                branch: "feature/cart".into(),
-                sha: sha(2),
-                author: "Grace".into(),
-                message: "Add a cart".into(),
-                people: Default::default(),
-                base_branch: Some("main".into()),
-            },
-        )
-        .unwrap();
+        open_pull_request(&mut conn, 7);
         let pr_job = claim_one(&mut conn, &builder);
         record_published(
             &mut conn,
@@ -875,21 +881,7 @@ mod tests {
             &published("output", "mainout"),
         )
         .unwrap();
-        crate::store::on_pull_request(
-            &mut conn,
-            PullRequestEvent {
-                repository: REPO.into(),
-                number: 8,
-                action: PullRequestAction::Opened,
-                branch: "feature/x".into(),
-                sha: sha(2),
-                author: "Mallory".into(),
-                message: "x".into(),
-                people: Default::default(),
-                base_branch: Some("main".into()),
-            },
-        )
-        .unwrap();
+        open_pull_request(&mut conn, 8);
         let pr_job = claim_one(&mut conn, &builder);
         with_artifact(&mut conn, &pr_job);
         record_published(
