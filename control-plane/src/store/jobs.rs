@@ -20,7 +20,7 @@ use super::outbox::ReportsTo;
 use super::projects::project_from_row;
 pub use super::rows::JobRow;
 use super::rows::{deployment_from_row, job_in, owned_job, with_history};
-use super::values::{json_list, new_id, now_ms, time, to_json};
+use super::values::{cache_scopes_of, json_list, new_id, now_ms, time, to_json};
 use super::variables::{variable_from_row, VARIABLES_IN};
 use crate::error::ApiError;
 use crate::signing::Signing;
@@ -304,15 +304,8 @@ fn cache_scopes(
     }: EnvironmentOf,
     dropped: &[Row],
 ) -> Result<JobCache, ApiError> {
-    let (scope, fallback_scopes) = match pull_request {
-        Some(number) => (
-            format!("pr:{number}"),
-            base_branch
-                .map(|branch| vec![format!("branch:{branch}")])
-                .unwrap_or_default(),
-        ),
-        None => (format!("branch:{}", deployment.branch), Vec::new()),
-    };
+    let (scope, fallback_scopes) =
+        cache_scopes_of(&deployment.branch, pull_request, base_branch.as_deref());
     let dropped_scopes = dropped
         .iter()
         .map(|row| Ok(format!("pr:{}", row.get::<_, i64>(0)?)))

@@ -12,10 +12,10 @@ use kiln_protocol::provenance::{
     Envelope, ExternalParameters, InternalParameters, Provenance, ProvenancePolicy, PublicKey,
     PublicKeys, PublishedEntry, ResourceDescriptor, RunDetails, Statement, VariableRecord,
 };
-use kiln_protocol::{Deployment, EnvVar};
+use kiln_protocol::{Component, Deployment, EnvVar};
 use serde_json::json;
 
-use super::values::{now_ms, time, to_json};
+use super::values::{cache_scopes_of, now_ms, time, to_json};
 use crate::db::sql::{params, Connection, OptionalExtension, Transaction};
 use crate::error::ApiError;
 use crate::signing::Signing;
@@ -78,12 +78,50 @@ pub fn provenance_keys(conn: &mut Connection) -> Result<PublicKeys, ApiError> {
     keys_in(conn)
 }
 
-/// The scope the control plane gives a deployment's builds to write.
-fn write_scope(pull_request: Option<i64>, branch: &str) -> String {
-    match pull_request {
-        Some(number) => format!("pr:{number}"),
-        None => format!("branch:{branch}"),
+/// A job as its cache grants see it: whose it is, what it builds, and the
+/// scopes the control plane gave it (`values::cache_scopes_of`).
+struct JobScopes {
+    agent_id: String,
+    finished: bool,
+    project_id: String,
+    deployment_id: String,
+    write: String,
+    read: Vec<String>,
+}
+
+/// The job's scopes, once it is known to be `agent_id`'s.
+fn job_scopes(conn: &Connection, agent_id: &str, job_id: &str) -> Result<JobScopes, ApiError> {
+    let job = conn
+        .query_row(
+            "SELECT j.agent_id, j.finished_at IS NOT NULL, d.project_id, d.id, d.branch,
+                    e.pull_request, e.base_branch
+             FROM jobs j JOIN deployments d ON d.id = j.deployment_id
+             JOIN environments e ON e.id = d.environment_id WHERE j.id = ?1",
+            [job_id],
+            |row| {
+                let (write, read) = cache_scopes_of(
+                    &row.get::<_, String>(4)?,
+                    row.get(5)?,
+                    row.get::<_, Option<String>>(6)?.as_deref(),
+                );
+                Ok(JobScopes {
+                    agent_id: row.get(0)?,
+                    finished: row.get(1)?,
+                    project_id: row.get(2)?,
+                    deployment_id: row.get(3)?,
+                    write,
+                    read,
+                })
+            },
+        )
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("job", job_id))?;
+    if job.agent_id != agent_id {
+        return Err(ApiError::Forbidden(format!(
+            "job {job_id} belongs to another agent"
+        )));
     }
+    Ok(job)
 }
 
 fn check_entry(kind: &str, key: &str) -> Result<(), ApiError> {
@@ -122,36 +160,7 @@ pub fn record_published(
         check_entry(&entry.kind, &entry.key)?;
     }
     let tx = conn.transaction()?;
-    let (owner, project_id, deployment_id, branch, pull_request): (
-        String,
-        String,
-        String,
-        String,
-        Option<i64>,
-    ) = tx
-        .query_row(
-            "SELECT j.agent_id, d.project_id, d.id, d.branch, e.pull_request
-             FROM jobs j JOIN deployments d ON d.id = j.deployment_id
-             JOIN environments e ON e.id = d.environment_id WHERE j.id = ?1",
-            [job_id],
-            |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ))
-            },
-        )
-        .optional()?
-        .ok_or_else(|| ApiError::not_found("job", job_id))?;
-    if owner != agent_id {
-        return Err(ApiError::Forbidden(format!(
-            "job {job_id} belongs to another agent"
-        )));
-    }
-    let scope = write_scope(pull_request, &branch);
+    let job = job_scopes(&tx, agent_id, job_id)?;
     let now = now_ms();
     let mut recorded = 0;
     for entry in entries {
@@ -163,9 +172,9 @@ pub fn record_published(
                 job_id,
                 entry.kind,
                 entry.key,
-                project_id,
-                scope,
-                deployment_id,
+                job.project_id,
+                job.write,
+                job.deployment_id,
                 agent_id,
                 now
             ],
@@ -198,36 +207,21 @@ pub fn shared_output(
     key: &str,
 ) -> Result<Option<SharedOutput>, ApiError> {
     check_entry("output", key)?;
-    let artifact = match component {
-        "backend" => "backend.tar.gz",
-        "storefront" => "storefront.tar.gz",
-        other => {
-            return Err(ApiError::InvalidParameter(format!(
-                "component {other:?} is not backend or storefront"
-            )))
-        }
-    };
-    let job = super::rows::owned_job(conn, agent_id, job_id)?;
+    let artifact = [Component::Backend, Component::Storefront]
+        .into_iter()
+        .find(|known| known.as_str() == component)
+        .map(Component::artifact_name)
+        .ok_or_else(|| {
+            ApiError::InvalidParameter(format!(
+                "component {component:?} is not backend or storefront"
+            ))
+        })?;
+    let job = job_scopes(conn, agent_id, job_id)?;
     if job.finished {
         return Err(ApiError::Conflict(format!("job {job_id} has ended")));
     }
-    let (project_id, branch, pull_request, base_branch): (
-        String,
-        String,
-        Option<i64>,
-        Option<String>,
-    ) = conn.query_row(
-        "SELECT d.project_id, d.branch, e.pull_request, e.base_branch
-         FROM jobs j JOIN deployments d ON d.id = j.deployment_id
-         JOIN environments e ON e.id = d.environment_id WHERE j.id = ?1",
-        [job_id],
-        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-    )?;
-    let own = write_scope(pull_request, &branch);
-    let fallback = match (pull_request, base_branch) {
-        (Some(_), Some(base)) => format!("branch:{base}"),
-        _ => own.clone(),
-    };
+    // Its own scope first, then the one it falls back to (if any).
+    let fallback = job.read.first().unwrap_or(&job.write);
     Ok(conn
         .query_row(
             "SELECT c.deployment_id, c.job_id, c.scope FROM cache_publications c
@@ -236,7 +230,7 @@ pub fn shared_output(
              WHERE c.kind = 'output' AND c.cache_key = ?2 AND c.project_id = ?3
                AND c.scope IN (?4, ?5) AND d.artifacts_removed_at IS NULL
              ORDER BY c.scope = ?4 DESC, c.published_at DESC LIMIT 1",
-            params![artifact, key, project_id, own, fallback],
+            params![artifact, key, job.project_id, job.write, fallback],
             |row| {
                 Ok(SharedOutput {
                     deployment_id: row.get(0)?,

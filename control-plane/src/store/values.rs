@@ -49,6 +49,26 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The build cache's trust scopes of a deployment's builds, as GitHub
+/// Actions scopes caches: the scope they write (and read first), and the ones
+/// they may read after it. A long-lived environment's builds keep to
+/// `branch:<name>`; a preview's write `pr:<n>` and read their base branch's.
+pub(super) fn cache_scopes_of(
+    branch: &str,
+    pull_request: Option<i64>,
+    base_branch: Option<&str>,
+) -> (String, Vec<String>) {
+    match pull_request {
+        Some(number) => (
+            format!("pr:{number}"),
+            base_branch
+                .map(|base| vec![format!("branch:{base}")])
+                .unwrap_or_default(),
+        ),
+        None => (format!("branch:{branch}"), Vec::new()),
+    }
+}
+
 pub(super) fn json_list(text: &str) -> Vec<String> {
     serde_json::from_str(text).unwrap_or_default()
 }
