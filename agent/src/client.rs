@@ -105,15 +105,6 @@ where
     }
 }
 
-/// An output fetched from another host's build, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedOutput {
-    pub size: u64,
-    pub sha256: String,
-    pub published_by_job: String,
-    pub scope: String,
-}
-
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn path_segment(text: &str) -> String {
     text.bytes()
@@ -538,7 +529,7 @@ impl Client {
         key: &str,
         out: &Path,
         limit: u64,
-    ) -> Result<Option<SharedOutput>, ClientError> {
+    ) -> Result<Option<crate::pipeline::FetchedOutput>, ClientError> {
         use kiln_protocol::provenance::{CACHE_JOB_HEADER, CACHE_SCOPE_HEADER};
         let url = self.job_url(
             job_id,
@@ -571,7 +562,7 @@ impl Client {
                 job_id: Some(job_id.to_owned()),
             });
         }
-        Ok(Some(SharedOutput {
+        Ok(Some(crate::pipeline::FetchedOutput {
             size,
             sha256,
             published_by_job: header(CACHE_JOB_HEADER),

@@ -593,13 +593,7 @@ impl crate::pipeline::SharedOutputs for GrantedOutputs {
             )
             .await
         {
-            Ok(Some(fetched)) => Some(crate::pipeline::FetchedOutput {
-                size: fetched.size,
-                sha256: fetched.sha256,
-                published_by_job: fetched.published_by_job,
-                scope: fetched.scope,
-            }),
-            Ok(None) => None,
+            Ok(fetched) => fetched,
             Err(error) => {
                 warn!(message = "A shared output could not be fetched; building instead.", %component, %error);
                 None

@@ -240,7 +240,9 @@ impl Build<'_> {
         kind: Kind,
         found: &Found,
     ) -> String {
-        self.record.restored(component, kind, found);
+        let meta = &found.meta;
+        self.record
+            .restored(component, kind, &meta.key, &meta.scope, &meta.job_id);
         origin(found, &cache.request.scopes)
     }
 }
@@ -513,7 +515,13 @@ impl Build<'_> {
         let out = self.workspace.artifacts().join(component.artifact_name());
         let started = std::time::Instant::now();
         let fetched = shared.fetch(component, key, &out).await?;
-        self.record.restored_shared(component, key, &fetched);
+        self.record.restored(
+            component,
+            Kind::Output,
+            key,
+            &fetched.scope,
+            &fetched.published_by_job,
+        );
         self.system.line(kiln_protocol::reused_output_line(
             component.as_str(),
             &fetched.published_by_job,

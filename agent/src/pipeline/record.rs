@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use kiln_protocol::provenance::{BuildRecord, ComponentRecord, RestoredEntry, StepRecord};
 use kiln_protocol::Component;
 
-use crate::cache::{Found, Kind};
+use crate::cache::Kind;
 
 #[derive(Debug, Default)]
 pub(super) struct Recorder(Mutex<BuildRecord>);
@@ -71,38 +71,29 @@ impl Recorder {
         });
     }
 
-    pub fn restored(&self, component: Component, kind: Kind, found: &Found) {
-        crate::lock(&self.0).restored.push(RestoredEntry {
-            component: component.as_str().to_owned(),
-            kind: kind.name().to_owned(),
-            key: found.meta.key.clone(),
-            scope: found.meta.scope.clone(),
-            published_by_job: found.meta.job_id.clone(),
-        });
-        if kind == Kind::Output {
-            self.with_component(component, |record| {
-                record.reused_from = Some(found.meta.job_id.clone())
-            });
-        }
-    }
-
-    /// An output another host built, fetched through the control plane.
-    pub fn restored_shared(
+    /// An entry the build restored: `key` of `kind`, found in `scope`,
+    /// published by job `published_by_job`; an output also says the
+    /// component was reused, not built.
+    pub fn restored(
         &self,
         component: Component,
+        kind: Kind,
         key: &str,
-        fetched: &super::cached::FetchedOutput,
+        scope: &str,
+        published_by_job: &str,
     ) {
         crate::lock(&self.0).restored.push(RestoredEntry {
             component: component.as_str().to_owned(),
-            kind: Kind::Output.name().to_owned(),
+            kind: kind.name().to_owned(),
             key: key.to_owned(),
-            scope: fetched.scope.clone(),
-            published_by_job: fetched.published_by_job.clone(),
+            scope: scope.to_owned(),
+            published_by_job: published_by_job.to_owned(),
         });
-        self.with_component(component, |record| {
-            record.reused_from = Some(fetched.published_by_job.clone())
-        });
+        if kind == Kind::Output {
+            self.with_component(component, |record| {
+                record.reused_from = Some(published_by_job.to_owned())
+            });
+        }
     }
 
     pub fn release_image(&self, artifact: &str, image_id: &str) {
