@@ -479,31 +479,22 @@ fn verify(
     artifact: Option<&std::path::Path>,
     subject: Option<String>,
 ) -> ExitCode {
-    use kiln_protocol::provenance::{envelopes_from_json, keys_from_json, verify_all, Artifact};
+    use kiln_protocol::provenance::{subject_of, verify_read, Artifact};
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
     };
     let checked = (|| -> Result<Vec<String>, String> {
-        let envelopes = envelopes_from_json(&read(envelopes)?)
-            .map_err(|why| format!("{}: {why}", envelopes.display()))?;
-        let keys =
-            keys_from_json(&read(keys)?).map_err(|why| format!("{}: {why}", keys.display()))?;
         let digest = match artifact {
             Some(path) => {
                 let (_, sha256) = crate::executor::digest_file(path)
                     .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-                let name = subject.clone().unwrap_or_else(|| {
-                    path.file_name()
-                        .map(|name| name.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                });
-                Some((name, sha256))
+                Some((subject_of(path, subject), sha256))
             }
             None => None,
         };
-        verify_all(
-            &envelopes,
-            &keys,
+        verify_read(
+            (&envelopes.display().to_string(), &read(envelopes)?),
+            (&keys.display().to_string(), &read(keys)?),
             digest
                 .as_ref()
                 .map(|(name, sha256)| Artifact { name, sha256 }),
@@ -514,7 +505,6 @@ fn verify(
             for line in lines {
                 println!("{line}");
             }
-            println!("verified");
             ExitCode::SUCCESS
         }
         Err(why) => {

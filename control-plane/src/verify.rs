@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use kiln_protocol::provenance::{envelopes_from_json, keys_from_json, verify_all, Artifact};
+use kiln_protocol::provenance::{subject_of, verify_read, Artifact};
 
 /// The bytes of a file, or of an http(s) URL fetched with `KILN_ADMIN_TOKEN`
 /// when it is set.
@@ -52,26 +52,17 @@ pub async fn run(
         None => keys_url(envelopes)
             .context("--keys is needed when the envelopes are a file (the keys from GET /api/v1/provenance/keys)")?,
     };
-    let envelopes_read = envelopes_from_json(&read(envelopes).await?)
-        .map_err(|why| anyhow::anyhow!("{envelopes}: {why}"))?;
-    let keys_read = keys_from_json(&read(&keys_source).await?)
-        .map_err(|why| anyhow::anyhow!("{keys_source}: {why}"))?;
     let digest = match artifact {
         Some(path) => {
             let sha256 = crate::secrets::sha256_file(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            let name = subject.unwrap_or_else(|| {
-                path.file_name()
-                    .map(|name| name.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
-            Some((name, sha256))
+            Some((subject_of(path, subject), sha256))
         }
         None => None,
     };
-    let lines = verify_all(
-        &envelopes_read,
-        &keys_read,
+    let lines = verify_read(
+        (envelopes, &read(envelopes).await?),
+        (&keys_source, &read(&keys_source).await?),
         digest
             .as_ref()
             .map(|(name, sha256)| Artifact { name, sha256 }),
@@ -80,6 +71,5 @@ pub async fn run(
     for line in lines {
         println!("{line}");
     }
-    println!("verified");
     Ok(())
 }

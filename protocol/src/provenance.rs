@@ -580,7 +580,35 @@ pub struct Artifact<'a> {
     pub sha256: &'a str,
 }
 
-/// What `verify` commands do with what they read: checks every envelope
+/// The name an artifact file goes by in a statement: `subject` when given,
+/// else the file's own name.
+pub fn subject_of(path: &std::path::Path, subject: Option<String>) -> String {
+    subject.unwrap_or_else(|| {
+        path.file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// What both `verify` commands do with what they read, each named by where
+/// it came from (for the messages): the envelopes and the keys as JSON, and
+/// an artifact to hold to its statement. The report's lines, ending
+/// `verified`, or why not.
+pub fn verify_read(
+    envelopes: (&str, &[u8]),
+    keys: (&str, &[u8]),
+    artifact: Option<Artifact<'_>>,
+) -> Result<Vec<String>, String> {
+    let (from, bytes) = envelopes;
+    let envelopes = envelopes_from_json(bytes).map_err(|why| format!("{from}: {why}"))?;
+    let (from, bytes) = keys;
+    let keys = keys_from_json(bytes).map_err(|why| format!("{from}: {why}"))?;
+    let mut lines = verify_all(&envelopes, &keys, artifact)?;
+    lines.push("verified".to_owned());
+    Ok(lines)
+}
+
+/// Checks every envelope
 /// against `keys` (and, given one, an artifact against the envelope naming
 /// it); returns a line in words for each envelope, or why it failed.
 pub fn verify_all(
