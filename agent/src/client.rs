@@ -679,4 +679,83 @@ mod tests {
         assert!(timed_out.error.is_transient());
         assert!(timed_out.attempts > 1);
     }
+
+    /// A control plane on loopback that answers every request with `answer`
+    /// (a whole HTTP/1.1 response), as a hostile or broken one might.
+    async fn answering(answer: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{address}")
+    }
+
+    fn output_answer(sha256: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{}: {sha256}\r\n{}: job_1\r\n{}: branch:main\r\nconnection: close\r\n\r\n{body}",
+            body.len(),
+            kiln_protocol::SHA256_HEADER,
+            kiln_protocol::provenance::CACHE_JOB_HEADER,
+            kiln_protocol::provenance::CACHE_SCOPE_HEADER,
+        )
+    }
+
+    /// A shared output is taken only whole and as recorded: another sha256
+    /// or more bytes than the limit fails and leaves no file; a 404 is none.
+    #[tokio::test]
+    async fn a_shared_output_is_held_to_its_recorded_sha256_and_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("backend.tar.gz");
+        let fetch = |base: String, limit: u64| {
+            let out = out.clone();
+            async move {
+                Client::new(&base, "token")
+                    .shared_output("job_2", "backend", "k1", &out, limit)
+                    .await
+            }
+        };
+        let body = "the output";
+        let good = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        let fetched = fetch(answering(output_answer(&good, body)).await, 1024)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                fetched.sha256.as_str(),
+                fetched.published_by_job.as_str(),
+                fetched.scope.as_str()
+            ),
+            (good.as_str(), "job_1", "branch:main")
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), body);
+
+        let lying = fetch(answering(output_answer(&"0".repeat(64), body)).await, 1024).await;
+        assert!(
+            matches!(&lying, Err(ClientError::Malformed { reason, .. }) if reason.contains("recorded")),
+            "{lying:?}"
+        );
+        assert!(!out.exists(), "nothing of it stays");
+        let too_big = fetch(answering(output_answer(&good, body)).await, 4).await;
+        assert!(too_big.is_err(), "{too_big:?}");
+        assert!(!out.exists());
+
+        let missing = r#"{"error":{"code":"not_found","message":"cache output k1 not found"}}"#;
+        let none = fetch(
+            answering(format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{missing}",
+                missing.len()
+            ))
+            .await,
+            1024,
+        )
+        .await;
+        assert!(matches!(none, Ok(None)), "{none:?}");
+    }
 }

@@ -866,6 +866,46 @@ mod tests {
             .unwrap();
     }
 
+    /// Keys and envelopes come from files, URLs and registries: anything
+    /// malformed is an error that says what, never a panic.
+    #[test]
+    fn malformed_keys_and_signatures_are_refused_by_name() {
+        assert!(keys_from_json(b"not json").is_err());
+        assert!(keys_from_json(br#"{"keys": [{"key_id": 1}]}"#).is_err());
+        let signing = key(1);
+        let mut short_key = listed(&signing);
+        short_key.public_key = BASE64.encode([1u8; 7]);
+        let envelope = sign(&statement(Vec::new()), &signing);
+        assert!(matches!(
+            verify(&envelope, &[short_key]),
+            Err(ProvenanceError::BadKey(_))
+        ));
+        let mut garbled = envelope.clone();
+        garbled.signatures[0].sig = "%%%".into();
+        assert!(matches!(
+            verify(&garbled, &[listed(&signing)]),
+            Err(ProvenanceError::Base64 {
+                what: "signature",
+                ..
+            })
+        ));
+        let mut short_sig = envelope.clone();
+        short_sig.signatures[0].sig = BASE64.encode([0u8; 10]);
+        assert!(matches!(
+            verify(&short_sig, &[listed(&signing)]),
+            Err(ProvenanceError::BadSignature(_))
+        ));
+        let mut other_type = envelope;
+        other_type.payload_type = "text/plain".into();
+        assert!(matches!(
+            verify(&other_type, &[listed(&signing)]),
+            Err(ProvenanceError::PayloadType(_))
+        ));
+        let unreadable =
+            verify_read(("envelopes.json", b"[1]"), ("keys.json", b"[]"), None).unwrap_err();
+        assert!(unreadable.starts_with("envelopes.json: "), "{unreadable}");
+    }
+
     #[test]
     fn the_pae_is_dsses() {
         assert_eq!(

@@ -918,6 +918,47 @@ mod tests {
         assert!(error.to_string().contains("component"), "{error}");
     }
 
+    /// What an agent reports for provenance is bounded and shaped before a
+    /// statement takes it: each refusal names the field.
+    #[test]
+    fn a_hostile_build_record_is_refused_naming_build_or_entries() {
+        use kiln_protocol::provenance::{ComponentRecord, StepRecord};
+        check_build_record(&BuildRecord::default()).unwrap();
+        let entry = |key: &str| restored("deps", key, "branch:main", "job_1");
+        let too_many = BuildRecord {
+            restored: vec![entry("k"); MAX_ENTRIES + 1],
+            ..Default::default()
+        };
+        let bad_key = BuildRecord {
+            restored: vec![entry("a/../b")],
+            ..Default::default()
+        };
+        let long_command = BuildRecord {
+            components: vec![ComponentRecord {
+                component: "backend".into(),
+                steps: vec![StepRecord {
+                    kind: "build".into(),
+                    command: "x".repeat(8193),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let long_scope = BuildRecord {
+            restored: vec![restored("deps", "k", &"s".repeat(301), "job_1")],
+            ..Default::default()
+        };
+        for (record, field) in [
+            (too_many, "build"),
+            (bad_key, "entries"),
+            (long_command, "build"),
+            (long_scope, "build"),
+        ] {
+            let error = check_build_record(&record).unwrap_err().to_string();
+            assert!(error.contains(field), "{error}");
+        }
+    }
+
     #[test]
     fn a_rotated_key_stays_listed_as_retired() {
         let (mut conn, _, _) = shop(&[]);
